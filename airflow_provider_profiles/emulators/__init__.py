@@ -1,0 +1,37 @@
+"""Local, faithful fakes of each vendor API, served over real HTTP on 127.0.0.1.
+
+    python -m airflow_provider_profiles.emulators gainsight_px --port 8081
+
+or, from Python / pytest::
+
+    from airflow_provider_profiles.emulators import create, serve
+    with serve(create("mediarithmics")) as server:
+        ...  # server.url, server.emulator.snapshot(), server.emulator.inject("status", status=429)
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from airflow_provider_profiles.emulators.base import Clock, Emulator, EmulatorServer, Fault, serve
+
+# vendor name -> "module:class"; imported lazily so one vendor's emulator never loads the others
+EMULATORS: dict[str, str] = {
+    "echo": "airflow_provider_profiles.emulators.echo:EchoEmulator",
+    "gainsight_px": "airflow_provider_profiles.emulators.gainsight_px:GainsightPXEmulator",
+    "apsis_one": "airflow_provider_profiles.emulators.apsis_one:ApsisOneEmulator",
+    "localytics": "airflow_provider_profiles.emulators.localytics:LocalyticsEmulator",
+    "mediarithmics": "airflow_provider_profiles.emulators.mediarithmics:MediarithmicsEmulator",
+}
+
+
+def create(vendor: str, **config) -> Emulator:
+    """A new emulator for ``vendor`` (see ``EMULATORS``) with vendor-specific ``config``."""
+    try:
+        module_name, class_name = EMULATORS[vendor].split(":")
+    except KeyError:
+        raise ValueError(f"unknown emulator {vendor!r}; choose from {', '.join(sorted(EMULATORS))}") from None
+    return getattr(import_module(module_name), class_name)(**config)
+
+
+__all__ = ["EMULATORS", "Clock", "Emulator", "EmulatorServer", "Fault", "create", "serve"]

@@ -1,0 +1,82 @@
+"""The one writer interface every vendor format implements, and the rejects file they share.
+
+A writer turns one mapped input row (a dict, nested by dotted paths already resolved) into one
+vendor record: a line of NDJSON or CSV. A row it cannot encode raises ``RowRejected`` with a reason
+a person can act on; the caller writes it to the rejects file and carries on, so that
+rows read = written + rejected always holds.
+"""
+
+from __future__ import annotations
+
+import abc
+import csv
+import io
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+REJECTS_HEADER = ("line", "identifier", "reason", "http_status")
+
+
+class RowRejected(ValueError):
+    """A row that cannot be sent; ``reason`` says why (and names the field where there is one)."""
+
+    def __init__(self, reason: str, field: str | None = None):
+        self.reason = f"{field}: {reason}" if field else reason
+        self.field = field
+        super().__init__(self.reason)
+
+
+class FormatWriter(abc.ABC):
+    """Encodes rows for one vendor format. Subclasses set ``extension`` and implement ``encode``."""
+
+    extension: ClassVar[str]  # "ndjson" or "csv": also the file suffix
+    content_type: ClassVar[str] = "application/x-ndjson"
+    identifier_field: ClassVar[str | None] = None  # the row key that identifies a record, for rejects
+
+    def header(self) -> str | None:
+        """The first line of every file (CSV header, with its newline), or None."""
+        return None
+
+    @abc.abstractmethod
+    def encode(self, row: Mapping[str, Any]) -> str:
+        """One record, newline included. Raise ``RowRejected`` for a row that cannot be sent."""
+
+    def identifier(self, row: Mapping[str, Any]) -> str | None:
+        value = row.get(self.identifier_field) if self.identifier_field else None
+        return None if value is None else str(value)
+
+
+class RejectsFile:
+    """CSV of rejected rows (line, identifier, reason, http_status), opened on first use only."""
+
+    def __init__(self, path: Any):
+        self.path = path  # ObjectStoragePath, pathlib.Path or anything with .open("w")
+        self.count = 0
+        self._handle = None
+        self._writer = None
+
+    def add(self, line: int | None, identifier: str | None, reason: str, http_status: int | None = None) -> None:
+        if self._writer is None:
+            self._handle = self.path.open("w", newline="", encoding="utf-8")
+            self._writer = csv.writer(self._handle)
+            self._writer.writerow(REJECTS_HEADER)
+        self._writer.writerow((line, identifier or "", reason, http_status or ""))
+        self.count += 1
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> RejectsFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def csv_line(values: list[Any]) -> str:
+    """One CSV record with RFC 4180 quoting and a ``\\n`` terminator."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue()
