@@ -228,6 +228,8 @@ class EmulatorServer:
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 
     def start(self) -> EmulatorServer:
+        if self._thread.is_alive():  # serve() already started it; `with serve(...)` must not restart
+            return self
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:

@@ -1,0 +1,30 @@
+# Everything runs from a local virtualenv that these targets create: a fresh machine needs only python3.11.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test e2e bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[test]"
+	touch $@
+
+# The main job: every emulator on 127.0.0.1, the end-to-end example DAG under `airflow dags test`
+# on embedded SQLite, then the per-vendor summary.
+demo: install
+	$(BIN)/python -m airflow_provider_profiles.emulators.run_dag profiles_end_to_end --dags-folder example_dags
+
+# Unit, emulator-backed integration and end-to-end tests (pytest exit 5, "no tests", is not a failure).
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider || [ $$? -eq 5 ]
+
+bench: install
+	$(BIN)/python benchmarks/gainsight_px_load.py
+	$(BIN)/python benchmarks/prepare.py
+
+clean:
+	rm -rf $(VENV) .demo build *.egg-info

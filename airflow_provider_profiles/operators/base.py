@@ -1,0 +1,217 @@
+"""Submit a vendor job, then wait for it in the worker or defer to its trigger.
+
+Vendor operators implement ``submit`` (create the remote job, return its ids) and ``on_success``
+(what to return). Everything else lives here once: ids pushed to XCom and to a retry ledger before
+waiting, reattach on retry, check-before-defer, deadline, cancel on timeout and kill, and the
+``max_failed_ratio`` check.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import time
+from functools import cached_property
+from typing import Any, ClassVar
+
+from airflow.providers.common.compat.sdk import AirflowException, AirflowTaskTimeout, BaseOperator, Variable, conf
+
+from airflow_provider_profiles.hooks.base import JobNotCancellable, JobState, JobStatus, ProfilesHook
+from airflow_provider_profiles.triggers.base import SUCCESS, TIMEOUT, FAILED, JobTrigger, status_from_event
+
+DEFAULT_JOB_TIMEOUT = datetime.timedelta(hours=12)
+
+
+def default_deferrable() -> bool:
+    return conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
+class JobWaitMixin:
+    """What an operator and a sensor share when they wait on a vendor job through ``trigger_class``."""
+
+    hook_class: ClassVar[type[ProfilesHook]]
+    trigger_class: ClassVar[type[JobTrigger]]
+    conn_id: str
+    poll_interval: float
+
+    @cached_property
+    def hook(self) -> ProfilesHook:
+        return self.hook_class(self.conn_id)
+
+    def defer_to_trigger(self, job: dict[str, Any], deadline: float) -> None:
+        self.defer(  # type: ignore[attr-defined]
+            trigger=self.trigger_class(conn_id=self.conn_id, job=job, deadline=deadline,
+                                       poll_interval=self.poll_interval),
+            method_name="execute_complete",
+        )
+
+    def status_from_trigger(self, job: dict[str, Any], event: dict[str, Any]) -> JobStatus:
+        """A terminal status from a trigger event; timeout and error events raise."""
+        if event["status"] in (SUCCESS, FAILED):
+            return status_from_event(event)
+        if event["status"] == TIMEOUT:
+            self.on_deadline(job, event.get("vendor_status") or "unknown")
+        raise AirflowException(f"{self.hook.hook_name} job {job}: {event['status']}: {event.get('message')}")
+
+    def on_deadline(self, job: dict[str, Any], vendor_status: str) -> None:
+        """The job outlived the wait: raise (operators cancel the job they created first)."""
+        raise NotImplementedError
+
+    def raise_if_failed(self, job: dict[str, Any], status: JobStatus) -> None:
+        if status.state is JobState.FAILED:
+            raise AirflowException(f"{self.hook.hook_name} job {job} ended {status.vendor_status}: "
+                                   f"{status.message or 'no details from the vendor'}")
+
+    def cancel(self, job: dict[str, Any]) -> None:
+        try:
+            self.hook.cancel_job(**job)
+            self.log.warning("cancelled %s job %s", self.hook.hook_name, job)  # type: ignore[attr-defined]
+        except JobNotCancellable as reason:
+            self.log.warning("%s job %s left running: %s", self.hook.hook_name, job, reason)  # type: ignore[attr-defined]
+
+
+class RemoteJobOperator(JobWaitMixin, BaseOperator):
+    """Base of the operators that create one vendor job and (optionally) wait for it.
+
+    :param conn_id: the vendor connection.
+    :param wait_for_completion: wait for the job to end; otherwise return its ids once created.
+    :param deferrable: wait in the triggerer instead of the worker (default ``[operators] default_deferrable``).
+    :param poll_interval: seconds between status checks.
+    :param job_timeout: how long to wait for the job (seconds or timedelta); then it is cancelled
+        where the vendor allows it and the task fails.
+    :param max_failed_ratio: fail the task when the vendor reports more failed records than this ratio.
+    """
+
+    def __init__(
+        self,
+        *,
+        conn_id: str | None = None,
+        wait_for_completion: bool = True,
+        deferrable: bool = default_deferrable(),
+        poll_interval: float = 10.0,
+        job_timeout: float | datetime.timedelta = DEFAULT_JOB_TIMEOUT,
+        max_failed_ratio: float | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.conn_id = conn_id or self.hook_class.default_conn_name
+        self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.job_timeout = job_timeout.total_seconds() if isinstance(job_timeout, datetime.timedelta) else float(job_timeout)
+        self.max_failed_ratio = max_failed_ratio
+        self._job: dict[str, Any] | None = None
+
+    # vendor part -------------------------------------------------------------------------------
+    def submit(self, context: Any) -> dict[str, Any]:
+        """Create the remote job; return the ids that identify it (the hook's ``job_status`` kwargs)."""
+        raise NotImplementedError
+
+    def on_success(self, context: Any, status: JobStatus) -> Any:
+        """The task's return value once the job succeeded (logged and pushed to XCom)."""
+        return status.payload
+
+    def failed_ratio(self, status: JobStatus) -> float | None:
+        """Failed records / all records as the vendor reports them, or None if it does not."""
+        return None
+
+    # mechanics -----------------------------------------------------------------------------------
+    def execute(self, context: Any) -> Any:
+        job = self._reattach(context) or self._submit(context)
+        if not self.wait_for_completion:
+            return job
+        status = self.hook.job_status(**job)  # it may already be done: no need to defer
+        if not status.terminal:
+            deadline = time.time() + self.job_timeout
+            if self.deferrable:
+                self.defer_to_trigger(job, deadline)
+            try:
+                status = self.wait_in_worker(job, deadline)
+            except AirflowTaskTimeout:  # execution_timeout hit while waiting: do not leave the job behind
+                self.cancel(job)
+                raise
+        return self._finish(context, job, status)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        self._job = event["job"]
+        return self._finish(context, self._job, self.status_from_trigger(self._job, event))
+
+    def on_kill(self) -> None:
+        if self._job is not None:
+            self.cancel(self._job)
+
+    def on_deadline(self, job: dict[str, Any], vendor_status: str) -> None:
+        self.cancel(job)
+        raise AirflowException(f"{self.hook.hook_name} job {job} still {vendor_status} after "
+                               f"job_timeout={self.job_timeout:.0f}s; cancelled where the vendor allows it")
+
+    def wait_in_worker(self, job: dict[str, Any], deadline: float) -> JobStatus:
+        """Poll from the worker until the job ends or the deadline passes."""
+        while True:
+            status = self.hook.job_status(**job)
+            if status.terminal:
+                return status
+            if time.time() >= deadline:
+                self.on_deadline(job, status.vendor_status)
+            self.log.info("%s job %s is %s", self.hook.hook_name, job, status.vendor_status)
+            time.sleep(max(0.0, min(self.poll_interval, deadline - time.time())))
+
+    def _submit(self, context: Any) -> dict[str, Any]:
+        job = self.submit(context)
+        self._job = job
+        # Before any wait: downstream tasks and a retry of this one can find the job.
+        context["ti"].xcom_push(key="job", value=job)
+        _ledger_set(context, job)
+        self.log.info("created %s job %s", self.hook.hook_name, job)
+        return job
+
+    def _reattach(self, context: Any) -> dict[str, Any] | None:
+        """The job an earlier try of this task created, if it is still running or succeeded."""
+        job = _ledger_get(context)
+        if job is None:
+            return None
+        status = self.hook.job_status(**job)
+        if status.state is JobState.FAILED:
+            self.log.info("earlier try's job %s ended %s; creating a new one", job, status.vendor_status)
+            return None
+        self.log.info("reattaching to job %s created by an earlier try (%s)", job, status.vendor_status)
+        self._job = job
+        context["ti"].xcom_push(key="job", value=job)
+        return job
+
+    def _finish(self, context: Any, job: dict[str, Any], status: JobStatus) -> Any:
+        self.raise_if_failed(job, status)
+        result = self.on_success(context, status)
+        self.log.info("%s job %s %s: %s", self.hook.hook_name, job, status.vendor_status, result)
+        _ledger_clear(context)
+        ratio = self.failed_ratio(status)
+        if self.max_failed_ratio is not None and ratio is not None and ratio > self.max_failed_ratio:
+            raise AirflowException(f"{ratio:.2%} of the records failed in {self.hook.hook_name} job {job}, "
+                                   f"more than max_failed_ratio={self.max_failed_ratio:.2%}: {result}")
+        return result
+
+
+# --- retry ledger ---------------------------------------------------------------------------------
+# Airflow clears a task's XComs when a new try starts, so the ids a retry must reattach to are kept
+# in a Variable named after the task instance, removed once the job has been seen through.
+def _ledger_key(context: Any) -> str:
+    ti = context["ti"]
+    identity = json.dumps([ti.dag_id, ti.run_id, ti.task_id, ti.map_index])
+    return f"profiles_job_{hashlib.sha256(identity.encode()).hexdigest()[:32]}"
+
+
+def _ledger_get(context: Any) -> dict[str, Any] | None:
+    value = Variable.get(_ledger_key(context), default=None)
+    return json.loads(value)["job"] if value else None
+
+
+def _ledger_set(context: Any, job: dict[str, Any]) -> None:
+    ti = context["ti"]
+    Variable.set(_ledger_key(context), json.dumps({"job": job, "try_number": ti.try_number}),
+                 description=f"vendor job of {ti.dag_id}.{ti.task_id}[{ti.map_index}] in {ti.run_id}; "
+                             "kept for a retry to reattach, removed when it completes")
+
+
+def _ledger_clear(context: Any) -> None:
+    Variable.delete(_ledger_key(context))

@@ -1,0 +1,96 @@
+"""A hook, trigger, operator and sensor for the echo test emulator: the smallest users of the shared bases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_profiles.hooks.base import (
+    JobNotCancellable,
+    JobState,
+    JobStatus,
+    ProfilesHook,
+    VendorValidationError,
+)
+from airflow_provider_profiles.operators.base import RemoteJobOperator
+from airflow_provider_profiles.sensors.base import JobSensor
+from airflow_provider_profiles.triggers.base import JobTrigger
+
+STATES = {"queued": JobState.RUNNING, "running": JobState.RUNNING, "done": JobState.SUCCESS,
+          "failed": JobState.FAILED, "cancelled": JobState.FAILED}
+
+
+class EchoHook(ProfilesHook):
+    default_conn_name = "echo_default"
+    conn_type = "echo"
+    hook_name = "Echo"
+    default_base_urls = {"local": "http://127.0.0.1:9/"}
+    default_region = "local"
+    secret_extras = ("signing_secret",)
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"X-Api-Key": self.connection.password or ""}
+
+    @staticmethod
+    def _status(body: dict[str, Any]) -> JobStatus:
+        return JobStatus(STATES[body["status"]], body["status"], body, body.get("message"))
+
+    def job_status(self, *, job_id: str) -> JobStatus:
+        return self._status(self.request("GET", f"/jobs/{job_id}").json())
+
+    async def ajob_status(self, *, job_id: str) -> JobStatus:
+        return self._status((await self.arequest("GET", f"/jobs/{job_id}")).json())
+
+    def cancel_job(self, *, job_id: str) -> None:
+        try:
+            self.request("POST", f"/jobs/{job_id}/cancel", idempotent=True)
+        except VendorValidationError as exc:  # 409: already finished
+            raise JobNotCancellable(str(exc)) from exc
+
+    async def acancel_job(self, *, job_id: str) -> None:
+        try:
+            await self.arequest("POST", f"/jobs/{job_id}/cancel", idempotent=True)
+        except VendorValidationError as exc:
+            raise JobNotCancellable(str(exc)) from exc
+
+
+class EchoTrigger(JobTrigger):
+    hook_class = EchoHook
+
+
+class EchoJobOperator(RemoteJobOperator):
+    hook_class = EchoHook
+    trigger_class = EchoTrigger
+
+    def __init__(self, *, duration: float = 1.0, outcome: str = "done", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.duration, self.outcome = duration, outcome
+
+    def submit(self, context: Any) -> dict[str, Any]:
+        body = self.hook.request("POST", "/jobs", json={"duration": self.duration, "outcome": self.outcome}).json()
+        return {"job_id": body["id"]}
+
+
+class EchoJobSensor(JobSensor):
+    hook_class = EchoHook
+    trigger_class = EchoTrigger
+    template_fields = ("job_id",)
+
+    def __init__(self, *, job_id: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.job_id = job_id
+
+    def job(self) -> dict[str, Any]:
+        return {"job_id": self.job_id}
+
+
+class CrashAfterSubmitOperator(EchoJobOperator):
+    """Dies right after creating its job on the first try, as a worker lost mid-wait would."""
+
+    def wait_in_worker(self, job, deadline):
+        if self._ti_try_number == 1:
+            raise RuntimeError("worker lost after the job was created")
+        return super().wait_in_worker(job, deadline)
+
+    def execute(self, context):
+        self._ti_try_number = context["ti"].try_number
+        return super().execute(context)
