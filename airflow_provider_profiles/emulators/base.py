@@ -107,6 +107,18 @@ class Emulator:
         """JSON-able view of the vendor state, for tests and ``GET /_emulator/state``."""
         return {}
 
+    def connection(self) -> dict[str, Any]:
+        """The Airflow connection (JSON form) that points a vendor hook at this running emulator.
+
+        Vendors with credentials or a path prefix extend it.
+        """
+        return {"conn_type": self.name, "extra": {"base_url": self.url}}
+
+    def summary(self) -> dict[str, Any]:
+        """A few counts a person reads after a run (what was imported); vendors extend it."""
+        with self.lock:
+            return {"requests": sum(self.counters.values()), "faults_served": sum(self.faults_served.values())}
+
     def reset(self) -> None:
         """Forget vendor state (subclasses extend); faults and counters are cleared too."""
         with self.lock:

@@ -38,6 +38,9 @@ class EchoEmulator(Emulator):
             Route("/jobs/{job_id}/cancel", self._cancel_job, methods=["POST"]),
         ]
 
+    def connection(self) -> dict[str, Any]:
+        return {"conn_type": "echo", "password": self.api_key, "extra": {"base_url": self.url}}
+
     def snapshot(self) -> dict[str, Any]:
         return {"items": dict(self.items), "jobs": {k: self._job_view(k) for k in self.jobs}}
 

@@ -80,6 +80,12 @@ class JobTrigger(BaseTrigger):
         failures_in_a_row = 0
         try:
             while True:
+                # Sleep first: the task checked the status just before deferring. (It also keeps a
+                # trigger from firing within moments of the deferral, which Airflow 3.3's scheduler
+                # can mistake for a state mismatch and fail the task: apache/airflow#71580.)
+                # +-10% jitter spreads the polls of many triggers started together.
+                remaining = self.deadline - time.time()
+                await asyncio.sleep(max(0.0, min(remaining, self.poll_interval * random.uniform(0.9, 1.1))))
                 try:
                     status = await hook.ajob_status(**self.job)
                     failures_in_a_row = 0
@@ -97,13 +103,10 @@ class JobTrigger(BaseTrigger):
                     outcome = SUCCESS if status.state is JobState.SUCCESS else FAILED
                     yield self._event(outcome, status.message or status.vendor_status, status)
                     return
-                remaining = self.deadline - time.time()
-                if remaining <= 0:
+                if time.time() >= self.deadline:
                     last = status.vendor_status if status else "unknown"
                     yield self._event(TIMEOUT, f"job {self.job} still {last} at the deadline", status)
                     return
-                # +-10% jitter spreads the polls of many triggers started together
-                await asyncio.sleep(min(remaining, self.poll_interval * random.uniform(0.9, 1.1)))
         finally:
             await hook.aclose()
 

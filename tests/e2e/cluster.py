@@ -1,0 +1,160 @@
+"""A real Airflow on 127.0.0.1 for the end-to-end suite: api-server, scheduler (LocalExecutor),
+dag-processor and triggerer as separate processes on embedded SQLite, plus every vendor emulator.
+
+Each process runs in its own process group, so it can be killed (e.g. the triggerer, while sensors
+wait) and started again, and nothing outlives the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_profiles.emulators import EMULATORS, EmulatorServer, create, serve
+
+PROCESSES = {
+    "api-server": ["api-server", "--host", "127.0.0.1", "--port", "{api_port}"],
+    "scheduler": ["scheduler"],
+    "dag-processor": ["dag-processor"],
+    "triggerer": ["triggerer"],
+}
+TERMINAL_RUN_STATES = {"success", "failed"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class AirflowCluster:
+    def __init__(self, home: Path, dags_folder: Path, emulator_config: dict[str, dict] | None = None,
+                 secrets: dict[str, dict] | None = None):
+        self.home, self.dags_folder = home, dags_folder
+        self.api_port = free_port()
+        self.processes: dict[str, subprocess.Popen] = {}
+        config = emulator_config or {}
+        self.emulators: dict[str, EmulatorServer] = {
+            vendor: serve(create(vendor, **config.get(vendor, {}))) for vendor in EMULATORS
+        }
+        self.env = self._env()
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__"))}
+        env.update({
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.api_port}/execution/",
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{self.api_port}",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "PROFILES_DATA_DIR": str(self.home / "data"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH")])),
+        })
+        for vendor, server in self.emulators.items():
+            env[f"AIRFLOW_CONN_{vendor.upper()}_DEFAULT"] = json.dumps(server.emulator.connection())
+        return env
+
+    # processes ------------------------------------------------------------------------------------
+    def airflow(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env, capture_output=True,
+                              text=True, check=check)
+
+    def start(self, *names: str) -> None:
+        for name in names or PROCESSES:
+            args = [a.format(api_port=self.api_port) for a in PROCESSES[name]]
+            log = (self.home / f"{name}.log").open("a")
+            self.processes[name] = subprocess.Popen([sys.executable, "-m", "airflow", *args], env=self.env,
+                                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes.pop(name)
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=30)
+
+    def up(self) -> AirflowCluster:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.airflow("db", "migrate")
+        self.start()
+        self.wait_for(lambda: self._api_ready(), 120, "the api-server to listen")
+        return self
+
+    def down(self) -> None:
+        for name in list(self.processes):
+            self.kill(name, signal.SIGTERM if name != "scheduler" else signal.SIGKILL)
+        for server in self.emulators.values():
+            server.stop()
+
+    def _api_ready(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.api_port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    @staticmethod
+    def wait_for(condition, timeout: float, what: str, interval: float = 1.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = condition()
+            if result:
+                return result
+            time.sleep(interval)
+        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+    # DAG runs ---------------------------------------------------------------------------------------
+    def query(self, sql: str, *params: Any) -> list[tuple]:
+        with sqlite3.connect(self.home / "airflow.db", timeout=30) as db:
+            return db.execute(sql, params).fetchall()
+
+    def wait_parsed(self, dag_id: str, timeout: float = 180) -> None:
+        self.wait_for(lambda: self.query("select 1 from serialized_dag where dag_id = ?", dag_id), timeout,
+                      f"{dag_id} to be parsed")
+
+    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
+        self.wait_parsed(dag_id)
+        run_id = f"e2e__{dag_id}__{time.time_ns()}"
+        args = ["dags", "trigger", dag_id, "--run-id", run_id]
+        if conf:
+            args += ["--conf", json.dumps(conf)]
+        self.airflow(*args)
+        return run_id
+
+    def run_state(self, dag_id: str, run_id: str) -> str | None:
+        rows = self.query("select state from dag_run where dag_id = ? and run_id = ?", dag_id, run_id)
+        return rows[0][0] if rows else None
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
+        return self.wait_for(lambda: (s := self.run_state(dag_id, run_id)) in TERMINAL_RUN_STATES and s, timeout,
+                             f"{dag_id} {run_id} to finish", interval=2)
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, tuple[str, int]]:
+        rows = self.query("select task_id, map_index, state, try_number from task_instance "
+                          "where dag_id = ? and run_id = ?", dag_id, run_id)
+        return {(t if m < 0 else f"{t}[{m}]"): (s, n) for t, m, s, n in rows}
+
+    def deferred_count(self) -> int:
+        return self.query("select count(*) from task_instance where state = 'deferred'")[0][0]
+
+    def log_text(self) -> str:
+        """Every task log and process log written so far."""
+        files = [*self.home.glob("*.log"), *(self.home / "logs").rglob("*")]
+        return "".join(p.read_text(errors="replace") for p in files if p.is_file())

@@ -1,0 +1,23 @@
+"""Deferred waits survive the triggerer being killed and restarted under them."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_triggerer_killed_and_restarted_while_tasks_wait(cluster):
+    echo = cluster.emulators["echo"].emulator
+    created_before = echo.counters["POST /jobs"]
+    run_id = cluster.trigger("echo_long_waits")
+    # Once all four waits are in the triggerer, kill it without warning, then start a new one.
+    cluster.wait_for(lambda: cluster.deferred_count() >= 4, 120, "four tasks to defer")
+    cluster.kill("triggerer", signal.SIGKILL)
+    cluster.start("triggerer")
+    assert cluster.wait_run("echo_long_waits", run_id) == "success"
+    states = cluster.task_states("echo_long_waits", run_id)
+    assert all(state == "success" and tries == 1 for state, tries in states.values()), states
+    assert echo.counters["POST /jobs"] - created_before == 4  # no job created twice
