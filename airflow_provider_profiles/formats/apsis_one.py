@@ -1,0 +1,85 @@
+"""Apsis One import file: a UTF-8 CSV whose header names are the import spec's field selectors.
+
+Values are written as Apsis One reads them: booleans ``true``/``false``, dates ``YYYY-MM-DD``,
+timestamps ISO 8601 in UTC, missing values as empty cells (which only clear an attribute when the
+import sets ``clear_existing_attributes``). A row without a valid keyspace value is rejected here,
+because Apsis would only count it as failed without saying which one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, csv_line
+
+EMAIL_KEYSPACE = "com.apsis1.keyspaces.email"
+MOBILE_KEYSPACE = "com.apsis1.keyspaces.mobile"
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_MOBILE = re.compile(r"^\+?[0-9]{6,15}$")
+
+
+def format_value(value: Any) -> str:
+    """One cell as Apsis One expects it."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        return value.isoformat(timespec="seconds") + "Z"
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if type(value).__name__ in ("NaTType", "NAType"):  # pandas missing markers, without importing pandas
+        return ""
+    return str(value)
+
+
+class ApsisOneCsvWriter(FormatWriter):
+    """Rows (dicts keyed by column) -> Apsis One CSV lines, header from the mapped columns.
+
+    ``columns`` are the CSV columns in order (the spec's field selectors); ``keyspace_field`` is the
+    column holding the keyspace value, checked against ``keyspace`` (email and mobile formats).
+    """
+
+    extension: ClassVar[str] = "csv"
+    content_type: ClassVar[str] = "text/csv"
+
+    def __init__(self, columns: Sequence[str], keyspace_field: str, keyspace: str | None = None):
+        columns = list(columns)
+        if not columns:
+            raise ValueError("an Apsis One file needs at least the keyspace column")
+        duplicates = sorted({c for c in columns if columns.count(c) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate column(s) {', '.join(duplicates)}")
+        if keyspace_field not in columns:
+            raise ValueError(f"keyspace column {keyspace_field!r} is not among the columns {columns}")
+        self.columns = columns
+        self.keyspace_field = keyspace_field
+        self.keyspace = keyspace
+
+    @property
+    def identifier_field(self) -> str:  # type: ignore[override]
+        return self.keyspace_field
+
+    def header(self) -> str:
+        return csv_line(self.columns)
+
+    def encode(self, row: Mapping[str, Any]) -> str:
+        key = format_value(row.get(self.keyspace_field)).strip()
+        if not key:
+            raise RowRejected("missing keyspace value", self.keyspace_field)
+        if self.keyspace == EMAIL_KEYSPACE and not _EMAIL.match(key):
+            raise RowRejected(f"not an email address: {key!r}", self.keyspace_field)
+        if self.keyspace == MOBILE_KEYSPACE and not _MOBILE.match(key):
+            raise RowRejected(f"not a mobile number (digits, optional leading +): {key!r}", self.keyspace_field)
+        values = [key if column == self.keyspace_field else format_value(row.get(column)) for column in self.columns]
+        return csv_line(values)
