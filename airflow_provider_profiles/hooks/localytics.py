@@ -1,0 +1,398 @@
+"""Localytics Profile Imports and Audience Imports.
+
+Auth is HTTP Basic with the org API key (connection login) and secret (password), sent in the
+``Authorization`` header, never in a URL. Rate limits per key, declared in ``rate_limits`` and
+overridable with the connection extra ``rate_limits``: profile uploads 10 per hour, profile status
+60 per minute, every audience route 60 per minute. A 429 on a profile upload can mean a wait of up
+to an hour; ``upload_profiles`` waits for the slot (extra ``upload_max_wait``, seconds) instead of failing.
+
+Remote jobs are ``{"kind": "profiles" | "audiences", "activity_id": ...}``; Localytics cannot cancel them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from contextlib import contextmanager
+from typing import Any, BinaryIO
+from urllib.parse import quote, urlsplit
+
+from airflow.providers.common.compat.sdk import mask_secret
+
+from airflow_provider_profiles.hooks.base import (
+    JobState,
+    JobStatus,
+    ProfilesHook,
+    VendorAPIError,
+    VendorRateLimitError,
+)
+
+PROFILES = "profiles"
+AUDIENCES = "audiences"
+KINDS = (PROFILES, AUDIENCES)
+PROFILE_FORMATS = ("json", "csv")
+FIRST_ERRORS = 5  # error-log lines carried in the status (and so in task logs and failure messages)
+DEFAULT_UPLOAD_MAX_WAIT = 2 * 3600.0
+
+_STATES = {"pending": JobState.RUNNING, "running": JobState.RUNNING, "completed": JobState.SUCCESS,
+           "failed": JobState.FAILED}
+
+
+class LocalyticsHook(ProfilesHook):
+    """Talk to the Localytics import APIs (``api.localytics.com/v1``) through an Airflow connection.
+
+    Connection: login = API key, password = API secret, extra ``org_id`` (default scope of profile
+    imports), optional host or extra ``base_url`` (an emulator), ``rate_limits``, ``upload_max_wait``.
+    """
+
+    default_conn_name = "localytics_default"
+    conn_type = "localytics"
+    hook_name = "Localytics"
+    default_base_urls = {"default": "https://api.localytics.com/v1"}
+    default_region = "default"
+    rate_limits = {"upload": (10, 3600), "status": (60, 60), "audiences": (60, 60)}
+
+    # auth ---------------------------------------------------------------------------------------
+    def auth(self) -> tuple[str, str]:
+        conn = self.connection
+        if not conn.login or not conn.password:
+            raise ValueError(f"connection {self.conn_id!r}: set the Localytics API key as login and the "
+                             "API secret as password")
+        if not getattr(self, "_login_masked", False):
+            mask_secret(conn.login)  # the key is half of the credential pair: keep it out of logs too
+            self._login_masked = True
+        return conn.login, conn.password
+
+    def error_message(self, payload: Any, text: str) -> str:
+        if isinstance(payload, dict):
+            for key in ("error", "message", "error_message", "errors"):
+                if payload.get(key):
+                    return str(payload[key])
+        return super().error_message(payload, text)
+
+    # profile imports ------------------------------------------------------------------------------
+    def upload_profiles(
+        self,
+        file: Any,
+        *,
+        org_id: str | int | None = None,
+        app_id: str | None = None,
+        format: str = "json",  # noqa: A002  (the vendor's parameter name)
+    ) -> str:
+        """Upload a profile change file (JSON lines, or CSV) for one org or one app; return the activity id.
+
+        Without ``org_id`` and ``app_id``, the connection extra ``org_id`` is the scope.
+        """
+        scope = self.profile_scope(org_id=org_id, app_id=app_id)
+        if format not in PROFILE_FORMATS:
+            raise ValueError(f"format must be one of {', '.join(PROFILE_FORMATS)}, got {format!r}")
+        content_type = "text/csv" if format == "csv" else "application/json"
+        with _open_binary(file) as (name, handle):
+            start = handle.tell()
+
+            def upload() -> Any:
+                handle.seek(start)  # a wait-and-retry sends the whole file again
+                return self.request("POST", "imports/profiles/upload", route="upload",
+                                    data={**scope, "format": format}, files={"file": (name, handle, content_type)})
+
+            response = self._wait_for_slot("profile upload (10 per hour)", upload)
+        activity_id = _activity_id(response)
+        self.log.info("Localytics profile import %s created for %s from %s", activity_id, scope, name)
+        return activity_id
+
+    def profile_scope(self, *, org_id: str | int | None = None, app_id: str | None = None) -> dict[str, str]:
+        """Exactly one of org_id / app_id (falling back to the connection's org_id)."""
+        if org_id not in (None, "") and app_id not in (None, ""):
+            raise ValueError("give org_id or app_id, not both: a profile import has one scope")
+        if app_id not in (None, ""):
+            return {"app_id": str(app_id)}
+        if org_id in (None, ""):
+            self.connection  # noqa: B018
+            org_id = self.extras.get("org_id")
+        if org_id in (None, ""):
+            raise ValueError(f"no scope: pass org_id or app_id, or set extra org_id on connection {self.conn_id!r}")
+        return {"org_id": str(org_id)}
+
+    def get_profile_import_status(self, activity_id: str) -> dict[str, Any]:
+        """The vendor's status body, with ``upload_statistics`` counts as integers."""
+        response = self.request("GET", f"imports/profiles/status/{_segment(activity_id)}", route="status")
+        return _normalized(response.json())
+
+    async def aget_profile_import_status(self, activity_id: str) -> dict[str, Any]:
+        response = await self.arequest("GET", f"imports/profiles/status/{_segment(activity_id)}", route="status")
+        return _normalized(response.json())
+
+    def get_error_log(self, url: str, limit: int | None = FIRST_ERRORS) -> list[Any]:
+        """The first ``limit`` entries of a job's error log (all with ``limit=None``).
+
+        The log lives on another host (the vendor's object store), so it is fetched without credentials.
+        """
+        response = self.request("GET", _absolute(url), authenticate=False, route="error_log")
+        return _error_entries(response.text, limit)
+
+    async def aget_error_log(self, url: str, limit: int | None = FIRST_ERRORS) -> list[Any]:
+        response = await self.arequest("GET", _absolute(url), authenticate=False, route="error_log")
+        return _error_entries(response.text, limit)
+
+    # audience imports ---------------------------------------------------------------------------
+    def create_audience(self, *, app_id: str, audience_name: str, file: Any) -> str:
+        """Create an audience list from a file of ``{"customer_id": ...}`` lines; return the activity id."""
+        _require(app_id=app_id, audience_name=audience_name)
+        with _open_binary(file) as (name, handle):
+            response = self.request(
+                "POST", "imports/audiences/list/", route="audiences",
+                data={"app_id": str(app_id), "audience_name": audience_name, "identifier_type": "customer_id"},
+                files={"file": (name, handle, "application/json")},
+            )
+        activity_id = _activity_id(response)
+        self.log.info("Localytics audience %r import %s created in app %s", audience_name, activity_id, app_id)
+        return activity_id
+
+    def replace_audience(self, audience_list_id: str | int, *, app_id: str, file: Any) -> str:
+        """Replace an audience list's members with a file's customer ids; return the activity id."""
+        _require(audience_list_id=audience_list_id, app_id=app_id)
+        with _open_binary(file) as (name, handle):
+            response = self.request(
+                "PUT", f"imports/audiences/list/{_segment(audience_list_id)}", route="audiences",
+                data={"app_id": str(app_id), "identifier_type": "customer_id",
+                      "audience_list_id": str(audience_list_id)},
+                files={"file": (name, handle, "application/json")},
+            )
+        activity_id = _activity_id(response)
+        self.log.info("Localytics audience list %s replacement %s created", audience_list_id, activity_id)
+        return activity_id
+
+    def rename_audience(self, audience_list_id: str | int, name: str) -> dict[str, Any]:
+        _require(audience_list_id=audience_list_id, name=name)
+        response = self.request("PUT", f"imports/audiences/list/{_segment(audience_list_id)}/name",
+                                route="audiences", params={"name": name})
+        return _json_or_empty(response)
+
+    def delete_audience(self, audience_list_id: str | int) -> dict[str, Any]:
+        _require(audience_list_id=audience_list_id)
+        response = self.request("DELETE", f"imports/audiences/list/{_segment(audience_list_id)}", route="audiences")
+        return _json_or_empty(response)
+
+    def list_audiences(self, app_id: str) -> list[dict[str, Any]]:
+        _require(app_id=app_id)
+        response = self.request("GET", f"imports/audiences/list/app/{_segment(app_id)}", route="audiences")
+        body = response.json()
+        return body if isinstance(body, list) else list(body.get("audiences") or body.get("data") or [])
+
+    def find_audience(self, app_id: str, name: str) -> dict[str, Any] | None:
+        """The app's audience list called ``name`` (the most recently updated one if several)."""
+        matches = [a for a in self.list_audiences(app_id) if a.get("name") == name]
+        return max(matches, key=lambda a: str(a.get("updated_at") or ""), default=None)
+
+    def get_audience_import_status(self, activity_id: str) -> dict[str, Any]:
+        response = self.request("GET", f"imports/audiences/list/status/{_segment(activity_id)}", route="audiences")
+        return _normalized(response.json())
+
+    async def aget_audience_import_status(self, activity_id: str) -> dict[str, Any]:
+        response = await self.arequest("GET", f"imports/audiences/list/status/{_segment(activity_id)}",
+                                       route="audiences")
+        return _normalized(response.json())
+
+    # job protocol ---------------------------------------------------------------------------------
+    def job_status(self, *, kind: str, activity_id: str, **_: Any) -> JobStatus:
+        _check_kind(kind)
+        if kind == PROFILES:
+            body = self.get_profile_import_status(activity_id)
+            errors = self._first_errors(body, self.get_error_log)
+        else:
+            body, errors = self.get_audience_import_status(activity_id), []
+        return _job_status(kind, activity_id, body, errors)
+
+    async def ajob_status(self, *, kind: str, activity_id: str, **_: Any) -> JobStatus:
+        _check_kind(kind)
+        if kind == PROFILES:
+            body = await self.aget_profile_import_status(activity_id)
+            errors = []
+            if _wants_error_log(body):
+                errors = await self._afirst_errors(body)
+        else:
+            body, errors = await self.aget_audience_import_status(activity_id), []
+        return _job_status(kind, activity_id, body, errors)
+
+    def _first_errors(self, body: dict[str, Any], fetch: Any) -> list[Any]:
+        if not _wants_error_log(body):
+            return []
+        try:
+            return fetch(body["error_log"])
+        except VendorAPIError as error:  # the counts still tell the story; the log is a bonus
+            self.log.warning("could not read the error log: %s", error)
+            return [f"(error log unavailable: {error})"]
+
+    async def _afirst_errors(self, body: dict[str, Any]) -> list[Any]:
+        try:
+            return await self.aget_error_log(body["error_log"])
+        except VendorAPIError as error:
+            self.log.warning("could not read the error log: %s", error)
+            return [f"(error log unavailable: {error})"]
+
+    # waiting on the hourly upload limit -------------------------------------------------------------
+    def _wait_for_slot(self, what: str, call: Any) -> Any:
+        """Run ``call``; while the vendor answers 429 past the retry policy, wait its Retry-After and retry."""
+        self.connection  # noqa: B018  (extras)
+        deadline = time.monotonic() + float(self.extras.get("upload_max_wait", DEFAULT_UPLOAD_MAX_WAIT))
+        while True:
+            try:
+                return call()
+            except VendorRateLimitError as error:
+                wait = error.retry_after if error.retry_after is not None else 60.0
+                if time.monotonic() + wait > deadline:
+                    raise
+                self.log.info("Localytics %s limit reached; waiting %.0fs for a slot", what, wait)
+                time.sleep(wait)
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+def _require(**values: Any) -> None:
+    missing = [name for name, value in values.items() if value in (None, "")]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+
+
+def _segment(value: Any) -> str:
+    return quote(str(value), safe="")
+
+
+def _activity_id(response: Any) -> str:
+    body = _json_or_empty(response)
+    activity_id = body.get("activity_id") if isinstance(body, dict) else None
+    if not activity_id:
+        raise VendorAPIError(f"no activity_id in the response: {str(body)[:200]}", status=response.status_code,
+                             vendor="Localytics")
+    return str(activity_id)
+
+
+def _json_or_empty(response: Any) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return {}
+
+
+def _to_int(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
+def _normalized(body: Any) -> dict[str, Any]:
+    """The status body with numeric-string counts (the audience API sends strings) as integers."""
+    body = dict(body) if isinstance(body, Mapping) else {"status": None, "raw": body}
+    stats = body.get("upload_statistics")
+    if isinstance(stats, Mapping):
+        body["upload_statistics"] = {key: _to_int(value) for key, value in stats.items()}
+    return body
+
+
+def _wants_error_log(body: Mapping[str, Any]) -> bool:
+    stats = body.get("upload_statistics") or {}
+    failed = stats.get("failed_imports") or 0
+    status = str(body.get("status") or "").lower()
+    return bool(body.get("error_log")) and (status == "failed" or (status == "completed" and failed))
+
+
+def _absolute(url: str) -> str:
+    """The vendor's examples give the error log without a scheme (``bucket.s3.aws.com/errors/...``)."""
+    return url if "://" in url else f"https://{url.lstrip('/')}"
+
+
+def _error_entries(text: str, limit: int | None) -> list[Any]:
+    """Error log entries: a JSON array, JSON lines, or plain text lines."""
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            entries = json.loads(stripped)
+            return entries if limit is None else entries[:limit]
+        except ValueError:
+            pass
+    entries = []
+    for line in stripped.splitlines():
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            entries.append(line.strip())
+        if limit is not None and len(entries) >= limit:
+            break
+    return entries
+
+
+def statistics(kind: str, body: Mapping[str, Any]) -> dict[str, int | None]:
+    """The vendor's counts in one shape for both kinds: total, succeeded, failed."""
+    stats = body.get("upload_statistics") or {}
+    if kind == PROFILES:
+        names = ("total_number_of_imports", "successful_imports", "failed_imports")
+    else:
+        names = ("total_lines", "successful_lines", "failed_lines")
+    total, succeeded, failed = (_to_int(stats.get(name)) for name in names)
+    return {"total": total, "succeeded": succeeded, "failed": failed}
+
+
+def _job_status(kind: str, activity_id: str, body: dict[str, Any], errors: list[Any]) -> JobStatus:
+    vendor_status = str(body.get("status") or "unknown")
+    state = _STATES.get(vendor_status.lower(), JobState.RUNNING)  # unknown statuses: keep polling
+    payload: dict[str, Any] = {
+        "kind": kind,
+        "activity_id": activity_id,
+        "status": vendor_status,
+        "statistics": statistics(kind, body),
+        "upload_statistics": body.get("upload_statistics"),
+    }
+    if kind == AUDIENCES:
+        stats = body.get("upload_statistics") or {}
+        payload["audience_list_id"] = _to_int(stats.get("audience_list_id"))
+        payload["error_reason"] = body.get("error_reason")
+    if body.get("error_log"):
+        # only the path: a presigned object-store URL carries a signature in its query
+        parts = urlsplit(_absolute(str(body["error_log"])))
+        payload["error_log"] = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    if errors:
+        payload["first_errors"] = errors
+    message = None
+    if state is JobState.FAILED:
+        reason = body.get("error_reason") or "no reason given"
+        message = f"{kind} import {activity_id} Failed: {reason}"
+        if errors:
+            message += "; first errors: " + " | ".join(_short(e) for e in errors)
+    return JobStatus(state, vendor_status, payload, message)
+
+
+def _short(entry: Any) -> str:
+    text = entry if isinstance(entry, str) else json.dumps(entry, ensure_ascii=False)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+@contextmanager
+def _open_binary(file: Any):
+    """(file name, binary handle) for a local path, an ``ObjectStoragePath`` or URL string, or an open file."""
+    if hasattr(file, "read"):
+        yield os.path.basename(getattr(file, "name", "") or "upload.json"), file
+        return
+    if isinstance(file, str) and "://" in file:
+        from airflow.sdk import ObjectStoragePath
+
+        file = ObjectStoragePath(file)
+    name = getattr(file, "name", None) or os.path.basename(str(file))
+    opener = file.open if hasattr(file, "open") else None
+    handle: BinaryIO = opener("rb") if opener else open(file, "rb")  # noqa: SIM115
+    try:
+        yield name, handle
+    finally:
+        handle.close()
+
+
+__all__ = ["AUDIENCES", "KINDS", "PROFILES", "LocalyticsHook", "statistics"]

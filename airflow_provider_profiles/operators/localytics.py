@@ -1,0 +1,192 @@
+"""Localytics profile imports and audience imports: upload, push the activity id, then wait or defer.
+
+Localytics allows 10 profile uploads per hour per API key: give the operator one file per run
+(split only past what one upload can carry) and run the uploads through an Airflow pool so several
+workers stay under the limit together; the hook waits for a slot rather than failing on a 429.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.providers.common.compat.sdk import AirflowException
+
+from airflow_provider_profiles.hooks.base import JobStatus
+from airflow_provider_profiles.hooks.localytics import AUDIENCES, PROFILES, PROFILE_FORMATS, LocalyticsHook
+from airflow_provider_profiles.operators.base import RemoteJobOperator
+from airflow_provider_profiles.triggers.localytics import LocalyticsImportTrigger
+
+AUDIENCE_ACTIONS = ("create", "replace", "rename", "delete")
+
+
+def _templated(value: Any) -> bool:
+    return isinstance(value, str) and "{{" in value
+
+
+def _given(value: Any) -> bool:
+    return value not in (None, "")
+
+
+class _LocalyticsImportOperator(RemoteJobOperator):
+    """What both import operators share: the activity id in XCom, the statistics as the result."""
+
+    hook_class = LocalyticsHook
+    trigger_class = LocalyticsImportTrigger
+    kind: str
+
+    def push_activity_id(self, context: Any, activity_id: str) -> dict[str, Any]:
+        # Pushed on its own key too, so a downstream sensor can template {{ ti.xcom_pull(key='activity_id') }}.
+        context["ti"].xcom_push(key="activity_id", value=activity_id)
+        return {"kind": self.kind, "activity_id": activity_id}
+
+    def on_success(self, context: Any, status: JobStatus) -> dict[str, Any]:
+        payload = status.payload
+        result = {"activity_id": payload.get("activity_id"), "status": status.vendor_status,
+                  **payload.get("statistics", {})}
+        if payload.get("audience_list_id") is not None:
+            result["audience_list_id"] = payload["audience_list_id"]
+        errors = payload.get("first_errors")
+        if errors:
+            result["first_errors"] = errors
+            self.log.warning("Localytics reported %s failed record(s); first errors:\n%s", result.get("failed"),
+                             "\n".join(map(str, errors)))
+        self.log.info("Localytics %s import %s: %s of %s succeeded, %s failed", self.kind, result["activity_id"],
+                      result.get("succeeded"), result.get("total"), result.get("failed"))
+        return result
+
+    def failed_ratio(self, status: JobStatus) -> float | None:
+        stats = status.payload.get("statistics") or {}
+        total, failed = stats.get("total"), stats.get("failed")
+        if not isinstance(total, int) or not isinstance(failed, int) or total <= 0:
+            return None
+        return failed / total
+
+
+class LocalyticsProfileImportOperator(_LocalyticsImportOperator):
+    """Upload a profile change file (JSON lines from ``ProfileChangesWriter``, or CSV) to Localytics.
+
+    :param file: local path, ``ObjectStoragePath`` or object storage URL (templated).
+    :param org_id: import for the whole organization, or
+    :param app_id: for one app; exactly one of the two (default: the connection's extra ``org_id``).
+    :param format: ``json`` (JSON lines) or ``csv``.
+
+    Returns ``{activity_id, status, total, succeeded, failed[, first_errors]}``. An import that ends
+    ``Failed``, or whose failed share exceeds ``max_failed_ratio``, fails the task with the first lines
+    of the error log. Other arguments: see ``RemoteJobOperator`` (``conn_id``, ``wait_for_completion``,
+    ``deferrable``, ``poll_interval``, ``job_timeout``, ``max_failed_ratio``).
+    """
+
+    template_fields: Sequence[str] = ("file", "org_id", "app_id", "format", "conn_id")
+    ui_color = "#ffeedd"
+    kind = PROFILES
+
+    def __init__(
+        self,
+        *,
+        file: Any,
+        org_id: str | int | None = None,
+        app_id: str | None = None,
+        format: str = "json",  # noqa: A002  (the vendor's parameter name)
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if _given(org_id) and _given(app_id):
+            raise ValueError(f"{self.task_id}: give org_id or app_id, not both")
+        if not _templated(format) and format not in PROFILE_FORMATS:
+            raise ValueError(f"{self.task_id}: format must be one of {', '.join(PROFILE_FORMATS)}, got {format!r}")
+        self.file = file
+        self.org_id = org_id
+        self.app_id = app_id
+        self.format = format
+
+    def submit(self, context: Any) -> dict[str, Any]:
+        activity_id = self.hook.upload_profiles(self.file, org_id=self.org_id, app_id=self.app_id, format=self.format)
+        return self.push_activity_id(context, activity_id)
+
+
+class LocalyticsAudienceImportOperator(_LocalyticsImportOperator):
+    """Create, replace, rename or delete a Localytics audience list.
+
+    - ``create``: ``app_id``, ``audience_name``, ``file`` (``{"customer_id": ...}`` lines from
+      ``AudienceLinesWriter``) -> an import job, awaited like a profile import;
+    - ``replace``: ``app_id``, ``file`` and ``audience_list_id`` (or ``audience_name`` to look it up) -> a job;
+    - ``rename``: ``audience_list_id``, ``audience_name`` (the new name) -> done at once;
+    - ``delete``: ``audience_list_id`` -> done at once.
+
+    Jobs return ``{activity_id, status, audience_list_id, total, succeeded, failed}``; rename and delete
+    return the vendor's answer. Other arguments: see ``RemoteJobOperator``.
+    """
+
+    template_fields: Sequence[str] = ("action", "app_id", "audience_name", "audience_list_id", "file", "conn_id")
+    ui_color = "#ffeedd"
+    kind = AUDIENCES
+
+    def __init__(
+        self,
+        *,
+        action: str = "create",
+        app_id: str | None = None,
+        audience_name: str | None = None,
+        audience_list_id: str | int | None = None,
+        file: Any = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.action = action
+        self.app_id = app_id
+        self.audience_name = audience_name
+        self.audience_list_id = audience_list_id
+        self.file = file
+        if not _templated(action):
+            self._check_arguments()
+
+    def _check_arguments(self) -> None:
+        if self.action not in AUDIENCE_ACTIONS:
+            raise ValueError(
+                f"{self.task_id}: action must be one of {', '.join(AUDIENCE_ACTIONS)}, got {self.action!r}"
+            )
+        needs = {
+            "create": ("app_id", "audience_name", "file"),
+            "replace": ("app_id", "file"),
+            "rename": ("audience_list_id", "audience_name"),
+            "delete": ("audience_list_id",),
+        }[self.action]
+        missing = [name for name in needs if not _given(getattr(self, name))]
+        if self.action == "replace" and not _given(self.audience_list_id) and not _given(self.audience_name):
+            missing.append("audience_list_id (or audience_name to look it up)")
+        if missing:
+            raise ValueError(f"{self.task_id}: action {self.action!r} needs {', '.join(missing)}")
+
+    def execute(self, context: Any) -> Any:
+        self._check_arguments()
+        if self.action == "rename":
+            result = self.hook.rename_audience(self.audience_list_id, self.audience_name)
+            self.log.info("renamed Localytics audience list %s to %r", self.audience_list_id, self.audience_name)
+            return result
+        if self.action == "delete":
+            result = self.hook.delete_audience(self.audience_list_id)
+            self.log.info("deleted Localytics audience list %s", self.audience_list_id)
+            return result
+        return super().execute(context)
+
+    def submit(self, context: Any) -> dict[str, Any]:
+        if self.action == "create":
+            activity_id = self.hook.create_audience(
+                app_id=self.app_id, audience_name=self.audience_name, file=self.file
+            )
+        else:
+            activity_id = self.hook.replace_audience(self._list_id(), app_id=self.app_id, file=self.file)
+        return self.push_activity_id(context, activity_id)
+
+    def _list_id(self) -> str:
+        if _given(self.audience_list_id):
+            return str(self.audience_list_id)
+        found = self.hook.find_audience(self.app_id, self.audience_name)
+        if found is None:
+            raise AirflowException(f"no audience list named {self.audience_name!r} in Localytics app {self.app_id}")
+        self.log.info("audience %r is list %s", self.audience_name, found.get("id"))
+        return str(found["id"])
+
+
+__all__ = ["AUDIENCE_ACTIONS", "LocalyticsAudienceImportOperator", "LocalyticsProfileImportOperator"]
