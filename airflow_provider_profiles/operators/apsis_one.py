@@ -93,7 +93,6 @@ class ApsisOneProfileImportOperator(RemoteJobOperator):
         body = self.hook.build_import_body(self.section, spec)
         ticket = self.hook.create_profile_import(self.section, body, wait_for_slot_until=self.slot_deadline())
         import_id = ticket["import_id"]
-        context["ti"].xcom_push(key="import_id", value=import_id)
         self.hook.upload_import_file(ticket, path)
         self.log.info("Apsis One import %s: uploaded %d bytes from %s", import_id, size, path)
         return {"section": self.section, "import_id": import_id}

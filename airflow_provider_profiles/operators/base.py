@@ -161,7 +161,7 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
         job = self.submit(context)
         self._job = job
         # Before any wait: downstream tasks and a retry of this one can find the job.
-        context["ti"].xcom_push(key="job", value=job)
+        self._publish(context, job)
         _ledger_set(context, job)
         self.log.info("created %s job %s", self.hook.hook_name, job)
         return job
@@ -177,8 +177,15 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
             return None
         self.log.info("reattaching to job %s created by an earlier try (%s)", job, status.vendor_status)
         self._job = job
-        context["ti"].xcom_push(key="job", value=job)
+        self._publish(context, job)
         return job
+
+    @staticmethod
+    def _publish(context: Any, job: dict[str, Any]) -> None:
+        """XCom ``job`` (all ids) and each id under its own key (``import_id``, ``execution_id``...)."""
+        context["ti"].xcom_push(key="job", value=job)
+        for key, value in job.items():
+            context["ti"].xcom_push(key=key, value=value)
 
     def _finish(self, context: Any, job: dict[str, Any], status: JobStatus) -> Any:
         self.raise_if_failed(job, status)

@@ -35,9 +35,7 @@ class _LocalyticsImportOperator(RemoteJobOperator):
     trigger_class = LocalyticsImportTrigger
     kind: str
 
-    def push_activity_id(self, context: Any, activity_id: str) -> dict[str, Any]:
-        # Pushed on its own key too, so a downstream sensor can template {{ ti.xcom_pull(key='activity_id') }}.
-        context["ti"].xcom_push(key="activity_id", value=activity_id)
+    def job_for(self, activity_id: str) -> dict[str, Any]:
         return {"kind": self.kind, "activity_id": activity_id}
 
     def on_success(self, context: Any, status: JobStatus) -> dict[str, Any]:
@@ -102,7 +100,7 @@ class LocalyticsProfileImportOperator(_LocalyticsImportOperator):
 
     def submit(self, context: Any) -> dict[str, Any]:
         activity_id = self.hook.upload_profiles(self.file, org_id=self.org_id, app_id=self.app_id, format=self.format)
-        return self.push_activity_id(context, activity_id)
+        return self.job_for(activity_id)
 
 
 class LocalyticsAudienceImportOperator(_LocalyticsImportOperator):
@@ -177,7 +175,7 @@ class LocalyticsAudienceImportOperator(_LocalyticsImportOperator):
             )
         else:
             activity_id = self.hook.replace_audience(self._list_id(), app_id=self.app_id, file=self.file)
-        return self.push_activity_id(context, activity_id)
+        return self.job_for(activity_id)
 
     def _list_id(self) -> str:
         if _given(self.audience_list_id):
