@@ -1,0 +1,276 @@
+"""mediarithmics hook: document imports and their executions (file uploads) under a datamart.
+
+Connection: password = API token (sent as ``Authorization: <token>``), extra ``datamart_id`` = the
+default datamart; host only to point elsewhere (an emulator). Every response's ``{"status": "ok",
+"data": ...}`` envelope is unwrapped in ``call``; list calls are iterators over ``first_result`` /
+``max_results`` pages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from typing import IO, Any
+
+from airflow.sdk import ObjectStoragePath
+
+from airflow_provider_profiles.hooks.base import (
+    JobNotCancellable,
+    JobState,
+    JobStatus,
+    ProfilesHook,
+    VendorAPIError,
+    VendorValidationError,
+)
+
+MAX_FILE_BYTES = 100 * 1024 * 1024  # the documented per-file limit
+CONTENT_TYPES = {"APPLICATION_X_NDJSON": "application/x-ndjson", "TEXT_CSV": "text/csv"}
+RUNNING_STATUSES = frozenset({"PENDING", "RUNNING"})
+STATES = {"SUCCEEDED": JobState.SUCCESS, "FAILED": JobState.FAILED, "CANCELED": JobState.FAILED}
+
+
+class FileTooLarge(ValueError):
+    """An upload over the per-file limit: split it first."""
+
+
+class MediarithmicsHook(ProfilesHook):
+    """Talks to the mediarithmics API v1 (``https://api.mediarithmics.com/v1``)."""
+
+    conn_name_attr = "conn_id"
+    default_conn_name = "mediarithmics_default"
+    conn_type = "mediarithmics"
+    hook_name = "mediarithmics"
+    default_base_urls = {"default": "https://api.mediarithmics.com/v1"}
+    default_region = "default"
+
+    # --- auth and envelope --------------------------------------------------------------------
+    def auth_headers(self) -> dict[str, str]:
+        token = self.connection.password
+        if not token:
+            raise ValueError(f"connection {self.conn_id!r} has no API token: put it in the password field")
+        return {"Authorization": token}
+
+    def error_message(self, payload: Any, text: str) -> str:
+        if isinstance(payload, dict) and payload.get("error"):
+            error = payload["error"]
+            message = error.get("message", error) if isinstance(error, dict) else error
+            return f"{message} (error_id {payload['error_id']})" if payload.get("error_id") else str(message)
+        return super().error_message(payload, text)
+
+    def _unwrap(self, body: Any, method: str, path: str) -> dict[str, Any]:
+        if not isinstance(body, dict) or body.get("status") != "ok":
+            message = self.error_message(body, "") if isinstance(body, dict) else f"unexpected response: {str(body)[:300]}"
+            raise VendorAPIError(message, method=method, path=path, payload=body, vendor=self.hook_name)
+        return body
+
+    def _body(self, response: Any, method: str, path: str) -> dict[str, Any]:
+        try:
+            body = response.json()
+        except ValueError:
+            body = f"a non-JSON body: {response.text[:200]!r}"
+        return self._unwrap(body, method, path)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One API call; returns the envelope's ``data``."""
+        return self._body(self.request(method, path, **kwargs), method, path)["data"]
+
+    async def acall(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._body(await self.arequest(method, path, **kwargs), method, path)["data"]
+
+    def paginate(self, path: str, page_size: int = 100, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Every item of a list call, fetching ``page_size`` at a time."""
+        first = 0
+        while True:
+            page_params = {**(params or {}), "first_result": first, "max_results": page_size}
+            body = self._body(self.request("GET", path, params=page_params), "GET", path)
+            items = body.get("data") or []
+            yield from items
+            first += len(items)
+            total = body.get("total")
+            served = int(body.get("max_results") or page_size)  # the platform may cap the page size
+            # stop on an empty or short page, or when the reported total is reached
+            if not items or len(items) < min(page_size, served) or (total is not None and first >= int(total)):
+                return
+
+    # --- paths --------------------------------------------------------------------------------
+    def datamart(self, datamart_id: str | int | None) -> str:
+        """The given datamart, else the connection's ``datamart_id`` extra."""
+        chosen = datamart_id if datamart_id not in (None, "") else self.connection.extra_dejson.get("datamart_id")
+        if chosen in (None, ""):
+            raise ValueError(f"no datamart_id given and connection {self.conn_id!r} has no datamart_id extra")
+        return str(chosen)
+
+    def _imports_path(self, datamart_id: str | int | None, document_import_id: str | int | None = None) -> str:
+        path = f"/datamarts/{self.datamart(datamart_id)}/document_imports"
+        return path if document_import_id is None else f"{path}/{document_import_id}"
+
+    def _executions_path(self, datamart_id: Any, document_import_id: Any, execution_id: Any = None) -> str:
+        path = f"{self._imports_path(datamart_id, document_import_id)}/executions"
+        return path if execution_id is None else f"{path}/{execution_id}"
+
+    # --- document imports ---------------------------------------------------------------------
+    def create_document_import(
+        self,
+        document_type: str,
+        mime_type: str,
+        name: str,
+        *,
+        encoding: str = "utf-8",
+        priority: str | None = None,
+        datamart_id: str | int | None = None,
+    ) -> dict[str, Any]:
+        if mime_type == "TEXT_CSV" and document_type != "USER_SEGMENT":
+            raise ValueError(f"TEXT_CSV is only allowed for USER_SEGMENT document imports, not {document_type}")
+        body = {"document_type": document_type, "mime_type": mime_type, "encoding": encoding, "name": name}
+        if priority:
+            body["priority"] = priority
+        return self.call("POST", self._imports_path(datamart_id), json=body)
+
+    def list_document_imports(self, datamart_id: str | int | None = None, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        return self.paginate(self._imports_path(datamart_id), page_size)
+
+    def get_document_import(self, document_import_id: str | int, datamart_id: str | int | None = None) -> dict[str, Any]:
+        return self.call("GET", self._imports_path(datamart_id, document_import_id))
+
+    def update_document_import(self, document_import_id: str | int, datamart_id: str | int | None = None, **fields: Any) -> dict[str, Any]:
+        return self.call("PUT", self._imports_path(datamart_id, document_import_id), json=fields)
+
+    def delete_document_import(self, document_import_id: str | int, datamart_id: str | int | None = None) -> Any:
+        return self.call("DELETE", self._imports_path(datamart_id, document_import_id))
+
+    # --- executions ---------------------------------------------------------------------------
+    def create_execution(
+        self,
+        document_import_id: str | int,
+        file: Any,
+        *,
+        datamart_id: str | int | None = None,
+        content_type: str | None = None,
+        max_file_bytes: int | None = MAX_FILE_BYTES,
+    ) -> dict[str, Any]:
+        """Upload one file as a new execution, streamed from ``file``: a local path or object-storage
+        URI (str / ObjectStoragePath), an open binary file, bytes, or an iterable of bytes chunks.
+        ``content_type`` defaults to the document import's mime type."""
+        path = self._executions_path(datamart_id, document_import_id)
+        with _open_body(file) as (body, size, label):
+            if max_file_bytes is not None and size is not None and size > max_file_bytes:
+                raise FileTooLarge(
+                    f"{label} is {size / 2**20:.1f} MiB; mediarithmics takes at most {max_file_bytes / 2**20:g} MiB "
+                    "per file: split it into chunks first (the split step of the data preparation) and upload each"
+                )
+            if content_type is None:
+                mime_type = self.get_document_import(document_import_id, datamart_id)["mime_type"]
+                content_type = CONTENT_TYPES[mime_type]
+            # a generator cannot be rewound, so the base never retries it; a POST is not retried on 5xx either
+            return self.call("POST", path, data=body, headers={"Content-Type": content_type}, idempotent=False)
+
+    def list_executions(self, document_import_id: str | int, datamart_id: str | int | None = None, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        return self.paginate(self._executions_path(datamart_id, document_import_id), page_size)
+
+    def get_execution(self, document_import_id: str | int, execution_id: str | int, datamart_id: str | int | None = None) -> dict[str, Any]:
+        return self.call("GET", self._executions_path(datamart_id, document_import_id, execution_id))
+
+    async def aget_execution(self, document_import_id: Any, execution_id: Any, datamart_id: Any = None) -> dict[str, Any]:
+        await self.aconnection()  # datamart() may read the connection's extra
+        return await self.acall("GET", self._executions_path(datamart_id, document_import_id, execution_id))
+
+    def cancel_execution(self, document_import_id: str | int, execution_id: str | int, datamart_id: str | int | None = None) -> dict[str, Any]:
+        """Cancel a PENDING execution; ``JobNotCancellable`` naming its status otherwise."""
+        execution = self.get_execution(document_import_id, execution_id, datamart_id)
+        _check_cancellable(execution)
+        path = self._executions_path(datamart_id, document_import_id, execution_id) + "/action"
+        try:
+            return self.call("POST", path, json={"action": "CANCEL"}, idempotent=False)
+        except VendorValidationError as error:  # it left PENDING between our two calls
+            raise JobNotCancellable(f"execution {execution_id} could not be canceled: {error.vendor_message}") from None
+
+    async def acancel_execution(self, document_import_id: Any, execution_id: Any, datamart_id: Any = None) -> dict[str, Any]:
+        execution = await self.aget_execution(document_import_id, execution_id, datamart_id)
+        _check_cancellable(execution)
+        path = self._executions_path(datamart_id, document_import_id, execution_id) + "/action"
+        try:
+            return await self.acall("POST", path, json={"action": "CANCEL"}, idempotent=False)
+        except VendorValidationError as error:
+            raise JobNotCancellable(f"execution {execution_id} could not be canceled: {error.vendor_message}") from None
+
+    def error_lines(self, error_file_uri: str, limit: int = 20) -> list[str]:
+        """The first ``limit`` lines of an execution's error file (``result.error_file_uri``)."""
+        response = self.request("GET", "/data_file/data", params={"uri": error_file_uri}, stream=True)
+        response.encoding = response.encoding or "utf-8"  # NDJSON carries no charset: decode as the import's utf-8
+        lines: list[str] = []
+        try:
+            for line in response.iter_lines(decode_unicode=True):
+                if len(lines) >= limit:
+                    break
+                if line:
+                    lines.append(line)
+        finally:
+            response.close()
+        return lines
+
+    # --- job protocol (operator, sensor, trigger) ---------------------------------------------
+    def job_status(self, *, datamart_id: Any, document_import_id: Any, execution_id: Any) -> JobStatus:
+        return execution_status(self.get_execution(document_import_id, execution_id, datamart_id))
+
+    async def ajob_status(self, *, datamart_id: Any, document_import_id: Any, execution_id: Any) -> JobStatus:
+        return execution_status(await self.aget_execution(document_import_id, execution_id, datamart_id))
+
+    def cancel_job(self, *, datamart_id: Any, document_import_id: Any, execution_id: Any) -> None:
+        self.cancel_execution(document_import_id, execution_id, datamart_id)
+
+    async def acancel_job(self, *, datamart_id: Any, document_import_id: Any, execution_id: Any) -> None:
+        await self.acancel_execution(document_import_id, execution_id, datamart_id)
+
+
+def execution_status(execution: dict[str, Any]) -> JobStatus:
+    """An execution mapped to the job protocol: PENDING/RUNNING run, SUCCEEDED succeeds, FAILED/CANCELED fail."""
+    vendor_status = str(execution.get("status", "")).upper()
+    state = STATES.get(vendor_status, JobState.RUNNING if vendor_status in RUNNING_STATUSES else None)
+    if state is None:  # an unknown status: keep waiting rather than guess; the deadline bounds it
+        state = JobState.RUNNING
+    message = None
+    if vendor_status == "FAILED":
+        error = execution.get("error") or {}
+        message = f"execution {execution.get('id')} FAILED: {error.get('message') if isinstance(error, dict) else error or 'no error message'}"
+    elif vendor_status == "CANCELED":
+        message = f"execution {execution.get('id')} was CANCELED"
+    return JobStatus(state, vendor_status, execution, message)
+
+
+def _check_cancellable(execution: dict[str, Any]) -> None:
+    if execution.get("status") != "PENDING":
+        raise JobNotCancellable(
+            f"execution {execution.get('id')} is {execution.get('status')}: mediarithmics cancels only PENDING executions"
+        )
+
+
+@contextlib.contextmanager
+def _open_body(file: Any) -> Iterator[tuple[Any, int | None, str]]:
+    """(body for requests, size in bytes if known, label for messages); paths are opened and closed here."""
+    if isinstance(file, (bytes, bytearray)):
+        yield bytes(file), len(file), "the upload"
+        return
+    if isinstance(file, (str, os.PathLike, ObjectStoragePath)):
+        location = file if isinstance(file, ObjectStoragePath) else ObjectStoragePath(os.fspath(file))
+        size = location.stat().st_size
+        with location.open("rb") as handle:
+            yield handle, size, str(file)
+        return
+    if hasattr(file, "read"):
+        yield file, _remaining(file), getattr(file, "name", "the upload")
+        return
+    if isinstance(file, Iterable):
+        yield iter(file), None, "the upload"  # sent chunked; the server enforces the limit
+        return
+    raise TypeError(f"cannot upload a {type(file).__name__}: give a path, a URI, a binary file or bytes chunks")
+
+
+def _remaining(handle: IO[bytes]) -> int | None:
+    try:
+        start = handle.tell()
+        end = handle.seek(0, os.SEEK_END)
+        handle.seek(start)
+        return end - start
+    except (AttributeError, OSError, ValueError):
+        return None

@@ -1,0 +1,161 @@
+"""mediarithmics operators: create a document import for the run, upload each file as an execution.
+
+    create = MediarithmicsCreateDocumentImportOperator(
+        task_id="new_import", document_type="USER_PROFILE", name="CRM profiles {{ ds }}")
+    MediarithmicsUploadOperator.partial(task_id="upload", document_import_id=create.output,
+                                        deferrable=True).expand(file=chunks)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
+
+from airflow_provider_profiles.hooks.base import JobStatus
+from airflow_provider_profiles.hooks.mediarithmics import FileTooLarge, MediarithmicsHook
+from airflow_provider_profiles.operators.base import RemoteJobOperator
+from airflow_provider_profiles.triggers.mediarithmics import MediarithmicsExecutionTrigger
+
+
+class MediarithmicsCreateDocumentImportOperator(BaseOperator):
+    """Create a document import definition and return its id.
+
+    The mediarithmics guide recommends a new document import per batch of files (e.g. one per nightly
+    run), so template ``name`` with the run, e.g. ``"CRM profiles {{ ds }}"``. A retry of this task
+    reuses the definition an earlier try created under the same name instead of adding a second one.
+
+    :param document_type: USER_PROFILE, USER_SEGMENT, USER_ACTIVITY, USER_CHOICE,
+        USER_IDENTIFIERS_ASSOCIATION_DECLARATIONS or USER_IDENTIFIERS_DELETION.
+    :param mime_type: APPLICATION_X_NDJSON, or TEXT_CSV (USER_SEGMENT only).
+    :param name: the definition's name (templated).
+    :param datamart_id: defaults to the connection's ``datamart_id`` extra.
+    :param encoding: of the files to upload.
+    :param priority: LOW, MEDIUM or HIGH (the platform's default when not given).
+    """
+
+    template_fields = ("datamart_id", "document_type", "mime_type", "name", "conn_id")
+
+    def __init__(
+        self,
+        *,
+        document_type: str,
+        name: str,
+        mime_type: str = "APPLICATION_X_NDJSON",
+        datamart_id: str | int | None = None,
+        encoding: str = "utf-8",
+        priority: str | None = None,
+        conn_id: str = MediarithmicsHook.default_conn_name,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.document_type = document_type
+        self.name = name
+        self.mime_type = mime_type
+        self.datamart_id = datamart_id
+        self.encoding = encoding
+        self.priority = priority
+        self.conn_id = conn_id
+
+    def execute(self, context: Any) -> str:
+        hook = MediarithmicsHook(self.conn_id)
+        if context["ti"].try_number > 1:
+            for existing in hook.list_document_imports(self.datamart_id):
+                if (existing.get("name"), existing.get("document_type"), existing.get("mime_type")) == (
+                    self.name, self.document_type, self.mime_type
+                ):
+                    self.log.info("reusing document import %s %r created by an earlier try", existing["id"], self.name)
+                    return str(existing["id"])
+        created = hook.create_document_import(
+            self.document_type, self.mime_type, self.name,
+            encoding=self.encoding, priority=self.priority, datamart_id=self.datamart_id,
+        )
+        self.log.info("created %s document import %s %r", self.document_type, created["id"], self.name)
+        return str(created["id"])
+
+
+class MediarithmicsUploadOperator(RemoteJobOperator):
+    """Upload one file to a document import (one execution), then wait for it unless told not to.
+
+    The file streams from a local path or an object-storage URI (``s3://``, ``gs://``...), never read
+    whole. Files over 100 MB are refused before anything is sent: split them first. The job ids
+    (``datamart_id``, ``document_import_id``, ``execution_id``) go to XCom (key ``job``, and the id
+    alone under ``execution_id``) before waiting. SUCCEEDED returns the totals; FAILED or CANCELED
+    fails the task with the platform's error; a timeout or a killed task cancels the execution while
+    it is still PENDING. Map it over the chunk list: ``.partial(...).expand(file=chunks)``.
+
+    :param document_import_id: the definition to upload to (templated; e.g. the create task's output).
+    :param file: path or URI of the file (templated).
+    :param datamart_id: defaults to the connection's ``datamart_id`` extra.
+    :param content_type: ``application/x-ndjson`` or ``text/csv``; defaults to the definition's.
+    See ``RemoteJobOperator`` for ``wait_for_completion``, ``deferrable``, ``poll_interval``,
+    ``job_timeout`` and ``max_failed_ratio`` (failed lines / all lines).
+    """
+
+    template_fields = ("datamart_id", "document_import_id", "file", "conn_id")
+    hook_class = MediarithmicsHook
+    trigger_class = MediarithmicsExecutionTrigger
+
+    def __init__(
+        self,
+        *,
+        document_import_id: str | int,
+        file: Any,
+        datamart_id: str | int | None = None,
+        content_type: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.document_import_id = document_import_id
+        self.file = file
+        self.datamart_id = datamart_id
+        self.content_type = content_type
+
+    def submit(self, context: Any) -> dict[str, Any]:
+        hook: MediarithmicsHook = self.hook  # type: ignore[assignment]
+        try:
+            execution = hook.create_execution(
+                self.document_import_id, self.file, datamart_id=self.datamart_id, content_type=self.content_type
+            )
+        except FileTooLarge as too_large:
+            raise AirflowFailException(str(too_large)) from None  # a retry would be refused the same way
+        return {
+            "datamart_id": hook.datamart(self.datamart_id),
+            "document_import_id": str(self.document_import_id),
+            "execution_id": str(execution["id"]),
+        }
+
+    def on_success(self, context: Any, status: JobStatus) -> dict[str, Any]:
+        result = status.payload.get("result") or {}
+        totals = {
+            "execution_id": str(status.payload.get("id")),
+            "status": status.vendor_status,
+            "total_success": int(result.get("total_success") or 0),
+            "total_failure": int(result.get("total_failure") or 0),
+            "error_file_uri": result.get("error_file_uri"),
+        }
+        if totals["total_failure"]:
+            self._log_first_errors(status)
+        return totals
+
+    def raise_if_failed(self, job: dict[str, Any], status: JobStatus) -> None:
+        if status.vendor_status == "FAILED":
+            self._log_first_errors(status)
+        super().raise_if_failed(job, status)
+
+    def _log_first_errors(self, status: JobStatus) -> None:
+        result = status.payload.get("result") or {}
+        if not result.get("error_file_uri"):
+            return
+        try:
+            sample = self.hook.error_lines(result["error_file_uri"], limit=5)  # type: ignore[attr-defined]
+        except Exception as error:  # the outcome matters more than the sample
+            self.log.warning("error file of execution %s not readable: %s", status.payload.get("id"), error)
+            return
+        self.log.warning("%s line(s) failed in %s; first errors:\n%s", result.get("total_failure"), self.file,
+                         "\n".join(sample))
+
+    def failed_ratio(self, status: JobStatus) -> float | None:
+        result = status.payload.get("result") or {}
+        success, failure = int(result.get("total_success") or 0), int(result.get("total_failure") or 0)
+        return failure / (success + failure) if success + failure else None

@@ -1,0 +1,236 @@
+"""Operators, sensor and trigger against the emulator: waiting in the worker, deferring (the trigger runs
+for real under ``dag.test()``), mapped uploads over chunks, failures, cancel on timeout and kill."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import time
+from types import SimpleNamespace
+from pathlib import Path
+
+import pytest
+
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
+from airflow.sdk import DAG, task
+
+from airflow_provider_profiles.hooks.mediarithmics import MediarithmicsHook
+from airflow_provider_profiles.operators.mediarithmics import (
+    MediarithmicsCreateDocumentImportOperator,
+    MediarithmicsUploadOperator,
+)
+from airflow_provider_profiles.sensors.mediarithmics import MediarithmicsExecutionSensor
+from airflow_provider_profiles.triggers.base import status_from_event
+from airflow_provider_profiles.triggers.mediarithmics import MediarithmicsExecutionTrigger
+
+GOOD = '{"operation":"UPSERT","email_hash":"h%d","user_profile":{"score":%d}}\n'
+BAD = '{"operation":"UPSERT","user_profile":{"score":1}}\n'
+
+
+@pytest.fixture
+def mics(emulator, airflow_connection):
+    def start(**config):
+        config.setdefault("token", "tok-operators")
+        server = emulator("mediarithmics", **config)
+        airflow_connection("mediarithmics_default", "mediarithmics", password=config["token"], host=server.url,
+                           extra={"datamart_id": "1000"})
+        return server
+
+    return start
+
+
+def chunks(directory: Path, sizes: list[int], bad: int = 0, prefix: str = "chunk") -> list[str]:
+    paths = []
+    for number, size in enumerate(sizes):
+        path = directory / f"{prefix}_{number:03d}.ndjson"
+        path.write_text("".join(GOOD % (i, i) for i in range(size)) + BAD * bad)
+        paths.append(str(path))
+    return paths
+
+
+def run_inline_dag(dag):
+    """``dag.test()`` for a DAG defined in a test: it must be serialized in the metadata DB first."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
+    from airflow.serialization.serialized_objects import LazyDeserializedDAG
+    from airflow.utils.session import create_session
+
+    DagBundlesManager().sync_bundles_to_db()
+    with create_session() as session:
+        update_dag_parsing_results_in_db("dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(),
+                                         session=session)
+    return dag.test()
+
+
+def states(dag_run) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for ti in sorted(dag_run.get_task_instances(), key=lambda t: (t.task_id, t.map_index)):
+        found.setdefault(ti.task_id, []).append(str(ti.state))
+    return found
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["wait_in_worker", "deferred"])
+def test_new_import_then_mapped_uploads_over_chunks(mics, airflow_db, tmp_path, deferrable):
+    server = mics(pending_seconds=0.3, running_seconds=0.3)
+    files = chunks(tmp_path, [3, 4, 5], bad=1)
+    report = tmp_path / "report.json"
+    with DAG(f"mics_mapped_{deferrable}", schedule=None, catchup=False) as dag:
+        create = MediarithmicsCreateDocumentImportOperator(
+            task_id="create", document_type="USER_PROFILE", name="CRM profiles {{ run_id }}")
+        upload = MediarithmicsUploadOperator.partial(
+            task_id="upload", document_import_id=create.output, deferrable=deferrable, poll_interval=0.2,
+            max_failed_ratio=0.5,
+        ).expand(file=files)
+        upload_only = MediarithmicsUploadOperator(
+            task_id="upload_only", document_import_id=create.output, file=files[0], wait_for_completion=False)
+        watch = MediarithmicsExecutionSensor(
+            task_id="watch", document_import_id=create.output, deferrable=deferrable, poke_interval=0.2,
+            execution_id="{{ ti.xcom_pull(task_ids='upload_only', key='execution_id') }}",
+        )
+
+        @task
+        def collect(totals, watched, ti=None):
+            job = ti.xcom_pull(task_ids="upload", key="job", map_indexes=0)
+            report.write_text(json.dumps({"totals": list(totals), "job": job, "watched": watched,
+                                          "started": ti.xcom_pull(task_ids="upload_only")}))
+
+        upload_only >> watch
+        collect(upload.output, watch.output)
+    dag_run = run_inline_dag(dag)
+    assert states(dag_run) == {"collect": ["success"], "create": ["success"], "upload": ["success"] * 3,
+                               "upload_only": ["success"], "watch": ["success"]}
+    snapshot = server.emulator.snapshot()
+    [definition] = snapshot["document_imports"].values()
+    assert definition["name"] == f"CRM profiles {dag_run.run_id}"
+    assert sorted(e["status"] for e in snapshot["executions"].values()) == ["SUCCEEDED"] * 4
+    result = json.loads(report.read_text())
+    # the sensor waited for the execution that upload_only started and returned its final state
+    assert result["watched"]["id"] == result["started"]["execution_id"] and result["watched"]["status"] == "SUCCEEDED"
+    assert [(t["total_success"], t["total_failure"]) for t in result["totals"]] == [(3, 1), (4, 1), (5, 1)]
+    assert result["job"] == {"datamart_id": "1000", "document_import_id": definition["id"],
+                             "execution_id": result["totals"][0]["execution_id"]}
+
+
+def test_vendor_failure_and_failed_ratio_fail_the_task(mics, airflow_db, tmp_path):
+    server = mics(pending_seconds=0.2, running_seconds=0.2)
+    import_id = MediarithmicsHook().create_document_import("USER_PROFILE", "APPLICATION_X_NDJSON", "errors")["id"]
+    [all_bad] = chunks(tmp_path, [0], bad=2, prefix="all_bad")
+    [half_bad] = chunks(tmp_path, [1], bad=2, prefix="half_bad")
+    with DAG("mics_failures", schedule=None, catchup=False, default_args={"retries": 0}) as dag:
+        common = {"document_import_id": import_id, "poll_interval": 0.1}
+        MediarithmicsUploadOperator(task_id="vendor_failed", file=all_bad, **common)
+        MediarithmicsUploadOperator(task_id="too_many_failures", file=half_bad, max_failed_ratio=0.5, **common)
+    dag_run = run_inline_dag(dag)
+    assert states(dag_run) == {"too_many_failures": ["failed"], "vendor_failed": ["failed"]}
+    assert sorted(e["status"] for e in server.emulator.snapshot()["executions"].values()) == ["FAILED", "SUCCEEDED"]
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["wait_in_worker", "deferred"])
+def test_timeout_cancels_the_pending_execution(mics, airflow_db, tmp_path, deferrable):
+    server = mics(pending_seconds=600)
+    [file] = chunks(tmp_path, [2])
+    with DAG(f"mics_timeout_{deferrable}", schedule=None, catchup=False, default_args={"retries": 0}) as dag:
+        create = MediarithmicsCreateDocumentImportOperator(task_id="create", document_type="USER_PROFILE", name="t")
+        MediarithmicsUploadOperator(task_id="upload", document_import_id=create.output, file=file,
+                                    deferrable=deferrable, poll_interval=0.2, job_timeout=1)
+    dag_run = run_inline_dag(dag)
+    assert states(dag_run)["upload"] == ["failed"]
+    assert [e["status"] for e in server.emulator.snapshot()["executions"].values()] == ["CANCELED"]
+
+
+def test_failed_event_message_and_too_large_file(mics, tmp_path):
+    mics()
+    upload = MediarithmicsUploadOperator(task_id="u", document_import_id="1", file=str(tmp_path / "big.ndjson"))
+    event = {"status": "failed", "job": {"datamart_id": "1000", "document_import_id": "1", "execution_id": "9"},
+             "vendor_status": "FAILED", "message": "execution 9 FAILED: no line could be imported", "result": {}}
+    with pytest.raises(AirflowException, match="ended FAILED: execution 9 FAILED: no line could be imported"):
+        upload.execute_complete({}, event)
+    with (tmp_path / "big.ndjson").open("wb") as sparse:  # 101 MB on paper, nothing on disk
+        sparse.truncate(101 * 1024 * 1024)
+    with pytest.raises(AirflowFailException, match=r"is 101\.0 MiB; mediarithmics takes at most 100 MiB per file: split it"):
+        upload.submit({})
+
+
+def test_on_kill_cancels_a_pending_execution(mics):
+    server = mics(pending_seconds=600)
+    hook = MediarithmicsHook()
+    import_id = hook.create_document_import("USER_PROFILE", "APPLICATION_X_NDJSON", "k")["id"]
+    execution_id = hook.create_execution(import_id, (GOOD % (1, 1)).encode())["id"]
+    upload = MediarithmicsUploadOperator(task_id="u", document_import_id=import_id, file="unused")
+    upload._job = {"datamart_id": "1000", "document_import_id": import_id, "execution_id": execution_id}
+    upload.on_kill()
+    assert server.emulator.snapshot()["executions"][execution_id]["status"] == "CANCELED"
+
+
+def test_trigger_runs_for_real_and_round_trips(mics):
+    server = mics(pending_seconds=0.2, running_seconds=0.2)
+    hook = MediarithmicsHook()
+    import_id = hook.create_document_import("USER_PROFILE", "APPLICATION_X_NDJSON", "trig")["id"]
+    execution_id = hook.create_execution(import_id, (GOOD % (1, 1) + BAD).encode())["id"]
+    job = {"datamart_id": "1000", "document_import_id": import_id, "execution_id": execution_id}
+    trigger = MediarithmicsExecutionTrigger(conn_id="mediarithmics_default", job=job, deadline=time.time() + 30,
+                                            poll_interval=0.1)
+    path, kwargs = trigger.serialize()
+    assert path == "airflow_provider_profiles.triggers.mediarithmics.MediarithmicsExecutionTrigger"
+    revived = MediarithmicsExecutionTrigger(**kwargs)
+
+    async def first_event():
+        return [event async for event in revived.run()]
+
+    [event] = asyncio.run(first_event())
+    assert event.payload["status"] == "success" and event.payload["vendor_status"] == "SUCCEEDED"
+    assert event.payload["result"]["result"]["total_failure"] == 1
+    upload = MediarithmicsUploadOperator(task_id="u", document_import_id=import_id, file="x")
+    totals = upload.on_success({}, status_from_event(event.payload))
+    assert (totals["total_success"], totals["total_failure"]) == (1, 1)
+
+
+def test_create_reuses_its_definition_on_retry_only(mics):
+    server = mics()
+    create = MediarithmicsCreateDocumentImportOperator(task_id="c", document_type="USER_SEGMENT",
+                                                       mime_type="TEXT_CSV", name="VIP 2024-05-01")
+    first = create.execute({"ti": SimpleNamespace(try_number=1)})
+    assert create.execute({"ti": SimpleNamespace(try_number=2)}) == first  # the retry finds it by name
+    assert create.execute({"ti": SimpleNamespace(try_number=1)}) != first  # a new run's first try creates
+    assert len(server.emulator.snapshot()["document_imports"]) == 2
+
+
+def test_a_retry_reattaches_to_its_execution_instead_of_uploading_again(mics, airflow_db, tmp_path):
+    server = mics(pending_seconds=0.2, running_seconds=0.2)
+    import_id = MediarithmicsHook().create_document_import("USER_PROFILE", "APPLICATION_X_NDJSON", "retry")["id"]
+    [file] = chunks(tmp_path, [3])
+    # the first status check after the upload fails for good: the first try dies with its execution created
+    server.emulator.inject("status", match=r"GET .*/executions/\d+$", count=1, status=404)
+    report = tmp_path / "report.json"
+    with DAG("mics_reattach", schedule=None, catchup=False,
+             default_args={"retries": 1, "retry_delay": datetime.timedelta(0)}) as dag:
+        upload = MediarithmicsUploadOperator(task_id="upload", document_import_id=import_id, file=file,
+                                             poll_interval=0.1)
+
+        @task
+        def collect(totals, ti=None):
+            report.write_text(json.dumps({"totals": totals, "execution_id": ti.xcom_pull(task_ids="upload", key="execution_id")}))
+
+        collect(upload.output)
+    dag_run = run_inline_dag(dag)
+    assert states(dag_run) == {"collect": ["success"], "upload": ["success"]}
+    [ti] = [t for t in dag_run.get_task_instances() if t.task_id == "upload"]
+    assert ti.try_number == 2
+    [execution_id] = server.emulator.snapshot()["executions"]  # one upload across both tries
+    result = json.loads(report.read_text())
+    assert result["totals"]["execution_id"] == result["execution_id"] == execution_id
+    assert result["totals"]["total_success"] == 3
+
+
+def test_a_failed_execution_fails_with_its_error_and_logs_the_first_bad_lines(mics, caplog, capsys):
+    mics(pending_seconds=0, running_seconds=0)
+    hook = MediarithmicsHook()
+    import_id = hook.create_document_import("USER_PROFILE", "APPLICATION_X_NDJSON", "bad")["id"]
+    execution_id = hook.create_execution(import_id, (BAD * 2).encode())["id"]
+    job = {"datamart_id": "1000", "document_import_id": import_id, "execution_id": execution_id}
+    upload = MediarithmicsUploadOperator(task_id="u", document_import_id=import_id, file="bad.ndjson")
+    with pytest.raises(AirflowException, match="ended FAILED: .*no line could be imported: 2 line"):
+        upload.raise_if_failed(job, hook.job_status(**job))
+    logged = caplog.text + capsys.readouterr().out
+    assert "first errors" in logged and logged.count("exactly one user identifier") == 2
