@@ -1,0 +1,224 @@
+"""Gainsight PX records: input row -> nested user/account JSON, as the data loader's field mapping does.
+
+``field_mapping`` is ``{px_field: input_column}``; dots in a PX field nest it (``location.city``,
+``location.coordinates.latitude``, ``customAttributes.plan``). Values are converted by type: the
+standard PX fields have known types, anything else is a string unless ``field_types`` says otherwise.
+Dates are sent as milliseconds since the epoch; empty values are not sent at all (an empty cell
+must not wipe what the vendor holds).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import numbers
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from airflow_provider_profiles.formats.base import FormatWriter, RowRejected
+
+ENTITIES = ("USER", "ACCOUNT")
+IDENTIFIER_FIELDS = {"USER": "identifyId", "ACCOUNT": "id"}
+FIELD_TYPES = ("string", "integer", "number", "boolean", "date")
+
+_LOCATION_TYPES = {"location.coordinates.latitude": "number", "location.coordinates.longitude": "number"}
+STANDARD_TYPES: dict[str, dict[str, str]] = {
+    "USER": {
+        "signUpDate": "date",
+        "lastSeenDate": "date",
+        "firstVisitDate": "date",
+        "createDate": "date",
+        "lastModifiedDate": "date",
+        "score": "number",
+        "numberOfVisits": "integer",
+        "globalUnsubscribe": "boolean",
+        **_LOCATION_TYPES,
+    },
+    "ACCOUNT": {
+        "createDate": "date",
+        "lastModifiedDate": "date",
+        "lastSeenDate": "date",
+        "numberOfEmployees": "integer",
+        "numberOfUsers": "integer",
+        **_LOCATION_TYPES,
+    },
+}
+_RANGES = {"location.coordinates.latitude": (-90.0, 90.0), "location.coordinates.longitude": (-180.0, 180.0)}
+_TRUE = frozenset({"true", "t", "yes", "y", "1"})
+_FALSE = frozenset({"false", "f", "no", "n", "0"})
+# epoch milliseconds in this range are 1970-01-12..1973-03-03, but as seconds they are 2001..5138:
+# almost always a seconds timestamp passed by mistake
+_SECONDS_LOOKALIKE = (10**9, 10**11)
+
+
+def is_empty(value: Any) -> bool:
+    """None, blank strings, NaN and pandas' NA/NaT: values that are not sent."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, float):
+        return math.isnan(value)
+    return type(value).__name__ in ("NAType", "NaTType")
+
+
+def to_epoch_millis(value: Any) -> int:
+    """Milliseconds since the epoch from an integer (already ms), a digit string, a datetime or ISO 8601."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected milliseconds since the epoch, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        millis = int(value)
+    elif isinstance(value, numbers.Real) and float(value).is_integer():
+        millis = int(value)
+    elif isinstance(value, (dt.datetime, dt.date)):
+        millis = _datetime_millis(value)
+    else:
+        text = str(value).strip()
+        if text.lstrip("-").isdigit():
+            millis = int(text)
+        else:
+            try:
+                millis = _datetime_millis(dt.datetime.fromisoformat(text))
+            except ValueError:
+                raise ValueError(f"expected milliseconds since the epoch, got {text!r}") from None
+            return millis
+    if _SECONDS_LOOKALIKE[0] <= abs(millis) < _SECONDS_LOOKALIKE[1]:
+        raise ValueError(f"{millis} looks like seconds since the epoch; dates must be milliseconds")
+    return millis
+
+
+def _datetime_millis(value: dt.date) -> int:
+    if not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day)
+    if value.tzinfo is None:  # naive values are taken as UTC, never as the worker's local time
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return int(value.timestamp() * 1000)
+
+
+def convert(value: Any, type_name: str) -> Any:
+    """``value`` as the JSON type ``type_name`` wants; ValueError with a readable reason otherwise."""
+    if type_name == "date":
+        return to_epoch_millis(value)
+    if isinstance(value, (Mapping, list, tuple)):
+        raise ValueError(f"expected a single {type_name} value, got {type(value).__name__}")
+    if type_name == "string":
+        return value if isinstance(value, str) else str(value)
+    if type_name == "boolean":
+        if isinstance(value, bool) or type(value).__name__ == "bool_":
+            return bool(value)
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError(f"expected true or false, got {value!r}")
+    if isinstance(value, bool):
+        raise ValueError(f"expected a {type_name}, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    try:
+        number = float(value) if not isinstance(value, str) else float(value.strip())
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a {type_name}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite {type_name}, got {value!r}")
+    if type_name == "integer":
+        if not number.is_integer():
+            raise ValueError(f"expected an integer, got {value!r}")
+        return int(number)
+    return int(number) if number.is_integer() and "." not in str(value) and "e" not in str(value).lower() else number
+
+
+def set_path(record: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        record = record.setdefault(part, {})
+    record[leaf] = value
+
+
+def flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested record -> ``{dotted.path: value}``, the inverse of the mapping (lists stay as values)."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+class GainsightPXRecordFormat(FormatWriter):
+    """Maps, converts and validates one input row into the user/account JSON the REST API takes."""
+
+    extension = "ndjson"
+    content_type = "application/x-ndjson"
+
+    def __init__(self, entity: str, field_mapping: Mapping[str, str], field_types: Mapping[str, str] | None = None):
+        entity = str(entity).upper()
+        if entity not in ENTITIES:
+            raise ValueError(f"entity must be USER or ACCOUNT, not {entity!r}")
+        self.entity = entity
+        self.id_field = IDENTIFIER_FIELDS[entity]
+        if not field_mapping:
+            raise ValueError("field_mapping is empty: map at least the identifier")
+        if self.id_field not in field_mapping:
+            raise ValueError(
+                f"field_mapping must map the {entity} identifier {self.id_field!r} to an input column "
+                f"(mapped: {', '.join(sorted(field_mapping))})"
+            )
+        self.field_mapping = dict(field_mapping)
+        self._check_paths(self.field_mapping)
+        self.field_types = {**STANDARD_TYPES[entity], **(field_types or {})}
+        self.field_types[self.id_field] = "string"
+        unknown = {field: t for field, t in self.field_types.items() if t not in FIELD_TYPES}
+        if unknown:
+            raise ValueError(f"unknown field types {unknown}; use one of {', '.join(FIELD_TYPES)}")
+        self.identifier_field = self.field_mapping[self.id_field]  # the input column, for rejects
+
+    @staticmethod
+    def _check_paths(mapping: Mapping[str, str]) -> None:
+        for field, column in mapping.items():
+            if not field or any(not part for part in field.split(".")):
+                raise ValueError(f"field_mapping key {field!r} is not a valid dotted field path")
+            if not isinstance(column, str) or not column:
+                raise ValueError(f"field_mapping[{field!r}] must name an input column, got {column!r}")
+        fields = set(mapping)
+        for field in fields:
+            parts = field.split(".")
+            for cut in range(1, len(parts)):
+                if ".".join(parts[:cut]) in fields:
+                    raise ValueError(f"field_mapping maps both {'.'.join(parts[:cut])!r} and its child {field!r}")
+
+    def source_columns(self) -> list[str]:
+        return list(dict.fromkeys(self.field_mapping.values()))
+
+    def missing_columns(self, columns: Iterable[str]) -> list[str]:
+        available = set(columns)
+        return [column for column in self.source_columns() if column not in available]
+
+    def record_id(self, row: Mapping[str, Any]) -> str | None:
+        value = row.get(self.identifier_field)
+        return None if is_empty(value) else str(value)
+
+    def build(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """The nested PX record for an input row; raises ``RowRejected`` naming field and column."""
+        record: dict[str, Any] = {}
+        for field, column in self.field_mapping.items():
+            value = row.get(column)
+            if is_empty(value):
+                if field == self.id_field:
+                    raise RowRejected(f"the identifier is empty (column {column!r})", self.id_field)
+                continue
+            try:
+                converted = convert(value, self.field_types.get(field, "string"))
+                if field in _RANGES and not _RANGES[field][0] <= converted <= _RANGES[field][1]:
+                    raise ValueError(f"{converted} is outside {_RANGES[field][0]}..{_RANGES[field][1]}")
+                if field == "email" and "@" not in converted:
+                    raise ValueError(f"{converted!r} is not an email address")
+            except ValueError as exc:
+                raise RowRejected(f"{exc} (column {column!r})", field) from None
+            set_path(record, field, converted)
+        return record
+
+    def encode(self, row: Mapping[str, Any]) -> str:
+        return json.dumps(self.build(row), separators=(",", ":"), ensure_ascii=False) + "\n"

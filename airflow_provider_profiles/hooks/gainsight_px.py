@@ -1,0 +1,332 @@
+"""Gainsight PX (Aptrinsic) REST API: users and accounts, one record per request, and filtered listing.
+
+Connection: password = API key (sent as ``X-APTRINSIC-API-KEY``); extra ``data_center`` (us, eu,
+us2) or a host for a custom URL (an emulator); extra ``product_key`` (``AP-...-2``), sent as
+``propertyKeys`` when a record is created.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from airflow_provider_profiles.hooks.base import (
+    ProfilesHook,
+    RateLimiter,
+    VendorConnectionError,
+    VendorNotFoundError,
+    VendorValidationError,
+    shared_limiter,
+)
+
+# The documented limit is about 200 requests/s per subscription, counted by the vendor over a window
+# of arrivals. The client allows at most RATE_BURST sends per RATE_BURST/195 s: any 200 consecutive
+# sends then span at least 1.026 s (RATE_BURST divides 200), which leaves ~25 ms for network jitter,
+# while small bursts still let the pool catch up after a slow response. A per-second window of 195
+# would not: its bursts at the window edges arrive squeezed and earn 429s.
+DEFAULT_REQUESTS_PER_SECOND = 195
+RATE_BURST = 5
+MAX_PAGE_SIZE = 1000
+FILTER_OPERATORS = ("==", "~", "!=", "<", "<=", ">", ">=")
+
+# entity -> (path, identifier field, list key in a page)
+_ENTITIES = {"USER": ("users", "identifyId"), "ACCOUNT": ("accounts", "id")}
+
+
+class Outcome(str, enum.Enum):
+    """What an upsert did to the vendor's record."""
+
+    UPDATED = "updated"
+    INSERTED = "inserted"
+    MISSING = "missing"  # not there, and inserting was not allowed
+
+
+def _entity(entity: str) -> tuple[str, str]:
+    try:
+        return _ENTITIES[str(entity).upper()]
+    except KeyError:
+        raise ValueError(f"entity must be USER or ACCOUNT, not {entity!r}") from None
+
+
+# --- filters -------------------------------------------------------------------------------------
+def _filter_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dt.datetime):  # dates are compared as epoch milliseconds
+        aware = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        return str(int(aware.timestamp() * 1000))
+    return str(value)
+
+
+def escape_filter_value(value: Any) -> str:
+    """A filter expression with the documented escapes: backslash first, then comma (no double escaping)."""
+    text = _filter_text(value)
+    if ";" in text:
+        raise ValueError(
+            f"filter value {text!r} contains ';', which the Gainsight PX filter syntax uses for AND and cannot escape"
+        )
+    return text.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def filter_condition(name: str, operator: str, value: Any) -> str:
+    """One ``name operator expression`` condition, e.g. ``filter_condition("countryCode", "==", "US")``."""
+    if operator not in FILTER_OPERATORS:
+        raise ValueError(f"unknown filter operator {operator!r}; use one of {' '.join(FILTER_OPERATORS)}")
+    if not name or any(char in name for char in "=~!<>;,\\ "):
+        raise ValueError(f"invalid filter field name {name!r}")
+    return f"{name}{operator}{escape_filter_value(value)}"
+
+
+def _is_condition(item: Any) -> bool:
+    return (
+        isinstance(item, (list, tuple))
+        and len(item) == 3
+        and isinstance(item[0], str)
+        and isinstance(item[1], str)
+        and item[1] in FILTER_OPERATORS
+    )
+
+
+def _and_group(group: Any) -> str:
+    if isinstance(group, Mapping):
+        conditions = [filter_condition(name, "==", value) for name, value in group.items()]
+    elif _is_condition(group):
+        conditions = [filter_condition(*group)]
+    elif isinstance(group, (list, tuple)) and all(_is_condition(item) for item in group):
+        conditions = [filter_condition(*item) for item in group]
+    else:
+        raise ValueError(
+            f"cannot read filter group {group!r}: use a dict {{field: value}} (all ==), a (field, operator, value) "
+            "condition, or a list of conditions"
+        )
+    if not conditions:
+        raise ValueError("empty filter group")
+    return ";".join(conditions)
+
+
+def build_filters(spec: Any) -> list[str]:
+    """Filter parameters from a structured spec; the list is OR-ed (one ``filter=`` each), a group AND-ed.
+
+    - ``None`` or ``[]``: no filter;
+    - ``{"countryCode": "US", "city": "Cleveland"}``: one AND group of exact matches;
+    - ``("score", ">=", 10)`` or ``[("score", ">=", 10), ("email", "~", "*@acme.com")]``: one AND group;
+    - ``[{"countryCode": "US"}, {"countryCode": "UK"}]`` or a list of condition lists: OR of groups.
+
+    Values are escaped here; URL encoding is left to the HTTP client, so it happens exactly once.
+    """
+    if spec is None or (isinstance(spec, (list, tuple)) and not spec):
+        return []
+    if isinstance(spec, str):
+        raise ValueError("pass filters as a structure (dict, condition tuple or list), not a pre-built string")
+    if isinstance(spec, Mapping) or _is_condition(spec):
+        return [_and_group(spec)]
+    if isinstance(spec, (list, tuple)) and all(_is_condition(item) for item in spec):
+        return [_and_group(spec)]
+    if isinstance(spec, (list, tuple)):
+        return [_and_group(group) for group in spec]
+    raise ValueError(f"cannot read filters {spec!r}")
+
+
+# --- the hook --------------------------------------------------------------------------------------
+class GainsightPXHook(ProfilesHook):
+    """Users and accounts of one Gainsight PX subscription.
+
+    :param conn_id: connection of type ``gainsight_px``.
+    :param requests_per_second: client-side limit shared by every hook of this connection in the
+        process (default: the connection's ``rate_limits`` extra, else 195/s).
+    :param pool_size: HTTP connections kept open; set it to the number of threads calling the hook.
+    """
+
+    conn_name_attr = "conn_id"
+    default_conn_name = "gainsight_px_default"
+    conn_type = "gainsight_px"
+    hook_name = "Gainsight PX"
+    default_base_urls = {
+        "us": "https://api.aptrinsic.com/v1",
+        "eu": "https://api-eu.aptrinsic.com/v1",
+        "us2": "https://api-us2.aptrinsic.com/v1",
+    }
+    region_extra = "data_center"
+    default_region = "us"
+    rate_limits = {"default": (RATE_BURST, RATE_BURST / DEFAULT_REQUESTS_PER_SECOND)}
+
+    def __init__(self, conn_id: str | None = None, *, requests_per_second: float | None = None, **kwargs: Any):
+        super().__init__(conn_id, **kwargs)
+        if requests_per_second is not None and requests_per_second <= 0:
+            raise ValueError(f"requests_per_second must be positive, got {requests_per_second}")
+        self.requests_per_second = requests_per_second
+
+    def limiter(self, route: str) -> RateLimiter | None:
+        if self.requests_per_second is None:
+            return super().limiter(route)
+        burst = RATE_BURST if self.requests_per_second >= RATE_BURST else 1
+        return shared_limiter(self.conn_type, self.conn_id, route, burst, burst / self.requests_per_second)
+
+    def auth_headers(self) -> dict[str, str]:
+        key = self.connection.password
+        if not key:
+            raise ValueError(f"connection {self.conn_id!r} has no API key: put it in the password field")
+        return {"X-APTRINSIC-API-KEY": key}
+
+    def error_message(self, payload: Any, text: str) -> str:
+        error = payload.get("externalapierror") if isinstance(payload, dict) else None
+        if not isinstance(error, dict):
+            return super().error_message(payload, text)
+        message = str(error.get("message") or error.get("status") or "error")
+        details = [
+            f"{sub.get('field')}: {sub.get('message')}" if isinstance(sub, dict) and sub.get("field") else str(sub)
+            for sub in error.get("subErrors") or []
+        ]
+        return f"{message} ({'; '.join(details)})" if details else message
+
+    @property
+    def product_key(self) -> str | None:
+        return self.connection.extra_dejson.get("product_key") or None
+
+    # --- single records ---------------------------------------------------------------------------
+    @staticmethod
+    def _record_path(entity: str, record_id: str) -> str:
+        path, _ = _entity(entity)
+        if record_id is None or str(record_id) == "":
+            raise ValueError(f"an empty {entity} id cannot be looked up")
+        return f"{path}/{quote(str(record_id), safe='')}"
+
+    def get(self, entity: str, record_id: str) -> dict | None:
+        """The record with this id (ids are case-sensitive), or None if there is none."""
+        try:
+            return self.request("GET", self._record_path(entity, record_id)).json()
+        except VendorNotFoundError:
+            return None
+
+    def create(self, entity: str, record: Mapping[str, Any]) -> dict:
+        """POST a new record (201); the product key goes in ``propertyKeys`` unless the record has them."""
+        path, id_field = _entity(entity)
+        if not record.get(id_field):
+            raise ValueError(f"a new {entity} needs {id_field!r}")
+        body = dict(record)
+        if "propertyKeys" not in body and self.product_key:
+            body["propertyKeys"] = [self.product_key]
+        response = self.request("POST", path, json=body)
+        try:
+            return response.json()
+        except ValueError:  # a 201 without a (JSON) body
+            return body
+
+    def update(self, entity: str, record_id: str, record: Mapping[str, Any]) -> None:
+        """PUT changes to an existing record (204 or 200); ``VendorNotFoundError`` if it does not exist."""
+        self.request("PUT", self._record_path(entity, record_id), json=dict(record))
+
+    def delete(self, entity: str, record_id: str) -> bool:
+        """Delete a record; False if it did not exist."""
+        try:
+            self.request("DELETE", self._record_path(entity, record_id))
+        except VendorNotFoundError:
+            return False
+        return True
+
+    def upsert(self, entity: str, record: Mapping[str, Any], insert_missing: bool = True) -> Outcome:
+        """PUT, then POST on 404 when ``insert_missing``: the data loader's update/insert logic.
+
+        A create that lost its response is checked with a GET before being sent again, and a create
+        that meets a record created meanwhile becomes an update, so nothing is written twice.
+        """
+        _, id_field = _entity(entity)
+        record_id = str(record[id_field])
+        try:
+            self.update(entity, record_id, record)
+            return Outcome.UPDATED
+        except VendorNotFoundError:
+            if not insert_missing:
+                return Outcome.MISSING
+        try:
+            self.create(entity, record)
+        except VendorConnectionError:
+            # the response was lost, not necessarily the create: look before sending it again
+            if self.get(entity, record_id) is None:
+                try:
+                    self.create(entity, record)
+                except VendorValidationError as error:
+                    if error.status != 409:  # 409: the first create landed after all, with this same body
+                        raise
+        except VendorValidationError as error:
+            if error.status != 409:
+                raise
+            self.update(entity, record_id, record)  # created by someone else meanwhile
+            return Outcome.UPDATED
+        return Outcome.INSERTED
+
+    def get_user(self, identify_id: str) -> dict | None:
+        return self.get("USER", identify_id)
+
+    def create_user(self, user: Mapping[str, Any]) -> dict:
+        return self.create("USER", user)
+
+    def update_user(self, identify_id: str, changes: Mapping[str, Any]) -> None:
+        self.update("USER", identify_id, changes)
+
+    def upsert_user(self, user: Mapping[str, Any], insert_missing: bool = True) -> Outcome:
+        return self.upsert("USER", user, insert_missing)
+
+    def delete_user(self, identify_id: str) -> bool:
+        return self.delete("USER", identify_id)
+
+    def get_account(self, account_id: str) -> dict | None:
+        return self.get("ACCOUNT", account_id)
+
+    def create_account(self, account: Mapping[str, Any]) -> dict:
+        return self.create("ACCOUNT", account)
+
+    def update_account(self, account_id: str, changes: Mapping[str, Any]) -> None:
+        self.update("ACCOUNT", account_id, changes)
+
+    def upsert_account(self, account: Mapping[str, Any], insert_missing: bool = True) -> Outcome:
+        return self.upsert("ACCOUNT", account, insert_missing)
+
+    # --- listing ----------------------------------------------------------------------------------
+    def iter_records(
+        self,
+        entity: str,
+        filters: Any = None,
+        sort: str | Sequence[str] | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+        limit: int | None = None,
+    ) -> Iterator[dict]:
+        """Every record matching ``filters`` (see ``build_filters``), page by page with ``scrollId``.
+
+        Stops on a short page: the API keeps returning a scrollId after the last page.
+        """
+        path, _ = _entity(entity)
+        if not 1 <= int(page_size) <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}, got {page_size}")
+        page_size = int(page_size)
+        params: dict[str, Any] = {"pageSize": page_size}
+        filter_params = build_filters(filters)
+        if filter_params:
+            params["filter"] = filter_params
+        if sort:
+            params["sort"] = [sort] if isinstance(sort, str) else list(sort)
+        returned = 0
+        while True:
+            page = self.request("GET", path, params=params).json()
+            records = page.get(path) or []
+            for record in records:
+                if limit is not None and returned >= limit:
+                    return
+                yield record
+                returned += 1
+            scroll_id = page.get("scrollId")
+            if limit is not None and returned >= limit:
+                return
+            if len(records) < page_size or not scroll_id:
+                return
+            # the scroll carries the query; repeating it does no harm and suits servers that want it
+            params = {**params, "scrollId": scroll_id}
+
+    def iter_users(self, filters: Any = None, **kwargs: Any) -> Iterator[dict]:
+        return self.iter_records("USER", filters, **kwargs)
+
+    def iter_accounts(self, filters: Any = None, **kwargs: Any) -> Iterator[dict]:
+        return self.iter_records("ACCOUNT", filters, **kwargs)

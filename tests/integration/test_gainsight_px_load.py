@@ -1,0 +1,238 @@
+"""GainsightPXLoadOperator against the emulator: modes, mapping, rejects, reconciliation, 429 storms."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from airflow_provider_profiles.formats.reader import InputError
+from airflow_provider_profiles.operators.gainsight_px import SUMMARY_KEYS, GainsightPXLoadOperator
+from airflow.providers.common.compat.sdk import AirflowException
+
+SECRET = "gpx-S3CRET-0b1c2d3e"
+MAPPING = {"identifyId": "id", "email": "email", "title": "title"}
+
+
+class FakeTI:
+    dag_id, run_id, task_id, map_index, try_number = "dag", "manual__2026-01-01T00:00:00+00:00", "load", -1, 1
+
+    def __init__(self):
+        self.xcoms = {}
+
+    def xcom_push(self, key, value):
+        self.xcoms[key] = value
+
+
+@pytest.fixture
+def gpx(emulator, airflow_connection):
+    server = emulator("gainsight_px", api_key=SECRET, rate_limit=None)
+    airflow_connection("gainsight_px_default", "gainsight_px", host=server.url, password=SECRET,
+                       extra={"product_key": server.emulator.product_key, "backoff_initial": 0.01, "backoff_max": 0.05})
+    return server
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+def run(ti=None, **kwargs):
+    kwargs.setdefault("field_mapping", MAPPING)
+    operator = GainsightPXLoadOperator(task_id="load", **kwargs)
+    ti = ti or FakeTI()
+    summary = operator.execute({"ti": ti})
+    assert summary["rows_read"] == sum(summary[key] for key in SUMMARY_KEYS[1:])
+    return summary
+
+
+def rejects_of(summary):
+    with open(summary["rejects_path"], newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def writes(gpx):
+    return sum(gpx.emulator.writes.values()), sum(n for key, n in gpx.emulator.counters.items() if not key.startswith("GET"))
+
+
+def test_update_only_skips_missing_records(gpx, tmp_path):
+    gpx.emulator.seed(users=[{"identifyId": "u1", "title": "old"}, {"identifyId": "u2"}])
+    source = write_csv(tmp_path / "users.csv", ["id", "email", "title"],
+                       [["u1", "a@x.com", "new"], ["u2", "", ""], ["u3", "c@x.com", "x"]])
+    summary = run(source=source)
+    assert summary == {"rows_read": 3, "updated": 2, "inserted": 0, "unchanged_or_skipped": 1, "rejected": 0, "failed": 0}
+    users = gpx.emulator.snapshot()["users"]
+    assert users["u1"]["title"] == "new" and users["u1"]["email"] == "a@x.com"
+    assert "u3" not in users
+    assert not (tmp_path / "users.rejects.csv").exists()
+
+
+def test_insert_missing_creates_with_product_key(gpx, tmp_path):
+    gpx.emulator.seed(users=[{"identifyId": "u1"}])
+    source = write_csv(tmp_path / "users.csv", ["id", "email", "title"], [["u1", "a@x.com", "t"], ["u2", "b@x.com", "t"]])
+    summary = run(source=source, insert_missing=True)
+    assert (summary["updated"], summary["inserted"]) == (1, 1)
+    assert gpx.emulator.snapshot()["users"]["u2"]["propertyKeys"] == [gpx.emulator.product_key]
+
+
+def test_dry_run_writes_nothing(gpx, tmp_path):
+    source = write_csv(tmp_path / "users.csv", ["id", "email", "title"],
+                       [["u1", "a@x.com", "t"], ["u2", "not-an-email", "t"], ["u3", "", ""]])
+    summary = run(source=source, dry_run=True, insert_missing=True, verbose=True)
+    assert summary["rows_read"] == 3 and summary["unchanged_or_skipped"] == 2 and summary["rejected"] == 1
+    assert sum(gpx.emulator.counters.values()) == 0  # not a single request
+    planned = [json.loads(line) for line in open(summary["dry_run_path"])]
+    assert [(p["line"], p["id"], p["action"]) for p in planned] == [(2, "u1", "update_or_insert"), (4, "u3", "update_or_insert")]
+    assert planned[0]["body"] == {"identifyId": "u1", "email": "a@x.com", "title": "t"}
+    assert summary["dry_run_path"] == str(tmp_path / "users.dry_run.ndjson")
+
+
+def test_nested_mapping_and_quoted_commas(gpx, tmp_path):
+    source = tmp_path / "users.csv"
+    source.write_text(
+        "id,title,city,latitude,longitude,plan,acceptDate\n"
+        'u1,"CEO, Founder",Cleveland,41.5,-81.7,pro,1546300800000\n'
+    )
+    run(source=str(source), insert_missing=True, field_mapping={
+        "identifyId": "id", "title": "title", "location.city": "city",
+        "location.coordinates.latitude": "latitude", "location.coordinates.longitude": "longitude",
+        "customAttributes.plan": "plan", "customAttributes.acceptDate": "acceptDate",
+    }, field_types={"customAttributes.acceptDate": "date"})
+    user = gpx.emulator.snapshot()["users"]["u1"]
+    assert user["title"] == "CEO, Founder"
+    assert user["location"] == {"city": "Cleveland", "coordinates": {"latitude": 41.5, "longitude": -81.7}}
+    assert user["customAttributes"] == {"plan": "pro", "acceptDate": 1546300800000}
+
+
+def test_rejects_and_failures_reconcile(gpx, tmp_path):
+    gpx.emulator.seed(users=[{"identifyId": f"u{i}"} for i in range(1, 7)])
+    gpx.emulator.inject("status", match=r"^PUT /v1/users/u5$", count=10, status=500)
+    gpx.emulator.inject("status", match=r"^PUT /v1/users/u6$", count=1, status=400,
+                        body={"externalapierror": {"status": "BAD_REQUEST", "message": "Validation failed",
+                                                   "subErrors": [{"field": "title", "message": "too long"}]}})
+    source = tmp_path / "users.csv"
+    source.write_text(
+        "id,email,title\n"
+        "u1,a@x.com,ok\n"
+        ",b@x.com,no id\n"            # line 3: rejected, empty identifier
+        "u3,c@x.com,ragged,extra\n"   # line 4: rejected, ragged row
+        "u4,nope,bad email\n"         # line 5: rejected, email
+        "u5,e@x.com,server error\n"   # line 6: failed, 500 after retries
+        "u6,f@x.com,refused\n"        # line 7: failed, 400
+    )
+    summary = run(source=str(source))
+    assert summary["rows_read"] == 6
+    assert (summary["updated"], summary["rejected"], summary["failed"]) == (1, 3, 2)
+    rows = {int(r["line"]): r for r in rejects_of(summary)}
+    assert sorted(rows) == [3, 4, 5, 6, 7]
+    assert "identifier is empty" in rows[3]["reason"] and rows[3]["http_status"] == ""
+    assert "ragged row" in rows[4]["reason"] and rows[4]["identifier"] == "u3"
+    assert "email" in rows[5]["reason"] and rows[5]["identifier"] == "u4"
+    assert rows[6]["http_status"] == "500" and rows[6]["identifier"] == "u5" and "attempts" in rows[6]["reason"]
+    assert rows[7]["http_status"] == "400" and "title: too long" in rows[7]["reason"]
+
+
+def test_max_failed_ratio_fails_the_task_after_the_run(gpx, tmp_path):
+    gpx.emulator.seed(users=[{"identifyId": "u1"}])
+    source = write_csv(tmp_path / "users.csv", ["id", "email", "title"], [["u1", "a@x.com", ""], ["u2", "bad", ""]])
+    ti = FakeTI()
+    with pytest.raises(AirflowException, match="max_failed_ratio"):
+        run(ti=ti, source=source, max_failed_ratio=0.25)
+    assert ti.xcoms["summary"]["updated"] == 1 and ti.xcoms["summary"]["rejected"] == 1
+    assert run(source=source, max_failed_ratio=0.5)["rejected"] == 1
+
+
+def test_input_problems_stop_before_any_request(gpx, tmp_path):
+    source = write_csv(tmp_path / "users.csv", ["id", "mail", "title"], [["u1", "a@x.com", "t"]])
+    with pytest.raises(InputError, match=r"users.csv, line 1, column 'email': field_mapping refers to column\(s\) not in"):
+        run(source=source)
+    broken = tmp_path / "broken.csv"
+    broken.write_text('id,email,title\nu1,a@x.com,ok\nu2,"unterminated,t\n')
+    with pytest.raises(InputError, match=r"broken.csv, line \d"):
+        run(source=str(broken))
+    with pytest.raises(ValueError, match="identifyId"):
+        run(source=source, field_mapping={"email": "mail"})
+    assert sum(gpx.emulator.counters.values()) == 0
+
+
+def test_insert_missing_needs_the_product_key(gpx, airflow_connection, tmp_path):
+    airflow_connection("gpx_no_product", "gainsight_px", host=gpx.url, password=SECRET)
+    source = write_csv(tmp_path / "users.csv", ["id", "email", "title"], [["u1", "a@x.com", "t"]])
+    with pytest.raises(AirflowException, match="product_key"):
+        run(source=source, conn_id="gpx_no_product", insert_missing=True)
+    assert sum(gpx.emulator.counters.values()) == 0
+
+
+def test_wrong_api_key_stops_the_run_without_leaking_it(gpx, airflow_connection, tmp_path):
+    airflow_connection("gpx_wrong", "gainsight_px", host=gpx.url, password="wrong-key-123")
+    source = write_csv(tmp_path / "users.csv", ["id", "email", "title"], [[f"u{i}", "", ""] for i in range(200)])
+    with pytest.raises(AirflowException, match="refused the API key") as caught:
+        run(source=source, conn_id="gpx_wrong", max_concurrency=2)
+    assert "wrong-key-123" not in str(caught.value)
+    assert gpx.emulator.counters["PUT /v1/users/u199"] == 0  # stopped early, not 200 refusals
+
+
+def test_429_storm_nothing_lost_or_duplicated(gpx, tmp_path, monkeypatch):
+    from airflow_provider_profiles.operators import gainsight_px
+
+    monkeypatch.setattr(gainsight_px, "RATE_LIMITED_PAUSE", 0.05)  # the pool-wide pauses, shortened for the test
+    gpx.emulator.seed(users=[{"identifyId": f"u{i:03d}"} for i in range(0, 300, 2)])  # half exist
+    gpx.emulator.inject("status", match=r"^(PUT|POST) /v1/users", count=120, status=429, retry_after=0.01)
+    source = write_csv(tmp_path / "users.csv", ["id", "email", "title"], [[f"u{i:03d}", "", f"t{i}"] for i in range(300)])
+    summary = run(source=source, insert_missing=True, max_concurrency=8)
+    assert (summary["updated"], summary["inserted"], summary["failed"]) == (150, 150, 0)
+    assert gpx.emulator.faults_served["status"] == 120
+    assert set(gpx.emulator.writes.values()) == {1} and len(gpx.emulator.writes) == 300
+    users = gpx.emulator.snapshot()["users"]
+    assert all(users[f"u{i:03d}"]["title"] == f"t{i}" for i in range(300))
+
+
+def test_repeated_ids_are_applied_in_input_order(gpx, tmp_path):
+    rows = [["dup", "", f"v{i}"] for i in range(10)] + [[f"o{i}", "", "x"] for i in range(20)]
+    source = write_csv(tmp_path / "users.csv", ["id", "email", "title"], rows)
+    summary = run(source=source, insert_missing=True, max_concurrency=8)
+    assert (summary["inserted"], summary["updated"]) == (21, 9)
+    assert gpx.emulator.snapshot()["users"]["dup"]["title"] == "v9"
+    assert gpx.emulator.counters["POST /v1/users"] == 21  # one create for "dup", never a duplicate
+
+
+def test_ndjson_source(gpx, tmp_path):
+    source = tmp_path / "accounts.ndjson"
+    source.write_text(
+        json.dumps({"account_id": "a1", "name": "Acme", "employees": 12}) + "\n"
+        + "{not json\n"
+        + json.dumps({"account_id": "a2", "name": "Beta"}) + "\n"
+    )
+    summary = run(source=str(source), entity="ACCOUNT", insert_missing=True,
+                  field_mapping={"id": "account_id", "name": "name", "numberOfEmployees": "employees"})
+    assert (summary["inserted"], summary["rejected"]) == (2, 1)
+    assert rejects_of(summary)[0]["line"] == "2"
+    assert gpx.emulator.snapshot()["accounts"]["a1"]["numberOfEmployees"] == 12
+
+
+def test_dataframe_source(gpx, tmp_path, monkeypatch):
+    pd = pytest.importorskip("pandas")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    frame = pd.DataFrame({
+        "id": ["u1", "u2", None],
+        "signup": [pd.Timestamp("2019-01-01"), pd.NaT, pd.Timestamp("2019-01-02")],
+        "score": [1.5, float("nan"), 3.0],
+    })
+    summary = run(source=frame, insert_missing=True,
+                  field_mapping={"identifyId": "id", "signUpDate": "signup", "score": "score"})
+    assert (summary["inserted"], summary["rejected"]) == (2, 1)
+    users = gpx.emulator.snapshot()["users"]
+    assert users["u1"]["signUpDate"] == 1546300800000 and users["u1"]["score"] == 1.5
+    assert "signUpDate" not in users["u2"] and "score" not in users["u2"]
+    assert summary["rejects_path"].startswith(str(tmp_path)) and rejects_of(summary)[0]["line"] == "3"
+
+
+def test_template_fields_cover_run_dependent_values():
+    assert {"source", "entity", "field_mapping", "rejects_path", "dry_run_path"} <= set(GainsightPXLoadOperator.template_fields)

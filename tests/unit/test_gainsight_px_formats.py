@@ -1,0 +1,140 @@
+"""Gainsight PX record mapping: dotted paths, types, empty values, validation with readable reasons."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+
+import pytest
+
+from airflow_provider_profiles.formats.base import RowRejected
+from airflow_provider_profiles.formats.gainsight_px import (
+    GainsightPXRecordFormat,
+    convert,
+    flatten,
+    is_empty,
+    to_epoch_millis,
+)
+
+DOC_MAPPING = {
+    "identifyId": "id",
+    "title": "title",
+    "phone": "telephone",
+    "location.city": "city",
+    "location.stateCode": "state",
+    "location.coordinates.latitude": "latitude",
+    "location.coordinates.longitude": "longitude",
+    "customAttributes.strtmp1": "strtmp1",
+    "customAttributes.acceptDate": "acceptDate",
+}
+
+
+def test_doc_mapping_builds_nested_record():
+    record_format = GainsightPXRecordFormat("user", DOC_MAPPING, {"customAttributes.acceptDate": "date"})
+    row = {"id": "u-1", "title": "CTO", "telephone": "555", "city": "Cleveland", "state": "OH",
+           "latitude": "41.49", "longitude": "-81.69", "strtmp1": "x, y", "acceptDate": "1546300800000"}
+    assert record_format.build(row) == {
+        "identifyId": "u-1",
+        "title": "CTO",
+        "phone": "555",
+        "location": {"city": "Cleveland", "stateCode": "OH", "coordinates": {"latitude": 41.49, "longitude": -81.69}},
+        "customAttributes": {"strtmp1": "x, y", "acceptDate": 1546300800000},
+    }
+    assert json.loads(record_format.encode(row))["location"]["coordinates"]["latitude"] == 41.49
+
+
+def test_empty_values_are_not_sent():
+    record_format = GainsightPXRecordFormat("USER", {"identifyId": "id", "signUpDate": "signup", "location.city": "city"})
+    assert record_format.build({"id": "u", "signup": "", "city": "  "}) == {"identifyId": "u"}
+
+
+def test_identifier_is_required_in_the_mapping_and_in_each_row():
+    with pytest.raises(ValueError, match="identifyId"):
+        GainsightPXRecordFormat("USER", {"email": "email"})
+    with pytest.raises(ValueError, match="'id'"):
+        GainsightPXRecordFormat("ACCOUNT", {"name": "name"})
+    record_format = GainsightPXRecordFormat("ACCOUNT", {"id": "account_id", "name": "name"})
+    with pytest.raises(RowRejected, match="identifier is empty"):
+        record_format.build({"account_id": "", "name": "Acme"})
+
+
+def test_bad_mapping_is_refused_up_front():
+    with pytest.raises(ValueError, match="USER or ACCOUNT"):
+        GainsightPXRecordFormat("COMPANY", {"id": "id"})
+    with pytest.raises(ValueError, match="both 'location' and its child"):
+        GainsightPXRecordFormat("USER", {"identifyId": "id", "location": "loc", "location.city": "city"})
+    with pytest.raises(ValueError, match="not a valid dotted"):
+        GainsightPXRecordFormat("USER", {"identifyId": "id", "location..city": "city"})
+    with pytest.raises(ValueError, match="unknown field types"):
+        GainsightPXRecordFormat("USER", {"identifyId": "id"}, {"score": "float"})
+
+
+def test_missing_columns_are_listed():
+    record_format = GainsightPXRecordFormat("USER", {"identifyId": "id", "email": "mail", "title": "title"})
+    assert record_format.missing_columns(["id", "title"]) == ["mail"]
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ({"id": "u", "signup": "yesterday"}, "signUpDate: expected milliseconds since the epoch, got 'yesterday' (column 'signup')"),
+        ({"id": "u", "signup": "1546300800"}, "looks like seconds"),
+        ({"id": "u", "score": "high"}, "score: expected a number"),
+        ({"id": "u", "lat": "123"}, "outside -90.0..90.0"),
+        ({"id": "u", "mail": "nobody"}, "not an email address"),
+        ({"id": "u", "visits": "2.5"}, "expected an integer"),
+        ({"id": "u", "unsub": "maybe"}, "expected true or false"),
+    ],
+)
+def test_invalid_values_are_rejected_with_field_and_column(row, reason):
+    record_format = GainsightPXRecordFormat("USER", {
+        "identifyId": "id", "signUpDate": "signup", "score": "score", "location.coordinates.latitude": "lat",
+        "email": "mail", "numberOfVisits": "visits", "globalUnsubscribe": "unsub",
+    })
+    with pytest.raises(RowRejected) as caught:
+        record_format.build(row)
+    assert reason in caught.value.reason
+    assert record_format.record_id(row) == "u"
+
+
+def test_dates_from_many_shapes():
+    assert to_epoch_millis(1546300800000) == 1546300800000
+    assert to_epoch_millis("1546300800000") == 1546300800000
+    assert to_epoch_millis(1546300800000.0) == 1546300800000
+    assert to_epoch_millis(dt.datetime(2019, 1, 1)) == 1546300800000  # naive is UTC
+    assert to_epoch_millis(dt.date(2019, 1, 1)) == 1546300800000
+    assert to_epoch_millis("2019-01-01T01:00:00+01:00") == 1546300800000
+    with pytest.raises(ValueError):
+        to_epoch_millis(True)
+
+
+def test_conversions():
+    assert convert("42", "number") == 42 and isinstance(convert("42", "number"), int)
+    assert convert("4.5", "number") == 4.5
+    assert convert("YES", "boolean") is True and convert("0", "boolean") is False
+    assert convert(7, "string") == "7"
+    with pytest.raises(ValueError, match="finite"):
+        convert("nan", "number")
+    with pytest.raises(ValueError, match="single"):
+        convert({"a": 1}, "string")
+
+
+def test_pandas_values():
+    pd = pytest.importorskip("pandas")
+    import numpy as np
+
+    assert is_empty(float("nan")) and is_empty(pd.NA) and is_empty(pd.NaT) and is_empty(None)
+    assert not is_empty(0)
+    assert convert(np.int64(3), "integer") == 3
+    assert convert(np.float64(2.5), "number") == 2.5
+    assert to_epoch_millis(pd.Timestamp("2019-01-01")) == 1546300800000
+    assert convert(np.bool_(True), "boolean") is True
+    assert not math.isnan(convert(np.float64(1.0), "number"))
+
+
+def test_flatten_is_the_inverse_of_the_mapping():
+    record = {"identifyId": "u", "location": {"city": "X", "coordinates": {"latitude": 1.5}}, "propertyKeys": ["AP-1"],
+              "customAttributes": {}}
+    assert flatten(record) == {"identifyId": "u", "location.city": "X", "location.coordinates.latitude": 1.5,
+                               "propertyKeys": ["AP-1"], "customAttributes": {}}
