@@ -22,6 +22,9 @@ from airflow.sdk import DAG, Param
 from airflow_provider_profiles.operators.gainsight_px import GainsightPXExportOperator, GainsightPXLoadOperator
 
 SAMPLE_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "gainsight_px_users.csv")
+# Where prepared files go: object storage (s3://...) on a multi-worker deployment; PROFILES_DATA_DIR
+# or a temp folder when everything runs on one machine (the demo).
+WORK_DIR = os.environ.get("PROFILES_DATA_DIR") or os.path.join(tempfile.gettempdir(), "profiles-examples")
 
 with DAG(
     dag_id="example_gainsight_px",
@@ -31,7 +34,7 @@ with DAG(
     tags=["example", "gainsight_px"],
     params={
         "source": Param(SAMPLE_CSV, type="string", description="CSV of users (local path or object storage URI)"),
-        "output_dir": Param(os.path.join(tempfile.gettempdir(), "gainsight_px_example"), type="string"),
+        "output_dir": Param(os.path.join(WORK_DIR, "gainsight_px"), type="string"),
     },
 ) as dag:
     load_users = GainsightPXLoadOperator(

@@ -11,6 +11,8 @@ local emulator, see ``example_localytics_profiles.py``; the emulator's apps are 
 from __future__ import annotations
 
 import datetime
+import os
+import tempfile
 from pathlib import Path
 
 from airflow.sdk import DAG, Param, task
@@ -20,6 +22,9 @@ from airflow_provider_profiles.operators.localytics import LocalyticsAudienceImp
 from airflow_provider_profiles.sensors.localytics import LocalyticsImportSensor
 
 AUDIENCE_CSV = str(Path(__file__).parent / "data" / "localytics_audience.csv")
+# Where prepared files go: object storage (s3://...) on a multi-worker deployment; PROFILES_DATA_DIR
+# or a temp folder when everything runs on one machine (the demo).
+WORK_DIR = os.environ.get("PROFILES_DATA_DIR") or os.path.join(tempfile.gettempdir(), "profiles-examples")
 
 with DAG(
     dag_id="example_localytics_audiences",
@@ -30,7 +35,7 @@ with DAG(
         "source": Param(AUDIENCE_CSV, type="string"),
         "app_id": Param("app-1", type="string"),
         "audience_name": Param("crm-vip", type="string"),
-        "work_dir": Param("/tmp/airflow_provider_profiles/localytics", type="string"),
+        "work_dir": Param(f"{WORK_DIR}/localytics", type="string"),
     },
     tags=["example", "localytics"],
 ) as dag:

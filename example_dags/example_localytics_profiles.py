@@ -18,6 +18,8 @@ Needs a connection ``localytics_default``: API key as login, API secret as passw
 from __future__ import annotations
 
 import datetime
+import os
+import tempfile
 from pathlib import Path
 
 from airflow.sdk import DAG, Param, task
@@ -26,6 +28,9 @@ from airflow_provider_profiles.formats.localytics import AttributeChange, Profil
 from airflow_provider_profiles.operators.localytics import LocalyticsProfileImportOperator
 
 PROFILES_CSV = str(Path(__file__).parent / "data" / "localytics_profiles.csv")
+# Where prepared files go: object storage (s3://...) on a multi-worker deployment; PROFILES_DATA_DIR
+# or a temp folder when everything runs on one machine (the demo).
+WORK_DIR = os.environ.get("PROFILES_DATA_DIR") or os.path.join(tempfile.gettempdir(), "profiles-examples")
 
 # input column -> Localytics attribute and op; empty cells are skipped unless said otherwise
 ATTRIBUTES = {
@@ -43,7 +48,7 @@ with DAG(
     catchup=False,
     params={
         "source": Param(PROFILES_CSV, type="string", description="CSV of profiles (local path or object storage URL)"),
-        "work_dir": Param("/tmp/airflow_provider_profiles/localytics", type="string"),
+        "work_dir": Param(f"{WORK_DIR}/localytics", type="string"),
         "max_chunk_bytes": Param(50_000_000, type="integer", description="split only above this size"),
         "max_rejected_ratio": Param(0.5, type="number"),
     },

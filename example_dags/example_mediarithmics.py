@@ -15,6 +15,8 @@ Against the local emulator, no account needed::
 from __future__ import annotations
 
 import datetime
+import os
+import tempfile
 from pathlib import Path
 
 from airflow.sdk import DAG, Param, task
@@ -26,6 +28,9 @@ from airflow_provider_profiles.operators.mediarithmics import (
 )
 
 PROFILES_CSV = str(Path(__file__).parent / "data" / "mediarithmics_profiles.csv")
+# Where prepared files go: object storage (s3://...) on a multi-worker deployment; PROFILES_DATA_DIR
+# or a temp folder when everything runs on one machine (the demo).
+WORK_DIR = os.environ.get("PROFILES_DATA_DIR") or os.path.join(tempfile.gettempdir(), "profiles-examples")
 
 with DAG(
     dag_id="example_mediarithmics",
@@ -34,7 +39,7 @@ with DAG(
     catchup=False,
     params={
         "source": Param(PROFILES_CSV, type="string", description="CSV of CRM profiles (local path or object storage URL)"),
-        "work_dir": Param("/tmp/airflow_provider_profiles/mediarithmics", type="string"),
+        "work_dir": Param(f"{WORK_DIR}/mediarithmics", type="string"),
         "max_chunk_bytes": Param(95 * 1024 * 1024, type="integer", description="under the 100 MB per-file limit"),
         "max_chunk_rows": Param(6, type=["null", "integer"],
                                 description="small here so the example fans out; null for real loads"),

@@ -188,6 +188,15 @@ class GainsightPXEmulator(Emulator):
             ]
         return routes
 
+    def connection(self) -> dict[str, Any]:
+        return {"conn_type": self.name, "password": self.api_key,
+                "extra": {"base_url": f"{self.url}/v1", "product_key": self.product_key}}
+
+    def summary(self) -> dict[str, Any]:
+        with self.lock:
+            return {**super().summary(), "users": len(self.store["users"]), "accounts": len(self.store["accounts"]),
+                    "writes": sum(self.writes.values()), "throttled": self.throttled}
+
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return {

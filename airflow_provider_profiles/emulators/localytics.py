@@ -100,6 +100,19 @@ class LocalyticsEmulator(Emulator):
             Route(f"{ERROR_LOG_PREFIX}/{{activity_id}}/errors.json", self._error_log, methods=["GET"]),
         ]
 
+    def connection(self) -> dict[str, Any]:
+        return {"conn_type": self.name, "login": self.api_key, "password": self.api_secret,
+                "extra": {"base_url": f"{self.url}/v1", "org_id": min(self.org_ids)}}
+
+    def summary(self) -> dict[str, Any]:
+        snapshot = self.snapshot()
+        statuses: dict[str, int] = {}
+        for job in snapshot["jobs"].values():
+            statuses[job["status"]] = statuses.get(job["status"], 0) + 1
+        return {**super().summary(), "imports": statuses,
+                "profiles": sum(len(customers) for customers in snapshot["profiles"].values()),
+                "audiences": len(snapshot["audiences"]), "throttled": snapshot["throttled"]}
+
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             for activity_id in self.jobs:

@@ -19,6 +19,14 @@ from pathlib import Path
 from airflow_provider_profiles.emulators import EMULATORS, create, serve
 
 
+def demo_connections(servers: dict, data_dir: Path) -> dict[str, dict]:
+    """Each vendor's default connection pointed at its emulator, and ``profiles_source`` (SQLite)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    connections = {f"{vendor}_default": server.emulator.connection() for vendor, server in servers.items()}
+    connections["profiles_source"] = {"conn_type": "sqlite", "host": str(data_dir / "source.db")}
+    return connections
+
+
 def airflow_env(home: Path, dags_folder: Path, connections: dict[str, dict]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
     env.update({
@@ -68,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     servers = {vendor: serve(create(vendor, **config.get(vendor, {}))) for vendor in EMULATORS if vendor != "echo"}
     try:
-        connections = {f"{vendor}_default": server.emulator.connection() for vendor, server in servers.items()}
+        connections = demo_connections(servers, home / "data")
         env = airflow_env(home, dags_folder, connections)
         log = home / "dags_test.log"
         print(f"emulators: {', '.join(f'{v} {s.url}' for v, s in servers.items())}")

@@ -156,6 +156,9 @@ class GainsightPXLoadOperator(BaseOperator):
         path = as_storage_path(self.source)
         names, batches = read_input(path, self.input_format, delimiter=self.delimiter, encoding=self.encoding,
                                     block_bytes=READ_BLOCK_BYTES)
+        if not names:  # NDJSON: nested records (e.g. prepared Gainsight PX records) map by dotted paths
+            batches = (InputBatch(lines=b.lines, row_dicts=[flatten(r) for r in b.rows()], rejected=b.rejected)
+                       for b in batches)
         return str(self.source), names, batches
 
     def _check_input(self, record_format: GainsightPXRecordFormat) -> int:

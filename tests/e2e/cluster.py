@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_profiles.emulators import EMULATORS, EmulatorServer, create, serve
+from airflow_provider_profiles.emulators.run_dag import demo_connections
 
 PROCESSES = {
     "api-server": ["api-server", "--host", "127.0.0.1", "--port", "{api_port}"],
@@ -27,6 +28,16 @@ PROCESSES = {
     "triggerer": ["triggerer"],
 }
 TERMINAL_RUN_STATES = {"success", "failed"}
+# Pools the example DAGs name; a task in a pool that does not exist is never scheduled.
+POOLS = {"localytics_uploads": 1}
+# Triggers many DAG runs from one interpreter: one Airflow import instead of one CLI process per run.
+TRIGGER_SCRIPT = """
+import json, sys
+from airflow.api.common.trigger_dag import trigger_dag
+from airflow.utils.types import DagRunTriggeredByType
+for dag_id, run_id, conf in json.loads(sys.argv[1]):
+    trigger_dag(dag_id, run_id=run_id, conf=conf, triggered_by=DagRunTriggeredByType.CLI)
+"""
 
 
 def free_port() -> int:
@@ -37,11 +48,12 @@ def free_port() -> int:
 
 class AirflowCluster:
     def __init__(self, home: Path, dags_folder: Path, emulator_config: dict[str, dict] | None = None,
-                 secrets: dict[str, dict] | None = None):
+                 secrets: dict[str, dict] | None = None, connection_extras: dict[str, dict] | None = None):
         self.home, self.dags_folder = home, dags_folder
         self.api_port = free_port()
         self.processes: dict[str, subprocess.Popen] = {}
         config = emulator_config or {}
+        self.connection_extras = connection_extras or {}  # per vendor, e.g. a shorter retry policy
         self.emulators: dict[str, EmulatorServer] = {
             vendor: serve(create(vendor, **config.get(vendor, {}))) for vendor in EMULATORS
         }
@@ -63,11 +75,13 @@ class AirflowCluster:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            # The example DAGs retry; the default 300 s between tries would dominate the suite.
+            "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "1",
             "PROFILES_DATA_DIR": str(self.home / "data"),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH")])),
         })
-        for vendor, server in self.emulators.items():
-            env[f"AIRFLOW_CONN_{vendor.upper()}_DEFAULT"] = json.dumps(server.emulator.connection())
+        for conn_id, conn in demo_connections(self.emulators, self.home / "data").items():
+            env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
         return env
 
     # processes ------------------------------------------------------------------------------------
@@ -93,6 +107,8 @@ class AirflowCluster:
     def up(self) -> AirflowCluster:
         self.home.mkdir(parents=True, exist_ok=True)
         self.airflow("db", "migrate")
+        for pool, slots in POOLS.items():
+            self.airflow("pools", "set", pool, str(slots), "e2e")
         self.start()
         self.wait_for(lambda: self._api_ready(), 120, "the api-server to listen")
         return self
@@ -138,6 +154,21 @@ class AirflowCluster:
         self.airflow(*args)
         return run_id
 
+    def trigger_many(self, dag_ids: list[str], conf: dict | None = None) -> dict[str, str]:
+        """One run of each DAG, all started at once; returns {dag_id: run_id}."""
+        for dag_id in dag_ids:
+            self.wait_parsed(dag_id)
+        runs = {dag_id: f"e2e__{dag_id}__{time.time_ns()}" for dag_id in dag_ids}
+        subprocess.run([sys.executable, "-c", TRIGGER_SCRIPT, json.dumps([[d, r, conf] for d, r in runs.items()])],
+                       env=self.env, capture_output=True, text=True, check=True)
+        return runs
+
+    def wait_runs(self, runs: dict[str, str], timeout: float = 600) -> dict[str, str]:
+        """Wait until every run of ``runs`` ({dag_id: run_id}) has ended; returns {dag_id: state}."""
+        deadline = time.monotonic() + timeout
+        return {dag_id: self.wait_run(dag_id, run_id, max(1.0, deadline - time.monotonic()))
+                for dag_id, run_id in runs.items()}
+
     def run_state(self, dag_id: str, run_id: str) -> str | None:
         rows = self.query("select state from dag_run where dag_id = ? and run_id = ?", dag_id, run_id)
         return rows[0][0] if rows else None
@@ -150,6 +181,24 @@ class AirflowCluster:
         rows = self.query("select task_id, map_index, state, try_number from task_instance "
                           "where dag_id = ? and run_id = ?", dag_id, run_id)
         return {(t if m < 0 else f"{t}[{m}]"): (s, n) for t, m, s, n in rows}
+
+    def task_log_dir(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Path:
+        folder = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        return folder if map_index < 0 else folder / f"map_index={map_index}"
+
+    def deferred_tries(self, dag_id: str, run_id: str) -> dict[str, list[int]]:
+        """{task: [try numbers that deferred]}: a try deferred if its log says so and the triggerer logged
+        the trigger it ran for that try (``attempt=N.log.trigger.<id>.log``)."""
+        deferred: dict[str, list[int]] = {}
+        for task, _ in self.task_states(dag_id, run_id).items():
+            task_id, _, index = task.partition("[")
+            folder = self.task_log_dir(dag_id, run_id, task_id, int(index.rstrip("]")) if index else -1)
+            for log in sorted(folder.glob("attempt=*.log")):
+                attempt = int(log.name.split("=")[1].split(".")[0])
+                if "Pausing task as DEFERRED" in log.read_text(errors="replace") and list(
+                        folder.glob(f"attempt={attempt}.log.trigger.*.log")):
+                    deferred.setdefault(task, []).append(attempt)
+        return deferred
 
     def deferred_count(self) -> int:
         return self.query("select count(*) from task_instance where state = 'deferred'")[0][0]
