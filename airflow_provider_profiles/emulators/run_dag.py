@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -42,20 +43,20 @@ def airflow_env(home: Path, dags_folder: Path, connections: dict[str, dict]) -> 
 
 
 def task_results(home: Path, dag_id: str) -> tuple[str, dict[str, str], dict[str, object]]:
-    """State of the latest run, its task states and return values, read from the metadata DB."""
-    os.environ["AIRFLOW_HOME"] = str(home)
-    os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{home / 'airflow.db'}"
-    from airflow.models import DagRun, TaskInstance
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
+    """State of the latest run, its task states and return values, read from the SQLite metadata DB.
 
-    with create_session() as session:
-        run = session.query(DagRun).filter_by(dag_id=dag_id).order_by(DagRun.id.desc()).first()
-        tis = session.query(TaskInstance).filter_by(dag_id=dag_id, run_id=run.run_id).all()
-        states = {_label(ti.task_id, ti.map_index): str(ti.state) for ti in tis}
-        xcoms = session.query(XComModel).filter_by(dag_id=dag_id, run_id=run.run_id, key="return_value").all()
-        values = {_label(x.task_id, x.map_index): XComModel.deserialize_value(x) for x in xcoms}
-        return str(run.state), states, values
+    Plain SQL, not Airflow's models: the caller may have imported Airflow for another home (tests).
+    """
+    with sqlite3.connect(home / "airflow.db") as db:
+        run_id, run_state = db.execute("SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
+                                       (dag_id,)).fetchone()
+        states = {_label(task, index): state for task, index, state in db.execute(
+            "SELECT task_id, map_index, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (dag_id, run_id))}
+        values = {_label(task, index): json.loads(value) if isinstance(value, str) else value
+                  for task, index, value in db.execute(
+            "SELECT task_id, map_index, value FROM xcom WHERE dag_id = ? AND run_id = ? AND key = 'return_value'",
+            (dag_id, run_id))}
+    return run_state, states, values
 
 
 def _label(task_id: str, map_index: int) -> str:

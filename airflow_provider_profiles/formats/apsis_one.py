@@ -18,6 +18,7 @@ from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, cs
 
 EMAIL_KEYSPACE = "com.apsis1.keyspaces.email"
 MOBILE_KEYSPACE = "com.apsis1.keyspaces.mobile"
+KEYSPACES = {"email": EMAIL_KEYSPACE, "mobile": MOBILE_KEYSPACE}  # short names users may write
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _MOBILE = re.compile(r"^\+?[0-9]{6,15}$")
 
@@ -64,7 +65,7 @@ class ApsisOneCsvWriter(FormatWriter):
             raise ValueError(f"keyspace column {keyspace_field!r} is not among the columns {columns}")
         self.columns = columns
         self.keyspace_field = keyspace_field
-        self.keyspace = keyspace
+        self.keyspace = KEYSPACES.get(keyspace, keyspace) if keyspace else None
 
     @property
     def identifier_field(self) -> str:  # type: ignore[override]

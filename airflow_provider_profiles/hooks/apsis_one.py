@@ -24,6 +24,7 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import mask_secret
 
+from airflow_provider_profiles.formats.apsis_one import KEYSPACES
 from airflow_provider_profiles.hooks.base import (
     JobState,
     JobStatus,
@@ -33,10 +34,6 @@ from airflow_provider_profiles.hooks.base import (
 
 MAX_FILE_BYTES = 50 * 1000 * 1000  # as the split step counts a 50 MB chunk
 CHANNELS = {"email": "com.apsis1.channels.email", "sms": "com.apsis1.channels.sms"}
-KEYSPACES = {
-    "email": "com.apsis1.keyspaces.email",
-    "mobile": "com.apsis1.keyspaces.mobile",
-}
 
 
 class ImportSpecError(ValueError):
