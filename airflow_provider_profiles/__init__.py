@@ -88,6 +88,8 @@ _VENDORS = {
     "mediarithmics": ("mediarithmics", "https://developer.mediarithmics.io/"),
 }
 
+PREPARATION = "Profiles data preparation"
+
 
 def get_provider_info() -> dict:
     """Provider metadata for Airflow's ``apache_airflow_provider`` entry point."""
@@ -97,15 +99,20 @@ def get_provider_info() -> dict:
         "description": "Push user and account profiles into customer-engagement platforms.",
         "versions": [__version__],
         "integrations": [
-            {"integration-name": name, "external-doc-url": url, "tags": ["service"]}
-            for name, url in _VENDORS.values()
+            *({"integration-name": name, "external-doc-url": url, "tags": ["service"]} for name, url in _VENDORS.values()),
+            {"integration-name": PREPARATION, "tags": ["software"]},
         ],
         **{
             kind: [
                 {"integration-name": _VENDORS[vendor][0], "python-modules": [f"airflow_provider_profiles.{kind}.{vendor}"]}
                 for vendor in _VENDORS
             ]
-            for kind in ("hooks", "operators", "sensors", "triggers")
+            for kind in ("hooks", "sensors", "triggers")
         },
+        "operators": [
+            *({"integration-name": name, "python-modules": [f"airflow_provider_profiles.operators.{vendor}"]}
+              for vendor, (name, _) in _VENDORS.items()),
+            {"integration-name": PREPARATION, "python-modules": ["airflow_provider_profiles.operators.prepare"]},
+        ],
         "connection-types": [{"connection-type": conn_type, **form} for conn_type, form in CONNECTION_FORMS.items()],
     }

@@ -24,11 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.port and len(vendors) > 1:
         parser.error("--port needs a single vendor")
     config = json.loads(args.config)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before announcing: a caller may stop us at once
     servers = [serve(create(vendor, **config), port=args.port) for vendor in vendors]
     for vendor, server in zip(vendors, servers):
         print(f"{vendor} {server.url}", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         stop.wait()
     except KeyboardInterrupt:

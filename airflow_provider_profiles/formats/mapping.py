@@ -1,0 +1,339 @@
+"""Field mapping: input row -> the row a vendor writer encodes.
+
+A mapping is ``{target: spec}``. The target may be dotted (``user_profile.city``) to build nested
+objects; the spec is an input column name (a rename), or a dict::
+
+    {"source": "created_at", "type": "date"}          # coerced to the vendor's date form
+    {"const": "crm"}                                   # the same value on every row
+    {"source": "tags", "type": "list", "separator": "|"}
+    {"source": "plan", "max_length": 64, "required": True, "choices": ["free", "pro"]}
+
+A dotted ``source`` reads nested input (NDJSON objects, Parquet structs) when no column has that
+exact name. Types: ``string``, ``int``, ``number``, ``bool``, ``date``, ``datetime``, ``list``,
+``json``, and the explicit forms ``epoch_ms``, ``iso_date``, ``iso_datetime``. ``date`` and
+``datetime`` become what the vendor expects (Gainsight PX: epoch milliseconds; Localytics:
+``YYYY-MM-DD``; Apsis One: ISO date / ISO datetime in UTC; mediarithmics: ISO 8601).
+Empty cells become ``None``; the writer decides what a missing value means for its vendor.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from airflow_provider_profiles.formats.base import RowRejected
+
+TYPES = ("string", "int", "number", "bool", "date", "datetime", "list", "json", "epoch_ms", "iso_date", "iso_datetime")
+_SPEC_KEYS = {"source", "const", "type", "required", "max_length", "pattern", "choices", "separator", "format", "default", "unit"}
+
+# What "date" and "datetime" mean for each vendor, and how it takes booleans.
+VENDOR_REPRESENTATION: dict[str, dict[str, str]] = {
+    "gainsight_px": {"date": "epoch_ms", "datetime": "epoch_ms", "bool": "bool"},
+    "localytics": {"date": "iso_date", "datetime": "iso_date", "bool": "string"},
+    "apsis_one": {"date": "iso_date", "datetime": "iso_datetime", "bool": "bool"},
+    "mediarithmics": {"date": "iso_date", "datetime": "iso_datetime", "bool": "bool"},
+}
+_DEFAULT_REPRESENTATION = {"date": "iso_date", "datetime": "iso_datetime", "bool": "bool"}
+_TRUE = frozenset({"true", "t", "yes", "y", "1"})
+_FALSE = frozenset({"false", "f", "no", "n", "0"})
+
+
+def is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, float):
+        return math.isnan(value)
+    return False
+
+
+class FieldSpec:
+    """One target field: where its value comes from, its type, and the checks it must pass."""
+
+    def __init__(self, target: str, spec: str | Mapping[str, Any], representation: Mapping[str, str]):
+        if not target or any(not part for part in target.split(".")):
+            raise ValueError(f"mapping target {target!r} is not a valid (dotted) field name")
+        if isinstance(spec, str):
+            spec = {"source": spec}
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"mapping[{target!r}]: expected a column name or a dict, got {spec!r}")
+        unknown = set(spec) - _SPEC_KEYS
+        if unknown:
+            raise ValueError(f"mapping[{target!r}]: unknown key(s) {sorted(unknown)}; allowed: {sorted(_SPEC_KEYS)}")
+        if ("source" in spec) == ("const" in spec):
+            raise ValueError(f"mapping[{target!r}]: give exactly one of 'source' or 'const'")
+        self.target = target
+        self.path = tuple(target.split("."))
+        self.source: str | None = spec.get("source")
+        self.const = spec.get("const")
+        self.is_const = "const" in spec
+        type_name = spec.get("type", "string")
+        if type_name not in TYPES:
+            raise ValueError(f"mapping[{target!r}]: unknown type {type_name!r}; use one of {', '.join(TYPES)}")
+        self.type = type_name
+        self.representation = (
+            representation.get(type_name, type_name) if type_name in ("date", "datetime") else type_name
+        )
+        self.bool_as = representation.get("bool", "bool")
+        self.required = bool(spec.get("required", False))
+        self.max_length = spec.get("max_length")
+        self.pattern = re.compile(spec["pattern"]) if spec.get("pattern") else None
+        self.choices = set(spec["choices"]) if spec.get("choices") else None
+        self.separator = spec.get("separator", ",")
+        self.format = spec.get("format")
+        self.default = spec.get("default")
+        self.unit = spec.get("unit", "ms")
+        if self.unit not in ("s", "ms"):
+            raise ValueError(f"mapping[{target!r}]: unit must be 's' or 'ms'")
+
+    @property
+    def is_plain(self) -> bool:
+        """A rename or constant of a string with no checks: can be done on whole columns."""
+        return (
+            self.type == "string"
+            and not self.required
+            and self.max_length is None
+            and self.pattern is None
+            and self.choices is None
+            and self.default is None
+            and len(self.path) == 1
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k not in ("pattern",)} | {
+            "pattern": self.pattern.pattern if self.pattern else None,
+            "choices": sorted(map(str, self.choices)) if self.choices else None,
+        }
+
+    def value(self, row: Mapping[str, Any]) -> Any:
+        if self.is_const:
+            return self.const
+        value = lookup(row, self.source)
+        if is_missing(value):
+            value = self.default
+        if is_missing(value):
+            if self.required:
+                raise RowRejected(f"required value is empty (column {self.source!r})", self.target)
+            return None
+        try:
+            value = self.coerce(value)
+        except (ValueError, TypeError, OverflowError) as error:
+            raise RowRejected(f"{error} (column {self.source!r})", self.target) from None
+        self.check(value)
+        return value
+
+    def coerce(self, value: Any) -> Any:
+        kind = self.representation
+        if kind == "string":
+            return value if isinstance(value, str) else _to_text(value)
+        if kind == "int":
+            return _to_int(value)
+        if kind == "number":
+            return _to_number(value)
+        if kind == "bool":
+            flag = _to_bool(value)
+            return ("true" if flag else "false") if self.bool_as == "string" else flag
+        if kind == "list":
+            return _to_list(value, self.separator)
+        if kind == "json":
+            return json.loads(value) if isinstance(value, str) else value
+        moment = _to_datetime(value, self.format, self.unit)
+        if kind == "epoch_ms":
+            if self.type == "date":
+                moment = dt.datetime(moment.year, moment.month, moment.day, tzinfo=dt.timezone.utc)
+            return int(moment.timestamp() * 1000)
+        if kind == "iso_date":
+            return moment.date().isoformat()
+        return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    def check(self, value: Any) -> None:
+        if self.max_length is not None and isinstance(value, str) and len(value) > self.max_length:
+            raise RowRejected(f"{len(value)} characters; at most {self.max_length} allowed", self.target)
+        if self.pattern is not None and not self.pattern.fullmatch(str(value)):
+            raise RowRejected(f"{value!r} does not match {self.pattern.pattern!r}", self.target)
+        if self.choices is not None and value not in self.choices:
+            raise RowRejected(f"{value!r} is not one of {sorted(map(str, self.choices))}", self.target)
+
+
+class FieldMapping:
+    """An ordered set of ``FieldSpec``: maps rows, validates them, and says which input it needs."""
+
+    def __init__(
+        self,
+        fields: Mapping[str, str | Mapping[str, Any]],
+        *,
+        vendor: str | None = None,
+        identifier: str | None = None,
+        keep_unmapped: bool = False,
+    ):
+        if not fields:
+            raise ValueError("the mapping is empty: map at least the identifier")
+        representation = VENDOR_REPRESENTATION.get(vendor or "", _DEFAULT_REPRESENTATION)
+        self.vendor = vendor
+        self.fields = [FieldSpec(target, spec, representation) for target, spec in fields.items()]
+        targets = [field.target for field in self.fields]
+        for target in targets:
+            parts = target.split(".")
+            for cut in range(1, len(parts)):
+                if ".".join(parts[:cut]) in targets:
+                    raise ValueError(f"mapping has both {'.'.join(parts[:cut])!r} and its child {target!r}")
+        if identifier is not None and identifier not in targets:
+            raise ValueError(f"the identifier {identifier!r} is not a mapping target ({', '.join(targets)})")
+        self.identifier = identifier
+        for field in self.fields:
+            if field.target == identifier:
+                field.required = True
+        self.keep_unmapped = keep_unmapped
+
+    @property
+    def sources(self) -> list[str]:
+        return list(dict.fromkeys(f.source for f in self.fields if not f.is_const))
+
+    def missing_columns(self, columns: Iterable[str]) -> list[str]:
+        """Mapped sources the input lacks (a dotted source counts if its first part exists)."""
+        present = set(columns)
+        return [s for s in self.sources if s not in present and s.split(".")[0] not in present]
+
+    def apply(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = dict(row) if self.keep_unmapped else {}
+        for field in self.fields:
+            value = field.value(row)
+            if len(field.path) == 1:
+                out[field.target] = value
+            else:
+                set_path(out, field.path, value)
+        return out
+
+    @property
+    def columnar(self) -> bool:
+        return not self.keep_unmapped and all(field.is_plain for field in self.fields)
+
+    def apply_table(self, table: pa.Table) -> pa.Table:
+        """The same as ``apply`` on whole columns; only for a ``columnar`` mapping of string input."""
+        arrays, names = [], []
+        for field in self.fields:
+            if field.is_const:
+                value = None if field.const is None else _to_text(field.const)
+                arrays.append(pa.array([value] * table.num_rows, pa.string()))
+            else:
+                arrays.append(table.column(field.source))
+            names.append(field.target)
+        return pa.Table.from_arrays(arrays, names=names)
+
+    def fingerprint(self) -> str:
+        """Changes when the mapping changes, so an incremental sync resends everything then."""
+        text = json.dumps([f.describe() for f in self.fields], sort_keys=True, default=str)
+        return hashlib.sha256(f"{self.vendor}|{self.keep_unmapped}|{text}".encode()).hexdigest()[:16]
+
+
+def lookup(row: Mapping[str, Any], source: str) -> Any:
+    if source in row:
+        return row[source]
+    value: Any = row
+    for part in source.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def set_path(record: dict, path: tuple[str, ...], value: Any) -> None:
+    for part in path[:-1]:
+        record = record.setdefault(part, {})
+    record[path[-1]] = value
+
+
+def _to_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return str(value)
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    number = float(value.strip()) if isinstance(value, str) else float(value)
+    if not math.isfinite(number) or not number.is_integer():
+        raise ValueError(f"expected an integer, got {value!r}")
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value.strip())  # exact for big ids, where float() would round
+    return int(number)
+
+
+def _to_number(value: Any) -> int | float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    if isinstance(value, int):
+        return value
+    number = float(value.strip()) if isinstance(value, str) else float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"expected true/false, yes/no or 1/0, got {value!r}")
+
+
+def _to_list(value: Any, separator: str) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    elif isinstance(value, str) and value.lstrip().startswith("["):
+        items = json.loads(value)
+        if not isinstance(items, list):
+            raise ValueError(f"expected a JSON list, got {value!r}")
+    else:
+        items = str(value).split(separator)
+    return [item.strip() if isinstance(item, str) else item for item in items if not is_missing(item)]
+
+
+def _to_datetime(value: Any, format: str | None, unit: str) -> dt.datetime:
+    """A timezone-aware UTC datetime; naive input is taken as UTC, never as the worker's zone."""
+    if isinstance(value, dt.datetime):
+        moment = value
+    elif isinstance(value, dt.date):
+        moment = dt.datetime(value.year, value.month, value.day)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        moment = dt.datetime.fromtimestamp(value / (1000 if unit == "ms" else 1), dt.timezone.utc)
+    else:
+        text = str(value).strip()
+        if format:
+            try:
+                moment = dt.datetime.strptime(text, format)
+            except ValueError:
+                raise ValueError(f"{text!r} does not match the date format {format!r}") from None
+        elif text.lstrip("-").isdigit():
+            return _to_datetime(int(text), None, unit)
+        else:
+            try:
+                moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError(f"{text!r} is not an ISO 8601 date (YYYY-MM-DD[THH:MM:SS])") from None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=dt.timezone.utc)
+    return moment.astimezone(dt.timezone.utc)

@@ -1,0 +1,302 @@
+"""Split a CSV or NDJSON file into chunks at record boundaries.
+
+Chunks are cut only after a newline that ends a record: for CSV, a newline outside quotes (an even
+number of quote characters since the last boundary), so a quoted field with newlines is never cut,
+nor a multi-byte UTF-8 character. Every CSV chunk starts with the header. Chunk names are
+deterministic (``<stem>.part-00000.csv``...), so a retry overwrites its own chunks; leftovers of an
+earlier, longer attempt are removed. Memory stays at about one read block.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from airflow_provider_profiles.formats.reader import as_storage_path, guess_format, is_local, local_path, open_binary
+
+BLOCK_BYTES = 16 << 20
+QUOTE = b'"'
+
+
+class RecordTooLarge(ValueError):
+    pass
+
+
+def chunk_name(stem: str, index: int, suffix: str) -> str:
+    return f"{stem}.part-{index:05d}{suffix}"
+
+
+def _read_header(stream, quoted: bool) -> tuple[bytes, bytes]:
+    """The first record (with its newline) and whatever was read past it."""
+    buffer = b""
+    while True:
+        data = stream.read(1 << 16)
+        buffer += data
+        position = 0
+        while True:
+            newline = buffer.find(b"\n", position)
+            if newline < 0:
+                break
+            if not quoted or buffer.count(QUOTE, 0, newline) % 2 == 0:
+                return buffer[: newline + 1], buffer[newline + 1 :]
+            position = newline + 1
+        if not data:
+            return buffer, b""
+
+
+def split_file(
+    source: Any,
+    output_dir: Any = None,
+    *,
+    max_bytes: int | None = None,
+    max_rows: int | None = None,
+    file_format: str | None = None,
+    header: bool | None = None,
+    block_bytes: int = BLOCK_BYTES,
+) -> list[str]:
+    """Cut ``source`` into chunks of at most ``max_bytes`` (header included) and/or ``max_rows``.
+
+    Returns the chunk paths in order, as strings (ready for ``.expand()``). With neither limit the
+    file is returned as is. CSV (``file_format="csv"``, or guessed from the name) repeats its
+    header; NDJSON has none.
+    """
+    source = as_storage_path(source)
+    file_format = (file_format or guess_format(source)).lower()
+    quoted = file_format == "csv"
+    header = quoted if header is None else header
+    if max_bytes is None and max_rows is None:
+        return [str(source)]
+    if max_bytes is not None and max_bytes <= 0 or max_rows is not None and max_rows <= 0:
+        raise ValueError("max_bytes and max_rows must be positive")
+    output_dir = as_storage_path(output_dir) if output_dir is not None else source.parent / f"{source.stem}.chunks"
+    stem, suffix = source.stem, source.suffix
+
+    with open_binary(source) as stream:
+        head, pending = _read_header(stream, quoted) if header else (b"", b"")
+        limit = (max_bytes - len(head)) if max_bytes is not None else None
+        if limit is not None and limit <= 0:
+            raise RecordTooLarge(f"max_bytes={max_bytes} does not even hold the {len(head)}-byte header")
+        try:
+            if not quoted and max_rows is None and not pending:
+                ranges = _plan_by_seeking(stream, len(head), limit)
+            else:
+                ranges = _plan_by_scanning(stream, len(head), pending, limit, max_rows, quoted, block_bytes)
+        except _TooLarge as error:
+            stream.seek(0)
+            line = 1 + _count_newlines(stream, error.offset)
+            raise RecordTooLarge(
+                f"{source}: the record at line {line} is larger than max_bytes={max_bytes} minus the "
+                "header; no cut can keep it whole"
+            ) from None
+    chunks = []
+    for index, (start, end) in enumerate(ranges):
+        target = output_dir / chunk_name(stem, index, suffix)
+        _copy_range(source, target, head, start, end)
+        chunks.append(local_path(target) if is_local(target) else str(target))
+    _remove_stale(output_dir, stem, suffix, len(chunks))
+    return chunks
+
+
+class _TooLarge(Exception):
+    def __init__(self, offset: int):
+        self.offset = offset
+
+
+def _count_newlines(stream, end: int) -> int:
+    count, position = 0, 0
+    while position < end:
+        data = stream.read(min(BLOCK_BYTES, end - position))
+        if not data:
+            break
+        count += data.count(b"\n")
+        position += len(data)
+    return count
+
+
+def _plan_by_seeking(stream, start: int, limit: int) -> list[tuple[int, int]]:
+    """NDJSON by size alone: every newline ends a record, so read only near each cut point."""
+    size = stream.seek(0, 2)
+    ranges, position = [], start
+    while position < size:
+        target = position + limit
+        if target >= size:
+            ranges.append((position, size))
+            break
+        window = 1 << 16
+        while True:
+            window_start = max(position, target - window)
+            stream.seek(window_start)
+            newline = stream.read(target - window_start).rfind(b"\n")
+            if newline >= 0:
+                cut = window_start + newline + 1
+                break
+            if window_start == position:
+                raise _TooLarge(position)
+            window *= 4
+        ranges.append((position, cut))
+        position = cut
+    return ranges
+
+
+class _Planner:
+    """Collects chunk ranges (absolute byte offsets) as the scan decides the cuts."""
+
+    def __init__(self):
+        self.ranges: list[tuple[int, int]] = []
+        self.current: tuple[int, int] | None = None
+        self.bytes = 0
+        self.rows = 0
+
+    def take(self, start: int, end: int, rows: int | None) -> None:
+        self.current = (self.current[0] if self.current else start, end)
+        self.bytes += end - start
+        self.rows += rows or 0
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.ranges.append(self.current)
+        self.current = None
+        self.bytes = 0
+        self.rows = 0
+
+
+def _plan_by_scanning(stream, start: int, pending: bytes, limit, max_rows, quoted, block_bytes) -> list[tuple[int, int]]:
+    """The general case: read the file once, cutting at record ends (quote-aware for CSV)."""
+    plan = _Planner()
+    block_start = start  # absolute offset of block[0]
+    while True:
+        data = stream.read(block_bytes)
+        block = pending + data if pending else data
+        if not block:
+            break
+        at_end = not data
+        # block[:usable] holds complete records; the rest waits for more data
+        usable = len(block) if at_end else _last_boundary(block, 0, len(block), quoted)
+        if usable <= 0:
+            if at_end:
+                break
+            pending = block
+            continue
+        position = 0
+        while position < usable:
+            cut = _next_cut(block, position, usable, plan, limit, max_rows, quoted)
+            if cut <= position:
+                if plan.bytes == 0:
+                    raise _TooLarge(block_start + position)
+                plan.close()
+                continue
+            rows = _count_records(block, position, cut, quoted) if max_rows else None
+            plan.take(block_start + position, block_start + cut, rows)
+            position = cut
+            if (limit is not None and plan.bytes >= limit) or (max_rows is not None and plan.rows >= max_rows):
+                plan.close()
+        pending = block[usable:]
+        block_start += usable
+        if at_end:
+            break
+    plan.close()
+    return plan.ranges
+
+
+def _copy_range(source, target, head: bytes, start: int, end: int) -> None:
+    """The header, then bytes [start, end) of the source: in the kernel when both are local."""
+    with open_binary(target, "wb") as out, open_binary(source) as stream:
+        if head:
+            out.write(head)
+        if is_local(source) and is_local(target):
+            out.flush()
+            if _kernel_copy(stream.fileno(), out.fileno(), start, end - start):
+                return
+        stream.seek(start)
+        remaining = end - start
+        while remaining > 0:
+            data = stream.read(min(BLOCK_BYTES, remaining))
+            if not data:
+                raise OSError(f"{source} ended early while copying bytes {start}..{end}")
+            out.write(data)
+            remaining -= len(data)
+
+
+def _kernel_copy(source_fd: int, target_fd: int, offset: int, count: int) -> bool:
+    """copy_file_range, else sendfile; False if neither works here (nothing written then)."""
+    copied = 0
+    for name in ("copy_file_range", "sendfile"):
+        copy = getattr(os, name, None)
+        if copy is None:
+            continue
+        try:
+            while copied < count:
+                if name == "sendfile":
+                    done = os.sendfile(target_fd, source_fd, offset + copied, count - copied)
+                else:
+                    done = os.copy_file_range(source_fd, target_fd, count - copied, offset + copied)
+                if done == 0:
+                    raise OSError("the source ended early")
+                copied += done
+            return True
+        except OSError:
+            if copied:
+                raise
+    return False
+
+
+def _is_boundary(block: bytes, start: int, newline: int, quoted: bool) -> bool:
+    return not quoted or block.count(QUOTE, start, newline) % 2 == 0
+
+
+def _last_boundary(block: bytes, start: int, end: int, quoted: bool) -> int:
+    """Position just after the last record-ending newline in block[start:end], or ``start``."""
+    cut = end
+    while True:
+        newline = block.rfind(b"\n", start, cut)
+        if newline < 0:
+            return start
+        if _is_boundary(block, start, newline, quoted):
+            return newline + 1
+        cut = newline
+
+
+def _boundaries(block: bytes, start: int, end: int, quoted: bool) -> np.ndarray:
+    """Every record end (position after its newline) in block[start:end], vectorised."""
+    data = np.frombuffer(block, dtype=np.uint8, count=end - start, offset=start)
+    newlines = np.flatnonzero(data == 0x0A)
+    if quoted and len(newlines):
+        quotes = np.flatnonzero(data == 0x22)
+        if len(quotes):
+            newlines = newlines[np.searchsorted(quotes, newlines) % 2 == 0]
+    return newlines + start + 1
+
+
+def _count_records(block: bytes, start: int, end: int, quoted: bool) -> int:
+    count = len(_boundaries(block, start, end, quoted))
+    return count if block[end - 1 : end] == b"\n" else count + 1
+
+
+def _next_cut(block: bytes, position: int, usable: int, state: _Planner, limit, max_rows, quoted) -> int:
+    """Where the current chunk should stop in block[position:usable]: as far as both limits allow."""
+    end = usable
+    if limit is not None:
+        end = min(end, position + limit - state.bytes)
+        if end < usable:
+            end = _last_boundary(block, position, end, quoted)
+    if max_rows is not None and end > position:
+        room = max_rows - state.rows
+        ends = _boundaries(block, position, end, quoted)
+        if end == usable and (not len(ends) or ends[-1] != end):
+            ends = np.append(ends, end)  # the final record of the file may lack its newline
+        if len(ends) > room:
+            end = int(ends[room - 1])
+    return end
+
+
+def _remove_stale(folder, stem: str, suffix: str, count: int) -> None:
+    if not folder.exists():
+        return
+    pattern = re.compile(re.escape(stem) + r"\.part-(\d{5,})" + re.escape(suffix) + "$")
+    for entry in folder.iterdir():
+        match = pattern.match(entry.name)
+        if match and int(match.group(1)) >= count:
+            entry.unlink()

@@ -1,0 +1,314 @@
+"""Data preparation operators: extract (SQL or file) -> vendor file, split, commit sync state.
+
+    prepared = ProfilesFileTransformOperator(
+        task_id="prepare", source_path="s3://bucket/in/users.csv", vendor="localytics",
+        writer_options={"attributes": {"plan": "plan"}, "customer_id": "id"},
+        output_path="s3://bucket/out/{{ run_id }}/users.ndjson", only_changed=True,
+        sync_state_path="s3://bucket/state/localytics-users",
+    )
+    chunks = SplitFileOperator(task_id="split", source_path=prepared.output["output"], vendor="localytics")
+    upload = LocalyticsProfileImportOperator.partial(task_id="upload").expand(file=chunks.output)
+    commit = CommitSyncStateOperator(task_id="commit", sync_state_path="s3://bucket/state/localytics-users")
+    upload >> commit
+
+The prepare operators return the ``PrepareResult`` counts (read = written + rejected + unchanged)
+with the output and rejects paths; the split operator returns the chunk paths for ``.expand()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.providers.common.compat.sdk import AirflowException, BaseHook, BaseOperator
+
+from airflow_provider_profiles.formats import DEFAULT_MAX_BYTES, get_writer
+from airflow_provider_profiles.formats.mapping import FieldMapping
+from airflow_provider_profiles.formats.pipeline import PrepareResult, check_columns, prepare_batches, prepare_file
+from airflow_provider_profiles.formats.reader import DEFAULT_BATCH_ROWS, InputError, read_cursor
+from airflow_provider_profiles.formats.split import split_file
+from airflow_provider_profiles.formats.sync import SyncState
+
+
+def _storage_path(path: Any, conn_id: str | None):
+    from airflow.sdk import ObjectStoragePath
+
+    if isinstance(path, ObjectStoragePath) or path is None:
+        return path
+    return ObjectStoragePath(str(path), conn_id=conn_id) if conn_id else ObjectStoragePath(str(path))
+
+
+class _PrepareOperator(BaseOperator):
+    """Shared by the prepare operators: writer, mapping, rejects, incremental sync, counts."""
+
+    template_fields: Sequence[str] = (
+        "output_path",
+        "rejects_path",
+        "writer_options",
+        "mapping",
+        "sync_state_path",
+        "sync_run_key",
+    )
+    ui_color = "#e8f4ea"
+
+    def __init__(
+        self,
+        *,
+        vendor: str,
+        output_path: str,
+        writer_format: str | None = None,
+        writer_options: dict[str, Any] | None = None,
+        mapping: dict[str, Any] | None = None,
+        keep_unmapped: bool = False,
+        rejects_path: str | None = None,
+        duplicates: str | None = None,
+        max_rejected_ratio: float | None = None,
+        only_changed: bool = False,
+        sync_state_path: str | None = None,
+        sync_run_key: str = "{{ run_id }}",
+        include_deletions: bool = False,
+        delete_columns: list[str] | None = None,
+        storage_conn_id: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if only_changed and not sync_state_path:
+            raise ValueError("only_changed=True needs sync_state_path (where the last sync's snapshot lives)")
+        if include_deletions and not only_changed:
+            raise ValueError("include_deletions needs only_changed=True")
+        self.vendor = vendor
+        self.writer_format = writer_format
+        self.writer_options = writer_options or {}
+        self.mapping = mapping
+        self.keep_unmapped = keep_unmapped
+        self.output_path = output_path
+        self.rejects_path = rejects_path
+        self.duplicates = duplicates
+        self.max_rejected_ratio = max_rejected_ratio
+        self.only_changed = only_changed
+        self.sync_state_path = sync_state_path
+        self.sync_run_key = sync_run_key
+        self.include_deletions = include_deletions
+        self.delete_columns = delete_columns
+        self.storage_conn_id = storage_conn_id
+
+    def _options(self) -> dict[str, Any]:
+        writer = get_writer(self.vendor, self.writer_format, **self.writer_options)
+        mapping = (
+            FieldMapping(self.mapping, vendor=self.vendor, keep_unmapped=self.keep_unmapped) if self.mapping else None
+        )
+        output = _storage_path(self.output_path, self.storage_conn_id)
+        rejects = self.rejects_path or f"{self.output_path}.rejects.csv"
+        options: dict[str, Any] = {
+            "writer": writer,
+            "output": output,
+            "mapping": mapping,
+            "rejects": _storage_path(rejects, self.storage_conn_id),
+            "duplicates": self.duplicates,
+        }
+        if self.only_changed:
+            options.update(
+                sync=SyncState(_storage_path(self.sync_state_path, self.storage_conn_id)),
+                sync_run_key=self.sync_run_key,
+                deletions=self.include_deletions,
+                delete_columns=self.delete_columns,
+            )
+        return options
+
+    def _report(self, result: PrepareResult) -> dict[str, Any]:
+        self.log.info(
+            "read %d rows: %d written, %d rejected, %d unchanged since the last sync, %d deletions; output %s",
+            result.read, result.written, result.rejected, result.unchanged, result.deleted, result.output,
+        )
+        if result.rejected:
+            self.log.warning("%d rows rejected, with line and reason, in %s", result.rejected, result.rejects)
+        for note in result.notes:
+            self.log.info("%s", note)
+        if self.max_rejected_ratio is not None and result.read and result.rejected / result.read > self.max_rejected_ratio:
+            raise AirflowException(
+                f"{result.rejected} of {result.read} rows rejected (more than {self.max_rejected_ratio:.0%}); "
+                f"see {result.rejects}"
+            )
+        return result.to_dict()
+
+
+class ProfilesFileTransformOperator(_PrepareOperator):
+    """Reads CSV, NDJSON or Parquet (local or object storage) and writes the vendor's format."""
+
+    template_fields: Sequence[str] = (*_PrepareOperator.template_fields, "source_path")
+
+    def __init__(
+        self,
+        *,
+        source_path: str,
+        input_format: str | None = None,
+        delimiter: str = ",",
+        encoding: str = "utf-8",
+        allow_empty: bool = False,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.source_path = source_path
+        self.input_format = input_format
+        self.delimiter = delimiter
+        self.encoding = encoding
+        self.allow_empty = allow_empty
+
+    def execute(self, context) -> dict[str, Any]:
+        options = self._options()
+        writer, output = options.pop("writer"), options.pop("output")
+        source = _storage_path(self.source_path, self.storage_conn_id)
+        result = prepare_file(
+            source, writer, output, input_format=self.input_format, delimiter=self.delimiter,
+            encoding=self.encoding, allow_empty=self.allow_empty, **options,
+        )
+        return self._report(result)
+
+
+class SqlToProfilesFileOperator(_PrepareOperator):
+    """Runs a query on any Airflow SQL connection (its common-sql hook) and streams the rows out.
+
+    Rows are fetched with ``fetchmany(batch_rows)``: the result set is never held whole.
+    """
+
+    template_fields: Sequence[str] = (*_PrepareOperator.template_fields, "sql", "parameters")
+    template_ext: Sequence[str] = (".sql",)
+    template_fields_renderers = {"sql": "sql"}
+
+    def __init__(
+        self,
+        *,
+        sql: str,
+        conn_id: str,
+        parameters: dict | Sequence | None = None,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+        allow_empty: bool = False,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.sql = sql
+        self.conn_id = conn_id
+        self.parameters = parameters
+        self.batch_rows = batch_rows
+        self.allow_empty = allow_empty
+
+    def get_db_hook(self):
+        hook = BaseHook.get_connection(self.conn_id).get_hook()
+        if not hasattr(hook, "get_conn") or not hasattr(hook, "run"):
+            raise AirflowException(f"connection {self.conn_id!r} has no SQL hook (got {type(hook).__name__})")
+        return hook
+
+    def execute(self, context) -> dict[str, Any]:
+        options = self._options()
+        writer, output = options.pop("writer"), options.pop("output")
+        hook = self.get_db_hook()
+        connection = hook.get_conn()
+        try:
+            cursor = _streaming_cursor(hook, connection)
+            if self.parameters is None:
+                cursor.execute(self.sql)
+            else:
+                cursor.execute(self.sql, self.parameters)
+            names, batches = read_cursor(cursor, self.batch_rows)
+            source = f"query on {self.conn_id}"
+            check_columns(source, names, writer, options.get("mapping"))
+            result = prepare_batches(batches, writer, output, **options)
+        finally:
+            connection.close()
+        if result.read == 0 and not self.allow_empty:
+            raise InputError(f"query on {self.conn_id}", "the query returned no rows; pass allow_empty=True if that is expected")
+        return self._report(result)
+
+
+def _streaming_cursor(hook, connection):
+    """A cursor whose ``fetchmany`` streams from the server.
+
+    psycopg2's default cursor downloads the whole result on ``execute``; a named (server-side)
+    cursor does not. MySQL's default cursor buffers too; its ``SSCursor`` streams. Other drivers
+    (sqlite3, Snowflake, ...) already stream with ``fetchmany``.
+    """
+    conn_type = getattr(hook, "conn_type", "") or ""
+    if conn_type == "postgres":
+        return connection.cursor(name="profiles_extract")
+    if conn_type == "mysql":
+        try:
+            from MySQLdb.cursors import SSCursor
+
+            return connection.cursor(SSCursor)
+        except ImportError:
+            pass
+    return connection.cursor()
+
+
+class SplitFileOperator(BaseOperator):
+    """Cuts a prepared file into chunks at record boundaries; returns the chunk paths.
+
+    ``max_bytes`` defaults to the vendor's upload limit (mediarithmics 100 MB, Apsis One 50 MB);
+    Localytics files are split only on request, as each upload uses one of 10 an hour.
+    ``source_path`` may also be the dict a prepare operator returned.
+    """
+
+    template_fields: Sequence[str] = ("source_path", "output_dir", "max_bytes", "max_rows")
+
+    def __init__(
+        self,
+        *,
+        source_path: str | dict,
+        output_dir: str | None = None,
+        vendor: str | None = None,
+        max_bytes: int | None = None,
+        max_rows: int | None = None,
+        file_format: str | None = None,
+        storage_conn_id: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.source_path = source_path
+        self.output_dir = output_dir
+        self.vendor = vendor
+        self.max_bytes = max_bytes
+        self.max_rows = max_rows
+        self.file_format = file_format
+        self.storage_conn_id = storage_conn_id
+
+    def execute(self, context) -> list[str]:
+        source = self.source_path["output"] if isinstance(self.source_path, dict) else self.source_path
+        max_bytes = self.max_bytes if self.max_bytes is not None else DEFAULT_MAX_BYTES.get(self.vendor or "")
+        chunks = split_file(
+            _storage_path(source, self.storage_conn_id),
+            _storage_path(self.output_dir, self.storage_conn_id),
+            max_bytes=int(max_bytes) if max_bytes is not None else None,
+            max_rows=int(self.max_rows) if self.max_rows is not None else None,
+            file_format=self.file_format,
+        )
+        self.log.info("%s -> %d chunk(s)", source, len(chunks))
+        return chunks
+
+
+class CommitSyncStateOperator(BaseOperator):
+    """Makes this run's sync snapshot current. Put it after every upload: it runs only when they
+    all succeeded (``all_success``), so a failed run leaves the last good snapshot in place."""
+
+    template_fields: Sequence[str] = ("sync_state_path", "sync_run_key")
+
+    def __init__(
+        self,
+        *,
+        sync_state_path: str,
+        sync_run_key: str = "{{ run_id }}",
+        keep: int = 2,
+        storage_conn_id: str | None = None,
+        **kwargs: Any,
+    ):
+        kwargs.setdefault("trigger_rule", "all_success")
+        super().__init__(**kwargs)
+        self.sync_state_path = sync_state_path
+        self.sync_run_key = sync_run_key
+        self.keep = keep
+        self.storage_conn_id = storage_conn_id
+
+    def execute(self, context) -> dict[str, Any]:
+        state = SyncState(_storage_path(self.sync_state_path, self.storage_conn_id))
+        current = state.commit(self.sync_run_key, keep=self.keep)
+        self.log.info("sync state %s now at run %s (%d keys)", self.sync_state_path, current["run_key"], current["rows"])
+        return current

@@ -1,0 +1,309 @@
+"""Data preparation benchmark: CSV -> Localytics change lines, split, incremental sync.
+
+    python benchmarks/prepare.py                 # 2,000,000 rows (about 160 MB of CSV)
+    python benchmarks/prepare.py --rows 200000   # a quick look
+    python benchmarks/prepare.py --rss-rows 10000000   # also: the provider's peak RSS at 10M rows
+
+Every measurement runs in its own process (so peak RSS is that of the job alone) and reports
+wall time (imports excluded) and peak RSS. Baselines run in the same invocation on the same file:
+naive pandas (``read_csv`` whole, then per-row dicts to JSON), polars ``scan_csv().sink_ndjson()``
+(flat NDJSON: the practical floor) and coreutils ``split -C``. Needs ``polars`` for its baseline
+(``uv pip install polars``); it is skipped when missing. Data is generated under a temp dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+COLUMNS = ["customer_id", "email", "first_name", "last_name", "city", "country", "plan", "signup_date", "score"]
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def generate(path: str, rows: int, seed: int = 7, changed_fraction: float = 0.0) -> None:
+    """A profile CSV with 9 columns; ``changed_fraction`` of the rows get a different plan/score."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    first = np.array(["Anna", "Ben", "Chloé", "David", "Eva", "Farid", "Greta", "Hugo", "Inès", "Jonas", "Kai", "Lena"])
+    last = np.array(["Smith", "Martin", "Müller", "Rossi", "García", "Dubois", "Novak", "Jensen", "Silva", "Kowalski"])
+    cities = np.array(["Paris", "Berlin", "Madrid", "Rome", "Lyon", "São Paulo", "Kraków", "Oslo", "Zürich", "Porto"])
+    countries = np.array(["FR", "DE", "ES", "IT", "FR", "BR", "PL", "NO", "CH", "PT"])
+    plans = np.array(["free", "starter", "pro", "enterprise"])
+    batch = 500_000
+    with pacsv.CSVWriter(path, pa.schema([(name, pa.string()) for name in COLUMNS])) as writer:
+        for start in range(0, rows, batch):
+            count = min(batch, rows - start)
+            rng = np.random.default_rng(seed * 1_000_003 + start)
+            ids = np.arange(start, start + count)
+            city = rng.integers(0, len(cities), count)
+            plan = rng.integers(0, len(plans), count)
+            score = rng.integers(0, 1000, count)
+            if changed_fraction:
+                flip = np.random.default_rng(start + 99).random(count) < changed_fraction
+                plan = np.where(flip, (plan + 1) % len(plans), plan)
+                score = np.where(flip, score + 1, score)
+            days = rng.integers(0, 3650, count).astype("timedelta64[D]") + np.datetime64("2015-01-01")
+            table = pa.table(
+                {
+                    "customer_id": pa.array(np.char.add("cust-", ids.astype(str))),
+                    "email": pa.array(np.char.add(np.char.add("user", ids.astype(str)), "@example.com")),
+                    "first_name": pa.array(first[rng.integers(0, len(first), count)]),
+                    "last_name": pa.array(last[rng.integers(0, len(last), count)]),
+                    "city": pa.array(cities[city]),
+                    "country": pa.array(countries[city]),
+                    "plan": pa.array(plans[plan]),
+                    "signup_date": pa.array(days.astype(str)),
+                    "score": pa.array(score.astype(str)),
+                }
+            )
+            writer.write_table(table)
+
+
+# --- jobs (each in a child process) ---------------------------------------------------------------
+
+
+def _localytics_writer():
+    from airflow_provider_profiles.formats import get_writer
+
+    return get_writer(
+        "localytics", "changes", customer_id="customer_id", attributes={c: c for c in COLUMNS if c != "customer_id"}
+    )
+
+
+def job_provider(source: str, output: str, extra: dict) -> dict:
+    from airflow_provider_profiles.formats.pipeline import prepare_file
+
+    writer = _localytics_writer()
+    started = time.perf_counter()
+    result = prepare_file(source, writer, output, rejects=output + ".rejects.csv")
+    return {"seconds": time.perf_counter() - started, "written": result.written, "rejected": result.rejected,
+            "fast_rows": result.fast_rows}
+
+
+def job_sync(source: str, output: str, extra: dict) -> dict:
+    from airflow_provider_profiles.formats.pipeline import prepare_file
+    from airflow_provider_profiles.formats.sync import SyncState
+
+    writer = _localytics_writer()
+    state = SyncState(extra["state"])
+    started = time.perf_counter()
+    result = prepare_file(source, writer, output, rejects=output + ".rejects.csv", sync=state, sync_run_key=extra["run"])
+    seconds = time.perf_counter() - started
+    if extra.get("commit"):
+        state.commit(extra["run"])
+    return {"seconds": seconds, "written": result.written, "unchanged": result.unchanged, "rejected": result.rejected}
+
+
+def job_pandas(source: str, output: str, extra: dict) -> dict:
+    import pandas as pd
+
+    started = time.perf_counter()
+    frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+    with open(output, "w", encoding="utf-8") as handle:
+        for record in frame.to_dict("records"):
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return {"seconds": time.perf_counter() - started, "written": len(frame)}
+
+
+def job_polars(source: str, output: str, extra: dict) -> dict:
+    import polars as pl
+
+    started = time.perf_counter()
+    pl.scan_csv(source, infer_schema=False).sink_ndjson(output)
+    return {"seconds": time.perf_counter() - started}
+
+
+def job_split(source: str, output: str, extra: dict) -> dict:
+    from airflow_provider_profiles.formats.split import split_file
+
+    started = time.perf_counter()
+    chunks = split_file(source, output, max_bytes=extra["max_bytes"], file_format="ndjson")
+    return {"seconds": time.perf_counter() - started, "chunks": len(chunks)}
+
+
+JOBS = {"provider": job_provider, "sync": job_sync, "pandas": job_pandas, "polars": job_polars, "split": job_split}
+
+
+def warm_up(name: str) -> None:
+    """Imports happen before the clock starts, for every job alike (pyarrow loads its pandas shim
+    on first use; this environment compiles modules on every start, as bytecode is not cached)."""
+    if name in ("provider", "sync"):
+        import pyarrow as pa
+
+        pa.array([0])
+        import airflow_provider_profiles.formats.localytics  # noqa: F401
+        import airflow_provider_profiles.formats.pipeline  # noqa: F401
+        import airflow_provider_profiles.formats.sync  # noqa: F401
+    elif name == "split":
+        import airflow_provider_profiles.formats.split  # noqa: F401
+    elif name == "pandas":
+        import pandas  # noqa: F401
+    elif name == "polars":
+        import polars  # noqa: F401
+
+
+def peak_rss_mb() -> float:
+    """VmHWM of this process image (ru_maxrss would carry the parent's peak over fork + exec)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(name: str, source: str, output: str, extra: str) -> None:
+    warm_up(name)
+    figures = JOBS[name](source, output, json.loads(extra))
+    figures["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(figures))
+
+
+def run(name: str, source: str, output: str, repeat: int = 1, **extra) -> dict:
+    """Best wall time (and highest peak RSS) of ``repeat`` fresh processes: shared machines are noisy."""
+    best = None
+    for _ in range(repeat):
+        command = [sys.executable, __file__, "--child", name, source, output, json.dumps(extra)]
+        completed = subprocess.run(command, capture_output=True, text=True)
+        if completed.returncode:
+            raise RuntimeError(f"{name} failed:\n{completed.stderr[-3000:]}")
+        figures = json.loads(completed.stdout.strip().splitlines()[-1])
+        if best is None:
+            best = figures
+        else:
+            best["peak_rss_mb"] = max(best["peak_rss_mb"], figures["peak_rss_mb"])
+            best["seconds"] = min(best["seconds"], figures["seconds"])
+    figures = best
+    print(f"  {name:<10} {figures['seconds']:7.2f} s  peak RSS {figures['peak_rss_mb']:7.0f} MB  "
+          + " ".join(f"{k}={v}" for k, v in figures.items() if k not in ("seconds", "peak_rss_mb")), flush=True)
+    return figures
+
+
+def interleaved(jobs: dict[str, str], source: str, repeat: int, extra: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Runs the jobs in turn, ``repeat`` rounds, keeping each one's best: load on a shared machine
+    comes and goes, and alternating exposes every job to the same conditions."""
+    best: dict[str, dict] = {}
+    for _ in range(repeat):
+        for name, output in jobs.items():
+            arguments = json.dumps((extra or {}).get(name, {}))
+            command = [sys.executable, __file__, "--child", name, source, output, arguments]
+            completed = subprocess.run(command, capture_output=True, text=True)
+            if completed.returncode:
+                raise RuntimeError(f"{name} failed:\n{completed.stderr[-3000:]}")
+            figures = json.loads(completed.stdout.strip().splitlines()[-1])
+            if name in best:
+                figures["peak_rss_mb"] = max(figures["peak_rss_mb"], best[name]["peak_rss_mb"])
+                if figures["seconds"] > best[name]["seconds"]:
+                    figures["seconds"] = best[name]["seconds"]
+            best[name] = figures
+    for name, figures in best.items():
+        print(f"  {name:<10} {figures['seconds']:7.2f} s  peak RSS {figures['peak_rss_mb']:7.0f} MB  "
+              + " ".join(f"{k}={v}" for k, v in figures.items() if k not in ("seconds", "peak_rss_mb")), flush=True)
+    return best
+
+
+def timed(command: list[str], repeat: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        subprocess.run(command, check=True)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--rss-rows", type=int, default=0, help="also measure the provider's peak RSS at this many rows")
+    parser.add_argument("--split-mb", type=int, default=100)
+    parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement, best time kept (pandas: 1)")
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+
+    workdir = args.workdir or tempfile.mkdtemp(prefix="profiles-bench-")
+    try:
+        source = os.path.join(workdir, "profiles.csv")
+        print(f"generating {args.rows:,} rows under {workdir} ...", flush=True)
+        generate(source, args.rows)
+        size_mb = os.path.getsize(source) / 1e6
+        print(f"input: {size_mb:.0f} MB, {len(COLUMNS)} columns\n\nCSV -> Localytics change lines")
+        jobs = {"provider": os.path.join(workdir, "provider.ndjson")}
+        if not args.skip_baselines:
+            try:
+                import polars  # noqa: F401
+
+                jobs["polars"] = os.path.join(workdir, "polars.ndjson")
+            except ImportError:
+                print("  polars not installed: floor skipped")
+        figures = interleaved(jobs, source, args.repeat)
+        provider = figures["provider"]
+        if not args.skip_baselines:
+            figures["pandas"] = run("pandas", source, os.path.join(workdir, "pandas.ndjson"))
+        for name in ("pandas", "polars"):
+            if name in figures:
+                print(f"  provider / {name}: time {provider['seconds'] / figures[name]['seconds']:.2f}x, "
+                      f"peak RSS {provider['peak_rss_mb'] / figures[name]['peak_rss_mb']:.2f}x")
+
+        output = os.path.join(workdir, "provider.ndjson")
+        out_mb = os.path.getsize(output) / 1e6
+        print(f"\nsplit {out_mb:.0f} MB of change lines into {args.split_mb} MB chunks")
+        split = run("split", output, os.path.join(workdir, "chunks"), repeat=args.repeat,
+                    max_bytes=args.split_mb * 1000 * 1000)
+        coreutils_dir = os.path.join(workdir, "coreutils")
+        os.makedirs(coreutils_dir)
+        coreutils = timed(["split", "-C", f"{args.split_mb}MB", output, os.path.join(coreutils_dir, "part-")],
+                          repeat=args.repeat)
+        print(f"  split -C   {coreutils:7.2f} s\n  provider / coreutils: {split['seconds'] / coreutils:.2f}x")
+        shutil.rmtree(os.path.join(workdir, "chunks"), ignore_errors=True)
+        shutil.rmtree(coreutils_dir, ignore_errors=True)
+
+        print("\nincremental sync, 1% of rows changed")
+        state = os.path.join(workdir, "state")
+        run("sync", source, os.path.join(workdir, "sync-1.ndjson"), state=state, run="first", commit=True)
+        changed = os.path.join(workdir, "profiles-changed.csv")
+        generate(changed, args.rows, changed_fraction=0.01)
+        pair = interleaved(
+            {"provider": os.path.join(workdir, "full-2.ndjson"), "sync": os.path.join(workdir, "sync-2.ndjson")},
+            changed, args.repeat, extra={"sync": {"state": state, "run": "second"}},
+        )
+        sync, full = pair["sync"], pair["provider"]
+        print(f"  sync / full prepare of the same file: {sync['seconds'] / full['seconds']:.2f}x, "
+              f"rows written {sync['written']:,} of {args.rows:,} ({sync['written'] / args.rows:.2%})")
+
+        if args.rss_rows:
+            for path in (source, changed, output):
+                os.remove(path)
+            print(f"\nat {args.rss_rows:,} rows (output to {os.devnull}: memory and CPU, not the disk)")
+            big = os.path.join(workdir, "big.csv")
+            generate(big, args.rss_rows)
+            large = run("provider", big, os.devnull)
+            try:
+                import polars  # noqa: F401
+
+                floor = run("polars", big, os.devnull)
+                print(f"  provider / polars: time {large['seconds'] / floor['seconds']:.2f}x")
+            except ImportError:
+                pass
+            print(f"  peak RSS {large['peak_rss_mb']:.0f} MB at {args.rss_rows:,} rows, "
+                  f"{provider['peak_rss_mb']:.0f} MB at {args.rows:,}")
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(*sys.argv[2:6])
+    else:
+        main()

@@ -1,0 +1,133 @@
+"""Streamed readers: line numbers, malformed input named by file/line/column, formats."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from airflow_provider_profiles.formats.reader import InputError, read_input, record_blocks
+
+
+def rows_and_lines(path, **options):
+    names, batches = read_input(path, **options)
+    rows, lines, rejected = [], [], []
+    for batch in batches:
+        rows += batch.rows()
+        lines += [int(line) for line in batch.lines]
+        rejected += batch.rejected
+    return names, rows, lines, rejected
+
+
+def write(tmp_path, name, data: bytes):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_line_numbers_count_newlines_inside_quotes(tmp_path):
+    path = write(tmp_path, "in.csv", b'id,note\n1,"two\nlines"\n2,x\n3,"a\r\nb\nc"\n4,y\n')
+    names, rows, lines, rejected = rows_and_lines(path)
+    assert names == ["id", "note"]
+    assert [r["id"] for r in rows] == ["1", "2", "3", "4"]
+    assert lines == [2, 4, 5, 8]
+    assert rows[0]["note"] == "two\nlines"
+    assert rejected == []
+
+
+def test_line_numbers_hold_across_small_blocks(tmp_path):
+    body = "".join(f'{i},"v\n{i}"\n' for i in range(200))
+    path = write(tmp_path, "in.csv", ("id,v\n" + body).encode())
+    _, rows, lines, _ = rows_and_lines(path, block_bytes=64)
+    assert len(rows) == 200
+    assert lines == [2 + 2 * i for i in range(200)]
+    assert rows[150] == {"id": "150", "v": "v\n150"}
+
+
+def test_ragged_rows_are_rejected_with_their_line(tmp_path):
+    path = write(tmp_path, "in.csv", b'id,a,b\n1,x,y\n2,"q\nq"\n3,x,y,z\n4,x,y\n')
+    _, rows, lines, rejected = rows_and_lines(path)
+    assert [r["id"] for r in rows] == ["1", "4"]
+    assert lines == [2, 6]
+    assert rejected == [
+        (3, "2", "ragged row: expected 3 fields, found 2"),
+        (5, "3", "ragged row: expected 3 fields, found 4"),
+    ]
+
+
+def test_invalid_utf8_names_file_line_and_column(tmp_path):
+    path = write(tmp_path, "latin.csv", "id,name\n1,ok\n2,Andr\xe9\n".encode("latin-1"))
+    with pytest.raises(InputError) as caught:
+        rows_and_lines(path)
+    error = caught.value
+    assert (error.line, error.column) == (3, "name")
+    assert "latin.csv, line 3, column 'name'" in str(error)
+    assert "encoding=" in str(error)
+
+
+def test_declared_encoding_is_transcoded(tmp_path):
+    path = write(tmp_path, "latin.csv", "id,name\n1,Andr\xe9\n".encode("latin-1"))
+    _, rows, _, _ = rows_and_lines(path, encoding="latin-1")
+    assert rows == [{"id": "1", "name": "André"}]
+
+
+def test_bom_is_dropped_and_crlf_handled(tmp_path):
+    path = write(tmp_path, "in.csv", b"\xef\xbb\xbfid,name\r\n1,a\r\n2,b\r\n")
+    names, rows, lines, _ = rows_and_lines(path)
+    assert names == ["id", "name"]
+    assert rows == [{"id": "1", "name": "a"}, {"id": "2", "name": "b"}]
+    assert lines == [2, 3]
+
+
+def test_empty_file_is_an_error(tmp_path):
+    path = write(tmp_path, "empty.csv", b"")
+    with pytest.raises(InputError, match="empty.csv, line 1: the file is empty"):
+        read_input(path)
+
+
+@pytest.mark.parametrize("header", [b"id,,x\n", b"id,name,id\n"])
+def test_bad_header_is_an_error(tmp_path, header):
+    path = write(tmp_path, "in.csv", header + b"1,2,3\n")
+    with pytest.raises(InputError, match="line 1"):
+        read_input(path)
+
+
+def test_header_only_yields_no_rows(tmp_path):
+    path = write(tmp_path, "in.csv", b"id,name\n")
+    names, rows, _, rejected = rows_and_lines(path)
+    assert names == ["id", "name"] and rows == [] and rejected == []
+
+
+def test_ndjson_lines_and_bad_json(tmp_path):
+    lines = [json.dumps({"id": "1", "profile": {"city": "Oslo"}}), "{not json", "", "[1,2]", json.dumps({"id": 2})]
+    path = write(tmp_path, "in.ndjson", ("\n".join(lines) + "\n").encode())
+    _, rows, numbers, rejected = rows_and_lines(path)
+    assert rows == [{"id": "1", "profile": {"city": "Oslo"}}, {"id": 2}]
+    assert numbers == [1, 5]
+    assert [(line, reason.split(":")[0]) for line, _, reason in rejected] == [(2, "not valid JSON"), (4, "expected a JSON object, found list")]
+
+
+def test_parquet_rows_are_numbered(tmp_path):
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "n": [1, 2, 3]}), path)
+    names, rows, lines, _ = rows_and_lines(str(path), batch_rows=2)
+    assert names == ["id", "n"]
+    assert rows == [{"id": "a", "n": 1}, {"id": "b", "n": 2}, {"id": "c", "n": 3}]
+    assert lines == [1, 2, 3]
+
+
+def test_record_blocks_never_end_inside_quotes():
+    data = b'a,"x\ny"\n' * 50
+    blocks = list(record_blocks(io.BytesIO(data), 7))
+    assert b"".join(blocks) == data
+    assert all(block.count(b'"') % 2 == 0 and block.endswith(b"\n") for block in blocks)
+
+
+def test_other_delimiters(tmp_path):
+    path = write(tmp_path, "in.csv", b'id;name\n1;"a;b"\n2;c\n')
+    names, rows, _, _ = rows_and_lines(path, delimiter=";")
+    assert names == ["id", "name"]
+    assert rows == [{"id": "1", "name": "a;b"}, {"id": "2", "name": "c"}]

@@ -1,0 +1,119 @@
+"""split_file: never cuts a record, repeats the header, deterministic names, both limits."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from airflow_provider_profiles.formats.split import RecordTooLarge, split_file
+
+# A bare CR is a record separator to CSV readers (and Python's writer leaves it unquoted), so
+# carriage returns only appear as CRLF inside quoted values.
+_cell = st.text(alphabet=st.sampled_from(list('ab,"\n\r ') + ["é", "日", "𝄞"]), max_size=12).map(
+    lambda text: text.replace("\r", "\r\n")
+)
+
+
+def csv_bytes(header, rows, line_terminator):
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator=line_terminator, quoting=csv.QUOTE_MINIMAL)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue().encode("utf-8")
+
+
+def parse(data: bytes):
+    return list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(st.lists(_cell, min_size=3, max_size=3), min_size=1, max_size=40),
+    line_terminator=st.sampled_from(["\n", "\r\n"]),
+    max_bytes=st.integers(min_value=120, max_value=600),
+    max_rows=st.one_of(st.none(), st.integers(min_value=1, max_value=7)),
+    block=st.integers(min_value=16, max_value=256),
+)
+def test_csv_split_never_cuts_a_record(tmp_path_factory, rows, line_terminator, max_bytes, max_rows, block):
+    folder = tmp_path_factory.mktemp("split")
+    header = ["id", "note", "city"]
+    data = csv_bytes(header, rows, line_terminator)
+    source = folder / "in.csv"
+    source.write_bytes(data)
+    try:
+        chunks = split_file(str(source), str(folder / "out"), max_bytes=max_bytes, max_rows=max_rows, block_bytes=block)
+    except RecordTooLarge:
+        longest = max(len(csv_bytes([], [row], line_terminator)) for row in rows)
+        assert longest > max_bytes - len(csv_bytes(header, [], line_terminator))
+        return
+    recovered = []
+    for chunk in chunks:
+        content = open(chunk, "rb").read()
+        assert len(content) <= max_bytes
+        content.decode("utf-8")  # never cut inside a character
+        parsed = parse(content)
+        assert parsed[0] == header
+        assert len(parsed) > 1
+        if max_rows:
+            assert len(parsed) - 1 <= max_rows
+        recovered += parsed[1:]
+    assert recovered == [[str(cell) for cell in row] for row in parse(data)[1:]]
+
+
+def test_ndjson_split_has_no_header_and_is_byte_exact(tmp_path):
+    lines = [json.dumps({"customer_id": str(i), "v": "x" * (i % 7)}) + "\n" for i in range(100)]
+    source = tmp_path / "out.ndjson"
+    source.write_text("".join(lines))
+    chunks = split_file(str(source), max_bytes=500)
+    assert [os.path.basename(c) for c in chunks[:2]] == ["out.part-00000.ndjson", "out.part-00001.ndjson"]
+    joined = b"".join(open(c, "rb").read() for c in chunks)
+    assert joined == source.read_bytes()
+    assert all(os.path.getsize(c) <= 500 for c in chunks)
+
+
+def test_retry_overwrites_and_removes_leftover_chunks(tmp_path):
+    source = tmp_path / "data.csv"
+    source.write_text("id\n" + "".join(f"{i}\n" for i in range(50)))
+    first = split_file(str(source), str(tmp_path / "chunks"), max_rows=10)
+    assert len(first) == 5
+    again = split_file(str(source), str(tmp_path / "chunks"), max_rows=10)
+    assert again == first
+    fewer = split_file(str(source), str(tmp_path / "chunks"), max_rows=25)
+    assert fewer == first[:2]
+    assert sorted(os.listdir(tmp_path / "chunks")) == ["data.part-00000.csv", "data.part-00001.csv"]
+
+
+def test_rows_limit_counts_records_not_lines(tmp_path):
+    source = tmp_path / "q.csv"
+    source.write_text('id,note\n1,"a\nb\nc"\n2,x\n3,"d\ne"\n')
+    chunks = split_file(str(source), max_rows=2)
+    assert [parse(open(c, "rb").read()) for c in chunks] == [
+        [["id", "note"], ["1", "a\nb\nc"], ["2", "x"]],
+        [["id", "note"], ["3", "d\ne"]],
+    ]
+
+
+def test_file_without_final_newline(tmp_path):
+    source = tmp_path / "t.csv"
+    source.write_text("id\n1\n2\n3")
+    chunks = split_file(str(source), max_rows=2)
+    assert [open(c).read() for c in chunks] == ["id\n1\n2\n", "id\n3"]
+
+
+def test_record_larger_than_the_limit_is_an_error(tmp_path):
+    source = tmp_path / "big.csv"
+    source.write_text("id,v\n1,short\n2," + "x" * 200 + "\n")
+    with pytest.raises(RecordTooLarge, match="line 3"):
+        split_file(str(source), max_bytes=100)
+
+
+def test_no_limit_returns_the_file(tmp_path):
+    source = tmp_path / "a.ndjson"
+    source.write_text("{}\n")
+    assert split_file(str(source)) == [str(source)]

@@ -1,0 +1,118 @@
+"""Incremental sync: only new/changed rows, commit after success, a failed run loses nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from airflow_provider_profiles.formats import get_writer
+from airflow_provider_profiles.formats.mapping import FieldMapping
+from airflow_provider_profiles.formats.pipeline import prepare_file
+from airflow_provider_profiles.formats.sync import SyncState, run_key_of
+
+
+def write_csv(path, rows):
+    path.write_text("id,name,city\n" + "".join(f"{i},{n},{c}\n" for i, n, c in rows))
+    return str(path)
+
+
+def writer():
+    return get_writer("localytics", "changes", attributes={"name": "name", "city": "city"}, customer_id="id")
+
+
+def sent(path):
+    with open(path) as handle:
+        return {json.loads(line)["customer_id"]: json.loads(line)["changes"] for line in handle}
+
+
+def run(tmp_path, rows, run_key, state, **options):
+    source = write_csv(tmp_path / f"{run_key}.csv", rows)
+    output = tmp_path / f"{run_key}.ndjson"
+    result = prepare_file(source, options.pop("writer", None) or writer(), str(output), sync=state, sync_run_key=run_key, **options)
+    assert result.read == result.written + result.rejected + result.unchanged
+    return result, sent(output)
+
+
+BASE = [(i, f"n{i}", f"c{i}") for i in range(1, 11)]
+
+
+def test_three_runs_with_a_failed_one_lose_nothing(tmp_path):
+    state = SyncState(tmp_path / "state")
+
+    result, first = run(tmp_path, BASE, "run-1", state)
+    assert (result.written, result.unchanged) == (10, 0)
+    assert "every row is sent" in result.notes[0]
+    state.commit("run-1")
+
+    # run 2 changes rows 2 and 3 and adds 11, but its uploads fail: no commit
+    second_rows = [(i, n + "!" if i in (2, 3) else n, c) for i, n, c in BASE] + [(11, "n11", "c11")]
+    result, second = run(tmp_path, second_rows, "run-2", state)
+    assert set(second) == {"2", "3", "11"}
+    assert (result.written, result.unchanged) == (3, 8)
+
+    # run 3 changes row 5 too; compared with run 1 (the last commit), run 2's changes are resent
+    third_rows = [(i, n, "moved" if i == 5 else c) for i, n, c in second_rows]
+    result, third = run(tmp_path, third_rows, "run-3", state)
+    assert set(third) == {"2", "3", "5", "11"}
+    assert third["2"][0] == {"op": "assign", "attr": "name", "value": "n2!"}
+    state.commit("run-3")
+
+    # run 4 with the same data: nothing to send
+    result, fourth = run(tmp_path, third_rows, "run-4", state)
+    assert (result.written, result.unchanged, fourth) == (0, 11, {})
+    state.commit("run-4")
+    assert state.current()["run_key"] == "run-4"
+    assert sorted(os.listdir(tmp_path / "state" / "snapshots")) == [
+        "run-3.json", "run-3.parquet", "run-4.json", "run-4.parquet"
+    ]
+
+
+def test_a_changed_mapping_resends_everything(tmp_path):
+    state = SyncState(tmp_path / "state")
+    run(tmp_path, BASE, "a", state)
+    state.commit("a")
+    mapping = FieldMapping({"id": "id", "name": "name", "city": {"source": "city", "max_length": 20}})
+    result, again = run(tmp_path, BASE, "b", state, mapping=mapping)
+    assert result.written == 10 and len(again) == 10
+
+
+def test_rejected_rows_are_not_remembered(tmp_path):
+    state = SyncState(tmp_path / "state")
+    rows = BASE[:3] + [(4, "", "")]
+    result, _ = run(tmp_path, rows, "a", state)
+    assert (result.written, result.rejected) == (3, 1)
+    state.commit("a")
+    fixed = BASE[:3] + [(4, "now", "set")]
+    result, again = run(tmp_path, fixed, "b", state)
+    assert set(again) == {"4"}
+
+
+def test_vanished_ids_become_deletions_where_the_vendor_has_them(tmp_path):
+    state = SyncState(tmp_path / "state")
+    mapping = FieldMapping({"user_account_id": "id", "compartment_id": {"const": "9"}, "name": "name"})
+    profile = get_writer("mediarithmics", "USER_PROFILE")
+    options = dict(mapping=mapping, deletions=True)  # the snapshot keeps mediarithmics' identifier columns
+    source = write_csv(tmp_path / "a.csv", BASE[:3])
+    prepare_file(source, profile, str(tmp_path / "a.ndjson"), sync=state, sync_run_key="a", **options)
+    state.commit("a")
+    source = write_csv(tmp_path / "b.csv", BASE[:2])
+    result = prepare_file(source, profile, str(tmp_path / "b.ndjson"), sync=state, sync_run_key="b", **options)
+    assert (result.written, result.unchanged, result.deleted) == (0, 2, 1)
+    lines = [json.loads(line) for line in open(tmp_path / "b.ndjson")]
+    assert lines == [{"compartment_id": "9", "user_account_id": "3", "operation": "DELETE"}]
+
+
+def test_deletions_need_a_vendor_that_can_delete(tmp_path):
+    with pytest.raises(ValueError, match="cannot express a deletion"):
+        run(tmp_path, BASE, "a", SyncState(tmp_path / "s"), deletions=True)
+
+
+def test_commit_without_a_prepared_snapshot_fails(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no pending sync snapshot for run 'nope'"):
+        SyncState(tmp_path / "state").commit("nope")
+
+
+def test_run_keys_are_file_safe():
+    assert run_key_of("scheduled__2026-11-22T06:00:00+00:00") == "scheduled__2026-11-22T06_00_00_00_00"
