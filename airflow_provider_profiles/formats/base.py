@@ -17,6 +17,22 @@ from typing import Any, ClassVar
 REJECTS_HEADER = ("line", "identifier", "reason", "http_status")
 
 
+def is_missing(value: Any) -> bool:
+    """A value that is not sent: None, a blank string, an empty list, NaN, or pandas' NA/NaT."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return not value
+    if type(value).__name__ in ("NAType", "NaTType"):  # pandas' missing values, without importing pandas
+        return True
+    try:  # NaN: the value unequal to itself
+        return bool(value != value)
+    except (TypeError, ValueError):
+        return False
+
+
 class RowRejected(ValueError):
     """A row that cannot be sent; ``reason`` says why (and names the field where there is one)."""
 

@@ -16,7 +16,7 @@ import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from airflow_provider_profiles.formats.base import FormatWriter, RowRejected
+from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, is_missing
 
 ENTITIES = ("USER", "ACCOUNT")
 IDENTIFIER_FIELDS = {"USER": "identifyId", "ACCOUNT": "id"}
@@ -50,17 +50,6 @@ _FALSE = frozenset({"false", "f", "no", "n", "0"})
 # epoch milliseconds in this range are 1970-01-12..1973-03-03, but as seconds they are 2001..5138:
 # almost always a seconds timestamp passed by mistake
 _SECONDS_LOOKALIKE = (10**9, 10**11)
-
-
-def is_empty(value: Any) -> bool:
-    """None, blank strings, NaN and pandas' NA/NaT: values that are not sent."""
-    if value is None:
-        return True
-    if isinstance(value, str):
-        return not value.strip()
-    if isinstance(value, float):
-        return math.isnan(value)
-    return type(value).__name__ in ("NAType", "NaTType")
 
 
 def to_epoch_millis(value: Any) -> int:
@@ -198,14 +187,14 @@ class GainsightPXRecordFormat(FormatWriter):
 
     def record_id(self, row: Mapping[str, Any]) -> str | None:
         value = row.get(self.identifier_field)
-        return None if is_empty(value) else str(value)
+        return None if is_missing(value) else str(value)
 
     def build(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """The nested PX record for an input row; raises ``RowRejected`` naming field and column."""
         record: dict[str, Any] = {}
         for field, column in self.field_mapping.items():
             value = row.get(column)
-            if is_empty(value):
+            if is_missing(value):
                 if field == self.id_field:
                     raise RowRejected(f"the identifier is empty (column {column!r})", self.id_field)
                 continue

@@ -17,13 +17,12 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
-import math
 import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_profiles.formats.base import FormatWriter, RowRejected
+from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, is_missing
 
 OPS = ("assign", "set-add", "set-remove", "increment", "delete")
 EMPTY_CHOICES = ("skip", "delete")
@@ -126,10 +125,10 @@ class ProfileChangesWriter(FormatWriter):
         if spec.op in ("set-add", "set-remove"):
             value = _members(value, spec, column)
         elif spec.op == "increment":
-            value = None if is_empty(value) else _integer(value, column)
-        elif not is_empty(value):
+            value = None if is_missing(value) else _integer(value, column)
+        elif not is_missing(value):
             value = _scalar(value, spec, column)
-        if is_empty(value):
+        if is_missing(value):
             if (spec.empty or self.empty) == "delete":
                 return {"op": "delete", "attr": spec.attr}
             return None
@@ -165,25 +164,9 @@ class AudienceLinesWriter(FormatWriter):
 # --- value rules ----------------------------------------------------------------------------------
 
 
-def is_empty(value: Any) -> bool:
-    """None, NaN/NaT/pd.NA, a blank string or an empty list."""
-    if value is None:
-        return True
-    if isinstance(value, str):
-        return not value.strip()
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return len(value) == 0
-    if isinstance(value, float):
-        return math.isnan(value)
-    try:  # pandas NA / NaT / numpy NaN without importing pandas here
-        return bool(value != value)
-    except (TypeError, ValueError):
-        return type(value).__name__ in ("NAType", "NaTType")
-
-
 def customer_id_of(row: Mapping[str, Any], column: str) -> str:
     value = row.get(column)
-    if is_empty(value):
+    if is_missing(value):
         raise RowRejected("customer id is empty", column)
     if isinstance(value, bool):
         raise RowRejected("customer id must be a string or an integer", column)
@@ -232,7 +215,7 @@ def _parse_date(text: str, column: str) -> dt.date | dt.datetime:
 
 
 def _members(value: Any, spec: AttributeChange, column: str) -> list[str | int] | None:
-    if is_empty(value):
+    if is_missing(value):
         return None
     if isinstance(value, str):
         items: Iterable[Any] = value.split(spec.list_separator) if spec.list_separator else [value]
@@ -244,7 +227,7 @@ def _members(value: Any, spec: AttributeChange, column: str) -> list[str | int] 
     for item in items:
         if isinstance(item, str):
             item = item.strip()
-        if is_empty(item):
+        if is_missing(item):
             continue
         member = _scalar(item, spec, column)
         if member not in members:
@@ -265,7 +248,7 @@ def _integer(value: Any, column: str) -> int:
 
 
 def _flag(value: Any, column: str) -> bool:
-    if is_empty(value):
+    if is_missing(value):
         return False
     if isinstance(value, bool) or isinstance(value, numbers.Number):
         return bool(value)
@@ -281,4 +264,4 @@ def _json_line(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
-__all__ = ["AttributeChange", "AudienceLinesWriter", "ProfileChangesWriter", "customer_id_of", "is_empty"]
+__all__ = ["AttributeChange", "AudienceLinesWriter", "ProfileChangesWriter", "customer_id_of"]

@@ -16,16 +16,12 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, csv_line
+from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, csv_line, is_missing
 
 NDJSON = "APPLICATION_X_NDJSON"
 CSV = "TEXT_CSV"
 IDENTIFIER_FIELDS = ("user_account_id", "email_hash", "user_agent_id")
 UPDATE_STRATEGIES = ("PARTIAL_UPDATE", "PARTIAL_DELETE", "FORCE_REPLACE")
-
-
-def _present(value: Any) -> bool:
-    return value is not None and value != "" and not (isinstance(value, float) and value != value)  # NaN from pandas
 
 
 def _text(value: Any) -> str:
@@ -34,14 +30,14 @@ def _text(value: Any) -> str:
 
 def user_identifier(row: Mapping[str, Any]) -> dict[str, str]:
     """The row's single user identifier as command fields; ``RowRejected`` unless exactly one is set."""
-    found = [field for field in IDENTIFIER_FIELDS if _present(row.get(field))]
+    found = [field for field in IDENTIFIER_FIELDS if not is_missing(row.get(field))]
     if not found:
         raise RowRejected("no user identifier: set one of user_account_id (+ compartment_id), email_hash, user_agent_id")
     if len(found) > 1:
         raise RowRejected(f"only one user identifier per line is allowed, found {', '.join(found)}")
     field = found[0]
     if field == "user_account_id":
-        if not _present(row.get("compartment_id")):
+        if is_missing(row.get("compartment_id")):
             raise RowRejected("user_account_id needs a compartment_id", "compartment_id")
         return {"compartment_id": _text(row["compartment_id"]), "user_account_id": _text(row["user_account_id"])}
     return {field: _text(row[field])}
@@ -101,7 +97,7 @@ class MediarithmicsWriter(FormatWriter):
 
     def identifier(self, row: Mapping[str, Any]) -> str | None:
         for field in IDENTIFIER_FIELDS:
-            if _present(row.get(field)):
+            if not is_missing(row.get(field)):
                 return str(row[field])
         return None
 
@@ -119,16 +115,16 @@ class UserProfileWriter(MediarithmicsWriter):
 
     def encode(self, row: Mapping[str, Any]) -> str:
         command: dict[str, Any] = user_identifier(row)
-        operation = _choice(row["operation"], ("UPSERT", "DELETE"), "operation") if _present(row.get("operation")) else self.operation
+        operation = _choice(row["operation"], ("UPSERT", "DELETE"), "operation") if not is_missing(row.get("operation")) else self.operation
         command["operation"] = operation
         if operation == "UPSERT":
             profile = row.get("user_profile")
             if profile is None:
-                profile = {k: v for k, v in row.items() if k not in self._reserved and _present(v)}
+                profile = {k: v for k, v in row.items() if k not in self._reserved and not is_missing(v)}
             if not isinstance(profile, Mapping) or not profile:
                 raise RowRejected("UPSERT needs at least one profile property", "user_profile")
             strategy = row.get("update_strategy")
-            command["update_strategy"] = _choice(strategy, UPDATE_STRATEGIES, "update_strategy") if _present(strategy) else self.update_strategy
+            command["update_strategy"] = _choice(strategy, UPDATE_STRATEGIES, "update_strategy") if not is_missing(strategy) else self.update_strategy
             command["user_profile"] = dict(profile)
         return _dumps(command)
 
@@ -158,7 +154,7 @@ class UserSegmentWriter(MediarithmicsWriter):
         expiration_duration: int | None = None,
         mime_type: str = NDJSON,
     ):
-        if _present(segment_id) and _present(segment_technical_name):
+        if not is_missing(segment_id) and not is_missing(segment_technical_name):
             raise ValueError("give segment_id or segment_technical_name, not both")
         self.segment_id = segment_id
         self.segment_technical_name = segment_technical_name
@@ -185,24 +181,24 @@ class UserSegmentWriter(MediarithmicsWriter):
 
     def encode(self, row: Mapping[str, Any]) -> str:
         command: dict[str, Any] = {
-            "operation": _choice(row["operation"], ("UPDATE", "DELETE"), "operation") if _present(row.get("operation")) else self.operation
+            "operation": _choice(row["operation"], ("UPDATE", "DELETE"), "operation") if not is_missing(row.get("operation")) else self.operation
         }
         command.update(user_identifier(row))
         row_id, row_name = row.get("segment_id"), row.get("segment_technical_name")
-        if _present(row_id) and _present(row_name):
+        if not is_missing(row_id) and not is_missing(row_name):
             raise RowRejected("give segment_id or segment_technical_name, not both", "segment_id")
-        if _present(row_id) or _present(row_name):
+        if not is_missing(row_id) or not is_missing(row_name):
             segment_id, technical_name = row_id, row_name
         else:
             segment_id, technical_name = self.segment_id, self.segment_technical_name
-        if _present(segment_id):
+        if not is_missing(segment_id):
             command["segment_id"] = _text(segment_id)
-        elif _present(technical_name):
+        elif not is_missing(technical_name):
             command["segment_technical_name"] = _text(technical_name)
         else:
             raise RowRejected("no segment: set segment_id or segment_technical_name", "segment_id")
         expiration = row.get("expiration_duration")
-        expiration = self._minutes(expiration) if _present(expiration) else self.expiration_duration
+        expiration = self._minutes(expiration) if not is_missing(expiration) else self.expiration_duration
         if expiration is not None:
             command["expiration_duration"] = expiration
         if self.mime_type == CSV:
@@ -230,7 +226,7 @@ class UserActivityWriter(MediarithmicsWriter):
             "$session_status": row.get("$session_status") or row.get("session_status") or self.session_status,
         }
         ts = row.get("$ts", row.get("ts"))
-        if not _present(ts):
+        if is_missing(ts):
             raise RowRejected("an activity needs its timestamp", "ts")
         activity["$ts"] = epoch_millis(ts, "ts")
         if "email_hash" in identifier:
@@ -238,13 +234,13 @@ class UserActivityWriter(MediarithmicsWriter):
         else:
             activity.update({f"${k}": v for k, v in identifier.items()})
         events = row.get("$events", row.get("events"))
-        if _present(events):
+        if not is_missing(events):
             if not isinstance(events, list) or not all(isinstance(e, Mapping) and e.get("$event_name") for e in events):
                 raise RowRejected("events must be a list of objects with an $event_name", "events")
             activity["$events"] = [dict(e) for e in events]
         else:
             activity["$events"] = []
-        activity.update({k: v for k, v in row.items() if k not in self._reserved and _present(v)})
+        activity.update({k: v for k, v in row.items() if k not in self._reserved and not is_missing(v)})
         return _dumps(activity)
 
 
@@ -261,15 +257,15 @@ class UserChoiceWriter(MediarithmicsWriter):
 
     def encode(self, row: Mapping[str, Any]) -> str:
         command: dict[str, Any] = {
-            "operation": _choice(row["operation"], ("UPSERT", "DELETE"), "operation") if _present(row.get("operation")) else self.operation
+            "operation": _choice(row["operation"], ("UPSERT", "DELETE"), "operation") if not is_missing(row.get("operation")) else self.operation
         }
         command.update(user_identifier(row))
         choice: dict[str, Any] = {}
-        processing_id = row.get("processing_id") if _present(row.get("processing_id")) else self.processing_id
-        processing_token = row.get("processing_token") if _present(row.get("processing_token")) else self.processing_token
-        if _present(processing_id):
+        processing_id = row.get("processing_id") if not is_missing(row.get("processing_id")) else self.processing_id
+        processing_token = row.get("processing_token") if not is_missing(row.get("processing_token")) else self.processing_token
+        if not is_missing(processing_id):
             choice["$processing_id"] = _text(processing_id)
-        elif _present(processing_token):
+        elif not is_missing(processing_token):
             choice["$processing_token"] = _text(processing_token)
         else:
             raise RowRejected("no processing: set processing_id or processing_token", "processing_id")
@@ -280,7 +276,7 @@ class UserChoiceWriter(MediarithmicsWriter):
             if not isinstance(accepted, bool):
                 raise RowRejected(f"{accepted!r} is not true or false", "choice_acceptance_value")
             choice["$choice_acceptance_value"] = accepted
-            if _present(row.get("choice_ts")):
+            if not is_missing(row.get("choice_ts")):
                 choice["$choice_ts"] = epoch_millis(row["choice_ts"], "choice_ts")
         command["user_choice"] = choice
         return _dumps(command)
@@ -306,7 +302,7 @@ class UserIdentifiersAssociationWriter(MediarithmicsWriter):
 
     def encode(self, row: Mapping[str, Any]) -> str:
         listed = row.get("identifiers")
-        if _present(listed):
+        if not is_missing(listed):
             if not isinstance(listed, list) or not all(isinstance(item, Mapping) for item in listed):
                 raise RowRejected("identifiers must be a list of objects", "identifiers")
             identifiers = []
@@ -319,7 +315,7 @@ class UserIdentifiersAssociationWriter(MediarithmicsWriter):
             identifiers = [
                 typed_identifier({field: row[field], "compartment_id": row.get("compartment_id")})
                 for field in IDENTIFIER_FIELDS
-                if _present(row.get(field))
+                if not is_missing(row.get(field))
             ]
         if len(identifiers) < 2:
             raise RowRejected(f"an association needs at least two identifiers, found {len(identifiers)}", "identifiers")

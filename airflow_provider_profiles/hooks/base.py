@@ -436,13 +436,11 @@ class ProfilesHook(BaseHook):
                                                 auth=self.auth() if authenticate else None, **kwargs)
             except requests.RequestException as exc:
                 raise self._transport_error(exc, _sent_nothing(exc), method, display_path, idempotent, body) from None
-            if response.status_code == 401 and authenticate and not refreshed and self.on_unauthorized():
-                refreshed = True
-                raise self._response_error(response.status_code, _json(response), response.text,
-                                           response.headers, method, display_path, True, body, force_retry=True)
             if response.status_code >= 400:
-                raise self._response_error(response.status_code, _json(response), response.text,
-                                           response.headers, method, display_path, idempotent, body)
+                # a 401 is retried once, at once, if the hook could refresh its credentials
+                reauthenticated = response.status_code == 401 and authenticate and not refreshed and self.on_unauthorized()
+                refreshed = refreshed or reauthenticated
+                raise self._response_error(response, method, display_path, idempotent, body, reauthenticated)
             return response
 
         return self.policy.call(attempt, self.log)
@@ -491,13 +489,11 @@ class ProfilesHook(BaseHook):
             except httpx.HTTPError as exc:
                 not_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
                 raise self._transport_error(exc, not_sent, method, display_path, idempotent, body) from None
-            if response.status_code == 401 and authenticate and not refreshed and self.on_unauthorized():
-                refreshed = True
-                raise self._response_error(401, _json(response), response.text, response.headers, method,
-                                           display_path, True, body, force_retry=True)
             if response.status_code >= 400:
-                raise self._response_error(response.status_code, _json(response), response.text,
-                                           response.headers, method, display_path, idempotent, body)
+                # a 401 is retried once, at once, if the hook could refresh its credentials
+                reauthenticated = response.status_code == 401 and authenticate and not refreshed and self.on_unauthorized()
+                refreshed = refreshed or reauthenticated
+                raise self._response_error(response, method, display_path, idempotent, body, reauthenticated)
             return response
 
         return await self.policy.acall(attempt, self.log)
@@ -513,9 +509,10 @@ class ProfilesHook(BaseHook):
             self._session = None
 
     # classification ------------------------------------------------------------------------------
-    def _response_error(self, status: int, payload: Any, text: str, headers: Mapping[str, str], method: str,
-                        path: str, idempotent: bool, body: _Body, force_retry: bool = False) -> VendorAPIError:
-        retry_after = parse_retry_after(headers.get("Retry-After"))
+    def _response_error(self, response: requests.Response | httpx.Response, method: str, path: str,
+                        idempotent: bool, body: _Body, force_retry: bool = False) -> VendorAPIError:
+        status, payload = response.status_code, _json(response)
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if force_retry:
             retryable, retry_after = True, 0.0
         elif status == 429:
@@ -523,7 +520,7 @@ class ProfilesHook(BaseHook):
         else:
             retryable = status in RETRYABLE_SERVER_STATUSES and idempotent
         return error_class_for(status)(
-            self.error_message(payload, text), status=status, method=method, path=path, payload=payload,
+            self.error_message(payload, response.text), status=status, method=method, path=path, payload=payload,
             retryable=retryable and body.rewindable, retry_after=retry_after,
             vendor=self.hook_name,
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 EXAMPLES = Path(__file__).parents[2] / "example_dags"
 EXPECTED = {

@@ -164,7 +164,7 @@ def test_on_kill_cancels_a_pending_execution(mics):
 
 
 def test_trigger_runs_for_real_and_round_trips(mics):
-    server = mics(pending_seconds=0.2, running_seconds=0.2)
+    mics(pending_seconds=0.2, running_seconds=0.2)
     hook = MediarithmicsHook()
     import_id = hook.create_document_import("USER_PROFILE", "APPLICATION_X_NDJSON", "trig")["id"]
     execution_id = hook.create_execution(import_id, (GOOD % (1, 1) + BAD).encode())["id"]

@@ -8,12 +8,11 @@ import math
 
 import pytest
 
-from airflow_provider_profiles.formats.base import RowRejected
+from airflow_provider_profiles.formats.base import RowRejected, is_missing
 from airflow_provider_profiles.formats.gainsight_px import (
     GainsightPXRecordFormat,
     convert,
     flatten,
-    is_empty,
     to_epoch_millis,
 )
 
@@ -124,8 +123,8 @@ def test_pandas_values():
     pd = pytest.importorskip("pandas")
     import numpy as np
 
-    assert is_empty(float("nan")) and is_empty(pd.NA) and is_empty(pd.NaT) and is_empty(None)
-    assert not is_empty(0)
+    assert is_missing(float("nan")) and is_missing(pd.NA) and is_missing(pd.NaT) and is_missing(None)
+    assert not is_missing(0)
     assert convert(np.int64(3), "integer") == 3
     assert convert(np.float64(2.5), "number") == 2.5
     assert to_epoch_millis(pd.Timestamp("2019-01-01")) == 1546300800000

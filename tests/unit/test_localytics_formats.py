@@ -11,12 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_profiles.formats.base import RejectsFile, RowRejected
+from airflow_provider_profiles.formats.base import RejectsFile, RowRejected, is_missing
 from airflow_provider_profiles.formats.localytics import (
     AttributeChange,
     AudienceLinesWriter,
     ProfileChangesWriter,
-    is_empty,
 )
 
 
@@ -98,7 +97,7 @@ def test_strings_over_255_characters_are_rejected_naming_the_column():
 
 @pytest.mark.parametrize("empty_value", [None, "", "  ", float("nan"), pd.NA, pd.NaT, []])
 def test_empty_values_are_skipped_or_deleted_by_choice(empty_value):
-    assert is_empty(empty_value)
+    assert is_missing(empty_value)
     skip = ProfileChangesWriter({"plan": "plan", "seen": "seen"})
     assert changes(skip, {"customer_id": "x", "plan": empty_value, "seen": 1})[1] == [
         {"op": "assign", "attr": "seen", "value": 1}]
