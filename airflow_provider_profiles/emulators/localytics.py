@@ -186,13 +186,16 @@ class LocalyticsEmulator(Emulator):
         return JSONResponse({"activity_id": activity_id}, status_code=202)
 
     async def _profile_status(self, request: Request) -> Response:
-        denied = self._check(request, "status")
+        return self._job_status(request, "profiles", limit="status")
+
+    def _job_status(self, request: Request, kind: str, limit: str) -> Response:
+        denied = self._check(request, limit)
         if denied:
             return denied
         activity_id = request.path_params["activity_id"]
         with self.lock:
             job = self.jobs.get(activity_id)
-            if job is None or job["kind"] != "profiles":
+            if job is None or job["kind"] != kind:
                 return self._error(404, f"Unknown activity id {activity_id}.")
             self._settle(activity_id)
             return JSONResponse(self._public_job(activity_id))
@@ -249,16 +252,7 @@ class LocalyticsEmulator(Emulator):
         return JSONResponse({"activity_id": activity_id}, status_code=202)
 
     async def _audience_status(self, request: Request) -> Response:
-        denied = self._check(request, "audiences")
-        if denied:
-            return denied
-        activity_id = request.path_params["activity_id"]
-        with self.lock:
-            job = self.jobs.get(activity_id)
-            if job is None or job["kind"] != "audiences":
-                return self._error(404, f"Unknown activity id {activity_id}.")
-            self._settle(activity_id)
-            return JSONResponse(self._public_job(activity_id))
+        return self._job_status(request, "audiences", limit="audiences")
 
     async def _audience_list(self, request: Request) -> Response:
         denied = self._check(request, "audiences")

@@ -7,6 +7,7 @@ wait) and started again, and nothing outlives the suite.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -32,11 +33,12 @@ TERMINAL_RUN_STATES = {"success", "failed"}
 POOLS = {"localytics_uploads": 1}
 # Triggers many DAG runs from one interpreter: one Airflow import instead of one CLI process per run.
 TRIGGER_SCRIPT = """
-import json, sys
+import datetime, json, sys
 from airflow.api.common.trigger_dag import trigger_dag
 from airflow.utils.types import DagRunTriggeredByType
-for dag_id, run_id, conf in json.loads(sys.argv[1]):
-    trigger_dag(dag_id, run_id=run_id, conf=conf, triggered_by=DagRunTriggeredByType.CLI)
+for dag_id, run_id, conf, logical_date in json.loads(sys.argv[1]):
+    trigger_dag(dag_id, run_id=run_id, conf=conf, triggered_by=DagRunTriggeredByType.CLI, replace_microseconds=False,
+                logical_date=logical_date and datetime.datetime.fromisoformat(logical_date))
 """
 
 
@@ -77,10 +79,16 @@ class AirflowCluster:
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             # The example DAGs retry; the default 300 s between tries would dominate the suite.
             "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "1",
+            # Only the runs a test triggers: a scheduled DAG (profiles_end_to_end) must not start by itself
+            # and write into the emulators while another test counts what they hold.
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             "PROFILES_DATA_DIR": str(self.home / "data"),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH")])),
         })
         for conn_id, conn in demo_connections(self.emulators, self.home / "data").items():
+            extras = self.connection_extras.get(conn_id.removesuffix("_default"))
+            if extras:
+                conn = {**conn, "extra": {**conn.get("extra", {}), **extras}}
             env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
         return env
 
@@ -154,13 +162,22 @@ class AirflowCluster:
         self.airflow(*args)
         return run_id
 
-    def trigger_many(self, dag_ids: list[str], conf: dict | None = None) -> dict[str, str]:
-        """One run of each DAG, all started at once; returns {dag_id: run_id}."""
+    def trigger_many(self, dag_ids: list[str], conf: dict | None = None, logical_date: bool = True) -> dict[str, str]:
+        """One run of each DAG, all started at once; returns {dag_id: run_id}.
+
+        With ``logical_date`` each run gets its own (now, to the microsecond), as a scheduled run has;
+        without, the run has none, as a manual trigger from the CLI or REST API without a date.
+        """
         for dag_id in dag_ids:
             self.wait_parsed(dag_id)
         runs = {dag_id: f"e2e__{dag_id}__{time.time_ns()}" for dag_id in dag_ids}
-        subprocess.run([sys.executable, "-c", TRIGGER_SCRIPT, json.dumps([[d, r, conf] for d, r in runs.items()])],
-                       env=self.env, capture_output=True, text=True, check=True)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        requests = [[dag_id, run_id, conf, (now + datetime.timedelta(microseconds=i)).isoformat() if logical_date else None]
+                    for i, (dag_id, run_id) in enumerate(runs.items())]
+        completed = subprocess.run([sys.executable, "-c", TRIGGER_SCRIPT, json.dumps(requests)], env=self.env,
+                                   capture_output=True, text=True)
+        if completed.returncode:
+            raise RuntimeError(f"triggering {dag_ids} failed:\n{completed.stderr[-3000:]}")
         return runs
 
     def wait_runs(self, runs: dict[str, str], timeout: float = 600) -> dict[str, str]:
