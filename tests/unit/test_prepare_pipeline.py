@@ -295,3 +295,31 @@ def test_duplicate_check_default_follows_the_format(tmp_path):
 
     with pytest.raises(ValueError, match="needs duplicates='reject'"):
         prepare_file(str(source), segments, str(tmp_path / "s.ndjson"), sync=SyncState(tmp_path / "st"), sync_run_key="r")
+
+
+def test_localytics_repeats_are_kept_only_where_changes_add_up(tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text("id,logins,plan\nu1,1,pro\nu1,2,pro\n")
+    increments = localytics(attributes={"logins": {"attr": "logins", "op": "increment"}})
+    result = prepare_file(str(source), increments, str(tmp_path / "inc.ndjson"))
+    assert (result.written, result.rejected) == (2, 0)  # two increments for one customer add up
+    assert [line["changes"][0]["value"] for line in ndjson(tmp_path / "inc.ndjson")] == [1, 2]
+    assigns = localytics(attributes={"plan": "plan"})
+    result = prepare_file(str(source), assigns, str(tmp_path / "set.ndjson"))
+    assert (result.written, result.rejected) == (1, 1)  # two states of one profile conflict
+    from airflow_provider_profiles.formats.sync import SyncState
+
+    result = prepare_file(str(source), increments, str(tmp_path / "sync.ndjson"), sync=SyncState(tmp_path / "s"), sync_run_key="r")
+    assert (result.written, result.rejected) == (1, 1)  # a sync compares one row per customer
+
+
+def test_hashes_are_stable_across_versions():
+    """Committed sync snapshots hold these hashes: a change would resend every row once."""
+    import pyarrow.compute as pc
+
+    from airflow_provider_profiles.formats.pipeline import hash_columns
+
+    assert int(hash_strings(pa.array(["cust-1"]))[0]) == 8426368309570442762
+    rows = [pa.array(["a", None, "é" * 40]), pa.array(["b", "c", "x" * 300])]
+    joined = pc.binary_join_element_wise(*rows, "\x1f", null_handling="replace", null_replacement="\x00")
+    assert hash_columns(rows).tolist() == hash_strings(joined).tolist()

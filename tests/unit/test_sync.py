@@ -116,3 +116,24 @@ def test_commit_without_a_prepared_snapshot_fails(tmp_path):
 
 def test_run_keys_are_file_safe():
     assert run_key_of("scheduled__2026-11-22T06:00:00+00:00") == "scheduled__2026-11-22T06_00_00_00_00"
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 300, 50_000])
+def test_snapshot_lookup_agrees_with_a_binary_search(size):
+    import numpy as np
+
+    from airflow_provider_profiles.formats.sync import PreviousSnapshot
+
+    rng = np.random.default_rng(size)
+    keys = rng.integers(0, 2**64 - 1, size, dtype=np.uint64, endpoint=True)
+    keys[: min(size, 3)] = np.array([0, 2**64 - 1, 2**63], dtype=np.uint64)[: min(size, 3)]
+    rows = rng.integers(0, 2**64 - 1, size, dtype=np.uint64, endpoint=True)
+    snapshot = PreviousSnapshot("unused", keys, rows)
+    probes = np.concatenate((keys[: size // 2], rng.integers(0, 2**64 - 1, 2_000, dtype=np.uint64, endpoint=True)))
+    probe_rows = np.concatenate((rows[: size // 2], rows[: size // 2][:0], np.zeros(2_000, np.uint64)))
+    probe_rows[: size // 4] += np.uint64(1)  # a quarter of the known keys changed
+    changed = snapshot.changed(probes, probe_rows)
+    known = dict(zip(keys.tolist(), rows.tolist()))
+    expected = [known.get(key) != row for key, row in zip(probes.tolist(), probe_rows.tolist())]
+    assert changed.tolist() == expected
+    assert int(snapshot.seen.sum()) == len(set(keys[: size // 2].tolist()))
