@@ -13,7 +13,13 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from airflow_provider_profiles.emulators.base import Clock, Emulator, EmulatorServer, Fault, serve
+from airflow_provider_profiles.emulators.base import (
+    Clock,
+    Emulator,
+    EmulatorServer,
+    Fault,
+    serve,
+)
 
 # vendor name -> "module:class"; imported lazily so one vendor's emulator never loads the others
 EMULATORS: dict[str, str] = {

@@ -30,7 +30,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from airflow_provider_profiles.emulators.base import CONTROL_PREFIX, Emulator, SlidingWindowLimit
+from airflow_provider_profiles.emulators.base import (
+    CONTROL_PREFIX,
+    Emulator,
+    SlidingWindowLimit,
+)
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 25

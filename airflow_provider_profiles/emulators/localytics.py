@@ -32,7 +32,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from airflow_provider_profiles.emulators.base import Emulator, SlidingWindowLimit, too_many_requests
+from airflow_provider_profiles.emulators.base import (
+    Emulator,
+    SlidingWindowLimit,
+    too_many_requests,
+)
 
 PROFILE_OPS = ("assign", "set-add", "set-remove", "increment", "delete")
 MAX_STRING = 255

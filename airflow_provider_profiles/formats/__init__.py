@@ -12,7 +12,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from airflow_provider_profiles.formats.base import FormatWriter, RejectsFile, RowRejected, csv_line
+from airflow_provider_profiles.formats.base import (
+    FormatWriter,
+    RejectsFile,
+    RowRejected,
+    csv_line,
+)
 
 # vendor -> {format name: "module:callable"}; the first format is the vendor's default.
 WRITERS: dict[str, dict[str, str]] = {

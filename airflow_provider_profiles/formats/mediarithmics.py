@@ -16,7 +16,12 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, csv_line, is_missing
+from airflow_provider_profiles.formats.base import (
+    FormatWriter,
+    RowRejected,
+    csv_line,
+    is_missing,
+)
 
 NDJSON = "APPLICATION_X_NDJSON"
 CSV = "TEXT_CSV"

@@ -29,10 +29,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from airflow_provider_profiles.formats.base import FormatWriter, RejectsFile, RowRejected
+from airflow_provider_profiles.formats.base import (
+    FormatWriter,
+    RejectsFile,
+    RowRejected,
+)
 from airflow_provider_profiles.formats.mapping import FieldMapping, lookup
-from airflow_provider_profiles.formats.reader import InputBatch, InputError, as_storage_path, open_binary, read_input
-from airflow_provider_profiles.formats.sync import PreviousSnapshot, SnapshotWriter, SyncState
+from airflow_provider_profiles.formats.reader import InputBatch, InputError, read_input
+from airflow_provider_profiles.formats.sync import (
+    PreviousSnapshot,
+    SnapshotWriter,
+    SyncState,
+)
+from airflow_provider_profiles.storage import as_storage_path, open_binary
 
 log = logging.getLogger(__name__)
 

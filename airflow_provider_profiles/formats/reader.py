@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import pathlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+
+from airflow_provider_profiles.storage import open_binary
 
 # Peak memory grows with the block (each block's output lines are about 5x its bytes), not with
 # the input: 1 MB blocks peaked 40 MB lower than 2 MB ones but took 10-15% longer (per-batch work).
@@ -65,39 +65,6 @@ class InputBatch:
         if self.row_dicts is None:
             self.row_dicts = self.table.to_pylist()
         return self.row_dicts
-
-
-def is_local(path: Any) -> bool:
-    return getattr(path, "protocol", "") in ("", "file", "local")
-
-
-def local_path(path: Any) -> str:
-    return getattr(path, "path", None) or str(path)
-
-
-def as_storage_path(path: Any):
-    """A path object for ``path``: ``ObjectStoragePath`` for URLs (s3://, gs://, file://...),
-    ``pathlib.Path`` for plain local paths (no need to import Airflow's I/O layer for those)."""
-    if hasattr(path, "protocol") or isinstance(path, pathlib.PurePath):
-        return path
-    text = os.fspath(path) if hasattr(path, "__fspath__") else str(path)
-    if "://" not in text:
-        return pathlib.Path(text)
-    from airflow.sdk import ObjectStoragePath
-
-    return ObjectStoragePath(text)
-
-
-def open_binary(path: Any, mode: str = "rb"):
-    """Open for binary I/O: the OS file for local paths (fastest), fsspec otherwise."""
-    path = as_storage_path(path)
-    if is_local(path):
-        if "w" in mode:
-            os.makedirs(os.path.dirname(os.path.abspath(local_path(path))), exist_ok=True)
-        return open(local_path(path), mode)
-    if "w" in mode:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    return path.open(mode)
 
 
 def guess_format(path: Any) -> str:

@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from airflow_provider_profiles.formats.reader import as_storage_path, guess_format, is_local, local_path, open_binary
+from airflow_provider_profiles.formats.reader import guess_format
+from airflow_provider_profiles.storage import (
+    as_storage_path,
+    is_local,
+    local_path,
+    open_binary,
+)
 
 BLOCK_BYTES = 16 << 20
 QUOTE = b'"'

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from airflow_provider_profiles.formats.reader import as_storage_path, open_binary
+from airflow_provider_profiles.storage import as_storage_path, open_binary
 
 CURRENT = "CURRENT.json"
 SNAPSHOT_SCHEMA = pa.schema([("key_hash", pa.uint64()), ("row_hash", pa.uint64())])

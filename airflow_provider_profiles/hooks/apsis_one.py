@@ -13,7 +13,6 @@ import csv
 import dataclasses
 import io
 import os
-import pathlib
 import threading
 import time
 import uuid
@@ -31,6 +30,7 @@ from airflow_provider_profiles.hooks.base import (
     ProfilesHook,
     VendorRateLimitError,
 )
+from airflow_provider_profiles.storage import as_storage_path
 
 MAX_FILE_BYTES = 50 * 1000 * 1000  # as the split step counts a 50 MB chunk
 CHANNELS = {"email": "com.apsis1.channels.email", "sms": "com.apsis1.channels.sms"}
@@ -179,17 +179,6 @@ class ImportSpec:
 
 
 # --- files ----------------------------------------------------------------------------------------
-def as_path(file: Any) -> Any:
-    """A local ``pathlib.Path`` or an ``ObjectStoragePath`` for URLs (s3://, gs://, file://...)."""
-    if isinstance(file, str):
-        if "://" in file:
-            from airflow.sdk import ObjectStoragePath
-
-            return ObjectStoragePath(file)
-        return pathlib.Path(file)
-    return file
-
-
 def file_size(path: Any) -> int:
     return int(path.stat().st_size)
 
@@ -508,7 +497,7 @@ class ApsisOneHook(ProfilesHook):
 
     def upload_import_file(self, ticket: Mapping[str, Any], file: Any) -> None:
         """POST the file to the ticket's presigned form: every issued field, then the file (streamed)."""
-        path = as_path(file)
+        path = as_storage_path(file)
         expires = ticket.get("file_upload_url_expires_at")
         if expires and _parse_time(expires) <= time.time():
             raise ImportSpecError(f"the upload URL of import {ticket.get('import_id')} expired at {expires}; "

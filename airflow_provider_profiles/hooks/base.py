@@ -25,11 +25,10 @@ import certifi
 import httpx
 import requests
 import tenacity
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import NewConnectionError
-
 from airflow.providers.common.compat.sdk import mask_secret, redact
 from airflow.sdk import BaseHook
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NewConnectionError
 
 from airflow_provider_profiles import CONNECTION_FORMS, __version__
 

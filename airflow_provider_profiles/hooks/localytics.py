@@ -28,6 +28,7 @@ from airflow_provider_profiles.hooks.base import (
     VendorAPIError,
     VendorRateLimitError,
 )
+from airflow_provider_profiles.storage import as_storage_path, open_binary
 
 PROFILES = "profiles"
 AUDIENCES = "audiences"
@@ -382,13 +383,9 @@ def _open_binary(file: Any):
     if hasattr(file, "read"):
         yield os.path.basename(getattr(file, "name", "") or "upload.json"), file
         return
-    if isinstance(file, str) and "://" in file:
-        from airflow.sdk import ObjectStoragePath
-
-        file = ObjectStoragePath(file)
+    file = as_storage_path(file)
     name = getattr(file, "name", None) or os.path.basename(str(file))
-    opener = file.open if hasattr(file, "open") else None
-    handle: BinaryIO = opener("rb") if opener else open(file, "rb")  # noqa: SIM115
+    handle: BinaryIO = open_binary(file)
     try:
         yield name, handle
     finally:

@@ -13,8 +13,6 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
-from airflow.sdk import ObjectStoragePath
-
 from airflow_provider_profiles.hooks.base import (
     JobNotCancellable,
     JobState,
@@ -23,6 +21,7 @@ from airflow_provider_profiles.hooks.base import (
     VendorAPIError,
     VendorValidationError,
 )
+from airflow_provider_profiles.storage import as_storage_path, open_binary
 
 MAX_FILE_BYTES = 100 * 1024 * 1024  # the documented per-file limit
 CONTENT_TYPES = {"APPLICATION_X_NDJSON": "application/x-ndjson", "TEXT_CSV": "text/csv"}
@@ -251,11 +250,10 @@ def _open_body(file: Any) -> Iterator[tuple[Any, int | None, str]]:
     if isinstance(file, (bytes, bytearray)):
         yield bytes(file), len(file), "the upload"
         return
-    if isinstance(file, (str, os.PathLike, ObjectStoragePath)):
-        location = file if isinstance(file, ObjectStoragePath) else ObjectStoragePath(os.fspath(file))
-        size = location.stat().st_size
-        with location.open("rb") as handle:
-            yield handle, size, str(file)
+    if isinstance(file, (str, os.PathLike)) or hasattr(file, "protocol"):
+        location = as_storage_path(file)
+        with open_binary(location) as handle:
+            yield handle, location.stat().st_size, str(file)
         return
     if hasattr(file, "read"):
         yield file, _remaining(file), getattr(file, "name", "the upload")

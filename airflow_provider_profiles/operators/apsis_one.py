@@ -6,9 +6,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from airflow_provider_profiles.hooks.apsis_one import ApsisOneHook, ImportSpec, as_path, check_import_file
+from airflow_provider_profiles.hooks.apsis_one import (
+    ApsisOneHook,
+    ImportSpec,
+    check_import_file,
+)
 from airflow_provider_profiles.hooks.base import JobStatus
 from airflow_provider_profiles.operators.base import RemoteJobOperator
+from airflow_provider_profiles.storage import as_storage_path
 from airflow_provider_profiles.triggers.apsis_one import ApsisOneImportTrigger
 
 RESULT_KEYS = ("profiles_found", "profiles_processed", "profiles_failed")
@@ -87,7 +92,7 @@ class ApsisOneProfileImportOperator(RemoteJobOperator):
         return time.time() + budget
 
     def submit(self, context: Any) -> dict[str, Any]:
-        path = as_path(self.file)
+        path = as_storage_path(self.file)
         spec = self.import_spec()
         size = check_import_file(path, spec)  # too big, empty, or a mapped column missing: before any request
         body = self.hook.build_import_body(self.section, spec)

@@ -15,10 +15,27 @@ import time
 from functools import cached_property
 from typing import Any, ClassVar
 
-from airflow.providers.common.compat.sdk import AirflowException, AirflowTaskTimeout, BaseOperator, Variable, conf
+from airflow.providers.common.compat.sdk import (
+    AirflowException,
+    AirflowTaskTimeout,
+    BaseOperator,
+    Variable,
+    conf,
+)
 
-from airflow_provider_profiles.hooks.base import JobNotCancellable, JobState, JobStatus, ProfilesHook
-from airflow_provider_profiles.triggers.base import SUCCESS, TIMEOUT, FAILED, JobTrigger, status_from_event
+from airflow_provider_profiles.hooks.base import (
+    JobNotCancellable,
+    JobState,
+    JobStatus,
+    ProfilesHook,
+)
+from airflow_provider_profiles.triggers.base import (
+    FAILED,
+    SUCCESS,
+    TIMEOUT,
+    JobTrigger,
+    status_from_event,
+)
 
 DEFAULT_JOB_TIMEOUT = datetime.timedelta(hours=12)
 

@@ -22,18 +22,23 @@ from typing import Any
 from airflow.providers.common.compat.sdk import AirflowException, BaseOperator
 
 from airflow_provider_profiles.formats.base import RejectsFile, RowRejected, csv_line
-from airflow_provider_profiles.formats.gainsight_px import GainsightPXRecordFormat, flatten
-from airflow_provider_profiles.formats.reader import (
-    InputBatch,
-    InputError,
+from airflow_provider_profiles.formats.gainsight_px import (
+    GainsightPXRecordFormat,
+    flatten,
+)
+from airflow_provider_profiles.formats.reader import InputBatch, InputError, read_input
+from airflow_provider_profiles.hooks.base import (
+    VendorAPIError,
+    VendorAuthError,
+    VendorRateLimitError,
+)
+from airflow_provider_profiles.hooks.gainsight_px import GainsightPXHook, Outcome
+from airflow_provider_profiles.storage import (
     as_storage_path,
     is_local,
     local_path,
     open_binary,
-    read_input,
 )
-from airflow_provider_profiles.hooks.base import VendorAPIError, VendorAuthError, VendorRateLimitError
-from airflow_provider_profiles.hooks.gainsight_px import GainsightPXHook, Outcome
 
 SUMMARY_KEYS = ("rows_read", "updated", "inserted", "unchanged_or_skipped", "rejected", "failed")
 READ_BLOCK_BYTES = 1 << 20  # small blocks: the pool sends ~200 rows/s, there is no gain in reading ahead

@@ -13,7 +13,12 @@ from typing import Any
 from airflow.providers.common.compat.sdk import AirflowException
 
 from airflow_provider_profiles.hooks.base import JobStatus
-from airflow_provider_profiles.hooks.localytics import AUDIENCES, PROFILES, PROFILE_FORMATS, LocalyticsHook
+from airflow_provider_profiles.hooks.localytics import (
+    AUDIENCES,
+    PROFILE_FORMATS,
+    PROFILES,
+    LocalyticsHook,
+)
 from airflow_provider_profiles.operators.base import RemoteJobOperator
 from airflow_provider_profiles.triggers.localytics import LocalyticsImportTrigger
 

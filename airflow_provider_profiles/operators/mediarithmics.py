@@ -13,9 +13,14 @@ from typing import Any
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
 
 from airflow_provider_profiles.hooks.base import JobStatus
-from airflow_provider_profiles.hooks.mediarithmics import FileTooLarge, MediarithmicsHook
+from airflow_provider_profiles.hooks.mediarithmics import (
+    FileTooLarge,
+    MediarithmicsHook,
+)
 from airflow_provider_profiles.operators.base import RemoteJobOperator
-from airflow_provider_profiles.triggers.mediarithmics import MediarithmicsExecutionTrigger
+from airflow_provider_profiles.triggers.mediarithmics import (
+    MediarithmicsExecutionTrigger,
+)
 
 
 class MediarithmicsCreateDocumentImportOperator(BaseOperator):

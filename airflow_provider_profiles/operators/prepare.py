@@ -24,18 +24,24 @@ from airflow.providers.common.compat.sdk import AirflowException, BaseHook, Base
 
 from airflow_provider_profiles.formats import DEFAULT_MAX_BYTES, get_writer
 from airflow_provider_profiles.formats.mapping import FieldMapping
-from airflow_provider_profiles.formats.pipeline import PrepareResult, check_columns, prepare_batches, prepare_file
-from airflow_provider_profiles.formats.reader import DEFAULT_BATCH_ROWS, InputError, read_cursor
+from airflow_provider_profiles.formats.pipeline import (
+    PrepareResult,
+    check_columns,
+    prepare_batches,
+    prepare_file,
+)
+from airflow_provider_profiles.formats.reader import (
+    DEFAULT_BATCH_ROWS,
+    InputError,
+    read_cursor,
+)
 from airflow_provider_profiles.formats.split import split_file
 from airflow_provider_profiles.formats.sync import SyncState
+from airflow_provider_profiles.storage import as_storage_path
 
 
 def _storage_path(path: Any, conn_id: str | None):
-    from airflow.sdk import ObjectStoragePath
-
-    if isinstance(path, ObjectStoragePath) or path is None:
-        return path
-    return ObjectStoragePath(str(path), conn_id=conn_id) if conn_id else ObjectStoragePath(str(path))
+    return None if path is None else as_storage_path(path, conn_id)
 
 
 class _PrepareOperator(BaseOperator):

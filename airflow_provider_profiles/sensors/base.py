@@ -5,7 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from airflow.providers.common.compat.sdk import AirflowSensorTimeout, BaseSensorOperator, PokeReturnValue
+from airflow.providers.common.compat.sdk import (
+    AirflowSensorTimeout,
+    BaseSensorOperator,
+    PokeReturnValue,
+)
 
 from airflow_provider_profiles.operators.base import JobWaitMixin, default_deferrable
 

@@ -6,7 +6,9 @@ from typing import Any
 
 from airflow_provider_profiles.hooks.mediarithmics import MediarithmicsHook
 from airflow_provider_profiles.sensors.base import JobSensor
-from airflow_provider_profiles.triggers.mediarithmics import MediarithmicsExecutionTrigger
+from airflow_provider_profiles.triggers.mediarithmics import (
+    MediarithmicsExecutionTrigger,
+)
 
 
 class MediarithmicsExecutionSensor(JobSensor):

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import requests
 
-from tests.integration.test_apsis_one_support import CLIENT_ID, CLIENT_SECRET, FAST, SECTION
+from tests.integration.test_apsis_one_support import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    FAST,
+    SECTION,
+)
 
 SPEC = {"keyspace_mapping": {"keyspace_discriminator": "com.apsis1.keyspaces.email", "field_selector": "email"}}
 

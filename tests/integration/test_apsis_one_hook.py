@@ -15,9 +15,13 @@ from airflow_provider_profiles.hooks.apsis_one import (
     ImportSpecError,
     check_import_file,
 )
-from airflow_provider_profiles.hooks.base import JobState, VendorAuthError, VendorRateLimitError, VendorValidationError
+from airflow_provider_profiles.hooks.base import (
+    JobState,
+    VendorAuthError,
+    VendorRateLimitError,
+    VendorValidationError,
+)
 from airflow_provider_profiles.operators.apsis_one import ApsisOneProfileImportOperator
-
 from tests.integration.test_apsis_one_support import (
     CLIENT_SECRET,
     FAST,
@@ -250,7 +254,7 @@ def test_import_in_error_reports_the_detail(apsis, tmp_path):
 
 # --- the 3-slot limit ------------------------------------------------------------------------------
 def test_fourth_import_waits_for_a_free_slot(apsis, tmp_path, monkeypatch):
-    server = apsis(processing_seconds=0.5, slot_retry_after=0.5)
+    server = apsis(processing_seconds=3, slot_retry_after=0.5)
     connect(monkeypatch, server, max_attempts=1, slot_wait_interval=0.1)
     data = write_csv(tmp_path / "profiles.csv", PROFILES)
     hook = ApsisOneHook()

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import pytest
-
 from airflow.utils.state import TaskInstanceState
 
-from tests.integration.test_apsis_one_support import CLIENT_SECRET, FAST, IMPORT_KWARGS, PROFILES, connect, run_dag, write_csv, xcom
+from tests.integration.test_apsis_one_support import (
+    CLIENT_SECRET,
+    FAST,
+    IMPORT_KWARGS,
+    PROFILES,
+    connect,
+    run_dag,
+    write_csv,
+    xcom,
+)
 
 SUCCESS, FAILED = TaskInstanceState.SUCCESS, TaskInstanceState.FAILED
 

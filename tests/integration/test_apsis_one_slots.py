@@ -7,8 +7,13 @@ from types import SimpleNamespace
 
 from airflow_provider_profiles.operators import base as operator_base
 from airflow_provider_profiles.operators.apsis_one import ApsisOneProfileImportOperator
-
-from tests.integration.test_apsis_one_support import FAST, IMPORT_KWARGS, PROFILES, connect, write_csv
+from tests.integration.test_apsis_one_support import (
+    FAST,
+    IMPORT_KWARGS,
+    PROFILES,
+    connect,
+    write_csv,
+)
 
 
 class TaskInstanceStub(SimpleNamespace):

@@ -7,8 +7,13 @@ import time
 
 from airflow_provider_profiles.hooks.apsis_one import ApsisOneHook, ImportSpec
 from airflow_provider_profiles.triggers.apsis_one import ApsisOneImportTrigger
-
-from tests.integration.test_apsis_one_support import FAST, PROFILES, SECTION, connect, write_csv
+from tests.integration.test_apsis_one_support import (
+    FAST,
+    PROFILES,
+    SECTION,
+    connect,
+    write_csv,
+)
 
 
 def started_import(hook: ApsisOneHook, tmp_path) -> str:

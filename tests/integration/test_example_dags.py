@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 EXAMPLES = Path(__file__).parents[2] / "example_dags"
 EXPECTED = {
     "example_gainsight_px", "example_apsis_one", "example_localytics_profiles", "example_localytics_audiences",

@@ -7,7 +7,10 @@ import json
 
 import pytest
 
-from airflow_provider_profiles.operators.gainsight_px import GainsightPXExportOperator, GainsightPXLoadOperator
+from airflow_provider_profiles.operators.gainsight_px import (
+    GainsightPXExportOperator,
+    GainsightPXLoadOperator,
+)
 from tests.integration.test_gainsight_px_load import FakeTI
 
 

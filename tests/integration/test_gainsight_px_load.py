@@ -6,10 +6,13 @@ import csv
 import json
 
 import pytest
+from airflow.providers.common.compat.sdk import AirflowException
 
 from airflow_provider_profiles.formats.reader import InputError
-from airflow_provider_profiles.operators.gainsight_px import SUMMARY_KEYS, GainsightPXLoadOperator
-from airflow.providers.common.compat.sdk import AirflowException
+from airflow_provider_profiles.operators.gainsight_px import (
+    SUMMARY_KEYS,
+    GainsightPXLoadOperator,
+)
 
 SECRET = "gpx-S3CRET-0b1c2d3e"
 MAPPING = {"identifyId": "id", "email": "email", "title": "title"}

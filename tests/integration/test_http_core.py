@@ -11,8 +11,8 @@ import time
 import pytest
 
 from airflow_provider_profiles.hooks.base import (
-    RetryPolicy,
     RateLimiter,
+    RetryPolicy,
     VendorAuthError,
     VendorConnectionError,
     VendorNotFoundError,

@@ -18,7 +18,10 @@ from airflow_provider_profiles.hooks.base import (
     VendorServerError,
     VendorValidationError,
 )
-from airflow_provider_profiles.hooks.mediarithmics import FileTooLarge, MediarithmicsHook
+from airflow_provider_profiles.hooks.mediarithmics import (
+    FileTooLarge,
+    MediarithmicsHook,
+)
 
 TOKEN = "tok-3f9a-secret"
 PROFILE_LINE = b'{"operation":"UPSERT","email_hash":"h1","update_strategy":"PARTIAL_UPDATE","user_profile":{"plan":"pro"}}\n'
@@ -246,7 +249,6 @@ def test_error_envelope_in_a_200_and_retries_that_never_duplicate_an_execution(e
 def test_upload_streams_from_an_object_storage_path(mics):
     """Any fsspec store behind ObjectStoragePath (memory:// here; s3://, gs://... alike)."""
     import fsspec
-
     from airflow.sdk import ObjectStoragePath
     from airflow.sdk.io import attach
 

@@ -7,11 +7,10 @@ import asyncio
 import datetime
 import json
 import time
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 from airflow.sdk import DAG, task
 
@@ -22,7 +21,9 @@ from airflow_provider_profiles.operators.mediarithmics import (
 )
 from airflow_provider_profiles.sensors.mediarithmics import MediarithmicsExecutionSensor
 from airflow_provider_profiles.triggers.base import status_from_event
-from airflow_provider_profiles.triggers.mediarithmics import MediarithmicsExecutionTrigger
+from airflow_provider_profiles.triggers.mediarithmics import (
+    MediarithmicsExecutionTrigger,
+)
 
 GOOD = '{"operation":"UPSERT","email_hash":"h%d","user_profile":{"score":%d}}\n'
 BAD = '{"operation":"UPSERT","user_profile":{"score":1}}\n'

@@ -6,7 +6,12 @@ import datetime as dt
 
 import pytest
 
-from airflow_provider_profiles.formats.apsis_one import EMAIL_KEYSPACE, MOBILE_KEYSPACE, ApsisOneCsvWriter, format_value
+from airflow_provider_profiles.formats.apsis_one import (
+    EMAIL_KEYSPACE,
+    MOBILE_KEYSPACE,
+    ApsisOneCsvWriter,
+    format_value,
+)
 from airflow_provider_profiles.formats.base import RowRejected
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 from airflow_provider_profiles.hooks.base import JobState
-from airflow_provider_profiles.hooks.mediarithmics import MediarithmicsHook, execution_status
+from airflow_provider_profiles.hooks.mediarithmics import (
+    MediarithmicsHook,
+    execution_status,
+)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -14,10 +15,12 @@ from hypothesis import strategies as st
 
 from airflow_provider_profiles.formats import get_writer
 from airflow_provider_profiles.formats.mapping import FieldMapping
-from airflow_provider_profiles.formats.pipeline import Preparer, hash_strings, prepare_file
+from airflow_provider_profiles.formats.pipeline import (
+    Preparer,
+    hash_strings,
+    prepare_file,
+)
 from airflow_provider_profiles.formats.reader import InputBatch, InputError
-
-import numpy as np
 
 
 def localytics(**options):
@@ -269,7 +272,11 @@ def test_seen_keys_flags_every_repeat_after_the_first():
 
 
 def test_writer_registry():
-    from airflow_provider_profiles.formats import DEFAULT_MAX_BYTES, WRITERS, writer_class
+    from airflow_provider_profiles.formats import (
+        DEFAULT_MAX_BYTES,
+        WRITERS,
+        writer_class,
+    )
 
     assert writer_class("localytics").__name__ == "ProfileChangesWriter"
     assert writer_class("localytics", "audience").__name__ == "AudienceLinesWriter"

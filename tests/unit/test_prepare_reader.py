@@ -9,7 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_profiles.formats.reader import InputError, read_input, record_blocks
+from airflow_provider_profiles.formats.reader import (
+    InputError,
+    read_input,
+    record_blocks,
+)
 
 
 def rows_and_lines(path, **options):

@@ -17,10 +17,9 @@ from airflow_provider_profiles.formats.sync import SyncState
 @pytest.fixture
 def bucket():
     """A fresh ``memory://`` bucket, attached to Airflow's object storage like s3:// would be."""
-    from fsspec.implementations.memory import MemoryFileSystem
-
     from airflow.sdk import ObjectStoragePath
     from airflow.sdk.io.store import attach
+    from fsspec.implementations.memory import MemoryFileSystem
 
     attach("memory", fs=MemoryFileSystem())
     root = f"memory://bucket-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,45 @@
+"""Where files live: a plain local path, or object storage through Airflow's ``ObjectStoragePath``.
+
+Every module that reads or writes the files passed between tasks (prepared files, chunks, rejects,
+sync state, uploads) goes through these four functions, so local paths stay fast (the OS file, no
+fsspec) and URLs (s3://, gs://, file://, memory://...) work the same everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any
+
+
+def is_local(path: Any) -> bool:
+    return getattr(path, "protocol", "") in ("", "file", "local")
+
+
+def local_path(path: Any) -> str:
+    return getattr(path, "path", None) or str(path)
+
+
+def as_storage_path(path: Any, conn_id: str | None = None):
+    """``ObjectStoragePath`` for URLs (or any path when ``conn_id`` names the storage connection),
+    ``pathlib.Path`` for plain local paths (no need to import Airflow's I/O layer for those)."""
+    if conn_id is None and (hasattr(path, "protocol") or isinstance(path, pathlib.PurePath)):
+        return path
+    text = os.fspath(path) if hasattr(path, "__fspath__") else str(path)
+    if "://" not in text and conn_id is None:
+        return pathlib.Path(text)
+    from airflow.sdk import ObjectStoragePath
+
+    return ObjectStoragePath(text, conn_id=conn_id) if conn_id else ObjectStoragePath(text)
+
+
+def open_binary(path: Any, mode: str = "rb"):
+    """Open for binary I/O: the OS file for local paths (fastest), fsspec otherwise; parents made for writes."""
+    path = as_storage_path(path)
+    if is_local(path):
+        if "w" in mode:
+            os.makedirs(os.path.dirname(os.path.abspath(local_path(path))), exist_ok=True)
+        return open(local_path(path), mode)  # noqa: SIM115  (the caller closes it)
+    if "w" in mode:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open(mode)
