@@ -22,9 +22,12 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider || [ $$? -eq 5 ]
 
+# Benchmarks print figures and ratios against a baseline measured in the same run (benchmarks/README.md).
 bench: install
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[test,bench]"
 	$(BIN)/python benchmarks/gainsight_px_load.py
 	$(BIN)/python benchmarks/prepare.py
+	$(BIN)/python benchmarks/deferred_waits.py
 
 clean:
 	rm -rf $(VENV) .demo build *.egg-info

@@ -67,6 +67,7 @@ with DAG(
         deferrable=True,
         poke_interval=2,
         timeout=3600,
+        retries=2,
     )
 
     @task

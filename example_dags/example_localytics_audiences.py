@@ -48,7 +48,7 @@ with DAG(
         return prepare_file(params["source"], AudienceLinesWriter(customer_id="customer_id"),
                             f"{folder}/audience.ndjson", rejects=f"{folder}/audience.rejects.csv").to_dict()
 
-    @task
+    @task(retries=2)
     def choose_action(params: dict | None = None) -> dict:
         """Replace the list if the app already has one by that name, else create it."""
         from airflow_provider_profiles.hooks.localytics import LocalyticsHook
@@ -76,6 +76,7 @@ with DAG(
         deferrable=True,
         poke_interval=10,
         timeout=3600,
+        retries=2,
     )
 
     @task

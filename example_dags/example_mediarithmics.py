@@ -72,7 +72,7 @@ with DAG(
         task_id="create_document_import",
         document_type="USER_PROFILE",
         mime_type="APPLICATION_X_NDJSON",
-        name="User profiles from CRM - {{ ds }}",
+        name="User profiles from CRM - {{ dag_run.run_after | ds }}",
         retries=2,  # a retry reuses the definition its first try created
     )
     upload = MediarithmicsUploadOperator.partial(

@@ -85,7 +85,7 @@ with DAG(
         output_path=f"{RUN_DIR}/gainsight_px/users.ndjson",
     )
     gpx_loaded = GainsightPXLoadOperator(
-        task_id="load_gainsight_px", source="{{ ti.xcom_pull(task_ids='prepare_gainsight_px')['output'] }}",
+        task_id="load_gainsight_px", source=gpx_prepared.output["output"],
         input_format="ndjson", entity="USER", field_mapping={field: field for field in GPX_FIELDS},
         insert_missing=True, max_failed_ratio=0.05,
     )
@@ -122,7 +122,7 @@ with DAG(
         output_path=f"{RUN_DIR}/localytics/profiles.ndjson",
     )
     localytics_imported = LocalyticsProfileImportOperator(
-        task_id="import_localytics", file="{{ ti.xcom_pull(task_ids='prepare_localytics')['output'] }}",
+        task_id="import_localytics", file=localytics_prepared.output["output"],
         deferrable=True, poll_interval=5, max_failed_ratio=0.05, pool="default_pool",
     )
 
@@ -139,7 +139,7 @@ with DAG(
     )
     mics_import = MediarithmicsCreateDocumentImportOperator(
         task_id="create_mediarithmics_import", document_type="USER_PROFILE", mime_type="APPLICATION_X_NDJSON",
-        name="User profiles from the warehouse - {{ ds }}",
+        name="User profiles from the warehouse - {{ dag_run.run_after | ds }}",
     )
     mics_uploaded = MediarithmicsUploadOperator.partial(
         task_id="upload_mediarithmics", document_import_id=mics_import.output,
@@ -147,7 +147,6 @@ with DAG(
     ).expand(file=mics_chunks.output)
 
     seeded >> [gpx_prepared, apsis_prepared, localytics_prepared, mics_prepared]
-    gpx_prepared >> gpx_loaded
 
     @task
     def report(gpx_prep: dict, gpx: dict, apsis_prep: dict, apsis: list[dict], loc_prep: dict, loc: dict,
