@@ -85,7 +85,7 @@ with DAG(
         output_path=f"{RUN_DIR}/gainsight_px/users.ndjson",
     )
     gpx_loaded = GainsightPXLoadOperator(
-        task_id="load_gainsight_px", source=gpx_prepared.output["output"],
+        task_id="load_gainsight_px", source="{{ ti.xcom_pull(task_ids='prepare_gainsight_px')['output'] }}",
         input_format="ndjson", entity="USER", field_mapping={field: field for field in GPX_FIELDS},
         insert_missing=True, max_failed_ratio=0.05,
     )
@@ -122,7 +122,7 @@ with DAG(
         output_path=f"{RUN_DIR}/localytics/profiles.ndjson",
     )
     localytics_imported = LocalyticsProfileImportOperator(
-        task_id="import_localytics", file=localytics_prepared.output["output"],
+        task_id="import_localytics", file="{{ ti.xcom_pull(task_ids='prepare_localytics')['output'] }}",
         deferrable=True, poll_interval=5, max_failed_ratio=0.05, pool="default_pool",
     )
 
@@ -147,6 +147,9 @@ with DAG(
     ).expand(file=mics_chunks.output)
 
     seeded >> [gpx_prepared, apsis_prepared, localytics_prepared, mics_prepared]
+    # these two read the prepared file's path from a template, so the dependency is stated
+    gpx_prepared >> gpx_loaded
+    localytics_prepared >> localytics_imported
 
     @task
     def report(gpx_prep: dict, gpx: dict, apsis_prep: dict, apsis: list[dict], loc_prep: dict, loc: dict,
