@@ -37,9 +37,14 @@ def open_binary(path: Any, mode: str = "rb"):
     """Open for binary I/O: the OS file for local paths (fastest), fsspec otherwise; parents made for writes."""
     path = as_storage_path(path)
     if is_local(path):
+        name = local_path(path)
         if "w" in mode:
-            os.makedirs(os.path.dirname(os.path.abspath(local_path(path))), exist_ok=True)
-        return open(local_path(path), mode)  # noqa: SIM115  (the caller closes it)
+            os.makedirs(os.path.dirname(os.path.abspath(name)), exist_ok=True)
+            # A new file rather than the old one truncated: ext4 writes a truncated-and-rewritten
+            # file back to disk when it is closed (auto_da_alloc), 0.3 s for a 900 MB output.
+            if os.path.isfile(name) and not os.path.islink(name):
+                os.unlink(name)
+        return open(name, mode)  # noqa: SIM115  (the caller closes it)
     if "w" in mode:
         path.parent.mkdir(parents=True, exist_ok=True)
     return path.open(mode)

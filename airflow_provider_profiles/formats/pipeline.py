@@ -4,14 +4,11 @@ Every input row ends up written, rejected (with its line and reason in the rejec
 incremental sync, unchanged since the last committed sync: ``read == written + rejected +
 unchanged`` is checked before returning. Memory is bounded by the block size (a reader thread
 parses the next block, a writer thread writes the previous one), plus the duplicate check (a
-16 MB bit filter and 8 bytes per distinct identifier; ``duplicates="keep"`` turns it off, see
-``default_duplicates``) and, in an incremental sync, about 18 bytes per key of the previous
-snapshot.
+fixed 40 MB, see ``keys``; ``duplicates="keep"`` turns it off, see ``default_duplicates``) and, in
+an incremental sync, about 18 bytes per key of the previous snapshot.
 
-Vendor writers encode one row at a time. For writers whose output is a fixed template around
-plain values (Localytics assign lines), a columnar encoder here builds whole batches with Arrow
-kernels and hands every row it is not sure about (escapes, blanks, long values, non-string
-types) to the writer itself; a sample of its lines is checked against the writer on each batch.
+Vendor writers encode one row at a time; where a columnar encoder fits the writer (``columnar``),
+whole batches are encoded with Arrow kernels instead.
 """
 
 from __future__ import annotations
@@ -21,7 +18,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,6 +32,13 @@ from airflow_provider_profiles.formats.base import (
     RejectsFile,
     RowRejected,
 )
+from airflow_provider_profiles.formats.columnar import columnar_encoder
+from airflow_provider_profiles.formats.hashing import (
+    hash_columns,
+    hash_strings,
+    to_numpy,
+)
+from airflow_provider_profiles.formats.keys import SeenKeys
 from airflow_provider_profiles.formats.mapping import FieldMapping, lookup
 from airflow_provider_profiles.formats.reader import InputBatch, InputError, read_input
 from airflow_provider_profiles.formats.sync import (
@@ -79,369 +84,6 @@ class PrepareResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# --- hashing (stable across processes, vectorised) ----------------------------------------------
-
-_WORD_KEYS = np.random.default_rng(20_261_122).integers(1, 2**63, size=64, dtype=np.uint64) | np.uint64(1)
-_LENGTH_KEY = np.uint64(0x632BE59BD9B4E019)
-_NULL_HASH = np.uint64(0x9E3779B97F4A7C15)
-_FIXED_WIDTHS = tuple(range(8, 264, 8))  # values up to 256 bytes go through the matrix
-
-
-def _mix(values: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: spreads every input bit over the whole 64-bit result."""
-    with np.errstate(over="ignore"):
-        values = values ^ (values >> np.uint64(30))
-        values = values * np.uint64(0xBF58476D1CE4E5B9)
-        values = values ^ (values >> np.uint64(27))
-        values = values * np.uint64(0x94D049BB133111EB)
-        return values ^ (values >> np.uint64(31))
-
-
-def hash_strings(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A 64-bit hash per string, the same in every process (the keys are seeded).
-
-    The UTF-8 bytes, zero-padded to whole 64-bit words, are summed with a key per word position
-    (multilinear hashing), the byte length is added, and the sum is mixed. Values of up to 32
-    bytes (identifiers, most attributes) are hashed together as a fixed-width matrix built by
-    Arrow kernels; longer ones one by one, with the same result.
-    """
-    if isinstance(array, pa.ChunkedArray):
-        parts = [hash_strings(chunk) for chunk in array.chunks]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
-    if not pa.types.is_binary(array.type):
-        if not pa.types.is_string(array.type):
-            array = array.cast(pa.string())
-        array = array.view(pa.binary())  # same buffers: no copy, no UTF-8 check
-    count = len(array)
-    if count == 0:
-        return np.zeros(0, dtype=np.uint64)
-    nulls = to_numpy(array.is_null()) if array.null_count else None
-    if nulls is not None:
-        array = pc.coalesce(array, pa.scalar(b"", pa.binary()))
-    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32, count=count + 1, offset=array.offset * 4)
-    lengths = np.diff(offsets).astype(np.int64)
-    width = next((w for w in _FIXED_WIDTHS if w >= int(lengths.max())), _FIXED_WIDTHS[-1])
-    if int(lengths.max()) <= width:
-        # value + as many zeros as make ``width`` bytes: one kernel, rows back to back
-        padded = pc.binary_join_element_wise(array, _zero_pads(width - lengths), b"")
-    else:  # some values are longer than the matrix: cut every row at ``width`` bytes
-        padded = pc.binary_slice(pc.binary_join_element_wise(array, b"\x00" * width, b""), 0, width)
-    with np.errstate(over="ignore"):
-        sums = _matrix_sums(padded, count, width)
-        long_rows = np.flatnonzero(lengths > width)
-        if len(long_rows):
-            values = array.take(pa.array(long_rows)).to_pylist()
-            sums[long_rows] = np.fromiter((_word_sum(value) for value in values), np.uint64, len(long_rows))
-        hashes = _mix(sums + lengths.astype(np.uint64) * _LENGTH_KEY)
-    if nulls is not None:
-        hashes[nulls] = _NULL_HASH
-    return hashes
-
-
-def _matrix_sums(padded: pa.Array, count: int, width: int) -> np.ndarray:
-    """Word sums of ``count`` values of exactly ``width`` bytes each, stored back to back."""
-    start = int(np.frombuffer(padded.buffers()[1], dtype=np.int32, count=1, offset=padded.offset * 4)[0])
-    words = np.frombuffer(padded.buffers()[2], dtype="<u8", count=count * width // 8, offset=start)
-    # integer matmul wraps modulo 2**64 like the sum, and is several times faster than * then sum
-    return words.reshape(count, width // 8) @ _WORD_KEYS[: width // 8]
-
-
-_zero_buffer = pa.py_buffer(b"")
-_BINARY = pa.binary()
-
-
-def _zero_pads(sizes: np.ndarray, value_type: pa.DataType = _BINARY) -> pa.Array:
-    """An array of ``sizes[i]`` zero bytes each (valid UTF-8 too), views of one shared zero buffer."""
-    global _zero_buffer
-    offsets = np.zeros(len(sizes) + 1, dtype=np.int32)
-    np.cumsum(sizes, out=offsets[1:])
-    total = int(offsets[-1])
-    if _zero_buffer.size < total:
-        _zero_buffer = pa.py_buffer(np.zeros(max(total, 2 * _zero_buffer.size), dtype=np.uint8))
-    return pa.Array.from_buffers(value_type, len(sizes), [None, pa.py_buffer(offsets), _zero_buffer])
-
-
-def _word_sum(value: bytes | None) -> int:
-    """The per-value sum of ``hash_strings``, for values the matrix path does not take."""
-    if value is None:
-        return 0
-    value += b"\x00" * (-len(value) % 8)
-    total = 0
-    for index in range(len(value) // 8):
-        total += int.from_bytes(value[8 * index : 8 * index + 8], "little") * int(_WORD_KEYS[index % 64])
-    return total & 0xFFFFFFFFFFFFFFFF
-
-
-def hash_columns(columns: Iterable[pa.Array | pa.ChunkedArray]) -> np.ndarray:
-    """One hash per row over several columns (a unit separator keeps the fields apart).
-
-    Equal to ``hash_strings`` of the joined row. The usual case builds the padded matrix with
-    one kernel: the row, a separator, then zeros up to the width; the separator byte's share
-    of the sum is then taken out again, which leaves the sum of the row padded with zeros.
-    """
-    columns = [column if pa.types.is_string(column.type) else column.cast(pa.string()) for column in columns]
-    arrays = [_single_array(column) for column in columns]
-    if arrays and all(array is not None for array in arrays) and len(arrays[0]):
-        lengths = np.full(len(arrays[0]), len(arrays) - 1, dtype=np.int64)
-        for array in arrays:
-            lengths += _lengths(array)
-            if array.null_count:  # a null becomes the one-byte replacement
-                lengths += to_numpy(array.is_null())
-        width = next((w for w in _FIXED_WIDTHS if w > int(lengths.max())), None)
-        if width is not None:
-            padded = pc.binary_join_element_wise(
-                *arrays,
-                _zero_pads(width - 1 - lengths, pa.string()),
-                "\x1f",
-                null_handling="replace",
-                null_replacement="\x00",
-            ).view(pa.binary())
-            with np.errstate(over="ignore"):
-                sums = _matrix_sums(padded, len(lengths), width)
-                unsigned = lengths.astype(np.uint64)
-                shift = np.uint64(8) * (unsigned % np.uint64(8))
-                separator_share = (np.uint64(0x1F) << shift) * _WORD_KEYS[lengths // 8]
-                return _mix(sums - separator_share + unsigned * _LENGTH_KEY)
-    joined = pc.binary_join_element_wise(*columns, "\x1f", null_handling="replace", null_replacement="\x00")
-    return hash_strings(joined)
-
-
-def _single_array(column: pa.Array | pa.ChunkedArray) -> pa.Array | None:
-    if isinstance(column, pa.ChunkedArray):
-        return column.chunk(0) if column.num_chunks == 1 else None
-    return column
-
-
-class SeenKeys:
-    """Set of 64-bit key hashes: sorted arrays merged like an LSM tree (8 bytes a key), behind a
-    fixed 16 MB bit filter, so that only keys whose bit is already set are searched for."""
-
-    MAX_LEVEL = 1_000_000  # a merge briefly holds twice this many keys: 16 MB
-    FILTER_BITS = 27  # 2**27 bits: at 10M keys about 7% of new keys need a search
-
-    def __init__(self):
-        self.levels: list[np.ndarray] = []
-        self.filter = np.zeros(1 << (self.FILTER_BITS - 6), dtype=np.uint64)
-
-    def _filter_slots(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        slot = hashes >> np.uint64(64 - self.FILTER_BITS)
-        return (slot >> np.uint64(6)).astype(np.int64), np.uint64(1) << (slot & np.uint64(63))
-
-    def add_new(self, hashes: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """Adds ``hashes[valid]``; returns a mask of rows whose key was seen before (or earlier here)."""
-        duplicate = np.zeros(len(hashes), dtype=bool)
-        index = np.flatnonzero(valid)
-        if not len(index):
-            return duplicate
-        candidates = hashes[index]
-        order = np.argsort(candidates)
-        ordered = candidates[order]
-        repeated_sorted = np.zeros(len(ordered), dtype=bool)
-        repeated_sorted[1:] = ordered[1:] == ordered[:-1]
-        if repeated_sorted.any():  # the first of equal keys in input order must be the one kept
-            order = np.argsort(candidates, kind="stable")
-        words, bits = self._filter_slots(ordered)
-        maybe = np.flatnonzero((self.filter[words] & bits) != 0)
-        if len(maybe):
-            needles = ordered[maybe]
-            for level in self.levels:
-                position = np.minimum(np.searchsorted(level, needles), len(level) - 1)
-                repeated_sorted[maybe] |= level[position] == needles
-        # ``ordered`` is sorted, so its filter words are too: OR the bits per word run at once
-        # (``np.bitwise_or.at`` would do one unbuffered update per key)
-        if len(words):
-            run_starts = np.flatnonzero(np.concatenate(([True], words[1:] != words[:-1])))
-            self.filter[words[run_starts]] |= np.bitwise_or.reduceat(bits, run_starts)
-        repeated = np.empty(len(ordered), dtype=bool)
-        repeated[order] = repeated_sorted
-        duplicate[index[repeated]] = True
-        fresh = ordered[~repeated_sorted]
-        if len(fresh):
-            self.levels.append(fresh)
-        # Merge small levels into bigger ones (few arrays to search), but stop at MAX_LEVEL keys:
-        # a merge briefly holds both inputs and the result, which would double the memory.
-        while (
-            len(self.levels) > 1
-            and len(self.levels[-2]) <= len(self.levels[-1]) * 2
-            and len(self.levels[-2]) + len(self.levels[-1]) <= self.MAX_LEVEL
-        ):
-            top = self.levels.pop()
-            below = self.levels.pop()
-            merged = np.concatenate((below, top))
-            del top, below
-            merged.sort(kind="stable")  # timsort: two sorted runs merge in linear time
-            self.levels.append(merged)
-        return duplicate
-
-
-# --- columnar encoders ---------------------------------------------------------------------------
-
-_WHITESPACE_2 = np.array([0xC285, 0xC2A0], dtype=np.int64)
-_WHITESPACE_3 = np.array(
-    [0xE19A80, *range(0xE28080, 0xE2808B), 0xE280A8, 0xE280A9, 0xE280AF, 0xE2819F, 0xE38080], dtype=np.int64
-)
-
-
-def plain_text_mask(array: pa.Array | pa.ChunkedArray, max_bytes: int) -> np.ndarray:
-    if isinstance(array, pa.ChunkedArray):
-        masks = [_plain_chunk(chunk, max_bytes) for chunk in array.chunks]
-        return np.concatenate(masks) if masks else np.zeros(0, dtype=bool)
-    return _plain_chunk(array, max_bytes)
-
-
-def _plain_chunk(array: pa.Array, max_bytes: int) -> np.ndarray:
-    """True where a string needs no JSON escape, has no surrounding whitespace and fits ``max_bytes``.
-
-    Checked on the raw UTF-8 bytes with numpy: far cheaper than a regex per cell.
-    """
-    count = len(array)
-    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32, count=count + 1, offset=array.offset * 4).astype(np.int64)
-    data = np.frombuffer(array.buffers()[2], dtype=np.uint8) if array.buffers()[2] is not None else np.zeros(1, np.uint8)
-    lengths = np.diff(offsets)
-    plain = lengths <= max_bytes
-    span = data[offsets[0] : offsets[-1]]
-    special = np.flatnonzero((span < 0x20) | (span == 0x22) | (span == 0x5C))
-    if len(special):
-        rows = np.searchsorted(offsets, special + offsets[0], side="right") - 1
-        plain[rows] = False
-    filled = np.flatnonzero(lengths > 0)
-    if len(filled):
-        padded = np.concatenate((data, np.zeros(3, np.uint8)))
-        first = offsets[:-1][filled]
-        last = offsets[1:][filled] - 1
-        head, tail = padded[first], padded[last]
-        plain[filled[(head == 0x20) | (tail == 0x20)]] = False
-        # Unicode spaces (U+0085, U+00A0, U+2000..) start with byte C2, E1, E2 or E3 and end
-        # with a continuation byte: only such edges need the exact 2- and 3-byte comparison.
-        suspects = np.flatnonzero((head >= 0xC2) & (head <= 0xE3) | (tail >= 0x80))
-        if len(suspects):
-            first, last = first[suspects].astype(np.int64), last[suspects].astype(np.int64)
-            wide = padded.astype(np.int64)
-            head2 = (wide[first] << 8) | wide[first + 1]
-            head3 = (head2 << 8) | wide[first + 2]
-            tail2 = (wide[np.maximum(last - 1, 0)] << 8) | wide[last]
-            tail3 = (wide[np.maximum(last - 2, 0)] << 16) | tail2
-            edge = np.isin(head2, _WHITESPACE_2) | np.isin(head3, _WHITESPACE_3)
-            edge |= np.isin(tail2, _WHITESPACE_2) | np.isin(tail3, _WHITESPACE_3)
-            plain[filled[suspects[edge]]] = False
-    if array.null_count:
-        plain &= ~to_numpy(array.is_null())
-    return plain
-
-
-class LocalyticsAssignEncoder:
-    """Columnar twin of ``ProfileChangesWriter`` for assign-only attributes of string columns."""
-
-    MAX_BYTES = 255  # bytes <= 255 means characters <= 255; longer values go to the writer
-
-    def __init__(self, writer: FormatWriter):
-        self.writer = writer
-        self.id_column = writer.identifier_field
-        self.pieces = []
-        for column, spec in writer.attributes.items():
-            attr = json.dumps(spec.attr, ensure_ascii=False)
-            on_empty = spec.empty or writer.empty
-            empty_piece = f',{{"op":"delete","attr":{attr}}}' if on_empty == "delete" else ""
-            self.pieces.append((column, f',{{"op":"assign","attr":{attr},"value":"', empty_piece))
-
-    @classmethod
-    def applies_to(cls, writer: FormatWriter) -> bool:
-        from airflow_provider_profiles.formats.localytics import ProfileChangesWriter
-
-        return type(writer) is ProfileChangesWriter and all(
-            spec.op == "assign" and spec.kind is None for spec in writer.attributes.values()
-        )
-
-    def encode(self, table: pa.Table) -> tuple[pa.ChunkedArray, np.ndarray] | None:
-        """Lines, and a mask of the rows whose line is right (the others go to the writer).
-
-        None if the table does not fit at all (a column missing or not a string).
-
-        Arrow's string kernels are fastest on chunks of some thousands of rows, as the CSV reader
-        delivers them, so the columns are never combined into one big array here.
-        """
-        names = set(table.column_names)
-        if self.id_column not in names or any(column not in names for column, _, _ in self.pieces):
-            return None
-        identifier = table.column(self.id_column)
-        values = [table.column(column) for column, _, _ in self.pieces]
-        if any(not pa.types.is_string(column.type) for column in [identifier, *values]):
-            return None
-        fast = plain_text_mask(identifier, self.MAX_BYTES) & (_lengths(identifier) > 0)
-        empties = [_lengths(column) == 0 for column in values]
-        any_empty = np.zeros(len(fast), dtype=bool)
-        for column, empty in zip(values, empties):
-            fast &= plain_text_mask(column, self.MAX_BYTES)
-            any_empty |= empty
-        if not any_empty.any():
-            arguments = ['{"customer_id":"', identifier]
-            head = '","changes":['
-            for index, ((_, prefix, _), column) in enumerate(zip(self.pieces, values)):
-                arguments += [head + (prefix if index else prefix[1:]), column]
-                head = '"}'
-            arguments += ['"}]}\n', ""]
-            lines = pc.binary_join_element_wise(*arguments)
-        else:
-            lines = self._encode_with_empties(identifier, values, empties)
-            fast &= self._has_change(empties)
-        return lines, fast
-
-    def _has_change(self, empties: list[np.ndarray]) -> np.ndarray:
-        changed = np.zeros(len(empties[0]), dtype=bool)
-        for (_, _, empty_piece), empty in zip(self.pieces, empties):
-            changed |= ~empty | bool(empty_piece)
-        return changed
-
-    def _encode_with_empties(self, identifier, values, empties) -> pa.ChunkedArray:
-        """Rows where some cells are empty: each change knows whether one came before it (comma)."""
-        count = len(empties[0])
-        emitted = np.zeros(count, dtype=bool)
-        parts = []
-        for (_, prefix, empty_piece), column, empty in zip(self.pieces, values, empties):
-            first = pa.array(~emitted)
-            head = pc.if_else(first, prefix[1:], prefix)
-            assigned = pc.binary_join_element_wise(head, column, '"}', "")
-            if empty_piece:
-                skipped = pc.if_else(first, empty_piece[1:], empty_piece)
-                emitted |= True
-            else:
-                skipped = pa.scalar("", pa.string())
-                emitted |= ~empty
-            parts.append(pc.if_else(pa.array(empty), skipped, assigned))
-        return pc.binary_join_element_wise('{"customer_id":"', identifier, '","changes":[', *parts, "]}\n", "")
-
-
-def _lengths(column) -> np.ndarray:
-    return to_numpy(pc.binary_length(column)).astype(np.int64)
-
-
-def to_numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Booleans and integers from their Arrow buffers (``to_numpy`` imports pandas: a second)."""
-    if isinstance(values, pa.ChunkedArray):
-        parts = [to_numpy(chunk) for chunk in values.chunks]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool if pa.types.is_boolean(values.type) else np.int64)
-    if values.null_count:
-        values = pc.coalesce(values, pa.scalar(False if pa.types.is_boolean(values.type) else 0, values.type))
-    buffer = values.buffers()[1]
-    if pa.types.is_boolean(values.type):
-        if buffer is None:
-            return np.zeros(len(values), dtype=bool)
-        bits = np.unpackbits(np.frombuffer(buffer, dtype=np.uint8), bitorder="little")
-        return bits[values.offset : values.offset + len(values)].astype(bool)
-    dtype = np.dtype(values.type.to_pandas_dtype())
-    return np.frombuffer(buffer, dtype=dtype, count=len(values), offset=values.offset * dtype.itemsize)
-
-
-COLUMNAR_ENCODERS = (LocalyticsAssignEncoder,)
-
-
-def columnar_encoder(writer: FormatWriter):
-    for encoder in COLUMNAR_ENCODERS:
-        if encoder.applies_to(writer):
-            return encoder(writer)
-    return None
 
 
 # --- the pipeline --------------------------------------------------------------------------------
@@ -596,6 +238,8 @@ class Preparer:
         self.rejects = RejectsFile(_prepared_path(rejects)) if rejects is not None else _CountingRejects()
         self.seen = SeenKeys() if duplicates == "reject" else None
         self.fast_encoder = columnar_encoder(writer) if fast else None
+        # work that does not depend on the key checks runs here meanwhile (its thread starts on first use)
+        self.helper = ThreadPoolExecutor(1, thread_name_prefix="profiles-helper")
         self.sync = sync
         self.previous: PreviousSnapshot | None = None
         self.snapshot: SnapshotWriter | None = None
@@ -643,10 +287,10 @@ class Preparer:
         keys = [None if m is None else _identifier_of(self.writer, m) for m in mapped]
         key_array = pa.array(keys, pa.string())
         to_send = np.array([m is not None for m in mapped], dtype=bool)
-        row_hashes = None
-        if self.sync is not None:
-            row_hashes = hash_columns([pa.array([_canonical(m) if m is not None else None for m in mapped], pa.string())])
-        sendable, key_hashes = self._filter(key_array, to_send, row_hashes, reasons)
+        def hash_rows() -> np.ndarray:
+            return hash_columns([pa.array([_canonical(m) if m is not None else None for m in mapped], pa.string())])
+
+        sendable, key_hashes, row_hashes = self._filter(key_array, to_send, hash_rows, reasons)
         encoded: list[str] = []
         written = np.zeros(len(rows), dtype=bool)
         for index in np.flatnonzero(sendable):
@@ -671,37 +315,51 @@ class Preparer:
     def _add_table(self, table: pa.Table, lines: np.ndarray) -> None:
         writer = self.writer
         reasons: dict[int, tuple[str | None, str]] = {}
+        # Without a sync nearly every row is sent: the helper encodes them all while this thread
+        # checks the keys. A sync sends few rows: the helper hashes the rows, and only those new or
+        # changed are encoded.
+        encoding = row_hashing = None
+        if self.sync is not None:
+            row_hashing = self.helper.submit(hash_columns, table.columns)
+        elif self.fast_encoder is not None:
+            encoding = self.helper.submit(self.fast_encoder.encode, table)
         id_column = writer.identifier_field
         if id_column in table.column_names:
             keys = pc.utf8_trim_whitespace(table.column(id_column).cast(pa.string()))
         else:
             keys = pa.chunked_array([pa.nulls(table.num_rows, pa.string())])
-        row_hashes = hash_columns(table.columns) if self.sync is not None else None
-        sendable, key_hashes = self._filter(keys, np.ones(table.num_rows, dtype=bool), row_hashes, reasons)
-        selected = np.flatnonzero(sendable)
+        sendable, key_hashes, row_hashes = self._filter(
+            keys, np.ones(table.num_rows, dtype=bool), row_hashing.result if row_hashing else None, reasons
+        )
+        if encoding is not None:
+            encoded_table, rows, send = table, np.arange(table.num_rows), sendable
+            encoded = encoding.result()
+        else:
+            rows = np.flatnonzero(sendable)  # input row of each row of encoded_table
+            encoded_table = table.take(pa.array(rows)) if len(rows) < table.num_rows else table
+            send = np.ones(len(rows), dtype=bool)
+            encoded = self.fast_encoder.encode(encoded_table) if self.fast_encoder and len(rows) else None
         written = np.zeros(table.num_rows, dtype=bool)
-        if len(selected):
-            subset = table.take(pa.array(selected)) if len(selected) < table.num_rows else table
-            encoded = self.fast_encoder.encode(subset) if self.fast_encoder else None
-            if encoded is not None and not self._sample_agrees(subset, *encoded):
+        if send.any():
+            if encoded is not None and not self._sample_agrees(encoded_table, *encoded):
                 log.warning("columnar encoder disagrees with %s; using the writer for every row", type(writer).__name__)
                 self.fast_encoder = encoded = None
             if encoded is None:
-                fast_lines, fast = pa.chunked_array([], pa.string()), np.zeros(len(selected), dtype=bool)
+                fast_lines, fast = pa.chunked_array([], pa.string()), np.zeros(len(rows), dtype=bool)
             else:
-                fast_lines, fast = encoded
-            slow = np.flatnonzero(~fast)
-            self.result.fast_rows += len(selected) - len(slow)
+                fast_lines, fast = encoded[0], encoded[1] & send
+            slow = np.flatnonzero(send & ~fast)
+            self.result.fast_rows += int(fast.sum())
             overrides: dict[int, str] = {}
-            for position, row in zip(slow, subset.take(pa.array(slow)).to_pylist() if len(slow) else []):
+            for position, row in zip(slow, encoded_table.take(pa.array(slow)).to_pylist() if len(slow) else []):
                 try:
                     overrides[int(position)] = writer.encode(row)
                 except RowRejected as error:
-                    reasons[int(selected[position])] = (_identifier_of(writer, row), error.reason)
+                    reasons[int(rows[position])] = (_identifier_of(writer, row), error.reason)
             self.result.written += self.output.write_mixed(fast_lines, fast, overrides)
             done = fast.copy()
             done[list(overrides)] = True
-            written[selected[done]] = True
+            written[rows[done]] = True
         self._finish(written, lines, keys, key_hashes, row_hashes, reasons, table=table)
 
     def _sample_agrees(self, table: pa.Table, lines: pa.ChunkedArray, fast: np.ndarray) -> bool:
@@ -715,25 +373,34 @@ class Preparer:
                 return False
         return True
 
-    def _filter(self, keys: pa.Array, candidates: np.ndarray, row_hashes, reasons) -> tuple[np.ndarray, np.ndarray]:
-        """Rows to encode: not rejected already, not a duplicate, and (sync) new or changed."""
+    def _filter(self, keys: pa.Array, candidates: np.ndarray, row_hashes, reasons):
+        """Rows to encode: not rejected already, not a duplicate, and (sync) new or changed.
+
+        ``row_hashes`` (sync only) is a function giving the rows' hashes, called once the keys are
+        checked; returns the rows to encode, the key hashes and the row hashes.
+        """
         key_hashes = hash_strings(keys)
         has_key = ~to_numpy(keys.is_null()) & candidates
         if len(keys) and has_key.any():
             has_key &= to_numpy(pc.not_equal(keys, ""))
         sendable = candidates.copy()
+        positions = self.previous.find(key_hashes) if self.previous is not None else None
         if self.seen is not None:
-            duplicate = self.seen.add_new(key_hashes, has_key)
+            if positions is None:
+                duplicate = self.seen.add_new(key_hashes, has_key)
+            else:  # the snapshot checks its own keys; only new ones go to the set
+                duplicate = self.seen.add_new(key_hashes, has_key & (positions < 0))
+                duplicate |= self.previous.repeats(positions, has_key)
             for index in np.flatnonzero(duplicate):
                 reasons[int(index)] = (keys[int(index)].as_py(), "duplicate identifier: an earlier row has the same id")
             sendable &= ~duplicate
-        if self.previous is not None:
-            changed = self.previous.changed(key_hashes, row_hashes)
-            self._unchanged = sendable & has_key & ~changed
+        row_hashes = row_hashes() if self.sync is not None else None
+        if positions is not None:
+            self._unchanged = sendable & has_key & self.previous.unchanged(positions, row_hashes)
             sendable &= ~self._unchanged
         else:
             self._unchanged = np.zeros(len(keys), dtype=bool)
-        return sendable, key_hashes
+        return sendable, key_hashes, row_hashes
 
     def _finish(self, written: np.ndarray, lines, keys, key_hashes, row_hashes, reasons, table=None, mapped=None) -> None:
         result = self.result
@@ -764,10 +431,7 @@ class Preparer:
             if self.deletions and self.previous is not None:
                 self._write_deletions()
         finally:
-            self.rejects.close()
-            if self.snapshot is not None:
-                self.snapshot.close()
-            self.output.close()  # last: it re-raises a write error
+            self.close()
         result.rejected = self.rejects.count
         result.bytes_written = self.output.bytes
         if result.rejected == 0:
@@ -780,6 +444,15 @@ class Preparer:
         if self.sync is not None:
             self.sync.record_pending(result.sync_run_key, self.fingerprint, self.snapshot.rows, result.to_dict())
         return result
+
+    def close(self) -> None:
+        self.helper.shutdown()
+        self.rejects.close()
+        if self.seen is not None:
+            self.seen.close()
+        if self.snapshot is not None:
+            self.snapshot.close()
+        self.output.close()  # last: it re-raises a write error
 
     def _write_deletions(self) -> None:
         template = DELETE_ROWS[type(self.writer).__name__]
@@ -904,11 +577,8 @@ def _prepare_batches(batches: Iterator[InputBatch], writer: FormatWriter, output
         for batch in batches:
             preparer.add(batch)
     except BaseException:
-        preparer.rejects.close()
-        if preparer.snapshot is not None:
-            preparer.snapshot.close()
         try:
-            preparer.output.close()
+            preparer.close()
         except Exception:  # the first error is the one to report
             log.exception("closing %s after an error", preparer.output.path)
         raise

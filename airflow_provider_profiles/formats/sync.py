@@ -80,15 +80,37 @@ class PreviousSnapshot:
     def __len__(self) -> int:
         return len(self.key_hashes)
 
-    def changed(self, key_hashes: np.ndarray, row_hashes: np.ndarray) -> np.ndarray:
-        """True for rows that are new or differ from the snapshot; marks their keys as seen."""
+    def find(self, key_hashes: np.ndarray) -> np.ndarray:
+        """Place of each key in the snapshot, -1 where the snapshot does not hold it."""
         if not len(self.key_hashes):
-            return np.ones(len(key_hashes), dtype=bool)
-        index_clipped = self._positions(key_hashes)
-        found = self.key_hashes[index_clipped] == key_hashes
-        self.seen[index_clipped[found]] = True
-        same = found & (self.row_hashes[index_clipped] == row_hashes)
-        return ~same
+            return np.full(len(key_hashes), -1, dtype=np.int64)
+        positions = self._positions(key_hashes)
+        return np.where(self.key_hashes[positions] == key_hashes, positions, -1)
+
+    def repeats(self, positions: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """True for the ``valid`` rows found in the snapshot whose key came before in this run (in
+        an earlier batch or an earlier row of this one); marks their keys as seen.
+
+        The duplicate check of the snapshot's keys: a flag per key, where a set of hashes would
+        cost 8 bytes a key more.
+        """
+        rows = np.flatnonzero(valid & (positions >= 0))
+        at = positions[rows]
+        repeated = self.seen[at]
+        self.seen[at] = True
+        ordered = np.sort(at)
+        if len(ordered) > 1 and (ordered[1:] == ordered[:-1]).any():
+            order = np.argsort(at, kind="stable")  # the first row of each key stays first
+            repeated[order[1:][at[order][1:] == at[order][:-1]]] = True
+        flags = np.zeros(len(positions), dtype=bool)
+        flags[rows] = repeated
+        return flags
+
+    def unchanged(self, positions: np.ndarray, row_hashes: np.ndarray) -> np.ndarray:
+        """True for rows found in the snapshot with the same row hash."""
+        if not len(self.key_hashes):
+            return np.zeros(len(positions), dtype=bool)
+        return (positions >= 0) & (self.row_hashes[np.maximum(positions, 0)] == row_hashes)
 
     def _positions(self, key_hashes: np.ndarray) -> np.ndarray:
         """Index of the first snapshot key >= each hash (as ``searchsorted``), clipped to the array."""

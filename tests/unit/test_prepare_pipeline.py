@@ -15,11 +15,9 @@ from hypothesis import strategies as st
 
 from airflow_provider_profiles.formats import get_writer
 from airflow_provider_profiles.formats.mapping import FieldMapping
-from airflow_provider_profiles.formats.pipeline import (
-    Preparer,
-    hash_strings,
-    prepare_file,
-)
+from airflow_provider_profiles.formats.hashing import hash_columns, hash_strings
+from airflow_provider_profiles.formats.keys import SeenKeys
+from airflow_provider_profiles.formats.pipeline import Preparer, prepare_file
 from airflow_provider_profiles.formats.reader import InputBatch, InputError
 
 
@@ -250,25 +248,43 @@ def test_typed_parquet_with_nested_columns_and_sync(tmp_path):
     assert [r["customer_id"] for r in ndjson(tmp_path / "out.ndjson")] == ["1", "2"]
 
 
-def test_seen_keys_flags_every_repeat_after_the_first():
-    from airflow_provider_profiles.formats.pipeline import SeenKeys
-
+@pytest.mark.parametrize(
+    "memory_keys, filter_bits",
+    [(1_000_000, 28), (700, 12)],  # all in memory; spilled to many runs behind a saturated filter
+    ids=["in_memory", "spilled"],
+)
+def test_seen_keys_flags_every_repeat_after_the_first(memory_keys, filter_bits, tmp_path):
     rng = np.random.default_rng(3)
-    seen, reference = SeenKeys(), set()
-    SeenKeys.MAX_LEVEL, saved = 5_000, SeenKeys.MAX_LEVEL
-    try:
-        for _ in range(40):
-            hashes = rng.integers(0, 3_000, size=500).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-            valid = rng.random(500) < 0.9
-            flagged = seen.add_new(hashes, valid)
-            expected = []
-            for value, ok in zip(hashes.tolist(), valid):
-                expected.append(bool(ok) and value in reference)
-                if ok:
-                    reference.add(value)
-            assert flagged.tolist() == expected
-    finally:
-        SeenKeys.MAX_LEVEL = saved
+    seen, reference = SeenKeys(memory_keys, filter_bits, directory=str(tmp_path)), set()
+    for _ in range(40):
+        hashes = rng.integers(0, 3_000, size=500).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        valid = rng.random(500) < 0.9
+        flagged = seen.add_new(hashes, valid)
+        expected = []
+        for value, ok in zip(hashes.tolist(), valid):
+            expected.append(bool(ok) and value in reference)
+            if ok:
+                reference.add(value)
+        assert flagged.tolist() == expected
+    if memory_keys == 700:
+        assert len(seen.runs) >= 3 and seen.held < 700  # the keys really went to disk
+    seen.close()
+    assert list(tmp_path.iterdir()) == []  # the spill file is gone
+
+
+def test_seen_keys_finds_the_edges_of_spilled_blocks(tmp_path):
+    """Keys at the first and last place of each sparse-index block, and just beside them."""
+    from airflow_provider_profiles.formats.keys import BLOCK
+
+    seen = SeenKeys(memory_keys=3 * BLOCK, filter_bits=7, directory=str(tmp_path))
+    keys = np.sort(np.random.default_rng(5).choice(2**62, size=3 * BLOCK, replace=False).astype(np.uint64) * np.uint64(2))
+    assert not seen.add_new(keys, np.ones(len(keys), dtype=bool)).any()
+    assert len(seen.runs) == 1 and not seen.levels
+    edges = np.unique(np.concatenate([keys[i : i + 2] for i in range(0, len(keys), BLOCK)] + [keys[BLOCK - 1 :: BLOCK]]))
+    assert seen.add_new(edges, np.ones(len(edges), dtype=bool)).all()
+    absent = np.concatenate((edges + np.uint64(1), [np.uint64(0)]))  # odd numbers: never added
+    assert not seen.add_new(absent, np.ones(len(absent), dtype=bool)).any()
+    seen.close()
 
 
 def test_writer_registry():
@@ -323,8 +339,6 @@ def test_localytics_repeats_are_kept_only_where_changes_add_up(tmp_path):
 def test_hashes_are_stable_across_versions():
     """Committed sync snapshots hold these hashes: a change would resend every row once."""
     import pyarrow.compute as pc
-
-    from airflow_provider_profiles.formats.pipeline import hash_columns
 
     assert int(hash_strings(pa.array(["cust-1"]))[0]) == 8426368309570442762
     rows = [pa.array(["a", None, "é" * 40]), pa.array(["b", "c", "x" * 300])]

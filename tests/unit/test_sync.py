@@ -132,8 +132,37 @@ def test_snapshot_lookup_agrees_with_a_binary_search(size):
     probes = np.concatenate((keys[: size // 2], rng.integers(0, 2**64 - 1, 2_000, dtype=np.uint64, endpoint=True)))
     probe_rows = np.concatenate((rows[: size // 2], rows[: size // 2][:0], np.zeros(2_000, np.uint64)))
     probe_rows[: size // 4] += np.uint64(1)  # a quarter of the known keys changed
-    changed = snapshot.changed(probes, probe_rows)
+    positions = snapshot.find(probes)
+    unchanged = snapshot.unchanged(positions, probe_rows)
     known = dict(zip(keys.tolist(), rows.tolist()))
-    expected = [known.get(key) != row for key, row in zip(probes.tolist(), probe_rows.tolist())]
-    assert changed.tolist() == expected
+    expected = [known.get(key) == row for key, row in zip(probes.tolist(), probe_rows.tolist())]
+    assert unchanged.tolist() == expected
+    assert [int(p) >= 0 for p in positions] == [key in known for key in probes.tolist()]
+    assert not snapshot.repeats(positions, np.ones(len(probes), dtype=bool)).any()
     assert int(snapshot.seen.sum()) == len(set(keys[: size // 2].tolist()))
+    assert snapshot.repeats(positions, np.ones(len(probes), dtype=bool)).tolist() == [p >= 0 for p in positions]
+
+
+def test_snapshot_flags_repeats_of_its_keys_in_row_order():
+    import numpy as np
+
+    from airflow_provider_profiles.formats.sync import PreviousSnapshot
+
+    snapshot = PreviousSnapshot("unused", np.array([10, 20, 30], np.uint64), np.zeros(3, np.uint64))
+    probes = np.array([30, 10, 99, 30, 10, 20], np.uint64)
+    positions = snapshot.find(probes)
+    valid = np.array([True, True, True, True, True, False])
+    assert snapshot.repeats(positions, valid).tolist() == [False, False, False, True, True, False]
+    assert snapshot.repeats(snapshot.find(np.array([20, 10], np.uint64)), np.ones(2, bool)).tolist() == [False, True]
+
+
+def test_repeated_ids_are_rejected_whether_the_snapshot_knows_them_or_not(tmp_path):
+    state = SyncState(tmp_path / "state")
+    run(tmp_path, [(1, "a", "x"), (2, "b", "x")], "run-1", state)
+    state.commit("run-1")
+    rows = [(1, "a2", "x"), (2, "b", "x"), (1, "a3", "x"), (3, "c", "x"), (3, "c2", "x"), (2, "b9", "x")]
+    result, second = run(tmp_path, rows, "run-2", state, rejects=str(tmp_path / "rejects.csv"))
+    assert (result.written, result.unchanged, result.rejected) == (2, 1, 3)
+    assert second["1"][0]["value"] == "a2" and second["3"][0]["value"] == "c"  # the first row of each id wins
+    rejected = (tmp_path / "rejects.csv").read_text().splitlines()[1:]
+    assert [line.split(",")[:2] for line in rejected] == [["4", "1"], ["6", "3"], ["7", "2"]]
