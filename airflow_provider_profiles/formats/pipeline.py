@@ -19,7 +19,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -261,19 +261,47 @@ class Preparer:
 
     # Each batch is first brought to one shape: a mapped table (columnar) or mapped row dicts.
     def add(self, batch: InputBatch) -> None:
-        result = self.result
-        result.read += len(batch) + len(batch.rejected)
-        for line, identifier, reason in batch.rejected:
-            self.rejects.add(line, identifier, reason)
-        if not len(batch):
-            return
+        self.complete(self.start(batch))
+
+    def start(self, batch: InputBatch) -> _Started:
+        """Begins a batch: what depends on it alone is computed in the helper thread, so that
+        ``prepare_batches`` can start the next batch before it completes this one."""
         table = batch.table
-        if table is not None and self.fast_encoder and (self.mapping is None or self.mapping.columnar):
+        if len(batch) and table is not None and self.fast_encoder and (self.mapping is None or self.mapping.columnar):
             table = self.mapping.apply_table(table) if self.mapping else table
             if all(pa.types.is_string(column.type) for column in table.columns):
-                self._add_table(table, batch.lines)
-                return
-        self._add_rows(batch.rows(), batch.lines)
+                return _Started(batch, table, self.helper.submit(self._digest, table, self.fast_encoder))
+        return _Started(batch)
+
+    def complete(self, started: _Started) -> None:
+        """Checks, encodes and writes a started batch; batches complete in input order."""
+        batch = started.batch
+        self.result.read += len(batch) + len(batch.rejected)
+        for line, identifier, reason in batch.rejected:
+            self.rejects.add(line, identifier, reason)
+        if started.digest is not None:
+            self._add_table(started.table, batch.lines, started.digest.result())
+        elif len(batch):
+            self._add_rows(batch.rows(), batch.lines)
+
+    def _digest(self, table: pa.Table, encoder) -> _Digest:
+        """Runs in the helper thread: the trimmed keys; in a sync, the key and row hashes and the
+        keys' places in the last snapshot; and, unless that snapshot will leave most rows
+        unchanged, every row's line (the key checks reject few)."""
+        id_column = self.writer.identifier_field
+        if id_column in table.column_names:
+            keys = pc.utf8_trim_whitespace(table.column(id_column).cast(pa.string()))
+        else:
+            keys = pa.chunked_array([pa.nulls(table.num_rows, pa.string())])
+        digest = _Digest(keys)
+        if self.sync is not None:
+            digest.key_hashes = hash_strings(keys)
+            digest.row_hashes = hash_columns(table.columns)
+            if self.previous is not None:
+                digest.positions = self.previous.find(digest.key_hashes)
+        if self.previous is None:
+            digest.encoded = encoder.encode(table)
+        return digest
 
     def _add_rows(self, rows: list[dict[str, Any]], lines: np.ndarray) -> None:
         mapped: list[dict[str, Any] | None] = []
@@ -287,10 +315,10 @@ class Preparer:
         keys = [None if m is None else _identifier_of(self.writer, m) for m in mapped]
         key_array = pa.array(keys, pa.string())
         to_send = np.array([m is not None for m in mapped], dtype=bool)
-        def hash_rows() -> np.ndarray:
-            return hash_columns([pa.array([_canonical(m) if m is not None else None for m in mapped], pa.string())])
-
-        sendable, key_hashes, row_hashes = self._filter(key_array, to_send, hash_rows, reasons)
+        row_hashes = None
+        if self.sync is not None:
+            row_hashes = hash_columns([pa.array([_canonical(m) if m is not None else None for m in mapped], pa.string())])
+        sendable, key_hashes = self._filter(key_array, to_send, reasons, row_hashes=row_hashes)
         encoded: list[str] = []
         written = np.zeros(len(rows), dtype=bool)
         for index in np.flatnonzero(sendable):
@@ -312,29 +340,17 @@ class Preparer:
                 return None if value is None or str(value).strip() == "" else str(value).strip()
         return _identifier_of(self.writer, row)
 
-    def _add_table(self, table: pa.Table, lines: np.ndarray) -> None:
+    def _add_table(self, table: pa.Table, lines: np.ndarray, digest: _Digest) -> None:
         writer = self.writer
         reasons: dict[int, tuple[str | None, str]] = {}
-        # Without a sync nearly every row is sent: the helper encodes them all while this thread
-        # checks the keys. A sync sends few rows: the helper hashes the rows, and only those new or
-        # changed are encoded.
-        encoding = row_hashing = None
-        if self.sync is not None:
-            row_hashing = self.helper.submit(hash_columns, table.columns)
-        elif self.fast_encoder is not None:
-            encoding = self.helper.submit(self.fast_encoder.encode, table)
-        id_column = writer.identifier_field
-        if id_column in table.column_names:
-            keys = pc.utf8_trim_whitespace(table.column(id_column).cast(pa.string()))
-        else:
-            keys = pa.chunked_array([pa.nulls(table.num_rows, pa.string())])
-        sendable, key_hashes, row_hashes = self._filter(
-            keys, np.ones(table.num_rows, dtype=bool), row_hashing.result if row_hashing else None, reasons
+        keys = digest.keys
+        sendable, key_hashes = self._filter(
+            keys, np.ones(table.num_rows, dtype=bool), reasons, digest.key_hashes, digest.positions, digest.row_hashes
         )
-        if encoding is not None:
-            encoded_table, rows, send = table, np.arange(table.num_rows), sendable
-            encoded = encoding.result()
-        else:
+        row_hashes = digest.row_hashes
+        if digest.encoded is not None and self.fast_encoder is not None:
+            encoded_table, rows, send, encoded = table, np.arange(table.num_rows), sendable, digest.encoded
+        else:  # a sync with a snapshot sends few rows: only those are encoded
             rows = np.flatnonzero(sendable)  # input row of each row of encoded_table
             encoded_table = table.take(pa.array(rows)) if len(rows) < table.num_rows else table
             send = np.ones(len(rows), dtype=bool)
@@ -373,18 +389,19 @@ class Preparer:
                 return False
         return True
 
-    def _filter(self, keys: pa.Array, candidates: np.ndarray, row_hashes, reasons):
+    def _filter(self, keys, candidates, reasons, key_hashes=None, positions=None, row_hashes=None):
         """Rows to encode: not rejected already, not a duplicate, and (sync) new or changed.
 
-        ``row_hashes`` (sync only) is a function giving the rows' hashes, called once the keys are
-        checked; returns the rows to encode, the key hashes and the row hashes.
+        Returns them and the key hashes; hashes and snapshot places computed ahead are passed in.
         """
-        key_hashes = hash_strings(keys)
+        if key_hashes is None:
+            key_hashes = hash_strings(keys)
         has_key = ~to_numpy(keys.is_null()) & candidates
         if len(keys) and has_key.any():
             has_key &= to_numpy(pc.not_equal(keys, ""))
         sendable = candidates.copy()
-        positions = self.previous.find(key_hashes) if self.previous is not None else None
+        if self.previous is not None and positions is None:
+            positions = self.previous.find(key_hashes)
         if self.seen is not None:
             if positions is None:
                 duplicate = self.seen.add_new(key_hashes, has_key)
@@ -394,13 +411,12 @@ class Preparer:
             for index in np.flatnonzero(duplicate):
                 reasons[int(index)] = (keys[int(index)].as_py(), "duplicate identifier: an earlier row has the same id")
             sendable &= ~duplicate
-        row_hashes = row_hashes() if self.sync is not None else None
-        if positions is not None:
+        if self.previous is not None:
             self._unchanged = sendable & has_key & self.previous.unchanged(positions, row_hashes)
             sendable &= ~self._unchanged
         else:
             self._unchanged = np.zeros(len(keys), dtype=bool)
-        return sendable, key_hashes, row_hashes
+        return sendable, key_hashes
 
     def _finish(self, written: np.ndarray, lines, keys, key_hashes, row_hashes, reasons, table=None, mapped=None) -> None:
         result = self.result
@@ -467,6 +483,22 @@ class Preparer:
                     self.result.notes.append(f"cannot delete {values}: {error.reason}")
             self.output.write_bytes("".join(lines).encode("utf-8"))
             self.result.deleted += len(lines)
+
+
+@dataclass
+class _Digest:
+    keys: pa.ChunkedArray
+    key_hashes: np.ndarray | None = None
+    positions: np.ndarray | None = None
+    row_hashes: np.ndarray | None = None
+    encoded: tuple[pa.ChunkedArray, np.ndarray] | None = None
+
+
+@dataclass
+class _Started:
+    batch: InputBatch
+    table: pa.Table | None = None
+    digest: Future | None = None
 
 
 class _CountingRejects:
@@ -574,8 +606,14 @@ def prepare_batches(batches: Iterator[InputBatch], writer: FormatWriter, output:
 def _prepare_batches(batches: Iterator[InputBatch], writer: FormatWriter, output: Any, **options: Any) -> PrepareResult:
     preparer = Preparer(writer, output, **options)
     try:
-        for batch in batches:
-            preparer.add(batch)
+        started = None
+        for batch in batches:  # one batch ahead: the helper digests it while this one completes
+            following = preparer.start(batch)
+            if started is not None:
+                preparer.complete(started)
+            started = following
+        if started is not None:
+            preparer.complete(started)
     except BaseException:
         try:
             preparer.close()

@@ -45,7 +45,7 @@ class PreviousSnapshot:
 
     def __init__(self, path: Any, key_hashes: np.ndarray, row_hashes: np.ndarray | None = None, *, order=None):
         # keys are unique in a snapshot (a sync checks duplicates), so any sort order will do
-        order = np.argsort(key_hashes) if order is None else order
+        order = sort_order(key_hashes) if order is None else order
         self.path = path
         self.key_hashes = key_hashes[order]
         self.row_hashes = row_hashes[order] if row_hashes is not None else None
@@ -71,7 +71,7 @@ class PreviousSnapshot:
         with open_binary(path) as stream:
             parquet = pq.ParquetFile(stream)
             keys = _uint64_column(parquet, "key_hash")
-            order = np.argsort(keys)
+            order = sort_order(keys)
             snapshot = cls(path, keys, None, order=order)
             del keys
             snapshot.row_hashes = _uint64_column(parquet, "row_hash")[order]
@@ -140,6 +140,22 @@ class PreviousSnapshot:
                 mask = unseen[index] == hashes
                 if mask.any():
                     yield pa.Table.from_batches([batch]).filter(pa.array(mask))
+
+
+def sort_order(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys)`` in half the time: each key's top bits and its index, packed in one
+    integer, are sorted by value (several times faster than an argsort), then the rare keys that
+    share those top bits are put in order."""
+    count = len(keys)
+    index_bits = np.uint64(max(count - 1, 1).bit_length())
+    packed = (keys >> index_bits << index_bits) | np.arange(count, dtype=np.uint64)
+    packed.sort()
+    order = (packed & ((np.uint64(1) << index_bits) - np.uint64(1))).astype(np.int64)
+    del packed
+    ordered = keys[order]
+    if (ordered[1:] < ordered[:-1]).any():
+        order = order[np.argsort(ordered, kind="stable")]  # nearly sorted: timsort takes one pass
+    return order
 
 
 def _uint64_column(parquet: pq.ParquetFile, name: str) -> np.ndarray:

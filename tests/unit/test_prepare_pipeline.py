@@ -276,12 +276,15 @@ def test_seen_keys_finds_the_edges_of_spilled_blocks(tmp_path):
     """Keys at the first and last place of each sparse-index block, and just beside them."""
     from airflow_provider_profiles.formats.keys import BLOCK
 
-    seen = SeenKeys(memory_keys=3 * BLOCK, filter_bits=7, directory=str(tmp_path))
-    keys = np.sort(np.random.default_rng(5).choice(2**62, size=3 * BLOCK, replace=False).astype(np.uint64) * np.uint64(2))
+    count = 3 * BLOCK - 7  # the run's last block is padded
+    seen = SeenKeys(memory_keys=count, filter_bits=7, directory=str(tmp_path))
+    keys = np.sort(np.random.default_rng(5).choice(2**62, size=count, replace=False).astype(np.uint64) * np.uint64(2))
     assert not seen.add_new(keys, np.ones(len(keys), dtype=bool)).any()
     assert len(seen.runs) == 1 and not seen.levels
-    edges = np.unique(np.concatenate([keys[i : i + 2] for i in range(0, len(keys), BLOCK)] + [keys[BLOCK - 1 :: BLOCK]]))
+    edges = np.unique(np.concatenate([keys[i : i + 2] for i in range(0, len(keys), BLOCK)] + [keys[BLOCK - 1 :: BLOCK], keys[-1:]]))
     assert seen.add_new(edges, np.ones(len(edges), dtype=bool)).all()
+    for key in edges:  # alone, each search reads the single block that can hold the key
+        assert seen.add_new(np.array([key]), np.ones(1, dtype=bool)).all()
     absent = np.concatenate((edges + np.uint64(1), [np.uint64(0)]))  # odd numbers: never added
     assert not seen.add_new(absent, np.ones(len(absent), dtype=bool)).any()
     seen.close()

@@ -166,3 +166,18 @@ def test_repeated_ids_are_rejected_whether_the_snapshot_knows_them_or_not(tmp_pa
     assert second["1"][0]["value"] == "a2" and second["3"][0]["value"] == "c"  # the first row of each id wins
     rejected = (tmp_path / "rejects.csv").read_text().splitlines()[1:]
     assert [line.split(",")[:2] for line in rejected] == [["4", "1"], ["6", "3"], ["7", "2"]]
+
+
+def test_sort_order_is_an_argsort_even_where_top_bits_tie():
+    import numpy as np
+
+    from airflow_provider_profiles.formats.sync import sort_order
+
+    rng = np.random.default_rng(11)
+    keys = rng.integers(0, 2**64 - 1, 5_000, dtype=np.uint64, endpoint=True)
+    keys[:200] = (keys[:200] >> np.uint64(20) << np.uint64(20)) | rng.integers(0, 2**20, 200, dtype=np.uint64)
+    keys[200:400] = keys[:200] ^ np.uint64(1)  # same top bits as another key, different low bits
+    order = sort_order(keys)
+    assert np.array_equal(keys[order], np.sort(keys))
+    assert sorted(order.tolist()) == list(range(len(keys)))
+    assert sort_order(np.zeros(0, np.uint64)).tolist() == [] and sort_order(np.array([7], np.uint64)).tolist() == [0]
