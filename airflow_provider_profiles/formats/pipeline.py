@@ -2,10 +2,12 @@
 
 Every input row ends up written, rejected (with its line and reason in the rejects file) or, in an
 incremental sync, unchanged since the last committed sync: ``read == written + rejected +
-unchanged`` is checked before returning. Memory is bounded by the block size (a reader thread
-parses the next block, a writer thread writes the previous one), plus the duplicate check (a
+unchanged`` is checked before returning. Three threads work beside this one: a reader parses
+ahead, a helper digests the batch after the current one (its lines, or in a sync its hashes; for a
+CSV sync it also parses just the records the last snapshot does not know), a writer writes.
+Memory is bounded by the block size and the few batches in flight, plus the duplicate check (a
 fixed 40 MB, see ``keys``; ``duplicates="keep"`` turns it off, see ``default_duplicates``) and, in
-an incremental sync, about 18 bytes per key of the previous snapshot.
+an incremental sync, about 20 bytes per key of the previous snapshot (see ``sync``).
 
 Vendor writers encode one row at a time; where a columnar encoder fits the writer (``columnar``),
 whole batches are encoded with Arrow kernels instead.
@@ -40,7 +42,7 @@ from airflow_provider_profiles.formats.hashing import (
 )
 from airflow_provider_profiles.formats.keys import SeenKeys
 from airflow_provider_profiles.formats.mapping import FieldMapping, lookup
-from airflow_provider_profiles.formats.reader import InputBatch, InputError, read_input
+from airflow_provider_profiles.formats.reader import InputBatch, InputError, guess_format, read_input
 from airflow_provider_profiles.formats.sync import (
     PreviousSnapshot,
     SnapshotWriter,
@@ -65,6 +67,9 @@ MANY_LINES_PER_ID = frozenset(
 # Localytics change operations whose repeats for one customer add up instead of conflicting.
 ACCUMULATING_OPS = frozenset({"increment", "set-add", "set-remove"})
 DELETE_COLUMNS: dict[str, list[str]] = {"UserProfileWriter": _MEDIARITHMICS_IDS, "UserSegmentWriter": _MEDIARITHMICS_IDS}
+
+
+DUPLICATE = "duplicate identifier: an earlier row has the same id"
 
 
 @dataclass
@@ -214,6 +219,7 @@ class Preparer:
         deletions: bool = False,
         delete_columns: list[str] | None = None,
         fast: bool = True,
+        input_description: str | None = None,
     ):
         if duplicates is None:
             duplicates = default_duplicates(writer, sync is not None)
@@ -250,7 +256,9 @@ class Preparer:
         )
         self.deletions = deletions
         if sync is not None:
+            # how rows are hashed is part of it: raw CSV records (input_description) or values
             described = (mapping.fingerprint() if mapping else "-") + "|" + writer_fingerprint(writer)
+            described += f"|{input_description}" if input_description else ""
             self.fingerprint = hashlib.sha256(described.encode()).hexdigest()[:16]
             self.previous = sync.previous(self.fingerprint)
             if self.previous is None:
@@ -258,6 +266,11 @@ class Preparer:
             self.snapshot = sync.writer(sync_run_key, self.delete_columns if deletions else [])
             self.result.sync_run_key = sync_run_key
             self.result.sync_state = str(sync.directory)
+        # CSV records with the very bytes the last sync sent are not even parsed
+        self.known_records = None
+        if self.previous is not None and input_description and input_description.startswith("csv records"):
+            self.previous.index_records()
+            self.known_records = self.previous.known_records
 
     # Each batch is first brought to one shape: a mapped table (columnar) or mapped row dicts.
     def add(self, batch: InputBatch) -> None:
@@ -266,28 +279,47 @@ class Preparer:
     def start(self, batch: InputBatch) -> _Started:
         """Begins a batch: what depends on it alone is computed in the helper thread, so that
         ``prepare_batches`` can start the next batch before it completes this one."""
+        if batch.unparsed is not None:  # CSV records: parsed there too, only those not known
+            return _Started(batch, parsing=self.helper.submit(self._parse, batch.unparsed, self.fast_encoder))
+        table = self._columnar(batch, self.fast_encoder)
+        if table is None:
+            return _Started(batch)
+        encode = self.previous is None  # else a sync: most rows are probably unchanged
+        return _Started(batch, table, self.helper.submit(self._digest, table, self.fast_encoder, batch.row_hashes, encode))
+
+    def _parse(self, unparsed, encoder) -> _Started:
+        batch = unparsed.parse(self.known_records)  # the records left are new or changed: encoded
+        table = self._columnar(batch, encoder)
+        return _Started(batch, table, self._digest(table, encoder, batch.row_hashes, True) if table is not None else None)
+
+    def _columnar(self, batch: InputBatch, encoder) -> pa.Table | None:
+        """The mapped table, if the batch can take the columnar path."""
         table = batch.table
-        if len(batch) and table is not None and self.fast_encoder and (self.mapping is None or self.mapping.columnar):
+        if len(batch) and table is not None and encoder and (self.mapping is None or self.mapping.columnar):
             table = self.mapping.apply_table(table) if self.mapping else table
             if all(pa.types.is_string(column.type) for column in table.columns):
-                return _Started(batch, table, self.helper.submit(self._digest, table, self.fast_encoder))
-        return _Started(batch)
+                return table
+        return None
 
     def complete(self, started: _Started) -> None:
         """Checks, encodes and writes a started batch; batches complete in input order."""
-        batch = started.batch
-        self.result.read += len(batch) + len(batch.rejected)
+        if started.parsing is not None:
+            started = started.parsing.result()
+        batch, digest = started.batch, started.digest
+        if isinstance(digest, Future):
+            digest = digest.result()
+        self.result.read += len(batch) + len(batch.rejected) + len(batch.skipped or ())
         for line, identifier, reason in batch.rejected:
             self.rejects.add(line, identifier, reason)
-        if started.digest is not None:
-            self._add_table(started.table, batch.lines, started.digest.result())
-        elif len(batch):
-            self._add_rows(batch.rows(), batch.lines)
+        if digest is not None:
+            self._add_table(started.table, batch, digest)
+        elif len(batch) or batch.skipped:
+            self._add_rows(batch.rows() if len(batch) else [], batch)
 
-    def _digest(self, table: pa.Table, encoder) -> _Digest:
+    def _digest(self, table: pa.Table, encoder, row_hashes: np.ndarray | None, encode: bool) -> _Digest:
         """Runs in the helper thread: the trimmed keys; in a sync, the key and row hashes and the
-        keys' places in the last snapshot; and, unless that snapshot will leave most rows
-        unchanged, every row's line (the key checks reject few)."""
+        keys' places in the last snapshot; and if ``encode`` (most rows will be sent), every
+        row's line."""
         id_column = self.writer.identifier_field
         if id_column in table.column_names:
             keys = pc.utf8_trim_whitespace(table.column(id_column).cast(pa.string()))
@@ -296,14 +328,15 @@ class Preparer:
         digest = _Digest(keys)
         if self.sync is not None:
             digest.key_hashes = hash_strings(keys)
-            digest.row_hashes = hash_columns(table.columns)
+            digest.row_hashes = row_hashes if row_hashes is not None else hash_columns(table.columns)
             if self.previous is not None:
                 digest.positions = self.previous.find(digest.key_hashes)
-        if self.previous is None:
+        if encode:
             digest.encoded = encoder.encode(table)
         return digest
 
-    def _add_rows(self, rows: list[dict[str, Any]], lines: np.ndarray) -> None:
+    def _add_rows(self, rows: list[dict[str, Any]], batch: InputBatch) -> None:
+        lines = batch.lines
         mapped: list[dict[str, Any] | None] = []
         reasons: dict[int, tuple[str | None, str]] = {}
         for index, row in enumerate(rows):
@@ -315,10 +348,10 @@ class Preparer:
         keys = [None if m is None else _identifier_of(self.writer, m) for m in mapped]
         key_array = pa.array(keys, pa.string())
         to_send = np.array([m is not None for m in mapped], dtype=bool)
-        row_hashes = None
-        if self.sync is not None:
+        row_hashes = batch.row_hashes
+        if self.sync is not None and row_hashes is None:
             row_hashes = hash_columns([pa.array([_canonical(m) if m is not None else None for m in mapped], pa.string())])
-        sendable, key_hashes = self._filter(key_array, to_send, reasons, row_hashes=row_hashes)
+        sendable, key_hashes = self._filter(key_array, to_send, reasons, row_hashes=row_hashes, lines=lines, skipped=batch.skipped)
         encoded: list[str] = []
         written = np.zeros(len(rows), dtype=bool)
         for index in np.flatnonzero(sendable):
@@ -340,12 +373,14 @@ class Preparer:
                 return None if value is None or str(value).strip() == "" else str(value).strip()
         return _identifier_of(self.writer, row)
 
-    def _add_table(self, table: pa.Table, lines: np.ndarray, digest: _Digest) -> None:
+    def _add_table(self, table: pa.Table, batch: InputBatch, digest: _Digest) -> None:
         writer = self.writer
+        lines = batch.lines
         reasons: dict[int, tuple[str | None, str]] = {}
         keys = digest.keys
         sendable, key_hashes = self._filter(
-            keys, np.ones(table.num_rows, dtype=bool), reasons, digest.key_hashes, digest.positions, digest.row_hashes
+            keys, np.ones(table.num_rows, dtype=bool), reasons, digest.key_hashes, digest.positions, digest.row_hashes,
+            lines, batch.skipped,
         )
         row_hashes = digest.row_hashes
         if digest.encoded is not None and self.fast_encoder is not None:
@@ -389,10 +424,11 @@ class Preparer:
                 return False
         return True
 
-    def _filter(self, keys, candidates, reasons, key_hashes=None, positions=None, row_hashes=None):
+    def _filter(self, keys, candidates, reasons, key_hashes=None, positions=None, row_hashes=None, lines=None, skipped=None):
         """Rows to encode: not rejected already, not a duplicate, and (sync) new or changed.
 
         Returns them and the key hashes; hashes and snapshot places computed ahead are passed in.
+        Records the reader ``skipped`` (unchanged, unparsed) count as unchanged unless repeated.
         """
         if key_hashes is None:
             key_hashes = hash_strings(keys)
@@ -402,15 +438,16 @@ class Preparer:
         sendable = candidates.copy()
         if self.previous is not None and positions is None:
             positions = self.previous.find(key_hashes)
-        if self.seen is not None:
-            if positions is None:
-                duplicate = self.seen.add_new(key_hashes, has_key)
-            else:  # the snapshot checks its own keys; only new ones go to the set
-                duplicate = self.seen.add_new(key_hashes, has_key & (positions < 0))
-                duplicate |= self.previous.repeats(positions, has_key)
-            for index in np.flatnonzero(duplicate):
-                reasons[int(index)] = (keys[int(index)].as_py(), "duplicate identifier: an earlier row has the same id")
-            sendable &= ~duplicate
+        duplicate = np.zeros(len(keys), dtype=bool)
+        if self.seen is not None:  # the snapshot checks its own keys; only new ones go to the set
+            duplicate = self.seen.add_new(key_hashes, has_key if positions is None else has_key & (positions < 0))
+        self._skipped_rejects: list[tuple[int, str | None, str]] = []
+        self._skipped_unchanged = 0
+        if positions is not None:
+            duplicate |= self._repeats(positions, has_key, lines, skipped)
+        for index in np.flatnonzero(duplicate):
+            reasons[int(index)] = (keys[int(index)].as_py(), DUPLICATE)
+        sendable &= ~duplicate
         if self.previous is not None:
             self._unchanged = sendable & has_key & self.previous.unchanged(positions, row_hashes)
             sendable &= ~self._unchanged
@@ -418,14 +455,34 @@ class Preparer:
             self._unchanged = np.zeros(len(keys), dtype=bool)
         return sendable, key_hashes
 
+    def _repeats(self, positions, valid, lines, skipped) -> np.ndarray:
+        """Rows whose snapshot key came before in this run; skipped records are checked with them,
+        in line order, and those not repeated are carried into the new snapshot unchanged."""
+        if not skipped:
+            return self.previous.repeats(positions, valid)
+        # both are in line order: the place of each in the merged order
+        at = np.arange(len(lines)) + np.searchsorted(skipped.lines, lines)
+        skipped_at = np.arange(len(skipped)) + np.searchsorted(lines, skipped.lines)
+        places = np.empty(len(at) + len(skipped_at), dtype=np.int64)
+        places[at], places[skipped_at] = positions, skipped.places
+        checked = np.ones(len(places), dtype=bool)
+        checked[at] = valid
+        flags = self.previous.repeats(places, checked)
+        repeated = flags[skipped_at]
+        for index in np.flatnonzero(repeated):
+            self._skipped_rejects.append((int(skipped.lines[index]), self._input_identifier(skipped.row(int(index))), DUPLICATE))
+        self.previous.carried[skipped.places[~repeated]] = True
+        self._skipped_unchanged = int((~repeated).sum())
+        return flags[at]
+
     def _finish(self, written: np.ndarray, lines, keys, key_hashes, row_hashes, reasons, table=None, mapped=None) -> None:
         result = self.result
         unchanged = self._unchanged
-        result.unchanged += int(unchanged.sum())
-        for index in sorted(reasons):
-            identifier, reason = reasons[index]
-            self.rejects.add(int(lines[index]), identifier, reason)
-        result.rejected += len(reasons)
+        result.unchanged += int(unchanged.sum()) + self._skipped_unchanged
+        entries = [(int(lines[index]), *reasons[index]) for index in reasons] + self._skipped_rejects
+        for line, identifier, reason in sorted(entries, key=lambda entry: entry[0]):
+            self.rejects.add(line, identifier, reason)
+        result.rejected += len(entries)
         if self.snapshot is not None:
             keep = written | unchanged
             keep &= ~to_numpy(keys.is_null())
@@ -446,6 +503,8 @@ class Preparer:
         try:
             if self.deletions and self.previous is not None:
                 self._write_deletions()
+            if self.snapshot is not None and self.previous is not None:
+                self._carry_unchanged()
         finally:
             self.close()
         result.rejected = self.rejects.count
@@ -469,6 +528,15 @@ class Preparer:
         if self.snapshot is not None:
             self.snapshot.close()
         self.output.close()  # last: it re-raises a write error
+
+    def _carry_unchanged(self) -> None:
+        """Rows left unparsed as unchanged go into the new snapshot as they were in the last."""
+        for table in self.previous.carried_rows():
+            extra = [
+                table.column(f"delete.{name}") if f"delete.{name}" in table.column_names else pa.nulls(table.num_rows, pa.string())
+                for name in self.snapshot.extra_columns
+            ]
+            self.snapshot.add(to_numpy(table.column("key_hash")), to_numpy(table.column("row_hash")), extra)
 
     def _write_deletions(self) -> None:
         template = DELETE_ROWS[type(self.writer).__name__]
@@ -498,7 +566,8 @@ class _Digest:
 class _Started:
     batch: InputBatch
     table: pa.Table | None = None
-    digest: Future | None = None
+    digest: Future | _Digest | None = None
+    parsing: Future | None = None  # of a _Started with the parsed batch
 
 
 class _CountingRejects:
@@ -635,8 +704,13 @@ def prepare_file(
     **options: Any,
 ) -> PrepareResult:
     """Read ``source`` (CSV, NDJSON or Parquet; local or object storage) and write ``output``."""
-    names, batches = read_input(source, input_format, delimiter=delimiter, encoding=encoding)
+    input_format = (input_format or guess_format(source)).lower()
+    # a CSV sync hashes each record's raw bytes, so that unchanged records need no parsing
+    records = options.get("sync") is not None and input_format == "csv"
+    names, batches = read_input(source, input_format, delimiter=delimiter, encoding=encoding, records=records)
     check_columns(source, names, writer, options.get("mapping"))
+    if records:
+        options["input_description"] = f"csv records|{delimiter}|{encoding}|{names}"
     result = prepare_batches(prefetched(batches), writer, output, **options)
     if result.read == 0 and not allow_empty:
         raise InputError(source, "no data rows (a header only, or an empty file); pass allow_empty=True if that is expected")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from airflow_provider_profiles.formats.hashing import hash_strings
 from airflow_provider_profiles.storage import open_binary
 
 # Peak memory grows with the block (each block's output lines are about 5x its bytes), not with
@@ -57,6 +58,9 @@ class InputBatch:
     table: pa.Table | None = None
     row_dicts: list[dict[str, Any]] | None = None
     rejected: list[tuple[int, str | None, str]] = field(default_factory=list)
+    row_hashes: np.ndarray | None = None  # hash of each row's raw CSV record (see UnparsedRecords)
+    skipped: SkippedRecords | None = None
+    unparsed: UnparsedRecords | None = None
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -65,6 +69,28 @@ class InputBatch:
         if self.row_dicts is None:
             self.row_dicts = self.table.to_pylist()
         return self.row_dicts
+
+
+@dataclass
+class SkippedRecords:
+    """Records of a batch left unparsed: their first line, place in the snapshot and bytes."""
+
+    lines: np.ndarray
+    places: np.ndarray
+    block: bytes | bytearray
+    spans: np.ndarray  # (start, end) of each record in block
+    names: list[str]
+    delimiter: str
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def row(self, index: int) -> dict[str, str]:
+        """The record parsed after all (to name it in a reject)."""
+        start, end = self.spans[index]
+        text = bytes(self.block[start:end]).decode("utf-8", errors="replace")
+        values = next(csv.reader(io.StringIO(text, newline=""), delimiter=self.delimiter), [])
+        return dict(zip(self.names, values))
 
 
 def guess_format(path: Any) -> str:
@@ -86,11 +112,16 @@ def read_input(
     encoding: str = "utf-8",
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    records: bool = False,
 ) -> tuple[list[str], Iterator[InputBatch]]:
-    """Open an input file; returns its column names and an iterator of batches."""
+    """Open an input file; returns its column names and an iterator of batches.
+
+    With ``records`` (CSV only), batches come cut into hashed records, to be parsed by the
+    consumer (``InputBatch.unparsed``), which may leave out the records it already knows.
+    """
     format = (format or guess_format(path)).lower()
     if format == "csv":
-        return _read_csv(path, delimiter=delimiter, encoding=encoding, block_bytes=block_bytes)
+        return _read_csv(path, delimiter=delimiter, encoding=encoding, block_bytes=block_bytes, records=records)
     if format in ("ndjson", "jsonl", "json"):
         return [], _read_ndjson(path, encoding=encoding, block_bytes=block_bytes)
     if format == "parquet":
@@ -172,7 +203,7 @@ def _split_header(first: bytes, path: Any, delimiter: str) -> tuple[list[str], b
     return names, first[offset:], header_lines
 
 
-def _read_csv(path: Any, *, delimiter: str, encoding: str, block_bytes: int):
+def _read_csv(path: Any, *, delimiter: str, encoding: str, block_bytes: int, records: bool = False):
     stream = open_binary(path)
     blocks = record_blocks(stream, block_bytes)
     transcode = encoding.lower().replace("_", "-") not in ("utf-8", "utf8", "utf-8-sig")
@@ -213,9 +244,12 @@ def _read_csv(path: Any, *, delimiter: str, encoding: str, block_bytes: int):
                 if not block or block.isspace():  # only blank lines
                     next_line += newlines
                     continue
-                batch = _parse_csv_block(path, block, names, next_line, delimiter, newlines)
+                if records:
+                    batch = InputBatch(np.zeros(0, np.int64), unparsed=UnparsedRecords(path, block, names, delimiter, next_line))
+                else:
+                    batch = _parse_csv_block(path, block, names, next_line, delimiter, newlines)
                 next_line += newlines + (0 if block.endswith(b"\n") else 1)
-                if len(batch) or batch.rejected:
+                if len(batch) or batch.rejected or batch.unparsed:
                     yield batch
         finally:
             stream.close()
@@ -284,6 +318,80 @@ def _parse_csv_block(
     # one chunk per column: the Arrow kernels downstream pay a cost per chunk
     table = table.combine_chunks()
     return InputBatch(lines=_record_lines(table, first_line, has_quotes, newlines), table=table)
+
+
+class UnparsedRecords:
+    """A CSV block cut into records, each with the hash of its raw bytes; parsed on demand.
+
+    A sync compares those hashes with the last snapshot's: a record with the very bytes the last
+    sync sent needs no parsing at all (``parse(known)``).
+    """
+
+    def __init__(self, path: Any, block, names: list[str], delimiter: str, first_line: int):
+        if not block.endswith(b"\n"):
+            block = bytes(block) + b"\n"  # the file's last record: hashed like the others
+        self.path, self.block, self.names, self.delimiter, self.first_line = path, block, names, delimiter, first_line
+        self.starts, line_starts, self.hashes = _record_hashes(block)
+        self.ends = np.append(self.starts[1:], len(block))
+        self.spans = np.diff(line_starts)  # lines per record
+        self.lines = first_line + line_starts[:-1]
+        data = np.frombuffer(block, np.uint8)
+        self.blank = (self.ends - self.starts == 1) | ((self.ends - self.starts == 2) & (data[self.starts] == 13))
+
+    def parse(self, known: Callable[[np.ndarray], np.ndarray] | None = None) -> InputBatch:
+        """The batch, without the records whose hash ``known`` finds in the snapshot (their place
+        there, -1 if none): those go to ``skipped``, and only the others are parsed."""
+        places = known(self.hashes) if known is not None else np.full(len(self.starts), -1)
+        chosen = np.flatnonzero(~self.blank & (places < 0))
+        skipped = np.flatnonzero(~self.blank & (places >= 0))
+        path, names, delimiter, record_lines = self.path, self.names, self.delimiter, self.lines
+        if not len(skipped):
+            batch = _parse_csv_block(path, self.block, names, self.first_line, delimiter)
+            parsed_lines = record_lines[~self.blank]
+
+            def original(line):
+                return line
+        else:
+            part = b"".join([self.block[self.starts[i] : self.ends[i]] for i in chosen])
+            part_lines = 1 + np.concatenate(([0], np.cumsum(self.spans[chosen])[:-1])).astype(np.int64)
+            parsed_lines = record_lines[chosen]
+
+            def original(line):  # line in the part -> line in the file
+                index = np.searchsorted(part_lines, line, side="right") - 1
+                return record_lines[chosen][index] + line - part_lines[index]
+
+            try:
+                batch = _parse_csv_block(path, part, names, 1, delimiter) if len(chosen) else InputBatch(np.zeros(0, np.int64), row_dicts=[])
+            except InputError as error:
+                line = None if error.line is None else int(original(error.line))
+                raise InputError(path, error.message, line, error.column) from None
+            spans = np.stack((self.starts[skipped], self.ends[skipped]), 1)
+            batch.skipped = SkippedRecords(record_lines[skipped], places[skipped], self.block, spans, names, delimiter)
+        if len(batch) == len(parsed_lines) and not batch.rejected:
+            batch.lines = parsed_lines  # one row per record: exact even after blank lines
+        else:  # the careful path ran: its lines count from the parsed block
+            batch.lines = np.asarray(original(batch.lines), dtype=np.int64)
+            batch.rejected = [(int(original(line)), identifier, reason) for line, identifier, reason in batch.rejected]
+        batch.row_hashes = self.hashes[np.searchsorted(record_lines, batch.lines)]
+        return batch
+
+
+def _record_hashes(block) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each record of ``block`` (which ends with a newline) starts, the line it starts on
+    counted from the block's first (one more entry: the block's line count), and the hash of its
+    bytes, terminator included. A newline ends a record when an even number of quotes precede it.
+    """
+    data = np.frombuffer(block, dtype=np.uint8)
+    newlines = np.flatnonzero(data == 10)
+    ends = newlines
+    if b'"' in block:  # quotes per line, then the lines that end inside a quoted value
+        quotes = np.add.reduceat(data == 34, np.concatenate(([0], newlines[:-1] + 1)), dtype=np.int32)
+        if (quotes & 1).any():
+            ends = newlines[np.cumsum(quotes & 1) % 2 == 0]
+    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+    offsets = np.append(starts, len(block)).astype(np.int32)
+    records = pa.Array.from_buffers(pa.binary(), len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(block)])
+    return starts, np.append(np.searchsorted(newlines, starts), len(newlines)), hash_strings(records)
 
 
 def _record_lines(table: pa.Table, first_line: int, has_quotes: bool, newlines: int) -> np.ndarray:

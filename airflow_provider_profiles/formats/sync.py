@@ -10,8 +10,13 @@ A prepare step compares its rows with the snapshot CURRENT names and writes only
 rows, and a new snapshot under its own run key. CURRENT moves to the new snapshot only when
 ``commit`` runs after every upload succeeded, so a failed run changes nothing and the next run
 resends what is still pending. One small JSON write is the commit, which object stores do
-atomically. Memory: about 18 bytes per key of the previous snapshot (two 64-bit hashes, a flag
-and an index of bucket bounds).
+atomically.
+
+The row hash of a CSV input is the hash of the record's raw bytes, so a record the last sync
+sent byte for byte is recognised before it is parsed (``PreviousSnapshot.known_records``); the
+header, delimiter and encoding are part of the snapshot's fingerprint. Other inputs hash the
+mapped values. Memory: about 20 bytes per key of the previous snapshot (two 64-bit hashes, two
+flags, bucket bounds; 4 more for a CSV input: keys are then found through a permutation).
 """
 
 from __future__ import annotations
@@ -50,18 +55,9 @@ class PreviousSnapshot:
         self.key_hashes = key_hashes[order]
         self.row_hashes = row_hashes[order] if row_hashes is not None else None
         self.seen = np.zeros(len(order), dtype=bool)
-        # The hashes are uniform, so their top bits cut the sorted array into buckets of a few
-        # keys each: a lookup is one read of the bucket bounds plus a short binary search there,
-        # instead of a search over the whole array (and no sort of the batch to keep it cached).
-        self.bucket_bits = int(min(max(np.ceil(np.log2(max(len(order), 1) / 8)), 0), 24))
-        edges = np.arange((1 << self.bucket_bits) + 1, dtype=np.uint64)
-        if self.bucket_bits:
-            bounds = np.searchsorted(self.key_hashes, edges[:-1] << np.uint64(64 - self.bucket_bits))
-        else:
-            bounds = np.zeros(1, np.int64)
-        self.bucket_starts = np.append(bounds, len(order)).astype(np.int64)
-        sizes = np.diff(self.bucket_starts)
-        self.search_steps = int(np.ceil(np.log2(int(sizes.max()) + 1))) if len(sizes) else 0
+        self.carried = np.zeros(len(order), dtype=bool)  # unchanged rows left unparsed (see known_records)
+        self.keys = _SortedIndex(self.key_hashes)
+        self.records: _SortedIndex | None = None
 
     @classmethod
     def load(cls, path: Any) -> PreviousSnapshot:
@@ -82,10 +78,47 @@ class PreviousSnapshot:
 
     def find(self, key_hashes: np.ndarray) -> np.ndarray:
         """Place of each key in the snapshot, -1 where the snapshot does not hold it."""
-        if not len(self.key_hashes):
-            return np.full(len(key_hashes), -1, dtype=np.int64)
-        positions = self._positions(key_hashes)
-        return np.where(self.key_hashes[positions] == key_hashes, positions, -1)
+        return self.keys.find(key_hashes)
+
+    def index_records(self) -> None:
+        """Makes ``known_records`` ready, before any lookup: the snapshot is sorted by row hash
+        instead, and keys are found through a permutation (4 bytes a key; a second sorted copy
+        with its places would take 12)."""
+        by_row = sort_order(self.row_hashes)
+        self.key_hashes = self.key_hashes[by_row]
+        self.row_hashes = self.row_hashes[by_row]
+        key_order = np.empty(len(by_row), dtype=np.int32 if len(by_row) < 2**31 else np.int64)
+        key_order[by_row] = np.arange(len(by_row), dtype=key_order.dtype)
+        self.keys = _SortedIndex(self.key_hashes, key_order)
+        self.records = _SortedIndex(self.row_hashes)
+
+    def known_records(self, row_hashes: np.ndarray) -> np.ndarray:
+        """Place of the snapshot row with each of these row hashes, -1 where there is none.
+
+        For hashes of raw records, which hold their key: the same hash is the same key with the
+        same values. Read-only, so a reader thread may call it.
+        """
+        return self.records.find(row_hashes)
+
+    def carried_rows(self, batch_rows: int = 65_536) -> Iterator[pa.Table]:
+        """Snapshot rows marked ``carried``, with their delete columns (streamed back from the file)."""
+        if not self.carried.any():
+            return
+        if self.columns() == ["key_hash", "row_hash"]:  # all in memory
+            rows = np.flatnonzero(self.carried)
+            for start in range(0, len(rows), batch_rows):
+                part = rows[start : start + batch_rows]
+                yield pa.table({"key_hash": self.key_hashes[part], "row_hash": self.row_hashes[part]})
+            return
+        with open_binary(self.path) as stream:
+            for batch in pq.ParquetFile(stream).iter_batches(batch_size=batch_rows):
+                mask = self.carried[np.maximum(self.find(_uint64_array(batch.column("key_hash"))), 0)]
+                if mask.any():
+                    yield pa.Table.from_batches([batch]).filter(pa.array(mask))
+
+    def columns(self) -> list[str]:
+        with open_binary(self.path) as stream:
+            return pq.ParquetFile(stream).schema_arrow.names
 
     def repeats(self, positions: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """True for the ``valid`` rows found in the snapshot whose key came before in this run (in
@@ -112,22 +145,6 @@ class PreviousSnapshot:
             return np.zeros(len(positions), dtype=bool)
         return (positions >= 0) & (self.row_hashes[np.maximum(positions, 0)] == row_hashes)
 
-    def _positions(self, key_hashes: np.ndarray) -> np.ndarray:
-        """Index of the first snapshot key >= each hash (as ``searchsorted``), clipped to the array."""
-        if self.bucket_bits:
-            bucket = (key_hashes >> np.uint64(64 - self.bucket_bits)).astype(np.int64)
-        else:
-            bucket = np.zeros(len(key_hashes), np.int64)
-        low, high = self.bucket_starts[bucket], self.bucket_starts[bucket + 1]
-        last = len(self.key_hashes) - 1
-        for _ in range(self.search_steps):  # lower-bound binary search, all needles in step
-            middle = (low + high) >> 1
-            below = self.key_hashes[np.minimum(middle, last)] < key_hashes
-            below &= middle < high
-            low = np.where(below, middle + 1, low)
-            high = np.where(below, high, middle)
-        return np.minimum(low, last)
-
     def vanished(self, batch_rows: int = 65_536) -> Iterator[pa.Table]:
         """Snapshot rows whose key was not seen in this run (streamed back from the file)."""
         unseen = np.sort(self.key_hashes[~self.seen])
@@ -140,6 +157,51 @@ class PreviousSnapshot:
                 mask = unseen[index] == hashes
                 if mask.any():
                     yield pa.Table.from_batches([batch]).filter(pa.array(mask))
+
+
+class _SortedIndex:
+    """Finds values in a sorted array of uniform 64-bit hashes.
+
+    The hashes are uniform, so their top bits cut the array into buckets of a few values each: a
+    lookup is one read of the bucket bounds plus a short binary search there, instead of a search
+    over the whole array (and no sort of the needles to keep it cached).
+    """
+
+    def __init__(self, values: np.ndarray, order: np.ndarray | None = None):
+        self.values = values
+        self.order = order  # values[order] is sorted; None: values is
+        self.bucket_bits = int(min(max(np.ceil(np.log2(max(len(values), 1) / 8)), 0), 24))
+        if self.bucket_bits:
+            edges = np.arange(1 << self.bucket_bits, dtype=np.uint64) << np.uint64(64 - self.bucket_bits)
+            bounds = np.searchsorted(values if order is None else values[order], edges)
+        else:
+            bounds = np.zeros(1, np.int64)
+        self.bucket_starts = np.append(bounds, len(values)).astype(np.int64)
+        sizes = np.diff(self.bucket_starts)
+        self.search_steps = int(np.ceil(np.log2(int(sizes.max()) + 1))) if len(sizes) else 0
+
+    def find(self, needles: np.ndarray) -> np.ndarray:
+        """Index of each needle in the array, -1 where it is not there."""
+        if not len(self.values):
+            return np.full(len(needles), -1, dtype=np.int64)
+        if self.bucket_bits:
+            bucket = (needles >> np.uint64(64 - self.bucket_bits)).astype(np.int64)
+        else:
+            bucket = np.zeros(len(needles), np.int64)
+        low, high = self.bucket_starts[bucket], self.bucket_starts[bucket + 1]
+        last = len(self.values) - 1
+
+        def place(index: np.ndarray) -> np.ndarray:
+            return index if self.order is None else self.order[index]
+
+        for _ in range(self.search_steps):  # lower-bound binary search, all needles in step
+            middle = (low + high) >> 1
+            below = self.values[place(np.minimum(middle, last))] < needles
+            below &= middle < high
+            low = np.where(below, middle + 1, low)
+            high = np.where(below, high, middle)
+        found = place(np.minimum(low, last))
+        return np.where(self.values[found] == needles, found, -1)
 
 
 def sort_order(keys: np.ndarray) -> np.ndarray:

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_profiles.formats import get_writer
-from airflow_provider_profiles.formats.mapping import FieldMapping
 from airflow_provider_profiles.formats.hashing import hash_columns, hash_strings
 from airflow_provider_profiles.formats.keys import SeenKeys
+from airflow_provider_profiles.formats.mapping import FieldMapping
 from airflow_provider_profiles.formats.pipeline import Preparer, prepare_file
 from airflow_provider_profiles.formats.reader import InputBatch, InputError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -135,3 +136,29 @@ def test_other_delimiters(tmp_path):
     names, rows, _, _ = rows_and_lines(path, delimiter=";")
     assert names == ["id", "name"]
     assert rows == [{"id": "1", "name": "a;b"}, {"id": "2", "name": "c"}]
+
+
+@pytest.mark.parametrize("block_bytes", [8, 64, 1 << 20])
+def test_raw_records_hash_each_record_and_skip_the_known_ones(tmp_path, block_bytes):
+    text = b'id,name\r\n1,a\r\n\r\n2,"b\r\nc"\r\n3,"say ""hi"""\r\n\n4,d'
+    path = write(tmp_path, "in.csv", text)
+
+    def read(known=None):
+        names, batches = read_input(path, block_bytes=block_bytes, records=True)
+        rows, skipped = {}, {}
+        for batch in (unparsed.unparsed.parse(known) for unparsed in batches):
+            rows.update(zip(batch.lines.tolist(), zip(batch.rows(), batch.row_hashes.tolist())))
+            if batch.skipped:
+                skipped.update(zip(batch.skipped.lines.tolist(), batch.skipped.places.tolist()))
+        return rows, skipped
+
+    rows, skipped = read()
+    assert {line: row for line, (row, _) in rows.items()} == {
+        2: {"id": "1", "name": "a"}, 4: {"id": "2", "name": "b\r\nc"}, 6: {"id": "3", "name": 'say "hi"'}, 8: {"id": "4", "name": "d"}
+    }
+    hashes = {line: hashed for line, (_, hashed) in rows.items()}
+    assert len(set(hashes.values())) == 4 and not skipped
+    places = {hashes[2]: 0, hashes[6]: 1}  # records 1 and 3 are known
+    rows, skipped = read(lambda found: np.array([places.get(int(h), -1) for h in found], dtype=np.int64))
+    assert sorted(rows) == [4, 8] and skipped == {2: 0, 6: 1}
+    assert {line: hashed for line, (_, hashed) in rows.items()} == {4: hashes[4], 8: hashes[8]}

@@ -102,6 +102,14 @@ def test_vanished_ids_become_deletions_where_the_vendor_has_them(tmp_path):
     assert (result.written, result.unchanged, result.deleted) == (0, 2, 1)
     lines = [json.loads(line) for line in open(tmp_path / "b.ndjson")]
     assert lines == [{"compartment_id": "9", "user_account_id": "3", "operation": "DELETE"}]
+    state.commit("b")
+    # ids 1 and 2 went into b's snapshot unparsed, carried over from a's with their delete columns
+    source = write_csv(tmp_path / "c.csv", BASE[:1])
+    result = prepare_file(source, profile, str(tmp_path / "c.ndjson"), sync=state, sync_run_key="c", **options)
+    assert (result.written, result.unchanged, result.deleted) == (0, 1, 1)
+    assert [json.loads(line) for line in open(tmp_path / "c.ndjson")] == [
+        {"compartment_id": "9", "user_account_id": "2", "operation": "DELETE"}
+    ]
 
 
 def test_deletions_need_a_vendor_that_can_delete(tmp_path):
@@ -119,7 +127,8 @@ def test_run_keys_are_file_safe():
 
 
 @pytest.mark.parametrize("size", [0, 1, 7, 300, 50_000])
-def test_snapshot_lookup_agrees_with_a_binary_search(size):
+@pytest.mark.parametrize("by_record", [False, True], ids=["by_key", "by_record"])
+def test_snapshot_lookup_agrees_with_a_binary_search(size, by_record):
     import numpy as np
 
     from airflow_provider_profiles.formats.sync import PreviousSnapshot
@@ -129,6 +138,13 @@ def test_snapshot_lookup_agrees_with_a_binary_search(size):
     keys[: min(size, 3)] = np.array([0, 2**64 - 1, 2**63], dtype=np.uint64)[: min(size, 3)]
     rows = rng.integers(0, 2**64 - 1, size, dtype=np.uint64, endpoint=True)
     snapshot = PreviousSnapshot("unused", keys, rows)
+    if by_record:  # sorted by row hash, keys found through a permutation
+        snapshot.index_records()
+        probes = np.concatenate((rows[::2], rng.integers(0, 2**64 - 1, 100, dtype=np.uint64, endpoint=True)))
+        places = snapshot.known_records(probes)
+        known_rows = set(rows.tolist())
+        assert [int(p) >= 0 for p in places] == [h in known_rows for h in probes.tolist()]
+        assert all(snapshot.row_hashes[p] == h for p, h in zip(places, probes) if p >= 0)
     probes = np.concatenate((keys[: size // 2], rng.integers(0, 2**64 - 1, 2_000, dtype=np.uint64, endpoint=True)))
     probe_rows = np.concatenate((rows[: size // 2], rows[: size // 2][:0], np.zeros(2_000, np.uint64)))
     probe_rows[: size // 4] += np.uint64(1)  # a quarter of the known keys changed
@@ -181,3 +197,38 @@ def test_sort_order_is_an_argsort_even_where_top_bits_tie():
     assert np.array_equal(keys[order], np.sort(keys))
     assert sorted(order.tolist()) == list(range(len(keys)))
     assert sort_order(np.zeros(0, np.uint64)).tolist() == [] and sort_order(np.array([7], np.uint64)).tolist() == [0]
+
+
+def test_unchanged_csv_records_are_not_parsed(tmp_path, monkeypatch):
+    """A CSV sync compares each record's raw bytes first: only new and changed records are parsed,
+    and a bad record among them is reported at its line in the file."""
+    from airflow_provider_profiles.formats import reader
+
+    state = SyncState(tmp_path / "state")
+    rows = [(i, f"n{i}", f"c{i}") for i in range(1, 301)]
+    run(tmp_path, rows, "a", state)
+    state.commit("a")
+    parsed = []
+    original = reader._parse_csv_block
+    monkeypatch.setattr(reader, "_parse_csv_block", lambda *a, **k: parsed.append(a[1].count(b"\n")) or original(*a, **k))
+    source = tmp_path / "b.csv"
+    source.write_text(
+        "id,name,city\n" + "".join(f"{i},{n},{c}\n" for i, n, c in rows[:99])
+        + "100,changed,c100\n" + "ragged\n" + "".join(f"{i},{n},{c}\n" for i, n, c in rows[100:])
+    )
+    result = prepare_file(str(source), writer(), str(tmp_path / "b.ndjson"), sync=state, sync_run_key="b",
+                          rejects=str(tmp_path / "rejects.csv"))
+    assert (result.read, result.written, result.unchanged, result.rejected) == (301, 1, 299, 1)
+    assert sum(parsed) <= 3  # the changed record and the ragged one (and their block), not 301
+    assert (tmp_path / "rejects.csv").read_text().splitlines()[1].startswith("102,")
+    assert set(sent(tmp_path / "b.ndjson")) == {"100"}
+
+
+def test_a_changed_header_resends_everything(tmp_path):
+    state = SyncState(tmp_path / "state")
+    run(tmp_path, BASE, "a", state)
+    state.commit("a")
+    source = tmp_path / "b.csv"
+    source.write_text("id,city,name\n" + "".join(f"{i},{c},{n}\n" for i, n, c in BASE))  # same values
+    result = prepare_file(str(source), writer(), str(tmp_path / "b.ndjson"), sync=state, sync_run_key="b")
+    assert result.written == 10 and "every row is sent" in result.notes[0]
