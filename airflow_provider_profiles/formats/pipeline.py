@@ -255,22 +255,20 @@ class Preparer:
             or ([writer.identifier_field] if writer.identifier_field else [])
         )
         self.deletions = deletions
+        # CSV records with the very bytes the last sync sent are not even parsed
+        records = bool(input_description and input_description.startswith("csv records"))
         if sync is not None:
             # how rows are hashed is part of it: raw CSV records (input_description) or values
             described = (mapping.fingerprint() if mapping else "-") + "|" + writer_fingerprint(writer)
             described += f"|{input_description}" if input_description else ""
             self.fingerprint = hashlib.sha256(described.encode()).hexdigest()[:16]
-            self.previous = sync.previous(self.fingerprint)
+            self.previous = sync.previous(self.fingerprint, by_record=records)
             if self.previous is None:
                 self.result.notes.append("no committed sync snapshot for this mapping: every row is sent")
             self.snapshot = sync.writer(sync_run_key, self.delete_columns if deletions else [])
             self.result.sync_run_key = sync_run_key
             self.result.sync_state = str(sync.directory)
-        # CSV records with the very bytes the last sync sent are not even parsed
-        self.known_records = None
-        if self.previous is not None and input_description and input_description.startswith("csv records"):
-            self.previous.index_records()
-            self.known_records = self.previous.known_records
+        self.known_records = self.previous.known_records if records and self.previous is not None else None
 
     # Each batch is first brought to one shape: a mapped table (columnar) or mapped row dicts.
     def add(self, batch: InputBatch) -> None:

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from airflow_provider_profiles.formats.hashing import hash_strings
@@ -308,7 +307,7 @@ def _parse_csv_block(
         raw = parse(pa.binary())
         if raw is None or malformed:
             return _parse_csv_block_slowly(path, block, names, first_line, delimiter)
-        lines = _record_lines(raw, first_line, has_quotes, newlines)
+        lines = _record_lines(block, first_line, raw.num_rows, newlines)
         for name, column in zip(names, raw.columns):
             try:
                 column.cast(pa.string())
@@ -317,7 +316,7 @@ def _parse_csv_block(
         return _parse_csv_block_slowly(path, block, names, first_line, delimiter)
     # one chunk per column: the Arrow kernels downstream pay a cost per chunk
     table = table.combine_chunks()
-    return InputBatch(lines=_record_lines(table, first_line, has_quotes, newlines), table=table)
+    return InputBatch(lines=_record_lines(block, first_line, table.num_rows, newlines), table=table)
 
 
 class UnparsedRecords:
@@ -335,8 +334,7 @@ class UnparsedRecords:
         self.ends = np.append(self.starts[1:], len(block))
         self.spans = np.diff(line_starts)  # lines per record
         self.lines = first_line + line_starts[:-1]
-        data = np.frombuffer(block, np.uint8)
-        self.blank = (self.ends - self.starts == 1) | ((self.ends - self.starts == 2) & (data[self.starts] == 13))
+        self.blank = _blank(block, self.starts, self.ends)
 
     def parse(self, known: Callable[[np.ndarray], np.ndarray] | None = None) -> InputBatch:
         """The batch, without the records whose hash ``known`` finds in the snapshot (their place
@@ -376,11 +374,10 @@ class UnparsedRecords:
         return batch
 
 
-def _record_hashes(block) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Where each record of ``block`` (which ends with a newline) starts, the line it starts on
-    counted from the block's first (one more entry: the block's line count), and the hash of its
-    bytes, terminator included. A newline ends a record when an even number of quotes precede it.
-    """
+def _record_starts(block) -> tuple[np.ndarray, np.ndarray]:
+    """Where each record of ``block`` (which ends with a newline) starts, and the line it starts on
+    counted from the block's first (one more entry: the block's line count). A newline ends a
+    record when an even number of quotes precede it."""
     data = np.frombuffer(block, dtype=np.uint8)
     newlines = np.flatnonzero(data == 10)
     ends = newlines
@@ -389,30 +386,33 @@ def _record_hashes(block) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if (quotes & 1).any():
             ends = newlines[np.cumsum(quotes & 1) % 2 == 0]
     starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+    return starts, np.append(np.searchsorted(newlines, starts), len(newlines))
+
+
+def _blank(block, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Records that are an empty line (the CSV parser skips them)."""
+    length = ends - starts
+    return (length == 1) | ((length == 2) & (np.frombuffer(block, np.uint8)[starts] == 13))
+
+
+def _record_hashes(block) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_record_starts``, and the hash of each record's bytes (its line end included)."""
+    starts, line_starts = _record_starts(block)
     offsets = np.append(starts, len(block)).astype(np.int32)
     records = pa.Array.from_buffers(pa.binary(), len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(block)])
-    return starts, np.append(np.searchsorted(newlines, starts), len(newlines)), hash_strings(records)
+    return starts, line_starts, hash_strings(records)
 
 
-def _record_lines(table: pa.Table, first_line: int, has_quotes: bool, newlines: int) -> np.ndarray:
-    """Line where each record starts: one line per record plus newlines inside quoted values."""
-    count = table.num_rows
-    lines = np.arange(first_line, first_line + count, dtype=np.int64)
-    if has_quotes and count and newlines > count:
-        extra = np.zeros(count, dtype=np.int64)
-        for column in table.columns:
-            for chunk_start, chunk in _chunk_starts(column):
-                extra[chunk_start : chunk_start + len(chunk)] += np.asarray(pc.count_substring(chunk, "\n"))
-        if extra.any():
-            lines[1:] += np.cumsum(extra)[:-1]
-    return lines
-
-
-def _chunk_starts(column: pa.ChunkedArray):
-    start = 0
-    for chunk in column.chunks:
-        yield start, chunk
-        start += len(chunk)
+def _record_lines(block, first_line: int, rows: int, newlines: int) -> np.ndarray:
+    """Line where each of the ``rows`` parsed records starts: one line each, unless the block has
+    blank lines (skipped by the parser) or newlines inside quoted values."""
+    if newlines == rows:
+        return np.arange(first_line, first_line + rows, dtype=np.int64)
+    if not block.endswith(b"\n"):
+        block = bytes(block) + b"\n"
+    starts, line_starts = _record_starts(block)
+    lines = first_line + line_starts[:-1][~_blank(block, starts, np.append(starts[1:], len(block)))]
+    return lines if len(lines) == rows else np.arange(first_line, first_line + rows, dtype=np.int64)
 
 
 def _raise_bad_utf8(path: Any, column: pa.ChunkedArray, name: str, lines: np.ndarray):

@@ -48,25 +48,40 @@ def run_key_of(text: str) -> str:
 class PreviousSnapshot:
     """The committed snapshot as sorted hash arrays; classifies rows as new, changed or unchanged."""
 
-    def __init__(self, path: Any, key_hashes: np.ndarray, row_hashes: np.ndarray | None = None, *, order=None):
-        # keys are unique in a snapshot (a sync checks duplicates), so any sort order will do
-        order = sort_order(key_hashes) if order is None else order
+    def __init__(self, path: Any, key_hashes: np.ndarray, row_hashes: np.ndarray | None = None, *, order=None, by_record=False):
+        """Sorted by key (``order`` if already known), or with ``by_record`` by row hash, for
+        ``known_records``: keys are then found through a permutation (4 bytes a key, where a
+        second sorted copy with its places would take 12)."""
         self.path = path
+        key_rank = None
+        if by_record:
+            key_rank = sort_order(key_hashes)
+            order = sort_order(row_hashes)
+        elif order is None:
+            order = sort_order(key_hashes)  # keys are unique in a snapshot: any sort will do
         self.key_hashes = key_hashes[order]
         self.row_hashes = row_hashes[order] if row_hashes is not None else None
         self.seen = np.zeros(len(order), dtype=bool)
         self.carried = np.zeros(len(order), dtype=bool)  # unchanged rows left unparsed (see known_records)
-        self.keys = _SortedIndex(self.key_hashes)
         self.records: _SortedIndex | None = None
+        if key_rank is None:
+            self.keys = _SortedIndex(self.key_hashes)
+        else:
+            place = np.empty(len(order), dtype=np.int32 if len(order) < 2**31 else np.int64)
+            place[order] = np.arange(len(order), dtype=place.dtype)
+            self.keys = _SortedIndex(self.key_hashes, place[key_rank])
+            self.records = _SortedIndex(self.row_hashes)
 
     @classmethod
-    def load(cls, path: Any) -> PreviousSnapshot:
-        """Reads one column at a time and sorts as it goes: the peak is about 3 arrays of 8 bytes a
-        key, not the 9 that reading, combining, copying and sorting both columns at once held.
-        ``ParquetFile.read`` also spares the import of the dataset layer (a second or more)."""
+    def load(cls, path: Any, by_record: bool = False) -> PreviousSnapshot:
+        """Sorted by key, it reads one column at a time and sorts as it goes: the peak is about 3
+        arrays of 8 bytes a key, not the 9 that reading, combining, copying and sorting both
+        columns at once held. ``ParquetFile.read`` also spares the import of the dataset layer."""
         with open_binary(path) as stream:
             parquet = pq.ParquetFile(stream)
             keys = _uint64_column(parquet, "key_hash")
+            if by_record:
+                return cls(path, keys, _uint64_column(parquet, "row_hash"), by_record=True)
             order = sort_order(keys)
             snapshot = cls(path, keys, None, order=order)
             del keys
@@ -79,18 +94,6 @@ class PreviousSnapshot:
     def find(self, key_hashes: np.ndarray) -> np.ndarray:
         """Place of each key in the snapshot, -1 where the snapshot does not hold it."""
         return self.keys.find(key_hashes)
-
-    def index_records(self) -> None:
-        """Makes ``known_records`` ready, before any lookup: the snapshot is sorted by row hash
-        instead, and keys are found through a permutation (4 bytes a key; a second sorted copy
-        with its places would take 12)."""
-        by_row = sort_order(self.row_hashes)
-        self.key_hashes = self.key_hashes[by_row]
-        self.row_hashes = self.row_hashes[by_row]
-        key_order = np.empty(len(by_row), dtype=np.int32 if len(by_row) < 2**31 else np.int64)
-        key_order[by_row] = np.arange(len(by_row), dtype=key_order.dtype)
-        self.keys = _SortedIndex(self.key_hashes, key_order)
-        self.records = _SortedIndex(self.row_hashes)
 
     def known_records(self, row_hashes: np.ndarray) -> np.ndarray:
         """Place of the snapshot row with each of these row hashes, -1 where there is none.
@@ -212,7 +215,7 @@ def sort_order(keys: np.ndarray) -> np.ndarray:
     index_bits = np.uint64(max(count - 1, 1).bit_length())
     packed = (keys >> index_bits << index_bits) | np.arange(count, dtype=np.uint64)
     packed.sort()
-    order = (packed & ((np.uint64(1) << index_bits) - np.uint64(1))).astype(np.int64)
+    order = (packed & ((np.uint64(1) << index_bits) - np.uint64(1))).astype(np.int32 if count < 2**31 else np.int64)
     del packed
     ordered = keys[order]
     if (ordered[1:] < ordered[:-1]).any():
@@ -288,12 +291,12 @@ class SyncState:
     def meta_path(self, run_key: str):
         return self._file(f"snapshots/{run_key_of(run_key)}.json")
 
-    def previous(self, fingerprint: str) -> PreviousSnapshot | None:
+    def previous(self, fingerprint: str, by_record: bool = False) -> PreviousSnapshot | None:
         """The committed snapshot, or None when there is none or the mapping changed since."""
         current = self.current()
         if current is None or current.get("fingerprint") != fingerprint:
             return None
-        return PreviousSnapshot.load(self._file(current["snapshot"]))
+        return PreviousSnapshot.load(self._file(current["snapshot"]), by_record)
 
     def writer(self, run_key: str, extra_columns: list[str] = ()) -> SnapshotWriter:
         return SnapshotWriter(self.snapshot_path(run_key), list(extra_columns))

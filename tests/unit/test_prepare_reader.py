@@ -162,3 +162,10 @@ def test_raw_records_hash_each_record_and_skip_the_known_ones(tmp_path, block_by
     rows, skipped = read(lambda found: np.array([places.get(int(h), -1) for h in found], dtype=np.int64))
     assert sorted(rows) == [4, 8] and skipped == {2: 0, 6: 1}
     assert {line: hashed for line, (_, hashed) in rows.items()} == {4: hashes[4], 8: hashes[8]}
+
+
+def test_lines_count_blank_lines_and_newlines_in_quotes(tmp_path):
+    path = write(tmp_path, "in.csv", b'id,name\n1,a\n\n2,b\n3,"x\ny"\n\n4,d')
+    names, rows, lines, _ = rows_and_lines(path)
+    assert lines == [2, 4, 5, 8]
+    assert [row["id"] for row in rows] == ["1", "2", "3", "4"]

@@ -137,9 +137,8 @@ def test_snapshot_lookup_agrees_with_a_binary_search(size, by_record):
     keys = rng.integers(0, 2**64 - 1, size, dtype=np.uint64, endpoint=True)
     keys[: min(size, 3)] = np.array([0, 2**64 - 1, 2**63], dtype=np.uint64)[: min(size, 3)]
     rows = rng.integers(0, 2**64 - 1, size, dtype=np.uint64, endpoint=True)
-    snapshot = PreviousSnapshot("unused", keys, rows)
-    if by_record:  # sorted by row hash, keys found through a permutation
-        snapshot.index_records()
+    snapshot = PreviousSnapshot("unused", keys, rows, by_record=by_record)  # by_record: keys through a permutation
+    if by_record:
         probes = np.concatenate((rows[::2], rng.integers(0, 2**64 - 1, 100, dtype=np.uint64, endpoint=True)))
         places = snapshot.known_records(probes)
         known_rows = set(rows.tolist())
