@@ -213,9 +213,12 @@ def sort_order(keys: np.ndarray) -> np.ndarray:
     share those top bits are put in order."""
     count = len(keys)
     index_bits = np.uint64(max(count - 1, 1).bit_length())
-    packed = (keys >> index_bits << index_bits) | np.arange(count, dtype=np.uint64)
+    packed = keys >> index_bits  # in place from here: fewer large arrays to allocate
+    packed <<= index_bits
+    packed |= np.arange(count, dtype=np.uint64)
     packed.sort()
-    order = (packed & ((np.uint64(1) << index_bits) - np.uint64(1))).astype(np.int32 if count < 2**31 else np.int64)
+    packed &= (np.uint64(1) << index_bits) - np.uint64(1)
+    order = packed.astype(np.int32 if count < 2**31 else np.int64)
     del packed
     ordered = keys[order]
     if (ordered[1:] < ordered[:-1]).any():
