@@ -42,7 +42,7 @@ from airflow_provider_profiles.formats.hashing import (
 )
 from airflow_provider_profiles.formats.keys import SeenKeys
 from airflow_provider_profiles.formats.mapping import FieldMapping, lookup
-from airflow_provider_profiles.formats.reader import InputBatch, InputError, guess_format, read_input
+from airflow_provider_profiles.formats.reader import InputBatch, InputError, RecordHashes, guess_format, read_input
 from airflow_provider_profiles.formats.sync import (
     PreviousSnapshot,
     SnapshotWriter,
@@ -220,6 +220,7 @@ class Preparer:
         delete_columns: list[str] | None = None,
         fast: bool = True,
         input_description: str | None = None,
+        records: RecordHashes | None = None,
     ):
         if duplicates is None:
             duplicates = default_duplicates(writer, sync is not None)
@@ -255,20 +256,23 @@ class Preparer:
             or ([writer.identifier_field] if writer.identifier_field else [])
         )
         self.deletions = deletions
-        # CSV records with the very bytes the last sync sent are not even parsed
-        records = bool(input_description and input_description.startswith("csv records"))
         if sync is not None:
             # how rows are hashed is part of it: raw CSV records (input_description) or values
             described = (mapping.fingerprint() if mapping else "-") + "|" + writer_fingerprint(writer)
             described += f"|{input_description}" if input_description else ""
             self.fingerprint = hashlib.sha256(described.encode()).hexdigest()[:16]
-            self.previous = sync.previous(self.fingerprint, by_record=records)
+            self.previous = sync.previous(self.fingerprint, by_record=records is not None)
             if self.previous is None:
                 self.result.notes.append("no committed sync snapshot for this mapping: every row is sent")
             self.snapshot = sync.writer(sync_run_key, self.delete_columns if deletions else [])
             self.result.sync_run_key = sync_run_key
             self.result.sync_state = str(sync.directory)
-        self.known_records = self.previous.known_records if records and self.previous is not None else None
+        # CSV records with the very bytes the last sync sent are not even parsed: the reader hands
+        # them over unparsed (without a snapshot to compare with, it parses them itself)
+        self.known_records = None
+        if records is not None and self.previous is not None:
+            self.known_records = self.previous.known_records
+            records.defer = True
 
     # Each batch is first brought to one shape: a mapped table (columnar) or mapped row dicts.
     def add(self, batch: InputBatch) -> None:
@@ -704,11 +708,11 @@ def prepare_file(
     """Read ``source`` (CSV, NDJSON or Parquet; local or object storage) and write ``output``."""
     input_format = (input_format or guess_format(source)).lower()
     # a CSV sync hashes each record's raw bytes, so that unchanged records need no parsing
-    records = options.get("sync") is not None and input_format == "csv"
+    records = RecordHashes() if options.get("sync") is not None and input_format == "csv" else None
     names, batches = read_input(source, input_format, delimiter=delimiter, encoding=encoding, records=records)
     check_columns(source, names, writer, options.get("mapping"))
-    if records:
-        options["input_description"] = f"csv records|{delimiter}|{encoding}|{names}"
+    if records is not None:
+        options.update(records=records, input_description=f"csv records|{delimiter}|{encoding}|{names}")
     result = prepare_batches(prefetched(batches), writer, output, **options)
     if result.read == 0 and not allow_empty:
         raise InputError(source, "no data rows (a header only, or an empty file); pass allow_empty=True if that is expected")

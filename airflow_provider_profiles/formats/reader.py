@@ -71,6 +71,15 @@ class InputBatch:
 
 
 @dataclass
+class RecordHashes:
+    """Asks a CSV read for the hash of each record's raw bytes (``InputBatch.row_hashes``). With
+    ``defer`` (set before reading starts), batches come unparsed (``InputBatch.unparsed``), for the
+    consumer to parse only the records it does not know; otherwise the reader parses them."""
+
+    defer: bool = False
+
+
+@dataclass
 class SkippedRecords:
     """Records of a batch left unparsed: their first line, place in the snapshot and bytes."""
 
@@ -111,12 +120,11 @@ def read_input(
     encoding: str = "utf-8",
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     batch_rows: int = DEFAULT_BATCH_ROWS,
-    records: bool = False,
+    records: RecordHashes | None = None,
 ) -> tuple[list[str], Iterator[InputBatch]]:
     """Open an input file; returns its column names and an iterator of batches.
 
-    With ``records`` (CSV only), batches come cut into hashed records, to be parsed by the
-    consumer (``InputBatch.unparsed``), which may leave out the records it already knows.
+    ``records`` (CSV only) asks for the hash of each record's raw bytes (see ``RecordHashes``).
     """
     format = (format or guess_format(path)).lower()
     if format == "csv":
@@ -202,7 +210,7 @@ def _split_header(first: bytes, path: Any, delimiter: str) -> tuple[list[str], b
     return names, first[offset:], header_lines
 
 
-def _read_csv(path: Any, *, delimiter: str, encoding: str, block_bytes: int, records: bool = False):
+def _read_csv(path: Any, *, delimiter: str, encoding: str, block_bytes: int, records: RecordHashes | None = None):
     stream = open_binary(path)
     blocks = record_blocks(stream, block_bytes)
     transcode = encoding.lower().replace("_", "-") not in ("utf-8", "utf8", "utf-8-sig")
@@ -243,8 +251,9 @@ def _read_csv(path: Any, *, delimiter: str, encoding: str, block_bytes: int, rec
                 if not block or block.isspace():  # only blank lines
                     next_line += newlines
                     continue
-                if records:
-                    batch = InputBatch(np.zeros(0, np.int64), unparsed=UnparsedRecords(path, block, names, delimiter, next_line))
+                if records is not None:
+                    unparsed = UnparsedRecords(path, block, names, delimiter, next_line)
+                    batch = InputBatch(np.zeros(0, np.int64), unparsed=unparsed) if records.defer else unparsed.parse()
                 else:
                     batch = _parse_csv_block(path, block, names, next_line, delimiter, newlines)
                 next_line += newlines + (0 if block.endswith(b"\n") else 1)

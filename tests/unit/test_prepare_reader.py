@@ -144,9 +144,11 @@ def test_raw_records_hash_each_record_and_skip_the_known_ones(tmp_path, block_by
     path = write(tmp_path, "in.csv", text)
 
     def read(known=None):
-        names, batches = read_input(path, block_bytes=block_bytes, records=True)
+        from airflow_provider_profiles.formats.reader import RecordHashes
+
+        names, batches = read_input(path, block_bytes=block_bytes, records=RecordHashes(defer=known is not None))
         rows, skipped = {}, {}
-        for batch in (unparsed.unparsed.parse(known) for unparsed in batches):
+        for batch in (batch.unparsed.parse(known) if batch.unparsed else batch for batch in batches):
             rows.update(zip(batch.lines.tolist(), zip(batch.rows(), batch.row_hashes.tolist())))
             if batch.skipped:
                 skipped.update(zip(batch.skipped.lines.tolist(), batch.skipped.places.tolist()))
