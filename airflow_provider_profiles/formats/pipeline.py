@@ -256,6 +256,11 @@ class Preparer:
             or ([writer.identifier_field] if writer.identifier_field else [])
         )
         self.deletions = deletions
+        # per batch, set by _filter for _finish: rows unchanged since the last sync, and records
+        # the reader left unparsed that were unchanged (a count) or repeated (rejects)
+        self._unchanged = np.zeros(0, dtype=bool)
+        self._skipped_unchanged = 0
+        self._skipped_rejects: list[tuple[int, str | None, str]] = []
         if sync is not None:
             # how rows are hashed is part of it: raw CSV records (input_description) or values
             described = (mapping.fingerprint() if mapping else "-") + "|" + writer_fingerprint(writer)
@@ -443,7 +448,7 @@ class Preparer:
         duplicate = np.zeros(len(keys), dtype=bool)
         if self.seen is not None:  # the snapshot checks its own keys; only new ones go to the set
             duplicate = self.seen.add_new(key_hashes, has_key if positions is None else has_key & (positions < 0))
-        self._skipped_rejects: list[tuple[int, str | None, str]] = []
+        self._skipped_rejects = []
         self._skipped_unchanged = 0
         if positions is not None:
             duplicate |= self._repeats(positions, has_key, lines, skipped)

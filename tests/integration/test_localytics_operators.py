@@ -87,7 +87,9 @@ def changes_file(tmp_path, text, name="changes.json"):
 
 @pytest.mark.parametrize("deferrable", [False, True], ids=["in_worker", "deferred"])
 def test_profile_import_returns_statistics(localytics, tmp_path, deferrable):
-    server, conn_id = localytics()
+    # pending for 1 s of real time: the check right after the upload sees it pending even on a
+    # loaded machine, so the polling below is really exercised
+    server, conn_id = localytics(pending_seconds=20)
     file = changes_file(tmp_path, GOOD % "a" + BAD % ("b", "x" * 256) + GOOD % "c")
     results = run(tmp_path, """
         LocalyticsProfileImportOperator(task_id="import", conn_id={conn_id}, file={file}, deferrable={deferrable},
