@@ -297,7 +297,11 @@ class Preparer:
     def _parse(self, unparsed, encoder) -> _Started:
         batch = unparsed.parse(self.known_records)  # the records left are new or changed: encoded
         table = self._columnar(batch, encoder)
-        return _Started(batch, table, self._digest(table, encoder, batch.row_hashes, True) if table is not None else None)
+        if table is None:
+            return _Started(batch)
+        digest: Future = Future()
+        digest.set_result(self._digest(table, encoder, batch.row_hashes, True))
+        return _Started(batch, table, digest)
 
     def _columnar(self, batch: InputBatch, encoder) -> pa.Table | None:
         """The mapped table, if the batch can take the columnar path."""
@@ -312,14 +316,12 @@ class Preparer:
         """Checks, encodes and writes a started batch; batches complete in input order."""
         if started.parsing is not None:
             started = started.parsing.result()
-        batch, digest = started.batch, started.digest
-        if isinstance(digest, Future):
-            digest = digest.result()
+        batch = started.batch
         self.result.read += len(batch) + len(batch.rejected) + len(batch.skipped or ())
         for line, identifier, reason in batch.rejected:
             self.rejects.add(line, identifier, reason)
-        if digest is not None:
-            self._add_table(started.table, batch, digest)
+        if started.digest is not None:
+            self._add_table(started.table, batch, started.digest.result())
         elif len(batch) or batch.skipped:
             self._add_rows(batch.rows() if len(batch) else [], batch)
 
@@ -573,7 +575,7 @@ class _Digest:
 class _Started:
     batch: InputBatch
     table: pa.Table | None = None
-    digest: Future | _Digest | None = None
+    digest: Future | None = None  # of a _Digest
     parsing: Future | None = None  # of a _Started with the parsed batch
 
 

@@ -22,7 +22,8 @@ class TaskInstanceStub(SimpleNamespace):
 
 
 def test_four_concurrent_imports_wait_for_a_free_slot(emulator, monkeypatch, tmp_path):
-    server = emulator("apsis_one", **{**FAST, "processing_seconds": 0.6, "slot_retry_after": 0.5})
+    # imports run 2 s: the fourth create comes while the first three run, however loaded the machine
+    server = emulator("apsis_one", **{**FAST, "processing_seconds": 2.0, "slot_retry_after": 0.5})
     # one 429 retry inside the shared policy, then the hook's own slot wait every 0.2s
     connect(monkeypatch, server, max_attempts=2, retry_after_cap=1, slot_wait_interval=0.2)
     # Operators run here in threads, outside a task runner: keep the retry ledger in memory.
