@@ -42,7 +42,13 @@ from airflow_provider_profiles.formats.hashing import (
 )
 from airflow_provider_profiles.formats.keys import SeenKeys
 from airflow_provider_profiles.formats.mapping import FieldMapping, lookup
-from airflow_provider_profiles.formats.reader import InputBatch, InputError, RecordHashes, guess_format, read_input
+from airflow_provider_profiles.formats.reader import (
+    InputBatch,
+    InputError,
+    RecordHashes,
+    guess_format,
+    read_input,
+)
 from airflow_provider_profiles.formats.sync import (
     PreviousSnapshot,
     SnapshotWriter,

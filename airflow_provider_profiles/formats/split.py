@@ -15,7 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from airflow_provider_profiles.formats.reader import guess_format
+from airflow_provider_profiles.formats.reader import (
+    guess_format,
+    last_record_end,
+    record_ends,
+)
 from airflow_provider_profiles.storage import (
     as_storage_path,
     is_local,
@@ -180,7 +184,7 @@ def _plan_by_scanning(stream, start: int, pending: bytes, limit, max_rows, quote
             break
         at_end = not data
         # block[:usable] holds complete records; the rest waits for more data
-        usable = len(block) if at_end else _last_boundary(block, 0, len(block), quoted)
+        usable = len(block) if at_end else last_record_end(block, 0, len(block), quoted)
         if usable <= 0:
             if at_end:
                 break
@@ -249,35 +253,8 @@ def _kernel_copy(source_fd: int, target_fd: int, offset: int, count: int) -> boo
     return False
 
 
-def _is_boundary(block: bytes, start: int, newline: int, quoted: bool) -> bool:
-    return not quoted or block.count(QUOTE, start, newline) % 2 == 0
-
-
-def _last_boundary(block: bytes, start: int, end: int, quoted: bool) -> int:
-    """Position just after the last record-ending newline in block[start:end], or ``start``."""
-    cut = end
-    while True:
-        newline = block.rfind(b"\n", start, cut)
-        if newline < 0:
-            return start
-        if _is_boundary(block, start, newline, quoted):
-            return newline + 1
-        cut = newline
-
-
-def _boundaries(block: bytes, start: int, end: int, quoted: bool) -> np.ndarray:
-    """Every record end (position after its newline) in block[start:end], vectorised."""
-    data = np.frombuffer(block, dtype=np.uint8, count=end - start, offset=start)
-    newlines = np.flatnonzero(data == 0x0A)
-    if quoted and len(newlines):
-        quotes = np.flatnonzero(data == 0x22)
-        if len(quotes):
-            newlines = newlines[np.searchsorted(quotes, newlines) % 2 == 0]
-    return newlines + start + 1
-
-
 def _count_records(block: bytes, start: int, end: int, quoted: bool) -> int:
-    count = len(_boundaries(block, start, end, quoted))
+    count = len(record_ends(block, start, end, quoted))
     return count if block[end - 1 : end] == b"\n" else count + 1
 
 
@@ -287,10 +264,10 @@ def _next_cut(block: bytes, position: int, usable: int, state: _Planner, limit, 
     if limit is not None:
         end = min(end, position + limit - state.bytes)
         if end < usable:
-            end = _last_boundary(block, position, end, quoted)
+            end = last_record_end(block, position, end, quoted)
     if max_rows is not None and end > position:
         room = max_rows - state.rows
-        ends = _boundaries(block, position, end, quoted)
+        ends = record_ends(block, position, end, quoted)
         if end == usable and (not len(ends) or ends[-1] != end):
             ends = np.append(ends, end)  # the final record of the file may lack its newline
         if len(ends) > room:

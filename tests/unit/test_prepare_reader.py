@@ -171,3 +171,24 @@ def test_lines_count_blank_lines_and_newlines_in_quotes(tmp_path):
     names, rows, lines, _ = rows_and_lines(path)
     assert lines == [2, 4, 5, 8]
     assert [row["id"] for row in rows] == ["1", "2", "3", "4"]
+
+
+def test_record_ends_agree_with_a_character_walk():
+    """Every record end and the last one, in any slice of a block that starts at a record start."""
+    from airflow_provider_profiles.formats.reader import last_record_end, record_ends
+
+    rng = np.random.default_rng(17)
+    for _ in range(300):
+        prefix = [b"", b's\n', b'p,"q\nr"\n'][int(rng.integers(0, 3))]  # whole records before start
+        block = prefix + bytes(rng.choice(list(b'ab,"\n'), size=int(rng.integers(0, 40))))
+        start = len(prefix)
+        end = int(rng.integers(start, len(block) + 1))
+        expected, inside = [], False
+        for position in range(start, end):
+            if block[position] == ord('"'):
+                inside = not inside
+            elif block[position] == ord("\n") and not inside:
+                expected.append(position + 1)
+        assert record_ends(block, start, end).tolist() == expected, (block, end)
+        assert last_record_end(block, start, end) == (expected[-1] if expected else start), (block, end)
+        assert record_ends(block, start, end, quoted=False).tolist() == [i + 1 for i in range(start, end) if block[i] == 10]
