@@ -166,6 +166,14 @@ def record_blocks(stream, block_bytes: int) -> Iterator[bytearray]:
 # escapes quotes by doubling them, which keeps the parity right). Shared with ``split``.
 
 
+def first_record_end(block, quoted: bool = True) -> int | None:
+    """Position just after the first record-ending newline of ``block``, None if it has none."""
+    newline = block.find(b"\n")
+    while newline >= 0 and quoted and block.count(b'"', 0, newline) % 2:
+        newline = block.find(b"\n", newline + 1)
+    return newline + 1 if newline >= 0 else None
+
+
 def last_record_end(block, start: int = 0, end: int | None = None, quoted: bool = True) -> int:
     """Position just after the last record-ending newline in block[start:end], or ``start``."""
     end = len(block) if end is None else end
@@ -208,15 +216,7 @@ def count_byte(data: bytes | bytearray, byte: bytes, start: int = 0, end: int | 
 
 def _split_header(first: bytes, path: Any, delimiter: str) -> tuple[list[str], bytes, int]:
     """Parse the header record from the first block; returns (names, rest, header line count)."""
-    end = 0
-    while True:
-        newline = first.find(b"\n", end)
-        if newline < 0:
-            end = len(first)
-            break
-        end = newline + 1
-        if first.count(b'"', 0, newline) % 2 == 0:
-            break
+    end = first_record_end(first) or len(first)
     text = first[:end].decode("utf-8", errors="strict")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from airflow_provider_profiles.formats.reader import (
+    first_record_end,
     guess_format,
     last_record_end,
     record_ends,
@@ -28,7 +29,6 @@ from airflow_provider_profiles.storage import (
 )
 
 BLOCK_BYTES = 16 << 20
-QUOTE = b'"'
 
 
 class RecordTooLarge(ValueError):
@@ -45,14 +45,9 @@ def _read_header(stream, quoted: bool) -> tuple[bytes, bytes]:
     while True:
         data = stream.read(1 << 16)
         buffer += data
-        position = 0
-        while True:
-            newline = buffer.find(b"\n", position)
-            if newline < 0:
-                break
-            if not quoted or buffer.count(QUOTE, 0, newline) % 2 == 0:
-                return buffer[: newline + 1], buffer[newline + 1 :]
-            position = newline + 1
+        end = first_record_end(buffer, quoted)
+        if end is not None:
+            return buffer[:end], buffer[end:]
         if not data:
             return buffer, b""
 

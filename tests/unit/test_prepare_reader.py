@@ -174,8 +174,8 @@ def test_lines_count_blank_lines_and_newlines_in_quotes(tmp_path):
 
 
 def test_record_ends_agree_with_a_character_walk():
-    """Every record end and the last one, in any slice of a block that starts at a record start."""
-    from airflow_provider_profiles.formats.reader import last_record_end, record_ends
+    """Every record end, the first and the last, in any slice of a block that starts at a record start."""
+    from airflow_provider_profiles.formats.reader import first_record_end, last_record_end, record_ends
 
     rng = np.random.default_rng(17)
     for _ in range(300):
@@ -191,4 +191,5 @@ def test_record_ends_agree_with_a_character_walk():
                 expected.append(position + 1)
         assert record_ends(block, start, end).tolist() == expected, (block, end)
         assert last_record_end(block, start, end) == (expected[-1] if expected else start), (block, end)
+        assert first_record_end(block[start:end]) == (expected[0] - start if expected else None), (block, end)
         assert record_ends(block, start, end, quoted=False).tolist() == [i + 1 for i in range(start, end) if block[i] == 10]
