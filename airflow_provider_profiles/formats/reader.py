@@ -139,14 +139,26 @@ def read_input(
 # --- CSV ----------------------------------------------------------------------------------------
 
 
-def record_blocks(stream, block_bytes: int) -> Iterator[bytearray]:
+class RecordTooLong(ValueError):
+    """No record end within ``MAX_RECORD_BYTES``: most likely a quote that is never closed."""
+
+
+# A record longer than this is taken for an unclosed quote, which would otherwise make the rest
+# of the file one record, held in memory.
+MAX_RECORD_BYTES = 64 << 20
+
+
+def record_blocks(stream, block_bytes: int, max_record_bytes: int | None = None) -> Iterator[bytearray]:
     """Yield blocks of ``stream`` that each end at a record boundary (``last_record_end``).
 
     Each block is read straight into its own buffer after the previous block's unfinished record,
     and cut by removing the tail: no byte is copied twice.
     """
+    max_record_bytes = max_record_bytes or MAX_RECORD_BYTES
     carry = b""
     while True:
+        if len(carry) > max_record_bytes:
+            raise RecordTooLong(f"no record ends within {len(carry) >> 20} MB: is a quote left open?")
         block = bytearray(len(carry) + block_bytes)
         block[: len(carry)] = carry
         read = stream.readinto(memoryview(block)[len(carry) :]) or 0
@@ -180,15 +192,15 @@ def last_record_end(block, start: int = 0, end: int | None = None, quoted: bool 
     if not quoted or block.find(b'"', start, end) < 0:  # memchr: the usual case
         newline = block.rfind(b"\n", start, end)
         return newline + 1 if newline >= 0 else start
-    total_quotes = count_byte(block, b'"', start, end)
-    cut = end
-    while True:
-        newline = block.rfind(b"\n", start, cut)
-        if newline < 0:
-            return start
-        if (total_quotes - block.count(b'"', newline + 1, end)) % 2 == 0:
-            return newline + 1
-        cut = newline
+    newline = block.rfind(b"\n", start, end)
+    if newline < 0:
+        return start
+    if count_byte(block, b'"', start, newline) % 2 == 0:  # the last newline ends a record: usual
+        return newline + 1
+    # Otherwise one vectorised pass: a walk back line by line recounts the quotes each time,
+    # quadratic in the lines of a block with an unbalanced quote.
+    ends = _newlines(block, start, end, True)[1]
+    return start + int(ends[-1]) + 1 if len(ends) else start
 
 
 def record_ends(block, start: int = 0, end: int | None = None, quoted: bool = True) -> np.ndarray:
@@ -250,8 +262,10 @@ def _read_csv(path: Any, *, delimiter: str, encoding: str, block_bytes: int, rec
 
     try:
         first = next(blocks, b"")
-    except Exception:
+    except Exception as error:
         stream.close()
+        if isinstance(error, RecordTooLong):
+            raise InputError(path, str(error), line=1) from None
         raise
     first = decode(first, 1)
     if first.startswith(b"\xef\xbb\xbf"):
@@ -283,6 +297,8 @@ def _read_csv(path: Any, *, delimiter: str, encoding: str, block_bytes: int, rec
                 next_line += newlines + (0 if block.endswith(b"\n") else 1)
                 if len(batch) or batch.rejected or batch.unparsed:
                     yield batch
+        except RecordTooLong as error:
+            raise InputError(path, f"from this line on, {error}", line=next_line) from None
         finally:
             stream.close()
 

@@ -193,3 +193,16 @@ def test_record_ends_agree_with_a_character_walk():
         assert last_record_end(block, start, end) == (expected[-1] if expected else start), (block, end)
         assert first_record_end(block[start:end]) == (expected[0] - start if expected else None), (block, end)
         assert record_ends(block, start, end, quoted=False).tolist() == [i + 1 for i in range(start, end) if block[i] == 10]
+
+
+def test_an_unclosed_quote_is_an_error_at_its_line_not_a_hang(tmp_path, monkeypatch):
+    """A quote never closed would make the rest of the file one record: past MAX_RECORD_BYTES the
+    read stops with the line where that record starts (walking back line by line to find a record
+    end took minutes on such blocks)."""
+    from airflow_provider_profiles.formats import reader
+
+    monkeypatch.setattr(reader, "MAX_RECORD_BYTES", 50_000)
+    body = b"".join(b"%d,name %d\n" % (i, i) for i in range(2, 40))
+    path = write(tmp_path, "open.csv", b"id,name\n" + body + b'40,"never closed\n' + b"41,x\n" * 100_000)
+    with pytest.raises(InputError, match=r"open.csv, line 40: from this line on, no record ends within"):
+        rows_and_lines(path, block_bytes=4096)
