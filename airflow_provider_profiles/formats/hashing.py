@@ -17,6 +17,8 @@ def to_numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Booleans and integers from their Arrow buffers (``to_numpy`` imports pandas: a second)."""
     if isinstance(values, pa.ChunkedArray):
         parts = [to_numpy(chunk) for chunk in values.chunks]
+        if len(parts) == 1:
+            return parts[0]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=bool if pa.types.is_boolean(values.type) else np.int64)
     if values.null_count:
         values = pc.coalesce(values, pa.scalar(False if pa.types.is_boolean(values.type) else 0, values.type))

@@ -272,7 +272,7 @@ class Preparer:
             described = (mapping.fingerprint() if mapping else "-") + "|" + writer_fingerprint(writer)
             described += f"|{input_description}" if input_description else ""
             self.fingerprint = hashlib.sha256(described.encode()).hexdigest()[:16]
-            self.previous = sync.previous(self.fingerprint, by_record=records is not None)
+            self.previous = sync.previous(self.fingerprint)
             if self.previous is None:
                 self.result.notes.append("no committed sync snapshot for this mapping: every row is sent")
             self.snapshot = sync.writer(sync_run_key, self.delete_columns if deletions else [])
@@ -465,6 +465,7 @@ class Preparer:
         sendable &= ~duplicate
         if self.previous is not None:
             self._unchanged = sendable & has_key & self.previous.unchanged(positions, row_hashes)
+            self.previous.carried[positions[self._unchanged]] = True
             sendable &= ~self._unchanged
         else:
             self._unchanged = np.zeros(len(keys), dtype=bool)
@@ -498,9 +499,8 @@ class Preparer:
         for line, identifier, reason in sorted(entries, key=lambda entry: entry[0]):
             self.rejects.add(line, identifier, reason)
         result.rejected += len(entries)
-        if self.snapshot is not None:
-            keep = written | unchanged
-            keep &= ~to_numpy(keys.is_null())
+        if self.snapshot is not None:  # unchanged rows are carried from the last snapshot
+            keep = written & ~to_numpy(keys.is_null())
             if keep.any():
                 selection = pa.array(np.flatnonzero(keep))
                 extra = []
@@ -518,8 +518,8 @@ class Preparer:
         try:
             if self.deletions and self.previous is not None:
                 self._write_deletions()
-            if self.snapshot is not None and self.previous is not None:
-                self._carry_unchanged()
+            if self.snapshot is not None:
+                self.snapshot.finish(self.previous)
         finally:
             self.close()
         result.rejected = self.rejects.count
@@ -543,15 +543,6 @@ class Preparer:
         if self.snapshot is not None:
             self.snapshot.close()
         self.output.close()  # last: it re-raises a write error
-
-    def _carry_unchanged(self) -> None:
-        """Rows left unparsed as unchanged go into the new snapshot as they were in the last."""
-        for table in self.previous.carried_rows():
-            extra = [
-                table.column(f"delete.{name}") if f"delete.{name}" in table.column_names else pa.nulls(table.num_rows, pa.string())
-                for name in self.snapshot.extra_columns
-            ]
-            self.snapshot.add(to_numpy(table.column("key_hash")), to_numpy(table.column("row_hash")), extra)
 
     def _write_deletions(self) -> None:
         template = DELETE_ROWS[type(self.writer).__name__]

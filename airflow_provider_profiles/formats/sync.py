@@ -3,7 +3,9 @@
 Layout under the state directory (any ``ObjectStoragePath``)::
 
     CURRENT.json                    {"snapshot": "snapshots/<run>.parquet", "fingerprint": ..., ...}
-    snapshots/<run>.parquet         key_hash, row_hash (+ delete columns) of every row sent
+    snapshots/<run>.parquet         row_hash, key_hash of every row sent or unchanged, by row hash,
+                                    and key_order: their places in key order
+    snapshots/<run>.ids.parquet     key_hash and identifier columns, kept for deletions (opt-in)
     snapshots/<run>.json            what the prepare step recorded about that snapshot
 
 A prepare step compares its rows with the snapshot CURRENT names and writes only new and changed
@@ -15,8 +17,10 @@ atomically.
 The row hash of a CSV input is the hash of the record's raw bytes, so a record the last sync
 sent byte for byte is recognised before it is parsed (``PreviousSnapshot.known_records``); the
 header, delimiter and encoding are part of the snapshot's fingerprint. Other inputs hash the
-mapped values. Memory: about 20 bytes per key of the previous snapshot (two 64-bit hashes, two
-flags, bucket bounds; 4 more for a CSV input: keys are then found through a permutation).
+mapped values. The snapshot is stored sorted both ways, so a sync loads it without sorting and
+writes the next one by merging the few rows it sent into the rows it kept. Memory: about 22
+bytes per row of the previous snapshot (two 64-bit hashes, the key order, two flags) and 16 per
+row sent.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from airflow_provider_profiles.formats.hashing import to_numpy
 from airflow_provider_profiles.storage import as_storage_path, open_binary
 
 CURRENT = "CURRENT.json"
-SNAPSHOT_SCHEMA = pa.schema([("key_hash", pa.uint64()), ("row_hash", pa.uint64())])
+IDS_SUFFIX = ".ids.parquet"
 
 
 def run_key_of(text: str) -> str:
@@ -46,50 +51,42 @@ def run_key_of(text: str) -> str:
 
 
 class PreviousSnapshot:
-    """The committed snapshot as sorted hash arrays; classifies rows as new, changed or unchanged."""
+    """The committed snapshot's hashes; classifies rows as new, changed or unchanged.
 
-    def __init__(self, path: Any, key_hashes: np.ndarray, row_hashes: np.ndarray | None = None, *, order=None, by_record=False):
-        """Sorted by key (``order`` if already known), or with ``by_record`` by row hash, for
-        ``known_records``: keys are then found through a permutation (4 bytes a key, where a
-        second sorted copy with its places would take 12)."""
-        self.path = path
-        key_rank = None
-        if by_record:
-            key_rank = sort_order(key_hashes)
-            order = sort_order(row_hashes)
-        elif order is None:
-            order = sort_order(key_hashes)  # keys are unique in a snapshot: any sort will do
-        self.key_hashes = key_hashes[order]
-        self.row_hashes = row_hashes[order] if row_hashes is not None else None
-        self.seen = np.zeros(len(order), dtype=bool)
-        self.carried = np.zeros(len(order), dtype=bool)  # unchanged rows left unparsed (see known_records)
-        self.records: _SortedIndex | None = None
-        if key_rank is None:
-            self.keys = _SortedIndex(self.key_hashes)
-        else:
-            place = np.empty(len(order), dtype=np.int32 if len(order) < 2**31 else np.int64)
-            place[order] = np.arange(len(order), dtype=place.dtype)
-            self.keys = _SortedIndex(self.key_hashes, place[key_rank])
-            self.records = _SortedIndex(self.row_hashes)
+    As stored: rows in row-hash order (``known_records`` searches them directly) with their key
+    hashes, and the key order over them (``find`` searches keys through it), so loading sorts
+    nothing. A place is a row's index in that order.
+    """
+
+    def __init__(self, row_hashes: np.ndarray, key_hashes: np.ndarray, key_order: np.ndarray, ids_path: Any = None):
+        self.row_hashes, self.key_hashes, self.key_order, self.ids_path = row_hashes, key_hashes, key_order, ids_path
+        self.seen = np.zeros(len(row_hashes), dtype=bool)
+        self.carried = np.zeros(len(row_hashes), dtype=bool)  # rows that stay in the next snapshot as they are
+        self.records = _SortedIndex(row_hashes)
+        self.keys = _SortedIndex(key_hashes, key_order)
 
     @classmethod
-    def load(cls, path: Any, by_record: bool = False) -> PreviousSnapshot:
-        """Sorted by key, it reads one column at a time and sorts as it goes: the peak is about 3
-        arrays of 8 bytes a key, not the 9 that reading, combining, copying and sorting both
-        columns at once held. ``ParquetFile.read`` also spares the import of the dataset layer."""
+    def of(cls, key_hashes: np.ndarray, row_hashes: np.ndarray, ids_path: Any = None) -> PreviousSnapshot:
+        """From hashes in any order (a snapshot holds each key once)."""
+        columns = zip(*next_snapshot(None, key_hashes, row_hashes))
+        return cls(*(np.concatenate(parts) for parts in columns), ids_path)
+
+    @classmethod
+    def load(cls, path: Any, ids_path: Any = None) -> PreviousSnapshot:
         with open_binary(path) as stream:
-            parquet = pq.ParquetFile(stream)
-            keys = _uint64_column(parquet, "key_hash")
-            if by_record:
-                return cls(path, keys, _uint64_column(parquet, "row_hash"), by_record=True)
-            order = sort_order(keys)
-            snapshot = cls(path, keys, None, order=order)
-            del keys
-            snapshot.row_hashes = _uint64_column(parquet, "row_hash")[order]
-        return snapshot
+            parquet = pq.ParquetFile(stream)  # not pq.read_table: spares the import of the dataset layer
+            schema, count = parquet.schema_arrow, parquet.metadata.num_rows
+            columns = [np.empty(count, schema.field(name).type.to_pandas_dtype()) for name in INDEX_COLUMNS]
+            done = 0
+            for group in range(parquet.num_row_groups):  # one row group at a time: no second copy
+                table = parquet.read_row_group(group, columns=INDEX_COLUMNS)
+                for column, name in zip(columns, INDEX_COLUMNS):
+                    column[done : done + table.num_rows] = to_numpy(table.column(name))
+                done += table.num_rows
+        return cls(*columns, ids_path if ids_path is not None and ids_path.exists() else None)
 
     def __len__(self) -> int:
-        return len(self.key_hashes)
+        return len(self.row_hashes)
 
     def find(self, key_hashes: np.ndarray) -> np.ndarray:
         """Place of each key in the snapshot, -1 where the snapshot does not hold it."""
@@ -102,26 +99,6 @@ class PreviousSnapshot:
         same values. Read-only, so a reader thread may call it.
         """
         return self.records.find(row_hashes)
-
-    def carried_rows(self, batch_rows: int = 65_536) -> Iterator[pa.Table]:
-        """Snapshot rows marked ``carried``, with their delete columns (streamed back from the file)."""
-        if not self.carried.any():
-            return
-        if self.columns() == ["key_hash", "row_hash"]:  # all in memory
-            rows = np.flatnonzero(self.carried)
-            for start in range(0, len(rows), batch_rows):
-                part = rows[start : start + batch_rows]
-                yield pa.table({"key_hash": self.key_hashes[part], "row_hash": self.row_hashes[part]})
-            return
-        with open_binary(self.path) as stream:
-            for batch in pq.ParquetFile(stream).iter_batches(batch_size=batch_rows):
-                mask = self.carried[np.maximum(self.find(_uint64_array(batch.column("key_hash"))), 0)]
-                if mask.any():
-                    yield pa.Table.from_batches([batch]).filter(pa.array(mask))
-
-    def columns(self) -> list[str]:
-        with open_binary(self.path) as stream:
-            return pq.ParquetFile(stream).schema_arrow.names
 
     def repeats(self, positions: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """True for the ``valid`` rows found in the snapshot whose key came before in this run (in
@@ -144,26 +121,30 @@ class PreviousSnapshot:
 
     def unchanged(self, positions: np.ndarray, row_hashes: np.ndarray) -> np.ndarray:
         """True for rows found in the snapshot with the same row hash."""
-        if not len(self.key_hashes):
+        if not len(self):
             return np.zeros(len(positions), dtype=bool)
         return (positions >= 0) & (self.row_hashes[np.maximum(positions, 0)] == row_hashes)
 
+    def carried_ids(self, batch_rows: int = 65_536) -> Iterator[pa.Table]:
+        """The kept identifier columns of the ``carried`` rows (streamed back from the file)."""
+        yield from self._ids_where(lambda places: (places >= 0) & self.carried[np.maximum(places, 0)], batch_rows)
+
     def vanished(self, batch_rows: int = 65_536) -> Iterator[pa.Table]:
-        """Snapshot rows whose key was not seen in this run (streamed back from the file)."""
-        unseen = np.sort(self.key_hashes[~self.seen])
-        if not len(unseen):
+        """The kept identifier columns of the rows whose key was not seen in this run."""
+        yield from self._ids_where(lambda places: (places >= 0) & ~self.seen[np.maximum(places, 0)], batch_rows)
+
+    def _ids_where(self, wanted, batch_rows: int) -> Iterator[pa.Table]:
+        if self.ids_path is None:
             return
-        with open_binary(self.path) as stream:
+        with open_binary(self.ids_path) as stream:
             for batch in pq.ParquetFile(stream).iter_batches(batch_size=batch_rows):
-                hashes = _uint64_array(batch.column("key_hash"))
-                index = np.minimum(np.searchsorted(unseen, hashes), len(unseen) - 1)
-                mask = unseen[index] == hashes
+                mask = wanted(self.find(to_numpy(batch.column("key_hash"))))
                 if mask.any():
                     yield pa.Table.from_batches([batch]).filter(pa.array(mask))
 
 
 class _SortedIndex:
-    """Finds values in a sorted array of uniform 64-bit hashes.
+    """Finds values in a sorted array of uniform 64-bit hashes (or one sorted through ``order``).
 
     The hashes are uniform, so their top bits cut the array into buckets of a few values each: a
     lookup is one read of the bucket bounds plus a short binary search there, instead of a search
@@ -174,23 +155,21 @@ class _SortedIndex:
         self.values = values
         self.order = order  # values[order] is sorted; None: values is
         self.bucket_bits = int(min(max(np.ceil(np.log2(max(len(values), 1) / 8)), 0), 24))
-        if self.bucket_bits:
-            edges = np.arange(1 << self.bucket_bits, dtype=np.uint64) << np.uint64(64 - self.bucket_bits)
-            bounds = np.searchsorted(values if order is None else values[order], edges)
-        else:
-            bounds = np.zeros(1, np.int64)
-        self.bucket_starts = np.append(bounds, len(values)).astype(np.int64)
-        sizes = np.diff(self.bucket_starts)
-        self.search_steps = int(np.ceil(np.log2(int(sizes.max()) + 1))) if len(sizes) else 0
+        # counted, not searched: the counts are the same in any order (no sorted copy needed)
+        sizes = np.zeros(1 << self.bucket_bits, np.int64)
+        for start in range(0, len(values), CHUNK_ROWS):
+            sizes += np.bincount(self._bucket(values[start : start + CHUNK_ROWS]), minlength=len(sizes))
+        self.bucket_starts = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        self.search_steps = int(np.ceil(np.log2(int(sizes.max()) + 1))) if len(values) else 0
+
+    def _bucket(self, values: np.ndarray) -> np.ndarray:
+        return (values >> np.uint64(64 - self.bucket_bits)).astype(np.intp) if self.bucket_bits else np.zeros(len(values), np.intp)
 
     def find(self, needles: np.ndarray) -> np.ndarray:
         """Index of each needle in the array, -1 where it is not there."""
         if not len(self.values):
             return np.full(len(needles), -1, dtype=np.int64)
-        if self.bucket_bits:
-            bucket = (needles >> np.uint64(64 - self.bucket_bits)).astype(np.int64)
-        else:
-            bucket = np.zeros(len(needles), np.int64)
+        bucket = self._bucket(needles)
         low, high = self.bucket_starts[bucket], self.bucket_starts[bucket + 1]
         last = len(self.values) - 1
 
@@ -218,7 +197,7 @@ def sort_order(keys: np.ndarray) -> np.ndarray:
     packed |= np.arange(count, dtype=np.uint64)
     packed.sort()
     packed &= (np.uint64(1) << index_bits) - np.uint64(1)
-    order = packed.astype(np.int32 if count < 2**31 else np.int64)
+    order = packed.astype(_place_type(count))
     del packed
     ordered = keys[order]
     if (ordered[1:] < ordered[:-1]).any():
@@ -226,51 +205,137 @@ def sort_order(keys: np.ndarray) -> np.ndarray:
     return order
 
 
-def _uint64_column(parquet: pq.ParquetFile, name: str) -> np.ndarray:
-    column = parquet.read(columns=[name]).column(name)
-    if not column.num_chunks:
-        return np.zeros(0, dtype=np.uint64)
-    return np.concatenate([_uint64_array(chunk) for chunk in column.chunks])
+def _place_type(count: int) -> type:
+    return np.int32 if count < 2**31 else np.int64
 
 
-def _uint64_array(array: pa.Array) -> np.ndarray:
-    """Straight from the Arrow buffer (hashes have no nulls): ``to_numpy`` may import pandas."""
-    return np.frombuffer(array.buffers()[1], dtype=np.uint64, count=len(array), offset=array.offset * 8)
+CHUNK_ROWS = 1 << 18  # rows a pass over a snapshot takes at a time: temporaries stay small
+
+
+def next_snapshot(previous: PreviousSnapshot | None, key_hashes: np.ndarray, row_hashes: np.ndarray, chunk_rows: int = CHUNK_ROWS):
+    """The next snapshot, the ``carried`` rows of ``previous`` and the added rows (any order), in
+    chunks of (row hashes, key hashes, key order), as ``PreviousSnapshot`` reads them back.
+
+    The carried rows are already in row order and in key order: the added ones are sorted and
+    merged in, chunk by chunk (a merge is linear; memory beyond the output is a place per row).
+    """
+    order = sort_order(row_hashes)
+    added_rows, added_keys = row_hashes[order], key_hashes[order]
+    del order
+    if previous is None:
+        previous = PreviousSnapshot(np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.int32))
+    count, carried = len(previous), previous.carried
+    place_type = _place_type(int(carried.sum()) + len(added_rows))
+    # The new place of each row: the carried rows before it plus the added rows before it. An
+    # added row goes before the previous rows from ``at`` on (and so before an equal one).
+    at = np.searchsorted(previous.row_hashes, added_rows)
+    new_place = np.zeros(count, place_type)  # of the carried rows
+    added_place = np.arange(len(added_rows), dtype=place_type)
+    kept_before = 0
+    for start in range(0, count, chunk_rows):
+        end = min(start + chunk_rows, count)
+        kept = np.cumsum(carried[start:end], dtype=place_type)  # carried rows up to each, in the chunk
+        new_place[start:end] = kept - 1 + kept_before + np.searchsorted(added_rows, previous.row_hashes[start:end], side="right")
+        low, high = np.searchsorted(at, [start, end])
+        inside = at[low:high] - start
+        added_place[low:high] += kept_before + np.where(inside > 0, kept[np.maximum(inside - 1, 0)], 0).astype(place_type)
+        kept_before += int(kept[-1])
+    added_place[np.searchsorted(at, count) :] += kept_before
+    key_order = _merged_key_order(previous, new_place, added_keys, added_place, kept_before + len(added_rows), chunk_rows)
+    del new_place
+    # the rows, chunk by chunk, with the key order in slices of the same length
+    done = 0
+    for start in range(0, max(count, 1), chunk_rows):
+        end = min(start + chunk_rows, count)
+        low, high = np.searchsorted(at, [start, end if end < count else count + 1])
+        mask = carried[start:end]
+        rows, keys = previous.row_hashes[start:end][mask], previous.key_hashes[start:end][mask]
+        inserted = np.searchsorted(rows, added_rows[low:high])
+        rows, keys = np.insert(rows, inserted, added_rows[low:high]), np.insert(keys, inserted, added_keys[low:high])
+        for part in range(0, max(len(rows), 1), chunk_rows):  # a first snapshot comes in one "chunk"
+            size = len(rows[part : part + chunk_rows])
+            yield rows[part : part + chunk_rows], keys[part : part + chunk_rows], key_order[done : done + size]
+            done += size
+
+
+def _merged_key_order(previous, new_place, added_keys, added_place, total, chunk_rows) -> np.ndarray:
+    """The new places in key order: the carried rows' (in the previous key order) and the added
+    rows' merged by key."""
+    by_key = sort_order(added_keys)
+    added_keys, added_place = added_keys[by_key], added_place[by_key]
+    key_order = np.empty(total, new_place.dtype)
+    done = taken = 0
+    count = len(previous)
+    for start in range(0, count, chunk_rows):
+        end = min(start + chunk_rows, count)
+        places = previous.key_order[start:end]
+        places = places[previous.carried[places]]
+        upto = len(added_keys) if end == count else int(np.searchsorted(added_keys, previous.key_hashes[previous.key_order[end]]))
+        merged = np.insert(new_place[places], np.searchsorted(previous.key_hashes[places], added_keys[taken:upto]), added_place[taken:upto])
+        key_order[done : done + len(merged)] = merged
+        done, taken = done + len(merged), upto
+    key_order[done:] = added_place[taken:]
+    return key_order
+
+
+INDEX_COLUMNS = ["row_hash", "key_hash", "key_order"]
 
 
 class SnapshotWriter:
-    """Streams the new snapshot (one row per row sent or unchanged) to a Parquet file."""
+    """Collects the next snapshot: the hashes of the rows sent (in memory, 16 bytes a row) and,
+    with ``extra_columns``, their identifier columns (streamed to the ids file, for deletions);
+    ``finish`` adds the previous snapshot's carried rows and writes the index."""
 
-    def __init__(self, path: Any, extra_columns: list[str]):
-        self.path = path
+    def __init__(self, path: Any, ids_path: Any, extra_columns: list[str]):
+        self.path, self.ids_path = path, ids_path
         self.extra_columns = list(extra_columns)
-        schema = SNAPSHOT_SCHEMA
-        for name in self.extra_columns:
-            schema = schema.append(pa.field(f"delete.{name}", pa.string()))
-        self.schema = schema
-        self._stream = open_binary(path, "wb")
-        # the hashes are random bits: compression would cost time and save nothing
-        # (nor would dictionaries or statistics: each would cost a pass over the data for nothing)
-        self._writer = pq.ParquetWriter(
-            self._stream,
-            schema,
-            compression="none" if not extra_columns else "zstd",
-            use_dictionary=[f"delete.{name}" for name in self.extra_columns],
-            write_statistics=False,
-        )
+        self._keys: list[np.ndarray] = []
+        self._rows: list[np.ndarray] = []
+        self._ids = None
         self.rows = 0
+        if self.extra_columns:
+            fields = [("key_hash", pa.uint64())] + [(f"delete.{name}", pa.string()) for name in self.extra_columns]
+            self._ids_schema = pa.schema(fields)
+            self._ids_stream = open_binary(ids_path, "wb")
+            self._ids = pq.ParquetWriter(self._ids_stream, self._ids_schema, compression="zstd")
 
     def add(self, key_hashes: np.ndarray, row_hashes: np.ndarray, extra: list[pa.Array] = ()) -> None:
-        arrays = [pa.array(key_hashes, pa.uint64()), pa.array(row_hashes, pa.uint64())]
-        arrays += [column.cast(pa.string()) for column in extra]
-        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
-        self.rows += len(key_hashes)
+        self._keys.append(np.asarray(key_hashes, np.uint64))
+        self._rows.append(np.asarray(row_hashes, np.uint64))
+        if self._ids is not None:
+            self._write_ids(key_hashes, list(extra))
+
+    def _write_ids(self, key_hashes, extra: list) -> None:
+        arrays = [pa.array(key_hashes, pa.uint64())] + [column.cast(pa.string()) for column in extra]
+        self._ids.write_table(pa.Table.from_arrays(arrays, schema=self._ids_schema))
+
+    def finish(self, previous: PreviousSnapshot | None) -> int:
+        """Writes the snapshot: this run's rows and those carried from ``previous``; returns its row count."""
+        if self._ids is not None and previous is not None:
+            for table in previous.carried_ids():
+                extra = [table.column(name) if name in table.column_names else pa.nulls(table.num_rows, pa.string())
+                         for name in self._ids_schema.names[1:]]
+                self._write_ids(to_numpy(table.column("key_hash")), extra)
+        self.close()
+        keys, rows = (np.concatenate(parts) if parts else np.zeros(0, np.uint64) for parts in (self._keys, self._rows))
+        self._keys = self._rows = []
+        writer = None
+        with open_binary(self.path, "wb") as stream:
+            for chunk in next_snapshot(previous, keys, rows):
+                table = pa.Table.from_arrays([pa.array(column) for column in chunk], names=INDEX_COLUMNS)
+                if writer is None:
+                    # random bits: compression, dictionaries or statistics would cost time and save nothing
+                    writer = pq.ParquetWriter(stream, table.schema, compression="none", use_dictionary=False, write_statistics=False)
+                writer.write_table(table)
+                self.rows += table.num_rows
+            writer.close()
+        return self.rows
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._stream.close()
-            self._writer = None
+        if self._ids is not None:
+            self._ids.close()
+            self._ids_stream.close()
+            self._ids = None
 
 
 class SyncState:
@@ -294,15 +359,18 @@ class SyncState:
     def meta_path(self, run_key: str):
         return self._file(f"snapshots/{run_key_of(run_key)}.json")
 
-    def previous(self, fingerprint: str, by_record: bool = False) -> PreviousSnapshot | None:
+    def ids_path(self, run_key: str):
+        return self._file(f"snapshots/{run_key_of(run_key)}{IDS_SUFFIX}")
+
+    def previous(self, fingerprint: str) -> PreviousSnapshot | None:
         """The committed snapshot, or None when there is none or the mapping changed since."""
         current = self.current()
         if current is None or current.get("fingerprint") != fingerprint:
             return None
-        return PreviousSnapshot.load(self._file(current["snapshot"]), by_record)
+        return PreviousSnapshot.load(self._file(current["snapshot"]), self.ids_path(current["run_key"]))
 
     def writer(self, run_key: str, extra_columns: list[str] = ()) -> SnapshotWriter:
-        return SnapshotWriter(self.snapshot_path(run_key), list(extra_columns))
+        return SnapshotWriter(self.snapshot_path(run_key), self.ids_path(run_key), list(extra_columns))
 
     def record_pending(self, run_key: str, fingerprint: str, rows: int, counts: dict[str, Any]) -> None:
         meta = {"run_key": run_key_of(run_key), "fingerprint": fingerprint, "rows": rows, "counts": counts}
@@ -342,5 +410,6 @@ class SyncState:
         if not folder.exists():
             return
         for entry in list(folder.iterdir()):
-            if entry.name.rsplit(".", 1)[0] not in keep:
+            run = next((entry.name[: -len(end)] for end in (IDS_SUFFIX, ".parquet", ".json") if entry.name.endswith(end)), None)
+            if run not in keep:
                 entry.unlink()

@@ -127,8 +127,7 @@ def test_run_keys_are_file_safe():
 
 
 @pytest.mark.parametrize("size", [0, 1, 7, 300, 50_000])
-@pytest.mark.parametrize("by_record", [False, True], ids=["by_key", "by_record"])
-def test_snapshot_lookup_agrees_with_a_binary_search(size, by_record):
+def test_snapshot_lookup_agrees_with_a_binary_search(size):
     import numpy as np
 
     from airflow_provider_profiles.formats.sync import PreviousSnapshot
@@ -137,13 +136,12 @@ def test_snapshot_lookup_agrees_with_a_binary_search(size, by_record):
     keys = rng.integers(0, 2**64 - 1, size, dtype=np.uint64, endpoint=True)
     keys[: min(size, 3)] = np.array([0, 2**64 - 1, 2**63], dtype=np.uint64)[: min(size, 3)]
     rows = rng.integers(0, 2**64 - 1, size, dtype=np.uint64, endpoint=True)
-    snapshot = PreviousSnapshot("unused", keys, rows, by_record=by_record)  # by_record: keys through a permutation
-    if by_record:
-        probes = np.concatenate((rows[::2], rng.integers(0, 2**64 - 1, 100, dtype=np.uint64, endpoint=True)))
-        places = snapshot.known_records(probes)
-        known_rows = set(rows.tolist())
-        assert [int(p) >= 0 for p in places] == [h in known_rows for h in probes.tolist()]
-        assert all(snapshot.row_hashes[p] == h for p, h in zip(places, probes) if p >= 0)
+    snapshot = PreviousSnapshot.of(keys, rows)
+    probes = np.concatenate((rows[::2], rng.integers(0, 2**64 - 1, 100, dtype=np.uint64, endpoint=True)))
+    places = snapshot.known_records(probes)
+    known_rows = set(rows.tolist())
+    assert [int(p) >= 0 for p in places] == [h in known_rows for h in probes.tolist()]
+    assert all(snapshot.row_hashes[p] == h for p, h in zip(places, probes) if p >= 0)
     probes = np.concatenate((keys[: size // 2], rng.integers(0, 2**64 - 1, 2_000, dtype=np.uint64, endpoint=True)))
     probe_rows = np.concatenate((rows[: size // 2], rows[: size // 2][:0], np.zeros(2_000, np.uint64)))
     probe_rows[: size // 4] += np.uint64(1)  # a quarter of the known keys changed
@@ -163,7 +161,7 @@ def test_snapshot_flags_repeats_of_its_keys_in_row_order():
 
     from airflow_provider_profiles.formats.sync import PreviousSnapshot
 
-    snapshot = PreviousSnapshot("unused", np.array([10, 20, 30], np.uint64), np.zeros(3, np.uint64))
+    snapshot = PreviousSnapshot.of(np.array([10, 20, 30], np.uint64), np.array([1, 2, 3], np.uint64))
     probes = np.array([30, 10, 99, 30, 10, 20], np.uint64)
     positions = snapshot.find(probes)
     valid = np.array([True, True, True, True, True, False])
@@ -231,3 +229,42 @@ def test_a_changed_header_resends_everything(tmp_path):
     source.write_text("id,city,name\n" + "".join(f"{i},{c},{n}\n" for i, n, c in BASE))  # same values
     result = prepare_file(str(source), writer(), str(tmp_path / "b.ndjson"), sync=state, sync_run_key="b")
     assert result.written == 10 and "every row is sent" in result.notes[0]
+
+
+@pytest.mark.parametrize("kept, added", [(0.99, 50), (0.0, 3_000), (1.0, 0), (0.5, 1_000), (None, 2_000)])
+def test_next_snapshot_merges_the_rows_sent_into_the_rows_kept(kept, added):
+    """The merged index holds exactly the carried and the added rows, sorted by row hash, with a key
+    order that sorts the keys: what a sort of all of them gives."""
+    import numpy as np
+
+    from airflow_provider_profiles.formats.sync import PreviousSnapshot, next_snapshot
+
+    rng = np.random.default_rng(added)
+    def hashes(count):
+        return rng.integers(0, 2**64 - 1, count, dtype=np.uint64, endpoint=True)
+
+    previous = None
+    expected = set()
+    if kept is not None:
+        keys, rows = hashes(4_000), hashes(4_000)
+        previous = PreviousSnapshot.of(keys, rows)
+        previous.carried[:] = rng.random(4_000) < kept
+        expected = set(zip(previous.key_hashes[previous.carried].tolist(), previous.row_hashes[previous.carried].tolist()))
+        changed = previous.key_hashes[~previous.carried][: added // 2]  # keys sent again with new values
+        added_keys = np.concatenate((changed, hashes(added - len(changed))))
+    else:
+        added_keys = hashes(added)
+    added_rows = hashes(added)
+    if kept and added:  # a row hash both carried and added (a collision): each still gets its own place
+        added_rows[-1] = previous.row_hashes[previous.carried][0]
+    expected |= set(zip(added_keys.tolist(), added_rows.tolist()))
+
+    chunks = list(next_snapshot(previous, added_keys, added_rows, chunk_rows=512))
+    rows, keys, key_order = (np.concatenate(parts) for parts in zip(*chunks))
+    assert all(len(r) == len(k) == len(o) <= 512 for r, k, o in chunks)
+    assert set(zip(keys.tolist(), rows.tolist())) == expected and len(rows) == len(expected)
+    assert (rows[1:] >= rows[:-1]).all()
+    assert sorted(key_order.tolist()) == list(range(len(rows)))
+    assert (keys[key_order][1:] >= keys[key_order][:-1]).all()
+    merged = PreviousSnapshot(rows, keys, key_order)  # and it is searchable both ways
+    assert (merged.find(added_keys) >= 0).all() and (merged.known_records(added_rows) >= 0).all()
