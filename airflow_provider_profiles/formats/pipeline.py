@@ -293,15 +293,17 @@ class Preparer:
         """Begins a batch: what depends on it alone is computed in the helper thread, so that
         ``prepare_batches`` can start the next batch before it completes this one."""
         if batch.unparsed is not None:  # CSV records: parsed there too, only those not known
-            return _Started(batch, parsing=self.helper.submit(self._parse, batch.unparsed, self.fast_encoder))
+            # (looked up here: the helper has the parsing, and this thread has time while it waits)
+            places = self.known_records(batch.unparsed.hashes) if self.known_records else None
+            return _Started(batch, parsing=self.helper.submit(self._parse, batch.unparsed, places, self.fast_encoder))
         table = self._columnar(batch, self.fast_encoder)
         if table is None:
             return _Started(batch)
         encode = self.previous is None  # else a sync: most rows are probably unchanged
         return _Started(batch, table, self.helper.submit(self._digest, table, self.fast_encoder, batch.row_hashes, encode))
 
-    def _parse(self, unparsed, encoder) -> _Started:
-        batch = unparsed.parse(self.known_records)  # the records left are new or changed: encoded
+    def _parse(self, unparsed, places, encoder) -> _Started:
+        batch = unparsed.parse(places)  # the records left are new or changed: encoded
         table = self._columnar(batch, encoder)
         if table is None:
             return _Started(batch)
@@ -712,7 +714,8 @@ def prepare_file(
     """Read ``source`` (CSV, NDJSON or Parquet; local or object storage) and write ``output``."""
     input_format = (input_format or guess_format(source)).lower()
     # a CSV sync hashes each record's raw bytes, so that unchanged records need no parsing
-    records = RecordHashes() if options.get("sync") is not None and input_format == "csv" else None
+    # (in larger blocks than a parse: most records stay unparsed, and the work per batch is less so)
+    records = RecordHashes(deferred_block_bytes=4 << 20) if options.get("sync") is not None and input_format == "csv" else None
     names, batches = read_input(source, input_format, delimiter=delimiter, encoding=encoding, records=records)
     check_columns(source, names, writer, options.get("mapping"))
     if records is not None:

@@ -74,9 +74,11 @@ class InputBatch:
 class RecordHashes:
     """Asks a CSV read for the hash of each record's raw bytes (``InputBatch.row_hashes``). With
     ``defer`` (set before reading starts), batches come unparsed (``InputBatch.unparsed``), for the
-    consumer to parse only the records it does not know; otherwise the reader parses them."""
+    consumer to parse only the records it does not know; otherwise the reader parses them.
+    ``deferred_block_bytes`` sets the block size of unparsed batches."""
 
     defer: bool = False
+    deferred_block_bytes: int | None = None
 
 
 @dataclass
@@ -148,8 +150,9 @@ class RecordTooLong(ValueError):
 MAX_RECORD_BYTES = 64 << 20
 
 
-def record_blocks(stream, block_bytes: int, max_record_bytes: int | None = None) -> Iterator[bytearray]:
-    """Yield blocks of ``stream`` that each end at a record boundary (``last_record_end``).
+def record_blocks(stream, block_bytes: int | Callable[[], int], max_record_bytes: int | None = None) -> Iterator[bytearray]:
+    """Yield blocks of ``stream`` that each end at a record boundary (``last_record_end``); the
+    block size may be a function, asked before each read.
 
     Each block is read straight into its own buffer after the previous block's unfinished record,
     and cut by removing the tail: no byte is copied twice.
@@ -159,7 +162,7 @@ def record_blocks(stream, block_bytes: int, max_record_bytes: int | None = None)
     while True:
         if len(carry) > max_record_bytes:
             raise RecordTooLong(f"no record ends within {len(carry) >> 20} MB: is a quote left open?")
-        block = bytearray(len(carry) + block_bytes)
+        block = bytearray(len(carry) + (block_bytes() if callable(block_bytes) else block_bytes))
         block[: len(carry)] = carry
         read = stream.readinto(memoryview(block)[len(carry) :]) or 0
         del block[len(carry) + read :]
@@ -215,7 +218,8 @@ def _newlines(block, start: int, end: int, quoted: bool) -> tuple[np.ndarray, np
     if not quoted or not len(newlines) or block.find(b'"', start, end) < 0:
         return newlines, newlines
     # quotes per line, then the lines that end inside a quoted value
-    quotes = np.add.reduceat(data[: newlines[-1] + 1] == 34, np.concatenate(([0], newlines[:-1] + 1)), dtype=np.int32)
+    # counted in bytes, which wrap at 256 but keep the parity: a wider count would convert the block
+    quotes = np.add.reduceat((data[: newlines[-1] + 1] == 34).view(np.uint8), np.concatenate(([0], newlines[:-1] + 1)), dtype=np.uint8)
     odd = quotes & 1
     return newlines, (newlines[np.cumsum(odd) % 2 == 0] if odd.any() else newlines)
 
@@ -248,7 +252,10 @@ def _split_header(first: bytes, path: Any, delimiter: str) -> tuple[list[str], b
 
 def _read_csv(path: Any, *, delimiter: str, encoding: str, block_bytes: int, records: RecordHashes | None = None):
     stream = open_binary(path)
-    blocks = record_blocks(stream, block_bytes)
+    size = block_bytes
+    if records is not None and records.deferred_block_bytes:  # known only once reading starts
+        size = lambda: records.deferred_block_bytes if records.defer else block_bytes  # noqa: E731
+    blocks = record_blocks(stream, size)
     transcode = encoding.lower().replace("_", "-") not in ("utf-8", "utf8", "utf-8-sig")
 
     def decode(block: bytes, line: int) -> bytes:
@@ -372,7 +379,7 @@ class UnparsedRecords:
     """A CSV block cut into records, each with the hash of its raw bytes; parsed on demand.
 
     A sync compares those hashes with the last snapshot's: a record with the very bytes the last
-    sync sent needs no parsing at all (``parse(known)``).
+    sync sent needs no parsing at all (``parse(places)``).
     """
 
     def __init__(self, path: Any, block, names: list[str], delimiter: str, first_line: int):
@@ -385,10 +392,11 @@ class UnparsedRecords:
         self.lines = first_line + line_starts[:-1]
         self.blank = _blank(block, self.starts, self.ends)
 
-    def parse(self, known: Callable[[np.ndarray], np.ndarray] | None = None) -> InputBatch:
-        """The batch, without the records whose hash ``known`` finds in the snapshot (their place
-        there, -1 if none): those go to ``skipped``, and only the others are parsed."""
-        places = known(self.hashes) if known is not None else np.full(len(self.starts), -1)
+    def parse(self, places: np.ndarray | None = None) -> InputBatch:
+        """The batch, without the records with a place in the snapshot (``places``: one per record,
+        -1 where the snapshot does not know its hash): those go to ``skipped``, and only the others
+        are parsed."""
+        places = places if places is not None else np.full(len(self.starts), -1)
         chosen = np.flatnonzero(~self.blank & (places < 0))
         skipped = np.flatnonzero(~self.blank & (places >= 0))
         path, names, delimiter, record_lines = self.path, self.names, self.delimiter, self.lines

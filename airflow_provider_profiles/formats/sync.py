@@ -165,31 +165,34 @@ class _SortedIndex:
     def _bucket(self, values: np.ndarray) -> np.ndarray:
         return (values >> np.uint64(64 - self.bucket_bits)).astype(np.intp) if self.bucket_bits else np.zeros(len(values), np.intp)
 
+    def _place(self, index: np.ndarray) -> np.ndarray:
+        return index if self.order is None else self.order[index]
+
+    def rank(self, needles: np.ndarray) -> np.ndarray:
+        """How many values are below each needle (where it would go in sorted order)."""
+        bucket = self._bucket(needles)
+        low, high = self.bucket_starts[bucket], self.bucket_starts[bucket + 1]
+        last = max(len(self.values) - 1, 0)
+        for _ in range(self.search_steps):  # lower-bound binary search, all needles in step
+            middle = (low + high) >> 1
+            below = self.values[self._place(np.minimum(middle, last))] < needles
+            below &= middle < high
+            low = np.where(below, middle + 1, low)
+            high = np.where(below, high, middle)
+        return low
+
     def find(self, needles: np.ndarray) -> np.ndarray:
         """Index of each needle in the array, -1 where it is not there."""
         if not len(self.values):
             return np.full(len(needles), -1, dtype=np.int64)
-        bucket = self._bucket(needles)
-        low, high = self.bucket_starts[bucket], self.bucket_starts[bucket + 1]
-        last = len(self.values) - 1
-
-        def place(index: np.ndarray) -> np.ndarray:
-            return index if self.order is None else self.order[index]
-
-        for _ in range(self.search_steps):  # lower-bound binary search, all needles in step
-            middle = (low + high) >> 1
-            below = self.values[place(np.minimum(middle, last))] < needles
-            below &= middle < high
-            low = np.where(below, middle + 1, low)
-            high = np.where(below, high, middle)
-        found = place(np.minimum(low, last))
+        found = self._place(np.minimum(self.rank(needles), len(self.values) - 1))
         return np.where(self.values[found] == needles, found, -1)
 
 
-def sort_order(keys: np.ndarray) -> np.ndarray:
-    """``np.argsort(keys)`` in half the time: each key's top bits and its index, packed in one
-    integer, are sorted by value (several times faster than an argsort), then the rare keys that
-    share those top bits are put in order."""
+def sort_order(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.argsort(keys)`` in half the time, and the keys in that order: each key's top bits and
+    its index, packed in one integer, are sorted by value (several times faster than an argsort),
+    then the rare keys that share those top bits are put in order."""
     count = len(keys)
     index_bits = np.uint64(max(count - 1, 1).bit_length())
     packed = keys >> index_bits  # in place from here: fewer large arrays to allocate
@@ -201,8 +204,9 @@ def sort_order(keys: np.ndarray) -> np.ndarray:
     del packed
     ordered = keys[order]
     if (ordered[1:] < ordered[:-1]).any():
-        order = order[np.argsort(ordered, kind="stable")]  # nearly sorted: timsort takes one pass
-    return order
+        fix = np.argsort(ordered, kind="stable")  # nearly sorted: timsort takes one pass
+        order, ordered = order[fix], ordered[fix]
+    return order, ordered
 
 
 def _place_type(count: int) -> type:
@@ -217,65 +221,66 @@ def next_snapshot(previous: PreviousSnapshot | None, key_hashes: np.ndarray, row
     chunks of (row hashes, key hashes, key order), as ``PreviousSnapshot`` reads them back.
 
     The carried rows are already in row order and in key order: the added ones are sorted and
-    merged in, chunk by chunk (a merge is linear; memory beyond the output is a place per row).
+    merged in (a merge is linear), chunk by chunk, so that beyond the key order being written,
+    memory holds two places per row of ``previous``.
     """
-    order = sort_order(row_hashes)
-    added_rows, added_keys = row_hashes[order], key_hashes[order]
-    del order
-    if previous is None:
-        previous = PreviousSnapshot(np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.int32))
-    count, carried = len(previous), previous.carried
-    place_type = _place_type(int(carried.sum()) + len(added_rows))
-    # The new place of each row: the carried rows before it plus the added rows before it. An
-    # added row goes before the previous rows from ``at`` on (and so before an equal one).
+    order, added_rows = sort_order(row_hashes)
+    added_keys = key_hashes[order]
+    del order, key_hashes, row_hashes  # the caller passes them on: they are freed here
+    if previous is None or not len(previous):  # nothing to merge with
+        key_order = sort_order(added_keys)[0]
+        for start in range(0, max(len(added_rows), 1), chunk_rows):
+            end = start + chunk_rows
+            yield added_rows[start:end], added_keys[start:end], key_order[start:end]
+        return
+    carried = previous.carried
+    total = int(carried.sum()) + len(added_rows)
+    place_type = _place_type(total)
+    # rows: added row j goes in before previous row at[j]
     at = np.searchsorted(previous.row_hashes, added_rows)
-    new_place = np.zeros(count, place_type)  # of the carried rows
-    added_place = np.arange(len(added_rows), dtype=place_type)
-    kept_before = 0
-    for start in range(0, count, chunk_rows):
-        end = min(start + chunk_rows, count)
-        kept = np.cumsum(carried[start:end], dtype=place_type)  # carried rows up to each, in the chunk
-        new_place[start:end] = kept - 1 + kept_before + np.searchsorted(added_rows, previous.row_hashes[start:end], side="right")
-        low, high = np.searchsorted(at, [start, end])
-        inside = at[low:high] - start
-        added_place[low:high] += kept_before + np.where(inside > 0, kept[np.maximum(inside - 1, 0)], 0).astype(place_type)
-        kept_before += int(kept[-1])
-    added_place[np.searchsorted(at, count) :] += kept_before
-    key_order = _merged_key_order(previous, new_place, added_keys, added_place, kept_before + len(added_rows), chunk_rows)
-    del new_place
+    new_place, added_place = _merged_places(carried, at, place_type, chunk_rows)
+    # keys: the carried rows in the previous key order, the added ones by key
+    by_key, keys_in_order = sort_order(added_keys)
+    carried_by_key = carried[previous.key_order]
+    key_place, added_key_place = _merged_places(carried_by_key, previous.keys.rank(keys_in_order), place_type, chunk_rows)
+    key_order = np.empty(total, place_type)
+    for start in range(0, len(previous), chunk_rows):
+        kept = carried_by_key[start : start + chunk_rows]
+        key_order[key_place[start : start + chunk_rows][kept]] = new_place[previous.key_order[start : start + chunk_rows][kept]]
+    key_order[added_key_place] = added_place[by_key]
+    del key_place, carried_by_key, new_place
     # the rows, chunk by chunk, with the key order in slices of the same length
     done = 0
-    for start in range(0, max(count, 1), chunk_rows):
-        end = min(start + chunk_rows, count)
-        low, high = np.searchsorted(at, [start, end if end < count else count + 1])
-        mask = carried[start:end]
-        rows, keys = previous.row_hashes[start:end][mask], previous.key_hashes[start:end][mask]
+    for start in range(0, len(previous), chunk_rows):
+        end = min(start + chunk_rows, len(previous))
+        low, high = np.searchsorted(at, [start, end if end < len(previous) else end + 1])
+        kept = carried[start:end]
+        rows, keys = previous.row_hashes[start:end][kept], previous.key_hashes[start:end][kept]
         inserted = np.searchsorted(rows, added_rows[low:high])
         rows, keys = np.insert(rows, inserted, added_rows[low:high]), np.insert(keys, inserted, added_keys[low:high])
-        for part in range(0, max(len(rows), 1), chunk_rows):  # a first snapshot comes in one "chunk"
+        for part in range(0, len(rows), chunk_rows):  # added rows may make a chunk longer
             size = len(rows[part : part + chunk_rows])
             yield rows[part : part + chunk_rows], keys[part : part + chunk_rows], key_order[done : done + size]
             done += size
 
 
-def _merged_key_order(previous, new_place, added_keys, added_place, total, chunk_rows) -> np.ndarray:
-    """The new places in key order: the carried rows' (in the previous key order) and the added
-    rows' merged by key."""
-    by_key = sort_order(added_keys)
-    added_keys, added_place = added_keys[by_key], added_place[by_key]
-    key_order = np.empty(total, new_place.dtype)
-    done = taken = 0
-    count = len(previous)
-    for start in range(0, count, chunk_rows):
-        end = min(start + chunk_rows, count)
-        places = previous.key_order[start:end]
-        places = places[previous.carried[places]]
-        upto = len(added_keys) if end == count else int(np.searchsorted(added_keys, previous.key_hashes[previous.key_order[end]]))
-        merged = np.insert(new_place[places], np.searchsorted(previous.key_hashes[places], added_keys[taken:upto]), added_place[taken:upto])
-        key_order[done : done + len(merged)] = merged
-        done, taken = done + len(merged), upto
-    key_order[done:] = added_place[taken:]
-    return key_order
+def _merged_places(kept: np.ndarray, at: np.ndarray, place_type, chunk_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where the ``kept`` entries of a sequence and added entries land when merged, added entry j
+    going in before entry ``at[j]`` (``at`` ascending; entries not kept have no place)."""
+    places = np.zeros(len(kept), place_type)
+    added = np.arange(len(at), dtype=place_type)  # j, plus the kept entries before at[j]
+    kept_before = 0
+    for start in range(0, len(kept), chunk_rows):
+        end = min(start + chunk_rows, len(kept))
+        low, high = np.searchsorted(at, [start, end])
+        inside = at[low:high] - start
+        kept_so_far = np.cumsum(kept[start:end], dtype=place_type)
+        added_so_far = low + np.cumsum(np.bincount(inside, minlength=end - start), dtype=place_type)
+        places[start:end] = kept_before - 1 + kept_so_far + added_so_far
+        added[low:high] += kept_before + np.where(inside > 0, kept_so_far[np.maximum(inside - 1, 0)], 0).astype(place_type)
+        kept_before += int(kept_so_far[-1])
+    added[np.searchsorted(at, len(kept)) :] += kept_before
+    return places, added
 
 
 INDEX_COLUMNS = ["row_hash", "key_hash", "key_order"]
@@ -317,11 +322,9 @@ class SnapshotWriter:
                          for name in self._ids_schema.names[1:]]
                 self._write_ids(to_numpy(table.column("key_hash")), extra)
         self.close()
-        keys, rows = (np.concatenate(parts) if parts else np.zeros(0, np.uint64) for parts in (self._keys, self._rows))
-        self._keys = self._rows = []
         writer = None
         with open_binary(self.path, "wb") as stream:
-            for chunk in next_snapshot(previous, keys, rows):
+            for chunk in next_snapshot(previous, *self._take_added()):
                 table = pa.Table.from_arrays([pa.array(column) for column in chunk], names=INDEX_COLUMNS)
                 if writer is None:
                     # random bits: compression, dictionaries or statistics would cost time and save nothing
@@ -330,6 +333,11 @@ class SnapshotWriter:
                 self.rows += table.num_rows
             writer.close()
         return self.rows
+
+    def _take_added(self) -> tuple[np.ndarray, np.ndarray]:
+        joined = tuple(np.concatenate(parts) if parts else np.zeros(0, np.uint64) for parts in (self._keys, self._rows))
+        self._keys = self._rows = []
+        return joined
 
     def close(self) -> None:
         if self._ids is not None:

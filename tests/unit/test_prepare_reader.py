@@ -148,7 +148,7 @@ def test_raw_records_hash_each_record_and_skip_the_known_ones(tmp_path, block_by
 
         names, batches = read_input(path, block_bytes=block_bytes, records=RecordHashes(defer=known is not None))
         rows, skipped = {}, {}
-        for batch in (batch.unparsed.parse(known) if batch.unparsed else batch for batch in batches):
+        for batch in (batch.unparsed.parse(known(batch.unparsed.hashes)) if batch.unparsed else batch for batch in batches):
             rows.update(zip(batch.lines.tolist(), zip(batch.rows(), batch.row_hashes.tolist())))
             if batch.skipped:
                 skipped.update(zip(batch.skipped.lines.tolist(), batch.skipped.places.tolist()))
