@@ -436,6 +436,8 @@ def _record_starts(block) -> tuple[np.ndarray, np.ndarray]:
     counted from the block's first (one more entry: the block's line count)."""
     newlines, ends = _newlines(block, 0, len(block), True)
     starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+    if len(ends) == len(newlines):  # no newline inside a value: a record a line
+        return starts, np.arange(len(starts) + 1)
     return starts, np.append(np.searchsorted(newlines, starts), len(newlines))
 
 
