@@ -4,10 +4,11 @@ Every input row ends up written, rejected (with its line and reason in the rejec
 incremental sync, unchanged since the last committed sync: ``read == written + rejected +
 unchanged`` is checked before returning. Three threads work beside this one: a reader parses
 ahead, a helper digests the batch after the current one (its lines, or in a sync its hashes; for a
-CSV sync it also parses just the records the last snapshot does not know), a writer writes.
-Memory is bounded by the block size and the few batches in flight, plus the duplicate check (a
-fixed 40 MB, see ``keys``; ``duplicates="keep"`` turns it off, see ``default_duplicates``) and, in
-an incremental sync, about 20 bytes per key of the previous snapshot (see ``sync``).
+CSV sync it parses just the records the last snapshot does not know: this thread looks them up
+first), a writer writes. Memory is bounded by the block size and the few batches in flight, plus
+the duplicate check (a fixed 40 MB, see ``keys``; ``duplicates="keep"`` turns it off, see
+``default_duplicates``) and, in an incremental sync, about 26 bytes per row of the previous
+snapshot and 16 per row sent (see ``sync``).
 
 Vendor writers encode one row at a time; where a columnar encoder fits the writer (``columnar``),
 whole batches are encoded with Arrow kernels instead.
@@ -521,6 +522,8 @@ class Preparer:
             if self.deletions and self.previous is not None:
                 self._write_deletions()
             if self.snapshot is not None:
+                # memory the batches freed goes back first: the next snapshot is built from here
+                pa.default_memory_pool().release_unused()
                 self.snapshot.finish(self.previous)
         finally:
             self.close()

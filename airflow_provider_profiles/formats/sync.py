@@ -18,9 +18,9 @@ The row hash of a CSV input is the hash of the record's raw bytes, so a record t
 sent byte for byte is recognised before it is parsed (``PreviousSnapshot.known_records``); the
 header, delimiter and encoding are part of the snapshot's fingerprint. Other inputs hash the
 mapped values. The snapshot is stored sorted both ways, so a sync loads it without sorting and
-writes the next one by merging the few rows it sent into the rows it kept. Memory: about 22
-bytes per row of the previous snapshot (two 64-bit hashes, the key order, two flags) and 16 per
-row sent.
+writes the next one by merging the few rows it sent into the rows it kept. Memory: about 26
+bytes per row of the previous snapshot (two 64-bit hashes, the key order, two flags, the bounds
+of the search buckets) and 16 per row sent.
 """
 
 from __future__ import annotations
@@ -337,9 +337,11 @@ class SnapshotWriter:
         return self.rows
 
     def _take_added(self) -> tuple[np.ndarray, np.ndarray]:
-        joined = tuple(np.concatenate(parts) if parts else np.zeros(0, np.uint64) for parts in (self._keys, self._rows))
-        self._keys = self._rows = []
-        return joined
+        keys = np.concatenate(self._keys) if self._keys else np.zeros(0, np.uint64)
+        self._keys = []  # freed before the rows are joined
+        rows = np.concatenate(self._rows) if self._rows else np.zeros(0, np.uint64)
+        self._rows = []
+        return keys, rows
 
     def close(self) -> None:
         if self._ids is not None:
