@@ -7,8 +7,8 @@ ahead, a helper digests the batch after the current one (its lines, or in a sync
 CSV sync it parses just the records the last snapshot does not know: this thread looks them up
 first), a writer writes. Memory is bounded by the block size and the few batches in flight, plus
 the duplicate check (a fixed 40 MB, see ``keys``; ``duplicates="keep"`` turns it off, see
-``default_duplicates``) and, in an incremental sync, about 26 bytes per row of the previous
-snapshot and 16 per row sent (see ``sync``).
+``default_duplicates``) and, in an incremental sync, about 30 bytes per row of the previous
+snapshot (see ``sync``).
 
 Vendor writers encode one row at a time; where a columnar encoder fits the writer (``columnar``),
 whole batches are encoded with Arrow kernels instead.
@@ -266,7 +266,8 @@ class Preparer:
         # per batch, set by _filter for _finish: rows unchanged since the last sync, and records
         # the reader left unparsed that were unchanged (a count) or repeated (rejects)
         self._unchanged = np.zeros(0, dtype=bool)
-        self._skipped_unchanged = 0
+        self._positions: np.ndarray | None = None
+        self._skipped_kept = np.zeros(0, dtype=bool)
         self._skipped_rejects: list[tuple[int, str | None, str]] = []
         if sync is not None:
             # how rows are hashed is part of it: raw CSV records (input_description) or values
@@ -276,7 +277,7 @@ class Preparer:
             self.previous = sync.previous(self.fingerprint)
             if self.previous is None:
                 self.result.notes.append("no committed sync snapshot for this mapping: every row is sent")
-            self.snapshot = sync.writer(sync_run_key, self.delete_columns if deletions else [])
+            self.snapshot = sync.writer(sync_run_key, self.delete_columns if deletions else [], self.previous)
             self.result.sync_run_key = sync_run_key
             self.result.sync_state = str(sync.directory)
         # CSV records with the very bytes the last sync sent are not even parsed: the reader hands
@@ -301,7 +302,7 @@ class Preparer:
         if table is None:
             return _Started(batch)
         encode = self.previous is None  # else a sync: most rows are probably unchanged
-        return _Started(batch, table, self.helper.submit(self._digest, table, self.fast_encoder, batch.row_hashes, encode))
+        return _Started(batch, table, self.helper.submit(self._digest, table, self.fast_encoder, batch.row_hashes, encode, True))
 
     def _parse(self, unparsed, places, encoder) -> _Started:
         batch = unparsed.parse(places)  # the records left are new or changed: encoded
@@ -334,10 +335,10 @@ class Preparer:
         elif len(batch) or batch.skipped:
             self._add_rows(batch.rows() if len(batch) else [], batch)
 
-    def _digest(self, table: pa.Table, encoder, row_hashes: np.ndarray | None, encode: bool) -> _Digest:
+    def _digest(self, table: pa.Table, encoder, row_hashes: np.ndarray | None, encode: bool, every_row: bool = False) -> _Digest:
         """Runs in the helper thread: the trimmed keys; in a sync, the key and row hashes and the
-        keys' places in the last snapshot; and if ``encode`` (most rows will be sent), every
-        row's line."""
+        keys' places in the last snapshot (guessed first if the batches bring ``every_row`` in
+        input order); and if ``encode`` (most rows will be sent), every row's line."""
         id_column = self.writer.identifier_field
         if id_column in table.column_names:
             keys = pc.utf8_trim_whitespace(table.column(id_column).cast(pa.string()))
@@ -348,7 +349,7 @@ class Preparer:
             digest.key_hashes = hash_strings(keys)
             digest.row_hashes = row_hashes if row_hashes is not None else hash_columns(table.columns)
             if self.previous is not None:
-                digest.positions = self.previous.find(digest.key_hashes)
+                digest.positions = self.previous.find(digest.key_hashes, in_order=every_row)
         if encode:
             digest.encoded = encoder.encode(table)
         return digest
@@ -380,7 +381,7 @@ class Preparer:
                 reasons[int(index)] = (keys[index], error.reason)
         self.output.write_bytes("".join(encoded).encode("utf-8"))
         self.result.written += len(encoded)
-        self._finish(written, lines, key_array, key_hashes, row_hashes, reasons, mapped=mapped)
+        self._finish(written, lines, key_array, key_hashes, row_hashes, reasons, batch.skipped, mapped=mapped)
 
     def _input_identifier(self, row: dict[str, Any]) -> str | None:
         """The identifier of an input row the mapping rejected (read from its source column)."""
@@ -429,7 +430,7 @@ class Preparer:
             done = fast.copy()
             done[list(overrides)] = True
             written[rows[done]] = True
-        self._finish(written, lines, keys, key_hashes, row_hashes, reasons, table=table)
+        self._finish(written, lines, keys, key_hashes, row_hashes, reasons, batch.skipped, table=table)
 
     def _sample_agrees(self, table: pa.Table, lines: pa.ChunkedArray, fast: np.ndarray) -> bool:
         valid = np.flatnonzero(fast)
@@ -455,12 +456,13 @@ class Preparer:
             has_key &= to_numpy(pc.not_equal(keys, ""))
         sendable = candidates.copy()
         if self.previous is not None and positions is None:
-            positions = self.previous.find(key_hashes)
+            positions = self.previous.find(key_hashes, in_order=True)
         duplicate = np.zeros(len(keys), dtype=bool)
         if self.seen is not None:  # the snapshot checks its own keys; only new ones go to the set
             duplicate = self.seen.add_new(key_hashes, has_key if positions is None else has_key & (positions < 0))
         self._skipped_rejects = []
-        self._skipped_unchanged = 0
+        self._skipped_kept = np.zeros(0, dtype=bool)
+        self._positions = positions
         if positions is not None:
             duplicate |= self._repeats(positions, has_key, lines, skipped)
         for index in np.flatnonzero(duplicate):
@@ -468,7 +470,6 @@ class Preparer:
         sendable &= ~duplicate
         if self.previous is not None:
             self._unchanged = sendable & has_key & self.previous.unchanged(positions, row_hashes)
-            self.previous.carried[positions[self._unchanged]] = True
             sendable &= ~self._unchanged
         else:
             self._unchanged = np.zeros(len(keys), dtype=bool)
@@ -490,31 +491,50 @@ class Preparer:
         repeated = flags[skipped_at]
         for index in np.flatnonzero(repeated):
             self._skipped_rejects.append((int(skipped.lines[index]), self._input_identifier(skipped.row(int(index))), DUPLICATE))
-        self.previous.carried[skipped.places[~repeated]] = True
-        self._skipped_unchanged = int((~repeated).sum())
+        self._skipped_kept = ~repeated
         return flags[at]
 
-    def _finish(self, written: np.ndarray, lines, keys, key_hashes, row_hashes, reasons, table=None, mapped=None) -> None:
+    def _finish(self, written: np.ndarray, lines, keys, key_hashes, row_hashes, reasons, skipped=None, table=None, mapped=None) -> None:
         result = self.result
-        unchanged = self._unchanged
-        result.unchanged += int(unchanged.sum()) + self._skipped_unchanged
+        result.unchanged += int(self._unchanged.sum()) + int(self._skipped_kept.sum())
         entries = [(int(lines[index]), *reasons[index]) for index in reasons] + self._skipped_rejects
         for line, identifier, reason in sorted(entries, key=lambda entry: entry[0]):
             self.rejects.add(line, identifier, reason)
         result.rejected += len(entries)
-        if self.snapshot is not None:  # unchanged rows are carried from the last snapshot
-            keep = written & ~to_numpy(keys.is_null())
-            if keep.any():
-                selection = pa.array(np.flatnonzero(keep))
-                extra = []
-                if self.deletions:
-                    for name in self.delete_columns:
-                        if table is not None:
-                            column = table.column(name) if name in table.column_names else None
-                            extra.append(column.take(selection) if column is not None else pa.nulls(len(selection), pa.string()))
-                        else:
-                            extra.append(pa.array([_text_or_none((mapped[i] or {}).get(name)) for i in np.flatnonzero(keep)], pa.string()))
-                self.snapshot.add(key_hashes[keep], row_hashes[keep], extra)
+        if self.snapshot is not None:
+            extra = []
+            added = written & ~to_numpy(keys.is_null())
+            if self.deletions and added.any():
+                selection = pa.array(np.flatnonzero(added))
+                for name in self.delete_columns:
+                    if table is not None:
+                        column = table.column(name) if name in table.column_names else None
+                        extra.append(column.take(selection) if column is not None else pa.nulls(len(selection), pa.string()))
+                    else:
+                        extra.append(pa.array([_text_or_none((mapped[i] or {}).get(name)) for i in np.flatnonzero(added)], pa.string()))
+            self._keep(added, lines, key_hashes, row_hashes, skipped, extra)
+
+    def _keep(self, added, lines, key_hashes, row_hashes, skipped, extra) -> None:
+        """The batch's rows for the next snapshot, in input order: those sent (added) and those
+        unchanged, parsed or skipped (carried, with their place in the last snapshot)."""
+        carried = self._unchanged
+        kept = added | carried
+        places = np.full(len(kept), -1, np.int64)
+        if carried.any():
+            places[carried] = self._positions[carried]
+        places, lines, key_hashes, row_hashes = places[kept], lines[kept], key_hashes[kept], row_hashes[kept]
+        if skipped and self._skipped_kept.any():  # merged in by line
+            skipped_places, skipped_lines = skipped.places[self._skipped_kept], skipped.lines[self._skipped_kept]
+            at = np.arange(len(lines)) + np.searchsorted(skipped_lines, lines)
+            skipped_at = np.arange(len(skipped_lines)) + np.searchsorted(lines, skipped_lines)
+            merged = [np.empty(len(at) + len(skipped_at), dtype) for dtype in (np.int64, np.uint64, np.uint64)]
+            for column, parsed, unparsed in zip(merged, (places, key_hashes, row_hashes),
+                                                (skipped_places, self.previous.key_hashes, self.previous.row_hashes)):
+                column[at] = parsed
+                column[skipped_at] = unparsed if unparsed is skipped_places else unparsed[skipped_places]
+            places, key_hashes, row_hashes = merged
+        if len(places):
+            self.snapshot.add(key_hashes, row_hashes, places, extra)
 
     def finish(self) -> PrepareResult:
         result = self.result
@@ -522,9 +542,9 @@ class Preparer:
             if self.deletions and self.previous is not None:
                 self._write_deletions()
             if self.snapshot is not None:
-                # memory the batches freed goes back first: the next snapshot is built from here
+                # memory the batches freed goes back first: the orders of the next snapshot are built here
                 pa.default_memory_pool().release_unused()
-                self.snapshot.finish(self.previous)
+                self.snapshot.finish()
         finally:
             self.close()
         result.rejected = self.rejects.count

@@ -3,8 +3,8 @@
 Layout under the state directory (any ``ObjectStoragePath``)::
 
     CURRENT.json                    {"snapshot": "snapshots/<run>.parquet", "fingerprint": ..., ...}
-    snapshots/<run>.parquet         row_hash, key_hash of every row sent or unchanged, by row hash,
-                                    and key_order: their places in key order
+    snapshots/<run>.parquet         row_hash, key_hash of every row sent or unchanged, in input order
+    snapshots/<run>.order.parquet   row_order, key_order: the permutations that sort them
     snapshots/<run>.ids.parquet     key_hash and identifier columns, kept for deletions (opt-in)
     snapshots/<run>.json            what the prepare step recorded about that snapshot
 
@@ -17,10 +17,11 @@ atomically.
 The row hash of a CSV input is the hash of the record's raw bytes, so a record the last sync
 sent byte for byte is recognised before it is parsed (``PreviousSnapshot.known_records``); the
 header, delimiter and encoding are part of the snapshot's fingerprint. Other inputs hash the
-mapped values. The snapshot is stored sorted both ways, so a sync loads it without sorting and
-writes the next one by merging the few rows it sent into the rows it kept. Memory: about 26
-bytes per row of the previous snapshot (two 64-bit hashes, the key order, two flags, the bounds
-of the search buckets) and 16 per row sent.
+mapped values. A row is first looked for where the last input had it (after the row found before
+it), then through the sort orders; nothing is sorted when a snapshot is loaded, and the next one
+merges the few rows sent into the orders of the rows kept. Memory: about 30 bytes per row of the
+previous snapshot (two 64-bit hashes, two orders, the row's place in the next snapshot, a flag,
+the bounds of the search buckets).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from airflow_provider_profiles.storage import as_storage_path, open_binary
 
 CURRENT = "CURRENT.json"
 IDS_SUFFIX = ".ids.parquet"
+ORDER_SUFFIX = ".order.parquet"
 
 
 def run_key_of(text: str) -> str:
@@ -53,53 +55,59 @@ def run_key_of(text: str) -> str:
 class PreviousSnapshot:
     """The committed snapshot's hashes; classifies rows as new, changed or unchanged.
 
-    As stored: rows in row-hash order (``known_records`` searches them directly) with their key
-    hashes, and the key order over them (``find`` searches keys through it), so loading sorts
-    nothing. A place is a row's index in that order.
+    As stored: the key and row hash of each row in the order of the input they came from (a
+    row's place is its index there), and the two orders that sort them, so loading sorts nothing.
+    Lookups try first the place that follows the last row found: an input in the same order as
+    last time (by id, by creation) finds almost every row there, with one comparison; the others
+    are searched for through the orders.
     """
 
-    def __init__(self, row_hashes: np.ndarray, key_hashes: np.ndarray, key_order: np.ndarray, ids_path: Any = None):
-        self.row_hashes, self.key_hashes, self.key_order, self.ids_path = row_hashes, key_hashes, key_order, ids_path
+    def __init__(self, row_hashes, key_hashes, row_order, key_order, ids_path: Any = None):
+        self.row_hashes, self.key_hashes, self.ids_path = row_hashes, key_hashes, ids_path
+        self.row_order, self.key_order = row_order, key_order
+        self.records = _SortedIndex(row_hashes, row_order)
+        self.keys = _SortedIndex(key_hashes, key_order)
         self.seen = np.zeros(len(row_hashes), dtype=bool)
         self._seen_count = 0  # of seen: counting the flags is how repeats within a batch show
-        self.carried = np.zeros(len(row_hashes), dtype=bool)  # rows that stay in the next snapshot as they are
-        self.records = _SortedIndex(row_hashes)
-        self.keys = _SortedIndex(key_hashes, key_order)
+        # the place in the next snapshot of each row carried over to it unchanged (set by its writer)
+        self.new_place = np.full(len(row_hashes), -1, _place_type(len(row_hashes)))
+        self._record_cursor = self._key_cursor = 0
 
     @classmethod
     def of(cls, key_hashes: np.ndarray, row_hashes: np.ndarray, ids_path: Any = None) -> PreviousSnapshot:
-        """From hashes in any order (a snapshot holds each key once)."""
-        columns = zip(*next_snapshot(None, key_hashes, row_hashes))
-        return cls(*(np.concatenate(parts) for parts in columns), ids_path)
+        """From hashes in input order (a snapshot holds each key once)."""
+        return cls(row_hashes, key_hashes, sort_order(row_hashes)[0], sort_order(key_hashes)[0], ids_path)
 
     @classmethod
-    def load(cls, path: Any, ids_path: Any = None) -> PreviousSnapshot:
-        with open_binary(path) as stream:
-            parquet = pq.ParquetFile(stream)  # not pq.read_table: spares the import of the dataset layer
-            schema, count = parquet.schema_arrow, parquet.metadata.num_rows
-            columns = [np.empty(count, schema.field(name).type.to_pandas_dtype()) for name in INDEX_COLUMNS]
-            done = 0
-            for group in range(parquet.num_row_groups):  # one row group at a time: no second copy
-                table = parquet.read_row_group(group, columns=INDEX_COLUMNS)
-                for column, name in zip(columns, INDEX_COLUMNS):
-                    column[done : done + table.num_rows] = to_numpy(table.column(name))
-                done += table.num_rows
-        return cls(*columns, ids_path if ids_path is not None and ids_path.exists() else None)
+    def load(cls, path: Any, order_path: Any, ids_path: Any = None) -> PreviousSnapshot:
+        row_hashes, key_hashes = _read_columns(path, HASH_COLUMNS)
+        row_order, key_order = _read_columns(order_path, ORDER_COLUMNS)
+        return cls(row_hashes, key_hashes, row_order, key_order, ids_path if ids_path is not None and ids_path.exists() else None)
 
     def __len__(self) -> int:
         return len(self.row_hashes)
 
-    def find(self, key_hashes: np.ndarray) -> np.ndarray:
-        """Place of each key in the snapshot, -1 where the snapshot does not hold it."""
-        return self.keys.find(key_hashes)
+    def find(self, key_hashes: np.ndarray, in_order: bool = False) -> np.ndarray:
+        """Place of each key in the snapshot, -1 where the snapshot does not hold it. With
+        ``in_order`` (every row of the input, batch after batch), each place is guessed first."""
+        if not in_order:
+            return self.keys.find(key_hashes)
+        places, self._key_cursor = _guessed(self.key_hashes, self.keys, key_hashes, self._key_cursor)
+        return places
 
     def known_records(self, row_hashes: np.ndarray) -> np.ndarray:
-        """Place of the snapshot row with each of these row hashes, -1 where there is none.
+        """Place of the snapshot row with each of these row hashes, -1 where there is none; for
+        every row of the input, batch after batch (each place is guessed first).
 
         For hashes of raw records, which hold their key: the same hash is the same key with the
-        same values. Read-only, so a reader thread may call it.
+        same values.
         """
-        return self.records.find(row_hashes)
+        places, self._record_cursor = _guessed(self.row_hashes, self.records, row_hashes, self._record_cursor)
+        return places
+
+    @property
+    def carried(self) -> np.ndarray:
+        return self.new_place >= 0
 
     def repeats(self, positions: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """True for the ``valid`` rows found in the snapshot whose key came before in this run (in
@@ -128,7 +136,8 @@ class PreviousSnapshot:
 
     def carried_ids(self, batch_rows: int = 65_536) -> Iterator[pa.Table]:
         """The kept identifier columns of the ``carried`` rows (streamed back from the file)."""
-        yield from self._ids_where(lambda places: (places >= 0) & self.carried[np.maximum(places, 0)], batch_rows)
+        carried = self.carried
+        yield from self._ids_where(lambda places: (places >= 0) & carried[np.maximum(places, 0)], batch_rows)
 
     def vanished(self, batch_rows: int = 65_536) -> Iterator[pa.Table]:
         """The kept identifier columns of the rows whose key was not seen in this run."""
@@ -155,8 +164,9 @@ class _SortedIndex:
     def __init__(self, values: np.ndarray, order: np.ndarray | None = None):
         self.values = values
         self.order = order  # values[order] is sorted; None: values is
-        # two values a bucket: a search of 4 steps (8 a bucket took 5, and 25% longer)
-        self.bucket_bits = int(min(max(np.ceil(np.log2(max(len(values), 1) / 2)), 0), 24))
+        # 8 values a bucket: a search of 5 steps (2 a bucket took 4, and 20% less time, but lookups
+        # in input order seldom search, and the bounds would take 3 times the memory)
+        self.bucket_bits = int(min(max(np.ceil(np.log2(max(len(values), 1) / 8)), 0), 24))
         # counted, not searched: the counts are the same in any order (no sorted copy needed)
         sizes = np.zeros(1 << self.bucket_bits, np.int64)
         for start in range(0, len(values), CHUNK_ROWS):
@@ -216,54 +226,44 @@ def _place_type(count: int) -> type:
 
 
 CHUNK_ROWS = 1 << 18  # rows a pass over a snapshot takes at a time: temporaries stay small
+HASH_COLUMNS = ["row_hash", "key_hash"]
+ORDER_COLUMNS = ["row_order", "key_order"]
 
 
-def next_snapshot(previous: PreviousSnapshot | None, key_hashes: np.ndarray, row_hashes: np.ndarray, chunk_rows: int = CHUNK_ROWS):
-    """The next snapshot, the ``carried`` rows of ``previous`` and the added rows (any order), in
-    chunks of (row hashes, key hashes, key order), as ``PreviousSnapshot`` reads them back.
+def _guessed(values: np.ndarray, index: _SortedIndex, needles: np.ndarray, cursor: int) -> tuple[np.ndarray, int]:
+    """Places of ``needles`` in ``values``: those that follow on from ``cursor`` as they did
+    there, with one comparison each; the others through ``index``. Also the cursor for the next
+    needles: after the last one found."""
+    places = np.full(len(needles), -1, np.int64)
+    count = min(len(needles), max(len(values) - cursor, 0))
+    matched = np.flatnonzero(values[cursor : cursor + count] == needles[:count])
+    places[matched] = matched + cursor
+    if len(matched) < len(needles):
+        rest = np.flatnonzero(places < 0)
+        places[rest] = index.find(needles[rest])
+    found = np.flatnonzero(places >= 0)
+    return places, (int(places[found[-1]]) + 1 if len(found) else cursor + len(needles))
 
-    The carried rows are already in row order and in key order: the added ones are sorted and
-    merged in (a merge is linear), chunk by chunk, so that beyond the key order being written,
-    memory holds two places per row of ``previous``.
-    """
-    order, added_rows = sort_order(row_hashes)
-    added_keys = key_hashes[order]
-    del order, key_hashes, row_hashes  # the caller passes them on: they are freed here
-    if previous is None or not len(previous):  # nothing to merge with
-        key_order = sort_order(added_keys)[0]
-        for start in range(0, max(len(added_rows), 1), chunk_rows):
-            end = start + chunk_rows
-            yield added_rows[start:end], added_keys[start:end], key_order[start:end]
-        return
-    carried = previous.carried
-    total = int(carried.sum()) + len(added_rows)
-    place_type = _place_type(total)
-    # rows: added row j goes in before previous row at[j]
-    at = np.searchsorted(previous.row_hashes, added_rows)
-    new_place, added_place = _merged_places(carried, at, place_type, chunk_rows)
-    # keys: the carried rows in the previous key order, the added ones by key
-    by_key, keys_in_order = sort_order(added_keys)
-    carried_by_key = carried[previous.key_order]
-    key_place, added_key_place = _merged_places(carried_by_key, previous.keys.rank(keys_in_order), place_type, chunk_rows)
-    key_order = np.empty(total, place_type)
-    for start in range(0, len(previous), chunk_rows):
-        kept = carried_by_key[start : start + chunk_rows]
-        key_order[key_place[start : start + chunk_rows][kept]] = new_place[previous.key_order[start : start + chunk_rows][kept]]
-    key_order[added_key_place] = added_place[by_key]
-    del key_place, carried_by_key, new_place
-    # the rows, chunk by chunk, with the key order in slices of the same length
-    done = 0
-    for start in range(0, len(previous), chunk_rows):
-        end = min(start + chunk_rows, len(previous))
-        low, high = np.searchsorted(at, [start, end if end < len(previous) else end + 1])
-        kept = carried[start:end]
-        rows, keys = previous.row_hashes[start:end][kept], previous.key_hashes[start:end][kept]
-        inserted = np.searchsorted(rows, added_rows[low:high])
-        rows, keys = np.insert(rows, inserted, added_rows[low:high]), np.insert(keys, inserted, added_keys[low:high])
-        for part in range(0, len(rows), chunk_rows):  # added rows may make a chunk longer
-            size = len(rows[part : part + chunk_rows])
-            yield rows[part : part + chunk_rows], keys[part : part + chunk_rows], key_order[done : done + size]
-            done += size
+
+def next_order(previous: PreviousSnapshot | None, by_key: bool, added_values, added_places, total: int) -> np.ndarray:
+    """One order of the next snapshot (the permutation that sorts its rows by key or by row
+    hash): its rows carried from ``previous`` keep their order there, and the added ones
+    (``added_values`` at ``added_places``) are sorted and merged in: a merge is linear, where a
+    sort of every row would not be."""
+    by_value, added_values = sort_order(added_values)
+    if previous is None:  # every row is added, at its own place
+        return by_value
+    added_places = added_places[by_value]
+    previous_order, previous_index = (previous.key_order, previous.keys) if by_key else (previous.row_order, previous.records)
+    carried = previous.carried[previous_order]  # in the previous order
+    place_type, chunk_rows = _place_type(total), CHUNK_ROWS
+    kept_place, added_place = _merged_places(carried, previous_index.rank(added_values), place_type, chunk_rows)
+    order = np.empty(total, place_type)
+    for start in range(0, len(carried), chunk_rows):
+        kept = carried[start : start + chunk_rows]
+        order[kept_place[start : start + chunk_rows][kept]] = previous.new_place[previous_order[start : start + chunk_rows][kept]]
+    order[added_place] = added_places
+    return order
 
 
 def _merged_places(kept: np.ndarray, at: np.ndarray, place_type, chunk_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -285,65 +285,110 @@ def _merged_places(kept: np.ndarray, at: np.ndarray, place_type, chunk_rows: int
     return places, added
 
 
-INDEX_COLUMNS = ["row_hash", "key_hash", "key_order"]
+def _read_columns(path: Any, names: list[str]) -> list[np.ndarray]:
+    """Whole columns, read one row group at a time into arrays of their size (no second copy)."""
+    with open_binary(path) as stream:
+        parquet = pq.ParquetFile(stream)  # not pq.read_table: spares the import of the dataset layer
+        schema, count = parquet.schema_arrow, parquet.metadata.num_rows
+        columns = [np.empty(count, schema.field(name).type.to_pandas_dtype()) for name in names]
+        done = 0
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group, columns=names)
+            for column, name in zip(columns, names):
+                column[done : done + table.num_rows] = to_numpy(table.column(name))
+            done += table.num_rows
+    return columns
+
+
+def _parquet_writer(stream, schema: pa.Schema) -> pq.ParquetWriter:
+    # random bits: compression, dictionaries or statistics would cost time and save nothing
+    return pq.ParquetWriter(stream, schema, compression="none", use_dictionary=False, write_statistics=False)
 
 
 class SnapshotWriter:
-    """Collects the next snapshot: the hashes of the rows sent (in memory, 16 bytes a row) and,
-    with ``extra_columns``, their identifier columns (streamed to the ids file, for deletions);
-    ``finish`` adds the previous snapshot's carried rows and writes the index."""
+    """Writes the next snapshot as the batches go: each row kept, in input order, either added
+    (sent in this run) or carried over unchanged from ``previous``. With ``extra_columns``, the
+    identifier columns of the added rows go to the ids file (for deletions). ``finish`` reads
+    the added rows back and writes the orders."""
 
-    def __init__(self, path: Any, ids_path: Any, extra_columns: list[str]):
-        self.path, self.ids_path = path, ids_path
+    def __init__(self, path: Any, order_path: Any, ids_path: Any, extra_columns: list[str], previous: PreviousSnapshot | None = None):
+        self.path, self.order_path, self.ids_path = path, order_path, ids_path
+        self.previous = previous
         self.extra_columns = list(extra_columns)
-        self._keys: list[np.ndarray] = []
-        self._rows: list[np.ndarray] = []
-        self._ids = None
         self.rows = 0
+        self._stream = open_binary(path, "wb")
+        self._hashes = _parquet_writer(self._stream, pa.schema([(name, pa.uint64()) for name in HASH_COLUMNS]))
+        self._ids = None
         if self.extra_columns:
             fields = [("key_hash", pa.uint64())] + [(f"delete.{name}", pa.string()) for name in self.extra_columns]
             self._ids_schema = pa.schema(fields)
             self._ids_stream = open_binary(ids_path, "wb")
             self._ids = pq.ParquetWriter(self._ids_stream, self._ids_schema, compression="zstd")
 
-    def add(self, key_hashes: np.ndarray, row_hashes: np.ndarray, extra: list[pa.Array] = ()) -> None:
-        self._keys.append(np.asarray(key_hashes, np.uint64))
-        self._rows.append(np.asarray(row_hashes, np.uint64))
-        if self._ids is not None:
-            self._write_ids(key_hashes, list(extra))
+    def add(self, key_hashes: np.ndarray, row_hashes: np.ndarray, previous_places: np.ndarray | None = None, extra: list[pa.Array] = ()) -> None:
+        """Rows kept, in input order; ``previous_places`` holds each carried row's place in the
+        previous snapshot and -1 for the added ones, which ``extra`` (if any) describes in order."""
+        added = np.ones(len(key_hashes), bool) if previous_places is None else previous_places < 0
+        if not added.all():
+            self.previous.new_place[previous_places[~added]] = self.rows + np.flatnonzero(~added)
+        arrays = [pa.array(row_hashes, pa.uint64()), pa.array(key_hashes, pa.uint64())]
+        self._hashes.write_table(pa.Table.from_arrays(arrays, names=HASH_COLUMNS))
+        self.rows += len(key_hashes)
+        if self._ids is not None and added.any():
+            self._write_ids(np.asarray(key_hashes)[added], list(extra))
 
     def _write_ids(self, key_hashes, extra: list) -> None:
         arrays = [pa.array(key_hashes, pa.uint64())] + [column.cast(pa.string()) for column in extra]
         self._ids.write_table(pa.Table.from_arrays(arrays, schema=self._ids_schema))
 
-    def finish(self, previous: PreviousSnapshot | None) -> int:
-        """Writes the snapshot: this run's rows and those carried from ``previous``; returns its row count."""
+    def finish(self) -> int:
+        """Completes the snapshot (the ids of the carried rows, the orders); returns its row count."""
+        previous = self.previous
         if self._ids is not None and previous is not None:
             for table in previous.carried_ids():
                 extra = [table.column(name) if name in table.column_names else pa.nulls(table.num_rows, pa.string())
                          for name in self._ids_schema.names[1:]]
                 self._write_ids(to_numpy(table.column("key_hash")), extra)
         self.close()
-        writer = None
-        with open_binary(self.path, "wb") as stream:
-            for chunk in next_snapshot(previous, *self._take_added()):
-                table = pa.Table.from_arrays([pa.array(column) for column in chunk], names=INDEX_COLUMNS)
-                if writer is None:
-                    # random bits: compression, dictionaries or statistics would cost time and save nothing
-                    writer = pq.ParquetWriter(stream, table.schema, compression="none", use_dictionary=False, write_statistics=False)
-                writer.write_table(table)
-                self.rows += table.num_rows
+        rows, keys, places = self._added_rows()
+        row_order = next_order(previous, False, rows, places, self.rows)
+        del rows
+        key_order = next_order(previous, True, keys, places, self.rows)
+        del keys, places
+        with open_binary(self.order_path, "wb") as stream:
+            writer = _parquet_writer(stream, pa.schema([(name, pa.from_numpy_dtype(row_order.dtype)) for name in ORDER_COLUMNS]))
+            for start in range(0, max(self.rows, 1), CHUNK_ROWS):
+                end = start + CHUNK_ROWS
+                writer.write_table(pa.Table.from_arrays([pa.array(row_order[start:end]), pa.array(key_order[start:end])], names=ORDER_COLUMNS))
             writer.close()
         return self.rows
 
-    def _take_added(self) -> tuple[np.ndarray, np.ndarray]:
-        keys = np.concatenate(self._keys) if self._keys else np.zeros(0, np.uint64)
-        self._keys = []  # freed before the rows are joined
-        rows = np.concatenate(self._rows) if self._rows else np.zeros(0, np.uint64)
-        self._rows = []
-        return keys, rows
+    def _added_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Row and key hashes of the rows added in this run, read back from the file (held in
+        memory all along, they would add 16 bytes a row to the peak), and their places (None:
+        every row, without a previous snapshot)."""
+        added = np.ones(self.rows, bool)
+        if self.previous is not None:
+            added[self.previous.new_place[self.previous.new_place >= 0]] = False
+        count = int(np.count_nonzero(added))
+        rows, keys = np.empty(count, np.uint64), np.empty(count, np.uint64)
+        done = taken = 0
+        with open_binary(self.path) as stream:
+            parquet = pq.ParquetFile(stream)
+            for group in range(parquet.num_row_groups):
+                table = parquet.read_row_group(group, columns=HASH_COLUMNS)
+                wanted = added[done : done + table.num_rows]
+                size = int(np.count_nonzero(wanted))
+                rows[taken : taken + size] = to_numpy(table.column("row_hash"))[wanted]
+                keys[taken : taken + size] = to_numpy(table.column("key_hash"))[wanted]
+                done, taken = done + table.num_rows, taken + size
+        return rows, keys, (np.flatnonzero(added) if self.previous is not None else None)
 
     def close(self) -> None:
+        if self._hashes is not None:
+            self._hashes.close()
+            self._stream.close()
+            self._hashes = None
         if self._ids is not None:
             self._ids.close()
             self._ids_stream.close()
@@ -371,6 +416,9 @@ class SyncState:
     def meta_path(self, run_key: str):
         return self._file(f"snapshots/{run_key_of(run_key)}.json")
 
+    def order_path(self, run_key: str):
+        return self._file(f"snapshots/{run_key_of(run_key)}{ORDER_SUFFIX}")
+
     def ids_path(self, run_key: str):
         return self._file(f"snapshots/{run_key_of(run_key)}{IDS_SUFFIX}")
 
@@ -379,10 +427,12 @@ class SyncState:
         current = self.current()
         if current is None or current.get("fingerprint") != fingerprint:
             return None
-        return PreviousSnapshot.load(self._file(current["snapshot"]), self.ids_path(current["run_key"]))
+        run = current["run_key"]
+        return PreviousSnapshot.load(self._file(current["snapshot"]), self.order_path(run), self.ids_path(run))
 
-    def writer(self, run_key: str, extra_columns: list[str] = ()) -> SnapshotWriter:
-        return SnapshotWriter(self.snapshot_path(run_key), self.ids_path(run_key), list(extra_columns))
+    def writer(self, run_key: str, extra_columns: list[str] = (), previous: PreviousSnapshot | None = None) -> SnapshotWriter:
+        paths = self.snapshot_path(run_key), self.order_path(run_key), self.ids_path(run_key)
+        return SnapshotWriter(*paths, list(extra_columns), previous)
 
     def record_pending(self, run_key: str, fingerprint: str, rows: int, counts: dict[str, Any]) -> None:
         meta = {"run_key": run_key_of(run_key), "fingerprint": fingerprint, "rows": rows, "counts": counts}
@@ -422,6 +472,7 @@ class SyncState:
         if not folder.exists():
             return
         for entry in list(folder.iterdir()):
-            run = next((entry.name[: -len(end)] for end in (IDS_SUFFIX, ".parquet", ".json") if entry.name.endswith(end)), None)
+            ends = (IDS_SUFFIX, ORDER_SUFFIX, ".parquet", ".json")
+            run = next((entry.name[: -len(end)] for end in ends if entry.name.endswith(end)), None)
             if run not in keep:
                 entry.unlink()

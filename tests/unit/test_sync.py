@@ -65,7 +65,7 @@ def test_three_runs_with_a_failed_one_lose_nothing(tmp_path):
     state.commit("run-4")
     assert state.current()["run_key"] == "run-4"
     assert sorted(os.listdir(tmp_path / "state" / "snapshots")) == [
-        "run-3.json", "run-3.parquet", "run-4.json", "run-4.parquet"
+        "run-3.json", "run-3.order.parquet", "run-3.parquet", "run-4.json", "run-4.order.parquet", "run-4.parquet"
     ]
 
 
@@ -232,41 +232,76 @@ def test_a_changed_header_resends_everything(tmp_path):
 
 
 @pytest.mark.parametrize("kept, added", [(0.99, 50), (0.0, 3_000), (1.0, 0), (0.5, 1_000), (None, 2_000)])
-def test_next_snapshot_merges_the_rows_sent_into_the_rows_kept(kept, added):
-    """The merged index holds exactly the carried and the added rows, sorted by row hash, with a key
-    order that sorts the keys: what a sort of all of them gives."""
+def test_next_snapshot_merges_the_rows_sent_into_the_orders_of_the_rows_kept(tmp_path, monkeypatch, kept, added):
+    """Rows written in input order, carried and added mixed in small batches: the snapshot read
+    back holds them in that order, with orders that sort them by row hash and by key (what a sort
+    of all of them gives), and is searchable both ways."""
     import numpy as np
 
-    from airflow_provider_profiles.formats.sync import PreviousSnapshot, next_snapshot
+    from airflow_provider_profiles.formats import sync
+    from airflow_provider_profiles.formats.sync import PreviousSnapshot, SnapshotWriter
 
+    monkeypatch.setattr(sync, "CHUNK_ROWS", 512)  # merges over many chunks
     rng = np.random.default_rng(added)
     def hashes(count):
         return rng.integers(0, 2**64 - 1, count, dtype=np.uint64, endpoint=True)
 
     previous = None
-    expected = set()
+    carried_places = np.zeros(0, np.int64)
     if kept is not None:
-        keys, rows = hashes(4_000), hashes(4_000)
-        previous = PreviousSnapshot.of(keys, rows)
-        previous.carried[:] = rng.random(4_000) < kept
-        expected = set(zip(previous.key_hashes[previous.carried].tolist(), previous.row_hashes[previous.carried].tolist()))
-        changed = previous.key_hashes[~previous.carried][: added // 2]  # keys sent again with new values
-        added_keys = np.concatenate((changed, hashes(added - len(changed))))
+        previous = PreviousSnapshot.of(hashes(4_000), hashes(4_000))
+        carried_places = rng.permutation(np.flatnonzero(rng.random(4_000) < kept))  # in a new input order
+        changed = np.setdiff1d(np.arange(4_000), carried_places)[: added // 2]
+        added_keys = np.concatenate((previous.key_hashes[changed], hashes(added - len(changed))))  # sent again
     else:
         added_keys = hashes(added)
     added_rows = hashes(added)
     if kept and added:  # a row hash both carried and added (a collision): each still gets its own place
-        added_rows[-1] = previous.row_hashes[previous.carried][0]
+        added_rows[-1] = previous.row_hashes[carried_places[0]]
     if added > 2:  # rows and keys before and after every previous one
         added_rows[:2] = added_keys[:2] = [0, 2**64 - 1]
-    expected |= set(zip(added_keys.tolist(), added_rows.tolist()))
+    # the input: carried and added rows interleaved
+    places = np.concatenate((carried_places, np.full(added, -1)))[rng.permutation(len(carried_places) + added)]
+    keys = np.empty(len(places), np.uint64)
+    rows = np.empty(len(places), np.uint64)
+    if previous is not None:
+        keys[places >= 0], rows[places >= 0] = previous.key_hashes[places[places >= 0]], previous.row_hashes[places[places >= 0]]
+    keys[places < 0], rows[places < 0] = added_keys, added_rows
 
-    chunks = list(next_snapshot(previous, added_keys, added_rows, chunk_rows=512))
-    rows, keys, key_order = (np.concatenate(parts) for parts in zip(*chunks))
-    assert all(len(r) == len(k) == len(o) <= 512 for r, k, o in chunks)
-    assert set(zip(keys.tolist(), rows.tolist())) == expected and len(rows) == len(expected)
-    assert (rows[1:] >= rows[:-1]).all()
-    assert sorted(key_order.tolist()) == list(range(len(rows)))
-    assert (keys[key_order][1:] >= keys[key_order][:-1]).all()
-    merged = PreviousSnapshot(rows, keys, key_order)  # and it is searchable both ways
-    assert (merged.find(added_keys) >= 0).all() and (merged.known_records(added_rows) >= 0).all()
+    writer = SnapshotWriter(tmp_path / "s.parquet", tmp_path / "s.order.parquet", tmp_path / "s.ids.parquet", [], previous)
+    for start in range(0, len(places), 700):
+        writer.add(keys[start : start + 700], rows[start : start + 700], places[start : start + 700])
+    assert writer.finish() == len(places)
+
+    loaded = PreviousSnapshot.load(tmp_path / "s.parquet", tmp_path / "s.order.parquet")
+    assert np.array_equal(loaded.key_hashes, keys) and np.array_equal(loaded.row_hashes, rows)
+    assert np.array_equal(loaded.row_hashes[loaded.row_order], np.sort(rows))
+    assert np.array_equal(loaded.key_hashes[loaded.key_order], np.sort(keys))
+    assert sorted(loaded.key_order.tolist()) == list(range(len(keys)))
+    assert (loaded.find(keys) == np.arange(len(keys))).all()
+    assert (loaded.known_records(rows) >= 0).all()
+
+
+def test_lookups_in_input_order_agree_with_searches_whatever_the_order():
+    """Guessing each place from the last one found is a shortcut, never a different answer: the
+    same input order, one with rows inserted and removed, and a shuffled one."""
+    import numpy as np
+
+    from airflow_provider_profiles.formats.sync import PreviousSnapshot
+
+    rng = np.random.default_rng(5)
+    keys = rng.integers(0, 2**64 - 1, 20_000, dtype=np.uint64, endpoint=True)
+    rows = rng.integers(0, 2**64 - 1, 20_000, dtype=np.uint64, endpoint=True)
+    edited = np.concatenate((rows[:5_000], rng.integers(0, 2**63, 300, dtype=np.uint64), rows[5_200:], rows[100:120]))
+    for probes, most_searched in ((rows, 0), (edited, 3_000), (rng.permutation(rows), 20_000), (rows[::-1], 20_000)):
+        snapshot = PreviousSnapshot.of(keys, rows)
+        searched = []
+        search = snapshot.records.find
+        snapshot.records.find = lambda needles: searched.append(len(needles)) or search(needles)
+        found = np.concatenate([snapshot.known_records(probes[start : start + 3_000]) for start in range(0, len(probes), 3_000)])
+        assert sum(searched) <= most_searched  # the same order: no search at all
+        assert np.array_equal(found, search(probes))
+        key_probes = keys[np.maximum(found, 0)]
+        found_keys = np.concatenate([snapshot.find(key_probes[start : start + 3_000], in_order=True)
+                                     for start in range(0, len(probes), 3_000)])
+        assert np.array_equal(found_keys, snapshot.find(key_probes))
