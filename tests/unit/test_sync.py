@@ -305,3 +305,21 @@ def test_lookups_in_input_order_agree_with_searches_whatever_the_order():
         found_keys = np.concatenate([snapshot.find(key_probes[start : start + 3_000], in_order=True)
                                      for start in range(0, len(probes), 3_000)])
         assert np.array_equal(found_keys, snapshot.find(key_probes))
+
+
+def test_an_input_in_another_order_sends_only_what_changed(tmp_path):
+    """The snapshot keeps the last input's order and looks there first: a shuffled input, and then
+    the first order again, still send exactly the changed rows."""
+    import random
+
+    rows = [(i, f"n{i}", f"c{i}") for i in range(1, 3_001)]
+    state = SyncState(tmp_path / "state")
+    run(tmp_path, rows, "run-1", state)
+    state.commit("run-1")
+    shuffled = random.Random(3).sample(rows, len(rows))
+    shuffled[10] = (shuffled[10][0], "renamed", shuffled[10][2])
+    result, second = run(tmp_path, shuffled + [(5_000, "new", "x")], "run-2", state)
+    assert (result.written, result.unchanged) == (2, 2_999) and set(second) == {str(shuffled[10][0]), "5000"}
+    state.commit("run-2")
+    result, third = run(tmp_path, rows + [(5_000, "new", "x")], "run-3", state)  # row 10 changes back
+    assert (result.written, result.unchanged) == (1, 3_000) and set(third) == {str(shuffled[10][0])}
