@@ -51,6 +51,7 @@ from airflow_provider_profiles.formats.reader import (
     read_input,
 )
 from airflow_provider_profiles.formats.sync import (
+    SNAPSHOT_FORMAT,
     PreviousSnapshot,
     SnapshotWriter,
     SyncState,
@@ -271,7 +272,7 @@ class Preparer:
         self._skipped_rejects: list[tuple[int, str | None, str]] = []
         if sync is not None:
             # how rows are hashed is part of it: raw CSV records (input_description) or values
-            described = (mapping.fingerprint() if mapping else "-") + "|" + writer_fingerprint(writer)
+            described = f"{SNAPSHOT_FORMAT}|" + (mapping.fingerprint() if mapping else "-") + "|" + writer_fingerprint(writer)
             described += f"|{input_description}" if input_description else ""
             self.fingerprint = hashlib.sha256(described.encode()).hexdigest()[:16]
             self.previous = sync.previous(self.fingerprint)
@@ -480,9 +481,7 @@ class Preparer:
         in line order, and those not repeated are carried into the new snapshot unchanged."""
         if not skipped:
             return self.previous.repeats(positions, valid)
-        # both are in line order: the place of each in the merged order
-        at = np.arange(len(lines)) + np.searchsorted(skipped.lines, lines)
-        skipped_at = np.arange(len(skipped)) + np.searchsorted(lines, skipped.lines)
+        at, skipped_at = _merged_by_line(lines, skipped.lines)
         places = np.empty(len(at) + len(skipped_at), dtype=np.int64)
         places[at], places[skipped_at] = positions, skipped.places
         checked = np.ones(len(places), dtype=bool)
@@ -525,8 +524,7 @@ class Preparer:
         places, lines, key_hashes, row_hashes = places[kept], lines[kept], key_hashes[kept], row_hashes[kept]
         if skipped and self._skipped_kept.any():  # merged in by line
             skipped_places, skipped_lines = skipped.places[self._skipped_kept], skipped.lines[self._skipped_kept]
-            at = np.arange(len(lines)) + np.searchsorted(skipped_lines, lines)
-            skipped_at = np.arange(len(skipped_lines)) + np.searchsorted(lines, skipped_lines)
+            at, skipped_at = _merged_by_line(lines, skipped_lines)
             merged = [np.empty(len(at) + len(skipped_at), dtype) for dtype in (np.int64, np.uint64, np.uint64)]
             for column, parsed, unparsed in zip(merged, (places, key_hashes, row_hashes),
                                                 (skipped_places, self.previous.key_hashes, self.previous.row_hashes)):
@@ -544,7 +542,7 @@ class Preparer:
             if self.snapshot is not None:
                 # memory the batches freed goes back first: the orders of the next snapshot are built here
                 pa.default_memory_pool().release_unused()
-                self.snapshot.finish()
+                self.snapshot.finish(self.helper)
         finally:
             self.close()
         result.rejected = self.rejects.count
@@ -610,6 +608,14 @@ class _CountingRejects:
 
     def close(self) -> None:
         pass
+
+
+def _merged_by_line(lines: np.ndarray, skipped_lines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the rows of a batch and its skipped records (each in line order) go when merged."""
+    at = np.arange(len(lines)) + np.searchsorted(skipped_lines, lines)
+    skipped = np.ones(len(lines) + len(skipped_lines), dtype=bool)
+    skipped[at] = False
+    return at, np.flatnonzero(skipped)
 
 
 def _identifier_of(writer: FormatWriter, row: dict[str, Any]) -> str | None:

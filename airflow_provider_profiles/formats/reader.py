@@ -292,16 +292,17 @@ def _read_csv(path: Any, *, delimiter: str, encoding: str, block_bytes: int, rec
             for index, block in enumerate(_chain_first(rest, blocks)):
                 if index or not rest:
                     block = decode(block, next_line)
-                newlines = count_byte(block, b"\n")
                 if not block or block.isspace():  # only blank lines
-                    next_line += newlines
+                    next_line += count_byte(block, b"\n")
                     continue
                 if records is not None:
                     unparsed = UnparsedRecords(path, block, names, delimiter, next_line)
                     batch = InputBatch(np.zeros(0, np.int64), unparsed=unparsed) if records.defer else unparsed.parse()
+                    next_line += unparsed.line_count
                 else:
+                    newlines = count_byte(block, b"\n")
                     batch = _parse_csv_block(path, block, names, next_line, delimiter, newlines)
-                next_line += newlines + (0 if block.endswith(b"\n") else 1)
+                    next_line += newlines + (0 if block.endswith(b"\n") else 1)
                 if len(batch) or batch.rejected or batch.unparsed:
                     yield batch
         except RecordTooLong as error:
@@ -390,6 +391,7 @@ class UnparsedRecords:
         self.ends = np.append(self.starts[1:], len(block))
         self.spans = np.diff(line_starts)  # lines per record
         self.lines = first_line + line_starts[:-1]
+        self.line_count = int(line_starts[-1])  # of the block, its last line ended
         self.blank = _blank(block, self.starts, self.ends)
 
     def parse(self, places: np.ndarray | None = None) -> InputBatch:

@@ -65,7 +65,7 @@ def test_three_runs_with_a_failed_one_lose_nothing(tmp_path):
     state.commit("run-4")
     assert state.current()["run_key"] == "run-4"
     assert sorted(os.listdir(tmp_path / "state" / "snapshots")) == [
-        "run-3.json", "run-3.order.parquet", "run-3.parquet", "run-4.json", "run-4.order.parquet", "run-4.parquet"
+        "run-3.arrow", "run-3.json", "run-3.order.arrow", "run-4.arrow", "run-4.json", "run-4.order.arrow"
     ]
 
 
@@ -268,12 +268,12 @@ def test_next_snapshot_merges_the_rows_sent_into_the_orders_of_the_rows_kept(tmp
         keys[places >= 0], rows[places >= 0] = previous.key_hashes[places[places >= 0]], previous.row_hashes[places[places >= 0]]
     keys[places < 0], rows[places < 0] = added_keys, added_rows
 
-    writer = SnapshotWriter(tmp_path / "s.parquet", tmp_path / "s.order.parquet", tmp_path / "s.ids.parquet", [], previous)
+    writer = SnapshotWriter(tmp_path / "s.arrow", tmp_path / "s.order.arrow", tmp_path / "s.ids.parquet", [], previous)
     for start in range(0, len(places), 700):
         writer.add(keys[start : start + 700], rows[start : start + 700], places[start : start + 700])
     assert writer.finish() == len(places)
 
-    loaded = PreviousSnapshot.load(tmp_path / "s.parquet", tmp_path / "s.order.parquet")
+    loaded = PreviousSnapshot.load(tmp_path / "s.arrow", tmp_path / "s.order.arrow")
     assert np.array_equal(loaded.key_hashes, keys) and np.array_equal(loaded.row_hashes, rows)
     assert np.array_equal(loaded.row_hashes[loaded.row_order], np.sort(rows))
     assert np.array_equal(loaded.key_hashes[loaded.key_order], np.sort(keys))
