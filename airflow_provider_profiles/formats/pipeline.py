@@ -525,11 +525,12 @@ class Preparer:
         if skipped and self._skipped_kept.any():  # merged in by line
             skipped_places, skipped_lines = skipped.places[self._skipped_kept], skipped.lines[self._skipped_kept]
             at, skipped_at = _merged_by_line(lines, skipped_lines)
-            merged = [np.empty(len(at) + len(skipped_at), dtype) for dtype in (np.int64, np.uint64, np.uint64)]
-            for column, parsed, unparsed in zip(merged, (places, key_hashes, row_hashes),
-                                                (skipped_places, self.previous.key_hashes, self.previous.row_hashes)):
-                column[at] = parsed
-                column[skipped_at] = unparsed if unparsed is skipped_places else unparsed[skipped_places]
+            unparsed = skipped_places, self.previous.key_hashes[skipped_places], self.previous.row_hashes[skipped_places]
+            merged = []
+            for parsed_column, skipped_column in zip((places, key_hashes, row_hashes), unparsed):
+                column = np.empty(len(at) + len(skipped_at), parsed_column.dtype)
+                column[at], column[skipped_at] = parsed_column, skipped_column
+                merged.append(column)
             places, key_hashes, row_hashes = merged
         if len(places):
             self.snapshot.add(key_hashes, row_hashes, places, extra)

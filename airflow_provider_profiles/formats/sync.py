@@ -358,7 +358,9 @@ class SnapshotWriter:
                 self._write_ids(to_numpy(table.column("key_hash")), extra)
         self.close()
         rows, keys, places = self._added_rows()
-        if helper is not None:  # numpy lets go of the GIL in the large steps: the two run side by side
+        # numpy lets go of the GIL in the large steps: the two merges run side by side (not the
+        # sorts of a first snapshot, which would hold twice their memory at once)
+        if helper is not None and previous is not None:
             row_order = helper.submit(next_order, previous, False, rows, places, self.rows)
             key_order = next_order(previous, True, keys, places, self.rows)
             row_order = row_order.result()
