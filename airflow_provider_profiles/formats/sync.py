@@ -264,24 +264,25 @@ def next_order(previous: PreviousSnapshot | None, by_key: bool, added_values, ad
     added_places = added_places[by_value]
     previous_order, previous_index = (previous.key_order, previous.keys) if by_key else (previous.row_order, previous.records)
     carried = previous.carried[previous_order]  # in the previous order
-    place_type, chunk_rows = _place_type(total), CHUNK_ROWS
-    kept_place, added_place = _merged_places(carried, previous_index.rank(added_values), place_type, chunk_rows)
+    place_type = _place_type(total)
+    kept_place, added_place = _merged_places(carried, previous_index.rank(added_values), place_type)
     order = np.empty(total, place_type)
-    for start in range(0, len(carried), chunk_rows):
-        kept = carried[start : start + chunk_rows]
-        order[kept_place[start : start + chunk_rows][kept]] = previous.new_place[previous_order[start : start + chunk_rows][kept]]
+    for start in range(0, len(carried), CHUNK_ROWS):
+        chunk = slice(start, start + CHUNK_ROWS)
+        kept = carried[chunk]
+        order[kept_place[chunk][kept]] = previous.new_place[previous_order[chunk][kept]]
     order[added_place] = added_places
     return order
 
 
-def _merged_places(kept: np.ndarray, at: np.ndarray, place_type, chunk_rows: int) -> tuple[np.ndarray, np.ndarray]:
+def _merged_places(kept: np.ndarray, at: np.ndarray, place_type) -> tuple[np.ndarray, np.ndarray]:
     """Where the ``kept`` entries of a sequence and added entries land when merged, added entry j
     going in before entry ``at[j]`` (``at`` ascending; entries not kept have no place)."""
     places = np.zeros(len(kept), place_type)
     added = np.arange(len(at), dtype=place_type)  # j, plus the kept entries before at[j]
     kept_before = 0
-    for start in range(0, len(kept), chunk_rows):
-        end = min(start + chunk_rows, len(kept))
+    for start in range(0, len(kept), CHUNK_ROWS):
+        end = min(start + CHUNK_ROWS, len(kept))
         low, high = np.searchsorted(at, [start, end])
         inside = at[low:high] - start
         kept_so_far = np.cumsum(kept[start:end], dtype=place_type)
