@@ -84,7 +84,7 @@ class PreviousSnapshot:
     @classmethod
     def of(cls, key_hashes: np.ndarray, row_hashes: np.ndarray, ids_path: Any = None) -> PreviousSnapshot:
         """From hashes in input order (a snapshot holds each key once)."""
-        return cls(row_hashes, key_hashes, sort_order(row_hashes)[0], sort_order(key_hashes)[0], ids_path)
+        return cls(row_hashes, key_hashes, sort_order(row_hashes), sort_order(key_hashes), ids_path)
 
     @classmethod
     def load(cls, path: Any, order_path: Any, ids_path: Any = None) -> PreviousSnapshot:
@@ -209,24 +209,27 @@ class _SortedIndex:
         return np.where(self.values[found] == needles, found, -1)
 
 
-def sort_order(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.argsort(keys)`` in half the time, and the keys in that order: each key's top bits and
-    its index, packed in one integer, are sorted by value (several times faster than an argsort),
-    then the rare keys that share those top bits are put in order."""
+def sort_order(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys)`` in half the time and memory: each key's top bits and its index, packed
+    in one integer, are sorted by value (several times faster than an argsort), then the rare
+    keys that share those top bits are put in order."""
     count = len(keys)
     index_bits = np.uint64(max(count - 1, 1).bit_length())
     packed = keys >> index_bits  # in place from here: fewer large arrays to allocate
     packed <<= index_bits
-    packed |= np.arange(count, dtype=np.uint64)
+    for start in range(0, count, CHUNK_ROWS):
+        packed[start : start + CHUNK_ROWS] |= np.arange(start, min(start + CHUNK_ROWS, count), dtype=np.uint64)
     packed.sort()
     packed &= (np.uint64(1) << index_bits) - np.uint64(1)
     order = packed.astype(_place_type(count))
     del packed
-    ordered = keys[order]
-    if (ordered[1:] < ordered[:-1]).any():
-        fix = np.argsort(ordered, kind="stable")  # nearly sorted: timsort takes one pass
-        order, ordered = order[fix], ordered[fix]
-    return order, ordered
+    last = None
+    for start in range(0, count, CHUNK_ROWS):  # in order already, unless top bits tie
+        ordered = keys[order[start : start + CHUNK_ROWS]]
+        if (ordered[1:] < ordered[:-1]).any() or (last is not None and ordered[0] < last):
+            return order[np.argsort(keys[order], kind="stable")]  # nearly sorted: timsort takes one pass
+        last = ordered[-1]
+    return order
 
 
 def _place_type(count: int) -> type:
@@ -258,10 +261,10 @@ def next_order(previous: PreviousSnapshot | None, by_key: bool, added_values, ad
     hash): its rows carried from ``previous`` keep their order there, and the added ones
     (``added_values`` at ``added_places``) are sorted and merged in: a merge is linear, where a
     sort of every row would not be."""
-    by_value, added_values = sort_order(added_values)
+    by_value = sort_order(added_values)
     if previous is None:  # every row is added, at its own place
         return by_value
-    added_places = added_places[by_value]
+    added_values, added_places = added_values[by_value], added_places[by_value]
     previous_order, previous_index = (previous.key_order, previous.keys) if by_key else (previous.row_order, previous.records)
     carried = previous.carried[previous_order]  # in the previous order
     place_type = _place_type(total)
@@ -358,32 +361,31 @@ class SnapshotWriter:
                          for name in self._ids_schema.names[1:]]
                 self._write_ids(to_numpy(table.column("key_hash")), extra)
         self.close()
-        rows, keys, places = self._added_rows()
+        added = None  # without a previous snapshot: every row
+        if previous is not None:
+            added = np.ones(self.rows, bool)
+            added[previous.new_place[previous.new_place >= 0]] = False
         # numpy lets go of the GIL in the large steps: the two merges run side by side (not the
         # sorts of a first snapshot, which would hold twice their memory at once)
         if helper is not None and previous is not None:
-            row_order = helper.submit(next_order, previous, False, rows, places, self.rows)
-            key_order = next_order(previous, True, keys, places, self.rows)
+            row_order = helper.submit(self._order, False, added)
+            key_order = self._order(True, added)
             row_order = row_order.result()
         else:
-            row_order = next_order(previous, False, rows, places, self.rows)
-            key_order = next_order(previous, True, keys, places, self.rows)
-        del rows, keys, places
+            row_order = self._order(False, added)
+            key_order = self._order(True, added)
         with open_binary(self.order_path, "wb") as stream:
             batch = pa.record_batch([pa.array(row_order), pa.array(key_order)], names=ORDER_COLUMNS)
             with ipc.new_file(stream, batch.schema) as writer:
                 writer.write_batch(batch)
         return self.rows
 
-    def _added_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Row and key hashes of the rows added in this run, read back from the file (held in
-        memory all along, they would add 16 bytes a row to the peak), and their places (None:
-        every row, without a previous snapshot)."""
-        added = np.ones(self.rows, bool)
-        if self.previous is not None:
-            added[self.previous.new_place[self.previous.new_place >= 0]] = False
-        rows, keys = _read_columns(self.path, HASH_COLUMNS, added)
-        return rows, keys, (np.flatnonzero(added) if self.previous is not None else None)
+    def _order(self, by_key: bool, added: np.ndarray | None) -> np.ndarray:
+        """One order of the snapshot, with the hashes of the ``added`` rows read back from the file
+        (held in memory all along, they would add 16 bytes a row to the peak)."""
+        values = _read_columns(self.path, ["key_hash" if by_key else "row_hash"], added)[0]
+        places = np.flatnonzero(added) if added is not None else None
+        return next_order(self.previous, by_key, values, places, self.rows)
 
     def close(self) -> None:
         if self._hashes is not None:

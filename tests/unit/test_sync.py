@@ -181,19 +181,30 @@ def test_repeated_ids_are_rejected_whether_the_snapshot_knows_them_or_not(tmp_pa
     assert [line.split(",")[:2] for line in rejected] == [["4", "1"], ["6", "3"], ["7", "2"]]
 
 
-def test_sort_order_is_an_argsort_even_where_top_bits_tie():
+@pytest.mark.parametrize("chunk_rows", [511, 1 << 18])
+def test_sort_order_is_an_argsort_even_where_top_bits_tie(monkeypatch, chunk_rows):
     import numpy as np
 
+    from airflow_provider_profiles.formats import sync
     from airflow_provider_profiles.formats.sync import sort_order
+
+    monkeypatch.setattr(sync, "CHUNK_ROWS", chunk_rows)  # ties found within a chunk and across two
 
     rng = np.random.default_rng(11)
     keys = rng.integers(0, 2**64 - 1, 5_000, dtype=np.uint64, endpoint=True)
     keys[:200] = (keys[:200] >> np.uint64(20) << np.uint64(20)) | rng.integers(0, 2**20, 200, dtype=np.uint64)
     keys[200:400] = keys[:200] ^ np.uint64(1)  # same top bits as another key, different low bits
-    order, ordered = sort_order(keys)
-    assert np.array_equal(keys[order], np.sort(keys)) and np.array_equal(ordered, np.sort(keys))
+    order = sort_order(keys)
+    assert np.array_equal(keys[order], np.sort(keys))
     assert sorted(order.tolist()) == list(range(len(keys)))
-    assert sort_order(np.zeros(0, np.uint64))[0].tolist() == [] and sort_order(np.array([7], np.uint64))[0].tolist() == [0]
+    # every key with one that shares its top bits: pairs whose order the packing cannot tell
+    paired = (np.repeat(keys[:2_000] >> np.uint64(12), 2) << np.uint64(12)) | rng.integers(0, 2**12, 4_000, dtype=np.uint64)
+    assert np.array_equal(paired[sort_order(paired)], np.sort(paired))
+    # one tie only, its two keys on either side of the first chunk's end (511 with chunks of 511)
+    edge = np.arange(1_024, dtype=np.uint64) << np.uint64(40)
+    edge[510], edge[511] = edge[510] + np.uint64(1), edge[510]  # the larger of the two first
+    assert np.array_equal(edge[sort_order(edge)], np.sort(edge))
+    assert sort_order(np.zeros(0, np.uint64)).tolist() == [] and sort_order(np.array([7], np.uint64)).tolist() == [0]
 
 
 def test_unchanged_csv_records_are_not_parsed(tmp_path, monkeypatch):
