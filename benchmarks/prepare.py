@@ -280,7 +280,9 @@ def main() -> None:
         print("\nincremental sync, 1% of rows changed")
         state = os.path.join(workdir, "state")
         shutil.rmtree(state, ignore_errors=True)  # a kept --workdir must not hold an earlier run's sync
+        print("  first sync (every row is new; its snapshot is committed), once:")
         run("sync", source, os.path.join(workdir, "sync-1.ndjson"), state=state, run="first", commit=True)
+        print("  then the changed file, alternating with a full prepare of it:")
         changed = os.path.join(workdir, "profiles-changed.csv")
         generate(changed, args.rows, changed_fraction=0.01)
         pair = interleaved(

@@ -267,34 +267,25 @@ def next_order(previous: PreviousSnapshot | None, by_key: bool, added_values, ad
     added_values, added_places = added_values[by_value], added_places[by_value]
     previous_order, previous_index = (previous.key_order, previous.keys) if by_key else (previous.row_order, previous.records)
     carried = previous.carried[previous_order]  # in the previous order
+    at = previous_index.rank(added_values)  # added row j goes in before previous row at[j]
     place_type = _place_type(total)
-    kept_place, added_place = _merged_places(carried, previous_index.rank(added_values), place_type)
     order = np.empty(total, place_type)
-    for start in range(0, len(carried), CHUNK_ROWS):
-        chunk = slice(start, start + CHUNK_ROWS)
-        kept = carried[chunk]
-        order[kept_place[chunk][kept]] = previous.new_place[previous_order[chunk][kept]]
-    order[added_place] = added_places
-    return order
-
-
-def _merged_places(kept: np.ndarray, at: np.ndarray, place_type) -> tuple[np.ndarray, np.ndarray]:
-    """Where the ``kept`` entries of a sequence and added entries land when merged, added entry j
-    going in before entry ``at[j]`` (``at`` ascending; entries not kept have no place)."""
-    places = np.zeros(len(kept), place_type)
-    added = np.arange(len(at), dtype=place_type)  # j, plus the kept entries before at[j]
-    kept_before = 0
-    for start in range(0, len(kept), CHUNK_ROWS):
-        end = min(start + CHUNK_ROWS, len(kept))
+    added_place = np.arange(len(at), dtype=place_type)  # in the merged order: j + carried rows before at[j]
+    carried_before = 0
+    for start in range(0, len(carried), CHUNK_ROWS):  # chunk by chunk: no place per row held
+        end = min(start + CHUNK_ROWS, len(carried))
         low, high = np.searchsorted(at, [start, end])
         inside = at[low:high] - start
-        kept_so_far = np.cumsum(kept[start:end], dtype=place_type)
+        carried_so_far = np.cumsum(carried[start:end], dtype=place_type)
         added_so_far = low + np.cumsum(np.bincount(inside, minlength=end - start), dtype=place_type)
-        places[start:end] = kept_before - 1 + kept_so_far + added_so_far
-        added[low:high] += kept_before + np.where(inside > 0, kept_so_far[np.maximum(inside - 1, 0)], 0).astype(place_type)
-        kept_before += int(kept_so_far[-1])
-    added[np.searchsorted(at, len(kept)) :] += kept_before
-    return places, added
+        kept = carried[start:end]
+        merged_place = (carried_before - 1 + carried_so_far + added_so_far)[kept]
+        order[merged_place] = previous.new_place[previous_order[start:end][kept]]
+        added_place[low:high] += carried_before + np.where(inside > 0, carried_so_far[np.maximum(inside - 1, 0)], 0).astype(place_type)
+        carried_before += int(carried_so_far[-1])
+    added_place[np.searchsorted(at, len(carried)) :] += carried_before
+    order[added_place] = added_places
+    return order
 
 
 def _read_columns(path: Any, names: list[str], wanted: np.ndarray | None = None) -> list[np.ndarray]:
