@@ -269,10 +269,11 @@ def _read_csv(path: Any, *, delimiter: str, encoding: str, block_bytes: int, rec
 
     try:
         first = next(blocks, b"")
-    except Exception as error:
+    except RecordTooLong as error:
         stream.close()
-        if isinstance(error, RecordTooLong):
-            raise InputError(path, str(error), line=1) from None
+        raise InputError(path, str(error), line=1) from None
+    except Exception:
+        stream.close()
         raise
     first = decode(first, 1)
     if first.startswith(b"\xef\xbb\xbf"):
