@@ -162,16 +162,15 @@ class PreviousSnapshot:
 
 
 class _SortedIndex:
-    """Finds values in a sorted array of uniform 64-bit hashes (or one sorted through ``order``).
+    """Finds values in an array of uniform 64-bit hashes through the permutation that sorts it.
 
     The hashes are uniform, so their top bits cut the array into buckets of a few values each: a
     lookup is one read of the bucket bounds plus a short binary search there, instead of a search
     over the whole array (and no sort of the needles to keep it cached).
     """
 
-    def __init__(self, values: np.ndarray, order: np.ndarray | None = None):
-        self.values = values
-        self.order = order  # values[order] is sorted; None: values is
+    def __init__(self, values: np.ndarray, order: np.ndarray):
+        self.values, self.order = values, order  # values[order] is sorted
         # 8 values a bucket: a search of 5 steps (2 a bucket took 4, and 20% less time, but lookups
         # in input order seldom search, and the bounds would take 3 times the memory)
         self.bucket_bits = int(min(max(np.ceil(np.log2(max(len(values), 1) / 8)), 0), 24))
@@ -185,9 +184,6 @@ class _SortedIndex:
     def _bucket(self, values: np.ndarray) -> np.ndarray:
         return (values >> np.uint64(64 - self.bucket_bits)).astype(np.intp) if self.bucket_bits else np.zeros(len(values), np.intp)
 
-    def _place(self, index: np.ndarray) -> np.ndarray:
-        return index if self.order is None else self.order[index]
-
     def rank(self, needles: np.ndarray) -> np.ndarray:
         """How many values are below each needle (where it would go in sorted order)."""
         bucket = self._bucket(needles)
@@ -195,7 +191,7 @@ class _SortedIndex:
         last = max(len(self.values) - 1, 0)
         for _ in range(self.search_steps):  # lower-bound binary search, all needles in step
             middle = (low + high) >> 1
-            below = self.values[self._place(np.minimum(middle, last))] < needles
+            below = self.values[self.order[np.minimum(middle, last)]] < needles
             below &= middle < high
             low = np.where(below, middle + 1, low)
             high = np.where(below, high, middle)
@@ -205,7 +201,7 @@ class _SortedIndex:
         """Index of each needle in the array, -1 where it is not there."""
         if not len(self.values):
             return np.full(len(needles), -1, dtype=np.int64)
-        found = self._place(np.minimum(self.rank(needles), len(self.values) - 1))
+        found = self.order[np.minimum(self.rank(needles), len(self.values) - 1)]
         return np.where(self.values[found] == needles, found, -1)
 
 
