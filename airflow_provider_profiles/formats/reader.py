@@ -161,7 +161,7 @@ def record_blocks(stream, block_bytes: int | Callable[[], int], max_record_bytes
     carry = b""
     while True:
         if len(carry) > max_record_bytes:
-            raise RecordTooLong(f"no record ends within {len(carry) >> 20} MB: is a quote left open?")
+            raise RecordTooLong(f"no record ends within {len(carry) / 2**20:.1f} MB: is a quote left open?")
         block = bytearray(len(carry) + (block_bytes() if callable(block_bytes) else block_bytes))
         block[: len(carry)] = carry
         read = stream.readinto(memoryview(block)[len(carry) :]) or 0
@@ -537,6 +537,9 @@ def _read_ndjson(path: Any, *, encoding: str, block_bytes: int) -> Iterator[Inpu
             if data:
                 cut = block.rfind(b"\n") + 1
                 if cut == 0:
+                    if len(block) > MAX_RECORD_BYTES:  # else the rest of the file becomes one line, in memory
+                        raise InputError(path, f"no line ends within {len(block) / 2**20:.1f} MB from here: is this "
+                                         "NDJSON (one JSON object a line)?", line=next_line)
                     carry = block
                     continue
                 block, carry = block[:cut], block[cut:]

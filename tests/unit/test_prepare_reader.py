@@ -206,3 +206,15 @@ def test_an_unclosed_quote_is_an_error_at_its_line_not_a_hang(tmp_path, monkeypa
     path = write(tmp_path, "open.csv", b"id,name\n" + body + b'40,"never closed\n' + b"41,x\n" * 100_000)
     with pytest.raises(InputError, match=r"open.csv, line 40: from this line on, no record ends within"):
         rows_and_lines(path, block_bytes=4096)
+
+
+def test_an_ndjson_line_that_never_ends_is_an_error_at_its_line(tmp_path, monkeypatch):
+    """Past MAX_RECORD_BYTES without a newline (a JSON array on one line, say), the read stops
+    with the line where it starts, instead of reading the rest of the file into one line."""
+    from airflow_provider_profiles.formats import reader
+
+    monkeypatch.setattr(reader, "MAX_RECORD_BYTES", 50_000)
+    head = "".join(json.dumps({"id": i}) + "\n" for i in range(3))
+    path = write(tmp_path, "in.ndjson", (head + json.dumps([{"id": i} for i in range(20_000)])).encode())
+    with pytest.raises(InputError, match=r"in.ndjson, line 4: no line ends within 0.[01] MB from here: is this NDJSON"):
+        rows_and_lines(path, block_bytes=4096)
