@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from airflow_provider_profiles.formats import reader
 from airflow_provider_profiles.formats.reader import (
     first_record_end,
     guess_format,
@@ -92,6 +93,11 @@ def split_file(
         except _TooLarge as error:
             stream.seek(0)
             line = 1 + _count_newlines(stream, error.offset)
+            if limit is None:
+                raise RecordTooLarge(
+                    f"{source}: the record at line {line} runs over {reader.MAX_RECORD_BYTES / 2**20:.1f} MB: "
+                    "is a quote left open?"
+                ) from None
             raise RecordTooLarge(
                 f"{source}: the record at line {line} is larger than max_bytes={max_bytes} minus the "
                 "header; no cut can keep it whole"
@@ -183,6 +189,10 @@ def _plan_by_scanning(stream, start: int, pending: bytes, limit, max_rows, quote
         if usable <= 0:
             if at_end:
                 break
+            # a record that cannot fit a chunk (or, without a byte limit, an unclosed quote):
+            # said now, rather than once the rest of the file is held as one record
+            if len(block) > (limit if limit is not None else reader.MAX_RECORD_BYTES):
+                raise _TooLarge(block_start)
             pending = block
             continue
         position = 0

@@ -117,3 +117,18 @@ def test_no_limit_returns_the_file(tmp_path):
     source = tmp_path / "a.ndjson"
     source.write_text("{}\n")
     assert split_file(str(source)) == [str(source)]
+
+
+@pytest.mark.parametrize("limits", [{"max_bytes": 2_000}, {"max_rows": 10}], ids=["bytes", "rows"])
+def test_an_unclosed_quote_is_an_error_at_its_line(tmp_path, monkeypatch, limits):
+    """A quote never closed makes the rest of the file one record: the split says so at that
+    record's line as soon as the record outgrows a chunk (or, with a row limit only, the reader's
+    MAX_RECORD_BYTES), without reading the rest into memory first."""
+    from airflow_provider_profiles.formats import reader
+
+    monkeypatch.setattr(reader, "MAX_RECORD_BYTES", 20_000)
+    source = tmp_path / "open.csv"
+    source.write_text("id,v\n" + "".join(f"{i},ok\n" for i in range(1, 20)) + '20,"never closed\n' + "21,x\n" * 50_000)
+    expected = "the record at line 21 " + ("is larger than max_bytes" if "max_bytes" in limits else "runs over 0.0 MB: is a quote left open")
+    with pytest.raises(RecordTooLarge, match=expected):
+        split_file(str(source), **limits, block_bytes=4_096)
