@@ -150,17 +150,16 @@ class RecordTooLong(ValueError):
 MAX_RECORD_BYTES = 64 << 20
 
 
-def record_blocks(stream, block_bytes: int | Callable[[], int], max_record_bytes: int | None = None) -> Iterator[bytearray]:
+def record_blocks(stream, block_bytes: int | Callable[[], int]) -> Iterator[bytearray]:
     """Yield blocks of ``stream`` that each end at a record boundary (``last_record_end``); the
     block size may be a function, asked before each read.
 
     Each block is read straight into its own buffer after the previous block's unfinished record,
     and cut by removing the tail: no byte is copied twice.
     """
-    max_record_bytes = max_record_bytes or MAX_RECORD_BYTES
     carry = b""
     while True:
-        if len(carry) > max_record_bytes:
+        if len(carry) > MAX_RECORD_BYTES:
             raise RecordTooLong(f"no record ends within {len(carry) / 2**20:.1f} MB: is a quote left open?")
         block = bytearray(len(carry) + (block_bytes() if callable(block_bytes) else block_bytes))
         block[: len(carry)] = carry
@@ -192,13 +191,11 @@ def first_record_end(block, quoted: bool = True) -> int | None:
 def last_record_end(block, start: int = 0, end: int | None = None, quoted: bool = True) -> int:
     """Position just after the last record-ending newline in block[start:end], or ``start``."""
     end = len(block) if end is None else end
-    if not quoted or block.find(b'"', start, end) < 0:  # memchr: the usual case
-        newline = block.rfind(b"\n", start, end)
-        return newline + 1 if newline >= 0 else start
     newline = block.rfind(b"\n", start, end)
     if newline < 0:
         return start
-    if count_byte(block, b'"', start, newline) % 2 == 0:  # the last newline ends a record: usual
+    # the last newline ends a record (the usual case; no quote at all is found by memchr)
+    if not quoted or block.find(b'"', start, newline) < 0 or count_byte(block, b'"', start, newline) % 2 == 0:
         return newline + 1
     # Otherwise one vectorised pass: a walk back line by line recounts the quotes each time,
     # quadratic in the lines of a block with an unbalanced quote.

@@ -272,9 +272,9 @@ def next_order(previous: PreviousSnapshot | None, by_key: bool, added_values, ad
         end = min(start + CHUNK_ROWS, len(carried))
         low, high = np.searchsorted(at, [start, end])
         inside = at[low:high] - start
-        carried_so_far = np.cumsum(carried[start:end], dtype=place_type)
-        added_so_far = low + np.cumsum(np.bincount(inside, minlength=end - start), dtype=place_type)
         kept = carried[start:end]
+        carried_so_far = np.cumsum(kept, dtype=place_type)
+        added_so_far = low + np.cumsum(np.bincount(inside, minlength=end - start), dtype=place_type)
         merged_place = (carried_before - 1 + carried_so_far + added_so_far)[kept]
         order[merged_place] = previous.new_place[previous_order[start:end][kept]]
         added_place[low:high] += carried_before + np.where(inside > 0, carried_so_far[np.maximum(inside - 1, 0)], 0).astype(place_type)
@@ -322,10 +322,10 @@ class SnapshotWriter:
             self._ids_stream = open_binary(ids_path, "wb")
             self._ids = pq.ParquetWriter(self._ids_stream, self._ids_schema, compression="zstd")
 
-    def add(self, key_hashes: np.ndarray, row_hashes: np.ndarray, previous_places: np.ndarray | None = None, extra: list[pa.Array] = ()) -> None:
+    def add(self, key_hashes: np.ndarray, row_hashes: np.ndarray, previous_places: np.ndarray, extra: list[pa.Array] = ()) -> None:
         """Rows kept, in input order; ``previous_places`` holds each carried row's place in the
         previous snapshot and -1 for the added ones, which ``extra`` (if any) describes in order."""
-        added = np.ones(len(key_hashes), bool) if previous_places is None else previous_places < 0
+        added = previous_places < 0
         if not added.all():
             self.previous.new_place[previous_places[~added]] = self.rows + np.flatnonzero(~added)
         arrays = [pa.array(row_hashes, pa.uint64()), pa.array(key_hashes, pa.uint64())]
@@ -351,7 +351,7 @@ class SnapshotWriter:
         added = None  # without a previous snapshot: every row
         if previous is not None:
             added = np.ones(self.rows, bool)
-            added[previous.new_place[previous.new_place >= 0]] = False
+            added[previous.new_place[previous.carried]] = False
         # numpy lets go of the GIL in the large steps: the two merges run side by side (not the
         # sorts of a first snapshot, which would hold twice their memory at once)
         if helper is not None and previous is not None:
