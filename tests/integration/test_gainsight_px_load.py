@@ -171,7 +171,8 @@ def test_insert_missing_needs_the_product_key(gpx, airflow_connection, tmp_path)
 
 
 def test_wrong_api_key_stops_the_run_without_leaking_it(gpx, airflow_connection, tmp_path):
-    airflow_connection("gpx_wrong", "gainsight_px", host=gpx.url, password="wrong-key-123")
+    airflow_connection("gpx_wrong", "gainsight_px", host=gpx.url, password="wrong-key-123",
+                       extra={"product_key": gpx.emulator.product_key})
     source = write_csv(tmp_path / "users.csv", ["id", "email", "title"], [[f"u{i}", "", ""] for i in range(200)])
     with pytest.raises(AirflowException, match="refused the API key") as caught:
         run(source=source, conn_id="gpx_wrong", max_concurrency=2)
