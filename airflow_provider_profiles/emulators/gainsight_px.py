@@ -53,7 +53,7 @@ ENTITIES = {
     # (https://px-apidocs.gainsight.com/operation/operation-updateuserusingput) and Gainsight's own loader
     # sends it on every PUT and POST (https://github.com/aptrinsic/px-data-loader, loadData)
     "users": ("identifyId", "users", ("identifyId", "propertyKeys")),
-    "accounts": ("id", "accounts", ("id", "name", "propertyKeys")),
+    "accounts": ("id", "accounts", ("id", "name", "propertyKeys")),  # id and name: DESIGN.md (V), the reference
 }
 MODEL_TYPES = {"users": "user", "accounts": "account"}
 OBJECT_FIELDS = frozenset({"location", "customAttributes"})
@@ -102,6 +102,8 @@ _CONDITION = re.compile(r"^\s*([A-Za-z0-9_.]+)\s*(==|!=|<=|>=|=@|!~|~|<|>)(.*)$"
 
 
 def api_error(status: int, code: str, message: str, sub_errors: list | None = None) -> JSONResponse:
+    # the error body of the reference's examples (https://px-apidocs.gainsight.com) and of what Gainsight's
+    # loader reads (externalapierror.subErrors[0].message: https://github.com/aptrinsic/px-data-loader)
     body = {"externalapierror": {"status": code, "message": message, "debugMessage": None, "subErrors": sub_errors}}
     return JSONResponse(body, status_code=status)
 
@@ -346,11 +348,17 @@ class GainsightPXEmulator(Emulator):
 
     # --- request guards ------------------------------------------------------------------------
     def _guard(self, request: Request) -> Response | None:
+        # the key header: the help center's "Working with the Aptrinsic REST API" (vendor-docs 002,
+        # https://support.gainsight.com/PX/API/Work_with_the_Gainsight_PX_REST_API); 401 "Unauthorized or bad
+        # API Key" in the reference's responses; 403 for a key that is not this subscription's (inferred)
         key = request.headers.get("x-aptrinsic-api-key")
         if not key:
             return api_error(401, "UNAUTHORIZED", "Missing API key header X-APTRINSIC-API-KEY")
         if key != self.api_key:
             return api_error(403, "FORBIDDEN", "Invalid API key")
+        # "around 200 requests per second and 1 Million requests per day" (https://support.gainsight.com/PX/API_for_Developers/02Usage_of_Different_APIs/Work_with_the_Gainsight_PX_REST_API);
+        # 429 "Rate limit exceeded" in the reference; the daily quota is not emulated (the loader's
+        # max_requests keeps under it), Retry-After is an assumption (no 429 body or header is documented)
         if self._limit is not None:
             wait = self._limit.hit()
             if wait:
@@ -367,6 +375,7 @@ class GainsightPXEmulator(Emulator):
         return request.url.path.split("/")[2]
 
     async def _json_object(self, request: Request) -> dict | Response:
+        # "All API data ... is JSON encoded with UTF-8 as either a single JSON object" (vendor-docs 002)
         try:
             body = await request.json()
         except ValueError:
@@ -407,6 +416,8 @@ class GainsightPXEmulator(Emulator):
         return errors
 
     def _unknown_product(self, entity: str, body: dict) -> list[dict]:
+        # inferred: propertyKeys name the subscription's products ("AP-XXXXXXXXXX-2" in the reference's
+        # example); checked on user creates only, lenient elsewhere
         if entity == "users" and self.product_key not in (body.get("propertyKeys") or []):
             return [{"field": "propertyKeys", "message": f"unknown product key(s) {body.get('propertyKeys')}"}]
         return []
@@ -488,7 +499,7 @@ class GainsightPXEmulator(Emulator):
         id_field = ENTITIES[entity][0]
         by_body = "record_id" not in request.path_params
         hard = request.query_params.get("hardDelete", "false").lower()
-        if request.method == "DELETE" and hard not in ("true", "false"):
+        if request.method == "DELETE" and hard not in ("true", "false"):  # a boolean in the reference
             return api_error(400, "BAD_REQUEST", "hardDelete must be true or false")
         body: dict = {}
         if by_body or request.method == "PUT":
@@ -508,12 +519,13 @@ class GainsightPXEmulator(Emulator):
                 return api_error(400, "BAD_REQUEST", "The request was rejected because the URL was not normalized")
         if request.method == "PUT":
             errors = self._invalid_fields(entity, body, creating=False)
-            if id_field in body and str(body[id_field]) != key:
+            if id_field in body and str(body[id_field]) != key:  # inferred: a PUT cannot rename a record
                 errors.append({"field": id_field, "message": f"does not match the path ({key})"})
             if errors:
                 return api_error(400, "BAD_REQUEST", "Validation failed", errors)
         with self.lock:
-            record = self.store[entity].get(key)  # ids are case-sensitive here, unlike filters
+            # ids are case-sensitive here, unlike filters ("Case Sensitivity", vendor-docs 002)
+            record = self.store[entity].get(key)
             if record is None:
                 return api_error(404, "NOT_FOUND", f"No {entity[:-1]} found with {id_field} {key}")
             if request.method == "GET":
@@ -530,6 +542,9 @@ class GainsightPXEmulator(Emulator):
             return Response(status_code=204)
 
     def _list(self, request: Request, entity: str) -> Response:
+        # pageSize default 25, max 1000, scrollId for the next page, the filter syntax: vendor-docs 002
+        # (https://support.gainsight.com/PX/API/Work_with_the_Gainsight_PX_REST_API); an unknown scrollId and
+        # an unreadable filter answer 400 (the reference's "Bad request"); sort is lenient
         params = request.query_params
         self.list_queries.append(request.url.query)
         try:
