@@ -235,6 +235,8 @@ class GainsightPXRecordFormat(FormatWriter):
             if is_missing(value):
                 if field == self.id_field:
                     raise RowRejected(f"the identifier is empty (column {column!r})", self.id_field)
+                if field in REQUIRED_FIELDS.get(self.entity, ()):
+                    raise RowRejected(f"is required and empty (column {column!r})", field)
                 continue
             try:
                 converted = convert(value, self.field_types.get(field, "string"))

@@ -115,11 +115,13 @@ def test_custom_events_from_a_file(gpx, tmp_path):
         ["3", "tinylion155", "Search", "2019-06-14T08:02:34", "CSV"],
         ["3", "", "Search", "1560499354771", "CSV"],
         ["3", "tinyfrog185", "Export", "yesterday", "CSV"],
+        ["3", "tinyfrog185", "", "1560499354771", "CSV"],
     ])
     summary = run(source=source, entity="CUSTOM_EVENT", field_mapping={
         "identifyId": "User ID", "accountId": "Account ID", "eventName": "Event Name",
         "date": "Event Date UTC-MS", "attributes.Source": "Source"})
-    assert (summary["inserted"], summary["rejected"], summary["failed"]) == (2, 2, 0)
+    assert (summary["inserted"], summary["rejected"], summary["failed"]) == (2, 3, 0)
+    assert "eventName" in rejects_of(summary)[6]["reason"]
     events = gpx.emulator.snapshot()["events"]
     assert [e["date"] for e in events] == [1560499354771, 1560499354000]
     assert events[0]["attributes"] == {"Source": "CSV"} and events[0]["propertyKey"] == gpx.emulator.product_key
