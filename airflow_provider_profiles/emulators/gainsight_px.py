@@ -356,7 +356,8 @@ class GainsightPXEmulator(Emulator):
             return api_error(401, "UNAUTHORIZED", "Missing API key header X-APTRINSIC-API-KEY")
         if key != self.api_key:
             return api_error(403, "FORBIDDEN", "Invalid API key")
-        # "around 200 requests per second and 1 Million requests per day" (https://support.gainsight.com/PX/API_for_Developers/02Usage_of_Different_APIs/Work_with_the_Gainsight_PX_REST_API);
+        # "around 200 requests per second and 1 Million requests per day" (https://support.gainsight.com/PX/
+        # API_for_Developers/02Usage_of_Different_APIs/Work_with_the_Gainsight_PX_REST_API);
         # 429 "Rate limit exceeded" in the reference; the daily quota is not emulated (the loader's
         # max_requests keeps under it), Retry-After is an assumption (no 429 body or header is documented)
         if self._limit is not None:

@@ -341,7 +341,8 @@ class GainsightPXHook(ProfilesHook):
             attributes = self.request("GET", f"admin/model/{kind}/attributes").json()
             self._models[kind] = {
                 str(a["apiName"]): str(a.get("type") or "STRING").upper()
-                for a in attributes if isinstance(a, dict) and a.get("apiName") and a.get("state", "ENABLED") != "DELETED"
+                for a in attributes
+                if isinstance(a, dict) and a.get("apiName") and a.get("state", "ENABLED") != "DELETED"
             }
         return self._models[kind]
 
