@@ -1,11 +1,17 @@
-"""Gainsight PX (Aptrinsic) REST API emulator: users and accounts, one record per request.
+"""Gainsight PX (Aptrinsic) REST API emulator: users, accounts, their attribute model, custom events.
 
-Serves the vendor paths under ``/v1``:
+Serves the vendor paths under ``/v1`` (sources are cited beside each rule below):
 
 - ``GET /v1/users`` (list: ``pageSize`` <= 1000, ``scrollId``, repeated ``filter``, ``sort``),
-  ``POST /v1/users`` (201; ``identifyId`` and ``propertyKeys`` required), ``GET|PUT|DELETE
-  /v1/users/{identifyId}`` (PUT answers 204, 404 when missing). ``/v1/accounts`` likewise (``id`` and
-  ``name`` required on create).
+  ``POST /v1/users`` (201; ``identifyId`` and ``propertyKeys`` required; a duplicate answers 400
+  "possible duplicate"), ``GET|PUT|DELETE /v1/users/{identifyId}`` (PUT answers 204, 404 when
+  missing; PUT needs ``propertyKeys`` too; DELETE takes ``?hardDelete=``), and the body-id variants
+  ``PUT /v1/users/update`` and ``DELETE /v1/users/delete`` for ids that cannot go in a path (ids with
+  an encoded ``/``, ``%``, ``\\`` or ``;``, or dot segments, are refused in the path with 400).
+  ``/v1/accounts`` likewise (``id`` and ``name`` required on create).
+- ``GET /v1/admin/model/{user|account}/attributes``: the subscription's attribute model, the standard
+  attributes plus ``custom_attributes`` (configurable); writes are type-checked against it.
+- ``POST /v1/events/custom``: one custom event (201).
 - Header ``X-APTRINSIC-API-KEY``: missing -> 401, wrong -> 403.
 - Errors use the vendor body ``{"externalapierror": {"status", "message", "debugMessage", "subErrors"}}``.
 - ``rate_limit`` requests per second (sliding window) -> 429 with Retry-After; ``latency`` per request.
@@ -14,7 +20,8 @@ Serves the vendor paths under ``/v1``:
 
 Test helpers: ``seed(users=[...], accounts=[...])`` (also ``POST /_emulator/seed``), ``writes``
 (successful creates/updates per record, to prove nothing was lost or written twice), ``throttled``
-(429s answered) and ``list_queries`` (raw query strings of list calls).
+(429s answered), ``list_queries`` (raw query strings of list calls), ``deletions`` ((entity, id,
+hard) per delete) and ``events`` (custom events received).
 """
 
 from __future__ import annotations
@@ -42,18 +49,61 @@ MAX_OPEN_SCROLLS = 1000
 
 # entity path -> (identifier field, list key, fields required on create)
 ENTITIES = {
+    # propertyKeys on every create and update: the reference's user bodies carry it
+    # (https://px-apidocs.gainsight.com/operation/operation-updateuserusingput) and Gainsight's own loader
+    # sends it on every PUT and POST (https://github.com/aptrinsic/px-data-loader, loadData)
     "users": ("identifyId", "users", ("identifyId", "propertyKeys")),
-    "accounts": ("id", "accounts", ("id", "name")),
+    "accounts": ("id", "accounts", ("id", "name", "propertyKeys")),  # id and name: DESIGN.md (V), the reference
 }
-DATE_FIELDS = frozenset({"signUpDate", "lastSeenDate", "firstVisitDate", "createDate", "lastModifiedDate"})
-NUMBER_FIELDS = frozenset({"score", "numberOfVisits", "numberOfEmployees", "numberOfUsers"})
+MODEL_TYPES = {"users": "user", "accounts": "account"}
 OBJECT_FIELDS = frozenset({"location", "customAttributes"})
+# the record's own fields, kept by the API rather than the account's model: always dates
+SYSTEM_DATE_FIELDS = frozenset({"createDate", "lastModifiedDate", "lastSeenDate"})
+ATTRIBUTE_TYPES = ("STRING", "DATE_TIME", "BOOLEAN", "NUMBER")
+
+# The standard attributes, by apiName, from the help center's "User and Account Model"
+# (https://support.gainsight.com/PX/API_for_Developers/01About/User_and_Account_Model); "title" is the
+# name the official loader's example maps (https://github.com/aptrinsic/px-data-loader, README).
+_LOCATION = {name: "STRING" for name in (
+    "city", "continent", "countryCode", "countryName", "postalCode", "regionName", "stateCode", "stateName",
+    "street", "timeZone", "latitude", "longitude")}
+STANDARD_ATTRIBUTES = {
+    "user": {
+        "id": "STRING", "accountId": "STRING", "email": "STRING", "firstName": "STRING", "lastName": "STRING",
+        "gender": "STRING", "title": "STRING", "jobTitle": "STRING", "phone": "STRING", "role": "STRING",
+        "type": "STRING", "subscriptionId": "STRING", "sfdcContactId": "STRING",
+        "firstVisitDate": "DATE_TIME", "signUpDate": "DATE_TIME", "leadDate": "DATE_TIME",
+        "numberOfVisits": "NUMBER", "score": "NUMBER",
+        "guidedTours": "BOOLEAN", "onboardingBot": "BOOLEAN", "productUpdates": "BOOLEAN", "surveys": "BOOLEAN",
+        "trackUsage": "BOOLEAN", "globalUnsubscribe": "BOOLEAN", **_LOCATION,
+    },
+    "account": {
+        "id": "STRING", "name": "STRING", "industry": "STRING", "naicsCode": "STRING", "plan": "STRING",
+        "sfdcId": "STRING", "sicCode": "STRING", "website": "STRING", "dunsNumber": "STRING",
+        "trackedSubscriptionId": "STRING", "parentGroupId": "STRING",
+        "numberOfEmployees": "NUMBER", "numberOfUsers": "NUMBER", "numberOfVisitors": "NUMBER", **_LOCATION,
+    },
+}
+# custom attributes a test subscription starts with (the loader's README example maps acceptDate and strtmp1)
+DEFAULT_CUSTOM_ATTRIBUTES = {
+    "user": {"acceptDate": "DATE_TIME", "strtmp1": "STRING", "plan": "STRING", "seats": "NUMBER", "beta": "BOOLEAN"},
+    "account": {"renewalDate": "DATE_TIME", "tier": "STRING", "arr": "NUMBER"},
+}
+
+# Ids the API cannot take in a path; the reference gives body-id routes for them without listing the
+# characters (https://px-apidocs.gainsight.com/operation/operation-deleteuserusingdelete): here an encoded
+# slash, percent, backslash or semicolon, and dot segments, as HTTP servers commonly refuse them.
+_UNSAFE_IN_PATH = re.compile(r"%2f|%25|%5c|%3b|;", re.I)
 
 # longest first, so "<=" is not read as "<"; "=@" is the legacy encoded form the doc lists for "~"
-_CONDITION = re.compile(r"^\s*([A-Za-z0-9_.]+)\s*(==|!=|<=|>=|=@|~|<|>)(.*)$", re.S)
+# "!~" (no wildcard match) is an operator too: the filter syntax of https://px-apidocs.gainsight.com
+# (DESIGN.md, corrected); the help-center page's table omits it
+_CONDITION = re.compile(r"^\s*([A-Za-z0-9_.]+)\s*(==|!=|<=|>=|=@|!~|~|<|>)(.*)$", re.S)
 
 
 def api_error(status: int, code: str, message: str, sub_errors: list | None = None) -> JSONResponse:
+    # the error body of the reference's examples (https://px-apidocs.gainsight.com) and of what Gainsight's
+    # loader reads (externalapierror.subErrors[0].message: https://github.com/aptrinsic/px-data-loader)
     body = {"externalapierror": {"status": code, "message": message, "debugMessage": None, "subErrors": sub_errors}}
     return JSONResponse(body, status_code=status)
 
@@ -112,18 +162,18 @@ class _Condition:
         self.name, operator, expression = match.groups()
         self.operator = "~" if operator == "=@" else operator
         self.expression = _unescape(expression)
-        if self.operator == "~":
+        if self.operator in ("~", "!~"):
             # wildcard match anywhere in the value; filters are case-insensitive
             self._pattern = re.compile(fnmatch.translate(f"*{self.expression}*"), re.I | re.S)
 
     def matches(self, record: dict) -> bool:
         value = _lookup(record, self.name)
         if value is None:
-            return self.operator == "!="
+            return self.operator in ("!=", "!~")
         if isinstance(value, bool):
             value = "true" if value else "false"
-        if self.operator == "~":
-            return bool(self._pattern.match(str(value)))
+        if self.operator in ("~", "!~"):
+            return bool(self._pattern.match(str(value))) == (self.operator == "~")
         left, right = _as_number(value), _as_number(self.expression)
         if left is None or right is None:
             left, right = str(value).casefold(), self.expression.casefold()
@@ -151,12 +201,46 @@ def _sort_key(value: Any) -> tuple:
     return (not number, value if number else str(value).casefold())
 
 
+def _leaves(value: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted path, value) of every non-object value in a nested object."""
+    leaves = []
+    for key, sub in value.items():
+        if isinstance(sub, dict):
+            leaves += _leaves(sub, f"{prefix}{key}.")
+        else:
+            leaves.append((f"{prefix}{key}", sub))
+    return leaves
+
+
 def _merge(target: dict, changes: dict) -> None:
     for key, value in changes.items():
         if isinstance(value, dict) and isinstance(target.get(key), dict):
             _merge(target[key], value)
         else:
             target[key] = value
+
+
+def _model_type(entity: str, name: str) -> str:
+    """The model's apiName for a body field: the user identifier is ``id`` there."""
+    return "id" if (entity, name) == ("users", "identifyId") else name
+
+
+def _value_error(type_name: str, value: Any) -> str | None:
+    """Why ``value`` does not fit an attribute of ``type_name``, or None."""
+    if type_name == "DATE_TIME":
+        if not isinstance(value, int) or isinstance(value, bool):
+            return "must be milliseconds since the epoch (integer)"
+    elif type_name == "NUMBER":
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return "must be a number"
+    elif type_name == "BOOLEAN":
+        # Gainsight's own loader sends booleans as the strings "true"/"false"
+        # (https://github.com/aptrinsic/px-data-loader, mapRecord): both forms are taken
+        if not isinstance(value, bool) and str(value).lower() not in ("true", "false"):
+            return "must be true or false"
+    elif isinstance(value, (dict, list)):
+        return "must be a single value"
+    return None
 
 
 class GainsightPXEmulator(Emulator):
@@ -168,26 +252,46 @@ class GainsightPXEmulator(Emulator):
         api_key: str = "gpx-emulator-key",
         product_key: str = "AP-EMULATOR-2",
         rate_limit: int | None = 200,
+        custom_attributes: dict[str, dict[str, str]] | None = None,
         **kwargs: Any,
     ):
+        """``custom_attributes``: ``{"user"|"account": {apiName: STRING|DATE_TIME|BOOLEAN|NUMBER}}``, the
+        account's own attributes (default ``DEFAULT_CUSTOM_ATTRIBUTES``)."""
         super().__init__(**kwargs)
         self.api_key = api_key
         self.product_key = product_key
         self.rate_limit = rate_limit
         self._limit = SlidingWindowLimit(rate_limit, 1.0, self.clock) if rate_limit else None
+        custom = DEFAULT_CUSTOM_ATTRIBUTES if custom_attributes is None else custom_attributes
+        self.custom_attributes = {kind: dict(custom.get(kind) or {}) for kind in STANDARD_ATTRIBUTES}
+        for kind, attributes in self.custom_attributes.items():
+            bad = {name: t for name, t in attributes.items() if t not in ATTRIBUTE_TYPES}
+            if bad:
+                raise ValueError(f"custom {kind} attribute types must be one of {ATTRIBUTE_TYPES}: {bad}")
         self.store: dict[str, dict[str, dict]] = {"users": {}, "accounts": {}}
         self.writes: collections.Counter[tuple[str, str]] = collections.Counter()
         self.scrolls: collections.OrderedDict[str, tuple[str, list[str], int]] = collections.OrderedDict()
         self.throttled = 0
         self.list_queries: collections.deque[str] = collections.deque(maxlen=100)  # raw query strings, for tests
+        self.deletions: list[tuple[str, str, bool]] = []
+        self.events: list[dict] = []
         self._scroll_ids = itertools.count(1)
 
     # --- harness -------------------------------------------------------------------------------
     def routes(self) -> list[Route]:
-        routes = [Route(f"{CONTROL_PREFIX}/seed", self._control_seed, methods=["POST"])]
+        routes = [
+            Route(f"{CONTROL_PREFIX}/seed", self._control_seed, methods=["POST"]),
+            # https://px-apidocs.gainsight.com/operation/operation-getmodelattributesusingget
+            Route("/v1/admin/model/{kind}/attributes", self._model, methods=["GET"]),
+            Route("/v1/events/custom", self._custom_event, methods=["POST"]),
+        ]
         for entity in ENTITIES:
             routes += [
                 Route(f"/v1/{entity}", self._collection, methods=["GET", "POST"]),
+                # body-id variants, before the path-id routes: https://px-apidocs.gainsight.com/operation/
+                # operation-updateuserusingput and operation-deleteuserusingdelete (accounts alike, DESIGN.md)
+                Route(f"/v1/{entity}/update", self._item, methods=["PUT"]),
+                Route(f"/v1/{entity}/delete", self._item, methods=["DELETE"]),
                 Route(f"/v1/{entity}/{{record_id:path}}", self._item, methods=["GET", "PUT", "DELETE"]),
             ]
         return routes
@@ -199,7 +303,7 @@ class GainsightPXEmulator(Emulator):
     def summary(self) -> dict[str, Any]:
         with self.lock:
             return {**super().summary(), "users": len(self.store["users"]), "accounts": len(self.store["accounts"]),
-                    "writes": sum(self.writes.values()), "throttled": self.throttled}
+                    "writes": sum(self.writes.values()), "throttled": self.throttled, "events": len(self.events)}
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
@@ -208,6 +312,8 @@ class GainsightPXEmulator(Emulator):
                 "accounts": dict(self.store["accounts"]),
                 "writes": {f"{entity}/{key}": n for (entity, key), n in self.writes.items()},
                 "throttled": self.throttled,
+                "deletions": list(self.deletions),
+                "events": list(self.events),
             }
 
     def reset(self) -> None:
@@ -218,6 +324,8 @@ class GainsightPXEmulator(Emulator):
             self.writes.clear()
             self.scrolls.clear()
             self.list_queries.clear()
+            self.deletions.clear()
+            self.events.clear()
             self.throttled = 0
 
     def seed(self, users: list[dict] = (), accounts: list[dict] = ()) -> None:
@@ -228,6 +336,10 @@ class GainsightPXEmulator(Emulator):
                 for record in records:
                     self.store[entity][str(record[id_field])] = dict(record)
 
+    def attributes(self, kind: str) -> dict[str, str]:
+        """apiName -> type of the ``user`` or ``account`` model: standard plus custom attributes."""
+        return {**STANDARD_ATTRIBUTES[kind], **self.custom_attributes[kind]}
+
     async def _control_seed(self, request: Request) -> Response:
         body = await request.json()
         self.seed(users=body.get("users", []), accounts=body.get("accounts", []))
@@ -236,11 +348,18 @@ class GainsightPXEmulator(Emulator):
 
     # --- request guards ------------------------------------------------------------------------
     def _guard(self, request: Request) -> Response | None:
+        # the key header: the help center's "Working with the Aptrinsic REST API" (vendor-docs 002,
+        # https://support.gainsight.com/PX/API/Work_with_the_Gainsight_PX_REST_API); 401 "Unauthorized or bad
+        # API Key" in the reference's responses; 403 for a key that is not this subscription's (inferred)
         key = request.headers.get("x-aptrinsic-api-key")
         if not key:
             return api_error(401, "UNAUTHORIZED", "Missing API key header X-APTRINSIC-API-KEY")
         if key != self.api_key:
             return api_error(403, "FORBIDDEN", "Invalid API key")
+        # "around 200 requests per second and 1 Million requests per day" (https://support.gainsight.com/PX/
+        # API_for_Developers/02Usage_of_Different_APIs/Work_with_the_Gainsight_PX_REST_API);
+        # 429 "Rate limit exceeded" in the reference; the daily quota is not emulated (the loader's
+        # max_requests keeps under it), Retry-After is an assumption (no 429 body or header is documented)
         if self._limit is not None:
             wait = self._limit.hit()
             if wait:
@@ -257,6 +376,7 @@ class GainsightPXEmulator(Emulator):
         return request.url.path.split("/")[2]
 
     async def _json_object(self, request: Request) -> dict | Response:
+        # "All API data ... is JSON encoded with UTF-8 as either a single JSON object" (vendor-docs 002)
         try:
             body = await request.json()
         except ValueError:
@@ -265,31 +385,86 @@ class GainsightPXEmulator(Emulator):
             return api_error(400, "BAD_REQUEST", "Request body must be a JSON object")
         return body
 
-    @staticmethod
-    def _invalid_fields(entity: str, body: dict, creating: bool) -> list[dict]:
+    def _invalid_fields(self, entity: str, body: dict, creating: bool) -> list[dict]:
         id_field, _, required = ENTITIES[entity]
         errors = []
-        if creating:
-            for name in required:
-                if body.get(name) in (None, "", []):
-                    errors.append({"field": name, "message": f"{name} is required"})
-            keys = body.get("propertyKeys")
-            if keys is not None and not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
-                errors.append({"field": "propertyKeys", "message": "must be a list of product keys"})
-        for name in DATE_FIELDS & body.keys():
-            value = body[name]
-            if not isinstance(value, int) or isinstance(value, bool):
-                errors.append({"field": name, "message": "must be milliseconds since the epoch (integer)"})
-        for name in NUMBER_FIELDS & body.keys():
-            value = body[name]
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                errors.append({"field": name, "message": "must be a number"})
+        for name in required if creating else ("propertyKeys",):
+            if body.get(name) in (None, "", []):
+                errors.append({"field": name, "message": f"{name} is required"})
+        keys = body.get("propertyKeys")
+        if keys not in (None, []) and not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+            errors.append({"field": "propertyKeys", "message": "must be a list of product keys"})
         for name in OBJECT_FIELDS & body.keys():
             if not isinstance(body[name], dict):
                 errors.append({"field": name, "message": "must be an object"})
+        # values are typed by the subscription's model (the reference's attribute types STRING, DATE_TIME,
+        # BOOLEAN, NUMBER: https://px-apidocs.gainsight.com/operation/operation-getmodelattributesusingget);
+        # nested location fields go by their own name, as Gainsight's loader looks them up; attributes
+        # the model does not know are let through (no source says what the API does with them)
+        model = self.attributes(MODEL_TYPES[entity])
+        fields: list[tuple[str, str, Any]] = []
+        for name, value in body.items():
+            if name in ("location", "customAttributes") and isinstance(value, dict):
+                for sub, sub_value in _leaves(value):
+                    fields.append((f"{name}.{sub}", sub.rsplit(".", 1)[-1], sub_value))
+            elif name != "propertyKeys":
+                fields.append((name, _model_type(entity, name), value))
+        for field, api_name, value in fields:
+            type_name = "DATE_TIME" if field in SYSTEM_DATE_FIELDS else model.get(api_name)
+            reason = _value_error(type_name, value) if type_name and value is not None else None
+            if reason:
+                errors.append({"field": field, "message": reason})
         return errors
 
+    def _unknown_product(self, entity: str, body: dict) -> list[dict]:
+        # inferred: propertyKeys name the subscription's products ("AP-XXXXXXXXXX-2" in the reference's
+        # example); checked on user creates only, lenient elsewhere
+        if entity == "users" and self.product_key not in (body.get("propertyKeys") or []):
+            return [{"field": "propertyKeys", "message": f"unknown product key(s) {body.get('propertyKeys')}"}]
+        return []
+
     # --- handlers ------------------------------------------------------------------------------
+    async def _model(self, request: Request) -> Response:
+        denied = self._guard(request)
+        if denied:
+            return denied
+        kind = request.path_params["kind"]
+        if kind not in STANDARD_ATTRIBUTES:  # "404 Type not found" in the reference
+            return api_error(404, "NOT_FOUND", f"Type {kind} not found")
+        created = 1546300800000
+        attributes = [
+            {"id": f"{kind}-{name}", "name": name, "apiName": name, "internalName": name, "description": None,
+             "type": type_name, "state": "ENABLED",
+             "origin": "CUSTOM" if name in self.custom_attributes[kind] else "DEFAULT",
+             "createdDate": created, "modifiedDate": created, "defaultValue": None}
+            for name, type_name in self.attributes(kind).items()
+        ]
+        return JSONResponse(attributes)
+
+    async def _custom_event(self, request: Request) -> Response:
+        # body fields as Gainsight's loader sends them (identifyId, eventName, date in epoch ms, attributes,
+        # accountId, url, referrer, remoteHost, propertyKey, userType:
+        # https://github.com/aptrinsic/px-data-loader, loadData); which are required is not published:
+        # the user and the event name, without which an event means nothing, are; the rest is lenient
+        denied = self._guard(request)
+        if denied:
+            return denied
+        body = await self._json_object(request)
+        if isinstance(body, Response):
+            return body
+        errors = [{"field": name, "message": f"{name} is required"}
+                  for name in ("identifyId", "eventName") if body.get(name) in (None, "")]
+        if "date" in body and _value_error("DATE_TIME", body["date"]):
+            errors.append({"field": "date", "message": _value_error("DATE_TIME", body["date"])})
+        if "attributes" in body and not isinstance(body["attributes"], dict):
+            errors.append({"field": "attributes", "message": "must be an object"})
+        if errors:
+            return api_error(400, "BAD_REQUEST", "Validation failed", errors)
+        with self.lock:
+            event = {"eventId": str(uuid.uuid4()), **body}
+            self.events.append(event)
+        return JSONResponse(event, status_code=201)  # the loader checks for 201
+
     async def _collection(self, request: Request) -> Response:
         denied = self._guard(request)
         if denied:
@@ -302,15 +477,16 @@ class GainsightPXEmulator(Emulator):
             return body
         id_field = ENTITIES[entity][0]
         errors = self._invalid_fields(entity, body, creating=True)
-        if entity == "users" and not errors and self.product_key not in body["propertyKeys"]:
-            errors.append({"field": "propertyKeys", "message": f"unknown product key(s) {body['propertyKeys']}"})
+        errors = errors or self._unknown_product(entity, body)
         if errors:
             return api_error(400, "BAD_REQUEST", "Validation failed", errors)
         key = str(body[id_field])
         now_ms = int(self.clock.now() * 1000)
         with self.lock:
             if key in self.store[entity]:
-                return api_error(409, "CONFLICT", f"{id_field} {key} already exists")
+                # a duplicate create is a 400 "possible duplicate", not a 409 (DESIGN.md, corrected from
+                # the create operations of https://px-apidocs.gainsight.com, whose only 4xx is 400)
+                return api_error(400, "BAD_REQUEST", f"Bad request, possible duplicate: {id_field} {key} exists")
             record = {"aptrinsicId": str(uuid.uuid4()), "createDate": now_ms, **body, "lastModifiedDate": now_ms}
             self.store[entity][key] = record
             self.writes[(entity, key)] += 1
@@ -322,24 +498,44 @@ class GainsightPXEmulator(Emulator):
             return denied
         entity = self._entity(request)
         id_field = ENTITIES[entity][0]
-        key = request.path_params["record_id"]
+        by_body = "record_id" not in request.path_params
+        hard = request.query_params.get("hardDelete", "false").lower()
+        if request.method == "DELETE" and hard not in ("true", "false"):  # a boolean in the reference
+            return api_error(400, "BAD_REQUEST", "hardDelete must be true or false")
+        body: dict = {}
+        if by_body or request.method == "PUT":
+            parsed = await self._json_object(request)
+            if isinstance(parsed, Response):
+                return parsed
+            body = parsed
+        if by_body:
+            key = body.get(id_field)
+            if not isinstance(key, str) or not key:
+                return api_error(400, "BAD_REQUEST", "Validation failed",
+                                 [{"field": id_field, "message": f"{id_field} is required"}])
+        else:
+            key = request.path_params["record_id"]
+            raw = request.scope.get("raw_path", b"").decode("latin-1").split("/", 3)[-1]
+            if not key or "/" in key or key in (".", "..") or _UNSAFE_IN_PATH.search(raw):
+                return api_error(400, "BAD_REQUEST", "The request was rejected because the URL was not normalized")
         if request.method == "PUT":
-            body = await self._json_object(request)
-            if isinstance(body, Response):
-                return body
             errors = self._invalid_fields(entity, body, creating=False)
-            if id_field in body and str(body[id_field]) != key:
+            if id_field in body and str(body[id_field]) != key:  # inferred: a PUT cannot rename a record
                 errors.append({"field": id_field, "message": f"does not match the path ({key})"})
             if errors:
                 return api_error(400, "BAD_REQUEST", "Validation failed", errors)
         with self.lock:
-            record = self.store[entity].get(key)  # ids are case-sensitive here, unlike filters
+            # ids are case-sensitive here, unlike filters ("Case Sensitivity", vendor-docs 002)
+            record = self.store[entity].get(key)
             if record is None:
                 return api_error(404, "NOT_FOUND", f"No {entity[:-1]} found with {id_field} {key}")
             if request.method == "GET":
                 return JSONResponse(record)
             if request.method == "DELETE":
+                # hardDelete: https://px-apidocs.gainsight.com/operation/operation-deleteuserusingdelete_1;
+                # a soft delete's 7-day revival is not emulated (the record is gone either way)
                 del self.store[entity][key]
+                self.deletions.append((entity, key, hard == "true"))
                 return Response(status_code=204)
             _merge(record, body)
             record["lastModifiedDate"] = int(self.clock.now() * 1000)
@@ -347,6 +543,9 @@ class GainsightPXEmulator(Emulator):
             return Response(status_code=204)
 
     def _list(self, request: Request, entity: str) -> Response:
+        # pageSize default 25, max 1000, scrollId for the next page, the filter syntax: vendor-docs 002
+        # (https://support.gainsight.com/PX/API/Work_with_the_Gainsight_PX_REST_API); an unknown scrollId and
+        # an unreadable filter answer 400 (the reference's "Bad request"); sort is lenient
         params = request.query_params
         self.list_queries.append(request.url.query)
         try:

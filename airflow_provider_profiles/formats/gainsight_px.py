@@ -18,9 +18,12 @@ from typing import Any
 
 from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, is_missing
 
-ENTITIES = ("USER", "ACCOUNT")
-IDENTIFIER_FIELDS = {"USER": "identifyId", "ACCOUNT": "id"}
+ENTITIES = ("USER", "ACCOUNT", "CUSTOM_EVENT")
+IDENTIFIER_FIELDS = {"USER": "identifyId", "ACCOUNT": "id", "CUSTOM_EVENT": "identifyId"}
+REQUIRED_FIELDS = {"CUSTOM_EVENT": ("eventName",)}
 FIELD_TYPES = ("string", "integer", "number", "boolean", "date")
+# the attribute model's types (GET /admin/model/{user|account}/attributes) as field types
+MODEL_FIELD_TYPES = {"STRING": "string", "DATE_TIME": "date", "NUMBER": "number", "BOOLEAN": "boolean"}
 
 _LOCATION_TYPES = {"location.coordinates.latitude": "number", "location.coordinates.longitude": "number"}
 STANDARD_TYPES: dict[str, dict[str, str]] = {
@@ -43,6 +46,8 @@ STANDARD_TYPES: dict[str, dict[str, str]] = {
         "numberOfUsers": "integer",
         **_LOCATION_TYPES,
     },
+    # no model for events: Gainsight's loader types their fields itself (date is a DATE_TIME)
+    "CUSTOM_EVENT": {"date": "date"},
 }
 _RANGES = {"location.coordinates.latitude": (-90.0, 90.0), "location.coordinates.longitude": (-180.0, 180.0)}
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
@@ -145,7 +150,7 @@ class GainsightPXRecordFormat(FormatWriter):
     def __init__(self, entity: str, field_mapping: Mapping[str, str], field_types: Mapping[str, str] | None = None):
         entity = str(entity).upper()
         if entity not in ENTITIES:
-            raise ValueError(f"entity must be USER or ACCOUNT, not {entity!r}")
+            raise ValueError(f"entity must be one of {', '.join(ENTITIES)}, not {entity!r}")
         self.entity = entity
         self.id_field = IDENTIFIER_FIELDS[entity]
         if not field_mapping:
@@ -155,6 +160,9 @@ class GainsightPXRecordFormat(FormatWriter):
                 f"field_mapping must map the {entity} identifier {self.id_field!r} to an input column "
                 f"(mapped: {', '.join(sorted(field_mapping))})"
             )
+        missing = [name for name in REQUIRED_FIELDS.get(entity, ()) if name not in field_mapping]
+        if missing:
+            raise ValueError(f"field_mapping must map {', '.join(map(repr, missing))} for a {entity}")
         self.field_mapping = dict(field_mapping)
         self._check_paths(self.field_mapping)
         self.field_types = {**STANDARD_TYPES[entity], **(field_types or {})}
@@ -163,6 +171,36 @@ class GainsightPXRecordFormat(FormatWriter):
         if unknown:
             raise ValueError(f"unknown field types {unknown}; use one of {', '.join(FIELD_TYPES)}")
         self.identifier_field = self.field_mapping[self.id_field]  # the input column, for rejects
+
+    def apply_model(self, attribute_types: Mapping[str, str]) -> None:
+        """Type the mapped fields by the subscription's attribute model (``{apiName: DATE_TIME|...}``).
+
+        A field is looked up by its last name (``customAttributes.acceptDate`` -> ``acceptDate``,
+        ``location.city`` -> ``city``; the user identifier is ``id``), as Gainsight's own loader does.
+        The model wins over ``field_types`` and the standard types, except where those are narrower
+        (``integer`` for a NUMBER) or where the API body is numeric whatever the model says (coordinates).
+        A custom attribute the model does not have is a configuration error.
+        """
+        unknown = []
+        for field in self.field_mapping:
+            if field == self.id_field:
+                continue
+            api_name = field.rsplit(".", 1)[-1]
+            model_type = attribute_types.get(api_name)
+            if model_type is None:
+                if field.startswith("customAttributes."):
+                    unknown.append(field)
+                continue
+            wanted = MODEL_FIELD_TYPES.get(str(model_type).upper(), "string")
+            current = self.field_types.get(field, "string")
+            if field in _RANGES or current == wanted or (current, wanted) == ("integer", "number"):
+                continue
+            self.field_types[field] = wanted
+        if unknown:
+            raise ValueError(
+                f"field_mapping maps {', '.join(map(repr, unknown))}, not among the subscription's {self.entity} "
+                "attributes (Gainsight PX Administration > Attributes)"
+            )
 
     @staticmethod
     def _check_paths(mapping: Mapping[str, str]) -> None:
@@ -197,6 +235,8 @@ class GainsightPXRecordFormat(FormatWriter):
             if is_missing(value):
                 if field == self.id_field:
                     raise RowRejected(f"the identifier is empty (column {column!r})", self.id_field)
+                if field in REQUIRED_FIELDS.get(self.entity, ()):
+                    raise RowRejected(f"is required and empty (column {column!r})", field)
                 continue
             try:
                 converted = convert(value, self.field_types.get(field, "string"))

@@ -2,13 +2,19 @@
 
 Connection: password = API key (sent as ``X-APTRINSIC-API-KEY``); extra ``data_center`` (us, eu,
 us2) or a host for a custom URL (an emulator); extra ``product_key`` (``AP-...-2``), sent as
-``propertyKeys`` when a record is created.
+``propertyKeys`` with every create and update (the API wants at least one; Gainsight's own loader,
+github.com/aptrinsic/px-data-loader, sends it on every PUT and POST).
+
+Ids that cannot travel in a URL path (``/``, ``%``, ``\\``, ``;``, dot segments, and the words the
+body-id routes use) go through the body-id routes ``PUT /{users|accounts}/update`` and ``DELETE
+/{users|accounts}/delete`` (px-apidocs.gainsight.com); reading one uses an exact-id filter.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -30,10 +36,29 @@ from airflow_provider_profiles.hooks.base import (
 DEFAULT_REQUESTS_PER_SECOND = 195
 RATE_BURST = 5
 MAX_PAGE_SIZE = 1000
-FILTER_OPERATORS = ("==", "~", "!=", "<", "<=", ">", ">=")
+FILTER_OPERATORS = ("==", "~", "!~", "!=", "<", "<=", ">", ">=")
 
-# entity -> (path, identifier field, list key in a page)
+# entity -> (path, identifier field)
 _ENTITIES = {"USER": ("users", "identifyId"), "ACCOUNT": ("accounts", "id")}
+_MODEL_TYPES = {"USER": "user", "ACCOUNT": "account"}
+# characters a server will not take (encoded) in a path segment, and the segments the body-id routes own
+_PATH_UNSAFE_CHARS = frozenset("/%\\;")
+_PATH_UNSAFE_IDS = frozenset({".", "..", "update", "delete"})
+
+
+def fits_in_path(record_id: str) -> bool:
+    """Whether an id can address its record in the URL path (else the body-id routes are used)."""
+    text = str(record_id)
+    return text not in _PATH_UNSAFE_IDS and not _PATH_UNSAFE_CHARS.intersection(text)
+
+
+class RequestBudgetExhausted(Exception):
+    """The hook's ``max_requests`` were all sent: the request was not made."""
+
+
+def _is_duplicate(error: VendorValidationError) -> bool:
+    """A create refused because the record exists: 400 "possible duplicate" (or a 409, to be safe)."""
+    return error.status == 409 or (error.status == 400 and "duplicate" in str(error.vendor_message).lower())
 
 
 class Outcome(str, enum.Enum):
@@ -153,17 +178,33 @@ class GainsightPXHook(ProfilesHook):
     default_region = "us"
     rate_limits = {"default": (RATE_BURST, RATE_BURST / DEFAULT_REQUESTS_PER_SECOND)}
 
-    def __init__(self, conn_id: str | None = None, *, requests_per_second: float | None = None, **kwargs: Any):
+    def __init__(self, conn_id: str | None = None, *, requests_per_second: float | None = None,
+                 max_requests: int | None = None, **kwargs: Any):
         super().__init__(conn_id, **kwargs)
         if requests_per_second is not None and requests_per_second <= 0:
             raise ValueError(f"requests_per_second must be positive, got {requests_per_second}")
+        if max_requests is not None and max_requests < 1:
+            raise ValueError(f"max_requests must be at least 1, got {max_requests}")
         self.requests_per_second = requests_per_second
+        self.max_requests = max_requests
+        self.requests_sent = 0  # every attempt, retries included: what the vendor's daily quota counts
+        self._count_lock = threading.Lock()
+        self._models: dict[str, dict[str, str]] = {}
 
     def limiter(self, route: str) -> RateLimiter | None:
         if self.requests_per_second is None:
-            return super().limiter(route)
-        burst = RATE_BURST if self.requests_per_second >= RATE_BURST else 1
-        return shared_limiter(self.conn_type, self.conn_id, route, burst, burst / self.requests_per_second)
+            limiter = super().limiter(route)
+        else:
+            burst = RATE_BURST if self.requests_per_second >= RATE_BURST else 1
+            limiter = shared_limiter(self.conn_type, self.conn_id, route, burst, burst / self.requests_per_second)
+        return _CountingLimiter(self, limiter)
+
+    def _count_request(self) -> None:
+        """Called before every send (retries included); refuses the send once the budget is spent."""
+        with self._count_lock:
+            if self.max_requests is not None and self.requests_sent >= self.max_requests:
+                raise RequestBudgetExhausted(f"max_requests reached: {self.max_requests} requests sent")
+            self.requests_sent += 1
 
     def auth_headers(self) -> dict[str, str]:
         key = self.connection.password
@@ -194,8 +235,28 @@ class GainsightPXHook(ProfilesHook):
             raise ValueError(f"an empty {entity} id cannot be looked up")
         return f"{path}/{quote(str(record_id), safe='')}"
 
+    def _with_product_key(self, entity: str, record: Mapping[str, Any]) -> dict:
+        """The body with ``propertyKeys``: the API refuses a create or update without one."""
+        body = dict(record)
+        if not body.get("propertyKeys"):
+            if not self.product_key:
+                raise ValueError(
+                    f"writing a Gainsight PX {entity} needs the product key: set the extra 'product_key' "
+                    f"(AP-XXXXXXXXXXXX-2) on connection {self.conn_id!r}"
+                )
+            body["propertyKeys"] = [self.product_key]
+        return body
+
     def get(self, entity: str, record_id: str) -> dict | None:
         """The record with this id (ids are case-sensitive), or None if there is none."""
+        if not fits_in_path(str(record_id)):
+            # no body-id read route: a filter (case-insensitive; ';' cannot be escaped there, so it is
+            # matched by the '?' wildcard), then the exact id among what it finds
+            _, id_field = _entity(entity)
+            text = str(record_id)
+            condition = (id_field, "~", text.replace(";", "?")) if ";" in text else (id_field, "==", text)
+            found = self.iter_records(entity, condition)
+            return next((record for record in found if str(record.get(id_field)) == str(record_id)), None)
         try:
             return self.request("GET", self._record_path(entity, record_id)).json()
         except VendorNotFoundError:
@@ -206,9 +267,7 @@ class GainsightPXHook(ProfilesHook):
         path, id_field = _entity(entity)
         if not record.get(id_field):
             raise ValueError(f"a new {entity} needs {id_field!r}")
-        body = dict(record)
-        if "propertyKeys" not in body and self.product_key:
-            body["propertyKeys"] = [self.product_key]
+        body = self._with_product_key(entity, record)
         response = self.request("POST", path, json=body)
         try:
             return response.json()
@@ -217,12 +276,23 @@ class GainsightPXHook(ProfilesHook):
 
     def update(self, entity: str, record_id: str, record: Mapping[str, Any]) -> None:
         """PUT changes to an existing record (204 or 200); ``VendorNotFoundError`` if it does not exist."""
-        self.request("PUT", self._record_path(entity, record_id), json=dict(record))
+        path, id_field = _entity(entity)
+        body = self._with_product_key(entity, record)
+        if fits_in_path(str(record_id)):
+            self.request("PUT", self._record_path(entity, record_id), json=body)
+        else:
+            self.request("PUT", f"{path}/update", json={**body, id_field: str(record_id)})
 
-    def delete(self, entity: str, record_id: str) -> bool:
-        """Delete a record; False if it did not exist."""
+    def delete(self, entity: str, record_id: str, hard_delete: bool = False) -> bool:
+        """Delete a record; False if it did not exist. ``hard_delete``: not revived if written again
+        within 7 days (the API's default revives a soft-deleted record)."""
+        path, id_field = _entity(entity)
+        params = {"hardDelete": "true" if hard_delete else "false"}
         try:
-            self.request("DELETE", self._record_path(entity, record_id))
+            if fits_in_path(str(record_id)):
+                self.request("DELETE", self._record_path(entity, record_id), params=params)
+            else:
+                self.request("DELETE", f"{path}/delete", params=params, json={id_field: str(record_id)})
         except VendorNotFoundError:
             return False
         return True
@@ -231,10 +301,12 @@ class GainsightPXHook(ProfilesHook):
         """PUT, then POST on 404 when ``insert_missing``: the data loader's update/insert logic.
 
         A create that lost its response is checked with a GET before being sent again, and a create
-        that meets a record created meanwhile becomes an update, so nothing is written twice.
+        that meets a record created meanwhile (400 "possible duplicate") becomes an update, so nothing
+        is written twice.
         """
         _, id_field = _entity(entity)
         record_id = str(record[id_field])
+        record = self._with_product_key(entity, record)  # a configuration error before anything is sent
         try:
             self.update(entity, record_id, record)
             return Outcome.UPDATED
@@ -249,14 +321,49 @@ class GainsightPXHook(ProfilesHook):
                 try:
                     self.create(entity, record)
                 except VendorValidationError as error:
-                    if error.status != 409:  # 409: the first create landed after all, with this same body
+                    if not _is_duplicate(error):  # the first create landed after all, with this same body
                         raise
         except VendorValidationError as error:
-            if error.status != 409:
+            if not _is_duplicate(error):
                 raise
             self.update(entity, record_id, record)  # created by someone else meanwhile
             return Outcome.UPDATED
         return Outcome.INSERTED
+
+    # --- the attribute model ------------------------------------------------------------------------
+    def attribute_types(self, entity: str) -> dict[str, str]:
+        """``{apiName: STRING|DATE_TIME|BOOLEAN|NUMBER}`` of the subscription's user or account model
+        (``GET /admin/model/{user|account}/attributes``), read once per hook."""
+        kind = _MODEL_TYPES.get(str(entity).upper())
+        if kind is None:
+            raise ValueError(f"entity must be USER or ACCOUNT, not {entity!r}")
+        if kind not in self._models:
+            attributes = self.request("GET", f"admin/model/{kind}/attributes").json()
+            self._models[kind] = {
+                str(a["apiName"]): str(a.get("type") or "STRING").upper()
+                for a in attributes
+                if isinstance(a, dict) and a.get("apiName") and a.get("state", "ENABLED") != "DELETED"
+            }
+        return self._models[kind]
+
+    # --- custom events ------------------------------------------------------------------------------
+    def create_custom_event(self, event: Mapping[str, Any]) -> dict:
+        """POST one custom event (``/events/custom``: identifyId, eventName, date in epoch ms,
+        attributes...); the product key goes in ``propertyKey`` unless the event has one."""
+        for name in ("identifyId", "eventName"):
+            if not event.get(name):
+                raise ValueError(f"a custom event needs {name!r}")
+        body = dict(event)
+        if not body.get("propertyKey"):
+            if not self.product_key:
+                raise ValueError(f"a custom event needs the product key: set the extra 'product_key' on "
+                                 f"connection {self.conn_id!r}")
+            body["propertyKey"] = self.product_key
+        response = self.request("POST", "events/custom", json=body)
+        try:
+            return response.json()
+        except ValueError:
+            return body
 
     def get_user(self, identify_id: str) -> dict | None:
         return self.get("USER", identify_id)
@@ -270,8 +377,9 @@ class GainsightPXHook(ProfilesHook):
     def upsert_user(self, user: Mapping[str, Any], insert_missing: bool = True) -> Outcome:
         return self.upsert("USER", user, insert_missing)
 
-    def delete_user(self, identify_id: str) -> bool:
-        return self.delete("USER", identify_id)
+    def delete_user(self, identify_id: str, hard_delete: bool = False) -> bool:
+        """True if deleted, False if there was no such user; ``VendorAPIError`` subclasses otherwise."""
+        return self.delete("USER", identify_id, hard_delete)
 
     def get_account(self, account_id: str) -> dict | None:
         return self.get("ACCOUNT", account_id)
@@ -284,6 +392,10 @@ class GainsightPXHook(ProfilesHook):
 
     def upsert_account(self, account: Mapping[str, Any], insert_missing: bool = True) -> Outcome:
         return self.upsert("ACCOUNT", account, insert_missing)
+
+    def delete_account(self, account_id: str, hard_delete: bool = False) -> bool:
+        """True if deleted, False if there was no such account; ``VendorAPIError`` subclasses otherwise."""
+        return self.delete("ACCOUNT", account_id, hard_delete)
 
     # --- listing ----------------------------------------------------------------------------------
     def iter_records(
@@ -330,3 +442,18 @@ class GainsightPXHook(ProfilesHook):
 
     def iter_accounts(self, filters: Any = None, **kwargs: Any) -> Iterator[dict]:
         return self.iter_records("ACCOUNT", filters, **kwargs)
+
+
+class _CountingLimiter:
+    """The route's rate limiter, counting each send against the hook's request budget first."""
+
+    def __init__(self, hook: GainsightPXHook, limiter: RateLimiter | None):
+        self.hook, self.limiter = hook, limiter
+
+    def acquire(self) -> float:
+        self.hook._count_request()
+        return self.limiter.acquire() if self.limiter else 0.0
+
+    async def aacquire(self) -> float:
+        self.hook._count_request()
+        return await self.limiter.aacquire() if self.limiter else 0.0

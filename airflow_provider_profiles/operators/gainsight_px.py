@@ -32,7 +32,7 @@ from airflow_provider_profiles.hooks.base import (
     VendorAuthError,
     VendorRateLimitError,
 )
-from airflow_provider_profiles.hooks.gainsight_px import GainsightPXHook, Outcome
+from airflow_provider_profiles.hooks.gainsight_px import GainsightPXHook, Outcome, RequestBudgetExhausted
 from airflow_provider_profiles.storage import (
     as_storage_path,
     is_local,
@@ -80,18 +80,23 @@ def _prepare_output(path: Any) -> Any:
 
 
 class GainsightPXLoadOperator(BaseOperator):
-    """Update (and optionally insert) Gainsight PX users or accounts from a CSV/NDJSON file or a DataFrame.
+    """Update (and optionally insert) Gainsight PX users or accounts, or add custom events, from a
+    CSV/NDJSON file or a DataFrame.
 
-    The Airflow form of the vendor's data loader (``aptrinsic_loader [--insertMissing] [--verbose]
-    [--dryRun] config.json USER|ACCOUNT input.csv``).
+    The Airflow form of the vendor's data loader (``gainsight-px-data-loader [--insertMissing] [--verbose]
+    [--dryRun] config.json USER|ACCOUNT|CUSTOM_EVENT input.csv``). Every write carries the connection's
+    product key, so a load needs the extra ``product_key``. Values are typed by the subscription's
+    attribute model (read once per run): dates go as epoch milliseconds, custom attributes included,
+    and a value that does not fit its attribute rejects the row before anything is sent.
 
     :param source: a local path or object-storage URI (CSV or NDJSON, see ``input_format``) or a pandas
         DataFrame. CSV values may be quoted to contain commas; dates are milliseconds since the epoch.
-    :param entity: ``USER`` or ``ACCOUNT``.
+    :param entity: ``USER``, ``ACCOUNT`` or ``CUSTOM_EVENT`` (events are always inserted: map ``identifyId``
+        and ``eventName``; ``date``, ``accountId``, ``attributes.<name>``... as the vendor's loader does).
     :param field_mapping: ``{px_field: input_column}``; dots nest fields (``location.city``,
         ``customAttributes.plan``). The identifier (``identifyId`` / ``id``) is required.
-    :param field_types: types of fields beyond the standard ones (``{"customAttributes.acceptDate": "date"}``):
-        string, integer, number, boolean or date.
+    :param field_types: types of fields the attribute model does not type (``{"attributes.size": "number"}``):
+        string, integer, number, boolean or date. The model wins where it knows the attribute.
     :param insert_missing: create records that do not exist (PUT, then POST on 404); default update only.
     :param dry_run: parse, map and validate every row and write what would be sent; no API writes.
     :param verbose: log every operation.
@@ -102,6 +107,10 @@ class GainsightPXLoadOperator(BaseOperator):
     :param max_concurrency: requests in flight at once (threads sharing one pooled session).
     :param requests_per_second: client-side rate limit (default ~195/s, under the vendor's ~200/s).
     :param progress_interval: seconds between progress lines in the log.
+    :param max_requests: at most this many API requests in the run (retries and the model read included),
+        to stay inside the vendor's daily quota (about 1M requests a day per subscription); rows left
+        when it is reached are skipped, listed in the rejects file with the reason. The summary's
+        ``requests`` says how many were sent.
     """
 
     template_fields = ("source", "entity", "field_mapping", "field_types", "rejects_path", "dry_run_path")
@@ -128,11 +137,16 @@ class GainsightPXLoadOperator(BaseOperator):
         max_concurrency: int = 16,
         requests_per_second: float | None = None,
         progress_interval: float = 5.0,
+        max_requests: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        if max_requests is not None and max_requests < 1:
+            raise ValueError(f"max_requests must be at least 1, got {max_requests}")
+        if insert_missing and str(entity).upper() == "CUSTOM_EVENT":
+            raise ValueError("insert_missing does not apply to CUSTOM_EVENT: events are always inserted")
         self.source = source
         self.entity = entity
         self.field_mapping = field_mapping
@@ -150,6 +164,7 @@ class GainsightPXLoadOperator(BaseOperator):
         self.max_concurrency = max_concurrency
         self.requests_per_second = requests_per_second
         self.progress_interval = progress_interval
+        self.max_requests = max_requests
 
     # --- input --------------------------------------------------------------------------------------
     def _is_dataframe(self) -> bool:
@@ -202,13 +217,19 @@ class GainsightPXLoadOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         record_format = GainsightPXRecordFormat(self.entity, self.field_mapping, self.field_types)
         hook = GainsightPXHook(self.conn_id, requests_per_second=self.requests_per_second,
-                               pool_size=self.max_concurrency)
-        if self.insert_missing and record_format.entity == "USER" and not hook.product_key:
+                               pool_size=self.max_concurrency, max_requests=self.max_requests)
+        if not self.dry_run and not hook.product_key:
             raise AirflowException(
-                f"insert_missing creates users, which needs the product key: set the extra 'product_key' "
+                f"every Gainsight PX write carries the product key (propertyKeys): set the extra 'product_key' "
                 f"(AP-XXXXXXXXXXXX-2) on connection {self.conn_id!r}"
             )
         total = self._check_input(record_format)
+        if record_format.entity != "CUSTOM_EVENT":  # events have no model
+            try:
+                record_format.apply_model(hook.attribute_types(record_format.entity))
+            except VendorAuthError as error:
+                hook.close()
+                raise AirflowException(f"Gainsight PX refused the API key ({error}); nothing was sent") from None
         rejects_path = _prepare_output(self.rejects_path or self._default_output(context, ".rejects.csv"))
         dry_run_path = None
         if self.dry_run:
@@ -227,7 +248,7 @@ class GainsightPXLoadOperator(BaseOperator):
                     run.send()
             finally:
                 hook.close()
-        summary = run.summary()
+        summary = {**run.summary(), "requests": hook.requests_sent}
         if rejects.count:
             summary["rejects_path"] = str(rejects_path)
         if dry_run_path is not None:
@@ -258,6 +279,7 @@ class _LoadRun:
         self._pause_until = 0.0  # monotonic time before which no thread sends (after a 429 storm)
         self._pause_lock = threading.Lock()
         self._auth_error = ""
+        self._budget_reached = False
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -306,9 +328,16 @@ class _LoadRun:
                       100.0 * done / self.total if self.total else 100.0, rate,
                       ", ".join(f"{key} {self.counts[key]}" for key in SUMMARY_KEYS[1:]))
 
+    def _skip(self, line: int, identifier: str | None, reason: str) -> None:
+        """A row not sent: counted as skipped and listed in the rejects file, so it can be sent later."""
+        self.counts["unchanged_or_skipped"] += 1
+        self.rejects.add(line, identifier, reason, None)
+
     # --- dry run ----------------------------------------------------------------------------------
     def dry_run(self, out: Any) -> None:
         action = "update_or_insert" if self.operator.insert_missing else "update"
+        if self.format.entity == "CUSTOM_EVENT":
+            action = "insert"
         for line, record in self._rows():
             out.write(json.dumps({"line": line, "action": action, "entity": self.format.entity,
                                   "id": record[self.format.id_field], "body": record}, ensure_ascii=False) + "\n")
@@ -324,6 +353,9 @@ class _LoadRun:
             if pause > 0:
                 time.sleep(pause)
             try:
+                if self.format.entity == "CUSTOM_EVENT":
+                    self.hook.create_custom_event(record)
+                    return Outcome.INSERTED
                 return self.hook.upsert(self.format.entity, record, self.operator.insert_missing)
             except VendorRateLimitError as error:
                 if round_ == RATE_LIMITED_ROUNDS:
@@ -351,13 +383,17 @@ class _LoadRun:
                 self._settle(future, line, record_id, abort)
             self._progress()
 
+        rows = self._rows()
         try:
-            for line, record in self._rows():
+            for line, record in rows:
                 record_id = str(record[self.format.id_field])
                 # rows for the same id go in input order, one at a time: the last row wins, as in the file
                 while pending and (len(pending) >= window or record_id in in_flight):
                     collect()
                 if abort.is_set():
+                    break
+                if self._budget_reached:
+                    self._skip(line, record_id, self._budget_reason())
                     break
                 pending[executor.submit(self._send_one, record)] = (line, record_id)
                 in_flight.add(record_id)
@@ -365,10 +401,18 @@ class _LoadRun:
                 collect()
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
+        if self._budget_reached:  # the rest of the input is read, checked and listed, not sent
+            for line, record in rows:
+                self._skip(line, str(record[self.format.id_field]), self._budget_reason())
+            self.log.warning("max_requests=%d reached: %d rows were not sent; they are listed in %s",
+                             self.operator.max_requests, self.counts["unchanged_or_skipped"], self.rejects.path)
         self._progress(force=True)
         if abort.is_set():
             raise AirflowException(f"Gainsight PX refused the API key ({self._auth_error}); stopped after "
                                    f"{self.counts['rows_read']} of {self.total} rows: {self.counts}")
+
+    def _budget_reason(self) -> str:
+        return f"not sent: max_requests={self.operator.max_requests} reached in this run"
 
     def _settle(self, future: Future, line: int, record_id: str, abort: threading.Event) -> None:
         error = future.exception()
@@ -378,6 +422,10 @@ class _LoadRun:
             self.counts[key] += 1
             if self.operator.verbose:
                 self.log.info("line %d: %s %s %s", line, self.format.entity, record_id, outcome.value)
+            return
+        if isinstance(error, RequestBudgetExhausted):
+            self._budget_reached = True
+            self._skip(line, record_id, self._budget_reason())
             return
         if not isinstance(error, VendorAPIError):
             raise error

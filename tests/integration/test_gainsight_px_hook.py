@@ -88,7 +88,7 @@ def test_upsert_update_only_and_insert_missing(hook, gpx):
 
 
 def test_upsert_create_that_meets_a_new_record_becomes_an_update(hook, gpx):
-    # the record appears between the PUT's 404 and the POST: the 409 turns into an update
+    # the record appears between the PUT's 404 and the POST: the 400 "possible duplicate" turns into an update
     gpx.emulator.inject("status", match=r"^PUT /v1/users/race$", count=1, status=404,
                         body={"externalapierror": {"status": "NOT_FOUND", "message": "gone"}})
     gpx.emulator.seed(users=[{"identifyId": "race", "title": "old"}])

@@ -67,7 +67,8 @@ def test_update_only_skips_missing_records(gpx, tmp_path):
     source = write_csv(tmp_path / "users.csv", ["id", "email", "title"],
                        [["u1", "a@x.com", "new"], ["u2", "", ""], ["u3", "c@x.com", "x"]])
     summary = run(source=source)
-    assert summary == {"rows_read": 3, "updated": 2, "inserted": 0, "unchanged_or_skipped": 1, "rejected": 0, "failed": 0}
+    assert summary == {"rows_read": 3, "updated": 2, "inserted": 0, "unchanged_or_skipped": 1, "rejected": 0, "failed": 0,
+                       "requests": 4}  # the attribute model, then one PUT per row
     users = gpx.emulator.snapshot()["users"]
     assert users["u1"]["title"] == "new" and users["u1"]["email"] == "a@x.com"
     assert "u3" not in users
@@ -87,7 +88,7 @@ def test_dry_run_writes_nothing(gpx, tmp_path):
                        [["u1", "a@x.com", "t"], ["u2", "not-an-email", "t"], ["u3", "", ""]])
     summary = run(source=source, dry_run=True, insert_missing=True, verbose=True)
     assert summary["rows_read"] == 3 and summary["unchanged_or_skipped"] == 2 and summary["rejected"] == 1
-    assert sum(gpx.emulator.counters.values()) == 0  # not a single request
+    assert dict(gpx.emulator.counters) == {"GET /v1/admin/model/user/attributes": 1}  # the model, no writes
     planned = [json.loads(line) for line in open(summary["dry_run_path"])]
     assert [(p["line"], p["id"], p["action"]) for p in planned] == [(2, "u1", "update_or_insert"), (4, "u3", "update_or_insert")]
     assert planned[0]["body"] == {"identifyId": "u1", "email": "a@x.com", "title": "t"}
@@ -171,7 +172,8 @@ def test_insert_missing_needs_the_product_key(gpx, airflow_connection, tmp_path)
 
 
 def test_wrong_api_key_stops_the_run_without_leaking_it(gpx, airflow_connection, tmp_path):
-    airflow_connection("gpx_wrong", "gainsight_px", host=gpx.url, password="wrong-key-123")
+    airflow_connection("gpx_wrong", "gainsight_px", host=gpx.url, password="wrong-key-123",
+                       extra={"product_key": gpx.emulator.product_key})
     source = write_csv(tmp_path / "users.csv", ["id", "email", "title"], [[f"u{i}", "", ""] for i in range(200)])
     with pytest.raises(AirflowException, match="refused the API key") as caught:
         run(source=source, conn_id="gpx_wrong", max_concurrency=2)

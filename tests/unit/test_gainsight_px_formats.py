@@ -59,7 +59,7 @@ def test_identifier_is_required_in_the_mapping_and_in_each_row():
 
 
 def test_bad_mapping_is_refused_up_front():
-    with pytest.raises(ValueError, match="USER or ACCOUNT"):
+    with pytest.raises(ValueError, match="USER, ACCOUNT, CUSTOM_EVENT"):
         GainsightPXRecordFormat("COMPANY", {"id": "id"})
     with pytest.raises(ValueError, match="both 'location' and its child"):
         GainsightPXRecordFormat("USER", {"identifyId": "id", "location": "loc", "location.city": "city"})
