@@ -13,11 +13,7 @@ import uuid
 
 import pytest
 
-from airflow_provider_profiles.operators.prepare import (
-    CommitSyncStateOperator,
-    ProfilesFileTransformOperator,
-    vendor_failures,
-)
+from airflow_provider_profiles.operators.prepare import CommitSyncStateOperator, ProfilesFileTransformOperator
 
 DAG = """
 import datetime as dt
@@ -132,6 +128,8 @@ def test_rows_the_vendor_failed_are_not_committed_as_sent(sync_dag):
 
 
 def test_vendor_failures_are_read_from_every_vendor_result():
+    from airflow_provider_profiles.operators.prepare import vendor_failures
+
     assert vendor_failures(None) == 0
     assert vendor_failures({"total": 3, "succeeded": 3, "failed": 0}) == 0
     mapped = [{"profiles_found": 2, "profiles_processed": 1, "profiles_failed": 1}, {"total_success": 5, "total_failure": 2}]
