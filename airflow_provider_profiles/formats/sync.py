@@ -628,6 +628,9 @@ class SyncState:
         if found is None and current is not None and current.get("run_key") == key:
             return current  # committed already: the commit ran again
         attempt, meta = self._finished(key, found)
+        if current is not None and _attempt_of(current) == attempt:  # stopped right after its swap
+            self._unlink(self._pointer_path(attempt))
+            return current
         when = _instant(logical_date) or self.logical_date or _instant(meta.get("logical_date"))
         allow_older = self.allow_older if allow_older is None else allow_older
         if meta.get("base") != _attempt_of(current):
@@ -688,9 +691,9 @@ class SyncState:
             return []
         pointers = []
         for entry in folder.iterdir():
-            if entry.name.endswith(".json"):
-                pointers.append(self._read_json(entry, "a pending attempt's note", "Delete it."))
-        return sorted(pointers, key=lambda pointer: pointer["started_at"])
+            if entry.name.endswith(".json"):  # (one may go meanwhile: its run committed)
+                pointers.append(self._read_json(entry, "a pending attempt's note", "Delete it.", missing_ok=True))
+        return sorted(filter(None, pointers), key=lambda pointer: pointer["started_at"])
 
     def _last_attempt(self, key: str) -> dict[str, Any] | None:
         mine = [pointer for pointer in self._pointers() if pointer["run_key"] == key]

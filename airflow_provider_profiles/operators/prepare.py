@@ -8,8 +8,8 @@
     )
     chunks = SplitFileOperator(task_id="split", source_path=prepared.output["output"], vendor="localytics")
     upload = LocalyticsProfileImportOperator.partial(task_id="upload").expand(file=chunks.output)
-    commit = CommitSyncStateOperator(task_id="commit", sync_state_path="s3://bucket/state/localytics-users")
-    upload >> commit
+    commit = CommitSyncStateOperator(task_id="commit", sync_state_path="s3://bucket/state/localytics-users",
+                                     upload_results=upload.output)
 
 The prepare operators return the ``PrepareResult`` counts (read = written + rejected + unchanged)
 with the output and rejects paths; the split operator returns the chunk paths for ``.expand()``.
@@ -65,7 +65,12 @@ def _logical_date(context: Any):
 
 
 class _PrepareOperator(BaseOperator):
-    """Shared by the prepare operators: writer, mapping, rejects, incremental sync, counts."""
+    """Shared by the prepare operators: writer, mapping, rejects, incremental sync, counts.
+
+    ``only_changed=True`` writes only rows new or changed since the sync committed in
+    ``sync_state_path`` (see ``CommitSyncStateOperator``). A run whose logical date is older than
+    the committed sync's fails before writing anything, unless ``sync_allow_older=True``.
+    """
 
     template_fields: Sequence[str] = (
         "output_path",

@@ -179,3 +179,43 @@ def test_current_is_replaced_whole(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         state.commit("r2")
     assert state.current() == before
+
+
+def test_in_object_storage_a_refused_run_is_sent_again(tmp_path):
+    """The same flow through fsspec (memory://): listing, replacing and deleting state files."""
+    from airflow.sdk.io.store import attach
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    attach("memory", fs=MemoryFileSystem())
+    root = f"memory://state-{tmp_path.name}"
+    state = SyncState(root)
+    try:
+        run(tmp_path, BASE, "r1", state)
+        state.commit("r1")
+        run(tmp_path, changed(BASE, 5), "a", state)
+        run(tmp_path, changed(BASE, 6), "b", state)
+        state.commit("a")
+        with pytest.raises(SyncConflict, match="no longer current"):
+            state.commit("b")
+        _, after = run(tmp_path, changed(BASE, 5), "c", state)
+        assert after == {"6"}
+        state.commit("c")
+        assert state.current()["resend"] == []
+    finally:
+        MemoryFileSystem().rm(root.removeprefix("memory://"), recursive=True)
+
+
+def test_cleanup_keeps_a_prepare_in_progress_and_drops_one_dead_for_a_week(tmp_path):
+    state = SyncState(tmp_path / "state")
+    run(tmp_path, BASE, "r1", state)
+    state.commit("r1")
+    pending = tmp_path / "state" / "pending"
+    snapshots = tmp_path / "state" / "snapshots"
+    for name, started in (("live", dt.datetime.now(dt.timezone.utc)), ("dead", MONDAY - 30 * DAY)):
+        (pending / f"{name}.tok.json").write_text(json.dumps(
+            {"run_key": name, "attempt": f"{name}.tok", "base": None, "started_at": started.isoformat()}))
+        (snapshots / f"{name}.tok.arrow").write_bytes(b"half written")
+    run(tmp_path, changed(BASE, 1), "r2", state)
+    state.commit("r2")
+    assert (snapshots / "live.tok.arrow").exists() and (pending / "live.tok.json").exists()
+    assert not (snapshots / "dead.tok.arrow").exists() and not (pending / "dead.tok.json").exists()
