@@ -667,7 +667,10 @@ class SyncState:
         write_whole(self._file(CURRENT), json.dumps(committed))
         self._unlink(self._pointer_path(attempt))
         for pointer in self._pointers():  # finished attempts of other runs can no longer commit
-            if not pointer.get("retired") and self._path(pointer["attempt"], META_SUFFIX).exists():
+            if not pointer.get("retired") and pointer["run_key"] == key and pointer["started_at"] < found["started_at"] \
+                    and not self._path(pointer["attempt"], META_SUFFIX).exists():
+                self._unlink(self._pointer_path(pointer["attempt"]))  # an earlier try of this run's prepare died
+            elif not pointer.get("retired") and self._path(pointer["attempt"], META_SUFFIX).exists():
                 other = self._read_json(self._path(pointer["attempt"], META_SUFFIX), "a pending snapshot's record",
                                         "Delete it and the files named like it.")
                 self._retire(pointer["attempt"], other, (
@@ -756,24 +759,26 @@ class SyncState:
 
     def _prune(self, current: dict[str, Any]) -> None:
         """Deletes the files that neither CURRENT (its snapshot, the ones it keeps, its resend
-        list) nor a pending attempt refers to; and notes of attempts dead or retired long ago."""
+        list) nor a pending attempt refers to; and notes of attempts dead or retired long ago.
+
+        The files are listed before the notes: an attempt writes its note before its first file,
+        so every file listed belongs to a note listed after it.
+        """
+        folder = self._file("snapshots")
+        entries = list(folder.iterdir()) if folder.exists() else []
         keep = {_attempt_of(current), *current.get("history", [])}
         stale = (_now() - STALE_AFTER).isoformat()
         for pointer in self._pointers():
             attempt = pointer["attempt"]
-            finished = self._path(attempt, META_SUFFIX).exists()
             if pointer.get("retired"):
                 if pointer["retired_at"] < stale:
                     self._unlink(self._pointer_path(attempt))
-            elif finished or pointer["started_at"] >= stale:
+            elif self._path(attempt, META_SUFFIX).exists() or pointer["started_at"] >= stale:
                 keep.add(attempt)
-            else:
+            else:  # never finished, for a week: its prepare died
                 self._unlink(self._pointer_path(attempt))
         names = {f"{attempt}{suffix}" for attempt in keep for suffix in ATTEMPT_SUFFIXES}
         names |= {f"{attempt}{SENT_SUFFIX}" for attempt in current.get("resend", [])}
-        folder = self._file("snapshots")
-        if not folder.exists():
-            return
-        for entry in list(folder.iterdir()):
+        for entry in entries:
             if entry.name not in names and not entry.name.endswith(TEMPORARY_SUFFIX):
                 self._unlink(entry)

@@ -215,7 +215,13 @@ def test_cleanup_keeps_a_prepare_in_progress_and_drops_one_dead_for_a_week(tmp_p
         (pending / f"{name}.tok.json").write_text(json.dumps(
             {"run_key": name, "attempt": f"{name}.tok", "base": None, "started_at": started.isoformat()}))
         (snapshots / f"{name}.tok.arrow").write_bytes(b"half written")
+    # a first try of r2's prepare that died part-way: gone once r2 commits
+    (pending / "r2.first.json").write_text(json.dumps(
+        {"run_key": "r2", "attempt": "r2.first", "base": None,
+         "started_at": (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)).isoformat()}))
+    (snapshots / "r2.first.arrow").write_bytes(b"half written")
     run(tmp_path, changed(BASE, 1), "r2", state)
     state.commit("r2")
     assert (snapshots / "live.tok.arrow").exists() and (pending / "live.tok.json").exists()
     assert not (snapshots / "dead.tok.arrow").exists() and not (pending / "dead.tok.json").exists()
+    assert not (snapshots / "r2.first.arrow").exists() and not (pending / "r2.first.json").exists()
