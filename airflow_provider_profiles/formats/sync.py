@@ -506,7 +506,7 @@ class SyncState:
         self.allow_older = allow_older
         self.attempt: str | None = None  # started by the last ``writer``
         self._base: dict[str, Any] | None = None  # the CURRENT ``previous`` read for the next writer
-        self._base_read = self._compared = False
+        self._base_read = False
 
     def _file(self, relative: str):
         return self.directory / relative
@@ -551,7 +551,7 @@ class SyncState:
         CURRENT lists to be sent again come back as changed. Refuses (``SyncConflict``, before
         anything is sent) a run older than the committed one, unless ``allow_older``."""
         current = self._base = self.current()
-        self._base_read, self._compared = True, False
+        self._base_read = True
         if current is None:
             return None
         self._check_not_older(current, self.logical_date, self.allow_older, "sending its rows")
@@ -561,7 +561,6 @@ class SyncState:
         snapshot = self._load(current)
         if resend:
             snapshot = snapshot.forgetting(np.concatenate([self._sent_keys(attempt) for attempt in resend]))
-        self._compared = True
         return snapshot
 
     def _load(self, current: dict[str, Any]) -> PreviousSnapshot:
@@ -596,6 +595,7 @@ class SyncState:
         """Starts this run's attempt: files of its own, named by the run key and a fresh token."""
         base = self._base if self._base_read else self.current()
         self._attempt_base, self._base_read = base, False
+        self._sent_all = previous is None  # nothing to compare with: every row is sent
         key = run_key_of(run_key)
         self.attempt = f"{key}.{uuid.uuid4().hex[:12]}"
         pointer = {"run_key": key, "attempt": self.attempt, "base": _attempt_of(base), "started_at": _now().isoformat()}
@@ -609,7 +609,7 @@ class SyncState:
         meta = {
             "run_key": run_key_of(run_key), "attempt": self.attempt, "fingerprint": fingerprint, "rows": rows,
             "counts": counts, "base": _attempt_of(base), "base_resend": (base or {}).get("resend", []),
-            "sent_all": not self._compared, "logical_date": _text(self.logical_date), "prepared_at": _now().isoformat(),
+            "sent_all": self._sent_all, "logical_date": _text(self.logical_date), "prepared_at": _now().isoformat(),
         }
         write_whole(self._path(self.attempt, META_SUFFIX), json.dumps(meta))
 

@@ -225,3 +225,44 @@ def test_cleanup_keeps_a_prepare_in_progress_and_drops_one_dead_for_a_week(tmp_p
     assert (snapshots / "live.tok.arrow").exists() and (pending / "live.tok.json").exists()
     assert not (snapshots / "dead.tok.arrow").exists() and not (pending / "dead.tok.json").exists()
     assert not (snapshots / "r2.first.arrow").exists() and not (pending / "r2.first.json").exists()
+
+
+def test_a_refused_first_sync_resends_only_rows_that_differ(tmp_path):
+    """a and b are both first syncs (every row sent); a commits. b's rows that differ from a's are
+    sent again; the others are where a left them."""
+    state = SyncState(tmp_path / "state")
+    run(tmp_path, BASE, "a", state)
+    run(tmp_path, changed(BASE, 4), "b", state)
+    state.commit("a")
+    with pytest.raises(SyncConflict):
+        state.commit("b")
+    _, after = run(tmp_path, BASE, "c", state)
+    assert after == {"4"}
+
+
+def test_deletions_of_a_refused_run_are_undone_next_time(tmp_path):
+    """b deleted id 3 at the vendor (it vanished from b's input), but a committed first and still
+    has id 3: the next run sends id 3 again."""
+    from airflow_provider_profiles.formats.mapping import FieldMapping
+
+    mapping = FieldMapping({"user_account_id": "id", "compartment_id": {"const": "9"}, "name": "name"})
+    profiles = get_writer("mediarithmics", "USER_PROFILE")
+
+    def prepare(rows, run_key):
+        source = tmp_path / f"{run_key}.csv"
+        source.write_text("id,name,city\n" + "".join(f"{i},{n},{c}\n" for i, n, c in rows))
+        output = tmp_path / f"{run_key}.ndjson"
+        prepare_file(str(source), profiles, str(output), sync=state, sync_run_key=run_key,
+                     mapping=mapping, deletions=True)
+        return [json.loads(line) for line in output.read_text().splitlines()]
+
+    state = SyncState(tmp_path / "state")
+    prepare(BASE[:4], "r1")
+    state.commit("r1")
+    prepare(BASE[:4], "a")
+    assert prepare([row for row in BASE[:4] if row[0] != 3], "b") == [
+        {"compartment_id": "9", "user_account_id": "3", "operation": "DELETE"}]
+    state.commit("a")
+    with pytest.raises(SyncConflict):
+        state.commit("b")
+    assert [line["user_account_id"] for line in prepare(BASE[:4], "c")] == ["3"]
