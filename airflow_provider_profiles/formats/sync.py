@@ -3,7 +3,7 @@
 Layout under the state directory (any ``ObjectStoragePath``)::
 
     CURRENT.json                      {"snapshot": "snapshots/<attempt>.arrow", "fingerprint": ...,
-                                       "logical_date": ..., "resend": [<attempt>, ...], ...}
+                                       "as_of": ..., "resend": [<attempt>, ...], ...}
     pending/<attempt>.json            a prepare started (and the CURRENT it compares with)
     snapshots/<attempt>.arrow         row_hash, key_hash of every row sent or unchanged, in input order
     snapshots/<attempt>.order.arrow   row_order, key_order: the permutations that sort them
@@ -446,8 +446,8 @@ class SyncStateError(Exception):
 
 
 class SyncConflict(SyncStateError):
-    """A commit refused: another run committed since this run's prepare, or this run's logical
-    date is older than the committed one's. What the run sent is marked to be sent again."""
+    """A commit refused: another run committed since this run's prepare, or this run's data is
+    older than the committed one's. What the run sent is marked to be sent again."""
 
 
 META_SUFFIX = ".json"
@@ -490,8 +490,8 @@ class SyncState:
     ``snapshots/<attempt>.json`` that it finished. CURRENT is only ever replaced whole.
 
     ``commit`` is a compare-and-swap on the base: a run whose base is no longer current (another
-    run committed meanwhile), or whose logical date is older than the committed one's (unless
-    ``allow_older``), is refused with ``SyncConflict``. A commit also retires every other finished
+    run committed meanwhile), or whose data is older than the committed one's (``as_of``: for a
+    DAG run, the end of its data interval), is refused with ``SyncConflict`` unless ``allow_older``. A commit also retires every other finished
     attempt, which can no longer be committed. A refused or retired attempt may have sent rows
     that CURRENT does not hold: its sent keys go to CURRENT's ``resend`` list, and the next
     prepare sends those keys again (its commit clears the entries it took into account).
@@ -500,9 +500,9 @@ class SyncState:
     swap are two steps (object stores have no portable conditional write).
     """
 
-    def __init__(self, directory: Any, logical_date: Any = None, allow_older: bool = False):
+    def __init__(self, directory: Any, as_of: Any = None, allow_older: bool = False):
         self.directory = as_storage_path(directory)
-        self.logical_date = _instant(logical_date)
+        self.as_of = _instant(as_of)  # the time this run's data stands for (None: not compared)
         self.allow_older = allow_older
         self.attempt: str | None = None  # started by the last ``writer``
         self._base: dict[str, Any] | None = None  # the CURRENT ``previous`` read for the next writer
@@ -554,7 +554,7 @@ class SyncState:
         self._base_read = True
         if current is None:
             return None
-        self._check_not_older(current, self.logical_date, self.allow_older, "sending its rows")
+        self._check_not_older(current, self.as_of, self.allow_older, "sending its rows")
         resend = current.get("resend", [])
         if current.get("fingerprint") != fingerprint or RESEND_ALL in resend:
             return None
@@ -582,11 +582,11 @@ class SyncState:
                                  + self._resend_everything()) from None
 
     def _check_not_older(self, current: dict[str, Any], when: dt.datetime | None, allow_older: bool, doing: str) -> None:
-        committed = _instant(current.get("logical_date"))
+        committed = _instant(current.get("as_of"))
         if when is None or committed is None or when >= committed or allow_older:
             return
         raise SyncConflict(
-            f"this run's logical date {when.isoformat()} is older than {committed.isoformat()}, that of run "
+            f"this run's data is as of {when.isoformat()}, older than {committed.isoformat()}, that of run "
             f"{current.get('run_key')!r} whose sync state is committed in {self.directory}: {doing} would put "
             "older data over newer. Pass allow_older=True (sync_allow_older=True on a prepare operator) to do it anyway."
         )
@@ -609,17 +609,17 @@ class SyncState:
         meta = {
             "run_key": run_key_of(run_key), "attempt": self.attempt, "fingerprint": fingerprint, "rows": rows,
             "counts": counts, "base": _attempt_of(base), "base_resend": (base or {}).get("resend", []),
-            "sent_all": self._sent_all, "logical_date": _text(self.logical_date), "prepared_at": _now().isoformat(),
+            "sent_all": self._sent_all, "as_of": _text(self.as_of), "prepared_at": _now().isoformat(),
         }
         write_whole(self._path(self.attempt, META_SUFFIX), json.dumps(meta))
 
     # --- a commit ----------------------------------------------------------------------------------
 
-    def commit(self, run_key: str, keep: int = 2, logical_date: Any = None, allow_older: bool | None = None) -> dict[str, Any]:
+    def commit(self, run_key: str, keep: int = 2, as_of: Any = None, allow_older: bool | None = None) -> dict[str, Any]:
         """Make the run's last finished attempt current; keep ``keep`` committed snapshots.
 
         Refused (``SyncConflict``) when CURRENT is no longer the one the attempt compared with, or
-        names a later logical date (unless ``allow_older``). Committing the same attempt again
+        is as of a later time (unless ``allow_older``). Committing the same attempt again
         returns CURRENT unchanged.
         """
         key = run_key_of(run_key)
@@ -631,7 +631,7 @@ class SyncState:
         if current is not None and _attempt_of(current) == attempt:  # stopped right after its swap
             self._unlink(self._pointer_path(attempt))
             return current
-        when = _instant(logical_date) or self.logical_date or _instant(meta.get("logical_date"))
+        when = _instant(as_of) or self.as_of or _instant(meta.get("as_of"))
         allow_older = self.allow_older if allow_older is None else allow_older
         if meta.get("base") != _attempt_of(current):
             reason = (
@@ -658,7 +658,7 @@ class SyncState:
             "run_key": key,
             "fingerprint": meta["fingerprint"],
             "rows": meta["rows"],
-            "logical_date": _text(when),
+            "as_of": _text(when),
             # keys to send again: those that this run's prepare did not send already
             "resend": [entry for entry in (current or {}).get("resend", []) if entry not in meta.get("base_resend", [])],
             "history": [name for name in history if name != attempt][: max(keep - 1, 0)],

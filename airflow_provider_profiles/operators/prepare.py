@@ -56,20 +56,21 @@ def _templated(value: Any) -> bool:
     return not isinstance(value, (int, float, bool, type(None)))  # an XComArg, a ParamsDict...
 
 
-def _logical_date(context: Any):
-    """The run's logical date (None for a run without one: no ordering check)."""
-    try:
-        return context.get("logical_date")
-    except Exception:  # a context that cannot tell
-        return None
+def _data_as_of(context: Any):
+    """The time a run's data stands for, to keep a sync from going back in time: the end of its
+    data interval (a manual run's is the last interval before it, where a logical date would be
+    the trigger time, later than the next scheduled run's), else its logical date; None for a run
+    with neither (not compared)."""
+    return context.get("data_interval_end") or context.get("logical_date")
 
 
 class _PrepareOperator(BaseOperator):
     """Shared by the prepare operators: writer, mapping, rejects, incremental sync, counts.
 
     ``only_changed=True`` writes only rows new or changed since the sync committed in
-    ``sync_state_path`` (see ``CommitSyncStateOperator``). A run whose logical date is older than
-    the committed sync's fails before writing anything, unless ``sync_allow_older=True``.
+    ``sync_state_path`` (see ``CommitSyncStateOperator``). A run whose data is older than the
+    committed sync's (by the end of its data interval: a backfill) fails before writing anything,
+    unless ``sync_allow_older=True``.
     """
 
     template_fields: Sequence[str] = (
@@ -144,7 +145,7 @@ class _PrepareOperator(BaseOperator):
         if self.only_changed:
             options.update(
                 sync=SyncState(_storage_path(self.sync_state_path, self.storage_conn_id),
-                               logical_date=_logical_date(context), allow_older=self.sync_allow_older),
+                               as_of=_data_as_of(context), allow_older=self.sync_allow_older),
                 sync_run_key=self.sync_run_key,
                 deletions=self.include_deletions,
                 delete_columns=self.delete_columns,
@@ -344,8 +345,8 @@ class CommitSyncStateOperator(BaseOperator):
     all succeeded (``all_success``), so a failed run leaves the last good snapshot in place.
 
     The commit is refused (the task fails, and the rows this run sent are sent again by the next
-    run) when another run committed since this run's prepare, or when this run's logical date is
-    older than the committed one's (unless ``allow_older=True``). Running it again after it
+    run) when another run committed since this run's prepare, or when this run's data interval ends
+    before the committed one's (a backfill; unless ``allow_older=True``). Running it again after it
     succeeded changes nothing.
 
     :param upload_results: the upload tasks' results (e.g. ``upload.output``, mapped or not). When
@@ -390,7 +391,7 @@ class CommitSyncStateOperator(BaseOperator):
                 )
                 state.refuse(self.sync_run_key, reason)
                 raise AirflowFailException(f"sync state {self.sync_state_path}: {reason}")
-            current = state.commit(self.sync_run_key, keep=self.keep, logical_date=_logical_date(context),
+            current = state.commit(self.sync_run_key, keep=self.keep, as_of=_data_as_of(context),
                                    allow_older=self.allow_older)
         except SyncConflict as refused:
             raise AirflowFailException(f"sync state {self.sync_state_path}: {refused}") from None

@@ -126,16 +126,16 @@ def test_a_commit_keeps_the_pending_snapshots_of_other_runs(tmp_path):
     assert names == {"a", "c"}  # the current snapshot and the one kept before it
 
 
-def test_an_older_logical_date_does_not_replace_a_newer_current(tmp_path):
+def test_older_data_does_not_replace_a_newer_current(tmp_path):
     state = SyncState(tmp_path / "state")
     run(tmp_path, BASE, "tuesday", state)
-    state.commit("tuesday", logical_date=MONDAY + DAY)
+    state.commit("tuesday", as_of=MONDAY + DAY)
     run(tmp_path, changed(BASE, 4), "monday", state)
     with pytest.raises(SyncConflict, match="older"):
-        state.commit("monday", logical_date=MONDAY)
+        state.commit("monday", as_of=MONDAY)
     assert state.current()["run_key"] == "tuesday"
     run(tmp_path, changed(BASE, 4), "monday-again", state)
-    current = state.commit("monday-again", logical_date=MONDAY, allow_older=True)  # asked for
+    current = state.commit("monday-again", as_of=MONDAY, allow_older=True)  # asked for
     assert current["run_key"] == "monday-again"
 
 
