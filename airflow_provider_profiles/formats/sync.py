@@ -741,7 +741,9 @@ class SyncState:
             if meta.get("fingerprint") == current.get("fingerprint"):  # else the rows cannot be compared
                 committed = self._load(current)
                 theirs, ours = committed.find(sent), mine.find(sent)
-                same = (ours >= 0) & (mine.row_hashes[np.maximum(ours, 0)] == committed.row_hashes[np.maximum(theirs, 0)])
+                both = np.flatnonzero((theirs >= 0) & (ours >= 0))
+                same = np.zeros(len(sent), dtype=bool)
+                same[both] = mine.row_hashes[ours[both]] == committed.row_hashes[theirs[both]]
                 sent = sent[(theirs >= 0) & ~same]
         except (OSError, pa.ArrowException, KeyError, SyncStateError):
             return RESEND_ALL

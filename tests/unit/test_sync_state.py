@@ -266,3 +266,18 @@ def test_deletions_of_a_refused_run_are_undone_next_time(tmp_path):
     with pytest.raises(SyncConflict):
         state.commit("b")
     assert [line["user_account_id"] for line in prepare(BASE[:4], "c")] == ["3"]
+
+
+def test_a_refused_run_against_an_empty_snapshot(tmp_path):
+    """Every row of r1 was rejected (an empty snapshot); a and b run, a commits: b is refused
+    cleanly, and what b sent goes out again."""
+    state = SyncState(tmp_path / "state")
+    run(tmp_path, [(i, "", "") for i in range(1, 4)], "r1", state)
+    assert state.commit("r1")["rows"] == 0
+    run(tmp_path, [(i, "", "") for i in range(1, 4)], "a", state)
+    run(tmp_path, BASE[:2], "b", state)
+    state.commit("a")
+    with pytest.raises(SyncConflict):
+        state.commit("b")
+    _, after = run(tmp_path, BASE[:2], "c", state)
+    assert after == {"1", "2"}
