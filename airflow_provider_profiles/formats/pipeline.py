@@ -204,11 +204,28 @@ def default_duplicates(writer: FormatWriter, syncing: bool = False) -> str:
         return "keep"
     if syncing:
         return "reject"
+    return "keep" if accumulating_ops(writer) else "reject"
+
+
+def accumulating_ops(writer: FormatWriter) -> list[str]:
+    """The writer's attributes whose changes add up at the vendor (``ACCUMULATING_OPS``)."""
     attributes = getattr(writer, "attributes", None)
-    accumulates = isinstance(attributes, dict) and any(
-        getattr(spec, "op", "assign") in ACCUMULATING_OPS for spec in attributes.values()
-    )
-    return "keep" if type(writer).__name__ == "ProfileChangesWriter" and accumulates else "reject"
+    if type(writer).__name__ != "ProfileChangesWriter" or not isinstance(attributes, dict):
+        return []
+    return [column for column, spec in attributes.items() if getattr(spec, "op", "assign") in ACCUMULATING_OPS]
+
+
+def check_sync_writer(writer: FormatWriter) -> None:
+    """Refuses a writer an incremental sync cannot serve: a sync sends a row only when it differs
+    from the last one sent, but an increment or a set change of the same value on two days is two
+    changes (the second would be taken as unchanged and lost)."""
+    columns = accumulating_ops(writer)
+    if columns:
+        raise ValueError(
+            f"only_changed=True cannot send column(s) {columns}: their changes ({', '.join(sorted(ACCUMULATING_OPS))}) "
+            "add up at the vendor, and a sync would skip a repeat of yesterday's value as unchanged. "
+            "Prepare them in a task without only_changed."
+        )
 
 
 class Preparer:
@@ -239,6 +256,8 @@ class Preparer:
                 "an incremental sync compares one row per identifier: it needs duplicates='reject' "
                 f"(and a format with one line per identifier, not {type(writer).__name__})"
             )
+        if sync is not None:
+            check_sync_writer(writer)
         if sync is not None and not sync_run_key:
             raise ValueError("an incremental sync needs a run key (e.g. the run_id)")
         if deletions and sync is None:

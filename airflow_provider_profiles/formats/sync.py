@@ -2,17 +2,22 @@
 
 Layout under the state directory (any ``ObjectStoragePath``)::
 
-    CURRENT.json                    {"snapshot": "snapshots/<run>.arrow", "fingerprint": ..., ...}
-    snapshots/<run>.arrow           row_hash, key_hash of every row sent or unchanged, in input order
-    snapshots/<run>.order.arrow     row_order, key_order: the permutations that sort them
-    snapshots/<run>.ids.parquet     key_hash and identifier columns, kept for deletions (opt-in)
-    snapshots/<run>.json            what the prepare step recorded about that snapshot
+    CURRENT.json                      {"snapshot": "snapshots/<attempt>.arrow", "fingerprint": ...,
+                                       "as_of": ..., "resend": [<attempt>, ...], ...}
+    pending/<attempt>.json            a prepare started (and the CURRENT it compares with)
+    snapshots/<attempt>.arrow         row_hash, key_hash of every row sent or unchanged, in input order
+    snapshots/<attempt>.order.arrow   row_order, key_order: the permutations that sort them
+    snapshots/<attempt>.ids.parquet   key_hash and identifier columns, kept for deletions (opt-in)
+    snapshots/<attempt>.sent.arrow    key_hash of the rows it sent (and deleted)
+    snapshots/<attempt>.json          what the prepare step recorded: the attempt finished
 
-A prepare step compares its rows with the snapshot CURRENT names and writes only new and changed
-rows, and a new snapshot under its own run key. CURRENT moves to the new snapshot only when
-``commit`` runs after every upload succeeded, so a failed run changes nothing and the next run
-resends what is still pending. One small JSON write is the commit, which object stores do
-atomically.
+An attempt is one prepare: ``<run key>.<random token>``, so a re-run or a retry of a run never
+writes a file CURRENT or another run uses. A prepare step compares its rows with the snapshot
+CURRENT names and writes only new and changed rows, and its attempt's snapshot. CURRENT moves to
+it only when ``commit`` runs after every upload succeeded, and only if CURRENT is still the
+snapshot the prepare compared with (see ``SyncState``), so a failed run changes nothing and the
+next run resends what is still pending. CURRENT is always replaced whole (written aside and
+renamed; an object store's upload is all or nothing).
 
 The row hash of a CSV input is the hash of the record's raw bytes, so a record the last sync
 sent byte for byte is recognised before it is parsed (``PreviousSnapshot.known_records``); the
@@ -28,7 +33,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from typing import Any
@@ -39,7 +46,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from airflow_provider_profiles.formats.hashing import to_numpy
-from airflow_provider_profiles.storage import as_storage_path, open_binary
+from airflow_provider_profiles.storage import as_storage_path, is_local, local_path, open_binary
 
 CURRENT = "CURRENT.json"
 # Part of every snapshot's fingerprint: a snapshot of another layout is not read (its run resends
@@ -94,6 +101,18 @@ class PreviousSnapshot:
 
     def __len__(self) -> int:
         return len(self.row_hashes)
+
+    def forgetting(self, key_hashes: np.ndarray) -> PreviousSnapshot:
+        """This snapshot with the rows of these keys taken as changed (their row hash inverted, so
+        no row matches it): they are sent again. Sorts the row order again, only when there are
+        such keys."""
+        places = self.keys.find(key_hashes)
+        places = places[places >= 0]
+        if not len(places):
+            return self
+        row_hashes = self.row_hashes.copy()
+        row_hashes[places] = ~row_hashes[places]
+        return PreviousSnapshot(row_hashes, self.key_hashes, sort_order(row_hashes), self.key_order, self.ids_path)
 
     def find(self, key_hashes: np.ndarray, in_order: bool = False) -> np.ndarray:
         """Place of each key in the snapshot, -1 where the snapshot does not hold it. With
@@ -306,10 +325,12 @@ class SnapshotWriter:
     """Writes the next snapshot as the batches go: each row kept, in input order, either added
     (sent in this run) or carried over unchanged from ``previous``. With ``extra_columns``, the
     identifier columns of the added rows go to the ids file (for deletions). ``finish`` reads
-    the added rows back and writes the orders."""
+    the added rows back and writes the orders, and (with a ``sent_path`` and a ``previous``
+    snapshot) the keys this run sends: added rows, and with deletions the keys that vanished."""
 
-    def __init__(self, path: Any, order_path: Any, ids_path: Any, extra_columns: list[str], previous: PreviousSnapshot | None = None):
-        self.path, self.order_path, self.ids_path = path, order_path, ids_path
+    def __init__(self, path: Any, order_path: Any, ids_path: Any, extra_columns: list[str], previous: PreviousSnapshot | None = None,
+                 sent_path: Any = None):
+        self.path, self.order_path, self.ids_path, self.sent_path = path, order_path, ids_path, sent_path
         self.previous = previous
         self.extra_columns = list(extra_columns)
         self.rows = 0
@@ -365,6 +386,11 @@ class SnapshotWriter:
             batch = pa.record_batch([pa.array(row_order), pa.array(key_order)], names=ORDER_COLUMNS)
             with ipc.new_file(stream, batch.schema) as writer:
                 writer.write_batch(batch)
+        if self.sent_path is not None and previous is not None:
+            sent = _read_columns(self.path, ["key_hash"], added)[0]
+            if self.extra_columns:  # deletions: every key not seen again may have been deleted
+                sent = np.concatenate((sent, previous.key_hashes[~previous.seen]))
+            write_keys(self.sent_path, sent)
         return self.rows
 
     def _order(self, by_key: bool, added: np.ndarray | None) -> np.ndarray:
@@ -385,84 +411,376 @@ class SnapshotWriter:
             self._ids = None
 
 
-class SyncState:
-    """The sync state directory: read the committed snapshot, write a pending one, commit it."""
+def write_keys(path: Any, key_hashes: np.ndarray) -> None:
+    with open_binary(path, "wb") as stream:
+        batch = pa.record_batch([pa.array(key_hashes, pa.uint64())], names=["key_hash"])
+        with ipc.new_file(stream, batch.schema) as writer:
+            writer.write_batch(batch)
 
-    def __init__(self, directory: Any):
+
+def write_whole(path: Any, text: str) -> None:
+    """Writes ``text`` so that a reader sees the old content or the new, never a part of it: a
+    local file is written aside and renamed over the old one (``os.replace``); an object store's
+    upload is all or nothing already (the object appears when the upload completes)."""
+    path = as_storage_path(path)
+    if not is_local(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return
+    name = local_path(path)
+    os.makedirs(os.path.dirname(os.path.abspath(name)), exist_ok=True)
+    aside = f"{name}.{uuid.uuid4().hex[:8]}{TEMPORARY_SUFFIX}"
+    try:
+        with open(aside, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(aside, name)
+    finally:
+        if os.path.exists(aside):
+            os.unlink(aside)
+
+
+class SyncStateError(Exception):
+    """A sync state that cannot be used as it is; the message names the file and what to do."""
+
+
+class SyncConflict(SyncStateError):
+    """A commit refused: another run committed since this run's prepare, or this run's data is
+    older than the committed one's. What the run sent is marked to be sent again."""
+
+
+META_SUFFIX = ".json"
+SENT_SUFFIX = ".sent.arrow"  # the keys an attempt sent, kept while CURRENT lists it under "resend"
+TEMPORARY_SUFFIX = ".tmp"
+ATTEMPT_SUFFIXES = (".arrow", ORDER_SUFFIX, IDS_SUFFIX, META_SUFFIX, SENT_SUFFIX)
+RESEND_ALL = "*"
+# An attempt that started this long ago and never finished its prepare is taken as dead, and a
+# note that a run's attempt was refused is dropped.
+STALE_AFTER = dt.timedelta(days=7)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _instant(value: Any) -> dt.datetime | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _text(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _attempt_of(pointer: dict[str, Any] | None) -> str | None:
+    """The attempt a CURRENT names (states written before attempts existed name the run)."""
+    return None if pointer is None else pointer.get("attempt") or pointer["run_key"]
+
+
+class SyncState:
+    """The sync state directory: read the committed snapshot, write a pending one, commit it.
+
+    Every prepare is an attempt with files of its own, ``snapshots/<run key>.<token>.*``: a
+    re-run or a retry never writes what CURRENT or another run uses. ``pending/<attempt>.json``
+    says an attempt started (and which CURRENT it compares with, its base); its
+    ``snapshots/<attempt>.json`` that it finished. CURRENT is only ever replaced whole.
+
+    ``commit`` is a compare-and-swap on the base: a run whose base is no longer current (another
+    run committed meanwhile), or whose data is older than the committed one's (``as_of``: for a
+    DAG run, the end of its data interval), is refused with ``SyncConflict`` unless ``allow_older``. A commit also retires every other finished
+    attempt, which can no longer be committed. A refused or retired attempt may have sent rows
+    that CURRENT does not hold: its sent keys go to CURRENT's ``resend`` list, and the next
+    prepare sends those keys again (its commit clears the entries it took into account).
+
+    Commits of one state directory should not run at the very same moment: the compare and the
+    swap are two steps (object stores have no portable conditional write).
+    """
+
+    def __init__(self, directory: Any, as_of: Any = None, allow_older: bool = False):
         self.directory = as_storage_path(directory)
+        self.as_of = _instant(as_of)  # the time this run's data stands for (None: not compared)
+        self.allow_older = allow_older
+        self.attempt: str | None = None  # started by the last ``writer``
+        self._base: dict[str, Any] | None = None  # the CURRENT ``previous`` read for the next writer
+        self._base_read = False
 
     def _file(self, relative: str):
         return self.directory / relative
 
+    def _path(self, attempt: str, suffix: str):
+        return self._file(f"snapshots/{attempt}{suffix}")
+
+    def _pointer_path(self, attempt: str):
+        return self._file(f"pending/{attempt}.json")
+
+    def _read_json(self, path: Any, what: str, advice: str, missing_ok: bool = False) -> dict[str, Any] | None:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            if missing_ok:
+                return None
+            raise SyncStateError(f"{path}: {what} is missing. {advice}") from None
+        try:
+            value = json.loads(text)
+            if not isinstance(value, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as error:
+            raise SyncStateError(f"{path}: {what} is damaged ({error}). {advice}") from None
+        return value
+
+    def _resend_everything(self) -> str:
+        return f"Delete {self._file(CURRENT)} to send every row again on the next run."
+
     def current(self) -> dict[str, Any] | None:
+        """CURRENT: the committed snapshot and what the sync knows of it, or None."""
         pointer = self._file(CURRENT)
-        if not pointer.exists():
-            return None
-        return json.loads(pointer.read_text())
-
-    def snapshot_path(self, run_key: str):
-        return self._file(f"snapshots/{run_key_of(run_key)}.arrow")
-
-    def meta_path(self, run_key: str):
-        return self._file(f"snapshots/{run_key_of(run_key)}.json")
-
-    def order_path(self, run_key: str):
-        return self._file(f"snapshots/{run_key_of(run_key)}{ORDER_SUFFIX}")
-
-    def ids_path(self, run_key: str):
-        return self._file(f"snapshots/{run_key_of(run_key)}{IDS_SUFFIX}")
-
-    def previous(self, fingerprint: str) -> PreviousSnapshot | None:
-        """The committed snapshot, or None when there is none or the mapping changed since."""
-        current = self.current()
-        if current is None or current.get("fingerprint") != fingerprint:
-            return None
-        run = current["run_key"]
-        return PreviousSnapshot.load(self._file(current["snapshot"]), self.order_path(run), self.ids_path(run))
-
-    def writer(self, run_key: str, extra_columns: list[str] = (), previous: PreviousSnapshot | None = None) -> SnapshotWriter:
-        paths = self.snapshot_path(run_key), self.order_path(run_key), self.ids_path(run_key)
-        return SnapshotWriter(*paths, list(extra_columns), previous)
-
-    def record_pending(self, run_key: str, fingerprint: str, rows: int, counts: dict[str, Any]) -> None:
-        meta = {"run_key": run_key_of(run_key), "fingerprint": fingerprint, "rows": rows, "counts": counts}
-        self.meta_path(run_key).write_text(json.dumps(meta))
-
-    def commit(self, run_key: str, keep: int = 2) -> dict[str, Any]:
-        """Make the run's snapshot current; keep ``keep`` committed snapshots, drop the rest.
-
-        Snapshots of failed runs go too: run one incremental sync per state directory at a time
-        (``max_active_runs=1``), as a second live run would compare against a moving target.
-        """
-        key = run_key_of(run_key)
-        meta_path, snapshot = self.meta_path(key), self.snapshot_path(key)
-        if not meta_path.exists() or not snapshot.exists():
-            raise FileNotFoundError(
-                f"no pending sync snapshot for run {key!r} in {self.directory}: "
-                "did the prepare step run with only_changed=True in this run?"
-            )
-        meta = json.loads(meta_path.read_text())
-        previous = self.current()
-        history = ([previous["run_key"], *previous.get("history", [])] if previous else [])
-        history = [name for name in history if name != key][: max(keep - 1, 0)]
-        current = {
-            "snapshot": f"snapshots/{key}.arrow",
-            "fingerprint": meta["fingerprint"],
-            "rows": meta["rows"],
-            "run_key": key,
-            "history": history,
-            "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        self._file(CURRENT).write_text(json.dumps(current))
-        self._prune({key, *history})
+        current = self._read_json(pointer, "the committed sync state", "Delete it to send every row again on the next run.",
+                                  missing_ok=True)
+        if current is not None and not isinstance(current.get("snapshot"), str):
+            raise SyncStateError(f"{pointer}: the committed sync state names no snapshot. Delete it to send every row again on the next run.")
         return current
 
-    def _prune(self, keep: set[str]) -> None:
-        folder = self._file("snapshots")
-        if not folder.exists():
+    # --- a prepare: read the committed snapshot, write the attempt's own ---------------------------
+
+    def previous(self, fingerprint: str) -> PreviousSnapshot | None:
+        """The committed snapshot, or None when there is none or the mapping changed since. Keys
+        CURRENT lists to be sent again come back as changed. Refuses (``SyncConflict``, before
+        anything is sent) a run older than the committed one, unless ``allow_older``."""
+        current = self._base = self.current()
+        self._base_read = True
+        if current is None:
+            return None
+        self._check_not_older(current, self.as_of, self.allow_older, "sending its rows")
+        resend = current.get("resend", [])
+        if current.get("fingerprint") != fingerprint or RESEND_ALL in resend:
+            return None
+        snapshot = self._load(current)
+        if resend:
+            snapshot = snapshot.forgetting(np.concatenate([self._sent_keys(attempt) for attempt in resend]))
+        return snapshot
+
+    def _load(self, current: dict[str, Any]) -> PreviousSnapshot:
+        attempt, path = _attempt_of(current), self._file(current["snapshot"])
+        try:
+            return PreviousSnapshot.load(path, self._path(attempt, ORDER_SUFFIX), self._path(attempt, IDS_SUFFIX))
+        except (OSError, pa.ArrowException, KeyError) as error:
+            raise SyncStateError(
+                f"{path} (or its {ORDER_SUFFIX} file), the snapshot {CURRENT} names, cannot be read: {error}. "
+                + self._resend_everything()
+            ) from None
+
+    def _sent_keys(self, attempt: str) -> np.ndarray:
+        path = self._path(attempt, SENT_SUFFIX)
+        try:
+            return _read_columns(path, ["key_hash"])[0]
+        except (OSError, pa.ArrowException, KeyError) as error:
+            raise SyncStateError(f"{path}, keys {CURRENT} lists to be sent again, cannot be read: {error}. "
+                                 + self._resend_everything()) from None
+
+    def _check_not_older(self, current: dict[str, Any], when: dt.datetime | None, allow_older: bool, doing: str) -> None:
+        committed = _instant(current.get("as_of"))
+        if when is None or committed is None or when >= committed or allow_older:
             return
-        for entry in list(folder.iterdir()):
-            ends = (IDS_SUFFIX, ORDER_SUFFIX, ".arrow", ".json")
-            run = next((entry.name[: -len(end)] for end in ends if entry.name.endswith(end)), None)
-            if run not in keep:
-                entry.unlink()
+        raise SyncConflict(
+            f"this run's data is as of {when.isoformat()}, older than {committed.isoformat()}, that of run "
+            f"{current.get('run_key')!r} whose sync state is committed in {self.directory}: {doing} would put "
+            "older data over newer. Pass allow_older=True (sync_allow_older=True on a prepare operator) to do it anyway."
+        )
+
+    def writer(self, run_key: str, extra_columns: list[str] = (), previous: PreviousSnapshot | None = None) -> SnapshotWriter:
+        """Starts this run's attempt: files of its own, named by the run key and a fresh token."""
+        base = self._base if self._base_read else self.current()
+        self._attempt_base, self._base_read = base, False
+        self._sent_all = previous is None  # nothing to compare with: every row is sent
+        key = run_key_of(run_key)
+        self.attempt = f"{key}.{uuid.uuid4().hex[:12]}"
+        pointer = {"run_key": key, "attempt": self.attempt, "base": _attempt_of(base), "started_at": _now().isoformat()}
+        write_whole(self._pointer_path(self.attempt), json.dumps(pointer))
+        paths = [self._path(self.attempt, suffix) for suffix in (".arrow", ORDER_SUFFIX, IDS_SUFFIX)]
+        return SnapshotWriter(*paths, list(extra_columns), previous, sent_path=self._path(self.attempt, SENT_SUFFIX))
+
+    def record_pending(self, run_key: str, fingerprint: str, rows: int, counts: dict[str, Any]) -> None:
+        """Marks the attempt finished: it can be committed once what it wrote is uploaded."""
+        base = self._attempt_base
+        meta = {
+            "run_key": run_key_of(run_key), "attempt": self.attempt, "fingerprint": fingerprint, "rows": rows,
+            "counts": counts, "base": _attempt_of(base), "base_resend": (base or {}).get("resend", []),
+            "sent_all": self._sent_all, "as_of": _text(self.as_of), "prepared_at": _now().isoformat(),
+        }
+        write_whole(self._path(self.attempt, META_SUFFIX), json.dumps(meta))
+
+    # --- a commit ----------------------------------------------------------------------------------
+
+    def commit(self, run_key: str, keep: int = 2, as_of: Any = None, allow_older: bool | None = None) -> dict[str, Any]:
+        """Make the run's last finished attempt current; keep ``keep`` committed snapshots.
+
+        Refused (``SyncConflict``) when CURRENT is no longer the one the attempt compared with, or
+        is as of a later time (unless ``allow_older``). Committing the same attempt again
+        returns CURRENT unchanged.
+        """
+        key = run_key_of(run_key)
+        current = self.current()
+        found = self._last_attempt(key)
+        if found is None and current is not None and current.get("run_key") == key:
+            return current  # committed already: the commit ran again
+        attempt, meta = self._finished(key, found)
+        if current is not None and _attempt_of(current) == attempt:  # stopped right after its swap
+            self._unlink(self._pointer_path(attempt))
+            return current
+        when = _instant(as_of) or self.as_of or _instant(meta.get("as_of"))
+        allow_older = self.allow_older if allow_older is None else allow_older
+        if meta.get("base") != _attempt_of(current):
+            reason = (
+                f"run {key!r} compared its rows with snapshot {meta.get('base') or '(none)'}, which is no longer "
+                f"current: {CURRENT} in {self.directory} now names {_attempt_of(current) or 'none'} "
+                "(another run committed meanwhile). Not committed; what this run sent will be sent again next time."
+            )
+            self._retire(attempt, meta, reason)
+            raise SyncConflict(reason)
+        if current is not None:
+            try:
+                self._check_not_older(current, when, allow_older, "committing its snapshot")
+            except SyncConflict as refused:
+                self._retire(attempt, meta, str(refused))
+                raise
+        for suffix in (".arrow", ORDER_SUFFIX):
+            if not self._path(attempt, suffix).exists():
+                raise SyncStateError(f"{self._path(attempt, suffix)}, part of run {key!r}'s pending snapshot, is missing: "
+                                     "run the prepare step again before committing.")
+        history = [_attempt_of(current), *current.get("history", [])] if current else []
+        committed = {
+            "snapshot": f"snapshots/{attempt}.arrow",
+            "attempt": attempt,
+            "run_key": key,
+            "fingerprint": meta["fingerprint"],
+            "rows": meta["rows"],
+            "as_of": _text(when),
+            # keys to send again: those that this run's prepare did not send already
+            "resend": [entry for entry in (current or {}).get("resend", []) if entry not in meta.get("base_resend", [])],
+            "history": [name for name in history if name != attempt][: max(keep - 1, 0)],
+            "committed_at": _now().isoformat(timespec="seconds"),
+        }
+        write_whole(self._file(CURRENT), json.dumps(committed))
+        self._unlink(self._pointer_path(attempt))
+        for pointer in self._pointers():  # finished attempts of other runs can no longer commit
+            if not pointer.get("retired") and pointer["run_key"] == key and pointer["started_at"] < found["started_at"] \
+                    and not self._path(pointer["attempt"], META_SUFFIX).exists():
+                self._unlink(self._pointer_path(pointer["attempt"]))  # an earlier try of this run's prepare died
+            elif not pointer.get("retired") and self._path(pointer["attempt"], META_SUFFIX).exists():
+                other = self._read_json(self._path(pointer["attempt"], META_SUFFIX), "a pending snapshot's record",
+                                        "Delete it and the files named like it.")
+                self._retire(pointer["attempt"], other, (
+                    f"run {key!r} committed after run {pointer['run_key']!r}'s prepare, so the snapshot that run "
+                    "compared with is no longer current. Not committed; what it sent will be sent again next time."))
+                if pointer["run_key"] == key:  # an earlier attempt of this run: nothing to tell
+                    self._unlink(self._pointer_path(pointer["attempt"]))
+        committed = self.current()
+        self._prune(committed)
+        return committed
+
+    def refuse(self, run_key: str, reason: str) -> None:
+        """Does not commit the run's last finished attempt, and has its sent keys sent again."""
+        key = run_key_of(run_key)
+        attempt, meta = self._finished(key, self._last_attempt(key))
+        self._retire(attempt, meta, reason)
+
+    def _pointers(self) -> list[dict[str, Any]]:
+        folder = self._file("pending")
+        if not folder.exists():
+            return []
+        pointers = []
+        for entry in folder.iterdir():
+            if entry.name.endswith(".json"):  # (one may go meanwhile: its run committed)
+                pointers.append(self._read_json(entry, "a pending attempt's note", "Delete it.", missing_ok=True))
+        return sorted(filter(None, pointers), key=lambda pointer: pointer["started_at"])
+
+    def _last_attempt(self, key: str) -> dict[str, Any] | None:
+        mine = [pointer for pointer in self._pointers() if pointer["run_key"] == key]
+        return mine[-1] if mine else None
+
+    def _finished(self, key: str, pointer: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+        if pointer is None:
+            raise SyncStateError(
+                f"no pending sync snapshot for run {key!r} in {self.directory}: did the prepare step run with "
+                "only_changed=True and the same sync_run_key in this run?"
+            )
+        if pointer.get("retired"):
+            raise SyncConflict(f"run {key!r} cannot be committed: {pointer['retired']}")
+        attempt = pointer["attempt"]
+        meta = self._read_json(self._path(attempt, META_SUFFIX), f"the record of run {key!r}'s last prepare ({attempt})",
+                               "Its prepare did not finish: run the prepare step again before committing.")
+        return attempt, meta
+
+    def _retire(self, attempt: str, meta: dict[str, Any], reason: str) -> None:
+        """Takes a finished attempt out of the running: the keys it sent with rows CURRENT does
+        not hold go to CURRENT's resend list, its snapshot files go, and its note says why (for
+        its commit to tell)."""
+        current = self.current()
+        counts = meta.get("counts") or {}
+        if current is not None and (counts.get("written") or counts.get("deleted")):
+            entry = self._resend_entry(attempt, meta, current)
+            if entry is not None:
+                write_whole(self._file(CURRENT), json.dumps({**current, "resend": [*current.get("resend", []), entry]}))
+        for suffix in (".arrow", ORDER_SUFFIX, IDS_SUFFIX, META_SUFFIX):
+            self._unlink(self._path(attempt, suffix))
+        note = self._read_json(self._pointer_path(attempt), "a pending attempt's note", "Delete it.", missing_ok=True)
+        note = note or {"run_key": meta.get("run_key"), "attempt": attempt, "started_at": _now().isoformat()}
+        write_whole(self._pointer_path(attempt), json.dumps({**note, "retired": reason, "retired_at": _now().isoformat()}))
+
+    def _resend_entry(self, attempt: str, meta: dict[str, Any], current: dict[str, Any]) -> str | None:
+        """Writes the keys the attempt sent whose row in CURRENT differs from the one it sent (or
+        that it deleted); returns the resend entry (None: no such key, "*": every key)."""
+        sent_path = self._path(attempt, SENT_SUFFIX)
+        try:
+            mine = PreviousSnapshot.load(self._path(attempt, ".arrow"), self._path(attempt, ORDER_SUFFIX))
+            sent = mine.key_hashes if meta.get("sent_all") else _read_columns(sent_path, ["key_hash"])[0]
+            if meta.get("fingerprint") == current.get("fingerprint"):  # else the rows cannot be compared
+                committed = self._load(current)
+                theirs, ours = committed.find(sent), mine.find(sent)
+                both = np.flatnonzero((theirs >= 0) & (ours >= 0))
+                same = np.zeros(len(sent), dtype=bool)
+                same[both] = mine.row_hashes[ours[both]] == committed.row_hashes[theirs[both]]
+                sent = sent[(theirs >= 0) & ~same]
+        except (OSError, pa.ArrowException, KeyError, SyncStateError):
+            return RESEND_ALL
+        if not len(sent):
+            return None
+        write_keys(sent_path, sent)
+        return attempt
+
+    @staticmethod
+    def _unlink(path: Any) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def _prune(self, current: dict[str, Any]) -> None:
+        """Deletes the files that neither CURRENT (its snapshot, the ones it keeps, its resend
+        list) nor a pending attempt refers to; and notes of attempts dead or retired long ago.
+
+        The files are listed before the notes: an attempt writes its note before its first file,
+        so every file listed belongs to a note listed after it.
+        """
+        folder = self._file("snapshots")
+        entries = list(folder.iterdir()) if folder.exists() else []
+        keep = {_attempt_of(current), *current.get("history", [])}
+        stale = (_now() - STALE_AFTER).isoformat()
+        for pointer in self._pointers():
+            attempt = pointer["attempt"]
+            if pointer.get("retired"):
+                if pointer["retired_at"] < stale:
+                    self._unlink(self._pointer_path(attempt))
+            elif self._path(attempt, META_SUFFIX).exists() or pointer["started_at"] >= stale:
+                keep.add(attempt)
+            else:  # never finished, for a week: its prepare died
+                self._unlink(self._pointer_path(attempt))
+        names = {f"{attempt}{suffix}" for attempt in keep for suffix in ATTEMPT_SUFFIXES}
+        names |= {f"{attempt}{SENT_SUFFIX}" for attempt in current.get("resend", [])}
+        for entry in entries:
+            if entry.name not in names and not entry.name.endswith(TEMPORARY_SUFFIX):
+                self._unlink(entry)

@@ -8,8 +8,8 @@
     )
     chunks = SplitFileOperator(task_id="split", source_path=prepared.output["output"], vendor="localytics")
     upload = LocalyticsProfileImportOperator.partial(task_id="upload").expand(file=chunks.output)
-    commit = CommitSyncStateOperator(task_id="commit", sync_state_path="s3://bucket/state/localytics-users")
-    upload >> commit
+    commit = CommitSyncStateOperator(task_id="commit", sync_state_path="s3://bucket/state/localytics-users",
+                                     upload_results=upload.output)
 
 The prepare operators return the ``PrepareResult`` counts (read = written + rejected + unchanged)
 with the output and rejects paths; the split operator returns the chunk paths for ``.expand()``.
@@ -20,13 +20,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.providers.common.compat.sdk import AirflowException, BaseHook, BaseOperator
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseHook, BaseOperator
 
 from airflow_provider_profiles.formats import DEFAULT_MAX_BYTES, get_writer
 from airflow_provider_profiles.formats.mapping import FieldMapping
 from airflow_provider_profiles.formats.pipeline import (
     PrepareResult,
     check_columns,
+    check_sync_writer,
     prepare_batches,
     prepare_file,
 )
@@ -36,7 +37,7 @@ from airflow_provider_profiles.formats.reader import (
     read_cursor,
 )
 from airflow_provider_profiles.formats.split import split_file
-from airflow_provider_profiles.formats.sync import SyncState
+from airflow_provider_profiles.formats.sync import SyncConflict, SyncState
 from airflow_provider_profiles.storage import as_storage_path
 
 
@@ -44,8 +45,33 @@ def _storage_path(path: Any, conn_id: str | None):
     return None if path is None else as_storage_path(path, conn_id)
 
 
+def _templated(value: Any) -> bool:
+    """True where a value still holds a Jinja template (checked when the task runs instead)."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, dict):
+        return any(_templated(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_templated(item) for item in value)
+    return not isinstance(value, (int, float, bool, type(None)))  # an XComArg, a ParamsDict...
+
+
+def _data_as_of(context: Any):
+    """The time a run's data stands for, to keep a sync from going back in time: the end of its
+    data interval (a manual run's is the last interval before it, where a logical date would be
+    the trigger time, later than the next scheduled run's), else its logical date; None for a run
+    with neither (not compared)."""
+    return context.get("data_interval_end") or context.get("logical_date")
+
+
 class _PrepareOperator(BaseOperator):
-    """Shared by the prepare operators: writer, mapping, rejects, incremental sync, counts."""
+    """Shared by the prepare operators: writer, mapping, rejects, incremental sync, counts.
+
+    ``only_changed=True`` writes only rows new or changed since the sync committed in
+    ``sync_state_path`` (see ``CommitSyncStateOperator``). A run whose data is older than the
+    committed sync's (by the end of its data interval: a backfill) fails before writing anything,
+    unless ``sync_allow_older=True``.
+    """
 
     template_fields: Sequence[str] = (
         "output_path",
@@ -74,12 +100,15 @@ class _PrepareOperator(BaseOperator):
         sync_run_key: str = "{{ run_id }}",
         include_deletions: bool = False,
         delete_columns: list[str] | None = None,
+        sync_allow_older: bool = False,
         storage_conn_id: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         if only_changed and not sync_state_path:
             raise ValueError("only_changed=True needs sync_state_path (where the last sync's snapshot lives)")
+        if only_changed and not _templated(writer_options):
+            check_sync_writer(get_writer(vendor, writer_format, **(writer_options or {})))
         if include_deletions and not only_changed:
             raise ValueError("include_deletions needs only_changed=True")
         self.vendor = vendor
@@ -96,9 +125,10 @@ class _PrepareOperator(BaseOperator):
         self.sync_run_key = sync_run_key
         self.include_deletions = include_deletions
         self.delete_columns = delete_columns
+        self.sync_allow_older = sync_allow_older
         self.storage_conn_id = storage_conn_id
 
-    def _options(self) -> dict[str, Any]:
+    def _options(self, context: Any) -> dict[str, Any]:
         writer = get_writer(self.vendor, self.writer_format, **self.writer_options)
         mapping = (
             FieldMapping(self.mapping, vendor=self.vendor, keep_unmapped=self.keep_unmapped) if self.mapping else None
@@ -114,7 +144,8 @@ class _PrepareOperator(BaseOperator):
         }
         if self.only_changed:
             options.update(
-                sync=SyncState(_storage_path(self.sync_state_path, self.storage_conn_id)),
+                sync=SyncState(_storage_path(self.sync_state_path, self.storage_conn_id),
+                               as_of=_data_as_of(context), allow_older=self.sync_allow_older),
                 sync_run_key=self.sync_run_key,
                 deletions=self.include_deletions,
                 delete_columns=self.delete_columns,
@@ -161,7 +192,7 @@ class ProfilesFileTransformOperator(_PrepareOperator):
         self.allow_empty = allow_empty
 
     def execute(self, context) -> dict[str, Any]:
-        options = self._options()
+        options = self._options(context)
         writer, output = options.pop("writer"), options.pop("output")
         source = _storage_path(self.source_path, self.storage_conn_id)
         result = prepare_file(
@@ -205,7 +236,7 @@ class SqlToProfilesFileOperator(_PrepareOperator):
         return hook
 
     def execute(self, context) -> dict[str, Any]:
-        options = self._options()
+        options = self._options(context)
         writer, output = options.pop("writer"), options.pop("output")
         hook = self.get_db_hook()
         connection = hook.get_conn()
@@ -291,11 +322,40 @@ class SplitFileOperator(BaseOperator):
         return chunks
 
 
+# What upload operators report as records the vendor did not take, by result key: Localytics and
+# Gainsight PX "failed", Apsis One "profiles_failed", mediarithmics "total_failure", and Gainsight
+# PX "rejected" (records its loader refused before sending).
+VENDOR_FAILURE_KEYS = ("failed", "profiles_failed", "total_failure", "rejected")
+
+
+def vendor_failures(results: Any) -> int:
+    """Records the upload results report as failed: ``results`` is one result dict, or the
+    results of several (mapped) upload tasks."""
+    if results is None:
+        return 0
+    if isinstance(results, dict):
+        return sum(int(results.get(key) or 0) for key in VENDOR_FAILURE_KEYS)
+    if isinstance(results, (str, bytes)):
+        raise TypeError(f"upload_results must be the upload tasks' results (dicts), got {results!r}")
+    return sum(vendor_failures(result) for result in results)
+
+
 class CommitSyncStateOperator(BaseOperator):
     """Makes this run's sync snapshot current. Put it after every upload: it runs only when they
-    all succeeded (``all_success``), so a failed run leaves the last good snapshot in place."""
+    all succeeded (``all_success``), so a failed run leaves the last good snapshot in place.
 
-    template_fields: Sequence[str] = ("sync_state_path", "sync_run_key")
+    The commit is refused (the task fails, and the rows this run sent are sent again by the next
+    run) when another run committed since this run's prepare, or when this run's data interval ends
+    before the committed one's (a backfill; unless ``allow_older=True``). Running it again after it
+    succeeded changes nothing.
+
+    :param upload_results: the upload tasks' results (e.g. ``upload.output``, mapped or not). When
+        they report records the vendor failed, the commit is refused: those rows would otherwise
+        count as sent and not be sent again until they change. ``accept_vendor_failures=True``
+        commits anyway.
+    """
+
+    template_fields: Sequence[str] = ("sync_state_path", "sync_run_key", "upload_results")
 
     def __init__(
         self,
@@ -303,6 +363,9 @@ class CommitSyncStateOperator(BaseOperator):
         sync_state_path: str,
         sync_run_key: str = "{{ run_id }}",
         keep: int = 2,
+        upload_results: Any = None,
+        accept_vendor_failures: bool = False,
+        allow_older: bool = False,
         storage_conn_id: str | None = None,
         **kwargs: Any,
     ):
@@ -311,10 +374,28 @@ class CommitSyncStateOperator(BaseOperator):
         self.sync_state_path = sync_state_path
         self.sync_run_key = sync_run_key
         self.keep = keep
+        self.upload_results = upload_results
+        self.accept_vendor_failures = accept_vendor_failures
+        self.allow_older = allow_older
         self.storage_conn_id = storage_conn_id
 
     def execute(self, context) -> dict[str, Any]:
         state = SyncState(_storage_path(self.sync_state_path, self.storage_conn_id))
-        current = state.commit(self.sync_run_key, keep=self.keep)
+        failures = vendor_failures(self.upload_results)
+        try:
+            if failures and not self.accept_vendor_failures:
+                reason = (
+                    f"the uploads report {failures} record(s) the vendor did not take; committing would count them "
+                    "as sent. Not committed: this run's rows will be sent again next time "
+                    "(accept_vendor_failures=True commits anyway)."
+                )
+                state.refuse(self.sync_run_key, reason)
+                raise AirflowFailException(f"sync state {self.sync_state_path}: {reason}")
+            current = state.commit(self.sync_run_key, keep=self.keep, as_of=_data_as_of(context),
+                                   allow_older=self.allow_older)
+        except SyncConflict as refused:
+            raise AirflowFailException(f"sync state {self.sync_state_path}: {refused}") from None
+        if failures:
+            self.log.warning("committed although the uploads report %d failed record(s) (accept_vendor_failures)", failures)
         self.log.info("sync state %s now at run %s (%d keys)", self.sync_state_path, current["run_key"], current["rows"])
         return current

@@ -41,8 +41,7 @@ with DAG({dag_id!r}, schedule=None, start_date=dt.datetime(2024, 1, 1), catchup=
     upload = LocalyticsProfileImportOperator.partial(
         task_id="upload", conn_id={api_conn!r}, poll_interval=0.1, retries=0,
     ).expand(file=split.output)
-    commit = CommitSyncStateOperator(task_id="commit", sync_state_path={state!r})
-    upload >> commit
+    commit = CommitSyncStateOperator(task_id="commit", sync_state_path={state!r}, upload_results=upload.output)
 """
 
 

@@ -335,8 +335,9 @@ def test_localytics_repeats_are_kept_only_where_changes_add_up(tmp_path):
     assert (result.written, result.rejected) == (1, 1)  # two states of one profile conflict
     from airflow_provider_profiles.formats.sync import SyncState
 
-    result = prepare_file(str(source), increments, str(tmp_path / "sync.ndjson"), sync=SyncState(tmp_path / "s"), sync_run_key="r")
-    assert (result.written, result.rejected) == (1, 1)  # a sync compares one row per customer
+    # a sync skips a row sent before: the same increment on two days would be lost
+    with pytest.raises(ValueError, match=r"only_changed=True cannot send column\(s\) \['logins'\]"):
+        prepare_file(str(source), increments, str(tmp_path / "sync.ndjson"), sync=SyncState(tmp_path / "s"), sync_run_key="r")
 
 
 def test_hashes_are_stable_across_versions():

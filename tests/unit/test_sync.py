@@ -10,7 +10,7 @@ import pytest
 from airflow_provider_profiles.formats import get_writer
 from airflow_provider_profiles.formats.mapping import FieldMapping
 from airflow_provider_profiles.formats.pipeline import prepare_file
-from airflow_provider_profiles.formats.sync import SyncState, run_key_of
+from airflow_provider_profiles.formats.sync import SyncState, SyncStateError, run_key_of
 
 
 def write_csv(path, rows):
@@ -64,9 +64,10 @@ def test_three_runs_with_a_failed_one_lose_nothing(tmp_path):
     assert (result.written, result.unchanged, fourth) == (0, 11, {})
     state.commit("run-4")
     assert state.current()["run_key"] == "run-4"
-    assert sorted(os.listdir(tmp_path / "state" / "snapshots")) == [
-        "run-3.arrow", "run-3.json", "run-3.order.arrow", "run-4.arrow", "run-4.json", "run-4.order.arrow"
-    ]
+    # each prepare writes files of its own (run key and a token); the last two commits are kept
+    files = sorted(name.split(".", 2)[0] + "." + name.split(".", 2)[2] for name in os.listdir(tmp_path / "state" / "snapshots"))
+    assert files == ["run-3.arrow", "run-3.json", "run-3.order.arrow", "run-3.sent.arrow",
+                     "run-4.arrow", "run-4.json", "run-4.order.arrow", "run-4.sent.arrow"]
 
 
 def test_a_changed_mapping_resends_everything(tmp_path):
@@ -118,7 +119,7 @@ def test_deletions_need_a_vendor_that_can_delete(tmp_path):
 
 
 def test_commit_without_a_prepared_snapshot_fails(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no pending sync snapshot for run 'nope'"):
+    with pytest.raises(SyncStateError, match="no pending sync snapshot for run 'nope'"):
         SyncState(tmp_path / "state").commit("nope")
 
 
