@@ -261,14 +261,16 @@ def test_a_failed_execution_fails_with_its_error_and_logs_the_first_bad_lines(mi
 ACTIVITY = '{"$email_hash":"h%d","$type":"SITE_VISIT","$ts":%d,"$events":[]}\n'
 
 
-def test_a_lost_upload_response_then_a_retry_imports_the_file_once(mics, airflow_db, tmp_path):
-    """The execution was created but its response was lost: the retry finds it instead of uploading again."""
+@pytest.mark.parametrize("fault", ["drop_after", "status_after"])
+def test_a_lost_upload_response_then_a_retry_imports_the_file_once(mics, airflow_db, tmp_path, fault):
+    """The execution was created but its response was lost (connection dropped, or a 502 after the
+    platform acted): the retry finds it instead of uploading again."""
     server = mics(pending_seconds=0.2, running_seconds=0.2)
     import_id = MediarithmicsHook().create_document_import("USER_ACTIVITY", "APPLICATION_X_NDJSON", "lost")["id"]
     file = tmp_path / "activities.ndjson"
     file.write_text("".join(ACTIVITY % (i, 1_700_000_000_000 + i) for i in range(5)))
-    server.emulator.inject("drop_after", match=r"POST .*/executions$", count=1)
-    with DAG("mics_lost_response", schedule=None, catchup=False,
+    server.emulator.inject(fault, match=r"POST .*/executions$", count=1, status=502)
+    with DAG(f"mics_lost_response_{fault}", schedule=None, catchup=False,
              default_args={"retries": 1, "retry_delay": datetime.timedelta(0)}) as dag:
         MediarithmicsUploadOperator(task_id="upload", document_import_id=import_id, file=str(file), poll_interval=0.1)
     dag_run = run_inline_dag(dag)
@@ -276,7 +278,7 @@ def test_a_lost_upload_response_then_a_retry_imports_the_file_once(mics, airflow
     executions = server.emulator.snapshot()["executions"].values()
     assert [e["parameters"]["number_of_lines"] for e in executions] == [5]  # 5 activities, not 10
     assert server.emulator.counters[f"POST /v1/datamarts/1000/document_imports/{import_id}/executions"] == 1
-    assert ledger_entries("mics_lost_response") == []  # nothing left behind once the task succeeded
+    assert ledger_entries(f"mics_lost_response_{fault}") == []  # nothing left behind once the task succeeded
 
 
 def ledger_entries(dag_id: str) -> list[str]:
@@ -287,3 +289,23 @@ def ledger_entries(dag_id: str) -> list[str]:
     with create_session() as session:
         return [v.key for v in session.query(VariableModel).all()
                 if v.key.startswith("profiles_job_") and f"of {dag_id}." in (v.description or "")]
+
+
+def test_unknown_outcome_with_nothing_created_uploads_and_with_two_candidates_stops(mics, tmp_path, monkeypatch):
+    server = mics(pending_seconds=0, running_seconds=0)
+    context, ledger = memory_ledger(monkeypatch)
+    hook = MediarithmicsHook()
+    import_id = hook.create_document_import("USER_ACTIVITY", "APPLICATION_X_NDJSON", "unknown")["id"]
+    file = tmp_path / "activities.ndjson"
+    file.write_text("".join(ACTIVITY % (i, 1_700_000_000_000 + i) for i in range(2)))
+    upload = MediarithmicsUploadOperator(task_id="u", document_import_id=import_id, file=str(file), poll_interval=0.1)
+    lost = {"intent": {"action": "uploaded it", "at": time.time(), "size": file.stat().st_size}}
+    ledger["entry"] = dict(lost)  # the earlier try's request never reached the platform
+    assert upload.execute(context)["total_success"] == 2
+    assert len(server.emulator.snapshot()["executions"]) == 1 and ledger == {}
+    hook.create_execution(import_id, file.read_bytes())  # another upload of the same size since
+    ledger["entry"] = dict(lost)
+    with pytest.raises(AirflowFailException, match=r"executions \d+, \d+ of document import .* could each be it.*"
+                                                   r"airflow variables delete profiles_job_"):
+        upload.execute(context)
+    assert len(server.emulator.snapshot()["executions"]) == 2 and ledger == {"entry": lost}  # kept until checked
