@@ -132,6 +132,8 @@ def test_operator_checks_arguments_at_parse_time():
         LocalyticsAudienceImportOperator(task_id="y", action="create", app_id="app-1")
     with pytest.raises(ValueError, match="action must be"):
         LocalyticsAudienceImportOperator(task_id="z", action="merge")
+    with pytest.raises(ValueError, match="on_unknown_outcome must be one of check, resend"):
+        LocalyticsProfileImportOperator(task_id="w", file="f", on_unknown_outcome="ignore")
     with pytest.raises(ValueError, match="kind must be"):
         LocalyticsImportSensor(task_id="s", activity_id="a", kind="events")
     templated = LocalyticsProfileImportOperator(task_id="t", file="{{ params.f }}", app_id="{{ params.app }}")
