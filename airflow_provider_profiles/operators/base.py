@@ -246,7 +246,12 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
         entry = _ledger_get(context)
         if entry is None:
             return None
-        job = entry.get("job") or self._find_lost_job(context, entry["intent"])
+        if "job" in entry:
+            job = entry["job"]
+        elif "intent" in entry:
+            job = self._find_lost_job(context, entry["intent"])
+        else:
+            job = None
         if job is None:
             return None
         status = self.hook.job_status(**job)
@@ -311,8 +316,9 @@ def _ledger_get(context: Any) -> dict[str, Any] | None:
 def _ledger_set(context: Any, entry: dict[str, Any]) -> None:
     ti = context["ti"]
     Variable.set(_ledger_key(context), json.dumps({**entry, "try_number": ti.try_number}),
-                 description=f"vendor job of {ti.dag_id}.{ti.task_id}[{ti.map_index}] in {ti.run_id}; "
-                             "kept for a retry to reattach, removed when it completes")
+                 description=f"vendor job of {ti.dag_id}.{ti.task_id}[{ti.map_index}] in {ti.run_id} (or the request "
+                             "creating it, while its answer is unknown); kept for a retry to reattach, removed "
+                             "when the job ends")
 
 
 def _ledger_clear(context: Any) -> None:

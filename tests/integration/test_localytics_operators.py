@@ -282,3 +282,17 @@ def test_resend_on_unknown_outcome_when_told(localytics, tmp_path):
                   file=file)
     assert results["import"][0] == "success"
     assert server.emulator.snapshot()["profiles"]["org_id:60"]["a"]["visits"] == 2  # the user chose this
+
+
+def test_lost_audience_create_answer_stops_instead_of_making_a_second_list(localytics, tmp_path, capsys):
+    server, conn_id = localytics(pending_seconds=0)
+    members = changes_file(tmp_path, '{"customer_id":"a"}\n{"customer_id":"b"}\n', "members.json")
+    server.emulator.inject("drop_after", match="POST /v1/imports/audiences/list")
+    results = run(tmp_path, """
+        LocalyticsAudienceImportOperator(task_id="create", conn_id={conn_id}, action="create", app_id="app-1",
+                                         audience_name="vip", file={file}, poll_interval=0.1, retries=1,
+                                         retry_delay=dt.timedelta(0))
+    """, conn_id=conn_id, file=members)
+    assert results["create"][0] == "failed"
+    assert sum(v for k, v in server.emulator.counters.items() if k.startswith("POST /v1/imports/audiences")) == 1
+    assert "look for an audience list named 'vip' in app app-1" in capsys.readouterr().out
