@@ -81,7 +81,9 @@ class LocalyticsProfileImportOperator(_LocalyticsImportOperator):
 
     Returns ``{activity_id, status, total, succeeded, failed[, first_errors]}``. An import that ends
     ``Failed``, or whose failed share exceeds ``max_failed_ratio``, fails the task with the first lines
-    of the error log. Other arguments: see ``RemoteJobOperator`` (``conn_id``, ``wait_for_completion``,
+    of the error log. A retry after an upload whose answer was lost sends the file again only when
+    its ops apply the same twice (no ``increment``); otherwise it fails saying what to check.
+    Other arguments: see ``RemoteJobOperator`` (``conn_id``, ``wait_for_completion``,
     ``deferrable``, ``poll_interval``, ``job_timeout``, ``max_failed_ratio``).
     """
 

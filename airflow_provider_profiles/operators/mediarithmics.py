@@ -108,7 +108,9 @@ class MediarithmicsUploadOperator(RemoteJobOperator):
     (``datamart_id``, ``document_import_id``, ``execution_id``) go to XCom (key ``job``, and the id
     alone under ``execution_id``) before waiting. SUCCEEDED returns the totals; FAILED or CANCELED
     fails the task with the platform's error; a timeout or a killed task cancels the execution while
-    it is still PENDING. Map it over the chunk list: ``.partial(...).expand(file=chunks)``.
+    it is still PENDING. Map it over the chunk list: ``.partial(...).expand(file=chunks)``. A retry
+    after an upload whose answer was lost reattaches to the execution it created (found in the
+    document import's executions) rather than importing the file twice.
 
     :param document_import_id: the definition to upload to (templated; e.g. the create task's output).
     :param file: path or URI of the file (templated).
