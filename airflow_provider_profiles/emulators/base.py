@@ -2,7 +2,9 @@
 
 Every emulator gets, for free:
 - a fault API: the next N requests matching a method/path regex answer 429 (+ Retry-After), a 5xx,
-  are delayed, or have their connection dropped;
+  are delayed, or have their connection dropped; ``drop_after`` and ``status_after`` first let the
+  vendor act (the handler runs, its answer is thrown away), then drop the connection or answer the
+  status: the lost response after a create that retries must not repeat (a test-only control);
 - request counters per ``METHOD path``;
 - a clock that can run faster than real time or be advanced, so hour-long vendor limits are testable;
 - control routes under ``/_emulator/`` (faults, counters, state, clock, reset) for out-of-process use.
@@ -26,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 CONTROL_PREFIX = "/_emulator"
+FAULT_KINDS = ("status", "delay", "drop", "drop_after", "status_after")
 
 
 class Clock:
@@ -68,7 +71,7 @@ class SlidingWindowLimit:
 class Fault:
     """The next ``count`` requests whose ``METHOD path`` matches ``match`` get this fault."""
 
-    kind: str  # "status" | "delay" | "drop"
+    kind: str  # "status" | "delay" | "drop" | "drop_after" | "status_after"
     match: str = ".*"
     count: int = 1
     status: int = 503
@@ -77,8 +80,8 @@ class Fault:
     body: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.kind not in ("status", "delay", "drop"):
-            raise ValueError(f"unknown fault kind {self.kind!r}; use status, delay or drop")
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; use {', '.join(FAULT_KINDS)}")
         self._pattern = re.compile(self.match)
 
     def matches(self, method: str, path: str) -> bool:
@@ -206,13 +209,19 @@ class _FaultMiddleware:
         if fault.kind == "delay":
             await asyncio.sleep(fault.delay)
             return await self.app(scope, receive, send)
-        if fault.kind == "drop":
+        if fault.kind.endswith("_after"):  # the vendor acts, its answer is lost on the way back
+            await self.app(scope, receive, _discard)
+        if fault.kind in ("drop", "drop_after"):
             return await _drop_connection(send)
         headers = {}
         if fault.retry_after is not None:
             headers["Retry-After"] = str(int(fault.retry_after)) if float(fault.retry_after).is_integer() else str(fault.retry_after)
         body = fault.body or {"error": f"injected fault {fault.status}"}
         await JSONResponse(body, status_code=fault.status, headers=headers)(scope, receive, send)
+
+
+async def _discard(message) -> None:
+    """An ASGI ``send`` that throws the response away."""
 
 
 async def _drop_connection(send) -> None:

@@ -2,21 +2,45 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from airflow.providers.common.compat.sdk import mask_secret
 
 from airflow_provider_profiles.hooks.apsis_one import (
     ApsisOneHook,
     ImportSpec,
     check_import_file,
 )
-from airflow_provider_profiles.hooks.base import JobStatus
+from airflow_provider_profiles.hooks.base import (
+    JobStatus,
+    VendorAPIError,
+    VendorConnectionError,
+    VendorServerError,
+)
 from airflow_provider_profiles.operators.base import RemoteJobOperator
 from airflow_provider_profiles.storage import as_storage_path
 from airflow_provider_profiles.triggers.apsis_one import ApsisOneImportTrigger
 
 RESULT_KEYS = ("profiles_found", "profiles_processed", "profiles_failed")
+WAITING_FOR_FILE = ("queued", "waiting_for_file")
+
+
+def _mask_upload_secrets(ticket: Mapping[str, Any]) -> None:
+    """The presigned form grants the upload: keep it out of this try's logs too."""
+    fields = ticket.get("file_upload_body") or {}
+    for secret in (fields.get("x-amz-signature"), fields.get("policy")):
+        if secret:
+            mask_secret(secret)
+
+
+def _expired(ticket: Mapping[str, Any]) -> bool:
+    expires = ticket.get("file_upload_url_expires_at")
+    if not expires:
+        return False
+    return datetime.datetime.fromisoformat(str(expires).replace("Z", "+00:00")).timestamp() <= time.time()
 
 
 class ApsisOneProfileImportOperator(RemoteJobOperator):
@@ -96,11 +120,50 @@ class ApsisOneProfileImportOperator(RemoteJobOperator):
         spec = self.import_spec()
         size = check_import_file(path, spec)  # too big, empty, or a mapped column missing: before any request
         body = self.hook.build_import_body(self.section, spec)
+        self.record_intent(context, f"created an Apsis One import in section {self.section}")
         ticket = self.hook.create_profile_import(self.section, body, wait_for_slot_until=self.slot_deadline())
-        import_id = ticket["import_id"]
-        self.hook.upload_import_file(ticket, path)
-        self.log.info("Apsis One import %s: uploaded %d bytes from %s", import_id, size, path)
-        return {"section": self.section, "import_id": import_id}
+        # the import now waits for its file in one of the 3 slots: a retry after a failed upload reuses it
+        self.record_intent(context, f"created Apsis One import {ticket['import_id']} and uploaded {path}",
+                           ticket=ticket)
+        return self._upload(ticket, path, size)
+
+    def find_lost_job(self, context: Any, intent: dict[str, Any]) -> dict[str, Any] | None:
+        """Upload to the import an earlier try created while it still waits for its file; else create anew."""
+        ticket = intent.get("ticket")
+        if ticket is None:  # the create's answer was lost: Apsis One lists no imports to find it by
+            self.log.warning(
+                "the import an earlier try created (if any) may hold one of the account's 3 import slots until its "
+                "upload URL expires; Apsis One lists no imports to find it by, and importing the same rows again "
+                "sets the same values: creating a new import")
+            return None
+        _mask_upload_secrets(ticket)
+        job = {"section": self.section, "import_id": ticket["import_id"]}
+        status = self.hook.job_status(**job)
+        if status.vendor_status not in WAITING_FOR_FILE:
+            return job  # the file arrived (it runs or ended) or the import expired: the status decides
+        if _expired(ticket):
+            self.log.warning("import %s waits for a file but its upload URL expired at %s; it keeps one of the 3 "
+                             "slots until Apsis One ends it: creating a new import", ticket["import_id"],
+                             ticket.get("file_upload_url_expires_at"))
+            return None
+        path = as_storage_path(self.file)
+        self.log.info("import %s of an earlier try is %s: uploading to import %s", ticket["import_id"],
+                      status.vendor_status, ticket["import_id"])
+        return self._upload(ticket, path, check_import_file(path, self.import_spec()))
+
+    def _upload(self, ticket: dict[str, Any], path: Any, size: int) -> dict[str, Any]:
+        try:
+            self.hook.upload_import_file(ticket, path)
+        except Exception as error:
+            refused = isinstance(error, VendorAPIError) and not isinstance(error, (VendorConnectionError,
+                                                                                    VendorServerError))
+            self.log.warning("the upload to Apsis One import %s failed: the import keeps one of the account's 3 "
+                             "slots until its upload URL expires at %s%s", ticket["import_id"],
+                             ticket.get("file_upload_url_expires_at"),
+                             "" if refused else "; a retry of this task uploads to it while the URL is valid")
+            raise
+        self.log.info("Apsis One import %s: uploaded %d bytes from %s", ticket["import_id"], size, path)
+        return {"section": self.section, "import_id": ticket["import_id"]}
 
     def on_success(self, context: Any, status: JobStatus) -> dict[str, int]:
         return {key: int(status.payload.get(key) or 0) for key in RESULT_KEYS}

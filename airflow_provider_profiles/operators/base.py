@@ -4,6 +4,12 @@ Vendor operators implement ``submit`` (create the remote job, return its ids) an
 (what to return). Everything else lives here once: ids pushed to XCom and to a retry ledger before
 waiting, reattach on retry, check-before-defer, deadline, cancel on timeout and kill, and the
 ``max_failed_ratio`` check.
+
+A creating request whose answer is lost (dropped connection, 5xx after the vendor acted) leaves the
+outcome unknown. ``submit`` records what it is about to create (``record_intent``) just before
+sending; a retry that finds that intent without job ids asks the vendor operator (``find_lost_job``)
+for the job the earlier try created, resends only when that is safe, and otherwise stops with what to
+check and how to clear the intent.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any, ClassVar
 
 from airflow.providers.common.compat.sdk import (
     AirflowException,
+    AirflowFailException,
     AirflowTaskTimeout,
     BaseOperator,
     Variable,
@@ -28,6 +35,9 @@ from airflow_provider_profiles.hooks.base import (
     JobState,
     JobStatus,
     ProfilesHook,
+    VendorAPIError,
+    VendorConnectionError,
+    VendorServerError,
 )
 from airflow_provider_profiles.triggers.base import (
     FAILED,
@@ -38,6 +48,7 @@ from airflow_provider_profiles.triggers.base import (
 )
 
 DEFAULT_JOB_TIMEOUT = datetime.timedelta(hours=12)
+UNKNOWN_OUTCOME_CHOICES = ("check", "resend")
 
 
 def default_deferrable() -> bool:
@@ -80,12 +91,15 @@ class JobWaitMixin:
             raise AirflowException(f"{self.hook.hook_name} job {job} ended {status.vendor_status}: "
                                    f"{status.message or 'no details from the vendor'}")
 
-    def cancel(self, job: dict[str, Any]) -> None:
+    def cancel(self, job: dict[str, Any]) -> bool:
+        """Cancel the job where the vendor allows it; True if it was cancelled."""
         try:
             self.hook.cancel_job(**job)
             self.log.warning("cancelled %s job %s", self.hook.hook_name, job)  # type: ignore[attr-defined]
+            return True
         except JobNotCancellable as reason:
             self.log.warning("%s job %s left running: %s", self.hook.hook_name, job, reason)  # type: ignore[attr-defined]
+            return False
 
 
 class RemoteJobOperator(JobWaitMixin, BaseOperator):
@@ -98,6 +112,9 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
     :param job_timeout: how long to wait for the job (seconds or timedelta); then it is cancelled
         where the vendor allows it and the task fails.
     :param max_failed_ratio: fail the task when the vendor reports more failed records than this ratio.
+    :param on_unknown_outcome: what a retry does when an earlier try sent a creating request and never
+        got the answer: ``check`` (default) finds the job it created where the vendor allows it, resends
+        only when that is safe, else fails saying what to check; ``resend`` sends again without checking.
     """
 
     def __init__(
@@ -109,6 +126,7 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
         poll_interval: float = 10.0,
         job_timeout: float | datetime.timedelta = DEFAULT_JOB_TIMEOUT,
         max_failed_ratio: float | None = None,
+        on_unknown_outcome: str = "check",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -118,7 +136,12 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
         self.poll_interval = poll_interval
         self.job_timeout = job_timeout.total_seconds() if isinstance(job_timeout, datetime.timedelta) else float(job_timeout)
         self.max_failed_ratio = max_failed_ratio
+        if on_unknown_outcome not in UNKNOWN_OUTCOME_CHOICES:
+            raise ValueError(f"{self.task_id}: on_unknown_outcome must be one of {', '.join(UNKNOWN_OUTCOME_CHOICES)}, "
+                             f"got {on_unknown_outcome!r}")
+        self.on_unknown_outcome = on_unknown_outcome
         self._job: dict[str, Any] | None = None
+        self._context: Any = None
 
     # vendor part -------------------------------------------------------------------------------
     def submit(self, context: Any) -> dict[str, Any]:
@@ -133,10 +156,36 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
         """Failed records / all records as the vendor reports them, or None if it does not."""
         return None
 
+    def find_lost_job(self, context: Any, intent: dict[str, Any]) -> dict[str, Any] | None:
+        """An earlier try sent the creating request ``intent`` describes and lost the answer.
+
+        Return the job it created (the retry reattaches), None when sending again is safe, or raise
+        ``self.unknown_outcome(...)``. By default nothing can be found and nothing is assumed safe.
+        """
+        raise self.unknown_outcome(context, intent, f"{self.hook.hook_name} offers no way to find it")
+
     # mechanics -----------------------------------------------------------------------------------
+    def record_intent(self, context: Any, action: str, **facts: Any) -> None:
+        """Call just before the creating request: ``action`` says in words what is about to be created
+        (it goes into the message a retry shows), ``facts`` what ``find_lost_job`` needs to find it."""
+        _ledger_set(context, {"intent": {"action": action, "at": time.time(), **facts}})
+
+    def unknown_outcome(self, context: Any, intent: dict[str, Any], why: str) -> AirflowFailException:
+        """The error that stops a retry which cannot tell whether the earlier try created its job."""
+        sent = datetime.datetime.fromtimestamp(intent["at"], datetime.timezone.utc).isoformat(timespec="seconds")
+        return AirflowFailException(
+            f"an earlier try {intent['action']} at {sent} and lost the answer, so it may have been created: {why}. "
+            f"Check in {self.hook.hook_name} whether it exists. Then, to send it again, delete the Airflow "
+            f"Variable {_ledger_key(context)} (Admin > Variables, or `airflow variables delete "
+            f"{_ledger_key(context)}`) and clear this task, or set on_unknown_outcome='resend'; if it was "
+            "created, mark this task success instead."
+        )
+
     def execute(self, context: Any) -> Any:
+        self._context = context
         job = self._reattach(context) or self._submit(context)
         if not self.wait_for_completion:
+            _ledger_clear(context)  # created and handed over: this task is done with it
             return job
         status = self.hook.job_status(**job)  # it may already be done: no need to defer
         if not status.terminal:
@@ -151,15 +200,18 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
         return self._finish(context, job, status)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        self._context = context
         self._job = event["job"]
         return self._finish(context, self._job, self.status_from_trigger(self._job, event))
 
     def on_kill(self) -> None:
-        if self._job is not None:
-            self.cancel(self._job)
+        if self._job is not None and self.cancel(self._job) and self._context is not None:
+            _ledger_clear(self._context)
 
     def on_deadline(self, job: dict[str, Any], vendor_status: str) -> None:
-        self.cancel(job)
+        # a job left running stays in the ledger for a retry to wait on; the last try lets it go
+        if self.cancel(job) or _last_try(self._context):
+            _ledger_clear(self._context)
         raise AirflowException(f"{self.hook.hook_name} job {job} still {vendor_status} after "
                                f"job_timeout={self.job_timeout:.0f}s; cancelled where the vendor allows it")
 
@@ -175,17 +227,31 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
             time.sleep(max(0.0, min(self.poll_interval, deadline - time.time())))
 
     def _submit(self, context: Any) -> dict[str, Any]:
-        job = self.submit(context)
+        try:
+            job = self.submit(context)
+        except (VendorConnectionError, VendorServerError):
+            raise  # the outcome is unknown: the recorded intent stays for the retry to check
+        except (VendorAPIError, AirflowFailException):
+            _ledger_clear(context)  # refused by the vendor or before sending: nothing was created
+            raise
         self._job = job
         # Before any wait: downstream tasks and a retry of this one can find the job.
         self._publish(context, job)
-        _ledger_set(context, job)
+        _ledger_set(context, {"job": job})
         self.log.info("created %s job %s", self.hook.hook_name, job)
         return job
 
     def _reattach(self, context: Any) -> dict[str, Any] | None:
         """The job an earlier try of this task created, if it is still running or succeeded."""
-        job = _ledger_get(context)
+        entry = _ledger_get(context)
+        if entry is None:
+            return None
+        if "job" in entry:
+            job = entry["job"]
+        elif "intent" in entry:
+            job = self._find_lost_job(context, entry["intent"])
+        else:
+            job = None
         if job is None:
             return None
         status = self.hook.job_status(**job)
@@ -195,6 +261,22 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
         self.log.info("reattaching to job %s created by an earlier try (%s)", job, status.vendor_status)
         self._job = job
         self._publish(context, job)
+        if "job" not in entry:
+            _ledger_set(context, {"job": job})
+        return job
+
+    def _find_lost_job(self, context: Any, intent: dict[str, Any]) -> dict[str, Any] | None:
+        if self.on_unknown_outcome == "resend":
+            self.log.warning("an earlier try %s and lost the answer; sending again (on_unknown_outcome='resend')",
+                             intent["action"])
+            return None
+        job = self.find_lost_job(context, intent)
+        if job is None:
+            self.log.warning("an earlier try %s and lost the answer; nothing was created or sending again is "
+                             "safe: sending again", intent["action"])
+        else:
+            self.log.warning("an earlier try %s and lost the answer; found the job it created: %s",
+                             intent["action"], job)
         return job
 
     @staticmethod
@@ -205,10 +287,10 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
             context["ti"].xcom_push(key=key, value=value)
 
     def _finish(self, context: Any, job: dict[str, Any], status: JobStatus) -> Any:
+        _ledger_clear(context)  # the job ended: a retry after a failure creates a new one anyway
         self.raise_if_failed(job, status)
         result = self.on_success(context, status)
         self.log.info("%s job %s %s: %s", self.hook.hook_name, job, status.vendor_status, result)
-        _ledger_clear(context)
         ratio = self.failed_ratio(status)
         if self.max_failed_ratio is not None and ratio is not None and ratio > self.max_failed_ratio:
             raise AirflowException(f"{ratio:.2%} of the records failed in {self.hook.hook_name} job {job}, "
@@ -226,16 +308,23 @@ def _ledger_key(context: Any) -> str:
 
 
 def _ledger_get(context: Any) -> dict[str, Any] | None:
+    """``{"job": ids}`` once created, or ``{"intent": ...}`` while a creating request's outcome is unknown."""
     value = Variable.get(_ledger_key(context), default=None)
-    return json.loads(value)["job"] if value else None
+    return json.loads(value) if value else None
 
 
-def _ledger_set(context: Any, job: dict[str, Any]) -> None:
+def _ledger_set(context: Any, entry: dict[str, Any]) -> None:
     ti = context["ti"]
-    Variable.set(_ledger_key(context), json.dumps({"job": job, "try_number": ti.try_number}),
-                 description=f"vendor job of {ti.dag_id}.{ti.task_id}[{ti.map_index}] in {ti.run_id}; "
-                             "kept for a retry to reattach, removed when it completes")
+    Variable.set(_ledger_key(context), json.dumps({**entry, "try_number": ti.try_number}),
+                 description=f"vendor job of {ti.dag_id}.{ti.task_id}[{ti.map_index}] in {ti.run_id} (or the request "
+                             "creating it, while its answer is unknown); kept for a retry to reattach, removed "
+                             "when the job ends")
 
 
 def _ledger_clear(context: Any) -> None:
     Variable.delete(_ledger_key(context))
+
+
+def _last_try(context: Any) -> bool:
+    ti = context["ti"]
+    return ti.try_number > getattr(ti, "max_tries", 0)

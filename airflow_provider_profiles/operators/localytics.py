@@ -7,6 +7,7 @@ workers stay under the limit together; the hook waits for a slot rather than fai
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,9 +21,13 @@ from airflow_provider_profiles.hooks.localytics import (
     LocalyticsHook,
 )
 from airflow_provider_profiles.operators.base import RemoteJobOperator
+from airflow_provider_profiles.storage import as_storage_path, open_binary
 from airflow_provider_profiles.triggers.localytics import LocalyticsImportTrigger
 
 AUDIENCE_ACTIONS = ("create", "replace", "rename", "delete")
+# Change ops whose second application leaves the profile as the first left it: a value assigned or
+# deleted, a member added to or removed from a set (a set holds a member once). increment adds again.
+REPEATABLE_OPS = frozenset({"assign", "delete", "set-add", "set-remove"})
 
 
 def _templated(value: Any) -> bool:
@@ -76,7 +81,9 @@ class LocalyticsProfileImportOperator(_LocalyticsImportOperator):
 
     Returns ``{activity_id, status, total, succeeded, failed[, first_errors]}``. An import that ends
     ``Failed``, or whose failed share exceeds ``max_failed_ratio``, fails the task with the first lines
-    of the error log. Other arguments: see ``RemoteJobOperator`` (``conn_id``, ``wait_for_completion``,
+    of the error log. A retry after an upload whose answer was lost sends the file again only when
+    its ops apply the same twice (no ``increment``); otherwise it fails saying what to check.
+    Other arguments: see ``RemoteJobOperator`` (``conn_id``, ``wait_for_completion``,
     ``deferrable``, ``poll_interval``, ``job_timeout``, ``max_failed_ratio``).
     """
 
@@ -104,8 +111,23 @@ class LocalyticsProfileImportOperator(_LocalyticsImportOperator):
         self.format = format
 
     def submit(self, context: Any) -> dict[str, Any]:
+        self.record_intent(context, f"uploaded the profile import {self.file}")
         activity_id = self.hook.upload_profiles(self.file, org_id=self.org_id, app_id=self.app_id, format=self.format)
         return self.job_for(activity_id)
+
+    def find_lost_job(self, context: Any, intent: dict[str, Any]) -> dict[str, Any] | None:
+        """Localytics lists no profile imports: send again only when applying the file twice is harmless."""
+        if self.format == "csv":
+            return None  # a CSV column is assigned
+        unrepeatable = first_unrepeatable_op(self.file)
+        if unrepeatable is None:
+            return None
+        op, line = unrepeatable
+        raise self.unknown_outcome(
+            context, intent, f"Localytics lists no profile imports to look it up, and sending {self.file} again "
+            f"would apply its {op} (line {line}) a second time; look for an import of that time in the Localytics "
+            "dashboard (or the profiles it changed)"
+        )
 
 
 class LocalyticsAudienceImportOperator(_LocalyticsImportOperator):
@@ -174,6 +196,8 @@ class LocalyticsAudienceImportOperator(_LocalyticsImportOperator):
         return super().execute(context)
 
     def submit(self, context: Any) -> dict[str, Any]:
+        self.record_intent(context, f"sent the audience {self.action} of {self.audience_name or self.audience_list_id}"
+                                    f" from {self.file}")
         if self.action == "create":
             activity_id = self.hook.create_audience(
                 app_id=self.app_id, audience_name=self.audience_name, file=self.file
@@ -181,6 +205,14 @@ class LocalyticsAudienceImportOperator(_LocalyticsImportOperator):
         else:
             activity_id = self.hook.replace_audience(self._list_id(), app_id=self.app_id, file=self.file)
         return self.job_for(activity_id)
+
+    def find_lost_job(self, context: Any, intent: dict[str, Any]) -> dict[str, Any] | None:
+        if self.action == "replace":
+            return None  # replacing a list's members with the same file again ends the same
+        raise self.unknown_outcome(
+            context, intent, f"Localytics lists no audience imports to look it up, and creating it again could make "
+            f"a second list; look for an audience list named {self.audience_name!r} in app {self.app_id}"
+        )
 
     def _list_id(self) -> str:
         if _given(self.audience_list_id):
@@ -190,6 +222,22 @@ class LocalyticsAudienceImportOperator(_LocalyticsImportOperator):
             raise AirflowException(f"no audience list named {self.audience_name!r} in Localytics app {self.app_id}")
         self.log.info("audience %r is list %s", self.audience_name, found.get("id"))
         return str(found["id"])
+
+
+def first_unrepeatable_op(file: Any) -> tuple[str, int] | None:
+    """The first change op of a JSON-lines profile file that must not be applied twice, and its line."""
+    with open_binary(as_storage_path(file)) as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                record = json.loads(raw) if raw.strip() else {}
+            except ValueError:
+                continue  # the vendor rejects the line: applying it twice changes nothing
+            changes = record.get("changes") if isinstance(record, dict) else None
+            for change in changes if isinstance(changes, list) else ():
+                op = change.get("op") if isinstance(change, dict) else None
+                if op not in REPEATABLE_OPS:
+                    return str(op), number
+    return None
 
 
 __all__ = ["AUDIENCE_ACTIONS", "LocalyticsAudienceImportOperator", "LocalyticsProfileImportOperator"]

@@ -12,15 +12,36 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
 
-from airflow_provider_profiles.hooks.base import JobStatus
+from airflow_provider_profiles.hooks.base import JobState, JobStatus
 from airflow_provider_profiles.hooks.mediarithmics import (
     FileTooLarge,
     MediarithmicsHook,
+    execution_status,
 )
 from airflow_provider_profiles.operators.base import RemoteJobOperator
+from airflow_provider_profiles.storage import as_storage_path
 from airflow_provider_profiles.triggers.mediarithmics import (
     MediarithmicsExecutionTrigger,
 )
+
+
+# The platform stamps creation_date with its own clock: an execution created a little "before" the
+# upload began (as our clock reads) is still a candidate for the lost one.
+CLOCK_SKEW_SECONDS = 300
+
+
+def _size_of(file: Any) -> int | None:
+    try:
+        return as_storage_path(file).stat().st_size
+    except (OSError, TypeError, ValueError):
+        return None  # the hook reports a missing file with its own message
+
+
+def _same_size(execution: dict[str, Any], size: int | None) -> bool:
+    """The execution's file size where the listing gives it (it is not part of the documented
+    resource, so its absence matches anything)."""
+    listed = (execution.get("parameters") or {}).get("input_file_size")
+    return size is None or listed is None or int(listed) == size
 
 
 class MediarithmicsCreateDocumentImportOperator(BaseOperator):
@@ -87,7 +108,9 @@ class MediarithmicsUploadOperator(RemoteJobOperator):
     (``datamart_id``, ``document_import_id``, ``execution_id``) go to XCom (key ``job``, and the id
     alone under ``execution_id``) before waiting. SUCCEEDED returns the totals; FAILED or CANCELED
     fails the task with the platform's error; a timeout or a killed task cancels the execution while
-    it is still PENDING. Map it over the chunk list: ``.partial(...).expand(file=chunks)``.
+    it is still PENDING. Map it over the chunk list: ``.partial(...).expand(file=chunks)``. A retry
+    after an upload whose answer was lost reattaches to the execution it created (found in the
+    document import's executions) rather than importing the file twice.
 
     :param document_import_id: the definition to upload to (templated; e.g. the create task's output).
     :param file: path or URI of the file (templated).
@@ -118,6 +141,9 @@ class MediarithmicsUploadOperator(RemoteJobOperator):
 
     def submit(self, context: Any) -> dict[str, Any]:
         hook: MediarithmicsHook = self.hook  # type: ignore[assignment]
+        size = _size_of(self.file)
+        self.record_intent(context, f"uploaded {self.file} ({size} bytes) to document import {self.document_import_id}",
+                           size=size)
         try:
             execution = hook.create_execution(
                 self.document_import_id, self.file, datamart_id=self.datamart_id, content_type=self.content_type
@@ -128,6 +154,28 @@ class MediarithmicsUploadOperator(RemoteJobOperator):
             "datamart_id": hook.datamart(self.datamart_id),
             "document_import_id": str(self.document_import_id),
             "execution_id": str(execution["id"]),
+        }
+
+    def find_lost_job(self, context: Any, intent: dict[str, Any]) -> dict[str, Any] | None:
+        """The execution the lost upload created: listed under the document import since the upload began."""
+        hook: MediarithmicsHook = self.hook  # type: ignore[assignment]
+        since_ms = (intent["at"] - CLOCK_SKEW_SECONDS) * 1000
+        found = [
+            execution for execution in hook.list_executions(self.document_import_id, self.datamart_id)
+            if int(execution.get("creation_date") or 0) >= since_ms and _same_size(execution, intent.get("size"))
+        ]
+        if len(found) > 1:  # e.g. mapped uploads of equal size to the same import: keep the ones still alive
+            found = [e for e in found if execution_status(e).state is not JobState.FAILED]
+        if not found:
+            return None  # nothing was created: uploading again imports the file once
+        if len(found) > 1:
+            ids = ", ".join(str(e.get("id")) for e in found)
+            raise self.unknown_outcome(context, intent, f"executions {ids} of document import "
+                                       f"{self.document_import_id} could each be it")
+        return {
+            "datamart_id": hook.datamart(self.datamart_id),
+            "document_import_id": str(self.document_import_id),
+            "execution_id": str(found[0]["id"]),
         }
 
     def on_success(self, context: Any, status: JobStatus) -> dict[str, Any]:

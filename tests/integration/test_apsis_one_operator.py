@@ -122,3 +122,36 @@ def test_max_failed_ratio_fails_the_task(apsis, tmp_path):
     run, tis = run_dag(tmp_path, "ApsisOneProfileImportOperator(task_id='imp', file=FILE, max_failed_ratio=0.2, **KW)",
                        FILE=str(data), KW=IMPORT_KWARGS)
     assert tis["imp"].state == FAILED
+
+
+def test_retry_reuses_the_import_whose_upload_failed(apsis, tmp_path, capfd):
+    """The first try's upload fails for good: its import waits for a file in one of the 3 slots, and the
+    retry uploads to it rather than creating a second import."""
+    server = apsis()
+    server.emulator.inject("status", match=r"^POST /file-import-uploads", count=3, status=503)  # every attempt
+    data = write_csv(tmp_path / "profiles.csv", PROFILES)
+    run, tis = run_dag(tmp_path, "ApsisOneProfileImportOperator(task_id='imp', file=FILE, retries=1, "
+                                 "retry_delay=datetime.timedelta(0), **KW)",
+                       FILE=str(data), KW=IMPORT_KWARGS)
+    assert tis["imp"].state == SUCCESS and tis["imp"].try_number == 2
+    snapshot = server.emulator.snapshot()
+    assert len(snapshot["imports"]) == 1  # the waiting import was reused
+    (only,) = snapshot["imports"].values()
+    assert only["uploads"] == 1 and only["result"]["status"] == "completed"
+    assert xcom(run, "imp") == {"profiles_found": 3, "profiles_processed": 2, "profiles_failed": 1}
+    assert "uploading to import" in "".join(capfd.readouterr())
+
+
+def test_lost_create_answer_says_a_slot_may_be_held(apsis, tmp_path, capfd):
+    """Apsis lists no imports: the one whose answer was lost cannot be found; the retry creates another
+    (importing the same rows again sets the same values) and says the first holds a slot until it expires."""
+    server = apsis()
+    server.emulator.inject("drop_after", match=r"^POST /v2/audience/sections/.*/imports$")
+    data = write_csv(tmp_path / "profiles.csv", PROFILES)
+    run, tis = run_dag(tmp_path, "ApsisOneProfileImportOperator(task_id='imp', file=FILE, retries=1, "
+                                 "retry_delay=datetime.timedelta(0), **KW)",
+                       FILE=str(data), KW=IMPORT_KWARGS)
+    assert tis["imp"].state == SUCCESS and tis["imp"].try_number == 2
+    statuses = sorted(i["result"]["status"] for i in server.emulator.snapshot()["imports"].values())
+    assert statuses == ["completed", "waiting_for_file"]
+    assert "may hold one of the account's 3 import slots until" in "".join(capfd.readouterr())

@@ -132,6 +132,8 @@ def test_operator_checks_arguments_at_parse_time():
         LocalyticsAudienceImportOperator(task_id="y", action="create", app_id="app-1")
     with pytest.raises(ValueError, match="action must be"):
         LocalyticsAudienceImportOperator(task_id="z", action="merge")
+    with pytest.raises(ValueError, match="on_unknown_outcome must be one of check, resend"):
+        LocalyticsProfileImportOperator(task_id="w", file="f", on_unknown_outcome="ignore")
     with pytest.raises(ValueError, match="kind must be"):
         LocalyticsImportSensor(task_id="s", activity_id="a", kind="events")
     templated = LocalyticsProfileImportOperator(task_id="t", file="{{ params.f }}", app_id="{{ params.app }}")
@@ -238,3 +240,59 @@ def test_retry_reattaches_instead_of_uploading_again(localytics, tmp_path, capsy
     assert "worker lost while waiting" in logs and "reattaching to job" in logs  # the first try did crash
     assert server.emulator.counters["POST /v1/imports/profiles/upload"] == 1
     assert result["activity_id"] in server.emulator.jobs
+
+
+INCREMENT = '{"customer_id":"%s","changes":[{"op":"increment","attr":"visits","value":1}]}\n'
+LOST_ANSWER_TASK = """
+    LocalyticsProfileImportOperator(task_id="import", conn_id={conn_id}, file={file}, poll_interval=0.1,
+                                    retries=1, retry_delay=dt.timedelta(0){extra})
+"""
+
+
+def test_lost_upload_answer_with_increments_stops_instead_of_counting_twice(localytics, tmp_path, capsys):
+    server, conn_id = localytics(pending_seconds=0)
+    file = changes_file(tmp_path, INCREMENT % "a" + GOOD % "b")
+    server.emulator.inject("drop_after", match="POST /v1/imports/profiles/upload")
+    results = run(tmp_path, LOST_ANSWER_TASK.replace("{extra}", ""), conn_id=conn_id, file=file)
+    assert results["import"][0] == "failed"
+    assert server.emulator.counters["POST /v1/imports/profiles/upload"] == 1  # the retry did not send it again
+    assert server.emulator.snapshot()["profiles"]["org_id:60"]["a"]["visits"] == 1
+    logs = capsys.readouterr().out
+    assert "increment (line 1)" in logs and "on_unknown_outcome='resend'" in logs
+    assert "airflow variables delete profiles_job_" in logs
+
+
+def test_lost_upload_answer_of_a_repeatable_file_is_sent_again(localytics, tmp_path):
+    server, conn_id = localytics(pending_seconds=0)
+    file = changes_file(tmp_path, GOOD % "a" + GOOD % "b")
+    server.emulator.inject("status_after", match="POST /v1/imports/profiles/upload", status=502)
+    results = run(tmp_path, LOST_ANSWER_TASK.replace("{extra}", ""), conn_id=conn_id, file=file)
+    state, result, activity_id = results["import"]
+    assert state == "success" and result["succeeded"] == 2
+    assert server.emulator.counters["POST /v1/imports/profiles/upload"] == 2  # sent once more, as it is safe
+    assert {k: v["plan"] for k, v in server.emulator.snapshot()["profiles"]["org_id:60"].items()} == {
+        "a": "gold", "b": "gold"}
+
+
+def test_resend_on_unknown_outcome_when_told(localytics, tmp_path):
+    server, conn_id = localytics(pending_seconds=0)
+    file = changes_file(tmp_path, INCREMENT % "a")
+    server.emulator.inject("drop_after", match="POST /v1/imports/profiles/upload")
+    results = run(tmp_path, LOST_ANSWER_TASK.replace("{extra}", ", on_unknown_outcome='resend'"), conn_id=conn_id,
+                  file=file)
+    assert results["import"][0] == "success"
+    assert server.emulator.snapshot()["profiles"]["org_id:60"]["a"]["visits"] == 2  # the user chose this
+
+
+def test_lost_audience_create_answer_stops_instead_of_making_a_second_list(localytics, tmp_path, capsys):
+    server, conn_id = localytics(pending_seconds=0)
+    members = changes_file(tmp_path, '{"customer_id":"a"}\n{"customer_id":"b"}\n', "members.json")
+    server.emulator.inject("drop_after", match="POST /v1/imports/audiences/list")
+    results = run(tmp_path, """
+        LocalyticsAudienceImportOperator(task_id="create", conn_id={conn_id}, action="create", app_id="app-1",
+                                         audience_name="vip", file={file}, poll_interval=0.1, retries=1,
+                                         retry_delay=dt.timedelta(0))
+    """, conn_id=conn_id, file=members)
+    assert results["create"][0] == "failed"
+    assert sum(v for k, v in server.emulator.counters.items() if k.startswith("POST /v1/imports/audiences")) == 1
+    assert "look for an audience list named 'vip' in app app-1" in capsys.readouterr().out

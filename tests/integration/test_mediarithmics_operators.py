@@ -111,9 +111,11 @@ def test_new_import_then_mapped_uploads_over_chunks(mics, airflow_db, tmp_path, 
     assert [(t["total_success"], t["total_failure"]) for t in result["totals"]] == [(3, 1), (4, 1), (5, 1)]
     assert result["job"] == {"datamart_id": "1000", "document_import_id": definition["id"],
                              "execution_id": result["totals"][0]["execution_id"]}
+    assert ledger_entries(f"mics_mapped_{deferrable}") == []  # upload_only too: it does not wait, nor retry
 
 
 def test_vendor_failure_and_failed_ratio_fail_the_task(mics, airflow_db, tmp_path):
+    """Both tasks fail on their last try; neither leaves its retry-ledger entry behind."""
     server = mics(pending_seconds=0.2, running_seconds=0.2)
     import_id = MediarithmicsHook().create_document_import("USER_PROFILE", "APPLICATION_X_NDJSON", "errors")["id"]
     [all_bad] = chunks(tmp_path, [0], bad=2, prefix="all_bad")
@@ -125,6 +127,7 @@ def test_vendor_failure_and_failed_ratio_fail_the_task(mics, airflow_db, tmp_pat
     dag_run = run_inline_dag(dag)
     assert states(dag_run) == {"too_many_failures": ["failed"], "vendor_failed": ["failed"]}
     assert sorted(e["status"] for e in server.emulator.snapshot()["executions"].values()) == ["FAILED", "SUCCEEDED"]
+    assert ledger_entries("mics_failures") == []
 
 
 @pytest.mark.parametrize("deferrable", [False, True], ids=["wait_in_worker", "deferred"])
@@ -138,19 +141,37 @@ def test_timeout_cancels_the_pending_execution(mics, airflow_db, tmp_path, defer
     dag_run = run_inline_dag(dag)
     assert states(dag_run)["upload"] == ["failed"]
     assert [e["status"] for e in server.emulator.snapshot()["executions"].values()] == ["CANCELED"]
+    assert ledger_entries(f"mics_timeout_{deferrable}") == []  # cancelled: nothing for a retry to reattach to
 
 
-def test_failed_event_message_and_too_large_file(mics, tmp_path):
+def memory_ledger(monkeypatch) -> tuple[dict, dict]:
+    """(context, ledger) for an operator called outside a task runner: the retry ledger kept in a dict."""
+    from airflow_provider_profiles.operators import base as operator_base
+
+    ledger: dict[str, dict] = {}
+    monkeypatch.setattr(operator_base, "_ledger_get", lambda ctx: ledger.get("entry"))
+    monkeypatch.setattr(operator_base, "_ledger_set", lambda ctx, entry: ledger.__setitem__("entry", entry))
+    monkeypatch.setattr(operator_base, "_ledger_clear", lambda ctx: ledger.pop("entry", None))
+    ti = SimpleNamespace(dag_id="d", run_id="r", task_id="u", map_index=-1, try_number=1, max_tries=0,
+                         xcom_push=lambda key, value: None)
+    return {"ti": ti}, ledger
+
+
+def test_failed_event_message_and_too_large_file(mics, tmp_path, monkeypatch):
     mics()
+    context, ledger = memory_ledger(monkeypatch)
     upload = MediarithmicsUploadOperator(task_id="u", document_import_id="1", file=str(tmp_path / "big.ndjson"))
     event = {"status": "failed", "job": {"datamart_id": "1000", "document_import_id": "1", "execution_id": "9"},
              "vendor_status": "FAILED", "message": "execution 9 FAILED: no line could be imported", "result": {}}
+    ledger["entry"] = {"job": event["job"]}
     with pytest.raises(AirflowException, match="ended FAILED: execution 9 FAILED: no line could be imported"):
-        upload.execute_complete({}, event)
+        upload.execute_complete(context, event)
+    assert ledger == {}  # a failed job leaves nothing behind
     with (tmp_path / "big.ndjson").open("wb") as sparse:  # 101 MB on paper, nothing on disk
         sparse.truncate(101 * 1024 * 1024)
     with pytest.raises(AirflowFailException, match=r"is 101\.0 MiB; mediarithmics takes at most 100 MiB per file: split it"):
-        upload.submit({})
+        upload.execute(context)
+    assert ledger == {}  # refused before sending: no intent left
 
 
 def test_on_kill_cancels_a_pending_execution(mics):
@@ -235,3 +256,56 @@ def test_a_failed_execution_fails_with_its_error_and_logs_the_first_bad_lines(mi
         upload.raise_if_failed(job, hook.job_status(**job))
     logged = caplog.text + capsys.readouterr().out
     assert "first errors" in logged and logged.count("exactly one user identifier") == 2
+
+
+ACTIVITY = '{"$email_hash":"h%d","$type":"SITE_VISIT","$ts":%d,"$events":[]}\n'
+
+
+@pytest.mark.parametrize("fault", ["drop_after", "status_after"])
+def test_a_lost_upload_response_then_a_retry_imports_the_file_once(mics, airflow_db, tmp_path, fault):
+    """The execution was created but its response was lost (connection dropped, or a 502 after the
+    platform acted): the retry finds it instead of uploading again."""
+    server = mics(pending_seconds=0.2, running_seconds=0.2)
+    import_id = MediarithmicsHook().create_document_import("USER_ACTIVITY", "APPLICATION_X_NDJSON", "lost")["id"]
+    file = tmp_path / "activities.ndjson"
+    file.write_text("".join(ACTIVITY % (i, 1_700_000_000_000 + i) for i in range(5)))
+    server.emulator.inject(fault, match=r"POST .*/executions$", count=1, status=502)
+    with DAG(f"mics_lost_response_{fault}", schedule=None, catchup=False,
+             default_args={"retries": 1, "retry_delay": datetime.timedelta(0)}) as dag:
+        MediarithmicsUploadOperator(task_id="upload", document_import_id=import_id, file=str(file), poll_interval=0.1)
+    dag_run = run_inline_dag(dag)
+    assert states(dag_run) == {"upload": ["success"]}
+    executions = server.emulator.snapshot()["executions"].values()
+    assert [e["parameters"]["number_of_lines"] for e in executions] == [5]  # 5 activities, not 10
+    assert server.emulator.counters[f"POST /v1/datamarts/1000/document_imports/{import_id}/executions"] == 1
+    assert ledger_entries(f"mics_lost_response_{fault}") == []  # nothing left behind once the task succeeded
+
+
+def ledger_entries(dag_id: str) -> list[str]:
+    """The retry-ledger Variables the DAG's tasks left behind."""
+    from airflow.models import Variable as VariableModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return [v.key for v in session.query(VariableModel).all()
+                if v.key.startswith("profiles_job_") and f"of {dag_id}." in (v.description or "")]
+
+
+def test_unknown_outcome_with_nothing_created_uploads_and_with_two_candidates_stops(mics, tmp_path, monkeypatch):
+    server = mics(pending_seconds=0, running_seconds=0)
+    context, ledger = memory_ledger(monkeypatch)
+    hook = MediarithmicsHook()
+    import_id = hook.create_document_import("USER_ACTIVITY", "APPLICATION_X_NDJSON", "unknown")["id"]
+    file = tmp_path / "activities.ndjson"
+    file.write_text("".join(ACTIVITY % (i, 1_700_000_000_000 + i) for i in range(2)))
+    upload = MediarithmicsUploadOperator(task_id="u", document_import_id=import_id, file=str(file), poll_interval=0.1)
+    lost = {"intent": {"action": "uploaded it", "at": time.time(), "size": file.stat().st_size}}
+    ledger["entry"] = dict(lost)  # the earlier try's request never reached the platform
+    assert upload.execute(context)["total_success"] == 2
+    assert len(server.emulator.snapshot()["executions"]) == 1 and ledger == {}
+    hook.create_execution(import_id, file.read_bytes())  # another upload of the same size since
+    ledger["entry"] = dict(lost)
+    with pytest.raises(AirflowFailException, match=r"executions \d+, \d+ of document import .* could each be it.*"
+                                                   r"airflow variables delete profiles_job_"):
+        upload.execute(context)
+    assert len(server.emulator.snapshot()["executions"]) == 2 and ledger == {"entry": lost}  # kept until checked

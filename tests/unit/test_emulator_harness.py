@@ -39,6 +39,15 @@ def test_drop_closes_the_connection_without_a_response(server):
         requests.get(f"{server.url}/jobs/1", headers=HEADERS)
 
 
+def test_after_faults_let_the_vendor_act_then_lose_the_answer(server):
+    server.emulator.inject("drop_after", match="POST /jobs")
+    with pytest.raises(requests.ConnectionError):
+        requests.post(f"{server.url}/jobs", headers=HEADERS, json={"duration": 1})
+    server.emulator.inject("status_after", match="POST /jobs", status=502)
+    assert requests.post(f"{server.url}/jobs", headers=HEADERS, json={"duration": 1}).status_code == 502
+    assert sorted(requests.get(f"{server.url}/_emulator/state").json()["jobs"]) == ["1", "2"]  # both acted
+
+
 def test_delay_fault_and_bad_fault_rejected(server):
     server.emulator.inject("delay", delay=0.3)
     response = requests.get(f"{server.url}/jobs/1", headers=HEADERS)
