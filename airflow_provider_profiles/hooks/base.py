@@ -181,7 +181,9 @@ class RetryPolicy:
 
         def past_deadline(state: tenacity.RetryCallState) -> bool:
             # the wait is decided before the stop: give up when it would end past the call's deadline
-            return deadline is not None and time.monotonic() + state.upcoming_sleep >= deadline
+            # (counting the waits planned so far, so an injected sleep is held to it too)
+            now = max(time.monotonic(), state.start_time + state.idle_for)
+            return deadline is not None and now + state.upcoming_sleep >= deadline
 
         return {
             "stop": tenacity.stop_after_attempt(self.max_attempts) | past_deadline,
