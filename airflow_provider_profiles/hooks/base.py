@@ -879,13 +879,16 @@ async def _aread_body(response: httpx.Response, limit: int | None) -> None:
 
 
 def _typed_json(response: Any, error: Callable[[str], VendorAPIError]) -> None:
-    """Make ``response.json()`` raise a typed error (naming the route and status) for a body that is not JSON."""
+    """Make ``response.json()`` raise a typed error (naming the route and status) for a body that is not
+    JSON. An empty body still raises the library's ``ValueError``: hooks read it as "no content"."""
     decode = response.json
 
     def json_or_typed_error(**kwargs: Any) -> Any:
         try:
             return decode(**kwargs)
         except ValueError:
+            if not response.content.strip():
+                raise
             kind = (response.headers.get("Content-Type") or "no content type").split(";")[0]
             raise error(f"the answer is not valid JSON ({kind}, {len(response.content)} bytes)") from None
 
