@@ -68,14 +68,21 @@ class MisbehavingServer:
         self._sock.close()
 
 
-def drip(head: bytes, body: bytes, every: float) -> Callable[[socket.socket], None]:
-    """Send ``head`` at once, then ``body`` one byte per ``every`` seconds."""
+def drip(head: bytes, body: bytes, every: float, sent: list[int] | None = None) -> Callable[[socket.socket], None]:
+    """Send ``head`` at once, then ``body`` one byte per ``every`` seconds; ``sent`` gets the count of
+    ``body`` bytes sent before the client hung up (all of them if it never did)."""
 
     def write(conn: socket.socket) -> None:
         conn.sendall(head)
-        for byte in body:
-            conn.sendall(bytes([byte]))
-            time.sleep(every)
+        count = 0
+        try:
+            for byte in body:
+                conn.sendall(bytes([byte]))
+                count += 1
+                time.sleep(every)
+        finally:
+            if sent is not None:
+                sent.append(count)
 
     return write
 

@@ -481,6 +481,8 @@ class ProfilesHook(BaseHook):
         if self._session is None:
             session = requests.Session()
             adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size, max_retries=0)
+            # pools that tell the watchdog which connection a request uses, so it can cut it at the deadline
+            adapter.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.headers["User-Agent"] = USER_AGENT
@@ -535,6 +537,7 @@ class ProfilesHook(BaseHook):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self._deadline_error(send)
+            _WATCHDOG.watch(deadline)
             try:
                 response = self.session.request(
                     send.method, url, headers=headers, auth=basic, allow_redirects=False, stream=True,
@@ -544,8 +547,12 @@ class ProfilesHook(BaseHook):
             except _DeadlinePassed:
                 raise self._deadline_error(send) from None
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                if _WATCHDOG.fired():
+                    raise self._deadline_error(send) from None
                 not_sent = isinstance(exc, requests.RequestException) and _sent_nothing(exc)
                 raise self._transport_error(exc, not_sent, send.method, send.path, send.idempotent, send.body) from None
+            finally:
+                _WATCHDOG.done()
             url = self._redirect_target(response, send, url)
             if url is None:
                 return response
@@ -844,6 +851,80 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 class _DeadlinePassed(Exception):
     pass
+
+
+class _Watchdog:
+    """One daemon thread that shuts the socket of a sync request still running at its deadline.
+
+    ``requests`` only has a per-read timeout, so a server dripping its status line or headers a byte
+    at a time would hold a worker forever; the body is read by pieces against the deadline as well.
+    (Async requests need none of this: ``asyncio.timeout`` cancels them.)
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._deadlines: dict[int, float] = {}  # thread -> deadline of its request in flight
+        self._connections: dict[int, Any] = {}  # thread -> the connection that request uses
+        self._fired: set[int] = set()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: float) -> None:
+        with self._cond:
+            self._deadlines[threading.get_ident()] = deadline
+            if self._thread is None or not self._thread.is_alive():  # not inherited by a forked child
+                self._thread = threading.Thread(target=self._run, name="profiles-http-deadlines", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def using(self, connection: Any) -> None:
+        ident = threading.get_ident()
+        with self._cond:
+            if ident in self._deadlines:
+                self._connections[ident] = connection
+
+    def fired(self) -> bool:
+        with self._cond:
+            return threading.get_ident() in self._fired
+
+    def done(self) -> None:
+        ident = threading.get_ident()
+        with self._cond:
+            self._deadlines.pop(ident, None)
+            self._connections.pop(ident, None)
+            self._fired.discard(ident)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for ident, deadline in list(self._deadlines.items()):
+                    if deadline <= now:
+                        del self._deadlines[ident]
+                        self._fired.add(ident)
+                        sock = getattr(self._connections.pop(ident, None), "sock", None)
+                        if sock is not None:
+                            try:
+                                sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+                            except OSError:
+                                pass
+                self._cond.wait(min(self._deadlines.values()) - now if self._deadlines else None)
+
+
+_WATCHDOG = _Watchdog()
+
+
+class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        connection = super()._get_conn(timeout)
+        _WATCHDOG.using(connection)
+        return connection
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        connection = super()._get_conn(timeout)
+        _WATCHDOG.using(connection)
+        return connection
 
 
 def _read_body(response: requests.Response, deadline: float, limit: int | None) -> None:

@@ -4,6 +4,7 @@ server-supplied URLs, broken connection settings. Each test states the safe outc
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -170,3 +171,19 @@ def test_supplied_url_on_the_connections_own_host_or_a_trusted_host_is_used(serv
     assert "x-api-key" not in files.received[-1].headers  # never credentials, even to its own host
     trusting = echo("http://127.0.0.1:9", trusted_hosts=["localhost"])
     assert trusting.fetch_supplied_url("GET", f"{other_host(files)}/errors.json").text == "log line"
+
+
+def test_slow_drip_headers_are_cut_at_the_request_deadline(servers, echo):
+    head = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 400 + b"\r\nContent-Length: 2\r\n\r\n{}"
+    sent: list[int] = []
+    api = servers(lambda r: drip(b"", head, every=0.05, sent=sent))
+    hook = echo(api.url, request_deadline=0.5)
+    with pytest.raises(VendorConnectionError, match="deadline"):
+        hook.request("GET", "/items/a")
+    with pytest.raises(VendorConnectionError, match="deadline"):
+        asyncio.run(hook.arequest("GET", "/items/a"))
+    give_up = time.monotonic() + 60
+    while len(sent) < len(api.received) and time.monotonic() < give_up:  # each drip ends at the hang-up
+        time.sleep(0.05)
+    # every attempt was cut near its deadline, long before the headers end (0.5 s is ~10 of 450 bytes)
+    assert len(sent) == len(api.received) and max(sent) < len(head) // 2
