@@ -17,7 +17,8 @@ Sources of the rules enforced here (each rule's comment names one):
   gets 403 "explicit deny"), developer.apsis.com/reference/authentication-1 (client credentials JSON
   body, ``expires_in``, tokens of up to 24 hours);
 - IMPORTS: help.apsis.one/en/articles/6104984 (import specification, presigned upload, statuses,
-  3 simultaneous imports, 50 MB files);
+  3 simultaneous imports) and developer.apsis.com/reference/post_v2-audience-sections-section-discriminator-imports-1
+  (CSV only, at most 50 MB, 429 past the pending-import limit);
 - CLIENT: github.com/ApsisInternational/module-one (Service/Api/ClientApi.php: the lookup routes, topics
   under ``/v2/audience/sections/{s}/topics``).
 Where these say nothing the emulator is lenient, and says so.
@@ -331,6 +332,7 @@ class ApsisOneEmulator(Emulator):
         if denied:
             return None, denied
         name = request.path_params["section"]
+        # a section that does not exist: 404 as an RFC 7807 problem (inferred; the sources list none)
         section = self.catalog["sections"].get(name)
         if section is None:
             return None, problem(404, "Not Found", f"section {name!r} does not exist")
@@ -431,7 +433,7 @@ class ApsisOneEmulator(Emulator):
         if invalid:
             return problem(400, "Bad Request", invalid)
         with self.lock:
-            # IMPORTS: "We allow three simultaneous imports per account"; the 429 answer is inferred
+            # IMPORTS: "We allow three simultaneous imports per account", 429 past the pending-import limit
             if self.active_imports() >= self.max_concurrent_imports:
                 self.rejected_creates += 1
                 detail = f"at most {self.max_concurrent_imports} simultaneous imports are allowed per account"
