@@ -15,6 +15,7 @@ import enum
 import functools
 import ipaddress
 import json
+import os
 import random
 import socket
 import ssl
@@ -173,7 +174,7 @@ class RetryPolicy:
         backoff = self.backoff_initial * 2 ** (retry_state.attempt_number - 1)
         return min(self.backoff_max, backoff + random.uniform(0, self.jitter))
 
-    def _kwargs(self, log: Any, deadline: float | None) -> dict[str, Any]:
+    def _kwargs(self, log: Any, deadline: Callable[[], float] | None) -> dict[str, Any]:
         def before_sleep(state: tenacity.RetryCallState) -> None:
             error = state.outcome.exception()
             log.warning("%s; attempt %d of %d, retrying in %.1fs", error, state.attempt_number, self.max_attempts,
@@ -183,7 +184,7 @@ class RetryPolicy:
             # the wait is decided before the stop: give up when it would end past the call's deadline
             # (counting the waits planned so far, so an injected sleep is held to it too)
             now = max(time.monotonic(), state.start_time + state.idle_for)
-            return deadline is not None and now + state.upcoming_sleep >= deadline
+            return deadline is not None and now + state.upcoming_sleep >= deadline()
 
         return {
             "stop": tenacity.stop_after_attempt(self.max_attempts) | past_deadline,
@@ -193,7 +194,8 @@ class RetryPolicy:
             "reraise": True,
         }
 
-    def call(self, attempt: Callable[[], Any], log: Any, deadline: float | None = None) -> Any:
+    def call(self, attempt: Callable[[], Any], log: Any, deadline: Callable[[], float] | None = None) -> Any:
+        """Run ``attempt`` under the policy; ``deadline()`` (monotonic) stops retries whose wait would pass it."""
         retrying = tenacity.Retrying(sleep=self.sleep, **self._kwargs(log, deadline))
         try:
             return retrying(attempt)
@@ -201,7 +203,7 @@ class RetryPolicy:
             error.attempts = retrying.statistics.get("attempt_number", 1)
             raise
 
-    async def acall(self, attempt: Callable[[], Any], log: Any, deadline: float | None = None) -> Any:
+    async def acall(self, attempt: Callable[[], Any], log: Any, deadline: Callable[[], float] | None = None) -> Any:
         retrying = tenacity.AsyncRetrying(sleep=self.asleep, **self._kwargs(log, deadline))
         try:
             return await retrying(attempt)
@@ -322,7 +324,7 @@ class _Send:
 
 @dataclasses.dataclass
 class _Call:
-    deadline: float  # time.monotonic()
+    deadline: float  # time.monotonic(); moved on by the time spent waiting for the client-side limiter
 
 
 # the call in progress in this thread / task: requests made inside it share its budget
@@ -518,7 +520,7 @@ class ProfilesHook(BaseHook):
             nonlocal refreshed
             send.body.rewind()
             if limiter:
-                limiter.acquire()
+                self._waited_for_limiter(limiter.acquire())
             deadline = self._send_deadline()
             headers = {**(self.auth_headers() if send.authenticate else {}), **send.headers}
             basic = self.auth() if send.authenticate else None
@@ -592,7 +594,7 @@ class ProfilesHook(BaseHook):
         async def attempt() -> httpx.Response:
             nonlocal refreshed
             if limiter:
-                await limiter.aacquire()
+                self._waited_for_limiter(await limiter.aacquire())
             deadline = self._send_deadline()
             headers = {**(await self.aauth_headers() if send.authenticate else {}), **send.headers}
             basic = self.auth() if send.authenticate else None
@@ -660,7 +662,7 @@ class ProfilesHook(BaseHook):
         call = _Call(time.monotonic() + self.call_deadline)
         token = _active_call.set(call)
         try:
-            return run(call.deadline)
+            return run(lambda: call.deadline)
         finally:
             _active_call.reset(token)
 
@@ -670,9 +672,17 @@ class ProfilesHook(BaseHook):
         call = _Call(time.monotonic() + self.call_deadline)
         token = _active_call.set(call)
         try:
-            return await run(call.deadline)
+            return await run(lambda: call.deadline)
         finally:
             _active_call.reset(token)
+
+    @staticmethod
+    def _waited_for_limiter(seconds: float) -> None:
+        """A wait for our own rate limiter (a Localytics upload slot: up to an hour) is not the server
+        being slow: it does not use up the call's budget."""
+        call = _active_call.get()
+        if call is not None and seconds:
+            call.deadline += seconds
 
     def _reauthenticate(self, status: int, send: _Send, refreshed: bool) -> bool:
         """A 401 or 403 is retried once, at once, if the hook could refresh its credentials."""
@@ -893,6 +903,10 @@ class _Watchdog:
             self._connections.pop(ident, None)
             self._fired.discard(ident)
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: the parent's thread is gone and its lock may have been held at the fork."""
+        self.__init__()
+
     def _run(self) -> None:
         with self._cond:
             while True:
@@ -911,6 +925,7 @@ class _Watchdog:
 
 
 _WATCHDOG = _Watchdog()
+os.register_at_fork(after_in_child=_WATCHDOG.reset_after_fork)
 
 
 class _WatchedHTTPPool(urllib3.HTTPConnectionPool):

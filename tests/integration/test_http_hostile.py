@@ -187,3 +187,10 @@ def test_slow_drip_headers_are_cut_at_the_request_deadline(servers, echo):
         time.sleep(0.05)
     # every attempt was cut near its deadline, long before the headers end (0.5 s is ~10 of 450 bytes)
     assert len(sent) == len(api.received) and max(sent) < len(head) // 2
+
+
+def test_waiting_for_the_client_side_limiter_does_not_use_up_the_call_budget(servers, echo):
+    api = servers(lambda r: response(200, "{}"))
+    hook = echo(api.url, call_deadline=0.5, rate_limits={"default": [1, 1.0]})
+    hook.request("GET", "/items/a")
+    assert hook.request("GET", "/items/a").json() == {}  # waited ~1 s for its slot, past the 0.5 s budget
