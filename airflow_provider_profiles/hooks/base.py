@@ -877,6 +877,7 @@ class _Watchdog:
         self._connections: dict[int, Any] = {}  # thread -> the connection that request uses
         self._fired: set[int] = set()
         self._thread: threading.Thread | None = None
+        self._wakes_at = 0.0
 
     def watch(self, deadline: float) -> None:
         with self._cond:
@@ -884,7 +885,8 @@ class _Watchdog:
             if self._thread is None or not self._thread.is_alive():  # not inherited by a forked child
                 self._thread = threading.Thread(target=self._run, name="profiles-http-deadlines", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            elif deadline < self._wakes_at:  # only a deadline before its next wake-up needs it awake
+                self._cond.notify()
 
     def using(self, connection: Any) -> None:
         ident = threading.get_ident()
@@ -921,7 +923,8 @@ class _Watchdog:
                                 sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
                             except OSError:
                                 pass
-                self._cond.wait(min(self._deadlines.values()) - now if self._deadlines else None)
+                self._wakes_at = min(self._deadlines.values(), default=float("inf"))
+                self._cond.wait(self._wakes_at - now if self._deadlines else None)
 
 
 _WATCHDOG = _Watchdog()
