@@ -2,12 +2,26 @@
 
 Vendor routes (the real paths; errors are RFC 7807 ``{"type","title","status","detail"}``):
 - ``POST /oauth/token`` client credentials -> ``{"access_token","expires_in","token_type"}``;
+  a request with an expired token gets 403 ``{"message": "...explicit deny"}``, one with an unknown
+  or missing token 401;
 - ``GET /audience/sections``, ``/audience/keyspaces``, ``/audience/sections/{s}/attributes``,
   ``/audience/sections/{s}/tags``, ``/audience/sections/{s}/consent-lists``,
-  ``/audience/sections/{s}/consent-lists/{list}/topics`` -> ``{"items": [...]}``;
+  ``/v2/audience/sections/{s}/topics`` (also the older ``.../consent-lists/{list}/topics``)
+  -> ``{"items": [...]}``;
 - ``POST /v2/audience/sections/{s}/imports`` -> import id + presigned upload form (429 past
   ``max_concurrent_imports`` running imports);
 - ``GET /audience/sections/{s}/imports/{id}`` (also under ``/v2``) -> ``{"import_id","result":{...}}``.
+
+Sources of the rules enforced here (each rule's comment names one):
+- AUTH: help.apsis.com/en/articles/6104974-authentication (bearer token; an invalid or expired token
+  gets 403 "explicit deny"), developer.apsis.com/reference/authentication-1 (client credentials JSON
+  body, ``expires_in``, tokens of up to 24 hours);
+- IMPORTS: help.apsis.one/en/articles/6104984 (import specification, presigned upload, statuses,
+  3 simultaneous imports) and developer.apsis.com/reference/post_v2-audience-sections-section-discriminator-imports-1
+  (CSV only, at most 50 MB, 429 past the pending-import limit);
+- CLIENT: github.com/ApsisInternational/module-one (Service/Api/ClientApi.php: the lookup routes, topics
+  under ``/v2/audience/sections/{s}/topics``).
+Where these say nothing the emulator is lenient, and says so.
 
 The presigned upload is served here under ``/file-import-uploads`` (in production it is an S3 bucket
 on another host). Like S3 it checks every issued form field, the policy signature and expiry, the
@@ -43,6 +57,7 @@ from starlette.routing import Route
 from airflow_provider_profiles.emulators.base import Emulator, too_many_requests
 
 UPLOAD_PATH = "/file-import-uploads"
+EXPLICIT_DENY = "User is not authorized to access this resource with an explicit deny"
 ACTIVE_STATUSES = ("queued", "waiting_for_file", "in_progress")
 TRUTHY = {"1", "true", "yes", "y", "t"}
 FALSY = {"0", "false", "no", "n", "f"}
@@ -126,7 +141,11 @@ def _iso(epoch: float) -> str:
 
 
 def keyspace_value_error(keyspace: str, value: str) -> str | None:
-    """Why a keyspace value is invalid, or None: email and mobile keyspaces check their format."""
+    """Why a keyspace value is invalid, or None: email and mobile keyspaces check their format.
+
+    The sources give no format rule: these loose patterns only fail values that cannot be an address
+    or a number (lenient), and such a row counts as failed as the status's ``profiles_failed`` allows.
+    """
     if not value.strip():
         return "empty keyspace value"
     if keyspace.endswith(".email") and not _EMAIL.match(value):
@@ -204,6 +223,7 @@ class ApsisOneEmulator(Emulator):
             Route(f"{sections}/attributes", self._attributes, methods=["GET"]),
             Route(f"{sections}/tags", self._tags, methods=["GET"]),
             Route(f"{sections}/consent-lists", self._consent_lists, methods=["GET"]),
+            Route(f"/v2{sections}/topics", self._section_topics, methods=["GET"]),
             Route(f"{sections}/consent-lists/{{consent_list}}/topics", self._topics, methods=["GET"]),
             Route(f"/v2{sections}/imports", self._create_import, methods=["POST"]),
             *imports,
@@ -273,6 +293,8 @@ class ApsisOneEmulator(Emulator):
 
     # --- auth -------------------------------------------------------------------------------------
     async def _token(self, request: Request) -> Response:
+        # AUTH: a JSON body with grant_type client_credentials, client_id, client_secret; a form body is
+        # accepted too (lenient: the sources show JSON only)
         if "json" in request.headers.get("content-type", ""):
             try:
                 body = await request.json()
@@ -291,20 +313,26 @@ class ApsisOneEmulator(Emulator):
         return JSONResponse({"access_token": token, "token_type": "Bearer", "expires_in": int(self.token_ttl)})
 
     def _unauthorized(self, request: Request) -> Response | None:
+        # AUTH: ``Authorization: Bearer <token>`` on every API route
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         with self.lock:
             expiry = self.tokens.get(token) if scheme.lower() == "bearer" else None
             if expiry is not None and expiry > self.clock.now():
                 return None
-        detail = "access token expired or revoked" if expiry is not None or token else "missing bearer token"
-        return problem(401, "Unauthorized", detail)
+        if expiry is not None:
+            # AUTH (help.apsis.com/en/articles/6104974-authentication): an expired token is answered
+            # 403 with this exact message, not 401
+            return JSONResponse({"message": EXPLICIT_DENY}, status_code=403)
+        # an unknown (revoked) or missing token: the sources do not say; 401 as RFC 6750 has it
+        return problem(401, "Unauthorized", "access token revoked or unknown" if token else "missing bearer token")
 
     def _section(self, request: Request) -> tuple[dict[str, Any] | None, Response | None]:
         denied = self._unauthorized(request)
         if denied:
             return None, denied
         name = request.path_params["section"]
+        # a section that does not exist: 404 as an RFC 7807 problem (inferred; the sources list none)
         section = self.catalog["sections"].get(name)
         if section is None:
             return None, problem(404, "Not Found", f"section {name!r} does not exist")
@@ -335,6 +363,16 @@ class ApsisOneEmulator(Emulator):
             return error
         return JSONResponse({"items": [{k: v for k, v in cl.items() if k != "topics"} for cl in section["consent_lists"]]})
 
+    async def _section_topics(self, request: Request) -> Response:
+        # CLIENT: the current client reads a section's topics here (ClientApi.php getTopics); each item
+        # names its consent list (item shape inferred: lenient, only the discriminator is relied on)
+        section, error = self._section(request)
+        if error:
+            return error
+        items = [{**topic, "consent_list_discriminator": consent_list["discriminator"]}
+                 for consent_list in section["consent_lists"] for topic in consent_list["topics"]]
+        return JSONResponse({"items": items})
+
     async def _topics(self, request: Request) -> Response:
         section, error = self._section(request)
         if error:
@@ -346,6 +384,8 @@ class ApsisOneEmulator(Emulator):
 
     # --- imports ----------------------------------------------------------------------------------
     def _spec_error(self, section: dict[str, Any], spec: Any) -> str | None:
+        # IMPORTS: the specification's keyspace, attribute (non-deprecated version ids), tag and consent
+        # mappings; keys the sources do not describe (folders, subscriptions) are accepted as they are
         if not isinstance(spec, dict):
             return "the import specification must be a JSON object"
         keyspace = spec.get("keyspace_mapping")
@@ -393,6 +433,7 @@ class ApsisOneEmulator(Emulator):
         if invalid:
             return problem(400, "Bad Request", invalid)
         with self.lock:
+            # IMPORTS: "We allow three simultaneous imports per account", 429 past the pending-import limit
             if self.active_imports() >= self.max_concurrent_imports:
                 self.rejected_creates += 1
                 detail = f"at most {self.max_concurrent_imports} simultaneous imports are allowed per account"
@@ -433,6 +474,8 @@ class ApsisOneEmulator(Emulator):
         )
 
     def _upload_fields(self, import_id: str, now: float, expires_at: float) -> dict[str, str]:
+        # IMPORTS: the file_upload_body fields of the documented example; the policy conditions follow
+        # S3's presigned POST (docs.aws.amazon.com/AmazonS3/latest/API/sigv4-HTTPPOSTConstructPolicy.html)
         key = f"{self._account}/{import_id}.csv"
         meta_id = base64.b64encode(secrets.token_bytes(18)).decode()
         date = datetime.fromtimestamp(now, tz=timezone.utc)
@@ -457,6 +500,7 @@ class ApsisOneEmulator(Emulator):
         }
 
     async def _get_import(self, request: Request) -> Response:
+        # IMPORTS: queued, waiting for a file, in progress, completed (found/processed/failed) or error
         _, error = self._section(request)
         if error:
             return error
@@ -468,6 +512,9 @@ class ApsisOneEmulator(Emulator):
 
     # --- presigned upload -------------------------------------------------------------------------
     async def _upload(self, request: Request) -> Response:
+        # IMPORTS: a multipart/form-data POST of every file_upload_body field, then ``file``; the checks
+        # and XML errors are S3's (docs.aws.amazon.com/AmazonS3/latest/API/RESTObjectPOST.html); size
+        # limit 50 MB (IMPORTS)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             return s3_error(412, "PreconditionFailed", "Bucket POST must be of the enclosure-type multipart/form-data")
         form = await request.form(max_part_size=64 * 1024)

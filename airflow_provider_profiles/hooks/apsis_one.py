@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import dataclasses
+import hashlib
 import io
 import os
 import threading
@@ -289,6 +290,51 @@ def _items(payload: Any) -> list[dict[str, Any]]:
     return list((payload or {}).get("items") or [])
 
 
+# --- one token per connection per process ------------------------------------------------------------
+class _SharedTokens:
+    """Access tokens shared by every hook of this process (operators, pokes, the triggers of a triggerer).
+
+    Tokens last about 24 hours and the token endpoint is rate limited more strictly than the API, so
+    Apsis asks clients to cache and reuse them (developer.apsis.com/reference/authentication-1).
+    Keyed by connection, base URL, client id and a hash of the secret.
+    """
+
+    def __init__(self):
+        self._tokens: dict[tuple[str, ...], tuple[str, float]] = {}
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, ...], threading.Lock] = {}
+        self._alocks: dict[tuple[Any, ...], asyncio.Lock] = {}
+
+    def fresh(self, key: tuple[str, ...]) -> str | None:
+        with self._guard:
+            token, expires = self._tokens.get(key, (None, 0.0))
+        return token if token is not None and time.monotonic() < expires else None
+
+    def keep(self, key: tuple[str, ...], token: str, expires: float) -> None:
+        with self._guard:
+            self._tokens[key] = (token, expires)
+
+    def drop(self, key: tuple[str, ...], token: str | None) -> None:
+        """Forget the token a request was refused with (not one another hook has fetched since)."""
+        with self._guard:
+            if token is None or self._tokens.get(key, (None,))[0] == token:
+                self._tokens.pop(key, None)
+
+    def lock(self, key: tuple[str, ...]) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def alock(self, key: tuple[str, ...]) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()  # an asyncio.Lock belongs to one event loop
+        with self._guard:
+            for stale in [k for k in self._alocks if k[0].is_closed()]:
+                del self._alocks[stale]
+            return self._alocks.setdefault((loop, *key), asyncio.Lock())
+
+
+_TOKENS = _SharedTokens()
+
+
 # --- the hook ---------------------------------------------------------------------------------------
 class ApsisOneHook(ProfilesHook):
     """Apsis One API: client id (login) and secret (password); region ``eu``/``apac`` or a host."""
@@ -307,10 +353,7 @@ class ApsisOneHook(ProfilesHook):
 
     def __init__(self, apsis_one_conn_id: str | None = None, **kwargs: Any):
         super().__init__(apsis_one_conn_id, **kwargs)
-        self._token: str | None = None
-        self._token_expires = 0.0
-        self._token_lock = threading.Lock()
-        self._atoken_lock: asyncio.Lock | None = None
+        self._token: str | None = None  # the token this hook last sent
 
     # auth --------------------------------------------------------------------------------------
     def _token_request(self) -> dict[str, Any]:
@@ -319,38 +362,48 @@ class ApsisOneHook(ProfilesHook):
             raise ValueError(f"connection {self.conn_id!r}: set the client id as login and the client secret as password")
         return {"grant_type": "client_credentials", "client_id": conn.login, "client_secret": conn.password}
 
-    def _keep_token(self, payload: Any) -> str:
+    def _token_key(self) -> tuple[str, ...]:
+        conn = self.connection
+        secret = hashlib.sha256((conn.password or "").encode()).hexdigest()  # rotated secret: new token
+        return (self.conn_id, self.base_url, conn.login or "", secret)
+
+    def _keep_token(self, key: tuple[str, ...], payload: Any) -> str:
         token = (payload or {}).get("access_token")
         if not token:
             raise ValueError("the Apsis One token endpoint answered without an access_token")
         mask_secret(token)
         ttl = float(payload.get("expires_in") or 3600)
         margin = min(self.token_refresh_margin, ttl / 10)
-        self._token, self._token_expires = token, time.monotonic() + ttl - margin
+        _TOKENS.keep(key, token, time.monotonic() + ttl - margin)
         return token
 
-    def _token_fresh(self) -> bool:
-        return self._token is not None and time.monotonic() < self._token_expires
-
     def access_token(self) -> str:
-        """A valid bearer token, from the cache or the token endpoint."""
-        with self._token_lock:
-            if not self._token_fresh():
-                response = self.request("POST", "/oauth/token", json=self._token_request(),
-                                        authenticate=False, idempotent=True, route="token")
-                self._keep_token(response.json())
-            return self._token  # type: ignore[return-value]
+        """A valid bearer token: the one this process shares for the connection, or a new one."""
+        key = self._token_key()
+        token = _TOKENS.fresh(key)
+        if token is None:
+            with _TOKENS.lock(key):
+                token = _TOKENS.fresh(key)
+                if token is None:
+                    response = self.request("POST", "/oauth/token", json=self._token_request(),
+                                            authenticate=False, idempotent=True, route="token")
+                    token = self._keep_token(key, response.json())
+        self._token = token
+        return token
 
     async def aaccess_token(self) -> str:
-        if self._atoken_lock is None:
-            self._atoken_lock = asyncio.Lock()
-        async with self._atoken_lock:
-            if not self._token_fresh():
-                await self.aconnection()
-                response = await self.arequest("POST", "/oauth/token", json=self._token_request(),
-                                               authenticate=False, idempotent=True, route="token")
-                self._keep_token(response.json())
-            return self._token  # type: ignore[return-value]
+        await self.aconnection()
+        key = self._token_key()
+        token = _TOKENS.fresh(key)
+        if token is None:
+            async with _TOKENS.alock(key):  # the triggers of one triggerer wait for one fetch
+                token = _TOKENS.fresh(key)
+                if token is None:
+                    response = await self.arequest("POST", "/oauth/token", json=self._token_request(),
+                                                   authenticate=False, idempotent=True, route="token")
+                    token = self._keep_token(key, response.json())
+        self._token = token
+        return token
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.access_token()}"}
@@ -359,7 +412,10 @@ class ApsisOneHook(ProfilesHook):
         return {"Authorization": f"Bearer {await self.aaccess_token()}"}
 
     def on_unauthorized(self) -> bool:
-        self._token, self._token_expires = None, 0.0  # revoked or rotated: fetch a new one, once
+        # Refused (401, or 403 "explicit deny" for an invalid or expired token): drop the shared token
+        # and fetch a new one, once, as Apsis's own client does on 401 and 403
+        # (github.com/ApsisInternational/module-one, Service/Api/AbstractRestApi.php).
+        _TOKENS.drop(self._token_key(), self._token)
         return True
 
     def error_message(self, payload: Any, text: str) -> str:
@@ -377,8 +433,10 @@ class ApsisOneHook(ProfilesHook):
         return self.session
 
     def test_connection(self) -> tuple[bool, str]:
-        """For the connection form's Test button: get a token and list the sections."""
+        """For the connection form's Test button: get a new token (testing the credentials, not a cached
+        token) and list the sections."""
         try:
+            _TOKENS.drop(self._token_key(), None)
             sections = self.list_sections()
         except Exception as error:  # the form shows the message; the secret is masked in it
             return False, str(error)
@@ -403,8 +461,14 @@ class ApsisOneHook(ProfilesHook):
     def list_consent_lists(self, section: str) -> list[dict[str, Any]]:
         return self._get_items(f"/audience/sections/{section}/consent-lists")
 
-    def list_topics(self, section: str, consent_list: str) -> list[dict[str, Any]]:
-        return self._get_items(f"/audience/sections/{section}/consent-lists/{consent_list}/topics")
+    def list_topics(self, section: str, consent_list: str | None = None) -> list[dict[str, Any]]:
+        """The section's topics (the route Apsis's current client reads: github.com/ApsisInternational/
+        module-one, Service/Api/ClientApi.php ``getTopics``); with ``consent_list``, only that list's
+        topics where the items name their list."""
+        topics = self._get_items(f"/v2/audience/sections/{section}/topics")
+        if consent_list is None:
+            return topics
+        return [t for t in topics if t.get("consent_list_discriminator") in (None, consent_list)]
 
     @staticmethod
     def current_version_id(attribute: Mapping[str, Any]) -> str | None:
@@ -510,9 +574,10 @@ class ApsisOneHook(ProfilesHook):
         stream = MultipartFileStream(fields, path, filename=os.path.basename(str(path)) or "profiles.csv",
                                      content_type=content_type)
         try:
-            # presigned: the URL and fields are the credentials; it is on another host in production
-            self.request("POST", ticket["file_upload_url"], data=stream, authenticate=False, idempotent=True,
-                         route="upload", headers={"Content-Type": stream.content_type})
+            # presigned: the URL and fields are the credentials; it is on another host in production,
+            # so it is checked before the profile file goes there
+            self.fetch_supplied_url("POST", ticket["file_upload_url"], data=stream, idempotent=True,
+                                    route="upload", headers={"Content-Type": stream.content_type})
         finally:
             stream.close()
         self.log.info("Uploaded %s (%d bytes) for Apsis One import %s", path, size, ticket.get("import_id"))

@@ -9,22 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import dataclasses
 import enum
 import functools
+import ipaddress
+import json
+import os
 import random
+import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import certifi
 import httpx
 import requests
 import tenacity
+import urllib3
 from airflow.providers.common.compat.sdk import mask_secret, redact
 from airflow.sdk import BaseHook
 from requests.adapters import HTTPAdapter
@@ -34,6 +40,8 @@ from airflow_provider_profiles import CONNECTION_FORMS, __version__
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRYABLE_SERVER_STATUSES = frozenset({500, 502, 503, 504})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_SAME_HOST_REDIRECTS = 5
 USER_AGENT = f"airflow-provider-profiles/{__version__}"
 
 
@@ -83,7 +91,28 @@ class VendorServerError(VendorAPIError):
 
 
 class VendorConnectionError(VendorAPIError):
-    """No (complete) response: refused, reset, dropped or timed out."""
+    """No (complete) response: refused, reset, dropped, timed out or past the request's deadline."""
+
+
+class VendorResponseError(VendorAPIError):
+    """A 2xx response that cannot be used: its body is not the JSON the route answers (an HTML page
+    from a proxy, a truncated body). Transient for pollers: the next poll may get a proper answer."""
+
+
+class VendorRedirectError(VendorAPIError):
+    """A 3xx that was not followed: API calls follow only a GET/HEAD redirect within the same host, so
+    credentials never reach another host and a POST is never replayed as a GET."""
+
+
+class UntrustedURLError(VendorAPIError):
+    """A URL supplied by a vendor response (an upload form, an error log) that the hook will not use:
+    not http(s), or plain http / a non-public address on a host that is neither the connection's own
+    nor in its ``trusted_hosts`` extra."""
+
+
+class ConnectionConfigError(ValueError):
+    """The Airflow connection cannot be used as set (unreadable extras, a malformed base URL). Nothing was
+    sent; fix the connection. The message names the connection and the field, never a secret value."""
 
 
 _ERROR_BY_STATUS: dict[int, type[VendorAPIError]] = {
@@ -145,30 +174,37 @@ class RetryPolicy:
         backoff = self.backoff_initial * 2 ** (retry_state.attempt_number - 1)
         return min(self.backoff_max, backoff + random.uniform(0, self.jitter))
 
-    def _kwargs(self, log: Any) -> dict[str, Any]:
+    def _kwargs(self, log: Any, deadline: Callable[[], float] | None) -> dict[str, Any]:
         def before_sleep(state: tenacity.RetryCallState) -> None:
             error = state.outcome.exception()
             log.warning("%s; attempt %d of %d, retrying in %.1fs", error, state.attempt_number, self.max_attempts,
                         state.next_action.sleep)
 
+        def past_deadline(state: tenacity.RetryCallState) -> bool:
+            # the wait is decided before the stop: give up when it would end past the call's deadline
+            # (counting the waits planned so far, so an injected sleep is held to it too)
+            now = max(time.monotonic(), state.start_time + state.idle_for)
+            return deadline is not None and now + state.upcoming_sleep >= deadline()
+
         return {
-            "stop": tenacity.stop_after_attempt(self.max_attempts),
+            "stop": tenacity.stop_after_attempt(self.max_attempts) | past_deadline,
             "wait": self.wait_seconds,
             "retry": tenacity.retry_if_exception(lambda e: getattr(e, "retryable", False)),
             "before_sleep": before_sleep,
             "reraise": True,
         }
 
-    def call(self, attempt: Callable[[], Any], log: Any) -> Any:
-        retrying = tenacity.Retrying(sleep=self.sleep, **self._kwargs(log))
+    def call(self, attempt: Callable[[], Any], log: Any, deadline: Callable[[], float] | None = None) -> Any:
+        """Run ``attempt`` under the policy; ``deadline()`` (monotonic) stops retries whose wait would pass it."""
+        retrying = tenacity.Retrying(sleep=self.sleep, **self._kwargs(log, deadline))
         try:
             return retrying(attempt)
         except VendorAPIError as error:
             error.attempts = retrying.statistics.get("attempt_number", 1)
             raise
 
-    async def acall(self, attempt: Callable[[], Any], log: Any) -> Any:
-        retrying = tenacity.AsyncRetrying(sleep=self.asleep, **self._kwargs(log))
+    async def acall(self, attempt: Callable[[], Any], log: Any, deadline: Callable[[], float] | None = None) -> Any:
+        retrying = tenacity.AsyncRetrying(sleep=self.asleep, **self._kwargs(log, deadline))
         try:
             return await retrying(attempt)
         except VendorAPIError as error:
@@ -269,6 +305,32 @@ class _Body:
             stream.seek(start)
 
 
+@dataclasses.dataclass
+class _Send:
+    """One request as both clients send it."""
+
+    method: str
+    url: str
+    path: str  # what errors and logs show
+    idempotent: bool
+    authenticate: bool
+    body: _Body
+    headers: dict[str, str]
+    timeout: tuple[float, float]
+    stream: bool
+    max_body_bytes: int | None
+    kwargs: dict[str, Any]
+
+
+@dataclasses.dataclass
+class _Call:
+    deadline: float  # time.monotonic(); moved on by the time spent waiting for the client-side limiter
+
+
+# the call in progress in this thread / task: requests made inside it share its budget
+_active_call: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("profiles_active_call", default=None)
+
+
 class ProfilesHook(BaseHook):
     """Base of the vendor hooks. See the module docstring; subclasses set the class attributes below."""
 
@@ -283,6 +345,11 @@ class ProfilesHook(BaseHook):
     rate_limits: ClassVar[dict[str, tuple[int, float]]] = {}  # route class -> (requests, per seconds)
     connect_timeout: ClassVar[float] = 10.0
     read_timeout: ClassVar[float] = 120.0
+    # one exchange, from sending to the last byte of the answer (extra ``request_deadline``): a server
+    # dripping a byte at a time never trips the read timeout
+    request_deadline: ClassVar[float] = 600.0
+    # one call with all its retries, waits and nested token fetches (extra ``call_deadline``)
+    call_deadline: ClassVar[float] = 900.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -326,7 +393,7 @@ class ProfilesHook(BaseHook):
         return self._conn
 
     def _configure(self, conn: Any) -> None:
-        extras = conn.extra_dejson
+        extras = _read_extras(conn, self.conn_id)
         for secret in (conn.password, *(extras.get(name) for name in self.secret_extras)):
             if secret:
                 mask_secret(secret)
@@ -335,22 +402,48 @@ class ProfilesHook(BaseHook):
         self.policy = self._retry_policy or RetryPolicy.from_extras(extras)
         self.timeout = (float(extras.get("connect_timeout", self.connect_timeout)),
                         float(extras.get("read_timeout", self.read_timeout)))
+        self.request_deadline = float(extras.get("request_deadline", type(self).request_deadline))
+        self.call_deadline = float(extras.get("call_deadline", type(self).call_deadline))
         self._conn = conn
 
     def _resolve_base_url(self, conn: Any, extras: Mapping[str, Any]) -> str:
         if extras.get("base_url"):
-            return str(extras["base_url"]).rstrip("/")
+            return self._checked_base_url(str(extras["base_url"]).rstrip("/"), "the extra base_url")
         region = extras.get(self.region_extra) or self.default_region
         if region not in self.default_base_urls:
-            raise ValueError(f"connection {self.conn_id!r}: unknown {self.region_extra} {region!r}; "
-                             f"choose from {', '.join(self.default_base_urls)} or set a host")
+            raise ConnectionConfigError(f"connection {self.conn_id!r}: unknown {self.region_extra} {region!r}; "
+                                        f"choose from {', '.join(self.default_base_urls)} or set a host")
         default = urlsplit(self.default_base_urls[region])
         if not conn.host:
             return self.default_base_urls[region].rstrip("/")
         host = conn.host if "://" in conn.host else f"{extras.get('scheme', 'https')}://{conn.host}"
         parts = urlsplit(host)
-        netloc = parts.netloc if (parts.port or not conn.port) else f"{parts.netloc}:{conn.port}"
-        return f"{parts.scheme}://{netloc}{parts.path.rstrip('/') or default.path.rstrip('/')}"
+        try:
+            netloc = parts.netloc if (parts.port or not conn.port) else f"{parts.netloc}:{conn.port}"
+        except ValueError:
+            netloc = ""  # a port that is not a number: reported below
+        url = f"{parts.scheme}://{netloc}{parts.path.rstrip('/') or default.path.rstrip('/')}"
+        return self._checked_base_url(url, "the host field")
+
+    def _checked_base_url(self, url: str, source: str) -> str:
+        """A malformed base URL is a configuration error, said once (retrying cannot fix it)."""
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018  (raises on a port that is not a number)
+            well_formed = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            well_formed = False
+        if not well_formed:  # the URL itself is not quoted: it may carry user:password
+            raise ConnectionConfigError(
+                f"connection {self.conn_id!r}: the base URL from {source} is malformed (scheme {parts.scheme!r}); "
+                "it needs http:// or https://, a host and an optional numeric port")
+        return url
+
+    def trusted_hosts(self) -> frozenset[str]:
+        """Hosts besides the connection's own that server-supplied URLs may point at (extra ``trusted_hosts``)."""
+        value = self.extras.get("trusted_hosts") or ()
+        names = value.split(",") if isinstance(value, str) else value
+        return frozenset(str(name).strip().lower() for name in names if str(name).strip())
 
     def limiter(self, route: str) -> RateLimiter | None:
         """The shared limiter of a route class; the connection's extra ``rate_limits`` overrides the class's."""
@@ -390,6 +483,8 @@ class ProfilesHook(BaseHook):
         if self._session is None:
             session = requests.Session()
             adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size, max_retries=0)
+            # pools that tell the watchdog which connection a request uses, so it can cut it at the deadline
+            adapter.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.headers["User-Agent"] = USER_AGENT
@@ -411,38 +506,60 @@ class ProfilesHook(BaseHook):
     ) -> requests.Response:
         """Send a request with the retry policy and rate limit; return the response or raise ``VendorAPIError``.
 
-        ``kwargs`` go to ``requests`` (params, json, data, files, headers, timeout). Stream bodies (file
-        objects) are rewound before a retry; bodies that cannot be rewound are never retried.
+        ``kwargs`` go to ``requests`` (params, json, data, files, headers, timeout, stream). Stream bodies
+        (file objects) are rewound before a retry; bodies that cannot be rewound are never retried.
+        ``max_body_bytes`` keeps at most that much of the answer. Credentials go to the connection's own
+        host only; redirects are followed only for a GET/HEAD within that host.
         """
         self.connection  # noqa: B018  (loads and masks the connection once)
-        method = method.upper()
-        url, display_path = self.url(path), _display_path(path)
-        idempotent = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
-        body = _Body(kwargs)
-        headers = kwargs.pop("headers", None) or {}
-        kwargs.setdefault("timeout", self.timeout)
+        send = self._prepare(method, path, idempotent, authenticate, kwargs)
         limiter = self.limiter(route)
         refreshed = False
 
         def attempt() -> requests.Response:
             nonlocal refreshed
-            body.rewind()
+            send.body.rewind()
             if limiter:
-                limiter.acquire()
-            auth_headers = self.auth_headers() if authenticate else {}
-            try:
-                response = self.session.request(method, url, headers={**auth_headers, **headers},
-                                                auth=self.auth() if authenticate else None, **kwargs)
-            except requests.RequestException as exc:
-                raise self._transport_error(exc, _sent_nothing(exc), method, display_path, idempotent, body) from None
+                self._waited_for_limiter(limiter.acquire())
+            deadline = self._send_deadline()
+            headers = {**(self.auth_headers() if send.authenticate else {}), **send.headers}
+            basic = self.auth() if send.authenticate else None
+            response = self._send(send, headers, basic, deadline)
             if response.status_code >= 400:
-                # a 401 is retried once, at once, if the hook could refresh its credentials
-                reauthenticated = response.status_code == 401 and authenticate and not refreshed and self.on_unauthorized()
+                reauthenticated = self._reauthenticate(response.status_code, send, refreshed)
                 refreshed = refreshed or reauthenticated
-                raise self._response_error(response, method, display_path, idempotent, body, reauthenticated)
+                raise self._response_error(response, send.method, send.path, send.idempotent, send.body, reauthenticated)
             return response
 
-        return self.policy.call(attempt, self.log)
+        return self._within_call(lambda deadline: self.policy.call(attempt, self.log, deadline), attempt)
+
+    def _send(self, send: _Send, headers: dict[str, str], basic: Any, deadline: float) -> requests.Response:
+        url = send.url
+        for _ in range(MAX_SAME_HOST_REDIRECTS + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._deadline_error(send)
+            _WATCHDOG.watch(deadline)
+            try:
+                response = self.session.request(
+                    send.method, url, headers=headers, auth=basic, allow_redirects=False, stream=True,
+                    timeout=(min(send.timeout[0], remaining), min(send.timeout[1], remaining)), **send.kwargs)
+                if not send.stream:
+                    _read_body(response, deadline, send.max_body_bytes)
+            except _DeadlinePassed:
+                raise self._deadline_error(send) from None
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                if _WATCHDOG.fired():
+                    raise self._deadline_error(send) from None
+                not_sent = isinstance(exc, requests.RequestException) and _sent_nothing(exc)
+                raise self._transport_error(exc, not_sent, send.method, send.path, send.idempotent, send.body) from None
+            finally:
+                _WATCHDOG.done()
+            url = self._redirect_target(response, send, url)
+            if url is None:
+                return response
+            response.close()
+        raise self._redirect_error(response, send, "too many redirects")
 
     # httpx ----------------------------------------------------------------------------------------
     async def aclient(self) -> httpx.AsyncClient:
@@ -453,6 +570,7 @@ class ProfilesHook(BaseHook):
                 timeout=httpx.Timeout(self.timeout[1], connect=self.timeout[0]),
                 limits=httpx.Limits(max_connections=self.pool_size),
                 headers={"User-Agent": USER_AGENT},
+                follow_redirects=False,
             )
         return self._aclient
 
@@ -466,36 +584,192 @@ class ProfilesHook(BaseHook):
         authenticate: bool = True,
         **kwargs: Any,
     ) -> httpx.Response:
-        """The async twin of ``request`` for triggers: same policy, limits and errors; never blocks."""
+        """The async twin of ``request`` for triggers: same policy, limits, deadlines and errors; never blocks."""
         client = await self.aclient()
-        method = method.upper()
-        url, display_path = self.url(path), _display_path(path)
-        idempotent = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
-        headers = kwargs.pop("headers", None) or {}
+        send = self._prepare(method, path, idempotent, authenticate, kwargs)
+        send.body = _Body({})
         limiter = self.limiter(route)
-        body = _Body({})
         refreshed = False
 
         async def attempt() -> httpx.Response:
             nonlocal refreshed
             if limiter:
-                await limiter.aacquire()
-            auth_headers = await self.aauth_headers() if authenticate else {}
-            basic = self.auth() if authenticate else None
-            try:
-                response = await client.request(method, url, headers={**auth_headers, **headers},
-                                                auth=basic or httpx.USE_CLIENT_DEFAULT, **kwargs)
-            except httpx.HTTPError as exc:
-                not_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-                raise self._transport_error(exc, not_sent, method, display_path, idempotent, body) from None
+                self._waited_for_limiter(await limiter.aacquire())
+            deadline = self._send_deadline()
+            headers = {**(await self.aauth_headers() if send.authenticate else {}), **send.headers}
+            basic = self.auth() if send.authenticate else None
+            response = await self._asend(client, send, headers, basic, deadline)
             if response.status_code >= 400:
-                # a 401 is retried once, at once, if the hook could refresh its credentials
-                reauthenticated = response.status_code == 401 and authenticate and not refreshed and self.on_unauthorized()
+                reauthenticated = self._reauthenticate(response.status_code, send, refreshed)
                 refreshed = refreshed or reauthenticated
-                raise self._response_error(response, method, display_path, idempotent, body, reauthenticated)
+                raise self._response_error(response, send.method, send.path, send.idempotent, send.body, reauthenticated)
             return response
 
-        return await self.policy.acall(attempt, self.log)
+        return await self._awithin_call(lambda deadline: self.policy.acall(attempt, self.log, deadline), attempt)
+
+    async def _asend(self, client: httpx.AsyncClient, send: _Send, headers: dict[str, str], basic: Any,
+                     deadline: float) -> httpx.Response:
+        url = send.url
+        for _ in range(MAX_SAME_HOST_REDIRECTS + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._deadline_error(send)
+            try:
+                async with asyncio.timeout(remaining):
+                    request = client.build_request(send.method, url, headers=headers, **send.kwargs)
+                    response = await client.send(request, auth=basic or httpx.USE_CLIENT_DEFAULT, stream=True)
+                    try:
+                        await _aread_body(response, send.max_body_bytes)
+                    finally:
+                        await response.aclose()
+            except TimeoutError:
+                raise self._deadline_error(send) from None
+            except httpx.HTTPError as exc:
+                not_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+                raise self._transport_error(exc, not_sent, send.method, send.path, send.idempotent, send.body) from None
+            url = self._redirect_target(response, send, url)
+            if url is None:
+                return response
+        raise self._redirect_error(response, send, "too many redirects")
+
+    # the parts both clients share -------------------------------------------------------------------
+    def _prepare(self, method: str, path: str, idempotent: bool | None, authenticate: bool,
+                 kwargs: dict[str, Any]) -> _Send:
+        method = method.upper()
+        url = self.url(path)
+        timeout = kwargs.pop("timeout", None) or self.timeout
+        return _Send(
+            method=method, url=url, path=_display_path(path),
+            idempotent=method in IDEMPOTENT_METHODS if idempotent is None else idempotent,
+            # credentials go to the connection's own host only, whatever URL a caller passes
+            authenticate=authenticate and _origin(url) == _origin(self.base_url),
+            body=_Body(kwargs), headers=kwargs.pop("headers", None) or {},
+            timeout=timeout if isinstance(timeout, tuple) else (float(timeout), float(timeout)),
+            stream=bool(kwargs.pop("stream", False)), max_body_bytes=kwargs.pop("max_body_bytes", None),
+            kwargs=kwargs,
+        )
+
+    def _send_deadline(self) -> float:
+        call = _active_call.get()
+        deadline = time.monotonic() + self.request_deadline
+        return min(deadline, call.deadline) if call else deadline
+
+    def _within_call(self, run: Callable[[float], Any], attempt: Callable[[], Any]) -> Any:
+        """One budget per call: a request made inside another's attempt (a token fetch) is sent once, on
+        the caller's deadline, and its failure is the caller's attempt failing (the caller's policy retries)."""
+        if _active_call.get() is not None:
+            return attempt()
+        call = _Call(time.monotonic() + self.call_deadline)
+        token = _active_call.set(call)
+        try:
+            return run(lambda: call.deadline)
+        finally:
+            _active_call.reset(token)
+
+    async def _awithin_call(self, run: Callable[[float], Any], attempt: Callable[[], Any]) -> Any:
+        if _active_call.get() is not None:
+            return await attempt()
+        call = _Call(time.monotonic() + self.call_deadline)
+        token = _active_call.set(call)
+        try:
+            return await run(lambda: call.deadline)
+        finally:
+            _active_call.reset(token)
+
+    @staticmethod
+    def _waited_for_limiter(seconds: float) -> None:
+        """A wait for our own rate limiter (a Localytics upload slot: up to an hour) is not the server
+        being slow: it does not use up the call's budget."""
+        call = _active_call.get()
+        if call is not None and seconds:
+            call.deadline += seconds
+
+    def _reauthenticate(self, status: int, send: _Send, refreshed: bool) -> bool:
+        """A 401 or 403 is retried once, at once, if the hook could refresh its credentials."""
+        return status in (401, 403) and send.authenticate and not refreshed and self.on_unauthorized()
+
+    def _redirect_target(self, response: Any, send: _Send, url: str) -> str | None:
+        """None for a final answer; the next URL for a GET/HEAD redirect within the same host; else an error."""
+        if response.status_code not in REDIRECT_STATUSES:
+            if response.status_code < 300:
+                _typed_json(response, lambda why: VendorResponseError(
+                    why, status=response.status_code, method=send.method, path=send.path, vendor=self.hook_name))
+            return None
+        target = urljoin(url, response.headers.get("Location") or "")
+        if send.method in ("GET", "HEAD") and target != url and _origin(target) == _origin(url):
+            return target
+        if send.method not in ("GET", "HEAD"):
+            reason = f"a redirected {send.method} is not replayed; the request may not have been carried out"
+        else:
+            reason = "credentials are never sent to another host"
+        raise self._redirect_error(response, send, reason, target)
+
+    def _redirect_error(self, response: Any, send: _Send, reason: str, target: str = "") -> VendorRedirectError:
+        parts = urlsplit(target)
+        to = f" to {parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}" if target else ""
+        return VendorRedirectError(f"redirect{to} not followed: {reason}", status=response.status_code,
+                                   method=send.method, path=send.path, vendor=self.hook_name)
+
+    def _deadline_error(self, send: _Send) -> VendorConnectionError:
+        return VendorConnectionError(
+            f"no full response within the deadline ({self.request_deadline:g}s a request, "
+            f"{self.call_deadline:g}s a call)", method=send.method, path=send.path,
+            retryable=send.idempotent and send.body.rewindable, vendor=self.hook_name)
+
+    # URLs a vendor response supplies --------------------------------------------------------------------
+    def fetch_supplied_url(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """Send to a URL a vendor response supplied (an upload form, an error log), never with credentials.
+
+        Used only over https to a public host, or to the connection's own host or a ``trusted_hosts`` one
+        (any http(s)); anything else raises ``UntrustedURLError`` before a byte is sent.
+        """
+        self.connection  # noqa: B018
+        host = self._supplied_url_host(url)
+        if host is not None:
+            try:
+                addresses = [info[4][0] for info in socket.getaddrinfo(host, None)]
+            except OSError:
+                addresses = []
+            self._check_public(url, addresses)
+        return self.request(method, url, authenticate=False, **kwargs)
+
+    async def afetch_supplied_url(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        await self.aconnection()
+        host = self._supplied_url_host(url)
+        if host is not None:
+            try:
+                addresses = [info[4][0] for info in await asyncio.get_running_loop().getaddrinfo(host, None)]
+            except OSError:
+                addresses = []
+            self._check_public(url, addresses)
+        return await self.arequest(method, url, authenticate=False, **kwargs)
+
+    def _supplied_url_host(self, url: str) -> str | None:
+        """None if the URL may be used as it is; the host to check is public; raises if it is refused."""
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        if parts.scheme not in ("http", "https") or not host:
+            raise self._untrusted(url, "only http(s) URLs with a host are used")
+        if host == (urlsplit(self.base_url).hostname or "").lower() or host in self.trusted_hosts():
+            return None
+        if parts.scheme != "https":
+            raise self._untrusted(url, "plain http is used only for the connection's own host")
+        return host
+
+    def _check_public(self, url: str, addresses: list[str]) -> None:
+        # A name this machine cannot resolve is left to the network: without a proxy the request
+        # fails to connect anyway; behind one (workers without outside DNS), the proxy resolves it.
+        for address in addresses:
+            if not ipaddress.ip_address(address.split("%")[0]).is_global:
+                raise self._untrusted(url, "its host is not a public address")
+
+    def _untrusted(self, url: str, reason: str) -> UntrustedURLError:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+        return UntrustedURLError(
+            f"refused the URL a response supplied ({parts.scheme}://{host}): {reason}; if the host belongs to "
+            "your deployment, add it to the connection's trusted_hosts extra", path=_display_path(url),
+            vendor=self.hook_name)
 
     async def aclose(self) -> None:
         if self._aclient is not None:
@@ -557,6 +831,167 @@ def _ssl_context() -> ssl.SSLContext:
 def _display_path(path: str) -> str:
     """What errors and logs show of a URL: its path only (no query, no host of a presigned URL)."""
     return urlsplit(path).path or "/"
+
+
+def _read_extras(conn: Any, conn_id: str) -> dict[str, Any]:
+    """The connection's extras; unreadable ones are an error (Airflow would log them and go on with none,
+    and the hook would then call the production URL with the real key)."""
+    raw = conn.extra
+    if not raw:
+        return {}
+    try:
+        parsed = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
+    except json.JSONDecodeError as error:  # its text quotes no part of the document
+        raise ConnectionConfigError(f"connection {conn_id!r}: the extra field is not valid JSON ({error.msg} at "
+                                    f"line {error.lineno} column {error.colno}); nothing was sent") from None
+    if not isinstance(parsed, dict):
+        raise ConnectionConfigError(f"connection {conn_id!r}: the extra field must be a JSON object, "
+                                    f"not a JSON {type(parsed).__name__}; nothing was sent")
+    return conn.extra_dejson if isinstance(raw, (str, bytes)) else dict(parsed)  # extra_dejson masks secrets
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        port = None
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+class _DeadlinePassed(Exception):
+    pass
+
+
+class _Watchdog:
+    """One daemon thread that shuts the socket of a sync request still running at its deadline.
+
+    ``requests`` only has a per-read timeout, so a server dripping its status line or headers a byte
+    at a time would hold a worker forever; the body is read by pieces against the deadline as well.
+    (Async requests need none of this: ``asyncio.timeout`` cancels them.)
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._deadlines: dict[int, float] = {}  # thread -> deadline of its request in flight
+        self._connections: dict[int, Any] = {}  # thread -> the connection that request uses
+        self._fired: set[int] = set()
+        self._thread: threading.Thread | None = None
+        self._wakes_at = 0.0
+
+    def watch(self, deadline: float) -> None:
+        with self._cond:
+            self._deadlines[threading.get_ident()] = deadline
+            if self._thread is None or not self._thread.is_alive():  # not inherited by a forked child
+                self._thread = threading.Thread(target=self._run, name="profiles-http-deadlines", daemon=True)
+                self._thread.start()
+            elif deadline < self._wakes_at:  # only a deadline before its next wake-up needs it awake
+                self._cond.notify()
+
+    def using(self, connection: Any) -> None:
+        ident = threading.get_ident()
+        with self._cond:
+            if ident in self._deadlines:
+                self._connections[ident] = connection
+
+    def fired(self) -> bool:
+        with self._cond:
+            return threading.get_ident() in self._fired
+
+    def done(self) -> None:
+        ident = threading.get_ident()
+        with self._cond:
+            self._deadlines.pop(ident, None)
+            self._connections.pop(ident, None)
+            self._fired.discard(ident)
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: the parent's thread is gone and its lock may have been held at the fork."""
+        self.__init__()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for ident, deadline in list(self._deadlines.items()):
+                    if deadline <= now:
+                        del self._deadlines[ident]
+                        self._fired.add(ident)
+                        sock = getattr(self._connections.pop(ident, None), "sock", None)
+                        if sock is not None:
+                            try:
+                                sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+                            except OSError:
+                                pass
+                self._wakes_at = min(self._deadlines.values(), default=float("inf"))
+                self._cond.wait(self._wakes_at - now if self._deadlines else None)
+
+
+_WATCHDOG = _Watchdog()
+os.register_at_fork(after_in_child=_WATCHDOG.reset_after_fork)
+
+
+class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        connection = super()._get_conn(timeout)
+        _WATCHDOG.using(connection)
+        return connection
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        connection = super()._get_conn(timeout)
+        _WATCHDOG.using(connection)
+        return connection
+
+
+def _read_body(response: requests.Response, deadline: float, limit: int | None) -> None:
+    """Read the whole body (at most ``limit`` bytes) by pieces, checking the deadline after each piece."""
+    chunks, size = [], 0
+    try:
+        while limit is None or size < limit:
+            if time.monotonic() > deadline:
+                raise _DeadlinePassed
+            chunk = response.raw.read1(64 * 1024, decode_content=True)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except BaseException:
+        response.raw.close()
+        raise
+    response._content = b"".join(chunks)[:limit]
+    if limit is not None and size >= limit:
+        response.raw.close()  # the rest is not wanted: do not return a half-read connection to the pool
+    response._content_consumed = True
+    response.close()
+
+
+async def _aread_body(response: httpx.Response, limit: int | None) -> None:
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if limit is not None and size >= limit:
+            break
+    response._content = b"".join(chunks)[:limit]
+
+
+def _typed_json(response: Any, error: Callable[[str], VendorAPIError]) -> None:
+    """Make ``response.json()`` raise a typed error (naming the route and status) for a body that is not
+    JSON. An empty body still raises the library's ``ValueError``: hooks read it as "no content"."""
+    decode = response.json
+
+    def json_or_typed_error(**kwargs: Any) -> Any:
+        try:
+            return decode(**kwargs)
+        except ValueError:
+            if not response.content.strip():
+                raise
+            kind = (response.headers.get("Content-Type") or "no content type").split(";")[0]
+            raise error(f"the answer is not valid JSON ({kind}, {len(response.content)} bytes)") from None
+
+    response.json = json_or_typed_error
 
 
 def _json(response: requests.Response | httpx.Response) -> Any:

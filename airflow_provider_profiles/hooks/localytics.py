@@ -35,6 +35,8 @@ AUDIENCES = "audiences"
 KINDS = (PROFILES, AUDIENCES)
 PROFILE_FORMATS = ("json", "csv")
 FIRST_ERRORS = 5  # error-log lines carried in the status (and so in task logs and failure messages)
+ERROR_LOG_MAX_BYTES = 64 * 1024  # read no more of an error log than this: its first lines are what we keep
+ERROR_TEXT_MAX = 300  # characters of one error-log value kept
 DEFAULT_UPLOAD_MAX_WAIT = 2 * 3600.0
 
 _STATES = {"pending": JobState.RUNNING, "running": JobState.RUNNING, "completed": JobState.SUCCESS,
@@ -126,15 +128,18 @@ class LocalyticsHook(ProfilesHook):
         return _normalized(response.json())
 
     def get_error_log(self, url: str, limit: int | None = FIRST_ERRORS) -> list[Any]:
-        """The first ``limit`` entries of a job's error log (all with ``limit=None``).
+        """The first ``limit`` entries of a job's error log (all with ``limit=None``), as structured fields.
 
-        The log lives on another host (the vendor's object store), so it is fetched without credentials.
+        The URL comes from the status answer: it is fetched only over https from a public host, or from
+        the connection's own host or a ``trusted_hosts`` one, without credentials, and at most
+        ``ERROR_LOG_MAX_BYTES`` of it are read.
         """
-        response = self.request("GET", _absolute(url), authenticate=False, route="error_log")
+        response = self.fetch_supplied_url("GET", _absolute(url), route="error_log", max_body_bytes=ERROR_LOG_MAX_BYTES)
         return _error_entries(response.text, limit)
 
     async def aget_error_log(self, url: str, limit: int | None = FIRST_ERRORS) -> list[Any]:
-        response = await self.arequest("GET", _absolute(url), authenticate=False, route="error_log")
+        response = await self.afetch_supplied_url("GET", _absolute(url), route="error_log",
+                                                  max_body_bytes=ERROR_LOG_MAX_BYTES)
         return _error_entries(response.text, limit)
 
     # audience imports ---------------------------------------------------------------------------
@@ -277,10 +282,8 @@ def _activity_id(response: Any) -> str:
 
 
 def _json_or_empty(response: Any) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return {}
+    """The JSON body; {} for an empty one (a body that is not JSON raises ``VendorResponseError``)."""
+    return response.json() if response.content.strip() else {}
 
 
 def _to_int(value: Any) -> Any:
@@ -311,12 +314,15 @@ def _absolute(url: str) -> str:
 
 
 def _error_entries(text: str, limit: int | None) -> list[Any]:
-    """Error log entries: a JSON array, JSON lines, or plain text lines."""
+    """Error log entries (a JSON array or JSON lines) reduced to their structured fields: the scalar
+    values of each object, texts cut at ``ERROR_TEXT_MAX``. A line that is not a JSON object is not
+    carried (it could be any page the URL served); a note of its size stands in for it."""
     stripped = text.strip()
     if stripped.startswith("["):
         try:
-            entries = json.loads(stripped)
-            return entries if limit is None else entries[:limit]
+            parsed = json.loads(stripped)
+            if isinstance(parsed, list):
+                return [_structured(entry) for entry in (parsed if limit is None else parsed[:limit])]
         except ValueError:
             pass
     entries = []
@@ -324,12 +330,23 @@ def _error_entries(text: str, limit: int | None) -> list[Any]:
         if not line.strip():
             continue
         try:
-            entries.append(json.loads(line))
+            entries.append(_structured(json.loads(line)))
         except ValueError:
-            entries.append(line.strip())
+            entries.append(_structured(line))
         if limit is not None and len(entries) >= limit:
             break
     return entries
+
+
+def _structured(entry: Any) -> Any:
+    if isinstance(entry, dict):
+        return {str(key)[:100]: _cut(value) for key, value in entry.items()
+                if value is None or isinstance(value, (str, int, float, bool))}
+    return f"(an error-log line that is not a JSON object, {len(str(entry))} characters)"
+
+
+def _cut(value: Any) -> Any:
+    return value[:ERROR_TEXT_MAX] if isinstance(value, str) else value
 
 
 def statistics(kind: str, body: Mapping[str, Any]) -> dict[str, int | None]:

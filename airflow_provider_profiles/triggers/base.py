@@ -18,10 +18,12 @@ from airflow_provider_profiles.hooks.base import (
     VendorAPIError,
     VendorConnectionError,
     VendorRateLimitError,
+    VendorResponseError,
     VendorServerError,
 )
 
-TRANSIENT_ERRORS = (VendorConnectionError, VendorServerError, VendorRateLimitError)
+# an HTML page or a truncated body on a 200 is transient too: a proxy in trouble, the next poll may be fine
+TRANSIENT_ERRORS = (VendorConnectionError, VendorServerError, VendorRateLimitError, VendorResponseError)
 
 # Event statuses; a trigger yields exactly one event.
 SUCCESS, FAILED, TIMEOUT, ERROR = "success", "failed", "timeout", "error"

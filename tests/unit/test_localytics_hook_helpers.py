@@ -41,9 +41,13 @@ def test_failed_status_message_and_error_log_without_query():
 
 
 def test_error_log_formats():
-    assert _error_entries('{"line": 1}\n\n{"line": 2}\nplain text\n', None) == [{"line": 1}, {"line": 2}, "plain text"]
+    # only structured fields: a line that is not a JSON object is replaced by a note of its size
+    assert _error_entries('{"line": 1}\n\n{"line": 2}\nplain text\n', None) == [
+        {"line": 1}, {"line": 2}, "(an error-log line that is not a JSON object, 10 characters)"]
     assert _error_entries('[{"line": 1}, {"line": 2}, {"line": 3}]', 2) == [{"line": 1}, {"line": 2}]
-    assert _error_entries("a\nb\nc\n", 2) == ["a", "b"]
+    assert len(_error_entries("a\nb\nc\n", 2)) == 2
+    assert _error_entries('{"line": 3, "error": "%s", "raw": {"a": 1}}' % ("e" * 1000), None) == [
+        {"line": 3, "error": "e" * 300}]
     assert _absolute("bucket.s3.aws.com/e.json") == "https://bucket.s3.aws.com/e.json"
     assert _absolute("http://127.0.0.1:1/e.json") == "http://127.0.0.1:1/e.json"
 

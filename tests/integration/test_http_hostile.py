@@ -1,0 +1,196 @@
+"""The shared HTTP core against misbehaving servers on 127.0.0.1: redirects, HTML bodies, slow drips,
+server-supplied URLs, broken connection settings. Each test states the safe outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from airflow_provider_profiles.hooks.base import (
+    ConnectionConfigError,
+    RetryPolicy,
+    UntrustedURLError,
+    VendorConnectionError,
+    VendorRedirectError,
+    VendorResponseError,
+)
+from tests.echo_hook import EchoHook
+from tests.misbehaving_server import MisbehavingServer, drip, response
+
+SECRET = "s3cret-KEY-hostile-7d1f0a9e4c"
+
+
+@pytest.fixture
+def servers():
+    started = []
+
+    def start(answer):
+        server = MisbehavingServer(answer)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
+def waits():
+    return []
+
+
+@pytest.fixture
+def echo(airflow_connection, waits):
+    """``echo(base_url, **extra)`` -> an EchoHook on a connection to that URL, retry waits recorded."""
+
+    def make(base_url, **extra):
+        airflow_connection("echo_default", "echo", password=SECRET, extra={"base_url": base_url, **extra})
+
+        async def record(seconds):
+            waits.append(seconds)
+
+        return EchoHook(retry_policy=RetryPolicy(max_attempts=3, sleep=waits.append, asleep=record))
+
+    return make
+
+
+def other_host(server) -> str:
+    """The same server under another host name: 127.0.0.1 and localhost are different hosts."""
+    return f"http://localhost:{server.port}"
+
+
+# --- 11: redirects ---------------------------------------------------------------------------------
+def test_cross_host_redirect_is_not_followed_and_carries_no_key(servers, echo):
+    elsewhere = servers(lambda r: response(200, "{}"))
+    api = servers(lambda r: response(302, "", {"Location": f"{other_host(elsewhere)}/steal"}))
+    hook = echo(api.url)
+    with pytest.raises(VendorRedirectError, match="GET /items/a"):
+        hook.request("GET", "/items/a")
+    assert elsewhere.received == []
+    with pytest.raises(VendorRedirectError):
+        asyncio.run(hook.arequest("GET", "/items/a"))
+    assert elsewhere.received == []
+
+
+@pytest.mark.parametrize("status", [302, 303, 307])
+def test_redirected_post_is_an_error_not_a_silent_get(servers, echo, status):
+    def answer(received):
+        if received.method == "POST":
+            return response(status, "", {"Location": "/done"})
+        return response(200, '{"ok": true}')
+
+    api = servers(answer)
+    hook = echo(api.url)
+    with pytest.raises(VendorRedirectError, match="POST /items") as raised:
+        hook.request("POST", "/items", json={"key": "b"})
+    assert raised.value.status == status and not raised.value.retryable
+    with pytest.raises(VendorRedirectError, match="POST /items"):
+        asyncio.run(hook.arequest("POST", "/items", json={"key": "b"}))
+    assert [r.method for r in api.received] == ["POST", "POST"]  # nothing replayed as GET
+
+
+def test_same_host_get_redirect_is_followed(servers, echo):
+    def answer(received):
+        if received.path == "/old":
+            return response(301, "", {"Location": "/new"})
+        return response(200, '{"at": "%s"}' % received.path)
+
+    hook = echo(servers(answer).url)
+    assert hook.request("GET", "/old").json() == {"at": "/new"}
+    assert asyncio.run(hook.arequest("GET", "/old")).json() == {"at": "/new"}
+
+
+# --- 15: bodies that are not JSON ------------------------------------------------------------------
+@pytest.mark.parametrize("body, content_type", [("<html><body>Maintenance</body></html>", "text/html"),
+                                                ('{"items": [1, 2', "application/json")])
+def test_200_with_a_body_that_is_not_json_is_a_typed_error(servers, echo, body, content_type):
+    hook = echo(servers(lambda r: response(200, body, content_type=content_type)).url)
+    with pytest.raises(VendorResponseError, match=r"GET /items/a -> HTTP 200") as raised:
+        hook.request("GET", "/items/a").json()
+    assert raised.value.status == 200
+    with pytest.raises(VendorResponseError):
+        asyncio.run(hook.arequest("GET", "/items/a")).json()
+
+
+# --- 14: an overall deadline per request -------------------------------------------------------------
+def test_slow_drip_body_is_bounded_by_the_request_deadline(servers, echo):
+    body = b'{"v": "' + b"x" * 200 + b'"}'
+    head = response(200, body)[: -len(body)]
+    hook = echo(servers(lambda r: drip(head, body, every=0.05)).url, request_deadline=0.5)
+    with pytest.raises(VendorConnectionError, match="deadline"):
+        hook.request("GET", "/items/a")
+    with pytest.raises(VendorConnectionError, match="deadline"):
+        asyncio.run(hook.arequest("GET", "/items/a"))
+
+
+# --- 13 and 16: connection settings that cannot be used ----------------------------------------------
+def test_unreadable_extras_refuse_to_run(servers, airflow_connection):
+    api = servers(lambda r: response(200, "{}"))
+    airflow_connection("echo_default", "echo", password=SECRET,
+                       extra='{"base_url": "%s", "signing_secret": "xtra-%s", oops' % (api.url, SECRET))
+    with pytest.raises(ConnectionConfigError, match=r"echo_default.*extra.*line 1 column") as raised:
+        EchoHook().request("GET", "/items/a")
+    assert SECRET not in str(raised.value)
+    assert api.received == []
+
+
+def test_extras_that_are_not_an_object_refuse_to_run(airflow_connection):
+    airflow_connection("echo_default", "echo", password=SECRET, extra='["base_url"]')
+    with pytest.raises(ConnectionConfigError, match="JSON object"):
+        EchoHook().request("GET", "/items/a")
+
+
+@pytest.mark.parametrize("base_url", ["htp:/x", "http://", "https:///v1", "file:///etc/passwd"])
+def test_malformed_base_url_is_a_configuration_error_said_once(echo, waits, base_url):
+    hook = echo(base_url)
+    with pytest.raises(ConnectionConfigError, match="base URL"):
+        hook.request("GET", "/items/a")
+    assert waits == []
+
+
+# --- 12: URLs a response supplies ---------------------------------------------------------------------
+def test_supplied_url_on_another_private_host_is_refused(servers, echo):
+    internal = servers(lambda r: response(200, "internal secrets"))
+    api = servers(lambda r: response(200, "{}"))
+    hook = echo(api.url)
+    for url in (f"{other_host(internal)}/latest/meta-data", "http://169.254.169.254/latest/meta-data",
+                "file:///etc/passwd", f"https://localhost:{internal.port}/x"):
+        with pytest.raises(UntrustedURLError):
+            hook.fetch_supplied_url("GET", url)
+        with pytest.raises(UntrustedURLError):
+            asyncio.run(hook.afetch_supplied_url("GET", url))
+    assert internal.received == []
+
+
+def test_supplied_url_on_the_connections_own_host_or_a_trusted_host_is_used(servers, echo):
+    files = servers(lambda r: response(200, "log line", content_type="text/plain"))
+    hook = echo(files.url)
+    assert hook.fetch_supplied_url("GET", f"{files.url}/errors.json").text == "log line"
+    assert "x-api-key" not in files.received[-1].headers  # never credentials, even to its own host
+    trusting = echo("http://127.0.0.1:9", trusted_hosts=["localhost"])
+    assert trusting.fetch_supplied_url("GET", f"{other_host(files)}/errors.json").text == "log line"
+
+
+def test_slow_drip_headers_are_cut_at_the_request_deadline(servers, echo):
+    head = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 400 + b"\r\nContent-Length: 2\r\n\r\n{}"
+    sent: list[int] = []
+    api = servers(lambda r: drip(b"", head, every=0.05, sent=sent))
+    hook = echo(api.url, request_deadline=0.5)
+    with pytest.raises(VendorConnectionError, match="deadline"):
+        hook.request("GET", "/items/a")
+    with pytest.raises(VendorConnectionError, match="deadline"):
+        asyncio.run(hook.arequest("GET", "/items/a"))
+    give_up = time.monotonic() + 60
+    while len(sent) < len(api.received) and time.monotonic() < give_up:  # each drip ends at the hang-up
+        time.sleep(0.05)
+    # every attempt was cut near its deadline, long before the headers end (0.5 s is ~10 of 450 bytes)
+    assert len(sent) == len(api.received) and max(sent) < len(head) // 2
+
+
+def test_waiting_for_the_client_side_limiter_does_not_use_up_the_call_budget(servers, echo):
+    api = servers(lambda r: response(200, "{}"))
+    hook = echo(api.url, call_deadline=0.5, rate_limits={"default": [1, 1.0]})
+    hook.request("GET", "/items/a")
+    assert hook.request("GET", "/items/a").json() == {}  # waited ~1 s for its slot, past the 0.5 s budget
