@@ -54,10 +54,11 @@ def wait_done(hook, kind, activity_id, timeout=10.0):
 
 
 def test_profile_upload_runs_to_completion_and_applies_changes(localytics, tmp_path):
-    server, hook = localytics()
+    server, hook = localytics(time_scale=0)  # the emulated clock stands still until advanced
     activity_id = hook.upload_profiles(write(tmp_path, GOOD % "a" + GOOD % "b"))  # org_id from the connection
     first = hook.job_status(kind="profiles", activity_id=activity_id)
     assert first.state is JobState.RUNNING and first.vendor_status == "Pending"
+    server.emulator.clock.advance(server.emulator.pending_seconds + server.emulator.running_seconds)
     status = wait_done(hook, "profiles", activity_id)
     assert status.state is JobState.SUCCESS and status.vendor_status == "Completed"
     assert status.payload["statistics"] == {"total": 2, "succeeded": 2, "failed": 0}
