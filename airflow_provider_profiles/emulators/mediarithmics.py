@@ -29,13 +29,17 @@ from starlette.routing import Route
 
 from airflow_provider_profiles.emulators.base import Emulator
 
+# developer.mediarithmics.io/data-ingestion/bulk-processing and its per-type pages (imports, deletions,
+# user identifiers association); the overview also lists user dissociation.
 DOCUMENT_TYPES = (
     "USER_ACTIVITY",
     "USER_SEGMENT",
     "USER_PROFILE",
     "USER_CHOICE",
     "USER_IDENTIFIERS_ASSOCIATION_DECLARATIONS",
+    "USER_IDENTIFIERS_DISSOCIATION_DECLARATIONS",
     "USER_IDENTIFIERS_DELETION",
+    "USER_POINTS_DELETION",
 )
 CONTENT_TYPES = {"APPLICATION_X_NDJSON": "application/x-ndjson", "TEXT_CSV": "text/csv"}
 PRIORITIES = ("LOW", "MEDIUM", "HIGH")
@@ -390,8 +394,19 @@ class MediarithmicsEmulator(Emulator):
 
 # --- line validation (what the platform checks before importing a command) ----------------------
 
+# Sources of the line rules below (all on developer.mediarithmics.io):
+#   IDS      /user-points/user-identifiers: one identifier per line; user_account_id with an optional
+#            compartment_id ("if you don't specify a compartment_id, then the default compartment will be used")
+#   BULK     /data-ingestion/bulk-processing: "only one identifier is allowed per line"
+#   SEGMENTS /data-ingestion/bulk-processing/imports/segments-import: operation, segment, expiration_duration
+#   PROFILES /data-ingestion/bulk-processing/imports/user-profiles-import
+#   ACTIVITY /data-ingestion/bulk-processing/imports/user-activities-import
+#   CHOICES  /data-ingestion/bulk-processing/imports/user_choices
+#   ASSOC    /data-ingestion/bulk-processing/user-identifiers-association (typed identifiers)
+#   POINTS   /data-ingestion/bulk-processing/deletions/user-points-deletion (typed identifiers or USER_POINT)
 _IDENTIFIER_FIELDS = ("user_account_id", "email_hash", "user_agent_id")
-_TYPED_IDENTIFIERS = {"USER_ACCOUNT": ("user_account_id", "compartment_id"), "USER_EMAIL": ("hash",), "USER_AGENT": ("user_agent_id",)}
+_TYPED_IDENTIFIERS = {"USER_ACCOUNT": ("user_account_id",), "USER_EMAIL": ("hash",), "USER_AGENT": ("user_agent_id",)}
+_USER_POINT = {"USER_POINT": ("user_point_id",)}
 
 
 def _present(value: Any) -> bool:
@@ -399,22 +414,28 @@ def _present(value: Any) -> bool:
 
 
 def _one_identifier(line: Mapping[str, Any], prefix: str = "") -> None:
+    # BULK, IDS: exactly one identifier; a compartment_id is optional (the default compartment)
     found = [f for f in _IDENTIFIER_FIELDS if _present(line.get(prefix + f))]
     if len(found) != 1:
         raise _Invalid(f"exactly one user identifier per line is allowed, found {len(found)}: {found or 'none'}")
-    if found[0] == "user_account_id" and not _present(line.get(prefix + "compartment_id")):
-        raise _Invalid("user_account_id needs a compartment_id")
 
 
-def _typed_identifier(identifier: Any) -> None:
-    if not isinstance(identifier, dict) or identifier.get("type") not in _TYPED_IDENTIFIERS:
-        raise _Invalid(f"identifier type must be one of {', '.join(_TYPED_IDENTIFIERS)}")
-    missing = [f for f in _TYPED_IDENTIFIERS[identifier["type"]] if not _present(identifier.get(f))]
+def _typed_identifier(identifier: Any, types: Mapping[str, tuple[str, ...]] = _TYPED_IDENTIFIERS) -> None:
+    # ASSOC, POINTS: the type and its value field; compartment_id optional for USER_ACCOUNT
+    if not isinstance(identifier, dict) or identifier.get("type") not in types:
+        raise _Invalid(f"identifier type must be one of {', '.join(types)}")
+    missing = [f for f in types[identifier["type"]] if not _present(identifier.get(f))]
     if missing:
         raise _Invalid(f"{identifier['type']} identifier misses {', '.join(missing)}")
 
 
+def _check_points_deletion(line: Mapping[str, Any]) -> None:
+    _typed_identifier(line, {**_TYPED_IDENTIFIERS, **_USER_POINT})  # POINTS
+
+
 def _check_segment(line: Mapping[str, Any]) -> None:
+    # SEGMENTS: operation UPDATE|DELETE, a segment by id or technical name, expiration_duration mandatory
+    # (Integer, minutes, 0 = never); expiration_ts and data_bag optional, not checked (lenient)
     _one_identifier(line)
     if line.get("operation") not in ("UPDATE", "DELETE"):
         raise _Invalid("operation must be UPDATE or DELETE")
@@ -422,15 +443,17 @@ def _check_segment(line: Mapping[str, Any]) -> None:
     if segment == _present(line.get("segment_technical_name")):
         raise _Invalid("give either segment_id or segment_technical_name")
     expiration = line.get("expiration_duration")
-    if _present(expiration):
-        try:
-            if int(expiration) < 0:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise _Invalid("expiration_duration must be a whole number of minutes >= 0") from None
+    if not _present(expiration):
+        raise _Invalid("expiration_duration is mandatory (minutes, 0 = never expires)")
+    try:
+        if int(expiration) < 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise _Invalid("expiration_duration must be a whole number of minutes >= 0") from None
 
 
 def _check_profile(line: Mapping[str, Any]) -> None:
+    # PROFILES: operation UPSERT|DELETE, user_profile on UPSERT, the three update strategies
     _one_identifier(line)
     if line.get("operation") not in ("UPSERT", "DELETE"):
         raise _Invalid("operation must be UPSERT or DELETE")
@@ -442,11 +465,10 @@ def _check_profile(line: Mapping[str, Any]) -> None:
 
 
 def _check_activity(line: Mapping[str, Any]) -> None:
+    # ACTIVITY: $-prefixed identifiers (one; $compartment_id optional, IDS), $type, $ts in epoch ms
     found = [f for f in _IDENTIFIER_FIELDS if _present(line.get("$" + f))]
     if len(found) != 1:
         raise _Invalid(f"exactly one user identifier per line is allowed, found {len(found)}")
-    if found[0] == "user_account_id" and not _present(line.get("$compartment_id")):
-        raise _Invalid("$user_account_id needs a $compartment_id")
     if not _present(line.get("$type")):
         raise _Invalid("$type is required")
     if not isinstance(line.get("$ts"), int):
@@ -456,22 +478,33 @@ def _check_activity(line: Mapping[str, Any]) -> None:
 
 
 def _check_choice(line: Mapping[str, Any]) -> None:
+    # CHOICES: "the $processing_id field is always mandatory, and $choice_ts is mandatory when operation
+    # is UPSERT"; force_replace "mandatory when the operation is UPSERT"
     _one_identifier(line)
     if line.get("operation") not in ("UPSERT", "DELETE"):
         raise _Invalid("operation must be UPSERT or DELETE")
     choice = line.get("user_choice")
-    if not isinstance(choice, dict) or not (
-        _present(choice.get("$processing_id")) or _present(choice.get("$processing_token"))
-    ):
-        raise _Invalid("user_choice needs a $processing_id or $processing_token")
+    if not isinstance(choice, dict) or not _present(choice.get("$processing_id")):
+        raise _Invalid("user_choice.$processing_id is mandatory")
+    if line["operation"] == "UPSERT":
+        if not isinstance(line.get("force_replace"), bool):
+            raise _Invalid("force_replace is mandatory on UPSERT (true or false)")
+        if not _present(choice.get("$choice_ts")):
+            raise _Invalid("user_choice.$choice_ts is mandatory on UPSERT")
 
 
 def _check_association(line: Mapping[str, Any]) -> None:
+    # ASSOC: an identifiers array of typed identifiers
     identifiers = line.get("identifiers")
     if not isinstance(identifiers, list) or len(identifiers) < 2:
         raise _Invalid("identifiers must list at least two identifiers to associate")
     for identifier in identifiers:
         _typed_identifier(identifier)
+
+
+def _check_dissociation(line: Mapping[str, Any]) -> None:
+    # No public page gives the dissociation line's shape: lenient, any JSON object passes.
+    del line
 
 
 _CHECKS = {
@@ -480,7 +513,9 @@ _CHECKS = {
     "USER_ACTIVITY": _check_activity,
     "USER_CHOICE": _check_choice,
     "USER_IDENTIFIERS_ASSOCIATION_DECLARATIONS": _check_association,
+    "USER_IDENTIFIERS_DISSOCIATION_DECLARATIONS": _check_dissociation,
     "USER_IDENTIFIERS_DELETION": _typed_identifier,
+    "USER_POINTS_DELETION": _check_points_deletion,
 }
 
 

@@ -91,3 +91,43 @@ def test_a_file_over_100_mb_is_sent_with_a_warning_not_refused(mics, tmp_path, c
     # the emulator refuses no size: the 100 MB figure is a recommendation for performance
     chunked = hook.create_execution(import_id, iter([LINE] * 2000))
     assert chunked["parameters"]["number_of_lines"] == 2000
+
+
+def run_lines(server, hook, document_type, lines):
+    import_id = hook.create_document_import(document_type, "APPLICATION_X_NDJSON", f"lines {document_type}")["id"]
+    body = "".join(line + "\n" for line in lines).encode()
+    execution = hook.create_execution(import_id, body)
+    server.emulator.clock.advance(5)
+    return hook.get_execution(import_id, execution["id"])
+
+
+@pytest.mark.parametrize("document_type, line", [
+    ("USER_PROFILE", '{"operation":"UPSERT","user_account_id":"u","update_strategy":"PARTIAL_UPDATE","user_profile":{"a":1}}'),
+    ("USER_IDENTIFIERS_DELETION", '{"type":"USER_ACCOUNT","user_account_id":"u"}'),
+    ("USER_POINTS_DELETION", '{"type":"USER_POINT","user_point_id":"95772db3-e762"}'),
+    ("USER_POINTS_DELETION", '{"type":"USER_ACCOUNT","user_account_id":"u"}'),
+    ("USER_IDENTIFIERS_DISSOCIATION_DECLARATIONS",
+     '{"identifiers":[{"type":"USER_EMAIL","hash":"h"},{"type":"USER_ACCOUNT","user_account_id":"u"}]}'),
+    ("USER_CHOICE", '{"operation":"UPSERT","email_hash":"h","force_replace":true,'
+                    '"user_choice":{"$processing_id":"3","$choice_ts":1700000000000}}'),
+])
+def test_the_platform_accepts_what_the_reference_allows(mics, document_type, line):
+    server, hook = mics()
+    execution = run_lines(server, hook, document_type, [line])
+    assert execution["status"] == "SUCCEEDED" and execution["result"]["total_success"] == 1
+
+
+@pytest.mark.parametrize("document_type, line, error", [
+    ("USER_SEGMENT", '{"operation":"UPDATE","email_hash":"h","segment_id":"1"}', "expiration_duration is mandatory"),
+    ("USER_CHOICE", '{"operation":"UPSERT","email_hash":"h","user_choice":{"$processing_id":"3","$choice_ts":1}}',
+     "force_replace is mandatory"),
+    ("USER_CHOICE", '{"operation":"UPSERT","email_hash":"h","force_replace":true,"user_choice":{"$processing_id":"3"}}',
+     "$choice_ts is mandatory"),
+    ("USER_CHOICE", '{"operation":"DELETE","email_hash":"h","user_choice":{"$processing_token":"t"}}',
+     "$processing_id is mandatory"),
+])
+def test_the_platform_refuses_what_the_reference_requires(mics, document_type, line, error):
+    server, hook = mics()
+    execution = run_lines(server, hook, document_type, [line])
+    assert execution["status"] == "FAILED"
+    assert error in hook.error_lines(execution["result"]["error_file_uri"])[0]
