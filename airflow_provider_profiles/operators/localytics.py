@@ -21,6 +21,7 @@ from airflow_provider_profiles.hooks.localytics import (
 )
 from airflow_provider_profiles.operators.base import RemoteJobOperator
 from airflow_provider_profiles.triggers.localytics import LocalyticsImportTrigger
+from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
 
 AUDIENCE_ACTIONS = ("create", "replace", "rename", "delete")
 
@@ -193,3 +194,19 @@ class LocalyticsAudienceImportOperator(_LocalyticsImportOperator):
 
 
 __all__ = ["AUDIENCE_ACTIONS", "LocalyticsAudienceImportOperator", "LocalyticsProfileImportOperator"]
+
+
+class LocalyticsEraseOperator(EraseOneByOneOperator):
+    """Delete Localytics profiles by customer id through the Profile API: org-level profiles, or an
+    app's profiles with ``app_id``. See ``EraseOneByOneOperator`` for the id sources and the report."""
+
+    hook_class = LocalyticsHook
+    vendor = "localytics"
+    template_fields = (*EraseOneByOneOperator.template_fields, "app_id")
+
+    def __init__(self, *, app_id: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.app_id = app_id
+
+    def erase_one(self, hook: Any, identifier: str) -> bool:
+        return hook.delete_profile(identifier, app_id=self.app_id)
