@@ -122,16 +122,22 @@ class EraseIdsMixin:
     vendor: ClassVar[str]
 
     def init_ids(self, ids_file: Any, id_column: str, sql: str | None, sql_conn_id: str | None, fail_on_error: bool) -> None:
-        if (ids_file is None) == (sql is None):
+        if ids_file is None and sql is None:
             raise ValueError("give either ids_file or sql (with sql_conn_id)")
-        if sql is not None and not sql_conn_id:
-            raise ValueError("sql needs sql_conn_id, the connection to run it on")
         self.ids_file, self.id_column, self.sql, self.sql_conn_id = ids_file, id_column, sql, sql_conn_id
         self.fail_on_error = fail_on_error
 
     def read_ids(self) -> list[str]:
-        if self.sql is not None:
-            return ids_from_sql(self.sql_conn_id, self.sql)  # type: ignore[arg-type]
+        """The ids, from the query when ``sql`` is set (after templating: an empty string counts as
+        unset, so a DAG can template both and choose per run), else from ``ids_file``."""
+        if self.sql:
+            if self.ids_file:
+                raise ValueError("give either ids_file or sql, not both")
+            if not self.sql_conn_id:
+                raise ValueError("sql needs sql_conn_id, the connection to run it on")
+            return ids_from_sql(self.sql_conn_id, self.sql)
+        if not self.ids_file:
+            raise ValueError("no ids: ids_file and sql are both empty")
         return ids_from_file(self.ids_file, self.id_column)
 
     def finish(self, context: Any, report: dict[str, Any]) -> dict[str, Any]:

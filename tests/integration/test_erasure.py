@@ -138,4 +138,6 @@ def test_erase_operator_needs_exactly_one_source():
     with pytest.raises(ValueError, match="either ids_file or sql"):
         LocalyticsEraseOperator(task_id="x")
     with pytest.raises(ValueError, match="needs sql_conn_id"):
-        LocalyticsEraseOperator(task_id="x", sql="select 1")
+        LocalyticsEraseOperator(task_id="x", sql="select 1").read_ids()
+    with pytest.raises(ValueError, match="not both"):
+        LocalyticsEraseOperator(task_id="x", sql="select 1", ids_file="ids.csv", sql_conn_id="db").read_ids()
