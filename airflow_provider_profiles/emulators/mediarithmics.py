@@ -135,11 +135,13 @@ class MediarithmicsEmulator(Emulator):
 
     @staticmethod
     def _error(status_code: int, message: str) -> JSONResponse:
+        # the error body's shape has no public reference (DESIGN.md marks it inferred): clients read it leniently
         body = {"status": "error", "error": message, "error_id": str(uuid.uuid4())}
         return JSONResponse(body, status_code=status_code)
 
     def _check(self, request: Request) -> JSONResponse | None:
         """Token, then datamart: the error response, or None when the request may proceed."""
+        # "Authorization: <YOUR_API_TOKEN>", no scheme (developer.mediarithmics.io/data-ingestion/bulk-processing)
         if request.headers.get("authorization") != self.token:
             return self._error(401, "Authentication error: missing or invalid API token")
         datamart_id = request.path_params.get("datamart_id")
@@ -148,6 +150,8 @@ class MediarithmicsEmulator(Emulator):
         return None
 
     def _page(self, request: Request, items: list[dict[str, Any]]) -> JSONResponse:
+        # first_result / max_results paging and the count/total fields: developer.mediarithmics.io
+        # "using our API" guide (linked from the bulk-processing page); the page-size cap is ours (lenient)
         try:
             first = int(request.query_params.get("first_result", 0))
             size = int(request.query_params.get("max_results", self.default_max_results))
@@ -161,6 +165,8 @@ class MediarithmicsEmulator(Emulator):
 
     # --- document imports ---------------------------------------------------------------------
     def _validate_definition(self, body: Any, partial: bool = False) -> str | None:
+        # the document import's properties, document types and mime types:
+        # developer.mediarithmics.io/data-ingestion/bulk-processing ("Document import"); priority values inferred
         if not isinstance(body, dict):
             return "the body must be a JSON object"
         required = () if partial else ("document_type", "mime_type", "encoding", "name")
@@ -177,6 +183,7 @@ class MediarithmicsEmulator(Emulator):
 
     @staticmethod
     def _csv_allowed(definition: Mapping[str, Any]) -> bool:
+        # "The csv format can be chosen only for USER_SEGMENT imports" (developer.mediarithmics.io/data-ingestion/bulk-processing)
         return definition["mime_type"] != "TEXT_CSV" or definition["document_type"] == "USER_SEGMENT"
 
     async def _document_imports(self, request: Request) -> Response:
@@ -261,6 +268,7 @@ class MediarithmicsEmulator(Emulator):
         return await self._create_execution(request, definition)
 
     async def _create_execution(self, request: Request, definition: dict[str, Any]) -> Response:
+        # the upload's Content-Type matches the import's mime type (the bulk-processing page's curl examples)
         expected = CONTENT_TYPES[definition["mime_type"]]
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != expected:
@@ -305,6 +313,8 @@ class MediarithmicsEmulator(Emulator):
             return "PENDING"
         if elapsed < self.pending_seconds + self.running_seconds:
             return "RUNNING"
+        # PENDING -> RUNNING -> SUCCEEDED (developer.mediarithmics.io/data-ingestion/bulk-processing, "File
+        # upload"); when an execution FAILs is not documented: here, when no line could be imported
         if record["total_success"] == 0 and record["total_failure"] > 0:
             return "FAILED"
         # SUCCESS (shown like SUCCEEDED), LOST and EXECUTOR_NOT_RESPONDING are statuses the platform reports
@@ -375,6 +385,8 @@ class MediarithmicsEmulator(Emulator):
             if record is None:
                 return self._error(404, f"execution {request.path_params['execution_id']} not found")
             status = self._status(record)
+            # "The cancellation of an execution will only work if the status of this executions is PENDING"
+            # (developer.mediarithmics.io/data-ingestion/bulk-processing)
             if status != "PENDING":
                 return self._error(400, f"execution {record['id']} is {status}: only a PENDING execution can be canceled")
             record["canceled_at"] = self.clock.now()
