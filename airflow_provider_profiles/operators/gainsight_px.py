@@ -511,5 +511,7 @@ class GainsightPXEraseOperator(EraseOneByOneOperator):
     def erase_one(self, hook: Any, identifier: str) -> bool:
         hard_delete = self.hard_delete
         if self.entity == "account":
-            return hook.delete_account(identifier, hard_delete=hard_delete)
-        return hook.delete_user(identifier, hard_delete=hard_delete)
+            account_id = identifier
+            return hook.delete_account(account_id, hard_delete=hard_delete)
+        identify_id = identifier
+        return hook.delete_user(identify_id, hard_delete=hard_delete)

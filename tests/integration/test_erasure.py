@@ -141,3 +141,34 @@ def test_erase_operator_needs_exactly_one_source():
         LocalyticsEraseOperator(task_id="x", sql="select 1").read_ids()
     with pytest.raises(ValueError, match="not both"):
         LocalyticsEraseOperator(task_id="x", sql="select 1", ids_file="ids.csv", sql_conn_id="db").read_ids()
+
+
+def test_gainsight_erase_loop_against_the_emulator_with_todays_delete(emulator, airflow_connection, tmp_path):
+    """The operator's loop and report over real HTTP, whichever hook version is installed: a hook whose
+    delete_user/delete_account take ``hard_delete`` (forwarded to today's ``delete``; the flag itself is
+    the Gainsight PX hook's to send)."""
+    calls = []
+
+    class Hook(GainsightPXHook):
+        def delete_user(self, identify_id, hard_delete=False):
+            calls.append(("user", identify_id, hard_delete))
+            return self.delete("USER", identify_id)
+
+        def delete_account(self, account_id, hard_delete=False):
+            calls.append(("account", account_id, hard_delete))
+            return self.delete("ACCOUNT", account_id)
+
+    class Operator(GainsightPXEraseOperator):
+        hook_class = Hook
+
+    server = emulator("gainsight_px")
+    connect(airflow_connection, "gainsight_px_default", server)
+    server.emulator.store["users"]["u1"] = {"identifyId": "u1"}
+    server.emulator.store["accounts"]["a1"] = {"id": "a1"}
+    report = Operator(task_id="erase", ids_file=ids_csv(tmp_path, "u1", "u2")).execute({"ti": TI()})
+    assert (report["read"], report["erased"], report["not_found"], report["failed"]) == (2, 1, 1, 0)
+    accounts = Operator(task_id="erase_accounts", entity="account", hard_delete=False,
+                        ids_file=ids_csv(tmp_path, "a1")).execute({"ti": TI()})
+    assert accounts["erased"] == 1
+    assert calls == [("user", "u1", True), ("user", "u2", True), ("account", "a1", False)]
+    assert server.emulator.snapshot()["users"] == {} and server.emulator.snapshot()["accounts"] == {}
