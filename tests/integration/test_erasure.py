@@ -172,3 +172,20 @@ def test_gainsight_erase_loop_against_the_emulator_with_todays_delete(emulator, 
     assert accounts["erased"] == 1
     assert calls == [("user", "u1", True), ("user", "u2", True), ("account", "a1", False)]
     assert server.emulator.snapshot()["users"] == {} and server.emulator.snapshot()["accounts"] == {}
+
+
+def test_mediarithmics_erasure_names_the_ids_of_failed_lines(emulator, airflow_connection, tmp_path):
+    from airflow_provider_profiles.hooks.base import JobState, JobStatus
+    from airflow_provider_profiles.operators.mediarithmics import MediarithmicsEraseOperator
+
+    server = emulator("mediarithmics")
+    connect(airflow_connection, "mediarithmics_default", server)
+    server.emulator.error_files["mics://errors/1"] = [{"line": 2, "error": "unknown compartment"}]
+    operator = MediarithmicsEraseOperator(task_id="erase", ids_file=ids_csv(tmp_path, "u1", "u2", "u3"),
+                                          compartment_id="7", fail_on_error=False)
+    assert operator._lines(["u1"])[0] == b'{"type":"USER_ACCOUNT","compartment_id":"7","user_account_id":"u1"}\n'
+    status = JobStatus(JobState.SUCCESS, "SUCCEEDED", {"id": "9", "result": {
+        "total_success": 2, "total_failure": 1, "error_file_uri": "mics://errors/1"}})
+    report = operator.on_success({"ti": TI()}, status)
+    assert (report["read"], report["erased"], report["failed"]) == (3, 2, 1)
+    assert report["failures"] == [{"id": "u2", "reason": "unknown compartment"}]
