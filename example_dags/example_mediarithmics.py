@@ -3,8 +3,9 @@ import for the run -> one execution per chunk (deferred) -> report once all are 
 
 mediarithmics recommends a new document import per batch of files (here: per run, named with the
 run's date) and files of at most 100 MB, so the prepared file is split and each chunk becomes one
-execution, uploaded by a mapped task. Rows without exactly one user identifier (user account id
-with its compartment, or email hash) never leave: they go to the rejects file with the reason.
+execution, uploaded by a mapped task. Rows without exactly one user identifier (user account id,
+with its compartment or in the default one, or email hash) never leave: they go to the rejects
+file with the reason.
 
 Needs a connection ``mediarithmics_default``: API token as password, extra ``{"datamart_id": "..."}``.
 Against the local emulator, no account needed::

@@ -228,6 +228,7 @@ class ApsisOneEmulator(Emulator):
             Route(f"/v2{sections}/imports", self._create_import, methods=["POST"]),
             *imports,
             Route(UPLOAD_PATH, self._upload, methods=["POST"]),
+            Route("/audience/keyspaces/{keyspace}/profiles/{profile_key}", self._delete_profile, methods=["DELETE"]),
         ]
 
     # --- state views ------------------------------------------------------------------------------
@@ -641,3 +642,22 @@ class ApsisOneEmulator(Emulator):
             for a in self.catalog["sections"][section]["attributes"]
             for v in a["versions"]
         }
+
+    async def _delete_profile(self, request: Request) -> Response:
+        """Profile deletion, as the API client of github.com/ApsisInternational/module-one addresses
+        profiles (``/audience/keyspaces/{keyspace}/profiles/{profile_key}``): the profile goes from every
+        section. No public source gives the response codes: 204 when deleted and a 404 problem when
+        there is no such profile are this emulator's assumption."""
+        denied = self._unauthorized(request)
+        if denied:
+            return denied
+        key = f"{request.path_params['keyspace']}:{request.path_params['profile_key']}"
+        with self.lock:
+            found = [section for section, store in self.profiles.items() if key in store]
+            for section in found:
+                del self.profiles[section][key]
+            if found:
+                self.stored_profiles -= 1
+        if not found:
+            return problem(404, "Not Found", f"no profile {request.path_params['profile_key']!r} in this keyspace")
+        return Response(status_code=204)

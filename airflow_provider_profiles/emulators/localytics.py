@@ -102,6 +102,9 @@ class LocalyticsEmulator(Emulator):
             Route(f"{audiences}/{{list_id:int}}/name", self._rename_audience, methods=["PUT"]),
             Route(f"{audiences}/{{list_id:int}}", self._audience_list, methods=["PUT", "DELETE"]),
             Route(f"{ERROR_LOG_PREFIX}/{{activity_id}}/errors.json", self._error_log, methods=["GET"]),
+            # Profile API (profile.localytics.com in production; here on the same host)
+            Route("/v1/profiles/{customer_id}", self._delete_profile, methods=["DELETE"]),
+            Route("/v1/apps/{app_id}/profiles/{customer_id}", self._delete_profile, methods=["DELETE"]),
         ]
 
     def connection(self) -> dict[str, Any]:
@@ -432,6 +435,25 @@ class LocalyticsEmulator(Emulator):
 
 
 # --- file validation (module level: pure functions of the uploaded bytes) -------------------------
+
+    async def _delete_profile(self, request: Request) -> Response:
+        """Profile API DELETE (help.uplandsoftware.com/localytics/dev/profile-api.html): org-level
+        ``/v1/profiles/{customer_id}`` or app-level ``/v1/apps/{app_id}/profiles/{customer_id}``; 404 when
+        there is no profile, as its GET documents (v4docs.localytics.com/Dev/Profiles/get.html). The page
+        gives no success code nor a rate limit for DELETE: 204 and no limit are this emulator's choice."""
+        if not self._authenticated(request):
+            return JSONResponse({"error": "The provided authentication parameters were not valid."}, status_code=401)
+        customer_id, app_id = request.path_params["customer_id"], request.path_params.get("app_id")
+        if app_id is not None and app_id not in self.app_ids:
+            return JSONResponse({"error": f"app {app_id} not found"}, status_code=404)
+        scopes = [f"app_id:{app_id}"] if app_id is not None else [f"org_id:{org}" for org in self.org_ids]
+        with self.lock:
+            found = [scope for scope in scopes if customer_id in self.profiles.get(scope, {})]
+            for scope in found:
+                del self.profiles[scope][customer_id]
+        if not found:
+            return JSONResponse({"error": "Not Found"}, status_code=404)
+        return Response(status_code=204)
 
 
 def _text(value: Any) -> str:

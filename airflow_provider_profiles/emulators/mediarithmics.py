@@ -2,11 +2,14 @@
 
 Serves the real paths under ``/v1`` with the ``{"status": "ok", "data": ...}`` envelope, the
 ``Authorization: <token>`` check, ``first_result``/``max_results`` pagination, and executions that
-go PENDING -> RUNNING -> SUCCEEDED / FAILED on the emulated clock (CANCELED while PENDING only).
+go PENDING -> RUNNING -> SUCCEEDED / FAILED on the emulated clock (CANCELED while PENDING only);
+``end_status`` makes executions end in another status the platform reports (SUCCESS, LOST,
+EXECUTOR_NOT_RESPONDING, or any other, to test how a client copes with one it does not know).
 
 An uploaded file is streamed and validated line by line as it arrives (never kept whole): each
 line counts in ``total_success`` or ``total_failure``, failures are listed in an error file served
-at ``GET /v1/data_file/data?uri=<error_file_uri>``. A body over ``max_file_bytes`` gets a 413.
+at ``GET /v1/data_file/data?uri=<error_file_uri>``. No body size is refused: 100 MB per file is the
+documented recommendation for performance, not a limit.
 An execution where no line could be imported ends FAILED with an error message.
 """
 
@@ -26,17 +29,20 @@ from starlette.routing import Route
 
 from airflow_provider_profiles.emulators.base import Emulator
 
+# developer.mediarithmics.io/data-ingestion/bulk-processing and its per-type pages (imports, deletions,
+# user identifiers association); the overview also lists user dissociation.
 DOCUMENT_TYPES = (
     "USER_ACTIVITY",
     "USER_SEGMENT",
     "USER_PROFILE",
     "USER_CHOICE",
     "USER_IDENTIFIERS_ASSOCIATION_DECLARATIONS",
+    "USER_IDENTIFIERS_DISSOCIATION_DECLARATIONS",
     "USER_IDENTIFIERS_DELETION",
+    "USER_POINTS_DELETION",
 )
 CONTENT_TYPES = {"APPLICATION_X_NDJSON": "application/x-ndjson", "TEXT_CSV": "text/csv"}
 PRIORITIES = ("LOW", "MEDIUM", "HIGH")
-MAX_FILE_BYTES = 100 * 1024 * 1024
 ERRORS_KEPT = 1000  # per execution: enough to act on, bounded so a bad 100 MB file stays cheap
 
 
@@ -54,7 +60,7 @@ class MediarithmicsEmulator(Emulator):
         datamarts: tuple[str, ...] | list[str] = ("1000",),
         pending_seconds: float = 0.5,
         running_seconds: float = 0.5,
-        max_file_bytes: int = MAX_FILE_BYTES,
+        end_status: str | None = None,
         default_max_results: int = 10,
         max_max_results: int = 1000,
         **kwargs: Any,
@@ -64,7 +70,7 @@ class MediarithmicsEmulator(Emulator):
         self.datamart_ids = [str(d) for d in datamarts]
         self.pending_seconds = pending_seconds
         self.running_seconds = running_seconds
-        self.max_file_bytes = max_file_bytes
+        self.end_status = end_status
         self.default_max_results = default_max_results
         self.max_max_results = max_max_results
         self._init_state()
@@ -129,11 +135,13 @@ class MediarithmicsEmulator(Emulator):
 
     @staticmethod
     def _error(status_code: int, message: str) -> JSONResponse:
+        # the error body's shape has no public reference (DESIGN.md marks it inferred): clients read it leniently
         body = {"status": "error", "error": message, "error_id": str(uuid.uuid4())}
         return JSONResponse(body, status_code=status_code)
 
     def _check(self, request: Request) -> JSONResponse | None:
         """Token, then datamart: the error response, or None when the request may proceed."""
+        # "Authorization: <YOUR_API_TOKEN>", no scheme (developer.mediarithmics.io/data-ingestion/bulk-processing)
         if request.headers.get("authorization") != self.token:
             return self._error(401, "Authentication error: missing or invalid API token")
         datamart_id = request.path_params.get("datamart_id")
@@ -142,6 +150,8 @@ class MediarithmicsEmulator(Emulator):
         return None
 
     def _page(self, request: Request, items: list[dict[str, Any]]) -> JSONResponse:
+        # first_result / max_results paging and the count/total fields: developer.mediarithmics.io
+        # "using our API" guide (linked from the bulk-processing page); the page-size cap is ours (lenient)
         try:
             first = int(request.query_params.get("first_result", 0))
             size = int(request.query_params.get("max_results", self.default_max_results))
@@ -155,6 +165,8 @@ class MediarithmicsEmulator(Emulator):
 
     # --- document imports ---------------------------------------------------------------------
     def _validate_definition(self, body: Any, partial: bool = False) -> str | None:
+        # the document import's properties, document types and mime types:
+        # developer.mediarithmics.io/data-ingestion/bulk-processing ("Document import"); priority values inferred
         if not isinstance(body, dict):
             return "the body must be a JSON object"
         required = () if partial else ("document_type", "mime_type", "encoding", "name")
@@ -171,6 +183,7 @@ class MediarithmicsEmulator(Emulator):
 
     @staticmethod
     def _csv_allowed(definition: Mapping[str, Any]) -> bool:
+        # "The csv format can be chosen only for USER_SEGMENT imports" (developer.mediarithmics.io/data-ingestion/bulk-processing)
         return definition["mime_type"] != "TEXT_CSV" or definition["document_type"] == "USER_SEGMENT"
 
     async def _document_imports(self, request: Request) -> Response:
@@ -255,21 +268,19 @@ class MediarithmicsEmulator(Emulator):
         return await self._create_execution(request, definition)
 
     async def _create_execution(self, request: Request, definition: dict[str, Any]) -> Response:
+        # the upload's Content-Type matches the import's mime type (the bulk-processing page's curl examples)
         expected = CONTENT_TYPES[definition["mime_type"]]
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != expected:
             return self._error(
                 400, f"Content-Type {content_type or '(none)'} does not match the document import: send {expected}"
             )
-        declared = request.headers.get("content-length")
-        if declared is not None and int(declared) > self.max_file_bytes:
-            return self._error(413, f"file of {declared} bytes is over the {self.max_file_bytes} bytes limit")
+        # No size limit: "ensure a maximum size for each file of 100M" is given "for maximum performance"
+        # (developer.mediarithmics.io/data-ingestion/bulk-processing); no 413 is documented.
         validator = _LineValidator(definition["document_type"], csv_mode=definition["mime_type"] == "TEXT_CSV")
         received = 0
         async for chunk in request.stream():
             received += len(chunk)
-            if received > self.max_file_bytes:  # chunked upload without a length
-                return self._error(413, f"file is over the {self.max_file_bytes} bytes limit")
             validator.feed(chunk)
         validator.close()
         with self.lock:
@@ -302,7 +313,13 @@ class MediarithmicsEmulator(Emulator):
             return "PENDING"
         if elapsed < self.pending_seconds + self.running_seconds:
             return "RUNNING"
-        return "FAILED" if record["total_success"] == 0 and record["total_failure"] > 0 else "SUCCEEDED"
+        # PENDING -> RUNNING -> SUCCEEDED (developer.mediarithmics.io/data-ingestion/bulk-processing, "File
+        # upload"); when an execution FAILs is not documented: here, when no line could be imported
+        if record["total_success"] == 0 and record["total_failure"] > 0:
+            return "FAILED"
+        # SUCCESS (shown like SUCCEEDED), LOST and EXECUTOR_NOT_RESPONDING are statuses the platform reports
+        # for executions (developer.mediarithmics.io API reference, execution resource; DESIGN.md "corrected")
+        return self.end_status or "SUCCEEDED"
 
     def _execution_view(self, execution_id: str) -> dict[str, Any]:
         record = self.executions[execution_id]
@@ -325,7 +342,7 @@ class MediarithmicsEmulator(Emulator):
             "result": None,
             "error": None,
         }
-        if status in ("SUCCEEDED", "FAILED"):
+        if status in ("SUCCEEDED", "SUCCESS", "FAILED"):
             view["result"] = {
                 "total_success": record["total_success"],
                 "total_failure": record["total_failure"],
@@ -368,6 +385,8 @@ class MediarithmicsEmulator(Emulator):
             if record is None:
                 return self._error(404, f"execution {request.path_params['execution_id']} not found")
             status = self._status(record)
+            # "The cancellation of an execution will only work if the status of this executions is PENDING"
+            # (developer.mediarithmics.io/data-ingestion/bulk-processing)
             if status != "PENDING":
                 return self._error(400, f"execution {record['id']} is {status}: only a PENDING execution can be canceled")
             record["canceled_at"] = self.clock.now()
@@ -387,8 +406,19 @@ class MediarithmicsEmulator(Emulator):
 
 # --- line validation (what the platform checks before importing a command) ----------------------
 
+# Sources of the line rules below (all on developer.mediarithmics.io):
+#   IDS      /user-points/user-identifiers: one identifier per line; user_account_id with an optional
+#            compartment_id ("if you don't specify a compartment_id, then the default compartment will be used")
+#   BULK     /data-ingestion/bulk-processing: "only one identifier is allowed per line"
+#   SEGMENTS /data-ingestion/bulk-processing/imports/segments-import: operation, segment, expiration_duration
+#   PROFILES /data-ingestion/bulk-processing/imports/user-profiles-import
+#   ACTIVITY /data-ingestion/bulk-processing/imports/user-activities-import
+#   CHOICES  /data-ingestion/bulk-processing/imports/user_choices
+#   ASSOC    /data-ingestion/bulk-processing/user-identifiers-association (typed identifiers)
+#   POINTS   /data-ingestion/bulk-processing/deletions/user-points-deletion (typed identifiers or USER_POINT)
 _IDENTIFIER_FIELDS = ("user_account_id", "email_hash", "user_agent_id")
-_TYPED_IDENTIFIERS = {"USER_ACCOUNT": ("user_account_id", "compartment_id"), "USER_EMAIL": ("hash",), "USER_AGENT": ("user_agent_id",)}
+_TYPED_IDENTIFIERS = {"USER_ACCOUNT": ("user_account_id",), "USER_EMAIL": ("hash",), "USER_AGENT": ("user_agent_id",)}
+_USER_POINT = {"USER_POINT": ("user_point_id",)}
 
 
 def _present(value: Any) -> bool:
@@ -396,22 +426,28 @@ def _present(value: Any) -> bool:
 
 
 def _one_identifier(line: Mapping[str, Any], prefix: str = "") -> None:
+    # BULK, IDS: exactly one identifier; a compartment_id is optional (the default compartment)
     found = [f for f in _IDENTIFIER_FIELDS if _present(line.get(prefix + f))]
     if len(found) != 1:
         raise _Invalid(f"exactly one user identifier per line is allowed, found {len(found)}: {found or 'none'}")
-    if found[0] == "user_account_id" and not _present(line.get(prefix + "compartment_id")):
-        raise _Invalid("user_account_id needs a compartment_id")
 
 
-def _typed_identifier(identifier: Any) -> None:
-    if not isinstance(identifier, dict) or identifier.get("type") not in _TYPED_IDENTIFIERS:
-        raise _Invalid(f"identifier type must be one of {', '.join(_TYPED_IDENTIFIERS)}")
-    missing = [f for f in _TYPED_IDENTIFIERS[identifier["type"]] if not _present(identifier.get(f))]
+def _typed_identifier(identifier: Any, types: Mapping[str, tuple[str, ...]] = _TYPED_IDENTIFIERS) -> None:
+    # ASSOC, POINTS: the type and its value field; compartment_id optional for USER_ACCOUNT
+    if not isinstance(identifier, dict) or identifier.get("type") not in types:
+        raise _Invalid(f"identifier type must be one of {', '.join(types)}")
+    missing = [f for f in types[identifier["type"]] if not _present(identifier.get(f))]
     if missing:
         raise _Invalid(f"{identifier['type']} identifier misses {', '.join(missing)}")
 
 
+def _check_points_deletion(line: Mapping[str, Any]) -> None:
+    _typed_identifier(line, {**_TYPED_IDENTIFIERS, **_USER_POINT})  # POINTS
+
+
 def _check_segment(line: Mapping[str, Any]) -> None:
+    # SEGMENTS: operation UPDATE|DELETE, a segment by id or technical name, expiration_duration mandatory
+    # (Integer, minutes, 0 = never); expiration_ts and data_bag optional, not checked (lenient)
     _one_identifier(line)
     if line.get("operation") not in ("UPDATE", "DELETE"):
         raise _Invalid("operation must be UPDATE or DELETE")
@@ -419,15 +455,17 @@ def _check_segment(line: Mapping[str, Any]) -> None:
     if segment == _present(line.get("segment_technical_name")):
         raise _Invalid("give either segment_id or segment_technical_name")
     expiration = line.get("expiration_duration")
-    if _present(expiration):
-        try:
-            if int(expiration) < 0:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise _Invalid("expiration_duration must be a whole number of minutes >= 0") from None
+    if not _present(expiration):
+        raise _Invalid("expiration_duration is mandatory (minutes, 0 = never expires)")
+    try:
+        if int(expiration) < 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise _Invalid("expiration_duration must be a whole number of minutes >= 0") from None
 
 
 def _check_profile(line: Mapping[str, Any]) -> None:
+    # PROFILES: operation UPSERT|DELETE, user_profile on UPSERT, the three update strategies
     _one_identifier(line)
     if line.get("operation") not in ("UPSERT", "DELETE"):
         raise _Invalid("operation must be UPSERT or DELETE")
@@ -439,11 +477,10 @@ def _check_profile(line: Mapping[str, Any]) -> None:
 
 
 def _check_activity(line: Mapping[str, Any]) -> None:
+    # ACTIVITY: $-prefixed identifiers (one; $compartment_id optional, IDS), $type, $ts in epoch ms
     found = [f for f in _IDENTIFIER_FIELDS if _present(line.get("$" + f))]
     if len(found) != 1:
         raise _Invalid(f"exactly one user identifier per line is allowed, found {len(found)}")
-    if found[0] == "user_account_id" and not _present(line.get("$compartment_id")):
-        raise _Invalid("$user_account_id needs a $compartment_id")
     if not _present(line.get("$type")):
         raise _Invalid("$type is required")
     if not isinstance(line.get("$ts"), int):
@@ -453,22 +490,33 @@ def _check_activity(line: Mapping[str, Any]) -> None:
 
 
 def _check_choice(line: Mapping[str, Any]) -> None:
+    # CHOICES: "the $processing_id field is always mandatory, and $choice_ts is mandatory when operation
+    # is UPSERT"; force_replace "mandatory when the operation is UPSERT"
     _one_identifier(line)
     if line.get("operation") not in ("UPSERT", "DELETE"):
         raise _Invalid("operation must be UPSERT or DELETE")
     choice = line.get("user_choice")
-    if not isinstance(choice, dict) or not (
-        _present(choice.get("$processing_id")) or _present(choice.get("$processing_token"))
-    ):
-        raise _Invalid("user_choice needs a $processing_id or $processing_token")
+    if not isinstance(choice, dict) or not _present(choice.get("$processing_id")):
+        raise _Invalid("user_choice.$processing_id is mandatory")
+    if line["operation"] == "UPSERT":
+        if not isinstance(line.get("force_replace"), bool):
+            raise _Invalid("force_replace is mandatory on UPSERT (true or false)")
+        if not _present(choice.get("$choice_ts")):
+            raise _Invalid("user_choice.$choice_ts is mandatory on UPSERT")
 
 
 def _check_association(line: Mapping[str, Any]) -> None:
+    # ASSOC: an identifiers array of typed identifiers
     identifiers = line.get("identifiers")
     if not isinstance(identifiers, list) or len(identifiers) < 2:
         raise _Invalid("identifiers must list at least two identifiers to associate")
     for identifier in identifiers:
         _typed_identifier(identifier)
+
+
+def _check_dissociation(line: Mapping[str, Any]) -> None:
+    # No public page gives the dissociation line's shape: lenient, any JSON object passes.
+    del line
 
 
 _CHECKS = {
@@ -477,7 +525,9 @@ _CHECKS = {
     "USER_ACTIVITY": _check_activity,
     "USER_CHOICE": _check_choice,
     "USER_IDENTIFIERS_ASSOCIATION_DECLARATIONS": _check_association,
+    "USER_IDENTIFIERS_DISSOCIATION_DECLARATIONS": _check_dissociation,
     "USER_IDENTIFIERS_DELETION": _typed_identifier,
+    "USER_POINTS_DELETION": _check_points_deletion,
 }
 
 

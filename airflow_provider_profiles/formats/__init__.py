@@ -34,6 +34,8 @@ WRITERS: dict[str, dict[str, str]] = {
         "USER_CHOICE": "mediarithmics:UserChoiceWriter",
         "USER_IDENTIFIERS_ASSOCIATION_DECLARATIONS": "mediarithmics:UserIdentifiersAssociationWriter",
         "USER_IDENTIFIERS_DELETION": "mediarithmics:UserIdentifiersDeletionWriter",
+        "USER_IDENTIFIERS_DISSOCIATION_DECLARATIONS": "mediarithmics:UserIdentifiersDissociationWriter",
+        "USER_POINTS_DELETION": "mediarithmics:UserPointsDeletionWriter",
     },
 }
 

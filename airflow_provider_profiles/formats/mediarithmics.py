@@ -1,7 +1,9 @@
 """mediarithmics bulk-import commands: one writer per document type.
 
 Every line is one command about one user, named by exactly one identifier: ``user_account_id``
-(with its ``compartment_id``), ``email_hash`` or ``user_agent_id``. A row naming none or several is
+(with an optional ``compartment_id``: without it the datamart's default compartment is used),
+``email_hash`` or ``user_agent_id`` (developer.mediarithmics.io/user-points/user-identifiers). A user
+is the identifier's type, compartment and value together. A row naming none or several is
 rejected (``RowRejected``), as is any row the platform would refuse, so the rejects file says why
 before anything is sent. Only USER_SEGMENT may be written as CSV; every other type is NDJSON.
 
@@ -42,10 +44,20 @@ def user_identifier(row: Mapping[str, Any]) -> dict[str, str]:
         raise RowRejected(f"only one user identifier per line is allowed, found {', '.join(found)}")
     field = found[0]
     if field == "user_account_id":
-        if is_missing(row.get("compartment_id")):
-            raise RowRejected("user_account_id needs a compartment_id", "compartment_id")
+        if is_missing(row.get("compartment_id")):  # the default compartment
+            return {"user_account_id": _text(row["user_account_id"])}
         return {"compartment_id": _text(row["compartment_id"]), "user_account_id": _text(row["user_account_id"])}
     return {field: _text(row[field])}
+
+
+def user_key(identifier: Mapping[str, str]) -> str:
+    """One user's key, for the duplicate check and sync: type, compartment and value together (the same
+    account id in two compartments is two users)."""
+    if "user_account_id" in identifier:
+        compartment = identifier.get("compartment_id") or "default"
+        return f"user_account_id={identifier['user_account_id']} (compartment {compartment})"
+    (field, value), = ((k, v) for k, v in identifier.items() if k != "type")
+    return f"{field}={value}"
 
 
 def _choice(value: Any, allowed: tuple[str, ...], field: str) -> str:
@@ -101,10 +113,11 @@ class MediarithmicsWriter(FormatWriter):
     mime_type: ClassVar[str] = NDJSON
 
     def identifier(self, row: Mapping[str, Any]) -> str | None:
-        for field in IDENTIFIER_FIELDS:
-            if not is_missing(row.get(field)):
-                return str(row[field])
-        return None
+        try:
+            return user_key(user_identifier(row))
+        except RowRejected:  # none or several: the row is rejected by encode(); name what it has
+            found = [f"{field}={_text(row[field])}" for field in IDENTIFIER_FIELDS if not is_missing(row.get(field))]
+            return ", ".join(found) or None
 
 
 class UserProfileWriter(MediarithmicsWriter):
@@ -135,9 +148,12 @@ class UserProfileWriter(MediarithmicsWriter):
 
 
 class UserSegmentWriter(MediarithmicsWriter):
-    """USER_SEGMENT commands: add a user to a segment (UPDATE, optionally expiring after
-    ``expiration_duration`` minutes, 0 = never) or remove it (DELETE). The segment is named by id or
-    technical name, per writer or per row. NDJSON by default; ``mime_type="TEXT_CSV"`` writes CSV."""
+    """USER_SEGMENT commands: add a user to a segment (UPDATE) or remove it (DELETE). The segment is
+    named by id or technical name, per writer or per row. ``expiration_duration`` (minutes, 0 = never
+    expires) is mandatory on every line (developer.mediarithmics.io/data-ingestion/bulk-processing/
+    imports/segments-import): give it to the writer, or ``expiration_per_row=True`` to take it from each
+    row's column. Optional per row: ``expiration_ts`` (epoch ms, datetime or ISO string) and ``data_bag``
+    (a string). NDJSON by default; ``mime_type="TEXT_CSV"`` writes CSV."""
 
     document_type = "USER_SEGMENT"
     columns = (
@@ -149,6 +165,8 @@ class UserSegmentWriter(MediarithmicsWriter):
         "segment_id",
         "segment_technical_name",
         "expiration_duration",
+        "expiration_ts",
+        "data_bag",
     )
 
     def __init__(
@@ -158,9 +176,15 @@ class UserSegmentWriter(MediarithmicsWriter):
         operation: str = "UPDATE",
         expiration_duration: int | None = None,
         mime_type: str = NDJSON,
+        expiration_per_row: bool = False,
     ):
         if not is_missing(segment_id) and not is_missing(segment_technical_name):
             raise ValueError("give segment_id or segment_technical_name, not both")
+        if expiration_duration is None and not expiration_per_row:
+            raise ValueError(
+                "USER_SEGMENT: expiration_duration is mandatory (minutes a user stays in the segment, 0 = never "
+                "expires): pass expiration_duration=..., or expiration_per_row=True to read it from each row"
+            )
         self.segment_id = segment_id
         self.segment_technical_name = segment_technical_name
         self.operation = _choice(operation, ("UPDATE", "DELETE"), "operation")
@@ -204,8 +228,14 @@ class UserSegmentWriter(MediarithmicsWriter):
             raise RowRejected("no segment: set segment_id or segment_technical_name", "segment_id")
         expiration = row.get("expiration_duration")
         expiration = self._minutes(expiration) if not is_missing(expiration) else self.expiration_duration
-        if expiration is not None:
-            command["expiration_duration"] = expiration
+        if expiration is None:
+            raise RowRejected("expiration_duration is mandatory (minutes, 0 = never expires)", "expiration_duration")
+        command["expiration_duration"] = expiration
+        if not is_missing(row.get("expiration_ts")):
+            command["expiration_ts"] = epoch_millis(row["expiration_ts"], "expiration_ts")
+        if not is_missing(row.get("data_bag")):
+            bag = row["data_bag"]
+            command["data_bag"] = bag if isinstance(bag, str) else _dumps(bag).rstrip("\n")
         if self.mime_type == CSV:
             return csv_line([command.get(column, "") for column in self.columns])
         return _dumps(command)
@@ -250,51 +280,88 @@ class UserActivityWriter(MediarithmicsWriter):
 
 
 class UserChoiceWriter(MediarithmicsWriter):
-    """USER_CHOICE commands: a user's choice (consent) for a processing, UPSERT or DELETE. The
-    processing is named by ``processing_id`` or ``processing_token``; ``choice_acceptance_value`` is a
-    boolean; ``choice_ts`` optional."""
+    """USER_CHOICE commands: a user's choice (consent) for a processing, UPSERT or DELETE
+    (developer.mediarithmics.io/data-ingestion/bulk-processing/imports/user_choices). The processing is
+    named by ``processing_id`` (``$processing_id`` is always mandatory). On UPSERT ``force_replace``
+    (replace the whole choice, or merge into it) and ``choice_ts`` are mandatory;
+    ``choice_acceptance_value`` is a boolean."""
 
     document_type = "USER_CHOICE"
 
-    def __init__(self, operation: str = "UPSERT", processing_id: str | None = None, processing_token: str | None = None):
+    def __init__(self, operation: str = "UPSERT", processing_id: str | None = None, force_replace: bool | None = None):
         self.operation = _choice(operation, ("UPSERT", "DELETE"), "operation")
-        self.processing_id, self.processing_token = processing_id, processing_token
+        self.processing_id = processing_id
+        if self.operation == "UPSERT" and force_replace is None:
+            raise ValueError("USER_CHOICE: force_replace is mandatory on UPSERT: True replaces the user's whole "
+                             "choice, False merges into it")
+        self.force_replace = force_replace
 
     def encode(self, row: Mapping[str, Any]) -> str:
         command: dict[str, Any] = {
             "operation": _choice(row["operation"], ("UPSERT", "DELETE"), "operation") if not is_missing(row.get("operation")) else self.operation
         }
         command.update(user_identifier(row))
-        choice: dict[str, Any] = {}
         processing_id = row.get("processing_id") if not is_missing(row.get("processing_id")) else self.processing_id
-        processing_token = row.get("processing_token") if not is_missing(row.get("processing_token")) else self.processing_token
-        if not is_missing(processing_id):
-            choice["$processing_id"] = _text(processing_id)
-        elif not is_missing(processing_token):
-            choice["$processing_token"] = _text(processing_token)
-        else:
-            raise RowRejected("no processing: set processing_id or processing_token", "processing_id")
+        if is_missing(processing_id):
+            raise RowRejected("no processing: $processing_id is mandatory (set processing_id)", "processing_id")
+        choice: dict[str, Any] = {"$processing_id": _text(processing_id)}
         if command["operation"] == "UPSERT":
-            accepted = row.get("choice_acceptance_value")
-            if isinstance(accepted, str) and accepted.strip().lower() in ("true", "false"):
-                accepted = accepted.strip().lower() == "true"
-            if not isinstance(accepted, bool):
-                raise RowRejected(f"{accepted!r} is not true or false", "choice_acceptance_value")
-            choice["$choice_acceptance_value"] = accepted
-            if not is_missing(row.get("choice_ts")):
-                choice["$choice_ts"] = epoch_millis(row["choice_ts"], "choice_ts")
+            force_replace = _boolean(row.get("force_replace"), "force_replace") if not is_missing(row.get("force_replace")) else self.force_replace
+            if force_replace is None:
+                raise RowRejected("force_replace is mandatory on UPSERT", "force_replace")
+            command["force_replace"] = force_replace
+            choice["$choice_acceptance_value"] = _boolean(row.get("choice_acceptance_value"), "choice_acceptance_value")
+            if is_missing(row.get("choice_ts")):
+                raise RowRejected("choice_ts is mandatory on UPSERT ($choice_ts)", "choice_ts")
+            choice["$choice_ts"] = epoch_millis(row["choice_ts"], "choice_ts")
         command["user_choice"] = choice
         return _dumps(command)
 
 
-def typed_identifier(row: Mapping[str, Any]) -> dict[str, str]:
-    """One identifier in the typed form used by association and deletion commands."""
+def _boolean(value: Any, field: str) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise RowRejected(f"{value!r} is not true or false", field)
+    return value
+
+
+def typed_identifier(row: Mapping[str, Any], user_point: bool = False) -> dict[str, str]:
+    """One identifier in the typed form used by association and deletion commands; ``user_point``
+    also accepts a ``user_point_id`` (USER_POINTS_DELETION)."""
+    if user_point and not is_missing(row.get("user_point_id")):
+        others = [field for field in IDENTIFIER_FIELDS if not is_missing(row.get(field))]
+        if others:
+            raise RowRejected(f"only one user identifier per line is allowed, found user_point_id, {', '.join(others)}")
+        return {"type": "USER_POINT", "user_point_id": _text(row["user_point_id"])}
     identifier = user_identifier(row)
     if "user_account_id" in identifier:
         return {"type": "USER_ACCOUNT", **identifier}
     if "email_hash" in identifier:
         return {"type": "USER_EMAIL", "hash": identifier["email_hash"]}
     return {"type": "USER_AGENT", **identifier}
+
+
+def _identifier_list(row: Mapping[str, Any], what: str) -> list[dict[str, str]]:
+    listed = row.get("identifiers")
+    if not is_missing(listed):
+        if not isinstance(listed, list) or not all(isinstance(item, Mapping) for item in listed):
+            raise RowRejected("identifiers must be a list of objects", "identifiers")
+        identifiers = []
+        for position, item in enumerate(listed, 1):
+            try:
+                identifiers.append(typed_identifier(item))
+            except RowRejected as exc:
+                raise RowRejected(f"identifier {position}: {exc.reason}", "identifiers") from None
+    else:
+        identifiers = [
+            typed_identifier({field: row[field], "compartment_id": row.get("compartment_id")})
+            for field in IDENTIFIER_FIELDS
+            if not is_missing(row.get(field))
+        ]
+    if len(identifiers) < 2:
+        raise RowRejected(f"{what} needs at least two identifiers, found {len(identifiers)}", "identifiers")
+    return identifiers
 
 
 class UserIdentifiersAssociationWriter(MediarithmicsWriter):
@@ -306,25 +373,19 @@ class UserIdentifiersAssociationWriter(MediarithmicsWriter):
     document_type = "USER_IDENTIFIERS_ASSOCIATION_DECLARATIONS"
 
     def encode(self, row: Mapping[str, Any]) -> str:
-        listed = row.get("identifiers")
-        if not is_missing(listed):
-            if not isinstance(listed, list) or not all(isinstance(item, Mapping) for item in listed):
-                raise RowRejected("identifiers must be a list of objects", "identifiers")
-            identifiers = []
-            for position, item in enumerate(listed, 1):
-                try:
-                    identifiers.append(typed_identifier(item))
-                except RowRejected as exc:
-                    raise RowRejected(f"identifier {position}: {exc.reason}", "identifiers") from None
-        else:
-            identifiers = [
-                typed_identifier({field: row[field], "compartment_id": row.get("compartment_id")})
-                for field in IDENTIFIER_FIELDS
-                if not is_missing(row.get(field))
-            ]
-        if len(identifiers) < 2:
-            raise RowRejected(f"an association needs at least two identifiers, found {len(identifiers)}", "identifiers")
-        return _dumps({"identifiers": identifiers})
+        return _dumps({"identifiers": _identifier_list(row, "an association")})
+
+
+class UserIdentifiersDissociationWriter(UserIdentifiersAssociationWriter):
+    """USER_IDENTIFIERS_DISSOCIATION_DECLARATIONS: declares that identifiers no longer belong together.
+    The bulk-import overview lists user dissociation (developer.mediarithmics.io/data-ingestion/
+    bulk-processing); the line is written like an association, an ``identifiers`` list, as no public
+    page we found gives its own shape."""
+
+    document_type = "USER_IDENTIFIERS_DISSOCIATION_DECLARATIONS"
+
+    def encode(self, row: Mapping[str, Any]) -> str:
+        return _dumps({"identifiers": _identifier_list(row, "a dissociation")})
 
 
 class UserIdentifiersDeletionWriter(MediarithmicsWriter):
@@ -336,6 +397,22 @@ class UserIdentifiersDeletionWriter(MediarithmicsWriter):
         return _dumps(typed_identifier(row))
 
 
+class UserPointsDeletionWriter(MediarithmicsWriter):
+    """USER_POINTS_DELETION commands: delete the user point an identifier (or ``user_point_id``) belongs
+    to, with all its identifiers, segments and profile; one typed identifier per line
+    (developer.mediarithmics.io/data-ingestion/bulk-processing/deletions/user-points-deletion)."""
+
+    document_type = "USER_POINTS_DELETION"
+
+    def identifier(self, row: Mapping[str, Any]) -> str | None:
+        if not is_missing(row.get("user_point_id")):
+            return f"user_point_id={_text(row['user_point_id'])}"
+        return super().identifier(row)
+
+    def encode(self, row: Mapping[str, Any]) -> str:
+        return _dumps(typed_identifier(row, user_point=True))
+
+
 WRITERS: dict[str, type[MediarithmicsWriter]] = {
     cls.document_type: cls
     for cls in (
@@ -344,7 +421,9 @@ WRITERS: dict[str, type[MediarithmicsWriter]] = {
         UserActivityWriter,
         UserChoiceWriter,
         UserIdentifiersAssociationWriter,
+        UserIdentifiersDissociationWriter,
         UserIdentifiersDeletionWriter,
+        UserPointsDeletionWriter,
     )
 }
 

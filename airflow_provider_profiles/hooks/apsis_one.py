@@ -605,3 +605,21 @@ class ApsisOneHook(ProfilesHook):
 
     async def ajob_status(self, *, section: str, import_id: str, **_: Any) -> JobStatus:
         return self.to_job_status(await self.aget_import_status(section, import_id))
+
+    # --- erasure ----------------------------------------------------------------------------------
+    def delete_profile(self, keyspace: str, profile_key: str) -> bool:
+        """Delete one profile (GDPR erasure): ``DELETE /audience/keyspaces/{keyspace}/profiles/{key}``
+        (the profile endpoints of github.com/ApsisInternational/module-one's API client). ``keyspace`` is
+        ``email``, ``mobile`` or a discriminator. True when deleted, False when Apsis has no such profile.
+        Rate-limited as the route class ``profiles`` (connection extra ``rate_limits``)."""
+        from urllib.parse import quote
+
+        from airflow_provider_profiles.hooks.base import VendorNotFoundError
+
+        discriminator = KEYSPACES.get(keyspace, keyspace)
+        path = f"/audience/keyspaces/{quote(discriminator, safe='')}/profiles/{quote(str(profile_key), safe='')}"
+        try:
+            self.request("DELETE", path, route="profiles")
+        except VendorNotFoundError:
+            return False
+        return True

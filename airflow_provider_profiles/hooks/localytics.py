@@ -26,6 +26,7 @@ from airflow_provider_profiles.hooks.base import (
     JobStatus,
     ProfilesHook,
     VendorAPIError,
+    VendorNotFoundError,
     VendorRateLimitError,
 )
 from airflow_provider_profiles.storage import as_storage_path, open_binary
@@ -256,6 +257,32 @@ class LocalyticsHook(ProfilesHook):
 
 # --- helpers ----------------------------------------------------------------------------------------
 
+    # --- erasure through the Profile API (help.uplandsoftware.com/localytics/dev/profile-api.html) --
+    def profile_api_base_url(self) -> str:
+        """The Profile API is on its own host: the extra ``profile_base_url``, else the import API's
+        base with ``api.`` turned into ``profile.`` (api.localytics.com -> profile.localytics.com); any
+        other host (an emulator, a proxy) is taken to serve both."""
+        self.connection  # noqa: B018  (loads the connection and the base URL)
+        if self.extras.get("profile_base_url"):
+            return str(self.extras["profile_base_url"]).rstrip("/")
+        parts = urlsplit(self.base_url)
+        if parts.hostname and parts.hostname.startswith("api."):
+            return f"{parts.scheme}://profile.{parts.netloc[len('api.'):]}{parts.path}".rstrip("/")
+        return self.base_url
+
+    def delete_profile(self, customer_id: str, app_id: str | None = None) -> bool:
+        """Delete one customer's profile (GDPR erasure): org-level ``DELETE /v1/profiles/{customer_id}``,
+        app-level ``/v1/apps/{app_id}/profiles/{customer_id}`` when ``app_id`` is given. True when
+        deleted, False when there is no such profile (404). Rate-limited as the route class
+        ``profile_api`` (no documented limit: set one with the connection extra ``rate_limits``)."""
+        scope = f"apps/{_segment(app_id)}/" if app_id else ""
+        url = f"{self.profile_api_base_url()}/{scope}profiles/{_segment(customer_id)}"
+        try:
+            self.request("DELETE", url, route="profile_api")
+        except VendorNotFoundError:
+            return False
+        return True
+
 
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
@@ -410,3 +437,4 @@ def _open_binary(file: Any):
 
 
 __all__ = ["AUDIENCES", "KINDS", "PROFILES", "LocalyticsHook", "statistics"]
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
@@ -23,14 +24,25 @@ from airflow_provider_profiles.hooks.base import (
 )
 from airflow_provider_profiles.storage import as_storage_path, open_binary
 
-MAX_FILE_BYTES = 100 * 1024 * 1024  # the documented per-file limit
+# "For maximum performance: ensure a maximum size for each file of 100M" (developer.mediarithmics.io/
+# data-ingestion/bulk-processing): a recommendation, so the split step aims at it and a larger file is sent.
+MAX_FILE_BYTES = 100 * 1024 * 1024
 CONTENT_TYPES = {"APPLICATION_X_NDJSON": "application/x-ndjson", "TEXT_CSV": "text/csv"}
 RUNNING_STATUSES = frozenset({"PENDING", "RUNNING"})
-STATES = {"SUCCEEDED": JobState.SUCCESS, "FAILED": JobState.FAILED, "CANCELED": JobState.FAILED}
+# SUCCESS is shown like SUCCEEDED; LOST and EXECUTOR_NOT_RESPONDING end an execution without a result.
+STATES = {
+    "SUCCEEDED": JobState.SUCCESS,
+    "SUCCESS": JobState.SUCCESS,
+    "FAILED": JobState.FAILED,
+    "CANCELED": JobState.FAILED,
+    "LOST": JobState.FAILED,
+    "EXECUTOR_NOT_RESPONDING": JobState.FAILED,
+}
+UNKNOWN_STATUS_TIMEOUT = 900.0  # seconds a status we do not know may last before the execution counts as failed
 
 
 class FileTooLarge(ValueError):
-    """An upload over the per-file limit: split it first."""
+    """An upload over a per-file limit the caller set (``max_file_bytes``): split it first."""
 
 
 class MediarithmicsHook(ProfilesHook):
@@ -146,17 +158,24 @@ class MediarithmicsHook(ProfilesHook):
         *,
         datamart_id: str | int | None = None,
         content_type: str | None = None,
-        max_file_bytes: int | None = MAX_FILE_BYTES,
+        max_file_bytes: int | None = None,
+        recommended_max_bytes: int = MAX_FILE_BYTES,
     ) -> dict[str, Any]:
         """Upload one file as a new execution, streamed from ``file``: a local path or object-storage
         URI (str / ObjectStoragePath), an open binary file, bytes, or an iterable of bytes chunks.
-        ``content_type`` defaults to the document import's mime type."""
+        ``content_type`` defaults to the document import's mime type. A file over the documented
+        recommendation (100 MB) is sent with a warning; ``max_file_bytes`` sets a hard limit of your own."""
         path = self._executions_path(datamart_id, document_import_id)
         with _open_body(file) as (body, size, label):
             if max_file_bytes is not None and size is not None and size > max_file_bytes:
                 raise FileTooLarge(
-                    f"{label} is {size / 2**20:.1f} MiB; mediarithmics takes at most {max_file_bytes / 2**20:g} MiB "
-                    "per file: split it into chunks first (the split step of the data preparation) and upload each"
+                    f"{label} is {size / 2**20:.1f} MiB, over max_file_bytes={max_file_bytes}: split it into "
+                    "chunks first (the split step of the data preparation) and upload each"
+                )
+            if size is not None and size > recommended_max_bytes:
+                self.log.warning(
+                    "%s is %.1f MiB; mediarithmics recommends at most %g MiB per file for performance: "
+                    "sending it anyway (split it to import faster)", label, size / 2**20, recommended_max_bytes / 2**20,
                 )
             if content_type is None:
                 mime_type = self.get_document_import(document_import_id, datamart_id)["mime_type"]
@@ -210,10 +229,28 @@ class MediarithmicsHook(ProfilesHook):
 
     # --- job protocol (operator, sensor, trigger) ---------------------------------------------
     def job_status(self, *, datamart_id: Any, document_import_id: Any, execution_id: Any) -> JobStatus:
-        return execution_status(self.get_execution(document_import_id, execution_id, datamart_id))
+        return self._bounded(execution_status(self.get_execution(document_import_id, execution_id, datamart_id)))
 
     async def ajob_status(self, *, datamart_id: Any, document_import_id: Any, execution_id: Any) -> JobStatus:
-        return execution_status(await self.aget_execution(document_import_id, execution_id, datamart_id))
+        return self._bounded(execution_status(await self.aget_execution(document_import_id, execution_id, datamart_id)))
+
+    def _bounded(self, status: JobStatus) -> JobStatus:
+        """A status we do not know is waited on for ``unknown_status_timeout`` seconds (connection extra,
+        default 15 min) from when this hook first saw it, then counts as a failure: never an endless wait."""
+        key = status.payload.get("id")
+        seen: dict[Any, float] = self.__dict__.setdefault("_unknown_since", {})
+        if status.vendor_status in STATES or status.vendor_status in RUNNING_STATUSES:
+            seen.pop(key, None)
+            return status
+        first = seen.setdefault(key, time.monotonic())
+        limit = float(self.extras.get("unknown_status_timeout", UNKNOWN_STATUS_TIMEOUT))
+        if time.monotonic() - first < limit:
+            return status
+        return JobStatus(
+            JobState.FAILED, status.vendor_status, status.payload,
+            f"execution {key} has the status {status.vendor_status!r}, unknown to this provider, for over "
+            f"unknown_status_timeout={limit:g}s: check it in the navigator",
+        )
 
     def cancel_job(self, *, datamart_id: Any, document_import_id: Any, execution_id: Any) -> None:
         self.cancel_execution(document_import_id, execution_id, datamart_id)
@@ -223,13 +260,15 @@ class MediarithmicsHook(ProfilesHook):
 
 
 def execution_status(execution: dict[str, Any]) -> JobStatus:
-    """An execution mapped to the job protocol: PENDING/RUNNING run, SUCCEEDED succeeds, FAILED/CANCELED fail."""
+    """An execution mapped to the job protocol: PENDING/RUNNING run, SUCCEEDED/SUCCESS succeed,
+    FAILED/CANCELED/LOST/EXECUTOR_NOT_RESPONDING fail; any other status runs (the hook bounds how long)."""
     vendor_status = str(execution.get("status", "")).upper()
-    state = STATES.get(vendor_status, JobState.RUNNING if vendor_status in RUNNING_STATUSES else None)
-    if state is None:  # an unknown status: keep waiting rather than guess; the deadline bounds it
-        state = JobState.RUNNING
+    state = STATES.get(vendor_status, JobState.RUNNING)
     message = None
-    if vendor_status == "FAILED":
+    if vendor_status in ("LOST", "EXECUTOR_NOT_RESPONDING"):
+        message = (f"execution {execution.get('id')} ended {vendor_status}: the platform lost track of it, so "
+                   "its lines may not be imported; upload the file again")
+    elif vendor_status == "FAILED":
         error = execution.get("error") or {}
         message = f"execution {execution.get('id')} FAILED: {error.get('message') if isinstance(error, dict) else error or 'no error message'}"
     elif vendor_status == "CANCELED":

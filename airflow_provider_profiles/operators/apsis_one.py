@@ -23,6 +23,7 @@ from airflow_provider_profiles.hooks.base import (
 from airflow_provider_profiles.operators.base import RemoteJobOperator
 from airflow_provider_profiles.storage import as_storage_path
 from airflow_provider_profiles.triggers.apsis_one import ApsisOneImportTrigger
+from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
 
 RESULT_KEYS = ("profiles_found", "profiles_processed", "profiles_failed")
 WAITING_FOR_FILE = ("queued", "waiting_for_file")
@@ -171,3 +172,19 @@ class ApsisOneProfileImportOperator(RemoteJobOperator):
     def failed_ratio(self, status: JobStatus) -> float | None:
         found = int(status.payload.get("profiles_found") or 0)
         return int(status.payload.get("profiles_failed") or 0) / found if found else None
+
+
+class ApsisOneEraseOperator(EraseOneByOneOperator):
+    """Delete Apsis One profiles by their key in one keyspace (``email``, ``mobile`` or a
+    discriminator). See ``EraseOneByOneOperator`` for the id sources and the report."""
+
+    hook_class = ApsisOneHook
+    vendor = "apsis_one"
+    template_fields = (*EraseOneByOneOperator.template_fields, "keyspace")
+
+    def __init__(self, *, keyspace: str = "email", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.keyspace = keyspace
+
+    def erase_one(self, hook: Any, identifier: str) -> bool:
+        return hook.delete_profile(self.keyspace, identifier)

@@ -39,6 +39,7 @@ from airflow_provider_profiles.storage import (
     local_path,
     open_binary,
 )
+from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
 
 SUMMARY_KEYS = ("rows_read", "updated", "inserted", "unchanged_or_skipped", "rejected", "failed")
 READ_BLOCK_BYTES = 1 << 20  # small blocks: the pool sends ~200 rows/s, there is no gain in reading ahead
@@ -536,3 +537,29 @@ class GainsightPXExportOperator(BaseOperator):
             self.log.warning("fields not in the CSV columns were left out: %s (pass fields= to choose)",
                              ", ".join(sorted(dropped)))
         return count
+
+
+class GainsightPXEraseOperator(EraseOneByOneOperator):
+    """Erase users (or accounts) from Gainsight PX by id, ``hardDelete`` by default (a soft delete
+    keeps the data). See ``EraseOneByOneOperator`` for the id sources and the report.
+
+    :param entity: ``user`` (ids are identifyIds) or ``account``.
+    :param hard_delete: delete for good rather than mark as deleted.
+    """
+
+    hook_class = GainsightPXHook
+    vendor = "gainsight_px"
+
+    def __init__(self, *, entity: str = "user", hard_delete: bool = True, **kwargs: Any):
+        super().__init__(**kwargs)
+        if entity not in ("user", "account"):
+            raise ValueError(f"entity must be 'user' or 'account', not {entity!r}")
+        self.entity, self.hard_delete = entity, hard_delete
+
+    def erase_one(self, hook: Any, identifier: str) -> bool:
+        hard_delete = self.hard_delete
+        if self.entity == "account":
+            account_id = identifier
+            return hook.delete_account(account_id, hard_delete=hard_delete)
+        identify_id = identifier
+        return hook.delete_user(identify_id, hard_delete=hard_delete)

@@ -23,6 +23,7 @@ from airflow_provider_profiles.hooks.localytics import (
 from airflow_provider_profiles.operators.base import RemoteJobOperator
 from airflow_provider_profiles.storage import as_storage_path, open_binary
 from airflow_provider_profiles.triggers.localytics import LocalyticsImportTrigger
+from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
 
 AUDIENCE_ACTIONS = ("create", "replace", "rename", "delete")
 # Change ops whose second application leaves the profile as the first left it: a value assigned or
@@ -241,3 +242,19 @@ def first_unrepeatable_op(file: Any) -> tuple[str, int] | None:
 
 
 __all__ = ["AUDIENCE_ACTIONS", "LocalyticsAudienceImportOperator", "LocalyticsProfileImportOperator"]
+
+
+class LocalyticsEraseOperator(EraseOneByOneOperator):
+    """Delete Localytics profiles by customer id through the Profile API: org-level profiles, or an
+    app's profiles with ``app_id``. See ``EraseOneByOneOperator`` for the id sources and the report."""
+
+    hook_class = LocalyticsHook
+    vendor = "localytics"
+    template_fields = (*EraseOneByOneOperator.template_fields, "app_id")
+
+    def __init__(self, *, app_id: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.app_id = app_id
+
+    def erase_one(self, hook: Any, identifier: str) -> bool:
+        return hook.delete_profile(identifier, app_id=self.app_id)

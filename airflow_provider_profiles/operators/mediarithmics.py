@@ -23,6 +23,7 @@ from airflow_provider_profiles.storage import as_storage_path
 from airflow_provider_profiles.triggers.mediarithmics import (
     MediarithmicsExecutionTrigger,
 )
+from airflow_provider_profiles.operators.erasure import EraseIdsMixin, erasure_report
 
 
 # The platform stamps creation_date with its own clock: an execution created a little "before" the
@@ -212,3 +213,109 @@ class MediarithmicsUploadOperator(RemoteJobOperator):
         result = status.payload.get("result") or {}
         success, failure = int(result.get("total_success") or 0), int(result.get("total_failure") or 0)
         return failure / (success + failure) if success + failure else None
+
+
+class MediarithmicsEraseOperator(EraseIdsMixin, RemoteJobOperator):
+    """Erase users from mediarithmics: one document import of ``USER_POINTS_DELETION`` (the user point
+    with all its identifiers, segments and profile) or ``USER_IDENTIFIERS_DELETION`` (the identifiers
+    only), one execution with one line per id, then wait (or defer) as for any upload.
+
+    :param id_type: what the ids are: ``user_account_id`` (in ``compartment_id``, else the default
+        compartment), ``email_hash``, ``user_agent_id`` or (points deletion only) ``user_point_id``.
+    See ``EraseIdsMixin`` for the id sources and ``RemoteJobOperator`` for waiting. The platform
+    does not say which ids it did not know: those count as erased; failed lines come from the
+    execution's error file.
+    """
+
+    hook_class = MediarithmicsHook
+    trigger_class = MediarithmicsExecutionTrigger
+    vendor = "mediarithmics"
+    template_fields = (*EraseIdsMixin.erase_template_fields, "datamart_id", "compartment_id", "name")
+
+    def __init__(
+        self,
+        *,
+        ids_file: Any = None,
+        id_column: str = "id",
+        sql: str | None = None,
+        sql_conn_id: str | None = None,
+        fail_on_error: bool = True,
+        document_type: str = "USER_POINTS_DELETION",
+        id_type: str = "user_account_id",
+        compartment_id: str | int | None = None,
+        datamart_id: str | int | None = None,
+        name: str = "erasure {{ run_id }}",
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.init_ids(ids_file, id_column, sql, sql_conn_id, fail_on_error)
+        if document_type not in ("USER_POINTS_DELETION", "USER_IDENTIFIERS_DELETION"):
+            raise ValueError("document_type must be USER_POINTS_DELETION or USER_IDENTIFIERS_DELETION")
+        allowed = ("user_account_id", "email_hash", "user_agent_id") + (
+            ("user_point_id",) if document_type == "USER_POINTS_DELETION" else ())
+        if id_type not in allowed:
+            raise ValueError(f"id_type must be one of {', '.join(allowed)} for {document_type}")
+        self.document_type, self.id_type = document_type, id_type
+        self.compartment_id, self.datamart_id, self.name = compartment_id, datamart_id, name
+
+    def _lines(self, ids: list[str]) -> tuple[bytes, list[dict[str, str]]]:
+        """The NDJSON body (one line per id, in order) and the ids refused before sending."""
+        from airflow_provider_profiles.formats.base import RowRejected
+        from airflow_provider_profiles.formats.mediarithmics import writer_for
+
+        writer = writer_for(self.document_type)
+        lines, refused = [], []
+        for identifier in ids:
+            row = {self.id_type: identifier}
+            if self.id_type == "user_account_id" and self.compartment_id not in (None, ""):
+                row["compartment_id"] = self.compartment_id
+            try:
+                lines.append(writer.encode(row))
+            except RowRejected as error:
+                refused.append({"id": identifier, "reason": error.reason})
+        return "".join(lines).encode("utf-8"), refused
+
+    def submit(self, context: Any) -> dict[str, Any]:
+        hook: MediarithmicsHook = self.hook  # type: ignore[assignment]
+        ids = self.read_ids()
+        body, refused = self._lines(ids)
+        if refused:  # nothing is sent for a list with ids the platform would refuse
+            raise AirflowFailException(f"{len(refused)} ids cannot be written as {self.document_type} lines: "
+                                       + "; ".join(f"{r['id']}: {r['reason']}" for r in refused[:5]))
+        definition = hook.create_document_import(self.document_type, "APPLICATION_X_NDJSON", self.name,
+                                                 datamart_id=self.datamart_id)
+        execution = hook.create_execution(definition["id"], body, datamart_id=self.datamart_id,
+                                          content_type="application/x-ndjson")
+        self.log.info("sent %d ids for %s in execution %s", len(ids), self.document_type, execution["id"])
+        return {
+            "datamart_id": hook.datamart(self.datamart_id),
+            "document_import_id": str(definition["id"]),
+            "execution_id": str(execution["id"]),
+        }
+
+    def on_success(self, context: Any, status: JobStatus) -> dict[str, Any]:
+        ids = self.read_ids()  # read again: the wait may have run in the triggerer
+        result = status.payload.get("result") or {}
+        failures = []
+        if int(result.get("total_failure") or 0) and result.get("error_file_uri"):
+            for entry in self.hook.error_lines(result["error_file_uri"], limit=len(ids)):  # type: ignore[attr-defined]
+                failures.append(_failed_line(entry, ids))
+        failed = int(result.get("total_failure") or 0)
+        failures += [{"id": "(not listed in the error file)", "reason": "failed"}] * (failed - len(failures))
+        report = erasure_report(self.vendor, len(ids), len(ids) - failed, [], failures)
+        report["execution_id"] = str(status.payload.get("id"))
+        return self.finish(context, report)
+
+
+def _failed_line(entry: str, ids: list[str]) -> dict[str, str]:
+    """One error-file line as a report failure, naming the id when the line number is given."""
+    import json
+
+    try:
+        parsed = json.loads(entry)
+    except ValueError:
+        return {"id": "(unknown line)", "reason": entry}
+    line = parsed.get("line") if isinstance(parsed, dict) else None
+    identifier = ids[line - 1] if isinstance(line, int) and 0 < line <= len(ids) else "(unknown line)"
+    reason = parsed.get("error") or parsed.get("message") or entry if isinstance(parsed, dict) else entry
+    return {"id": identifier, "reason": str(reason)}

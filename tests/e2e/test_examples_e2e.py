@@ -128,16 +128,15 @@ def check_mediarithmics(cluster, phase: Phase) -> None:
     snapshot = phase.snapshots["mediarithmics"]
     source = rows("mediarithmics_profiles.csv")
 
-    def one_identifier(r):  # a user account id with its compartment, or an email hash: exactly one
-        return (bool(r["user_account_id"] and r["compartment_id"]) + bool(r["email_hash"])) == 1 and \
-            not (r["user_account_id"] and not r["compartment_id"])
+    def one_identifier(r):  # a user account id (its compartment optional: the default one), or an email hash
+        return bool(r["user_account_id"]) + bool(r["email_hash"]) == 1
 
     valid = [r for r in source if one_identifier(r)]
-    assert len(source) - len(valid) == 3  # crm-0005 (no compartment), crm-0007 (two ids), a row with none
+    assert len(source) - len(valid) == 2  # crm-0007 (two ids), a row with none
     assert len(snapshot["document_imports"]) == 1  # one definition per run, reused by every chunk
     (definition,) = snapshot["document_imports"].values()
     executions = sorted(snapshot["executions"].values(), key=lambda e: int(e["id"]))
-    # max_chunk_rows=6: 17 lines -> chunks of 6, 6, 5, one execution each (in any order), none repeated
+    # max_chunk_rows=6: 18 lines -> chunks of 6, 6, 6, one execution each (in any order), none repeated
     assert sorted(e["parameters"]["number_of_lines"] for e in executions) == [len(valid) - 12, 6, 6]
     assert all(e["status"] == "SUCCEEDED" and e["parameters"]["document_import_id"] == definition["id"]
                for e in executions), executions

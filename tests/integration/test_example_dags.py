@@ -8,7 +8,7 @@ from pathlib import Path
 EXAMPLES = Path(__file__).parents[2] / "example_dags"
 EXPECTED = {
     "example_gainsight_px", "example_apsis_one", "example_localytics_profiles", "example_localytics_audiences",
-    "example_mediarithmics", "profiles_end_to_end",
+    "example_mediarithmics", "profiles_end_to_end", "erase_profiles",
 }
 
 

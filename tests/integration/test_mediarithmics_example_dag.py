@@ -26,11 +26,12 @@ def test_example_new_import_per_run_uploads_each_chunk_and_reconciles(emulator, 
         row = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids="report",
                                                  key="return_value")).first()
         summary = XComModel.deserialize_value(row)
-    # 20 rows: no identifier, two identifiers, an account id without compartment are rejected before upload
-    assert (summary["read"], summary["rejected_before_upload"], summary["sent"]) == (20, 3, 17)
-    assert (summary["imported"], summary["failed_at_mediarithmics"]) == (17, 0)
+    # 20 rows: no identifier and two identifiers are rejected before upload; an account id without
+    # compartment is sent (the default compartment is used)
+    assert (summary["read"], summary["rejected_before_upload"], summary["sent"]) == (20, 2, 18)
+    assert (summary["imported"], summary["failed_at_mediarithmics"]) == (18, 0)
     with open(summary["rejects_file"], newline="") as handle:
-        assert [row["line"] for row in csv.DictReader(handle)] == ["6", "8", "14"]
+        assert [row["line"] for row in csv.DictReader(handle)] == ["8", "14"]
     [definition] = server.emulator.snapshot()["document_imports"].values()
     assert definition["name"] == f"User profiles from CRM - {dag_run.logical_date:%Y-%m-%d}"
     assert server.emulator.summary()["executions"] == {"SUCCEEDED": 3}

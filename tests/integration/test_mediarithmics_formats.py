@@ -16,9 +16,12 @@ CASES = {
     "USER_PROFILE": ({}, [{**ACCOUNT, "plan": "pro"}, {"email_hash": "h", "operation": "DELETE"}, {"plan": "no id"}]),
     "USER_SEGMENT": ({"segment_id": 5, "expiration_duration": 0}, [{"email_hash": "h"}, {"user_agent_id": "vec:1", "operation": "DELETE"}, {**ACCOUNT, "email_hash": "h"}]),
     "USER_ACTIVITY": ({}, [{**ACCOUNT, "ts": "2024-05-01T10:00:00", "events": [{"$event_name": "buy"}]}, {"email_hash": "h", "ts": 1}, {"email_hash": "h"}]),
-    "USER_CHOICE": ({"processing_id": "3"}, [{"email_hash": "h", "choice_acceptance_value": True}, {"user_agent_id": "v", "choice_acceptance_value": "x"}]),
+    "USER_CHOICE": ({"processing_id": "3", "force_replace": False}, [{"email_hash": "h", "choice_acceptance_value": True, "choice_ts": 1},
+                                                                     {"user_agent_id": "v", "choice_acceptance_value": "x", "choice_ts": 1}]),
     "USER_IDENTIFIERS_ASSOCIATION_DECLARATIONS": ({}, [{**ACCOUNT, "email_hash": "h"}, {"email_hash": "h"}]),
-    "USER_IDENTIFIERS_DELETION": ({}, [{"user_agent_id": "vec:1"}, {**ACCOUNT}, {}]),
+    "USER_IDENTIFIERS_DISSOCIATION_DECLARATIONS": ({}, [{"user_account_id": "u1", "email_hash": "h"}, {"email_hash": "h"}]),
+    "USER_IDENTIFIERS_DELETION": ({}, [{"user_agent_id": "vec:1"}, {**ACCOUNT}, {"user_account_id": "u2"}, {}]),
+    "USER_POINTS_DELETION": ({}, [{"user_point_id": "p1"}, {"email_hash": "h"}, {"user_point_id": "p2", "email_hash": "h"}]),
 }
 
 
@@ -76,13 +79,13 @@ def test_every_written_line_is_accepted_and_every_bad_row_rejected(hook, tmp_pat
     "document_type, line, error",
     [
         ("USER_PROFILE", '{"operation":"UPSERT","email_hash":"h","user_agent_id":"v","user_profile":{"a":1}}', "exactly one user identifier"),
-        ("USER_PROFILE", '{"operation":"UPSERT","user_account_id":"u","user_profile":{"a":1}}', "needs a compartment_id"),
-        ("USER_SEGMENT", '{"operation":"UPDATE","email_hash":"h"}', "segment_id or segment_technical_name"),
+        ("USER_SEGMENT", '{"operation":"UPDATE","email_hash":"h","expiration_duration":0}', "segment_id or segment_technical_name"),
         ("USER_SEGMENT", '{"operation":"UPDATE","email_hash":"h","segment_id":"1","expiration_duration":-5}', "expiration_duration"),
         ("USER_ACTIVITY", '{"$email_hash":{"$hash":"h"},"$type":"TOUCH","$ts":"yesterday"}', "$ts must be epoch milliseconds"),
         ("USER_CHOICE", '{"operation":"UPSERT","email_hash":"h","user_choice":{}}', "$processing_id"),
         ("USER_IDENTIFIERS_ASSOCIATION_DECLARATIONS", '{"identifiers":[{"type":"USER_EMAIL","hash":"h"}]}', "at least two"),
-        ("USER_IDENTIFIERS_DELETION", '{"type":"USER_ACCOUNT","user_account_id":"u"}', "misses compartment_id"),
+        ("USER_IDENTIFIERS_DELETION", '{"type":"USER_ACCOUNT","compartment_id":"7"}', "misses user_account_id"),
+        ("USER_POINTS_DELETION", '{"type":"USER_POINT"}', "misses user_point_id"),
     ],
 )
 def test_platform_counts_invalid_lines_as_failures(hook, document_type, line, error):

@@ -150,21 +150,15 @@ def test_content_type_must_match_the_definition(mics):
         hook.create_execution(import_id, PROFILE_LINE, content_type="text/csv")
 
 
-def test_size_limit_client_side_and_413_from_the_platform(mics, tmp_path):
-    server, hook = mics(max_file_bytes=1000)
+def test_size_limit_only_when_the_caller_sets_one(mics, tmp_path):
+    server, hook = mics()
     import_id = hook.create_document_import("USER_PROFILE", "APPLICATION_X_NDJSON", "CRM")["id"]
     big = tmp_path / "big.ndjson"
     big.write_bytes(PROFILE_LINE * 100)
     with pytest.raises(FileTooLarge, match="split it into chunks"):
         hook.create_execution(import_id, big, max_file_bytes=1000)
     assert server.emulator.counters[f"POST /v1/datamarts/1000/document_imports/{import_id}/executions"] == 0
-    # with the client check off, the platform answers 413 (declared length, then chunked)
-    with pytest.raises(VendorValidationError) as declared:
-        hook.create_execution(import_id, big, max_file_bytes=None)
-    with pytest.raises(VendorValidationError) as chunked:
-        hook.create_execution(import_id, iter([PROFILE_LINE] * 100), max_file_bytes=None)
-    assert declared.value.status == chunked.value.status == 413
-    assert server.emulator.snapshot()["executions"] == {}
+    assert hook.create_execution(import_id, big)["parameters"]["number_of_lines"] == 100
 
 
 def test_cancel_only_while_pending(mics):

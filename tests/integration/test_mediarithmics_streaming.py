@@ -32,7 +32,7 @@ UPLOAD_SCRIPT = textwrap.dedent(
 
 
 def test_200_mb_upload_streams_in_bounded_memory(emulator, tmp_path):
-    server = emulator("mediarithmics", token="t", max_file_bytes=300 * 1024 * 1024, pending_seconds=0, running_seconds=0)
+    server = emulator("mediarithmics", token="t", pending_seconds=0, running_seconds=0)
     # 1,000 lines of ~200 KB: quick to write and for the emulator to validate
     line = json.dumps({"operation": "UPSERT", "email_hash": "h", "user_profile": {"blob": "x" * 215_000}}).encode() + b"\n"
     path = tmp_path / "big.ndjson"

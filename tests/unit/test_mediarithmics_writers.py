@@ -35,13 +35,13 @@ def decode(line: str) -> dict:
         ({"plan": "pro"}, "no user identifier"),
         ({"user_account_id": "u1", "compartment_id": "7", "email_hash": "h"}, "only one user identifier"),
         ({"email_hash": "h", "user_agent_id": "vec:1"}, "only one user identifier"),
-        ({"user_account_id": "u1", "plan": "pro"}, "compartment_id: user_account_id needs a compartment_id"),
     ],
 )
 def test_every_writer_requires_exactly_one_identifier(row, message):
-    for writer in (UserProfileWriter(), UserSegmentWriter(segment_id=5), UserChoiceWriter(processing_id="p"), UserIdentifiersDeletionWriter()):
+    for writer in (UserProfileWriter(), UserSegmentWriter(segment_id=5, expiration_duration=0),
+                   UserChoiceWriter(processing_id="p", force_replace=True), UserIdentifiersDeletionWriter()):
         with pytest.raises(RowRejected, match=message):
-            writer.encode({**row, "choice_acceptance_value": True, "ts": 1})
+            writer.encode({**row, "choice_acceptance_value": True, "ts": 1, "choice_ts": 1})
 
 
 def test_profile_upsert_collects_columns_and_strategy():
@@ -90,28 +90,30 @@ def test_segment_ndjson_by_id_or_technical_name_with_expiration():
 )
 def test_segment_rejections(row, message):
     with pytest.raises(RowRejected, match=message):
-        UserSegmentWriter(segment_id=5).encode(row)
+        UserSegmentWriter(segment_id=5, expiration_duration=0).encode(row)
 
 
 def test_segment_without_any_segment_is_rejected():
     with pytest.raises(RowRejected, match="no segment"):
-        UserSegmentWriter().encode({"email_hash": "h"})
+        UserSegmentWriter(expiration_duration=0).encode({"email_hash": "h"})
 
 
 def test_segment_csv_round_trips_with_header_and_quoting():
-    writer = writer_for("USER_SEGMENT", CSV, segment_id=12)
+    writer = writer_for("USER_SEGMENT", CSV, segment_id=12, expiration_duration=60)
     assert (writer.extension, writer.content_type, writer.mime_type) == ("csv", "text/csv", CSV)
     text = writer.header() + writer.encode({"user_agent_id": 'vec:"1",x'}) + writer.encode({**ACCOUNT, "expiration_duration": 5})
     rows = list(csv.DictReader(io.StringIO(text)))
     assert rows[0]["user_agent_id"] == 'vec:"1",x' and rows[0]["segment_id"] == "12" and rows[0]["email_hash"] == ""
+    assert rows[0]["expiration_duration"] == "60"
     assert rows[1]["user_account_id"] == "u1" and rows[1]["compartment_id"] == "7" and rows[1]["expiration_duration"] == "5"
 
 
 @pytest.mark.parametrize("document_type", ["USER_PROFILE", "USER_ACTIVITY", "USER_CHOICE", "USER_IDENTIFIERS_DELETION", "USER_IDENTIFIERS_ASSOCIATION_DECLARATIONS"])
 def test_csv_only_for_segments(document_type):
+    options = {"force_replace": True} if document_type == "USER_CHOICE" else {}
     with pytest.raises(ValueError, match="only allowed for USER_SEGMENT"):
-        writer_for(document_type, CSV)
-    assert writer_for(document_type).extension == "ndjson"
+        writer_for(document_type, CSV, **options)
+    assert writer_for(document_type, **options).extension == "ndjson"
 
 
 def test_unknown_document_type():
@@ -137,13 +139,13 @@ def test_activity_prefixes_identifiers_and_converts_timestamps():
 
 
 def test_choice_needs_processing_and_boolean():
-    writer = UserChoiceWriter(processing_token="newsletter")
+    writer = UserChoiceWriter(processing_id="newsletter", force_replace=True)
     line = decode(writer.encode({"user_agent_id": "vec:1", "choice_acceptance_value": "false", "choice_ts": 5}))
-    assert line["user_choice"] == {"$processing_token": "newsletter", "$choice_acceptance_value": False, "$choice_ts": 5}
+    assert line["user_choice"] == {"$processing_id": "newsletter", "$choice_acceptance_value": False, "$choice_ts": 5}
     with pytest.raises(RowRejected, match="choice_acceptance_value: 'maybe'"):
-        writer.encode({"user_agent_id": "vec:1", "choice_acceptance_value": "maybe"})
+        writer.encode({"user_agent_id": "vec:1", "choice_acceptance_value": "maybe", "choice_ts": 5})
     with pytest.raises(RowRejected, match="no processing"):
-        UserChoiceWriter().encode({"user_agent_id": "vec:1", "choice_acceptance_value": True})
+        UserChoiceWriter(force_replace=True).encode({"user_agent_id": "vec:1", "choice_acceptance_value": True})
     deleted = decode(UserChoiceWriter(operation="DELETE", processing_id="9").encode({"email_hash": "h"}))
     assert deleted == {"operation": "DELETE", "email_hash": "h", "user_choice": {"$processing_id": "9"}}
 
@@ -181,4 +183,4 @@ def test_rejected_rows_reach_the_rejects_file(tmp_path):
     assert len(written) + rejects.count == len(rows) == 3
     lines = list(csv.reader((tmp_path / "rejects.csv").open()))
     assert lines[1][:2] == ["2", ""] and "no user identifier" in lines[1][2]
-    assert lines[2][:2] == ["3", "h"] and "only one user identifier" in lines[2][2]
+    assert lines[2][:2] == ["3", "email_hash=h, user_agent_id=v"] and "only one user identifier" in lines[2][2]

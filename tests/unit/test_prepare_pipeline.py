@@ -311,7 +311,7 @@ def test_writer_registry():
 def test_duplicate_check_default_follows_the_format(tmp_path):
     source = tmp_path / "in.csv"
     source.write_text("user_account_id,compartment_id,segment_id\nu1,7,s1\nu1,7,s2\n")
-    segments = get_writer("mediarithmics", "USER_SEGMENT")
+    segments = get_writer("mediarithmics", "USER_SEGMENT", expiration_duration=0)
     result = prepare_file(str(source), segments, str(tmp_path / "out.ndjson"))
     assert (result.written, result.rejected) == (2, 0)  # one user in two segments is not a duplicate
     profiles = get_writer("mediarithmics", "USER_PROFILE")
