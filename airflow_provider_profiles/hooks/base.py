@@ -633,6 +633,11 @@ class ProfilesHook(BaseHook):
         raise self._redirect_error(response, send, "too many redirects")
 
     # the parts both clients share -------------------------------------------------------------------
+    def api_base_urls(self) -> list[str]:
+        """The bases of the vendor's own APIs for this connection: the only hosts that get credentials.
+        A vendor whose API spans several hosts adds the others (derived from the connection)."""
+        return [self.base_url]
+
     def _prepare(self, method: str, path: str, idempotent: bool | None, authenticate: bool,
                  kwargs: dict[str, Any]) -> _Send:
         method = method.upper()
@@ -641,8 +646,8 @@ class ProfilesHook(BaseHook):
         return _Send(
             method=method, url=url, path=_display_path(path),
             idempotent=method in IDEMPOTENT_METHODS if idempotent is None else idempotent,
-            # credentials go to the connection's own host only, whatever URL a caller passes
-            authenticate=authenticate and _origin(url) == _origin(self.base_url),
+            # credentials go to the vendor's API hosts only, whatever URL a caller passes
+            authenticate=authenticate and _origin(url) in {_origin(base) for base in self.api_base_urls()},
             body=_Body(kwargs), headers=kwargs.pop("headers", None) or {},
             timeout=timeout if isinstance(timeout, tuple) else (float(timeout), float(timeout)),
             stream=bool(kwargs.pop("stream", False)), max_body_bytes=kwargs.pop("max_body_bytes", None),

@@ -270,6 +270,9 @@ class LocalyticsHook(ProfilesHook):
             return f"{parts.scheme}://profile.{parts.netloc[len('api.'):]}{parts.path}".rstrip("/")
         return self.base_url
 
+    def api_base_urls(self) -> list[str]:
+        return [self.base_url, self.profile_api_base_url()]
+
     def delete_profile(self, customer_id: str, app_id: str | None = None) -> bool:
         """Delete one customer's profile (GDPR erasure): org-level ``DELETE /v1/profiles/{customer_id}``,
         app-level ``/v1/apps/{app_id}/profiles/{customer_id}`` when ``app_id`` is given. True when

@@ -3,7 +3,6 @@ vendor's delete, and a report whose counts add up to the ids read."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import sqlite3
 
@@ -11,7 +10,6 @@ import pytest
 from airflow.providers.common.compat.sdk import AirflowException
 
 from airflow_provider_profiles.hooks.apsis_one import ApsisOneHook
-from airflow_provider_profiles.hooks.gainsight_px import GainsightPXHook
 from airflow_provider_profiles.hooks.localytics import LocalyticsHook
 from airflow_provider_profiles.operators.apsis_one import ApsisOneEraseOperator
 from airflow_provider_profiles.operators.erasure import ids_from_file, ids_from_sql
@@ -107,6 +105,19 @@ def test_localytics_delete_profile_org_and_app_level(emulator, airflow_connectio
     assert server.emulator.snapshot()["profiles"] == {"org_id:60": {}, "app_id:app-1": {}}
 
 
+def test_localytics_profile_api_on_its_own_host_gets_the_credentials(emulator, airflow_connection):
+    """The Profile API is another host than the import API (profile. vs api.): it is the vendor's own
+    API, so the Basic auth goes there too (127.0.0.1 and localhost are two hosts to the hook)."""
+    server = emulator("localytics")
+    fields = server.emulator.connection()
+    profile_base = server.url.replace("127.0.0.1", "localhost") + "/v1"
+    airflow_connection("localytics_two_hosts", fields.pop("conn_type"),
+                       **{**fields, "extra": {**fields.get("extra", {}), "profile_base_url": profile_base}})
+    server.emulator.profiles["org_id:60"] = {"c1": {}}
+    assert LocalyticsHook("localytics_two_hosts").delete_profile("c1") is True
+    assert server.emulator.snapshot()["profiles"] == {"org_id:60": {}}
+
+
 def test_a_failing_id_is_reported_with_its_reason_and_fails_the_task(emulator, airflow_connection, tmp_path):
     server = emulator("localytics")
     connect(airflow_connection, "localytics_default", server)
@@ -124,14 +135,17 @@ def test_a_failing_id_is_reported_with_its_reason_and_fails_the_task(emulator, a
 
 # --- Gainsight PX --------------------------------------------------------------------------------------
 def test_gainsight_erase_calls_delete_user_with_hard_delete(emulator, airflow_connection, tmp_path):
-    if "hard_delete" not in inspect.signature(GainsightPXHook.delete_user).parameters:
-        pytest.skip("GainsightPXHook.delete_user(identify_id, hard_delete=...) comes with the Gainsight PX change")
     server = emulator("gainsight_px")
     connect(airflow_connection, "gainsight_px_default", server)
     server.emulator.store["users"]["u1"] = {"identifyId": "u1"}
+    server.emulator.store["accounts"]["a1"] = {"id": "a1"}
     report = GainsightPXEraseOperator(task_id="erase", ids_file=ids_csv(tmp_path, "u1", "u2")).execute({"ti": TI()})
-    assert (report["read"], report["erased"], report["not_found"]) == (2, 1, 1)
-    assert server.emulator.snapshot()["users"] == {}
+    assert (report["read"], report["erased"], report["not_found"], report["failed"]) == (2, 1, 1, 0)
+    accounts = GainsightPXEraseOperator(task_id="erase_accounts", entity="account", hard_delete=False,
+                                        ids_file=ids_csv(tmp_path, "a1")).execute({"ti": TI()})
+    assert accounts["erased"] == 1
+    assert server.emulator.snapshot()["users"] == {} and server.emulator.snapshot()["accounts"] == {}
+    assert server.emulator.deletions == [("users", "u1", True), ("accounts", "a1", False)]
 
 
 def test_erase_operator_needs_exactly_one_source():
@@ -141,37 +155,6 @@ def test_erase_operator_needs_exactly_one_source():
         LocalyticsEraseOperator(task_id="x", sql="select 1").read_ids()
     with pytest.raises(ValueError, match="not both"):
         LocalyticsEraseOperator(task_id="x", sql="select 1", ids_file="ids.csv", sql_conn_id="db").read_ids()
-
-
-def test_gainsight_erase_loop_against_the_emulator_with_todays_delete(emulator, airflow_connection, tmp_path):
-    """The operator's loop and report over real HTTP, whichever hook version is installed: a hook whose
-    delete_user/delete_account take ``hard_delete`` (forwarded to today's ``delete``; the flag itself is
-    the Gainsight PX hook's to send)."""
-    calls = []
-
-    class Hook(GainsightPXHook):
-        def delete_user(self, identify_id, hard_delete=False):
-            calls.append(("user", identify_id, hard_delete))
-            return self.delete("USER", identify_id)
-
-        def delete_account(self, account_id, hard_delete=False):
-            calls.append(("account", account_id, hard_delete))
-            return self.delete("ACCOUNT", account_id)
-
-    class Operator(GainsightPXEraseOperator):
-        hook_class = Hook
-
-    server = emulator("gainsight_px")
-    connect(airflow_connection, "gainsight_px_default", server)
-    server.emulator.store["users"]["u1"] = {"identifyId": "u1"}
-    server.emulator.store["accounts"]["a1"] = {"id": "a1"}
-    report = Operator(task_id="erase", ids_file=ids_csv(tmp_path, "u1", "u2")).execute({"ti": TI()})
-    assert (report["read"], report["erased"], report["not_found"], report["failed"]) == (2, 1, 1, 0)
-    accounts = Operator(task_id="erase_accounts", entity="account", hard_delete=False,
-                        ids_file=ids_csv(tmp_path, "a1")).execute({"ti": TI()})
-    assert accounts["erased"] == 1
-    assert calls == [("user", "u1", True), ("user", "u2", True), ("account", "a1", False)]
-    assert server.emulator.snapshot()["users"] == {} and server.emulator.snapshot()["accounts"] == {}
 
 
 def test_mediarithmics_erasure_names_the_ids_of_failed_lines(emulator, airflow_connection, tmp_path):
