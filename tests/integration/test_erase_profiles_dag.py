@@ -3,18 +3,14 @@ a file or from SQL queries, erased everywhere, and checked in what the emulators
 
 from __future__ import annotations
 
-import inspect
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from airflow_provider_profiles.hooks.gainsight_px import GainsightPXHook
 
 EXAMPLES = Path(__file__).parents[2] / "example_dags"
 EMAIL_KEYSPACE = "com.apsis1.keyspaces.email"
-# GainsightPXHook.delete_user(identify_id, hard_delete=...) comes with the Gainsight PX contract change
-GAINSIGHT_HARD_DELETE = "hard_delete" in inspect.signature(GainsightPXHook.delete_user).parameters
 
 
 @pytest.fixture
@@ -52,7 +48,7 @@ def xcom(dag_run, task_id, key="return_value"):
 
 def check_erased_everywhere(platforms, dag_run, states):
     expected = {"apsis_one": "success", "localytics": "success", "mediarithmics": "success", "summary": "success",
-                "gainsight_px": "success" if GAINSIGHT_HARD_DELETE else "failed"}
+                "gainsight_px": "success"}
     assert states == expected
     reports = xcom(dag_run, "summary")
     for vendor in ("apsis_one", "localytics"):
@@ -68,9 +64,8 @@ def check_erased_everywhere(platforms, dag_run, states):
     [execution] = platforms["mediarithmics"].emulator.snapshot()["executions"].values()
     assert execution["parameters"]["document_type"] == "USER_POINTS_DELETION"
     assert (execution["status"], execution["result"]["total_success"]) == ("SUCCEEDED", 3)
-    if GAINSIGHT_HARD_DELETE:
-        assert list(platforms["gainsight_px"].emulator.snapshot()["users"]) == ["crm-0500"]
-        assert reports["gainsight_px"]["erased"] == 2
+    assert list(platforms["gainsight_px"].emulator.snapshot()["users"]) == ["crm-0500"]
+    assert reports["gainsight_px"]["erased"] == 2
 
 
 def test_erase_profiles_from_a_file(platforms, run_dag):
