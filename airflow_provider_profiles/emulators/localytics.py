@@ -62,6 +62,7 @@ class LocalyticsEmulator(Emulator):
         api_secret: str = "localytics-secret",
         org_ids: tuple[str, ...] | list[str] = ("60",),
         app_ids: tuple[str, ...] | list[str] = ("app-1", "app-2"),
+        # durations are ours ("usually take less than 5 minutes to complete, once Running", import-apis.html)
         pending_seconds: float = 0.5,
         running_seconds: float = 1.0,
         # Limits per API key, all from import-apis.html: "Profile Imports" and its status endpoint
@@ -457,9 +458,9 @@ class LocalyticsEmulator(Emulator):
             "created_at": job["created_at"],
             "updated_at": job.get("finished_at", job["created_at"]),
         }
-        if status == "Failed":
+        if status == "Failed":  # the wording of error_reason is ours: the page only shows it null
             view["error_reason"] = "No valid customer_id line in the file." if job["total"] else "The file is empty."
-        if done:  # the vendor sends these counts as strings
+        if done:  # these five counts, as strings, as in "Example with complete status"
             view["upload_statistics"] = {
                 "total_lines": str(job["total"]),
                 "audience_id": str(job["list_id"]),
@@ -478,6 +479,7 @@ class LocalyticsEmulator(Emulator):
             )
             job = self.jobs.get(activity_id)
             if job is None or self._status(job) not in ("Completed", "Failed"):
+                # S3's answer for a missing object; the page says nothing of a log before the job ends (ours)
                 return Response("<Error><Code>NoSuchKey</Code></Error>", status_code=404, media_type="application/xml")
             body = "".join(json.dumps(e) + "\n" for e in job["errors"])
         return Response(body, media_type="application/json")
@@ -486,16 +488,16 @@ class LocalyticsEmulator(Emulator):
         moment = self.clock.now() if at is None else at
         return dt.datetime.fromtimestamp(moment, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
-
     async def _delete_profile(self, request: Request) -> Response:
         """Profile API DELETE (help.uplandsoftware.com/localytics/dev/profile-api.html): org-level
         ``/v1/profiles/{customer_id}`` or app-level ``/v1/apps/{app_id}/profiles/{customer_id}``; 404 when
         there is no profile, as its GET documents (v4docs.localytics.com/Dev/Profiles/get.html). The page
         gives no success code nor a rate limit for DELETE: 204 and no limit are this emulator's choice."""
+        # the same key and secret as the imports (import-apis.html, "Authentication")
         if not self._authenticated(request):
             return JSONResponse({"error": "The provided authentication parameters were not valid."}, status_code=401)
         customer_id, app_id = request.path_params["customer_id"], request.path_params.get("app_id")
-        if app_id is not None and app_id not in self.app_ids:
+        if app_id is not None and app_id not in self.app_ids:  # 404 for an unknown app: inferred, as above
             return JSONResponse({"error": f"app {app_id} not found"}, status_code=404)
         scopes = [f"app_id:{app_id}"] if app_id is not None else [f"org_id:{org}" for org in self.org_ids]
         with self.lock:
