@@ -44,7 +44,7 @@ async def test_success_event_carries_the_statistics(setup):
                                                    poll_interval=0.05))
     assert event["status"] == "success" and event["vendor_status"] == "Completed"
     assert event["result"]["statistics"] == {"total": 2, "succeeded": 1, "failed": 1}
-    assert "must be a non-empty list" in event["result"]["first_errors"][0]["error"]
+    assert "must be a list" in event["result"]["first_errors"][0]["error"]
 
 
 async def test_audience_import_event(setup):
