@@ -30,7 +30,8 @@ def servers():
 def test_gainsight_key_is_never_sent_to_the_redirect_target(servers, airflow_connection, status):
     elsewhere = servers(lambda r: response(200, '{"identifyId": "u1"}'))
     api = servers(lambda r: response(status, "", {"Location": f"http://localhost:{elsewhere.port}/v1/users/u1"}))
-    airflow_connection("gainsight_px_default", "gainsight_px", password=KEY, extra={"base_url": f"{api.url}/v1"})
+    airflow_connection("gainsight_px_default", "gainsight_px", password=KEY,
+                       extra={"base_url": f"{api.url}/v1", "product_key": "AP-REDIRECT-TEST-2"})
     hook = GainsightPXHook()
     with pytest.raises(VendorRedirectError):
         hook.get_user("u1")
