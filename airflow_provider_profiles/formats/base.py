@@ -58,8 +58,10 @@ class FormatWriter(abc.ABC):
         """One record, newline included. Raise ``RowRejected`` for a row that cannot be sent."""
 
     def identifier(self, row: Mapping[str, Any]) -> str | None:
-        value = row.get(self.identifier_field) if self.identifier_field else None
-        return None if value is None else str(value)
+        """The row's identifier as the duplicate check and the vendor see it (canonical text)."""
+        from airflow_provider_profiles.formats.values import canonical_id  # it builds on this module
+
+        return canonical_id(row.get(self.identifier_field)) if self.identifier_field else None
 
 
 class RejectsFile:

@@ -56,6 +56,7 @@ from airflow_provider_profiles.formats.sync import (
     SnapshotWriter,
     SyncState,
 )
+from airflow_provider_profiles.formats.values import decode_row
 from airflow_provider_profiles.storage import as_storage_path, open_binary
 
 log = logging.getLogger(__name__)
@@ -361,6 +362,7 @@ class Preparer:
         reasons: dict[int, tuple[str | None, str]] = {}
         for index, row in enumerate(rows):
             try:
+                row = decode_row(row)  # binary values (Parquet, database BLOBs) as text, once
                 mapped.append(self.mapping.apply(row) if self.mapping else row)
             except RowRejected as error:
                 mapped.append(None)
@@ -757,16 +759,25 @@ def prepare_file(
 
 
 def check_columns(source: Any, names: list[str], writer: FormatWriter, mapping: FieldMapping | None) -> None:
-    """Fail before anything is written when the input lacks a column the mapping or writer needs."""
-    if not names:
-        return  # NDJSON: keys differ per row; missing values are rejected row by row
+    """Fail before anything is written when the input lacks a column the mapping or writer needs.
+
+    With a mapping, the writer's columns must be among the mapping's targets (a writer column
+    nobody maps would be empty on every row); without one, among the input's columns. NDJSON has
+    no header: keys differ per row, and missing values are rejected row by row.
+    """
+    checker = getattr(writer, "check_columns", None)
     if mapping is not None:
-        missing = mapping.missing_columns(names)
+        missing = mapping.missing_columns(names) if names else []
         if missing:
             raise InputError(source, f"no column(s) {', '.join(map(repr, missing))} in the header; it has {names}", line=1)
+        if checker is not None and (names or not mapping.keep_unmapped):
+            targets = list(dict.fromkeys(field.path[0] for field in mapping.fields))
+            try:
+                checker(targets + (list(names) if mapping.keep_unmapped else []))
+            except ValueError as error:
+                raise InputError(source, f"the mapping gives the writer no column for it: {error}") from None
         return
-    checker = getattr(writer, "check_columns", None)
-    if checker is not None:
+    if names and checker is not None:
         try:
             checker(names)
         except ValueError as error:
