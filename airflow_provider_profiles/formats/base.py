@@ -15,6 +15,16 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 REJECTS_HEADER = ("line", "identifier", "reason", "http_status")
+# A cell starting with one of these is a formula to a spreadsheet (CSV injection, OWASP): the
+# rejects file, which people open in one, gets such cells with a leading quote.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: Any) -> Any:
+    """A text cell that a spreadsheet shows as text, not a formula (for files people open only)."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
+        return "'" + cell
+    return cell
 
 
 def is_missing(value: Any) -> bool:
@@ -78,7 +88,8 @@ class RejectsFile:
             self._handle = self.path.open("w", newline="", encoding="utf-8")
             self._writer = csv.writer(self._handle)
             self._writer.writerow(REJECTS_HEADER)
-        self._writer.writerow((line, identifier or "", reason, http_status or ""))
+        cells = (line, identifier or "", reason, http_status or "")
+        self._writer.writerow([spreadsheet_safe(cell) for cell in cells])
         self.count += 1
 
     def close(self) -> None:

@@ -75,6 +75,7 @@ class _PrepareOperator(BaseOperator):
         include_deletions: bool = False,
         delete_columns: list[str] | None = None,
         storage_conn_id: str | None = None,
+        progress_interval: float | None = 15.0,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -97,6 +98,7 @@ class _PrepareOperator(BaseOperator):
         self.include_deletions = include_deletions
         self.delete_columns = delete_columns
         self.storage_conn_id = storage_conn_id
+        self.progress_interval = progress_interval  # seconds between progress lines; None: none
 
     def _options(self) -> dict[str, Any]:
         writer = get_writer(self.vendor, self.writer_format, **self.writer_options)
@@ -111,6 +113,7 @@ class _PrepareOperator(BaseOperator):
             "mapping": mapping,
             "rejects": _storage_path(rejects, self.storage_conn_id),
             "duplicates": self.duplicates,
+            "progress_interval": self.progress_interval,
         }
         if self.only_changed:
             options.update(

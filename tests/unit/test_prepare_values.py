@@ -1,4 +1,4 @@
-"""Values through the real prepare path: dates, missing columns, values that are not what they seem.
+"""Values through the real prepare path: dates, missing columns, odd values, rejects, progress.
 
 Every test writes a real input file and runs it through ``prepare_file`` (or the operator), then
 reads the vendor file and the rejects file back.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,6 +18,7 @@ from airflow_provider_profiles.formats import get_writer
 from airflow_provider_profiles.formats.mapping import FieldMapping
 from airflow_provider_profiles.formats.pipeline import prepare_file
 from airflow_provider_profiles.formats.reader import InputError
+from airflow_provider_profiles.operators.prepare import ProfilesFileTransformOperator
 
 
 def rejects_of(path):
@@ -222,3 +224,34 @@ def test_localytics_increment_out_of_range_is_rejected(tmp_path):
     assert [(line, reason.split(":")[0]) for line, _, reason in rejects_of(tmp_path / "r.csv")] == [
         (2, "logins"), (3, "logins"), (5, "logins")
     ]
+
+
+# --- 16. rejects file that a person opens, progress of a long prepare ------------------------------
+
+
+def test_formulas_are_neutralised_in_the_rejects_file_only(tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text('email,born\n"=HYPERLINK(""http://evil"",""x"")",2024-01-01\n+1,2024-01-01\na@x.io,=1+1\n')
+    result = prepare_file(str(source), apsis(), str(tmp_path / "a.csv"), rejects=str(tmp_path / "r.csv"))
+    assert (result.written, result.rejected) == (1, 2)
+    assert csv_rows(tmp_path / "a.csv") == [{"email": "a@x.io", "born": "=1+1"}]  # vendor data as it was
+    with open(tmp_path / "r.csv", newline="", encoding="utf-8") as handle:
+        cells = [cell for row in csv.reader(handle) for cell in row]
+    assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert "'=HYPERLINK(\"http://evil\",\"x\")" in cells and "'+1" in cells
+
+
+def test_a_prepare_logs_its_progress(tmp_path, caplog):
+    source = tmp_path / "in.csv"
+    source.write_text("id,name,city\n" + "".join(f"{i},n{i},c{i}\n" for i in range(5000)))
+    operator = ProfilesFileTransformOperator(
+        task_id="prepare", source_path=str(source), vendor="localytics",
+        writer_options={"customer_id": "id", "attributes": {"name": "name", "city": "city"}},
+        output_path=str(tmp_path / "out.ndjson"), progress_interval=0,
+    )
+    with caplog.at_level(logging.INFO, logger="airflow_provider_profiles"):
+        operator.execute({})
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("prepare progress")]
+    assert progress, [r.getMessage() for r in caplog.records]
+    assert "5,000 rows" in progress[-1] and "rows/s" in progress[-1] and "100%" in progress[-1]
+    assert "ETA" in progress[0]
