@@ -31,6 +31,13 @@ def is_missing(value: Any) -> bool:
     """A value that is not sent: None, a blank string, an empty list, NaN, or pandas' NA/NaT."""
     if value is None:
         return True
+    kind = type(value)
+    if kind is str:
+        return not value.strip()
+    if kind is int or kind is bool:  # the common cases first: this runs for every value
+        return False
+    if kind is float:
+        return value != value
     if isinstance(value, str):
         return not value.strip()
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -69,9 +76,7 @@ class FormatWriter(abc.ABC):
 
     def identifier(self, row: Mapping[str, Any]) -> str | None:
         """The row's identifier as the duplicate check and the vendor see it (canonical text)."""
-        from airflow_provider_profiles.formats.values import canonical_id  # it builds on this module
-
-        return canonical_id(row.get(self.identifier_field)) if self.identifier_field else None
+        return values.canonical_id(row.get(self.identifier_field)) if self.identifier_field else None
 
 
 class RejectsFile:
@@ -109,3 +114,7 @@ def csv_line(values: list[Any]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerow(values)
     return buffer.getvalue()
+
+
+# values builds on this module (RowRejected, is_missing): imported last, used at call time
+from airflow_provider_profiles.formats import values  # noqa: E402

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, is_missing
-from airflow_provider_profiles.formats.values import checked_integer, json_line
+from airflow_provider_profiles.formats.values import FALSE_WORDS, TRUE_WORDS, checked_integer, json_line
 
 OPS = ("assign", "set-add", "set-remove", "increment", "delete")
 EMPTY_CHOICES = ("skip", "delete")
 MAX_STRING = 255
-_TRUE_FLAGS = {"1", "true", "t", "yes", "y", "x"}
-_FALSE_FLAGS = {"0", "false", "f", "no", "n"}
+_TRUE_FLAGS = TRUE_WORDS | {"x"}  # a delete column may mark rows with a ticked box
+_FALSE_FLAGS = FALSE_WORDS
 
 
 @dataclass(frozen=True)
