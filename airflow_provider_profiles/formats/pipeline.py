@@ -58,7 +58,7 @@ from airflow_provider_profiles.formats.sync import (
     SnapshotWriter,
     SyncState,
 )
-from airflow_provider_profiles.formats.values import decode_row
+from airflow_provider_profiles.formats.values import canonical_id, decode_row
 from airflow_provider_profiles.storage import as_storage_path, is_local, local_path, open_binary
 
 log = logging.getLogger(__name__)
@@ -415,13 +415,13 @@ class Preparer:
         self._finish(written, lines, key_array, key_hashes, row_hashes, reasons, batch.skipped, mapped=mapped)
 
     def _input_identifier(self, row: dict[str, Any]) -> str | None:
-        """The identifier of an input row the mapping rejected (read from its source column)."""
-        target = self.writer.identifier_field
-        for spec in self.mapping.fields if self.mapping else ():
-            if spec.target == target and not spec.is_const:
-                value = lookup(row, spec.source)
-                return None if value is None or str(value).strip() == "" else str(value).strip()
-        return _identifier_of(self.writer, row)
+        """The identifier of an input row the mapping rejected: the writer's, from the raw values of
+        the mapped fields (canonical, as the duplicate check would have seen them)."""
+        if self.mapping is None:
+            return _identifier_of(self.writer, row)
+        fields = [spec for spec in self.mapping.fields if len(spec.path) == 1]
+        raw = {spec.target: spec.const if spec.is_const else canonical_id(lookup(row, spec.source)) for spec in fields}
+        return _identifier_of(self.writer, raw)
 
     def _add_table(self, table: pa.Table, batch: InputBatch, digest: _Digest) -> None:
         writer = self.writer

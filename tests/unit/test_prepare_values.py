@@ -18,7 +18,7 @@ from airflow_provider_profiles.formats import get_writer
 from airflow_provider_profiles.formats.mapping import FieldMapping
 from airflow_provider_profiles.formats.pipeline import prepare_file
 from airflow_provider_profiles.formats.reader import InputError
-from airflow_provider_profiles.operators.prepare import ProfilesFileTransformOperator
+from airflow_provider_profiles.operators.prepare import ProfilesFileTransformOperator, SqlToProfilesFileOperator
 
 
 def rejects_of(path):
@@ -167,6 +167,31 @@ def test_binary_parquet_strings_are_decoded_or_rejected(tmp_path):
     mapping = FieldMapping({"email": {"source": "id", "pattern": r"\d"}, "born": "name"}, vendor="apsis_one")
     result = prepare_file(str(source), apsis(), str(tmp_path / "a.csv"), mapping=mapping, rejects=str(tmp_path / "ra.csv"))
     assert "b'" not in (tmp_path / "a.csv").read_text()
+
+
+def test_database_blobs_and_infinite_reals_through_the_sql_operator(tmp_path, airflow_connection):
+    pytest.importorskip("airflow.providers.sqlite", reason="needs apache-airflow-providers-sqlite")
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "crm.db") as db:
+        db.execute("CREATE TABLE users (id BLOB, name BLOB, score REAL)")
+        db.executemany("INSERT INTO users VALUES (?, ?, ?)", [
+            (b"u1", b"Ann", 1.5), (b"u2", b"\xff", 2.0), (b"u3", b"Bo", float("inf")), (b"u4", "Zoë".encode(), None),
+        ])
+    airflow_connection("crm_values", "sqlite", host=str(tmp_path / "crm.db"))
+    operator = SqlToProfilesFileOperator(
+        task_id="prepare", conn_id="crm_values", sql="SELECT id, name, score FROM users ORDER BY id",
+        vendor="mediarithmics", writer_format="USER_PROFILE", output_path=str(tmp_path / "out.ndjson"),
+        mapping={"user_agent_id": "id", "name": "name", "score": {"source": "score", "type": "number"}},
+    )
+    result = operator.execute({})
+    assert (result["read"], result["written"], result["rejected"]) == (4, 2, 2)
+    lines = strict_ndjson(tmp_path / "out.ndjson")
+    assert [(line["user_agent_id"], line["user_profile"]["name"]) for line in lines] == [("u1", "Ann"), ("u4", "Zoë")]
+    rejects = rejects_of(result["rejects"])
+    assert [(line, identifier) for line, identifier, _ in rejects] == [(2, "u2"), (3, "u3")]
+    assert "not valid UTF-8" in rejects[0][2] and "name" in rejects[0][2]
+    assert "finite" in rejects[1][2] and "score" in rejects[1][2]
 
 
 def test_infinite_and_nan_values_never_reach_ndjson(tmp_path):
