@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, csv_line
@@ -32,6 +32,8 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return ""
+        if math.isinf(value):
+            raise ValueError(f"expected a finite number, got {value!r}")
         return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
@@ -74,6 +76,13 @@ class ApsisOneCsvWriter(FormatWriter):
     def header(self) -> str:
         return csv_line(self.columns)
 
+    def check_columns(self, columns: Iterable[str]) -> None:
+        """Raise ``ValueError`` naming the file's columns the input lacks (call before writing)."""
+        present = set(columns)
+        missing = [column for column in self.columns if column not in present]
+        if missing:
+            raise ValueError(f"input has no column(s) {', '.join(map(repr, missing))}; it has {sorted(present)}")
+
     def encode(self, row: Mapping[str, Any]) -> str:
         key = format_value(row.get(self.keyspace_field)).strip()
         if not key:
@@ -82,5 +91,10 @@ class ApsisOneCsvWriter(FormatWriter):
             raise RowRejected(f"not an email address: {key!r}", self.keyspace_field)
         if self.keyspace == MOBILE_KEYSPACE and not _MOBILE.match(key):
             raise RowRejected(f"not a mobile number (digits, optional leading +): {key!r}", self.keyspace_field)
-        values = [key if column == self.keyspace_field else format_value(row.get(column)) for column in self.columns]
+        values = []
+        for column in self.columns:
+            try:
+                values.append(key if column == self.keyspace_field else format_value(row.get(column)))
+            except ValueError as error:
+                raise RowRejected(str(error), column) from None
         return csv_line(values)

@@ -15,12 +15,29 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 REJECTS_HEADER = ("line", "identifier", "reason", "http_status")
+# A cell starting with one of these is a formula to a spreadsheet (CSV injection, OWASP): the
+# rejects file, which people open in one, gets such cells with a leading quote.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: Any) -> Any:
+    """A text cell that a spreadsheet shows as text, not a formula (for files people open only)."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
+        return "'" + cell
+    return cell
 
 
 def is_missing(value: Any) -> bool:
     """A value that is not sent: None, a blank string, an empty list, NaN, or pandas' NA/NaT."""
     if value is None:
         return True
+    kind = type(value)
+    if kind is str:
+        return not value.strip()
+    if kind is int or kind is bool:  # the common cases first: this runs for every value
+        return False
+    if kind is float:
+        return value != value
     if isinstance(value, str):
         return not value.strip()
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -58,8 +75,8 @@ class FormatWriter(abc.ABC):
         """One record, newline included. Raise ``RowRejected`` for a row that cannot be sent."""
 
     def identifier(self, row: Mapping[str, Any]) -> str | None:
-        value = row.get(self.identifier_field) if self.identifier_field else None
-        return None if value is None else str(value)
+        """The row's identifier as the duplicate check and the vendor see it (canonical text)."""
+        return values.canonical_id(row.get(self.identifier_field)) if self.identifier_field else None
 
 
 class RejectsFile:
@@ -76,7 +93,8 @@ class RejectsFile:
             self._handle = self.path.open("w", newline="", encoding="utf-8")
             self._writer = csv.writer(self._handle)
             self._writer.writerow(REJECTS_HEADER)
-        self._writer.writerow((line, identifier or "", reason, http_status or ""))
+        cells = (line, identifier or "", reason, http_status or "")
+        self._writer.writerow([spreadsheet_safe(cell) for cell in cells])
         self.count += 1
 
     def close(self) -> None:
@@ -96,3 +114,7 @@ def csv_line(values: list[Any]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerow(values)
     return buffer.getvalue()
+
+
+# values builds on this module (RowRejected, is_missing): imported last, used at call time
+from airflow_provider_profiles.formats import values  # noqa: E402

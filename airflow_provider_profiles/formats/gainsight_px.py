@@ -9,14 +9,13 @@ must not wipe what the vendor holds).
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import math
 import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, is_missing
+from airflow_provider_profiles.formats.values import canonical_id, epoch_millis, json_line, to_bool, to_text
 
 ENTITIES = ("USER", "ACCOUNT", "CUSTOM_EVENT")
 IDENTIFIER_FIELDS = {"USER": "identifyId", "ACCOUNT": "id", "CUSTOM_EVENT": "identifyId"}
@@ -50,44 +49,12 @@ STANDARD_TYPES: dict[str, dict[str, str]] = {
     "CUSTOM_EVENT": {"date": "date"},
 }
 _RANGES = {"location.coordinates.latitude": (-90.0, 90.0), "location.coordinates.longitude": (-180.0, 180.0)}
-_TRUE = frozenset({"true", "t", "yes", "y", "1"})
-_FALSE = frozenset({"false", "f", "no", "n", "0"})
-# epoch milliseconds in this range are 1970-01-12..1973-03-03, but as seconds they are 2001..5138:
-# almost always a seconds timestamp passed by mistake
-_SECONDS_LOOKALIKE = (10**9, 10**11)
 
 
 def to_epoch_millis(value: Any) -> int:
-    """Milliseconds since the epoch from an integer (already ms), a digit string, a datetime or ISO 8601."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected milliseconds since the epoch, got {value!r}")
-    if isinstance(value, numbers.Integral):
-        millis = int(value)
-    elif isinstance(value, numbers.Real) and float(value).is_integer():
-        millis = int(value)
-    elif isinstance(value, (dt.datetime, dt.date)):
-        millis = _datetime_millis(value)
-    else:
-        text = str(value).strip()
-        if text.lstrip("-").isdigit():
-            millis = int(text)
-        else:
-            try:
-                millis = _datetime_millis(dt.datetime.fromisoformat(text))
-            except ValueError:
-                raise ValueError(f"expected milliseconds since the epoch, got {text!r}") from None
-            return millis
-    if _SECONDS_LOOKALIKE[0] <= abs(millis) < _SECONDS_LOOKALIKE[1]:
-        raise ValueError(f"{millis} looks like seconds since the epoch; dates must be milliseconds")
-    return millis
-
-
-def _datetime_millis(value: dt.date) -> int:
-    if not isinstance(value, dt.datetime):
-        value = dt.datetime(value.year, value.month, value.day)
-    if value.tzinfo is None:  # naive values are taken as UTC, never as the worker's local time
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return int(value.timestamp() * 1000)
+    """Milliseconds since the epoch from an integer (already ms), ISO 8601 or ``YYYYMMDD`` text, or a
+    datetime; a number too small to be milliseconds for sure (seconds, say) is refused."""
+    return epoch_millis(value)
 
 
 def convert(value: Any, type_name: str) -> Any:
@@ -97,14 +64,12 @@ def convert(value: Any, type_name: str) -> Any:
     if isinstance(value, (Mapping, list, tuple)):
         raise ValueError(f"expected a single {type_name} value, got {type(value).__name__}")
     if type_name == "string":
-        return value if isinstance(value, str) else str(value)
+        return value if isinstance(value, str) else to_text(value)
     if type_name == "boolean":
-        if isinstance(value, bool) or type(value).__name__ == "bool_":
-            return bool(value)
-        text = str(value).strip().lower()
-        if text in _TRUE or text in _FALSE:
-            return text in _TRUE
-        raise ValueError(f"expected true or false, got {value!r}")
+        try:
+            return to_bool(value)
+        except ValueError:
+            raise ValueError(f"expected true or false, got {value!r}") from None
     if isinstance(value, bool):
         raise ValueError(f"expected a {type_name}, got {value!r}")
     if isinstance(value, numbers.Integral):
@@ -223,18 +188,25 @@ class GainsightPXRecordFormat(FormatWriter):
         available = set(columns)
         return [column for column in self.source_columns() if column not in available]
 
+    def check_columns(self, columns: Iterable[str]) -> None:
+        """Raise ``ValueError`` naming the mapped columns the input lacks (call before writing)."""
+        missing = self.missing_columns(columns)
+        if missing:
+            raise ValueError(f"input has no column(s) {', '.join(map(repr, missing))}; it has {sorted(set(columns))}")
+
     def record_id(self, row: Mapping[str, Any]) -> str | None:
-        value = row.get(self.identifier_field)
-        return None if is_missing(value) else str(value)
+        return canonical_id(row.get(self.identifier_field))
 
     def build(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """The nested PX record for an input row; raises ``RowRejected`` naming field and column."""
         record: dict[str, Any] = {}
         for field, column in self.field_mapping.items():
             value = row.get(column)
-            if is_missing(value):
-                if field == self.id_field:
+            if field == self.id_field:  # sent as the duplicate check saw it
+                value = canonical_id(value)
+                if value is None:
                     raise RowRejected(f"the identifier is empty (column {column!r})", self.id_field)
+            if is_missing(value):
                 if field in REQUIRED_FIELDS.get(self.entity, ()):
                     raise RowRejected(f"is required and empty (column {column!r})", field)
                 continue
@@ -250,4 +222,4 @@ class GainsightPXRecordFormat(FormatWriter):
         return record
 
     def encode(self, row: Mapping[str, Any]) -> str:
-        return json.dumps(self.build(row), separators=(",", ":"), ensure_ascii=False) + "\n"
+        return json_line(self.build(row))

@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import json
 import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, is_missing
+from airflow_provider_profiles.formats.values import FALSE_WORDS, TRUE_WORDS, checked_integer, json_line
 
 OPS = ("assign", "set-add", "set-remove", "increment", "delete")
 EMPTY_CHOICES = ("skip", "delete")
 MAX_STRING = 255
-_TRUE_FLAGS = {"1", "true", "t", "yes", "y", "x"}
-_FALSE_FLAGS = {"0", "false", "f", "no", "n"}
+_TRUE_FLAGS = TRUE_WORDS | {"x"}  # a delete column may mark rows with a ticked box
+_FALSE_FLAGS = FALSE_WORDS
 
 
 @dataclass(frozen=True)
@@ -194,12 +194,10 @@ def _scalar(value: Any, spec: AttributeChange, column: str) -> str | int:
         return str(value)[:10]
     if isinstance(value, bool):
         raise RowRejected("booleans are not a Localytics value type; map them to a string or 0/1", column)
-    if isinstance(value, numbers.Integral):
-        return int(value)
     if isinstance(value, (numbers.Real, decimal.Decimal)):
-        if not float(value).is_integer():
+        if not isinstance(value, numbers.Integral) and not float(value).is_integer():
             raise RowRejected(f"{value!r} is not an integer; Localytics takes strings or integers", column)
-        return int(value)
+        return _in_range(int(value), column)
     if isinstance(value, str):
         if len(value) > MAX_STRING:
             raise RowRejected(f"string of {len(value)} characters; Localytics accepts at most {MAX_STRING}", column)
@@ -244,7 +242,15 @@ def _integer(value: Any, column: str) -> int:
         raise RowRejected(f"increment needs an integer, got {value!r}", column) from None
     if not number.is_finite() or number != number.to_integral_value():
         raise RowRejected(f"increment needs an integer, got {value!r}", column)
-    return int(number)
+    return _in_range(int(number), column)
+
+
+def _in_range(number: int, column: str) -> int:
+    # 1e309 is a finite Decimal but a 310-digit integer: beyond any integer Localytics stores
+    try:
+        return checked_integer(number)
+    except ValueError as error:
+        raise RowRejected(str(error), column) from None
 
 
 def _flag(value: Any, column: str) -> bool:
@@ -260,8 +266,7 @@ def _flag(value: Any, column: str) -> bool:
     raise RowRejected(f"delete column expects a true/false flag, got {value!r}", column)
 
 
-def _json_line(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+_json_line = json_line
 
 
 __all__ = ["AttributeChange", "AudienceLinesWriter", "ProfileChangesWriter", "customer_id_of"]

@@ -13,7 +13,10 @@ exact name. Types: ``string``, ``int``, ``number``, ``bool``, ``date``, ``dateti
 ``json``, and the explicit forms ``epoch_ms``, ``iso_date``, ``iso_datetime``. ``date`` and
 ``datetime`` become what the vendor expects (Gainsight PX: epoch milliseconds; Localytics:
 ``YYYY-MM-DD``; Apsis One: ISO date / ISO datetime in UTC; mediarithmics: ISO 8601).
-Empty cells become ``None``; the writer decides what a missing value means for its vendor.
+Dates are read from ISO 8601, the compact ``YYYYMMDD``, ``format`` (strptime) or epoch numbers;
+``"unit": "s"`` or ``"ms"`` says which epoch numbers are; without it they are milliseconds, and
+those under 1e11 (1970-1973 as milliseconds, but usually seconds) are rejected, not guessed
+(see ``values``). Empty cells become ``None``; the writer decides what a missing value means.
 """
 
 from __future__ import annotations
@@ -28,7 +31,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from airflow_provider_profiles.formats.base import RowRejected
+from airflow_provider_profiles.formats.base import RowRejected, is_missing
+from airflow_provider_profiles.formats.values import (
+    EpochMillis,
+    parse_json,
+    to_bool,
+    to_datetime,
+    to_text,
+)
 
 TYPES = ("string", "int", "number", "bool", "date", "datetime", "list", "json", "epoch_ms", "iso_date", "iso_datetime")
 _SPEC_KEYS = {"source", "const", "type", "required", "max_length", "pattern", "choices", "separator", "format", "default", "unit"}
@@ -41,18 +51,6 @@ VENDOR_REPRESENTATION: dict[str, dict[str, str]] = {
     "mediarithmics": {"date": "iso_date", "datetime": "iso_datetime", "bool": "bool"},
 }
 _DEFAULT_REPRESENTATION = {"date": "iso_date", "datetime": "iso_datetime", "bool": "bool"}
-_TRUE = frozenset({"true", "t", "yes", "y", "1"})
-_FALSE = frozenset({"false", "f", "no", "n", "0"})
-
-
-def is_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, str):
-        return not value.strip()
-    if isinstance(value, float):
-        return math.isnan(value)
-    return False
 
 
 class FieldSpec:
@@ -90,8 +88,9 @@ class FieldSpec:
         self.separator = spec.get("separator", ",")
         self.format = spec.get("format")
         self.default = spec.get("default")
-        self.unit = spec.get("unit", "ms")
-        if self.unit not in ("s", "ms"):
+        # None: epoch numbers are milliseconds, and those too small to be sure of are refused
+        self.unit = spec.get("unit")
+        if self.unit not in (None, "s", "ms"):
             raise ValueError(f"mapping[{target!r}]: unit must be 's' or 'ms'")
 
     @property
@@ -109,6 +108,7 @@ class FieldSpec:
 
     def describe(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if k not in ("pattern",)} | {
+            "unit": self.unit or "ms",  # as before the unit could be left out: fingerprints stay
             "pattern": self.pattern.pattern if self.pattern else None,
             "choices": sorted(map(str, self.choices)) if self.choices else None,
         }
@@ -144,12 +144,12 @@ class FieldSpec:
         if kind == "list":
             return _to_list(value, self.separator)
         if kind == "json":
-            return json.loads(value) if isinstance(value, str) else value
-        moment = _to_datetime(value, self.format, self.unit)
+            return parse_json(value) if isinstance(value, str) else value
+        moment = to_datetime(value, self.unit, self.format)
         if kind == "epoch_ms":
             if self.type == "date":
                 moment = dt.datetime(moment.year, moment.month, moment.day, tzinfo=dt.timezone.utc)
-            return int(moment.timestamp() * 1000)
+            return EpochMillis((moment - _EPOCH) // dt.timedelta(milliseconds=1))
         if kind == "iso_date":
             return moment.date().isoformat()
         return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -251,16 +251,8 @@ def set_path(record: dict, path: tuple[str, ...], value: Any) -> None:
     record[path[-1]] = value
 
 
-def _to_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return str(value)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_to_text = to_text
 
 
 def _to_int(value: Any) -> int:
@@ -287,53 +279,16 @@ def _to_number(value: Any) -> int | float:
     return number
 
 
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"expected true/false, yes/no or 1/0, got {value!r}")
+_to_bool = to_bool
 
 
 def _to_list(value: Any, separator: str) -> list[Any]:
     if isinstance(value, (list, tuple)):
         items = list(value)
     elif isinstance(value, str) and value.lstrip().startswith("["):
-        items = json.loads(value)
+        items = parse_json(value)
         if not isinstance(items, list):
             raise ValueError(f"expected a JSON list, got {value!r}")
     else:
         items = str(value).split(separator)
     return [item.strip() if isinstance(item, str) else item for item in items if not is_missing(item)]
-
-
-def _to_datetime(value: Any, format: str | None, unit: str) -> dt.datetime:
-    """A timezone-aware UTC datetime; naive input is taken as UTC, never as the worker's zone."""
-    if isinstance(value, dt.datetime):
-        moment = value
-    elif isinstance(value, dt.date):
-        moment = dt.datetime(value.year, value.month, value.day)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        moment = dt.datetime.fromtimestamp(value / (1000 if unit == "ms" else 1), dt.timezone.utc)
-    else:
-        text = str(value).strip()
-        if format:
-            try:
-                moment = dt.datetime.strptime(text, format)
-            except ValueError:
-                raise ValueError(f"{text!r} does not match the date format {format!r}") from None
-        elif text.lstrip("-").isdigit():
-            return _to_datetime(int(text), None, unit)
-        else:
-            try:
-                moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-            except ValueError:
-                raise ValueError(f"{text!r} is not an ISO 8601 date (YYYY-MM-DD[THH:MM:SS])") from None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=dt.timezone.utc)
-    return moment.astimezone(dt.timezone.utc)

@@ -14,10 +14,10 @@ before anything is sent. Only USER_SEGMENT may be written as CSV; every other ty
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from airflow_provider_profiles.formats import values
 from airflow_provider_profiles.formats.base import (
     FormatWriter,
     RowRejected,
@@ -68,25 +68,12 @@ def _choice(value: Any, allowed: tuple[str, ...], field: str) -> str:
 
 
 def epoch_millis(value: Any, field: str) -> int:
-    """Epoch milliseconds from an int, a datetime/date or an ISO-8601 string (naive means UTC)."""
-    if isinstance(value, bool):
-        raise RowRejected("expected a timestamp, got a boolean", field)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise RowRejected(f"{value!r} is neither epoch milliseconds nor an ISO-8601 date", field) from None
-    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-        value = dt.datetime(value.year, value.month, value.day)
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        return int(value.timestamp() * 1000)
-    raise RowRejected(f"{value!r} is not a timestamp", field)
+    """Epoch milliseconds from an int, a datetime/date or ISO 8601 / YYYYMMDD text (naive means UTC);
+    a number too small to be milliseconds for sure (seconds, say) is rejected, not guessed."""
+    try:
+        return values.epoch_millis(value)
+    except (ValueError, TypeError) as error:
+        raise RowRejected(str(error), field) from None
 
 
 def _json_default(value: Any) -> Any:
@@ -99,7 +86,7 @@ def _json_default(value: Any) -> Any:
 
 def _dumps(record: Mapping[str, Any]) -> str:
     try:
-        return json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=_json_default) + "\n"
+        return values.json_text(record, default=_json_default) + "\n"  # never NaN / Infinity
     except (TypeError, ValueError) as exc:
         raise RowRejected(f"value cannot be written as JSON: {exc}") from None
 

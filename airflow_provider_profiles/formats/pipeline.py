@@ -17,10 +17,12 @@ whole batches are encoded with Arrow kernels instead.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -56,7 +58,8 @@ from airflow_provider_profiles.formats.sync import (
     SnapshotWriter,
     SyncState,
 )
-from airflow_provider_profiles.storage import as_storage_path, open_binary
+from airflow_provider_profiles.formats.values import canonical_id, decode_row
+from airflow_provider_profiles.storage import as_storage_path, is_local, local_path, open_binary
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +249,8 @@ class Preparer:
         fast: bool = True,
         input_description: str | None = None,
         records: RecordHashes | None = None,
+        progress_interval: float | None = 15.0,
+        input_bytes: int | None = None,
     ):
         if duplicates is None:
             duplicates = default_duplicates(writer, sync is not None)
@@ -267,6 +272,10 @@ class Preparer:
         self.writer = writer
         self.mapping = mapping
         self.duplicates = duplicates
+        # a progress line every progress_interval seconds (None: none); with the input's size, an ETA
+        self.progress_interval = progress_interval
+        self.input_bytes = input_bytes
+        self._started_at = self._last_progress = time.monotonic()
         self.result = PrepareResult(output=str(output), rejects=str(rejects) if rejects is not None else None)
         self.output = _Output(output, writer)
         self.rejects = RejectsFile(_prepared_path(rejects)) if rejects is not None else _CountingRejects()
@@ -344,6 +353,7 @@ class Preparer:
 
     def complete(self, started: _Started) -> None:
         """Checks, encodes and writes a started batch; batches complete in input order."""
+        bytes_read = started.batch.bytes_read  # a deferred batch's parsed twin does not carry it
         if started.parsing is not None:
             started = started.parsing.result()
         batch = started.batch
@@ -354,6 +364,25 @@ class Preparer:
             self._add_table(started.table, batch, started.digest.result())
         elif len(batch) or batch.skipped:
             self._add_rows(batch.rows() if len(batch) else [], batch)
+        self._log_progress(bytes_read)
+
+    def _log_progress(self, bytes_read: int | None) -> None:
+        """Rows read and their rate, and with the input's size the share read and an ETA."""
+        if self.progress_interval is None:
+            return
+        now = time.monotonic()
+        if now - self._last_progress < self.progress_interval:
+            return
+        self._last_progress = now
+        elapsed = max(now - self._started_at, 1e-6)
+        rows = self.result.read
+        message = f"prepare progress: {rows:,} rows read, {rows / elapsed:,.0f} rows/s"
+        if self.input_bytes and bytes_read is not None:
+            share = min(bytes_read / self.input_bytes, 1.0)
+            message += f"; {share:.0%} of {self.input_bytes / 1e6:,.1f} MB"
+            if share:
+                message += f", ETA {dt.timedelta(seconds=round(elapsed * (1 - share) / share))}"
+        log.info("%s", message)
 
     def _digest(self, table: pa.Table, encoder, row_hashes: np.ndarray | None, encode: bool, every_row: bool = False) -> _Digest:
         """Runs in the helper thread: the trimmed keys; in a sync, the key and row hashes and the
@@ -380,6 +409,7 @@ class Preparer:
         reasons: dict[int, tuple[str | None, str]] = {}
         for index, row in enumerate(rows):
             try:
+                row = decode_row(row)  # binary values (Parquet, database BLOBs) as text, once
                 mapped.append(self.mapping.apply(row) if self.mapping else row)
             except RowRejected as error:
                 mapped.append(None)
@@ -404,13 +434,13 @@ class Preparer:
         self._finish(written, lines, key_array, key_hashes, row_hashes, reasons, batch.skipped, mapped=mapped)
 
     def _input_identifier(self, row: dict[str, Any]) -> str | None:
-        """The identifier of an input row the mapping rejected (read from its source column)."""
-        target = self.writer.identifier_field
-        for spec in self.mapping.fields if self.mapping else ():
-            if spec.target == target and not spec.is_const:
-                value = lookup(row, spec.source)
-                return None if value is None or str(value).strip() == "" else str(value).strip()
-        return _identifier_of(self.writer, row)
+        """The identifier of an input row the mapping rejected: the writer's, from the raw values of
+        the mapped fields (canonical, as the duplicate check would have seen them)."""
+        if self.mapping is None:
+            return _identifier_of(self.writer, row)
+        fields = [spec for spec in self.mapping.fields if len(spec.path) == 1]
+        raw = {spec.target: spec.const if spec.is_const else canonical_id(lookup(row, spec.source)) for spec in fields}
+        return _identifier_of(self.writer, raw)
 
     def _add_table(self, table: pa.Table, batch: InputBatch, digest: _Digest) -> None:
         writer = self.writer
@@ -769,6 +799,7 @@ def prepare_file(
     check_columns(source, names, writer, options.get("mapping"))
     if records is not None:
         options.update(records=records, input_description=f"csv records|{delimiter}|{encoding}|{names}")
+    options.setdefault("input_bytes", _input_size(source))
     result = prepare_batches(prefetched(batches), writer, output, **options)
     if result.read == 0 and not allow_empty:
         raise InputError(source, "no data rows (a header only, or an empty file); pass allow_empty=True if that is expected")
@@ -776,17 +807,37 @@ def prepare_file(
 
 
 def check_columns(source: Any, names: list[str], writer: FormatWriter, mapping: FieldMapping | None) -> None:
-    """Fail before anything is written when the input lacks a column the mapping or writer needs."""
-    if not names:
-        return  # NDJSON: keys differ per row; missing values are rejected row by row
+    """Fail before anything is written when the input lacks a column the mapping or writer needs.
+
+    With a mapping, the writer's columns must be among the mapping's targets (a writer column
+    nobody maps would be empty on every row); without one, among the input's columns. NDJSON has
+    no header: keys differ per row, and missing values are rejected row by row.
+    """
+    checker = getattr(writer, "check_columns", None)
     if mapping is not None:
-        missing = mapping.missing_columns(names)
+        missing = mapping.missing_columns(names) if names else []
         if missing:
             raise InputError(source, f"no column(s) {', '.join(map(repr, missing))} in the header; it has {names}", line=1)
+        if checker is not None and (names or not mapping.keep_unmapped):
+            targets = list(dict.fromkeys(field.path[0] for field in mapping.fields))
+            try:
+                checker(targets + (list(names) if mapping.keep_unmapped else []))
+            except ValueError as error:
+                raise InputError(source, f"the mapping gives the writer no column for it: {error}") from None
         return
-    checker = getattr(writer, "check_columns", None)
-    if checker is not None:
+    if names and checker is not None:
         try:
             checker(names)
         except ValueError as error:
             raise InputError(source, str(error), line=1) from None
+
+
+def _input_size(source: Any) -> int | None:
+    """The input's size in bytes, for progress and ETA; None where storage cannot say cheaply."""
+    try:
+        path = as_storage_path(source)
+        if is_local(path):
+            return os.path.getsize(local_path(path))
+        return int(getattr(path.stat(), "st_size", None) or 0) or None
+    except Exception:  # progress is a courtesy: never a reason to fail
+        return None

@@ -60,6 +60,7 @@ class InputBatch:
     row_hashes: np.ndarray | None = None  # hash of each row's raw CSV record (see UnparsedRecords)
     skipped: SkippedRecords | None = None
     unparsed: UnparsedRecords | None = None
+    bytes_read: int | None = None  # of the input file once this batch is read, for progress
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -302,6 +303,7 @@ def _read_csv(path: Any, *, delimiter: str, encoding: str, block_bytes: int, rec
                     batch = _parse_csv_block(path, block, names, next_line, delimiter, newlines)
                     next_line += newlines + (0 if block.endswith(b"\n") else 1)
                 if len(batch) or batch.rejected or batch.unparsed:
+                    batch.bytes_read = _position(stream)
                     yield batch
         except RecordTooLong as error:
             raise InputError(path, f"from this line on, {error}", line=next_line) from None
@@ -309,6 +311,14 @@ def _read_csv(path: Any, *, delimiter: str, encoding: str, block_bytes: int, rec
             stream.close()
 
     return names, batches()
+
+
+def _position(stream, unused: int = 0) -> int | None:
+    """Bytes of the file read so far, less ``unused`` bytes held back for the next batch."""
+    try:
+        return stream.tell() - unused
+    except Exception:  # a stream that cannot say: no ETA
+        return None
 
 
 def _chain_first(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
@@ -560,7 +570,8 @@ def _read_ndjson(path: Any, *, encoding: str, block_bytes: int) -> Iterator[Inpu
                 rows.append(value)
                 lines.append(line)
             next_line += block.count(b"\n")
-            yield InputBatch(lines=np.asarray(lines, dtype=np.int64), row_dicts=rows, rejected=rejected)
+            yield InputBatch(lines=np.asarray(lines, dtype=np.int64), row_dicts=rows, rejected=rejected,
+                             bytes_read=_position(stream, len(carry)))
             if not data:
                 return
 

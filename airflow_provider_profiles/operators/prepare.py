@@ -102,6 +102,7 @@ class _PrepareOperator(BaseOperator):
         delete_columns: list[str] | None = None,
         sync_allow_older: bool = False,
         storage_conn_id: str | None = None,
+        progress_interval: float | None = 15.0,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -127,6 +128,7 @@ class _PrepareOperator(BaseOperator):
         self.delete_columns = delete_columns
         self.sync_allow_older = sync_allow_older
         self.storage_conn_id = storage_conn_id
+        self.progress_interval = progress_interval  # seconds between progress lines; None: none
 
     def _options(self, context: Any) -> dict[str, Any]:
         writer = get_writer(self.vendor, self.writer_format, **self.writer_options)
@@ -141,6 +143,7 @@ class _PrepareOperator(BaseOperator):
             "mapping": mapping,
             "rejects": _storage_path(rejects, self.storage_conn_id),
             "duplicates": self.duplicates,
+            "progress_interval": self.progress_interval,
         }
         if self.only_changed:
             options.update(

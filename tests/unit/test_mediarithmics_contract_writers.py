@@ -27,7 +27,7 @@ def decode(line: str) -> dict:
 ], ids=["profile", "segment", "choice", "deletion"])
 def test_user_account_id_without_compartment_uses_the_default_compartment(make):
     writer = make()
-    row = {"user_account_id": "u1", "plan": "pro", "choice_acceptance_value": True, "choice_ts": 1}
+    row = {"user_account_id": "u1", "plan": "pro", "choice_acceptance_value": True, "choice_ts": 1700000000000}
     line = decode(writer.encode(row))
     assert line.get("user_account_id") == "u1" and "compartment_id" not in line
 
@@ -79,7 +79,7 @@ def test_choice_upsert_carries_force_replace_and_choice_ts():
 def test_choice_needs_a_processing_id_not_a_token():
     with pytest.raises(RowRejected, match=r"\$processing_id"):
         UserChoiceWriter(force_replace=True).encode({"email_hash": "h", "processing_token": "tok",
-                                                      "choice_acceptance_value": True, "choice_ts": 1})
+                                                      "choice_acceptance_value": True, "choice_ts": 1700000000000})
 
 
 def test_user_points_deletion_lines():
