@@ -250,10 +250,13 @@ def _quotes_pair_up(data: np.ndarray, quotes: np.ndarray, delimiter: str) -> boo
     character somewhere (5" screen) or text follows a closing quote ("a"b)."""
     edges = _field_edges(delimiter)
     openers, closers = quotes[0::2], quotes[1::2]
-    if not (edges[data[np.maximum(openers - 1, 0)]] | (openers == 0)).all():
+    if len(openers) and openers[0] == 0:  # at the range start: a record start
+        openers = openers[1:]
+    if not edges[data[openers - 1]].all():
         return False
-    after = closers + 1
-    return bool((edges[data[np.minimum(after, len(data) - 1)]] | (after >= len(data))).all())
+    if len(closers) and closers[-1] == len(data) - 1:  # at the range end: followed by what is not known yet
+        closers = closers[:-1]
+    return bool(edges[data[closers + 1]].all())
 
 
 def _line_ends(block, start: int, end: int, data: np.ndarray, complete: bool) -> np.ndarray:
@@ -315,9 +318,14 @@ def last_record_end(block, start: int = 0, end: int | None = None, quoted: bool 
     """Position just after the last record end in block[start:end], or ``start``."""
     end = len(block) if end is None else end
     newline = block.rfind(b"\n", start, end)
-    # no quote before the last LF and no CR after it (found by memchr): that LF ends a record
-    if newline >= 0 and block.find(b"\r", newline, end) < 0 and (not quoted or block.find(b'"', start, newline) < 0):
-        return newline + 1
+    if newline >= 0 and block.find(b"\r", newline, end) < 0:  # the last line end is that LF
+        if not quoted or block.find(b'"', start, newline) < 0:  # memchr: the usual case
+            return newline + 1
+        # outside quotes if the quotes before it pair up, and are even (no line end needed)
+        data = np.frombuffer(block, dtype=np.uint8, count=newline - start, offset=start)
+        quotes = np.flatnonzero(data == 34)
+        if len(quotes) % 2 == 0 and _quotes_pair_up(data, quotes, delimiter):
+            return newline + 1
     ends = scan_records(block, start, end, quoted, delimiter).ends
     return start + int(ends[-1]) + 1 if len(ends) else start
 
