@@ -94,7 +94,7 @@ def split_file(
         try:
             head, pending = _read_header(stream, quoted, delimiter) if header else (b"", b"")
         except _OpenQuote as error:
-            raise _open_quote_error(source, stream, error, [], delimiter) from None
+            raise _open_quote_error(source, stream, error, b"", delimiter) from None
         limit = (max_bytes - len(head)) if max_bytes is not None else None
         if limit is not None and limit <= 0:
             raise RecordTooLarge(f"max_bytes={max_bytes} does not even hold the {len(head)}-byte header")
