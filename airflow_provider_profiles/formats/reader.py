@@ -216,7 +216,7 @@ class Records:
     lines: np.ndarray
     ends: np.ndarray
     open_quote: int = -1
-    paired: bool = True  # every quote opens or closes a value, or is half of a ""
+    paired: bool = True  # counting quotes finds the values (see _quotes_pair_up)
 
 
 def scan_records(block, start: int = 0, end: int | None = None, quoted: bool = True, delimiter: str = ",",
@@ -259,25 +259,23 @@ def _odd_quotes_before(data: np.ndarray, lines: np.ndarray, quotes: np.ndarray |
 
 @functools.lru_cache(maxsize=8)
 def _field_edges(delimiter: str) -> np.ndarray:
-    """Bytes that may stand next to a quote that opens or closes a value."""
+    """Bytes that may stand before a quote that opens a value."""
     edges = np.zeros(256, dtype=bool)
     edges[[ord(delimiter), 10, 13, 34]] = True
     return edges
 
 
 def _quotes_pair_up(data: np.ndarray, quotes: np.ndarray, delimiter: str) -> bool:
-    """Whether counting quotes finds the values csv finds: each even quote (an opener) starts a
-    field and each odd one (a closer) ends it, or they stand side by side (""). Else a quote is a
-    character somewhere (5" screen) or text follows a closing quote ("a"b)."""
-    edges = _field_edges(delimiter)
-    openers, closers = quotes[0::2], quotes[1::2]
+    """Whether counting quotes finds the values csv finds: whether each even quote (an opener)
+    starts a field, or follows the quote before it ("" in a value). Else a quote is a character
+    somewhere (5" screen). Text after a closing quote ("a"b) needs no check: csv appends it to
+    the value, and the field ends at the next delimiter or line end either way (a quote in that
+    text would be an even quote after a character, so found here)."""
+    openers = quotes[0::2]
     if len(openers) and openers[0] == 0:  # at the range start: a record start
         openers = openers[1:]
-    if not edges.take(data.take(openers - 1)).all():  # take: a third faster than data[openers - 1]
-        return False
-    if len(closers) and closers[-1] == len(data) - 1:  # at the range end: followed by what is not known yet
-        closers = closers[:-1]
-    return bool(edges.take(data[1:].take(closers)).all())
+    # take: a third faster than data[openers - 1]
+    return bool(_field_edges(delimiter).take(data.take(openers - 1)).all())
 
 
 def _line_ends(block, start: int, end: int, data: np.ndarray, complete: bool) -> np.ndarray:
@@ -678,8 +676,8 @@ def _parse_csv_block_slowly(path: Any, block: bytes, names: list[str], first_lin
         except csv.Error as error:
             raise InputError(path, f"malformed CSV: {error}", line=first_line + reader.line_num - 1) from None
         previous_end = reader.line_num
-        if not record or record == [""] and len(names) > 1:
-            continue  # a blank line
+        if not record:
+            continue  # a blank line (a line of "" is a value, as csv has it)
         if len(record) != len(names):
             identifier = record[0] if record else None
             rejected.append(

@@ -289,3 +289,11 @@ def test_split_agrees_with_the_csv_module(tmp_path_factory, file, max_rows, bloc
         assert parsed[0] == records[0][1]
         recovered += parsed[1:]
     assert recovered == [values for _, values in records[1:]]
+
+
+def test_a_line_of_two_quotes_is_a_value_not_a_blank_line(tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_bytes(b'id,v\n1,a\n""\n2,b\n')
+    _, rows, lines, rejected = read_rows(source)
+    assert [row["id"] for row in rows] == ["1", "2"] and lines == [2, 4]
+    assert rejected == [(3, "", "ragged row: expected 2 fields, found 1")]
