@@ -303,7 +303,7 @@ def _walk_records(block, start: int, end: int, lines: np.ndarray, delimiter: str
     spans = [(match.start(), match.end(), bool(match.group(1)))
              for match in _quoted_value(delimiter).finditer(memoryview(block)[start:end])]
     if not spans:
-        return Records(lines, lines)
+        return Records(lines, lines, paired=False)
     opened, closed = np.array([span[0] for span in spans]), np.array([span[1] for span in spans])
     at = np.searchsorted(opened, lines, side="right") - 1
     inside = (at >= 0) & (lines < closed[np.maximum(at, 0)])
@@ -458,7 +458,7 @@ def _read_csv(path: Any, *, delimiter: str, encoding: str, block_bytes: int, rec
             for index, block in enumerate(_chain_first(rest, blocks)):
                 if index or not rest:
                     block = decode(block, next_line)
-                if not block or block.isspace():  # only blank lines
+                if not block.strip(b"\r\n"):  # only blank lines (a space is a value, as csv has it)
                     next_line += count_lines(block)
                     continue
                 if records is not None:

@@ -297,3 +297,22 @@ def test_a_line_of_two_quotes_is_a_value_not_a_blank_line(tmp_path):
     _, rows, lines, rejected = read_rows(source)
     assert [row["id"] for row in rows] == ["1", "2"] and lines == [2, 4]
     assert rejected == [(3, "", "ragged row: expected 2 fields, found 1")]
+
+
+@pytest.mark.parametrize("block_bytes", [3, 1 << 20])
+def test_a_line_of_a_space_is_a_value_in_any_block(tmp_path, block_bytes):
+    source = tmp_path / "in.csv"
+    source.write_bytes(b"id,v\n \n\n1,a\n")
+    _, rows, lines, rejected = read_rows(source, block_bytes=block_bytes)
+    assert rows == [{"id": "1", "v": "a"}] and lines == [4]
+    assert rejected == [(2, " ", "ragged row: expected 2 fields, found 1")]
+
+
+@pytest.mark.parametrize("hashed", [False, True])
+def test_a_stray_quote_keeps_the_lines_of_the_rows_after_it(tmp_path, hashed):
+    """A block whose only quote is a character: its records are found by the careful walk (and
+    the block is not taken for one whose quotes pair up)."""
+    source = tmp_path / "in.csv"
+    source.write_bytes(b'c0,c1\nx,\n\nx,\n\na",\n\nx,\n\nx,\n\nx,\n\nx,\n\nx,\n\n')
+    _, rows, lines, _ = read_rows(source, block_bytes=16, records=RecordHashes() if hashed else None)
+    assert lines == [2, 4, 6, 8, 10, 12, 14, 16] and rows[2] == {"c0": 'a"', "c1": ""}
