@@ -148,11 +148,12 @@ class RecordTooLong(ValueError):
 
 
 class UnclosedQuote(ValueError):
-    """The input ends inside a quoted value: the quote at ``block[offset]`` is never closed."""
+    """The input ends inside a quoted value (``at_end``), or one runs past ``MAX_RECORD_BYTES``:
+    the quote at ``block[offset]`` opens it."""
 
-    def __init__(self, block, offset: int):
+    def __init__(self, block, offset: int, at_end: bool = True):
         super().__init__("a quote is never closed")
-        self.block, self.offset = block, offset
+        self.block, self.offset, self.at_end = block, offset, at_end
 
 
 # A record longer than this is taken for an unclosed quote, which would otherwise make the rest
@@ -173,7 +174,7 @@ def record_blocks(stream, block_bytes: int | Callable[[], int], delimiter: str =
         if len(carry) > MAX_RECORD_BYTES:
             opened = scan_records(carry, delimiter=delimiter).open_quote
             if opened >= 0:
-                raise UnclosedQuote(carry, opened)
+                raise UnclosedQuote(carry, opened, at_end=False)
             raise RecordTooLong(f"no record ends within {len(carry) / 2**20:.1f} MB: is a quote left open?")
         block = _Block(len(carry) + (block_bytes() if callable(block_bytes) else block_bytes))
         block[: len(carry)] = carry
@@ -371,9 +372,11 @@ def describe_open_quote(block, offset: int, delimiter: str = ",") -> tuple[int, 
     return len(before.lines), record_start, field, character
 
 
-def open_quote_message(character: int) -> str:
-    return (f"the quote at character {character} of this line is never closed: the rest of the file would "
-            'be one value. Close it, or write a quote inside a quoted value as ""')
+def open_quote_message(character: int, at_end: bool = True) -> str:
+    what = ("is never closed: the rest of the file would be one value." if at_end else
+            f"opens a value longer than {MAX_RECORD_BYTES / 2**20:.1f} MB: is it left open?")
+    return f'the quote at character {character} of this line {what} Close it, or write a quote inside a quoted value as ""'
+
 
 
 def _unclosed_quote_error(path: Any, error: UnclosedQuote, first_line: int, names: list[str] | None,
@@ -383,7 +386,7 @@ def _unclosed_quote_error(path: Any, error: UnclosedQuote, first_line: int, name
         header = bytes(error.block[:record_start]).decode("utf-8", errors="replace").lstrip("\ufeff")
         names = [name.strip() for name in next(csv.reader(io.StringIO(header, newline=""), delimiter=delimiter), [])]
     column = names[field] if names and 0 <= field < len(names) else None  # None: in the header
-    return InputError(path, open_quote_message(character), line=first_line + lines, column=column)
+    return InputError(path, open_quote_message(character, error.at_end), line=first_line + lines, column=column)
 
 
 def count_byte(data: bytes | bytearray, byte: bytes, start: int = 0, end: int | None = None) -> int:

@@ -225,7 +225,8 @@ def test_an_unclosed_quote_is_an_error_at_its_line_not_a_hang(tmp_path, monkeypa
     monkeypatch.setattr(reader, "MAX_RECORD_BYTES", 50_000)
     body = b"".join(b"%d,name %d\n" % (i, i) for i in range(2, 40))
     path = write(tmp_path, "open.csv", b"id,name\n" + body + b'40,"never closed\n' + b"41,x\n" * 100_000)
-    with pytest.raises(InputError, match=r"open.csv, line 40, column 'name': the quote at character 4 .* never closed"):
+    with pytest.raises(InputError, match=r"open.csv, line 40, column 'name': the quote at character 4 of this line opens a "
+                                         r"value longer than 0.0 MB: is it left open\?"):
         rows_and_lines(path, block_bytes=4096)
     # no quote open, but no line end either
     path = write(tmp_path, "long.csv", b"id,name\n1,x\n2," + b"y" * 100_000)
