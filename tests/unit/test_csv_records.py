@@ -316,3 +316,22 @@ def test_a_stray_quote_keeps_the_lines_of_the_rows_after_it(tmp_path, hashed):
     source.write_bytes(b'c0,c1\nx,\n\nx,\n\na",\n\nx,\n\nx,\n\nx,\n\nx,\n\nx,\n\n')
     _, rows, lines, _ = read_rows(source, block_bytes=16, records=RecordHashes() if hashed else None)
     assert lines == [2, 4, 6, 8, 10, 12, 14, 16] and rows[2] == {"c0": 'a"', "c1": ""}
+
+
+def test_the_operators_stop_at_a_quote_left_open(tmp_path):
+    """What a DAG runs: the prepare operator with only_changed=True, and SplitFileOperator."""
+    from airflow_provider_profiles.operators.prepare import ProfilesFileTransformOperator, SplitFileOperator
+
+    source = tmp_path / "in.csv"
+    source.write_bytes(HEADER + b"1,Ann,Paris\n2,Bob,\"Rome\n")
+    prepare_task = ProfilesFileTransformOperator(
+        task_id="prepare", source_path=str(source), vendor="localytics", writer_format="changes",
+        writer_options={"attributes": {"name": "name", "city": "city"}, "customer_id": "id"},
+        output_path=str(tmp_path / "out.ndjson"), only_changed=True, sync_state_path=str(tmp_path / "state"),
+        sync_run_key="run1",
+    )
+    with pytest.raises(InputError, match=r"in.csv, line 3, column 'city': .* never closed"):
+        prepare_task.execute({})
+    split_task = SplitFileOperator(task_id="split", source_path=str(source), output_dir=str(tmp_path / "chunks"), max_rows=1)
+    with pytest.raises(InputError, match=r"in.csv, line 3, column 'city': .* never closed"):
+        split_task.execute({})
