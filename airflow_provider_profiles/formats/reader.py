@@ -12,7 +12,9 @@ malformed row is re-read with the ``csv`` module, which knows line numbers, to s
 from __future__ import annotations
 
 import csv
+import functools
 import io
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,14 +148,24 @@ class RecordTooLong(ValueError):
     """No record end within ``MAX_RECORD_BYTES``: most likely a quote that is never closed."""
 
 
+class UnclosedQuote(ValueError):
+    """The input ends inside a quoted value (``at_end``), or one runs past ``MAX_RECORD_BYTES``:
+    the quote at ``block[offset]`` opens it."""
+
+    def __init__(self, block, offset: int, at_end: bool = True):
+        super().__init__("a quote is never closed")
+        self.block, self.offset, self.at_end = block, offset, at_end
+
+
 # A record longer than this is taken for an unclosed quote, which would otherwise make the rest
 # of the file one record, held in memory.
 MAX_RECORD_BYTES = 64 << 20
 
 
-def record_blocks(stream, block_bytes: int | Callable[[], int]) -> Iterator[bytearray]:
+def record_blocks(stream, block_bytes: int | Callable[[], int], delimiter: str = ",") -> Iterator[bytearray]:
     """Yield blocks of ``stream`` that each end at a record boundary (``last_record_end``); the
-    block size may be a function, asked before each read.
+    block size may be a function, asked before each read. Raises ``UnclosedQuote`` if the input
+    ends inside a quoted value (csv would make the rest of the file that one value).
 
     Each block is read straight into its own buffer after the previous block's unfinished record,
     and cut by removing the tail: no byte is copied twice.
@@ -161,65 +173,221 @@ def record_blocks(stream, block_bytes: int | Callable[[], int]) -> Iterator[byte
     carry = b""
     while True:
         if len(carry) > MAX_RECORD_BYTES:
+            opened = scan_records(carry, delimiter=delimiter).open_quote
+            if opened >= 0:
+                raise UnclosedQuote(carry, opened, at_end=False)
             raise RecordTooLong(f"no record ends within {len(carry) / 2**20:.1f} MB: is a quote left open?")
-        block = bytearray(len(carry) + (block_bytes() if callable(block_bytes) else block_bytes))
+        block = _Block(len(carry) + (block_bytes() if callable(block_bytes) else block_bytes))
         block[: len(carry)] = carry
         read = stream.readinto(memoryview(block)[len(carry) :]) or 0
         del block[len(carry) + read :]
         if not read:
             if block:
+                opened = scan_records(block, delimiter=delimiter, complete=True).open_quote
+                if opened >= 0:
+                    raise UnclosedQuote(block, opened)
                 yield block
             return
-        cut = last_record_end(block)
+        cut, block.paired = _last_record_end(block, 0, len(block), True, delimiter)
         carry = bytes(block[cut:])
         del block[cut:]
         if block:
             yield block
 
 
-# Record ends: a newline ends a CSV record when an even number of quotes precede it (RFC 4180
-# escapes quotes by doubling them, which keeps the parity right). Shared with ``split``.
+class _Block(bytearray):
+    """A block of ``record_blocks``; ``paired``: its quotes are known to pair up (see
+    ``_quotes_pair_up``), which spares ``scan_records`` that check."""
+
+    paired = False
 
 
-def first_record_end(block, quoted: bool = True) -> int | None:
-    """Position just after the first record-ending newline of ``block``, None if it has none."""
-    newline = block.find(b"\n")
-    while newline >= 0 and quoted and block.count(b'"', 0, newline) % 2:
-        newline = block.find(b"\n", newline + 1)
-    return newline + 1 if newline >= 0 else None
+# Record ends, as Python's csv module reads them (and pyarrow's parser, which agrees): a line ends
+# at LF, CR or CRLF; a quote opens a value only as the first character of a field, where "" is a
+# quote and a lone quote closes it; a line end inside such a value does not end the record, and a
+# quote anywhere else (5" screen) is a character. Blocks start at a record start. Shared with
+# ``split``.
 
 
-def last_record_end(block, start: int = 0, end: int | None = None, quoted: bool = True) -> int:
-    """Position just after the last record-ending newline in block[start:end], or ``start``."""
+@dataclass
+class Records:
+    """Where the lines and records of block[start:end] end (offsets from ``start`` of the last
+    byte of each line end), and the offset of the quote opening a value still open at ``end``
+    (-1 if none)."""
+
+    lines: np.ndarray
+    ends: np.ndarray
+    open_quote: int = -1
+    paired: bool = True  # counting quotes finds the values (see _quotes_pair_up)
+
+
+def scan_records(block, start: int = 0, end: int | None = None, quoted: bool = True, delimiter: str = ",",
+                 complete: bool = False) -> Records:
+    """The ``Records`` of block[start:end], vectorised. ``complete``: nothing follows ``end`` that
+    could make a CR there the start of a CRLF (the end of the input, or a record end)."""
     end = len(block) if end is None else end
-    newline = block.rfind(b"\n", start, end)
-    if newline < 0:
-        return start
-    # the last newline ends a record (the usual case; no quote at all is found by memchr)
-    if not quoted or block.find(b'"', start, newline) < 0 or count_byte(block, b'"', start, newline) % 2 == 0:
-        return newline + 1
-    # Otherwise one vectorised pass: a walk back line by line recounts the quotes each time,
-    # quadratic in the lines of a block with an unbalanced quote.
-    ends = _newlines(block, start, end, True)[1]
-    return start + int(ends[-1]) + 1 if len(ends) else start
-
-
-def record_ends(block, start: int = 0, end: int | None = None, quoted: bool = True) -> np.ndarray:
-    """Every record end (the position after its newline) in block[start:end], vectorised."""
-    return _newlines(block, start, len(block) if end is None else end, quoted)[1] + start + 1
-
-
-def _newlines(block, start: int, end: int, quoted: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Offsets from ``start`` of every newline in block[start:end], and of those ending a record."""
     data = np.frombuffer(block, dtype=np.uint8, count=end - start, offset=start)
+    lines = _line_ends(block, start, end, data, complete)
+    if not quoted or block.find(b'"', start, end) < 0:
+        return Records(lines, lines)
+    quotes = None
+    if not (start == 0 and end == len(block) and getattr(block, "paired", False)):
+        quotes = np.flatnonzero(data == 34)
+        if not _quotes_pair_up(data, quotes, delimiter):
+            return _walk_records(block, start, end, lines, delimiter)
+    # a line end is inside a value when an odd number of quotes precede it
+    inside = _odd_quotes_before(data, lines, quotes)
+    ends = lines[~inside] if inside.any() else lines
+    open_quote = -1
+    if (len(quotes) if quotes is not None else count_byte(block, b'"', start, end)) & 1:
+        # the last value is open: where it opened ("" inside it excluded)
+        quotes = np.flatnonzero(data == 34) if quotes is None else quotes
+        openers, closers = quotes[0::2], quotes[1::2]
+        escaped = np.zeros(len(openers), dtype=bool)
+        escaped[1:] = openers[1:] - closers[: len(openers) - 1] == 1
+        open_quote = int(openers[~escaped][-1])
+    return Records(lines, ends, open_quote)
+
+
+def _odd_quotes_before(data: np.ndarray, lines: np.ndarray, quotes: np.ndarray | None) -> np.ndarray:
+    if quotes is not None:
+        return (np.searchsorted(quotes, lines) & 1).astype(bool)
+    if not len(lines):
+        return np.zeros(0, dtype=bool)
+    # quotes per line, counted in bytes (which wrap at 256 but keep the parity), then their sum
+    per_line = np.add.reduceat((data[: lines[-1] + 1] == 34).view(np.uint8), np.concatenate(([0], lines[:-1] + 1)), dtype=np.uint8)
+    return (np.cumsum(per_line & 1) & 1).astype(bool)
+
+
+@functools.lru_cache(maxsize=8)
+def _field_edges(delimiter: str) -> np.ndarray:
+    """Bytes that may stand before a quote that opens a value."""
+    edges = np.zeros(256, dtype=bool)
+    edges[[ord(delimiter), 10, 13, 34]] = True
+    return edges
+
+
+def _quotes_pair_up(data: np.ndarray, quotes: np.ndarray, delimiter: str) -> bool:
+    """Whether counting quotes finds the values csv finds: whether each even quote (an opener)
+    starts a field, or follows the quote before it ("" in a value). Else a quote is a character
+    somewhere (5" screen). Text after a closing quote ("a"b) needs no check: csv appends it to
+    the value, and the field ends at the next delimiter or line end either way (a quote in that
+    text would be an even quote after a character, so found here)."""
+    openers = quotes[0::2]
+    if len(openers) and openers[0] == 0:  # at the range start: a record start
+        openers = openers[1:]
+    # take: a third faster than data[openers - 1]
+    return bool(_field_edges(delimiter).take(data.take(openers - 1)).all())
+
+
+def _line_ends(block, start: int, end: int, data: np.ndarray, complete: bool) -> np.ndarray:
     newlines = np.flatnonzero(data == 10)
-    if not quoted or not len(newlines) or block.find(b'"', start, end) < 0:
-        return newlines, newlines
-    # quotes per line, then the lines that end inside a quoted value
-    # counted in bytes, which wrap at 256 but keep the parity: a wider count would convert the block
-    quotes = np.add.reduceat((data[: newlines[-1] + 1] == 34).view(np.uint8), np.concatenate(([0], newlines[:-1] + 1)), dtype=np.uint8)
-    odd = quotes & 1
-    return newlines, (newlines[np.cumsum(odd) % 2 == 0] if odd.any() else newlines)
+    returns = block.count(b"\r", start, end) if block.find(b"\r", start, end) >= 0 else 0
+    if not returns or returns == block.count(b"\r\n", start, end):
+        return newlines  # no CR, or each one the start of a CRLF (whose LF ends the line)
+    cr = np.flatnonzero(data == 13)
+    following = data[np.minimum(cr + 1, len(data) - 1)]
+    lone = cr[(following != 10) & (cr + 1 < len(data))]
+    if complete and data[-1] == 13:
+        lone = np.append(lone, len(data) - 1)
+    return np.union1d(newlines, lone)
+
+
+@functools.lru_cache(maxsize=8)
+def _quoted_value(delimiter: str) -> re.Pattern:
+    """A quoted value at the start of a field, to its closing quote or (open) the end."""
+    edge = re.escape(delimiter.encode())
+    return re.compile(rb'(?:\A|(?<=[' + edge + rb'\r\n]))"(?:[^"]++|"")*+("?)')
+
+
+def _walk_records(block, start: int, end: int, lines: np.ndarray, delimiter: str) -> Records:
+    """``scan_records`` where quotes are characters too: the quoted values, found in order."""
+    spans = [(match.start(), match.end(), bool(match.group(1)))
+             for match in _quoted_value(delimiter).finditer(memoryview(block)[start:end])]
+    if not spans:
+        return Records(lines, lines, paired=False)
+    opened, closed = np.array([span[0] for span in spans]), np.array([span[1] for span in spans])
+    at = np.searchsorted(opened, lines, side="right") - 1
+    inside = (at >= 0) & (lines < closed[np.maximum(at, 0)])
+    return Records(lines, lines[~inside], -1 if spans[-1][2] else spans[-1][0], paired=False)
+
+
+def count_lines(block, start: int = 0, end: int | None = None) -> int:
+    """Line ends in block[start:end] as csv counts them (LF, CR, CRLF); a CR at ``end`` counts."""
+    end = len(block) if end is None else end
+    lines = count_byte(block, b"\n", start, end)
+    if block.find(b"\r", start, end) >= 0:
+        lines += block.count(b"\r", start, end) - block.count(b"\r\n", start, end)
+    return lines
+
+
+def ends_a_line(block) -> bool:
+    return block[-1:] in (b"\n", b"\r")
+
+
+def first_record_end(block, quoted: bool = True, delimiter: str = ",") -> int | None:
+    """Position just after the first record end of ``block``, None if it has none (for certain)."""
+    for end in (min(len(block), 1 << 16), len(block)):  # a header is seldom longer than the first
+        ends = scan_records(block, 0, end, quoted, delimiter).ends
+        if len(ends):
+            return int(ends[0]) + 1
+        if end == len(block):
+            return None
+
+
+def last_record_end(block, start: int = 0, end: int | None = None, quoted: bool = True, delimiter: str = ",") -> int:
+    """Position just after the last record end in block[start:end], or ``start``."""
+    return _last_record_end(block, start, len(block) if end is None else end, quoted, delimiter)[0]
+
+
+def _last_record_end(block, start: int, end: int, quoted: bool, delimiter: str) -> tuple[int, bool]:
+    """``last_record_end``, and whether the quotes before it are known to pair up."""
+    newline = block.rfind(b"\n", start, end)
+    if newline >= 0 and block.find(b"\r", newline, end) < 0:  # the last line end is that LF
+        if not quoted or block.find(b'"', start, newline) < 0:  # memchr: the usual case
+            return newline + 1, True
+        # outside quotes if the quotes before it pair up, and are even (no line end needed)
+        data = np.frombuffer(block, dtype=np.uint8, count=newline - start, offset=start)
+        quotes = np.flatnonzero(data == 34)
+        if len(quotes) % 2 == 0 and _quotes_pair_up(data, quotes, delimiter):
+            return newline + 1, True
+    records = scan_records(block, start, end, quoted, delimiter)
+    return (start + int(records.ends[-1]) + 1 if len(records.ends) else start), records.paired
+
+
+def record_ends(block, start: int = 0, end: int | None = None, quoted: bool = True, delimiter: str = ",") -> np.ndarray:
+    """Every record end (the position after its line end) in block[start:end], which ends at a
+    record end or the end of the input."""
+    return scan_records(block, start, end, quoted, delimiter, complete=True).ends + start + 1
+
+
+def describe_open_quote(block, offset: int, delimiter: str = ",") -> tuple[int, int, int, int]:
+    """For a quote at block[offset] left open: the line ends before it, the start of its record,
+    its field there (0-based) and its character on its line (1-based)."""
+    before = scan_records(block, 0, offset, True, delimiter, complete=True)
+    record_start = int(before.ends[-1]) + 1 if len(before.ends) else 0
+    prefix = bytes(block[record_start:offset]).decode("utf-8", errors="replace")
+    field = len(next(csv.reader(io.StringIO(prefix, newline=""), delimiter=delimiter), [""])) - 1
+    line_start = int(before.lines[-1]) + 1 if len(before.lines) else 0
+    character = len(bytes(block[line_start:offset]).decode("utf-8", errors="replace")) + 1
+    return len(before.lines), record_start, field, character
+
+
+def open_quote_message(character: int, at_end: bool = True) -> str:
+    what = ("is never closed: the rest of the file would be one value." if at_end else
+            f"opens a value longer than {MAX_RECORD_BYTES / 2**20:.1f} MB: is it left open?")
+    return f'the quote at character {character} of this line {what} Close it, or write a quote inside a quoted value as ""'
+
+
+
+def _unclosed_quote_error(path: Any, error: UnclosedQuote, first_line: int, names: list[str] | None,
+                          delimiter: str) -> InputError:
+    lines, record_start, field, character = describe_open_quote(error.block, error.offset, delimiter)
+    if names is None and record_start:  # in the first block, after the header (not read yet)
+        header = bytes(error.block[:record_start]).decode("utf-8", errors="replace").lstrip("\ufeff")
+        names = [name.strip() for name in next(csv.reader(io.StringIO(header, newline=""), delimiter=delimiter), [])]
+    column = names[field] if names and 0 <= field < len(names) else None  # None: in the header
+    return InputError(path, open_quote_message(character, error.at_end), line=first_line + lines, column=column)
 
 
 def count_byte(data: bytes | bytearray, byte: bytes, start: int = 0, end: int | None = None) -> int:
@@ -230,14 +398,14 @@ def count_byte(data: bytes | bytearray, byte: bytes, start: int = 0, end: int | 
 
 def _split_header(first: bytes, path: Any, delimiter: str) -> tuple[list[str], bytes, int]:
     """Parse the header record from the first block; returns (names, rest, header line count)."""
-    end = first_record_end(first) or len(first)
+    end = first_record_end(first, delimiter=delimiter) or len(first)
     text = first[:end].decode("utf-8", errors="strict")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         names = next(reader)
     except StopIteration:
         raise InputError(path, "the file is empty: expected a header row", line=1) from None
-    header_lines = first.count(b"\n", 0, end) or 1
+    header_lines = count_lines(first, 0, end) or 1
     offset = end
     names = [name.strip() for name in names]
     for index, name in enumerate(names):
@@ -253,7 +421,7 @@ def _read_csv(path: Any, *, delimiter: str, encoding: str, block_bytes: int, rec
     size = block_bytes
     if records is not None and records.deferred_block_bytes:  # known only once reading starts
         size = lambda: records.deferred_block_bytes if records.defer else block_bytes  # noqa: E731
-    blocks = record_blocks(stream, size)
+    blocks = record_blocks(stream, size, delimiter)
     transcode = encoding.lower().replace("_", "-") not in ("utf-8", "utf8", "utf-8-sig")
 
     def decode(block: bytes, line: int) -> bytes:
@@ -262,7 +430,7 @@ def _read_csv(path: Any, *, delimiter: str, encoding: str, block_bytes: int, rec
         try:
             return block.decode(encoding).encode("utf-8")
         except UnicodeDecodeError as error:
-            bad_line = line + block.count(b"\n", 0, error.start)
+            bad_line = line + count_lines(block, 0, error.start)
             raise InputError(path, f"not valid {encoding}: {error.reason}", line=bad_line) from None
 
     try:
@@ -270,6 +438,9 @@ def _read_csv(path: Any, *, delimiter: str, encoding: str, block_bytes: int, rec
     except RecordTooLong as error:
         stream.close()
         raise InputError(path, str(error), line=1) from None
+    except UnclosedQuote as error:  # the whole file is one block
+        stream.close()
+        raise _unclosed_quote_error(path, error, 1, None, delimiter) from None
     except Exception:
         stream.close()
         raise
@@ -291,22 +462,24 @@ def _read_csv(path: Any, *, delimiter: str, encoding: str, block_bytes: int, rec
             for index, block in enumerate(_chain_first(rest, blocks)):
                 if index or not rest:
                     block = decode(block, next_line)
-                if not block or block.isspace():  # only blank lines
-                    next_line += count_byte(block, b"\n")
+                if not block.strip(b"\r\n"):  # only blank lines (a space is a value, as csv has it)
+                    next_line += count_lines(block)
                     continue
                 if records is not None:
                     unparsed = UnparsedRecords(path, block, names, delimiter, next_line)
                     batch = InputBatch(np.zeros(0, np.int64), unparsed=unparsed) if records.defer else unparsed.parse()
                     next_line += unparsed.line_count
                 else:
-                    newlines = count_byte(block, b"\n")
+                    newlines = count_lines(block)
                     batch = _parse_csv_block(path, block, names, next_line, delimiter, newlines)
-                    next_line += newlines + (0 if block.endswith(b"\n") else 1)
+                    next_line += newlines + (0 if ends_a_line(block) else 1)
                 if len(batch) or batch.rejected or batch.unparsed:
                     batch.bytes_read = _position(stream)
                     yield batch
         except RecordTooLong as error:
             raise InputError(path, f"from this line on, {error}", line=next_line) from None
+        except UnclosedQuote as error:
+            raise _unclosed_quote_error(path, error, next_line, names, delimiter) from None
         finally:
             stream.close()
 
@@ -338,8 +511,8 @@ def _parse_csv_block(
 
     has_quotes = b'"' in block
     if newlines is None:
-        newlines = block.count(b"\n")
-    newlines += 0 if block.endswith(b"\n") else 1
+        newlines = count_lines(block)
+    newlines += 0 if ends_a_line(block) else 1
 
     def parse(value_type: pa.DataType) -> pa.Table | None:
         try:
@@ -372,7 +545,7 @@ def _parse_csv_block(
         raw = parse(pa.binary())
         if raw is None or malformed:
             return _parse_csv_block_slowly(path, block, names, first_line, delimiter)
-        lines = _record_lines(block, first_line, raw.num_rows, newlines)
+        lines = _record_lines(block, first_line, raw.num_rows, newlines, delimiter)
         for name, column in zip(names, raw.columns):
             try:
                 column.cast(pa.string())
@@ -381,7 +554,7 @@ def _parse_csv_block(
         return _parse_csv_block_slowly(path, block, names, first_line, delimiter)
     # one chunk per column: the Arrow kernels downstream pay a cost per chunk
     table = table.combine_chunks()
-    return InputBatch(lines=_record_lines(block, first_line, table.num_rows, newlines), table=table)
+    return InputBatch(lines=_record_lines(block, first_line, table.num_rows, newlines, delimiter), table=table)
 
 
 class UnparsedRecords:
@@ -392,10 +565,10 @@ class UnparsedRecords:
     """
 
     def __init__(self, path: Any, block, names: list[str], delimiter: str, first_line: int):
-        if not block.endswith(b"\n"):
+        if not ends_a_line(block):
             block = bytes(block) + b"\n"  # the file's last record: hashed like the others
         self.path, self.block, self.names, self.delimiter, self.first_line = path, block, names, delimiter, first_line
-        self.starts, line_starts, self.hashes = _record_hashes(block)
+        self.starts, line_starts, self.hashes = _record_hashes(block, delimiter)
         self.ends = np.append(self.starts[1:], len(block))
         self.spans = np.diff(line_starts)  # lines per record
         self.lines = first_line + line_starts[:-1]
@@ -441,10 +614,11 @@ class UnparsedRecords:
         return batch
 
 
-def _record_starts(block) -> tuple[np.ndarray, np.ndarray]:
-    """Where each record of ``block`` (which ends with a newline) starts, and the line it starts on
-    counted from the block's first (one more entry: the block's line count)."""
-    newlines, ends = _newlines(block, 0, len(block), True)
+def _record_starts(block, delimiter: str) -> tuple[np.ndarray, np.ndarray]:
+    """Where each record of ``block`` (which ends with a line end) starts, and the line it starts
+    on counted from the block's first (one more entry: the block's line count)."""
+    scanned = scan_records(block, delimiter=delimiter, complete=True)
+    newlines, ends = scanned.lines, scanned.ends
     starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
     if len(ends) == len(newlines):  # no newline inside a value: a record a line
         return starts, np.arange(len(starts) + 1)
@@ -457,22 +631,22 @@ def _blank(block, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return (length == 1) | ((length == 2) & (np.frombuffer(block, np.uint8)[starts] == 13))
 
 
-def _record_hashes(block) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _record_hashes(block, delimiter: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``_record_starts``, and the hash of each record's bytes (its line end included)."""
-    starts, line_starts = _record_starts(block)
+    starts, line_starts = _record_starts(block, delimiter)
     offsets = np.append(starts, len(block)).astype(np.int32)
     records = pa.Array.from_buffers(pa.binary(), len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(block)])
     return starts, line_starts, hash_strings(records)
 
 
-def _record_lines(block, first_line: int, rows: int, newlines: int) -> np.ndarray:
+def _record_lines(block, first_line: int, rows: int, newlines: int, delimiter: str) -> np.ndarray:
     """Line where each of the ``rows`` parsed records starts: one line each, unless the block has
     blank lines (skipped by the parser) or newlines inside quoted values."""
     if newlines == rows:
         return np.arange(first_line, first_line + rows, dtype=np.int64)
-    if not block.endswith(b"\n"):
+    if not ends_a_line(block):
         block = bytes(block) + b"\n"
-    starts, line_starts = _record_starts(block)
+    starts, line_starts = _record_starts(block, delimiter)
     lines = first_line + line_starts[:-1][~_blank(block, starts, np.append(starts[1:], len(block)))]
     return lines if len(lines) == rows else np.arange(first_line, first_line + rows, dtype=np.int64)
 
@@ -497,11 +671,13 @@ def _parse_csv_block_slowly(path: Any, block: bytes, names: list[str], first_lin
     try:
         text = block.decode("utf-8")
     except UnicodeDecodeError as error:
-        line = first_line + block.count(b"\n", 0, error.start)
+        line = first_line + count_lines(block, 0, error.start)
         raise InputError(
             path, f"not valid UTF-8 ({error.reason}); pass encoding= if the file is not UTF-8", line=line
         ) from None
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    # not strict: text after a closing quote ("a"b) is kept as pyarrow keeps it; a quote left open
+    # at the end is found (and named) before any parsing
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows, lines, rejected = [], [], []
     previous_end = 0
     while True:
@@ -513,8 +689,8 @@ def _parse_csv_block_slowly(path: Any, block: bytes, names: list[str], first_lin
         except csv.Error as error:
             raise InputError(path, f"malformed CSV: {error}", line=first_line + reader.line_num - 1) from None
         previous_end = reader.line_num
-        if not record or record == [""] and len(names) > 1:
-            continue  # a blank line
+        if not record:
+            continue  # a blank line (a line of "" is a value, as csv has it)
         if len(record) != len(names):
             identifier = record[0] if record else None
             rejected.append(

@@ -9,6 +9,8 @@ earlier, longer attempt are removed. Memory stays at about one read block.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 from typing import Any
@@ -17,10 +19,15 @@ import numpy as np
 
 from airflow_provider_profiles.formats import reader
 from airflow_provider_profiles.formats.reader import (
+    InputError,
+    count_lines,
+    describe_open_quote,
     first_record_end,
     guess_format,
     last_record_end,
+    open_quote_message,
     record_ends,
+    scan_records,
 )
 from airflow_provider_profiles.storage import (
     as_storage_path,
@@ -40,16 +47,17 @@ def chunk_name(stem: str, index: int, suffix: str) -> str:
     return f"{stem}.part-{index:05d}{suffix}"
 
 
-def _read_header(stream, quoted: bool) -> tuple[bytes, bytes]:
-    """The first record (with its newline) and whatever was read past it."""
+def _read_header(stream, quoted: bool, delimiter: str) -> tuple[bytes, bytes]:
+    """The first record (with its line end) and whatever was read past it."""
     buffer = b""
     while True:
         data = stream.read(1 << 16)
         buffer += data
-        end = first_record_end(buffer, quoted)
+        end = first_record_end(buffer, quoted, delimiter)
         if end is not None:
             return buffer[:end], buffer[end:]
         if not data:
+            _check_closed(buffer, 0, quoted, delimiter)
             return buffer, b""
 
 
@@ -62,12 +70,14 @@ def split_file(
     file_format: str | None = None,
     header: bool | None = None,
     block_bytes: int = BLOCK_BYTES,
+    delimiter: str = ",",
 ) -> list[str]:
     """Cut ``source`` into chunks of at most ``max_bytes`` (header included) and/or ``max_rows``.
 
     Returns the chunk paths in order, as strings (ready for ``.expand()``). With neither limit the
     file is returned as is. CSV (``file_format="csv"``, or guessed from the name) repeats its
-    header; NDJSON has none.
+    header; NDJSON has none. A CSV whose last quoted value is never closed is an ``InputError``
+    at the line of that quote.
     """
     source = as_storage_path(source)
     file_format = (file_format or guess_format(source)).lower()
@@ -81,7 +91,10 @@ def split_file(
     stem, suffix = source.stem, source.suffix
 
     with open_binary(source) as stream:
-        head, pending = _read_header(stream, quoted) if header else (b"", b"")
+        try:
+            head, pending = _read_header(stream, quoted, delimiter) if header else (b"", b"")
+        except _OpenQuote as error:
+            raise _open_quote_error(source, stream, error, b"", delimiter) from None
         limit = (max_bytes - len(head)) if max_bytes is not None else None
         if limit is not None and limit <= 0:
             raise RecordTooLarge(f"max_bytes={max_bytes} does not even hold the {len(head)}-byte header")
@@ -89,10 +102,12 @@ def split_file(
             if not quoted and max_rows is None and not pending:
                 ranges = _plan_by_seeking(stream, len(head), limit)
             else:
-                ranges = _plan_by_scanning(stream, len(head), pending, limit, max_rows, quoted, block_bytes)
+                ranges = _plan_by_scanning(stream, len(head), pending, limit, max_rows, quoted, block_bytes, delimiter)
+        except _OpenQuote as error:
+            raise _open_quote_error(source, stream, error, head, delimiter) from None
         except _TooLarge as error:
             stream.seek(0)
-            line = 1 + _count_newlines(stream, error.offset)
+            line = 1 + _count_lines(stream, error.offset)
             if limit is None:
                 raise RecordTooLarge(
                     f"{source}: the record at line {line} runs over {reader.MAX_RECORD_BYTES / 2**20:.1f} MB: "
@@ -116,13 +131,40 @@ class _TooLarge(Exception):
         self.offset = offset
 
 
-def _count_newlines(stream, end: int) -> int:
-    count, position = 0, 0
+class _OpenQuote(Exception):
+    """The input ends inside a quoted value; ``block`` starts at the record's start, at
+    ``block_start`` in the file."""
+
+    def __init__(self, block, block_start: int, offset: int):
+        self.block, self.block_start, self.offset = block, block_start, offset
+
+
+def _check_closed(block, block_start: int, quoted: bool, delimiter: str) -> None:
+    """The last part of the input, from a record start: no quote may be left open in it."""
+    if quoted and block:
+        opened = scan_records(block, delimiter=delimiter, complete=True).open_quote
+        if opened >= 0:
+            raise _OpenQuote(block, block_start, opened)
+
+
+def _open_quote_error(source, stream, error: _OpenQuote, head: bytes, delimiter: str) -> InputError:
+    lines, _, field, character = describe_open_quote(error.block, error.offset, delimiter)
+    stream.seek(0)
+    line = 1 + _count_lines(stream, error.block_start) + lines
+    names = next(csv.reader(io.StringIO(head.decode("utf-8", errors="replace"), newline=""), delimiter=delimiter), [])
+    column = names[field] if 0 <= field < len(names) else None
+    return InputError(source, open_quote_message(character), line=line, column=column)
+
+
+def _count_lines(stream, end: int) -> int:
+    """Line ends (LF, CR, CRLF) in the first ``end`` bytes of ``stream``."""
+    count, position, last = 0, 0, b""
     while position < end:
         data = stream.read(min(BLOCK_BYTES, end - position))
         if not data:
             break
-        count += data.count(b"\n")
+        count += count_lines(data) - (last == b"\r" and data[:1] == b"\n")  # a CRLF cut in two
+        last = data[-1:]
         position += len(data)
     return count
 
@@ -174,7 +216,7 @@ class _Planner:
         self.rows = 0
 
 
-def _plan_by_scanning(stream, start: int, pending: bytes, limit, max_rows, quoted, block_bytes) -> list[tuple[int, int]]:
+def _plan_by_scanning(stream, start: int, pending: bytes, limit, max_rows, quoted, block_bytes, delimiter=",") -> list[tuple[int, int]]:
     """The general case: read the file once, cutting at record ends (quote-aware for CSV)."""
     plan = _Planner()
     block_start = start  # absolute offset of block[0]
@@ -184,8 +226,10 @@ def _plan_by_scanning(stream, start: int, pending: bytes, limit, max_rows, quote
         if not block:
             break
         at_end = not data
+        if at_end:
+            _check_closed(block, block_start, quoted, delimiter)
         # block[:usable] holds complete records; the rest waits for more data
-        usable = len(block) if at_end else last_record_end(block, 0, len(block), quoted)
+        usable = len(block) if at_end else last_record_end(block, 0, len(block), quoted, delimiter)
         if usable <= 0:
             if at_end:
                 break
@@ -197,13 +241,13 @@ def _plan_by_scanning(stream, start: int, pending: bytes, limit, max_rows, quote
             continue
         position = 0
         while position < usable:
-            cut = _next_cut(block, position, usable, plan, limit, max_rows, quoted)
+            cut = _next_cut(block, position, usable, plan, limit, max_rows, quoted, delimiter)
             if cut <= position:
                 if plan.bytes == 0:
                     raise _TooLarge(block_start + position)
                 plan.close()
                 continue
-            rows = _count_records(block, position, cut, quoted) if max_rows else None
+            rows = _count_records(block, position, cut, quoted, delimiter) if max_rows else None
             plan.take(block_start + position, block_start + cut, rows)
             position = cut
             if (limit is not None and plan.bytes >= limit) or (max_rows is not None and plan.rows >= max_rows):
@@ -258,21 +302,21 @@ def _kernel_copy(source_fd: int, target_fd: int, offset: int, count: int) -> boo
     return False
 
 
-def _count_records(block: bytes, start: int, end: int, quoted: bool) -> int:
-    count = len(record_ends(block, start, end, quoted))
-    return count if block[end - 1 : end] == b"\n" else count + 1
+def _count_records(block: bytes, start: int, end: int, quoted: bool, delimiter: str) -> int:
+    count = len(record_ends(block, start, end, quoted, delimiter))
+    return count if block[end - 1 : end] in (b"\n", b"\r") else count + 1
 
 
-def _next_cut(block: bytes, position: int, usable: int, state: _Planner, limit, max_rows, quoted) -> int:
+def _next_cut(block: bytes, position: int, usable: int, state: _Planner, limit, max_rows, quoted, delimiter) -> int:
     """Where the current chunk should stop in block[position:usable]: as far as both limits allow."""
     end = usable
     if limit is not None:
         end = min(end, position + limit - state.bytes)
         if end < usable:
-            end = last_record_end(block, position, end, quoted)
+            end = last_record_end(block, position, end, quoted, delimiter)
     if max_rows is not None and end > position:
         room = max_rows - state.rows
-        ends = record_ends(block, position, end, quoted)
+        ends = record_ends(block, position, end, quoted, delimiter)
         if end == usable and (not len(ends) or ends[-1] != end):
             ends = np.append(ends, end)  # the final record of the file may lack its newline
         if len(ends) > room:

@@ -173,38 +173,64 @@ def test_lines_count_blank_lines_and_newlines_in_quotes(tmp_path):
     assert [row["id"] for row in rows] == ["1", "2", "3", "4"]
 
 
+def csv_record_ends(block: bytes, start: int, end: int, complete: bool) -> list[int]:
+    """Record ends in block[start:end] by a walk through the states of Python's csv reader: a
+    quote opens a value only at the start of a field; a line ends at LF, CR or CRLF (a CR at
+    ``end`` only if ``complete``: else an LF may follow)."""
+    expected, state, position = [], "start", start
+    while position < end:
+        char = block[position]
+        if state == "quoted":
+            state = "quote" if char == ord('"') else "quoted"
+        elif char in (10, 13):
+            if char == 13 and position + 1 == end and not complete:
+                break
+            if char == 13 and position + 1 < end and block[position + 1] == 10:
+                position += 1
+            expected.append(position + 1)
+            state = "start"
+        elif char == ord(","):
+            state = "start"
+        elif char == ord('"') and state in ("start", "quote"):
+            state = "quoted"  # opens a value, or (after a closing quote) is a quote in it
+        else:
+            state = "field"
+        position += 1
+    return expected
+
+
 def test_record_ends_agree_with_a_character_walk():
     """Every record end, the first and the last, in any slice of a block that starts at a record start."""
     from airflow_provider_profiles.formats.reader import first_record_end, last_record_end, record_ends
 
     rng = np.random.default_rng(17)
-    for _ in range(300):
-        prefix = [b"", b's\n', b'p,"q\nr"\n'][int(rng.integers(0, 3))]  # whole records before start
-        block = prefix + bytes(rng.choice(list(b'ab,"\n'), size=int(rng.integers(0, 40))))
+    for _ in range(600):
+        prefix = [b"", b"s\n", b'p,"q\nr"\n', b"t\r"][int(rng.integers(0, 4))]  # whole records before start
+        block = prefix + bytes(rng.choice(list(b'ab,"\n\r'), size=int(rng.integers(0, 40))).astype(np.uint8))
         start = len(prefix)
         end = int(rng.integers(start, len(block) + 1))
-        expected, inside = [], False
-        for position in range(start, end):
-            if block[position] == ord('"'):
-                inside = not inside
-            elif block[position] == ord("\n") and not inside:
-                expected.append(position + 1)
+        expected = csv_record_ends(block, start, end, complete=True)
         assert record_ends(block, start, end).tolist() == expected, (block, end)
+        expected = csv_record_ends(block, start, end, complete=False)
         assert last_record_end(block, start, end) == (expected[-1] if expected else start), (block, end)
         assert first_record_end(block[start:end]) == (expected[0] - start if expected else None), (block, end)
-        assert record_ends(block, start, end, quoted=False).tolist() == [i + 1 for i in range(start, end) if block[i] == 10]
 
 
 def test_an_unclosed_quote_is_an_error_at_its_line_not_a_hang(tmp_path, monkeypatch):
     """A quote never closed would make the rest of the file one record: past MAX_RECORD_BYTES the
-    read stops with the line where that record starts (walking back line by line to find a record
+    read stops with the line of that quote (walking back line by line to find a record
     end took minutes on such blocks)."""
     from airflow_provider_profiles.formats import reader
 
     monkeypatch.setattr(reader, "MAX_RECORD_BYTES", 50_000)
     body = b"".join(b"%d,name %d\n" % (i, i) for i in range(2, 40))
     path = write(tmp_path, "open.csv", b"id,name\n" + body + b'40,"never closed\n' + b"41,x\n" * 100_000)
-    with pytest.raises(InputError, match=r"open.csv, line 40: from this line on, no record ends within"):
+    with pytest.raises(InputError, match=r"open.csv, line 40, column 'name': the quote at character 4 of this line opens a "
+                                         r"value longer than 0.0 MB: is it left open\?"):
+        rows_and_lines(path, block_bytes=4096)
+    # no quote open, but no line end either
+    path = write(tmp_path, "long.csv", b"id,name\n1,x\n2," + b"y" * 100_000)
+    with pytest.raises(InputError, match=r"long.csv, line 3: from this line on, no record ends within"):
         rows_and_lines(path, block_bytes=4096)
 
 
