@@ -614,12 +614,6 @@ class ApsisOneHook(ProfilesHook):
         Rate-limited as the route class ``profiles`` (connection extra ``rate_limits``)."""
         from urllib.parse import quote
 
-        from airflow_provider_profiles.hooks.base import VendorNotFoundError
-
         discriminator = KEYSPACES.get(keyspace, keyspace)
         path = f"/audience/keyspaces/{quote(discriminator, safe='')}/profiles/{quote(str(profile_key), safe='')}"
-        try:
-            self.request("DELETE", path, route="profiles")
-        except VendorNotFoundError:
-            return False
-        return True
+        return self.delete_if_exists(path, route="profiles")

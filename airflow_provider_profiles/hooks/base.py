@@ -533,6 +533,14 @@ class ProfilesHook(BaseHook):
 
         return self._within_call(lambda deadline: self.policy.call(attempt, self.log, deadline), attempt)
 
+    def delete_if_exists(self, path: str, **kwargs: Any) -> bool:
+        """DELETE ``path``: True when deleted, False when the vendor has no such thing (404)."""
+        try:
+            self.request("DELETE", path, **kwargs)
+        except VendorNotFoundError:
+            return False
+        return True
+
     def _send(self, send: _Send, headers: dict[str, str], basic: Any, deadline: float) -> requests.Response:
         url = send.url
         for _ in range(MAX_SAME_HOST_REDIRECTS + 1):

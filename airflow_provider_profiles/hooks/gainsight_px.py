@@ -288,14 +288,9 @@ class GainsightPXHook(ProfilesHook):
         within 7 days (the API's default revives a soft-deleted record)."""
         path, id_field = _entity(entity)
         params = {"hardDelete": "true" if hard_delete else "false"}
-        try:
-            if fits_in_path(str(record_id)):
-                self.request("DELETE", self._record_path(entity, record_id), params=params)
-            else:
-                self.request("DELETE", f"{path}/delete", params=params, json={id_field: str(record_id)})
-        except VendorNotFoundError:
-            return False
-        return True
+        if fits_in_path(str(record_id)):
+            return self.delete_if_exists(self._record_path(entity, record_id), params=params)
+        return self.delete_if_exists(f"{path}/delete", params=params, json={id_field: str(record_id)})
 
     def upsert(self, entity: str, record: Mapping[str, Any], insert_missing: bool = True) -> Outcome:
         """PUT, then POST on 404 when ``insert_missing``: the data loader's update/insert logic.

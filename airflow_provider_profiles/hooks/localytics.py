@@ -26,7 +26,6 @@ from airflow_provider_profiles.hooks.base import (
     JobStatus,
     ProfilesHook,
     VendorAPIError,
-    VendorNotFoundError,
     VendorRateLimitError,
 )
 from airflow_provider_profiles.storage import as_storage_path, open_binary
@@ -280,11 +279,7 @@ class LocalyticsHook(ProfilesHook):
         ``profile_api`` (no documented limit: set one with the connection extra ``rate_limits``)."""
         scope = f"apps/{_segment(app_id)}/" if app_id else ""
         url = f"{self.profile_api_base_url()}/{scope}profiles/{_segment(customer_id)}"
-        try:
-            self.request("DELETE", url, route="profile_api")
-        except VendorNotFoundError:
-            return False
-        return True
+        return self.delete_if_exists(url, route="profile_api")
 
 
 def _check_kind(kind: str) -> None:

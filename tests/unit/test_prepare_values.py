@@ -209,6 +209,7 @@ def test_infinite_and_nan_values_never_reach_ndjson(tmp_path):
                               rejects=str(tmp_path / f"{name}.csv"), **options)
         lines = strict_ndjson(tmp_path / f"{name}.ndjson")  # raises on NaN / Infinity
         assert [line["user_agent_id"] for line in lines] == expected[name]
+        assert result.written == len(expected[name]) and result.written + result.rejected == 4
         assert lines[1]["user_profile"].get("score") is None  # NaN is a missing value
         rejected = rejects_of(tmp_path / f"{name}.csv")
         assert rejected[0][:2] == (2, "user_agent_id=vec:2") and "score" in rejected[0][2]
