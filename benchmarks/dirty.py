@@ -9,6 +9,7 @@ Parquet and an SQLite table, so every input holds the same values.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 
@@ -181,10 +182,9 @@ def generate(directory: str, rows: int, inputs=INPUTS, batch: int = 250_000) -> 
                 csv_writer.write_table(table)
             if parquet_writer is not None:
                 parquet_writer.write_table(table)
-            if ndjson is not None:
-                import polars as pl
-
-                pl.from_arrow(table).write_ndjson(ndjson)
+            if ndjson is not None:  # json, not polars: the provider's warm-up must not load polars
+                lines = (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n" for row in table.to_pylist())
+                ndjson.write("".join(lines).encode("utf-8"))
             if database is not None:
                 database.executemany(
                     f"INSERT INTO profiles VALUES ({', '.join('?' * len(COLUMNS))})",

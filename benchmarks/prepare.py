@@ -151,36 +151,23 @@ def job_split(source: str, output: str, extra: dict) -> dict:
 
 
 def job_dirty_provider(source: str, output: str, extra: dict) -> dict:
-    """The operator's own path: ``ProfilesFileTransformOperator.execute`` for a file; for SQL what
-    ``SqlToProfilesFileOperator.execute`` does with its cursor (read_cursor -> prepare_batches)."""
+    """The operators themselves: ``ProfilesFileTransformOperator.execute`` for a file,
+    ``SqlToProfilesFileOperator.execute`` on an SQLite connection for the SQL cursor."""
     vendor, config = extra["vendor"], dirty.VENDORS[extra["vendor"]]
     rejects = output + ".rejects.csv"
     started = time.perf_counter()
-    if extra["input"] == "sql":
-        import sqlite3
+    common = {"task_id": "prepare", "vendor": vendor, "writer_format": config["format"], "output_path": output,
+              "writer_options": config["writer_options"], "mapping": config["mapping"], "rejects_path": rejects}
+    if extra["input"] == "sql":  # an Airflow connection to the SQLite file, from the environment
+        from airflow_provider_profiles.operators.prepare import SqlToProfilesFileOperator
 
-        from airflow_provider_profiles.formats.pipeline import check_columns, prepare_batches
-        from airflow_provider_profiles.formats.reader import DEFAULT_BATCH_ROWS, read_cursor
-
-        writer, mapping = dirty.provider_parts(vendor)
-        connection = sqlite3.connect(source)
-        try:
-            cursor = connection.cursor()
-            cursor.execute(dirty.SQL_QUERY)
-            names, batches = read_cursor(cursor, DEFAULT_BATCH_ROWS)
-            check_columns(source, names, writer, mapping)
-            result = prepare_batches(batches, writer, output, mapping=mapping, rejects=rejects).to_dict()
-        finally:
-            connection.close()
+        os.environ["AIRFLOW_CONN_PROFILES_BENCH_SQLITE"] = json.dumps({"conn_type": "sqlite", "host": source})
+        operator = SqlToProfilesFileOperator(sql=dirty.SQL_QUERY, conn_id="profiles_bench_sqlite", **common)
+        result = operator.execute({})
     else:
         from airflow_provider_profiles.operators.prepare import ProfilesFileTransformOperator
 
-        operator = ProfilesFileTransformOperator(
-            task_id="prepare", source_path=source, vendor=vendor, writer_format=config["format"],
-            writer_options=config["writer_options"], mapping=config["mapping"], output_path=output,
-            rejects_path=rejects,
-        )
-        result = operator.execute({})
+        result = ProfilesFileTransformOperator(source_path=source, **common).execute({})
     return {"seconds": time.perf_counter() - started, "written": result["written"], "rejected": result["rejected"]}
 
 
@@ -235,7 +222,15 @@ def warm_up(name: str) -> None:
     elif name == "pandas":
         import pandas  # noqa: F401
     elif name in ("polars", "dirty-polars"):
-        import polars  # noqa: F401
+        import sqlite3
+
+        import polars as pl
+
+        # read_database imports its helpers on first use: done here, on an empty in-memory table
+        memory = sqlite3.connect(":memory:")
+        memory.execute("CREATE TABLE t (a TEXT)")
+        for _ in pl.read_database("SELECT a FROM t", memory, iter_batches=True, batch_size=10):
+            pass
     elif name == "dirty-provider":
         import msgspec  # noqa: F401
         import pyarrow as pa
@@ -243,15 +238,28 @@ def warm_up(name: str) -> None:
 
         pa.array([0])
         import airflow_provider_profiles.formats.pipeline  # noqa: F401
+        import airflow.providers.sqlite.hooks.sqlite  # noqa: F401
         import airflow_provider_profiles.operators.prepare  # noqa: F401
-        for vendor in dirty.VENDORS:
-            dirty.provider_parts(vendor)
-    elif name == "dirty-duckdb":
-        import duckdb  # noqa: F401
-        import pyarrow  # noqa: F401
 
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        # the operators import what they use on first run: one tiny run of each input kind first
+        with tempfile.TemporaryDirectory() as scratch:
+            paths = dirty.generate(scratch, 50, dirty.INPUTS)
+            for kind, path in paths.items():
+                for vendor in dirty.VENDORS:
+                    job_dirty_provider(path, os.path.join(scratch, f"{kind}.{vendor}.out"), {"vendor": vendor, "input": kind})
+    elif name == "dirty-duckdb":
+        import duckdb
+        import pyarrow as pa
+
         import candidates.duckdb_prepare  # noqa: F401
+
+        # an Arrow stream scan imports its helpers on first use: done here, on one empty batch
+        schema = pa.schema([("a", pa.string())])
+        reader = pa.RecordBatchReader.from_batches(schema, iter([pa.record_batch([pa.array([], pa.string())], schema=schema)]))
+        connection = duckdb.connect()
+        connection.register("warm", reader)
+        connection.sql("SELECT count(*) FROM warm").fetchall()
+        connection.close()
 
 
 def peak_rss_mb() -> float:

@@ -182,8 +182,8 @@ def prepare(vendor: str, input_format: str, source: str, output: str, rejects: s
         with open(output, "wb") as stream:
             if spec.get("header"):
                 stream.write(spec["header"].encode())
-            result = connection.execute(f"SELECT {spec['line']} AS line FROM classified WHERE reason IS NULL ORDER BY pos")
-            for batch in result.to_arrow_reader(100_000):
+            lines = connection.sql(f"SELECT {spec['line']} AS line FROM classified WHERE reason IS NULL ORDER BY pos")
+            for batch in lines.to_arrow_reader(100_000):
                 written += _write_lines(stream, batch.column(0))
         escaped = rejects.replace("'", "''")
         connection.execute(f"""COPY (SELECT pos AS line, key AS identifier, reason FROM classified
