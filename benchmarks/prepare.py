@@ -1,7 +1,7 @@
 """Data preparation benchmark: clean CSV -> Localytics change lines, split, incremental sync, and
 every vendor's main format with a typed mapping on dirty data (CSV, NDJSON, Parquet, SQL cursor).
 
-    python benchmarks/prepare.py                 # every case, 500,000 rows (about 10 minutes)
+    python benchmarks/prepare.py                 # every case, 300,000 rows (5-10 minutes)
     python benchmarks/prepare.py --rows 200000   # a quick look
     python benchmarks/prepare.py --cases mediarithmics,localytics-parquet --rows 1000000
     python benchmarks/prepare.py --cases clean --rss-rows 10000000   # also: peak RSS at 10M rows
@@ -385,7 +385,8 @@ def dirty_case(case: str, paths: dict[str, str], workdir: str, repeat: int, with
 
 
 def compare_outputs(provider_path: str, candidate_path: str, extension: str, provider: dict, candidate: dict) -> int:
-    """Lines compared as values (JSON objects, CSV rows), in order; reject counts compared."""
+    """Records compared as values (JSON objects with their types, CSV rows), in order; reject
+    counts compared."""
     import csv
     import itertools
 
@@ -394,8 +395,8 @@ def compare_outputs(provider_path: str, candidate_path: str, extension: str, pro
             if extension == "csv":
                 yield from csv.reader(handle)
             else:
-                for line in handle:
-                    yield json.loads(line)
+                for line in handle:  # re-encoded: 1 == 1.0 == True in Python, not in JSON
+                    yield json.dumps(json.loads(line), sort_keys=True, ensure_ascii=False)
 
     mismatches = 0
     for number, (mine, theirs) in enumerate(itertools.zip_longest(records(provider_path), records(candidate_path)), 1):
@@ -413,7 +414,7 @@ def compare_outputs(provider_path: str, candidate_path: str, extension: str, pro
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=500_000)
+    parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help="comma-separated; see above (default: all)")
     parser.add_argument("--rss-rows", type=int, default=0, help="also measure the provider's peak RSS at this many rows")
     parser.add_argument("--split-mb", type=int, default=100)
