@@ -1,8 +1,19 @@
-"""Data preparation benchmark: CSV -> Localytics change lines, split, incremental sync.
+"""Data preparation benchmark: clean CSV -> Localytics change lines, split, incremental sync, and
+every vendor's main format with a typed mapping on dirty data (CSV, NDJSON, Parquet, SQL cursor).
 
-    python benchmarks/prepare.py                 # 2,000,000 rows (about 160 MB of CSV)
+    python benchmarks/prepare.py                 # every case, 300,000 rows (5-10 minutes)
     python benchmarks/prepare.py --rows 200000   # a quick look
-    python benchmarks/prepare.py --rss-rows 10000000   # also: the provider's peak RSS at 10M rows
+    python benchmarks/prepare.py --cases mediarithmics,localytics-parquet --rows 1000000
+    python benchmarks/prepare.py --cases clean --rss-rows 10000000   # also: peak RSS at 10M rows
+
+Cases (``--cases``, comma-separated): ``clean``, ``split``, ``sync`` (these three as before), and
+``<vendor>[-<input>]`` for the dirty data: vendor ``mediarithmics`` (USER_PROFILE), ``apsis_one``
+(CSV), ``localytics`` (profile changes) or ``gainsight_px`` (records), input ``csv`` (the
+default), ``ndjson``, ``parquet`` or ``sql`` (an SQLite cursor); ``dirty`` is the default set of
+them (every vendor from CSV, mediarithmics from each other input). In a dirty case the provider,
+the DuckDB prototype (``candidates/duckdb_prepare.py``, skipped without ``duckdb``) and polars'
+flat conversion of the same file run in alternation; the DuckDB output is checked against the
+provider's (the same lines, the same number of rejects) and mismatches are printed.
 
 Every measurement runs in its own process (so peak RSS is that of the job alone) and reports
 wall time (imports excluded) and peak RSS. Baselines run in the same invocation on the same file:
@@ -22,6 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dirty  # noqa: E402  (benchmarks/dirty.py: the dirty data and every vendor's typed mapping)
 
 COLUMNS = ["customer_id", "email", "first_name", "last_name", "city", "country", "plan", "signup_date", "score"]
 
@@ -136,7 +150,61 @@ def job_split(source: str, output: str, extra: dict) -> dict:
     return {"seconds": time.perf_counter() - started, "chunks": len(chunks)}
 
 
-JOBS = {"provider": job_provider, "sync": job_sync, "pandas": job_pandas, "polars": job_polars, "split": job_split}
+def job_dirty_provider(source: str, output: str, extra: dict) -> dict:
+    """The operators themselves: ``ProfilesFileTransformOperator.execute`` for a file,
+    ``SqlToProfilesFileOperator.execute`` on an SQLite connection for the SQL cursor."""
+    vendor, config = extra["vendor"], dirty.VENDORS[extra["vendor"]]
+    rejects = output + ".rejects.csv"
+    started = time.perf_counter()
+    common = {"task_id": "prepare", "vendor": vendor, "writer_format": config["format"], "output_path": output,
+              "writer_options": config["writer_options"], "mapping": config["mapping"], "rejects_path": rejects}
+    if extra["input"] == "sql":  # an Airflow connection to the SQLite file, from the environment
+        from airflow_provider_profiles.operators.prepare import SqlToProfilesFileOperator
+
+        os.environ["AIRFLOW_CONN_PROFILES_BENCH_SQLITE"] = json.dumps({"conn_type": "sqlite", "host": source})
+        operator = SqlToProfilesFileOperator(sql=dirty.SQL_QUERY, conn_id="profiles_bench_sqlite", **common)
+        result = operator.execute({})
+    else:
+        from airflow_provider_profiles.operators.prepare import ProfilesFileTransformOperator
+
+        result = ProfilesFileTransformOperator(source_path=source, **common).execute({})
+    return {"seconds": time.perf_counter() - started, "written": result["written"], "rejected": result["rejected"]}
+
+
+def job_dirty_duckdb(source: str, output: str, extra: dict) -> dict:
+    from candidates.duckdb_prepare import prepare
+
+    started = time.perf_counter()
+    written, rejected = prepare(extra["vendor"], extra["input"], source, output, output + ".rejects.csv",
+                                memory_limit=extra.get("memory_limit", "300MB"))
+    return {"seconds": time.perf_counter() - started, "written": written, "rejected": rejected}
+
+
+def job_dirty_polars(source: str, output: str, extra: dict) -> dict:
+    """Flat NDJSON of the same input: no mapping, no checks (the floor)."""
+    import polars as pl
+
+    started = time.perf_counter()
+    kind = extra["input"]
+    if kind == "csv":
+        pl.scan_csv(source, infer_schema=False).sink_ndjson(output)
+    elif kind == "ndjson":
+        pl.scan_ndjson(source, schema={name: pl.String for name in dirty.COLUMNS}).sink_ndjson(output)
+    elif kind == "parquet":
+        pl.scan_parquet(source).sink_ndjson(output)
+    else:
+        import sqlite3
+
+        connection = sqlite3.connect(source)
+        with open(output, "wb") as stream:
+            for frame in pl.read_database(dirty.SQL_QUERY, connection, iter_batches=True, batch_size=50_000):
+                frame.write_ndjson(stream)
+        connection.close()
+    return {"seconds": time.perf_counter() - started}
+
+
+JOBS = {"provider": job_provider, "sync": job_sync, "pandas": job_pandas, "polars": job_polars, "split": job_split,
+        "dirty-provider": job_dirty_provider, "dirty-duckdb": job_dirty_duckdb, "dirty-polars": job_dirty_polars}
 
 
 def warm_up(name: str) -> None:
@@ -153,8 +221,45 @@ def warm_up(name: str) -> None:
         import airflow_provider_profiles.formats.split  # noqa: F401
     elif name == "pandas":
         import pandas  # noqa: F401
-    elif name == "polars":
-        import polars  # noqa: F401
+    elif name in ("polars", "dirty-polars"):
+        import sqlite3
+
+        import polars as pl
+
+        # read_database imports its helpers on first use: done here, on an empty in-memory table
+        memory = sqlite3.connect(":memory:")
+        memory.execute("CREATE TABLE t (a TEXT)")
+        for _ in pl.read_database("SELECT a FROM t", memory, iter_batches=True, batch_size=10):
+            pass
+    elif name == "dirty-provider":
+        import msgspec  # noqa: F401
+        import pyarrow as pa
+        import pyarrow.parquet  # noqa: F401
+
+        pa.array([0])
+        import airflow_provider_profiles.formats.pipeline  # noqa: F401
+        import airflow.providers.sqlite.hooks.sqlite  # noqa: F401
+        import airflow_provider_profiles.operators.prepare  # noqa: F401
+
+        # the operators import what they use on first run: one tiny run of each input kind first
+        with tempfile.TemporaryDirectory() as scratch:
+            paths = dirty.generate(scratch, 50, dirty.INPUTS)
+            for kind, path in paths.items():
+                for vendor in dirty.VENDORS:
+                    job_dirty_provider(path, os.path.join(scratch, f"{kind}.{vendor}.out"), {"vendor": vendor, "input": kind})
+    elif name == "dirty-duckdb":
+        import duckdb
+        import pyarrow as pa
+
+        import candidates.duckdb_prepare  # noqa: F401
+
+        # an Arrow stream scan imports its helpers on first use: done here, on one empty batch
+        schema = pa.schema([("a", pa.string())])
+        reader = pa.RecordBatchReader.from_batches(schema, iter([pa.record_batch([pa.array([], pa.string())], schema=schema)]))
+        connection = duckdb.connect()
+        connection.register("warm", reader)
+        connection.sql("SELECT count(*) FROM warm").fetchall()
+        connection.close()
 
 
 def peak_rss_mb() -> float:
@@ -229,24 +334,157 @@ def timed(command: list[str], repeat: int = 1) -> float:
     return best
 
 
+DIRTY_DEFAULT = ["mediarithmics", "apsis_one", "localytics", "gainsight_px",
+                 "mediarithmics-ndjson", "mediarithmics-parquet", "mediarithmics-sql"]
+DEFAULT_CASES = ["clean", "split", "sync", *DIRTY_DEFAULT]
+
+
+def parse_cases(text: str) -> list[str]:
+    cases: list[str] = []
+    for name in filter(None, (part.strip() for part in text.split(","))):
+        if name == "dirty":
+            cases += DIRTY_DEFAULT
+        elif name in ("clean", "split", "sync"):
+            cases.append(name)
+        else:
+            vendor, _, kind = name.partition("-")
+            if vendor not in dirty.VENDORS or (kind and kind not in dirty.INPUTS):
+                raise SystemExit(f"unknown case {name!r}: clean, split, sync, dirty, or <vendor>[-<input>] with vendor "
+                                 f"in {', '.join(dirty.VENDORS)} and input in {', '.join(dirty.INPUTS)}")
+            cases.append(name)
+    return list(dict.fromkeys(cases))
+
+
+def dirty_case(case: str, paths: dict[str, str], workdir: str, repeat: int, with_duckdb: bool, with_polars: bool) -> dict:
+    vendor, _, kind = case.partition("-")
+    kind = kind or "csv"
+    extension = dirty.VENDORS[vendor]["extension"]
+    outputs = {"dirty-provider": os.path.join(workdir, f"{case}.provider.{extension}")}
+    if with_duckdb:
+        outputs["dirty-duckdb"] = os.path.join(workdir, f"{case}.duckdb.{extension}")
+    if with_polars:
+        outputs["dirty-polars"] = os.path.join(workdir, f"{case}.polars.ndjson")
+    arguments = {"vendor": vendor, "input": kind}
+    print(f"\n{case}: {kind} -> {vendor} {dirty.VENDORS[vendor]['format']}, typed mapping, dirty rows", flush=True)
+    figures = interleaved(outputs, paths[kind], repeat, extra={name: arguments for name in outputs})
+    provider = figures["dirty-provider"]
+    for name in ("dirty-duckdb", "dirty-polars"):
+        if name in figures:
+            print(f"  provider / {name[6:]}: time {provider['seconds'] / figures[name]['seconds']:.2f}x, "
+                  f"peak RSS {provider['peak_rss_mb'] / figures[name]['peak_rss_mb']:.2f}x")
+    if "dirty-duckdb" in figures and "dirty-polars" in figures:
+        print(f"  duckdb / polars: time {figures['dirty-duckdb']['seconds'] / figures['dirty-polars']['seconds']:.2f}x")
+    if with_duckdb:
+        figures["mismatches"] = compare_outputs(outputs["dirty-provider"], outputs["dirty-duckdb"], extension,
+                                                provider, figures["dirty-duckdb"])
+    for path in outputs.values():
+        for leftover in (path, path + ".rejects.csv"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+    return figures
+
+
+def compare_outputs(provider_path: str, candidate_path: str, extension: str, provider: dict, candidate: dict) -> int:
+    """Records compared as values (JSON objects with their types, CSV rows), in order; reject
+    counts compared."""
+    import csv
+    import itertools
+
+    def records(path):
+        with open(path, encoding="utf-8", newline="") as handle:
+            if extension == "csv":
+                yield from csv.reader(handle)
+            else:
+                for line in handle:  # re-encoded: 1 == 1.0 == True in Python, not in JSON
+                    yield json.dumps(json.loads(line), sort_keys=True, ensure_ascii=False)
+
+    mismatches = 0
+    for number, (mine, theirs) in enumerate(itertools.zip_longest(records(provider_path), records(candidate_path)), 1):
+        if mine != theirs:
+            mismatches += 1
+            if mismatches <= 3:
+                print(f"  MISMATCH at output record {number}:\n    provider {mine}\n    duckdb   {theirs}")
+    if provider["rejected"] != candidate["rejected"]:
+        mismatches += 1
+        print(f"  MISMATCH rejects: provider {provider['rejected']:,}, duckdb {candidate['rejected']:,}")
+    print(f"  duckdb output against the provider's: "
+          + ("identical records, same reject count" if not mismatches else f"{mismatches:,} mismatches"), flush=True)
+    return mismatches
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--rows", type=int, default=300_000)
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help="comma-separated; see above (default: all)")
     parser.add_argument("--rss-rows", type=int, default=0, help="also measure the provider's peak RSS at this many rows")
     parser.add_argument("--split-mb", type=int, default=100)
     parser.add_argument("--skip-baselines", action="store_true")
-    parser.add_argument("--repeat", type=int, default=5, help="runs per measurement, best time kept (pandas: 1)")
+    parser.add_argument("--skip-duckdb", action="store_true")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per measurement, best time kept (pandas: 1)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
+    cases = parse_cases(args.cases)
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="profiles-bench-")
     os.makedirs(workdir, exist_ok=True)
     try:
-        source = os.path.join(workdir, "profiles.csv")
-        print(f"generating {args.rows:,} rows under {workdir} ...", flush=True)
-        generate(source, args.rows)
-        size_mb = os.path.getsize(source) / 1e6
-        print(f"input: {size_mb:.0f} MB, {len(COLUMNS)} columns\n\nCSV -> Localytics change lines")
+        dirty_cases = [case for case in cases if case not in ("clean", "split", "sync")]
+        if dirty_cases:
+            kinds = sorted({case.partition("-")[2] or "csv" for case in dirty_cases})
+            print(f"generating {args.rows:,} dirty rows as {', '.join(kinds)} under {workdir} ...", flush=True)
+            paths = dirty.generate(workdir, args.rows, kinds)
+            print("  " + ", ".join(f"{kind} {os.path.getsize(path) / 1e6:.0f} MB" for kind, path in paths.items()))
+            try:
+                import duckdb  # noqa: F401
+
+                with_duckdb = not args.skip_duckdb
+            except ImportError:
+                print("  duckdb not installed: the candidate is skipped")
+                with_duckdb = False
+            try:
+                import polars  # noqa: F401
+
+                with_polars = not args.skip_baselines
+            except ImportError:
+                print("  polars not installed: the floor is skipped")
+                with_polars = False
+            summary = {case: dirty_case(case, paths, workdir, args.repeat, with_duckdb, with_polars) for case in dirty_cases}
+            print_summary(summary, args.rows)
+            for path in paths.values():
+                os.remove(path)
+        if {"clean", "split", "sync"} & set(cases):
+            clean_cases(args, cases, workdir)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def print_summary(summary: dict[str, dict], rows: int) -> None:
+    print(f"\ndirty data, {rows:,} rows: best time (s) / peak RSS (MB); ratios of time")
+    print("| case | provider | duckdb | polars flat | provider / polars | duckdb / polars | provider / duckdb | duckdb = provider |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for case, figures in summary.items():
+        cells = []
+        for name in ("dirty-provider", "dirty-duckdb", "dirty-polars"):
+            job = figures.get(name)
+            cells.append(f"{job['seconds']:.2f} s, {job['peak_rss_mb']:.0f} MB" if job else "-")
+
+        def ratio(a, b):
+            return f"{figures[a]['seconds'] / figures[b]['seconds']:.1f}x" if a in figures and b in figures else "-"
+
+        same = "-" if "mismatches" not in figures else ("yes" if not figures["mismatches"] else f"no ({figures['mismatches']})")
+        print(f"| {case} | {' | '.join(cells)} | {ratio('dirty-provider', 'dirty-polars')} | "
+              f"{ratio('dirty-duckdb', 'dirty-polars')} | {ratio('dirty-provider', 'dirty-duckdb')} | {same} |", flush=True)
+
+
+def clean_cases(args, cases: list[str], workdir: str) -> None:
+    source = os.path.join(workdir, "profiles.csv")
+    print(f"generating {args.rows:,} rows under {workdir} ...", flush=True)
+    generate(source, args.rows)
+    size_mb = os.path.getsize(source) / 1e6
+    print(f"input: {size_mb:.0f} MB, {len(COLUMNS)} columns")
+    if "clean" in cases:
+        print("\nclean: CSV -> Localytics change lines")
         jobs = {"provider": os.path.join(workdir, "provider.ndjson")}
         if not args.skip_baselines:
             try:
@@ -263,8 +501,11 @@ def main() -> None:
             if name in figures:
                 print(f"  provider / {name}: time {provider['seconds'] / figures[name]['seconds']:.2f}x, "
                       f"peak RSS {provider['peak_rss_mb'] / figures[name]['peak_rss_mb']:.2f}x")
+    elif "split" in cases:  # the split needs the change lines
+        run("provider", source, os.path.join(workdir, "provider.ndjson"))
 
-        output = os.path.join(workdir, "provider.ndjson")
+    output = os.path.join(workdir, "provider.ndjson")
+    if "split" in cases:
         out_mb = os.path.getsize(output) / 1e6
         print(f"\nsplit {out_mb:.0f} MB of change lines into {args.split_mb} MB chunks")
         split = run("split", output, os.path.join(workdir, "chunks"), repeat=args.repeat,
@@ -277,6 +518,8 @@ def main() -> None:
         shutil.rmtree(os.path.join(workdir, "chunks"), ignore_errors=True)
         shutil.rmtree(coreutils_dir, ignore_errors=True)
 
+    changed = os.path.join(workdir, "profiles-changed.csv")
+    if "sync" in cases:
         print("\nincremental sync, 1% of rows changed")
         state = os.path.join(workdir, "state")
         shutil.rmtree(state, ignore_errors=True)  # a kept --workdir must not hold an earlier run's sync
@@ -293,29 +536,27 @@ def main() -> None:
         print(f"  sync / full prepare of the same file: {sync['seconds'] / full['seconds']:.2f}x, "
               f"rows written {sync['written']:,} of {args.rows:,} ({sync['written'] / args.rows:.2%})")
 
-        if args.rss_rows:
-            print(f"\nat {args.rss_rows:,} rows against {args.rows:,} (output to {os.devnull}: memory and CPU, not the disk)")
-            small = run("provider", source, os.devnull, repeat=args.repeat)
-            for path in (source, changed, output):
+    if args.rss_rows:
+        print(f"\nat {args.rss_rows:,} rows against {args.rows:,} (output to {os.devnull}: memory and CPU, not the disk)")
+        small = run("provider", source, os.devnull, repeat=args.repeat)
+        for path in (source, changed, output):
+            if os.path.exists(path):
                 os.remove(path)
-            big = os.path.join(workdir, "big.csv")
-            generate(big, args.rss_rows)
-            large = run("provider", big, os.devnull)
-            # and without the duplicate-id check (its memory is fixed, about 40 MB):
-            flat = run("provider", big, os.devnull, duplicates="keep")
-            try:
-                import polars  # noqa: F401
+        big = os.path.join(workdir, "big.csv")
+        generate(big, args.rss_rows)
+        large = run("provider", big, os.devnull)
+        # and without the duplicate-id check (its memory is fixed, about 40 MB):
+        flat = run("provider", big, os.devnull, duplicates="keep")
+        try:
+            import polars  # noqa: F401
 
-                floor = run("polars", big, os.devnull)
-                print(f"  provider / polars: time {large['seconds'] / floor['seconds']:.2f}x")
-            except ImportError:
-                pass
-            print(f"  peak RSS with the duplicate check: {large['peak_rss_mb']:.0f} MB at {args.rss_rows:,} rows, "
-                  f"{small['peak_rss_mb']:.0f} MB at {args.rows:,} ({large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x); "
-                  f"{flat['peak_rss_mb']:.0f} MB at {args.rss_rows:,} with duplicates='keep'")
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+            floor = run("polars", big, os.devnull)
+            print(f"  provider / polars: time {large['seconds'] / floor['seconds']:.2f}x")
+        except ImportError:
+            pass
+        print(f"  peak RSS with the duplicate check: {large['peak_rss_mb']:.0f} MB at {args.rss_rows:,} rows, "
+              f"{small['peak_rss_mb']:.0f} MB at {args.rows:,} ({large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x); "
+              f"{flat['peak_rss_mb']:.0f} MB at {args.rss_rows:,} with duplicates='keep'")
 
 
 if __name__ == "__main__":
