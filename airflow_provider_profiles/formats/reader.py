@@ -188,7 +188,7 @@ def record_blocks(stream, block_bytes: int | Callable[[], int], delimiter: str =
                     raise UnclosedQuote(block, opened)
                 yield block
             return
-        cut, block.paired = _last_record_end(block, 0, len(block), True, delimiter)
+        cut, block.paired, block.quotes = _last_record_end(block, 0, len(block), True, delimiter)
         carry = bytes(block[cut:])
         del block[cut:]
         if block:
@@ -197,9 +197,11 @@ def record_blocks(stream, block_bytes: int | Callable[[], int], delimiter: str =
 
 class _Block(bytearray):
     """A block of ``record_blocks``; ``paired``: its quotes are known to pair up (see
-    ``_quotes_pair_up``), which spares ``scan_records`` that check."""
+    ``_quotes_pair_up``), which spares ``scan_records`` that check; ``quotes``: where they are,
+    when the cut found them (``scan_records`` need not look again)."""
 
     paired = False
+    quotes: np.ndarray | None = None
 
 
 # Record ends, as Python's csv module reads them (and pyarrow's parser, which agrees): a line ends
@@ -230,8 +232,9 @@ def scan_records(block, start: int = 0, end: int | None = None, quoted: bool = T
     lines = _line_ends(block, start, end, data, complete)
     if not quoted or block.find(b'"', start, end) < 0:
         return Records(lines, lines)
-    quotes = None
-    if not (start == 0 and end == len(block) and getattr(block, "paired", False)):
+    whole = start == 0 and end == len(block)
+    quotes = getattr(block, "quotes", None) if whole else None
+    if not (whole and getattr(block, "paired", False)):
         quotes = np.flatnonzero(data == 34)
         if not _quotes_pair_up(data, quotes, delimiter):
             return _walk_records(block, start, end, lines, delimiter)
@@ -340,19 +343,20 @@ def last_record_end(block, start: int = 0, end: int | None = None, quoted: bool 
     return _last_record_end(block, start, len(block) if end is None else end, quoted, delimiter)[0]
 
 
-def _last_record_end(block, start: int, end: int, quoted: bool, delimiter: str) -> tuple[int, bool]:
-    """``last_record_end``, and whether the quotes before it are known to pair up."""
+def _last_record_end(block, start: int, end: int, quoted: bool, delimiter: str) -> tuple[int, bool, np.ndarray | None]:
+    """``last_record_end``, whether the quotes before it are known to pair up, and (when found)
+    where those quotes are, as offsets from ``start``."""
     newline = block.rfind(b"\n", start, end)
     if newline >= 0 and block.find(b"\r", newline, end) < 0:  # the last line end is that LF
         if not quoted or block.find(b'"', start, newline) < 0:  # memchr: the usual case
-            return newline + 1, True
+            return newline + 1, True, None
         # outside quotes if the quotes before it pair up, and are even (no line end needed)
         data = np.frombuffer(block, dtype=np.uint8, count=newline - start, offset=start)
         quotes = np.flatnonzero(data == 34)
         if len(quotes) % 2 == 0 and _quotes_pair_up(data, quotes, delimiter):
-            return newline + 1, True
+            return newline + 1, True, quotes.astype(np.int32)  # kept with the block: half the memory
     records = scan_records(block, start, end, quoted, delimiter)
-    return (start + int(records.ends[-1]) + 1 if len(records.ends) else start), records.paired
+    return (start + int(records.ends[-1]) + 1 if len(records.ends) else start), records.paired, None
 
 
 def record_ends(block, start: int = 0, end: int | None = None, quoted: bool = True, delimiter: str = ",") -> np.ndarray:
