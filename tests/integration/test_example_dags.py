@@ -37,3 +37,16 @@ def test_demo_runs_the_end_to_end_dag_and_reconciles(tmp_path, capsys):
         assert counts["vendor_succeeded"] > 250, vendor
     # what the vendors hold: each sent profile exactly once
     assert '"users": 294' in printed and '"profiles": 295' in printed and '"total_success": 297' in printed
+
+
+def test_erase_profiles_runs_under_airflow_dags_test(tmp_path, capsys):
+    """The erasure example through ``airflow dags test`` (the demo runner) against empty emulators:
+    every id is not found, every task succeeds, and mediarithmics gets one deletion execution."""
+    from airflow_provider_profiles.emulators.run_dag import main
+
+    assert main(["erase_profiles", "--dags-folder", str(EXAMPLES), "--home", str(tmp_path / "erase")]) == 0
+    printed = capsys.readouterr().out
+    assert "erase_profiles: success" in printed
+    for task_id in ("gainsight_px", "apsis_one", "localytics", "mediarithmics", "summary"):
+        assert f"success    {task_id}" in printed, task_id
+    assert '"executions": {"SUCCEEDED": 1}, "total_success": 3' in printed
