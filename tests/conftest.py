@@ -78,3 +78,19 @@ def run_dag_file(dag_file, dag_id: str | None = None, **test_kwargs):
 def run_dag(airflow_db):
     """``run_dag(dag_file, dag_id=None, **dag_test_kwargs)`` -> (dag_run, {task_id[map_index]: state})."""
     return run_dag_file
+
+
+@pytest.fixture
+def servers():
+    """``servers(answer)`` -> a started ``tests.misbehaving_server.MisbehavingServer`` (closed after the test)."""
+    from tests.misbehaving_server import MisbehavingServer
+
+    started = []
+
+    def start(answer):
+        started.append(MisbehavingServer(answer))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()

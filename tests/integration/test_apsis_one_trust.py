@@ -19,7 +19,7 @@ from airflow_provider_profiles.hooks.base import (
 )
 from airflow_provider_profiles.triggers.apsis_one import ApsisOneImportTrigger
 from tests.integration.test_apsis_one_support import CLIENT_SECRET, FAST, SECTION, connect, write_csv
-from tests.misbehaving_server import MisbehavingServer, response
+from tests.misbehaving_server import response
 
 
 @pytest.fixture
@@ -30,19 +30,6 @@ def apsis(emulator, monkeypatch):
         return server
 
     return start
-
-
-@pytest.fixture
-def servers():
-    started = []
-
-    def start(answer):
-        started.append(MisbehavingServer(answer))
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.close()
 
 
 def token_requests(server) -> int:

@@ -17,23 +17,9 @@ from airflow_provider_profiles.hooks.base import (
     VendorResponseError,
 )
 from tests.echo_hook import EchoHook
-from tests.misbehaving_server import MisbehavingServer, drip, response
+from tests.misbehaving_server import drip, response
 
 SECRET = "s3cret-KEY-hostile-7d1f0a9e4c"
-
-
-@pytest.fixture
-def servers():
-    started = []
-
-    def start(answer):
-        server = MisbehavingServer(answer)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.close()
 
 
 @pytest.fixture

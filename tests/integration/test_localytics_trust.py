@@ -13,23 +13,10 @@ import pytest
 from airflow_provider_profiles.hooks.base import VendorRedirectError, VendorResponseError
 from airflow_provider_profiles.hooks.localytics import LocalyticsHook
 from airflow_provider_profiles.triggers.localytics import LocalyticsImportTrigger
-from tests.misbehaving_server import MisbehavingServer, response
+from tests.misbehaving_server import response
 
 KEY, SECRET = "localytics-key-trust", "localytics-secret-trust-8c1e"
 INTERNAL = "INTERNAL-METADATA-do-not-leak"
-
-
-@pytest.fixture
-def servers():
-    started = []
-
-    def start(answer):
-        started.append(MisbehavingServer(answer))
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.close()
 
 
 @pytest.fixture

@@ -8,22 +8,9 @@ import pytest
 from airflow_provider_profiles.hooks.base import VendorRedirectError, VendorResponseError
 from airflow_provider_profiles.hooks.gainsight_px import GainsightPXHook
 from airflow_provider_profiles.hooks.mediarithmics import MediarithmicsHook
-from tests.misbehaving_server import MisbehavingServer, response
+from tests.misbehaving_server import response
 
 KEY = "px-key-redirect-test-0a9c7e"
-
-
-@pytest.fixture
-def servers():
-    started = []
-
-    def start(answer):
-        started.append(MisbehavingServer(answer))
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.close()
 
 
 @pytest.mark.parametrize("status", [302, 307])
