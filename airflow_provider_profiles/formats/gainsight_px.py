@@ -51,16 +51,10 @@ STANDARD_TYPES: dict[str, dict[str, str]] = {
 _RANGES = {"location.coordinates.latitude": (-90.0, 90.0), "location.coordinates.longitude": (-180.0, 180.0)}
 
 
-def to_epoch_millis(value: Any) -> int:
-    """Milliseconds since the epoch from an integer (already ms), ISO 8601 or ``YYYYMMDD`` text, or a
-    datetime; a number too small to be milliseconds for sure (seconds, say) is refused."""
-    return epoch_millis(value)
-
-
 def convert(value: Any, type_name: str) -> Any:
     """``value`` as the JSON type ``type_name`` wants; ValueError with a readable reason otherwise."""
     if type_name == "date":
-        return to_epoch_millis(value)
+        return epoch_millis(value)
     if isinstance(value, (Mapping, list, tuple)):
         raise ValueError(f"expected a single {type_name} value, got {type(value).__name__}")
     if type_name == "string":

@@ -13,8 +13,8 @@ from airflow_provider_profiles.formats.gainsight_px import (
     GainsightPXRecordFormat,
     convert,
     flatten,
-    to_epoch_millis,
 )
+from airflow_provider_profiles.formats.values import epoch_millis
 
 DOC_MAPPING = {
     "identifyId": "id",
@@ -98,14 +98,14 @@ def test_invalid_values_are_rejected_with_field_and_column(row, reason):
 
 
 def test_dates_from_many_shapes():
-    assert to_epoch_millis(1546300800000) == 1546300800000
-    assert to_epoch_millis("1546300800000") == 1546300800000
-    assert to_epoch_millis(1546300800000.0) == 1546300800000
-    assert to_epoch_millis(dt.datetime(2019, 1, 1)) == 1546300800000  # naive is UTC
-    assert to_epoch_millis(dt.date(2019, 1, 1)) == 1546300800000
-    assert to_epoch_millis("2019-01-01T01:00:00+01:00") == 1546300800000
+    assert epoch_millis(1546300800000) == 1546300800000
+    assert epoch_millis("1546300800000") == 1546300800000
+    assert epoch_millis(1546300800000.0) == 1546300800000
+    assert epoch_millis(dt.datetime(2019, 1, 1)) == 1546300800000  # naive is UTC
+    assert epoch_millis(dt.date(2019, 1, 1)) == 1546300800000
+    assert epoch_millis("2019-01-01T01:00:00+01:00") == 1546300800000
     with pytest.raises(ValueError):
-        to_epoch_millis(True)
+        epoch_millis(True)
 
 
 def test_conversions():
@@ -127,7 +127,7 @@ def test_pandas_values():
     assert not is_missing(0)
     assert convert(np.int64(3), "integer") == 3
     assert convert(np.float64(2.5), "number") == 2.5
-    assert to_epoch_millis(pd.Timestamp("2019-01-01")) == 1546300800000
+    assert epoch_millis(pd.Timestamp("2019-01-01")) == 1546300800000
     assert convert(np.bool_(True), "boolean") is True
     assert not math.isnan(convert(np.float64(1.0), "number"))
 
