@@ -1,7 +1,7 @@
 """Where files live: a plain local path, or object storage through Airflow's ``ObjectStoragePath``.
 
 Every module that reads or writes the files passed between tasks (prepared files, chunks, rejects,
-sync state, uploads) goes through these four functions, so local paths stay fast (the OS file, no
+sync state, uploads) goes through these functions, so local paths stay fast (the OS file, no
 fsspec) and URLs (s3://, gs://, file://, memory://...) work the same everywhere.
 """
 
@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import pathlib
+import uuid
 from typing import Any
+
+TEMPORARY_SUFFIX = ".tmp"  # a file being written aside by ``write_whole``
 
 
 def is_local(path: Any) -> bool:
@@ -48,3 +51,26 @@ def open_binary(path: Any, mode: str = "rb"):
     if "w" in mode:
         path.parent.mkdir(parents=True, exist_ok=True)
     return path.open(mode)
+
+
+def write_whole(path: Any, text: str) -> None:
+    """Writes ``text`` so that a reader sees the old content or the new, never a part of it: a
+    local file is written aside and renamed over the old one (``os.replace``); an object store's
+    upload is all or nothing already (the object appears when the upload completes)."""
+    path = as_storage_path(path)
+    if not is_local(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return
+    name = local_path(path)
+    os.makedirs(os.path.dirname(os.path.abspath(name)), exist_ok=True)
+    aside = f"{name}.{uuid.uuid4().hex[:8]}{TEMPORARY_SUFFIX}"
+    try:
+        with open(aside, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(aside, name)
+    finally:
+        if os.path.exists(aside):
+            os.unlink(aside)

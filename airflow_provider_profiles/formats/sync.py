@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -46,7 +45,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from airflow_provider_profiles.formats.hashing import to_numpy
-from airflow_provider_profiles.storage import as_storage_path, is_local, local_path, open_binary
+from airflow_provider_profiles.storage import TEMPORARY_SUFFIX, as_storage_path, open_binary, write_whole
 
 CURRENT = "CURRENT.json"
 # Part of every snapshot's fingerprint: a snapshot of another layout is not read (its run resends
@@ -418,29 +417,6 @@ def write_keys(path: Any, key_hashes: np.ndarray) -> None:
             writer.write_batch(batch)
 
 
-def write_whole(path: Any, text: str) -> None:
-    """Writes ``text`` so that a reader sees the old content or the new, never a part of it: a
-    local file is written aside and renamed over the old one (``os.replace``); an object store's
-    upload is all or nothing already (the object appears when the upload completes)."""
-    path = as_storage_path(path)
-    if not is_local(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        return
-    name = local_path(path)
-    os.makedirs(os.path.dirname(os.path.abspath(name)), exist_ok=True)
-    aside = f"{name}.{uuid.uuid4().hex[:8]}{TEMPORARY_SUFFIX}"
-    try:
-        with open(aside, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(aside, name)
-    finally:
-        if os.path.exists(aside):
-            os.unlink(aside)
-
-
 class SyncStateError(Exception):
     """A sync state that cannot be used as it is; the message names the file and what to do."""
 
@@ -452,7 +428,6 @@ class SyncConflict(SyncStateError):
 
 META_SUFFIX = ".json"
 SENT_SUFFIX = ".sent.arrow"  # the keys an attempt sent, kept while CURRENT lists it under "resend"
-TEMPORARY_SUFFIX = ".tmp"
 ATTEMPT_SUFFIXES = (".arrow", ORDER_SUFFIX, IDS_SUFFIX, META_SUFFIX, SENT_SUFFIX)
 RESEND_ALL = "*"
 # An attempt that started this long ago and never finished its prepare is taken as dead, and a
