@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, is_missing
+from airflow_provider_profiles.prepare import sql
 from airflow_provider_profiles.formats.values import FALSE_WORDS, TRUE_WORDS, checked_integer, json_line
 
 OPS = ("assign", "set-add", "set-remove", "increment", "delete")
@@ -118,6 +119,34 @@ class ProfileChangesWriter(FormatWriter):
         if not changes:
             raise RowRejected("no attribute to change: every mapped value is empty")
         return _json_line({"customer_id": customer_id, "changes": changes})
+
+    def line_sql(self, columns) -> tuple[str, str] | None:
+        plain = all(spec.op == "assign" and spec.kind is None and (spec.empty or self.empty) == "skip"
+                    for spec in self.attributes.values())
+        if not plain or any(columns.kind(name) not in sql.TEXT_OR_INTEGER for name in (self.identifier_field, *self.attributes)):
+            return None
+        customer = columns(self.identifier_field)
+        customer_text = sql.stripped_text(customer)
+        changes, checks = [], []
+        for column, spec in self.attributes.items():
+            value = columns(column)
+            changes.append(f"""CASE WHEN {value} IS NOT NULL THEN '{{"op":"assign","attr":' || to_json({sql.literal(spec.attr)})
+                               || ',"value":' || to_json({value}) || '}}' END""")
+            if columns.kind(column) == "VARCHAR":
+                checks.append(f"""WHEN length({value}) > {MAX_STRING} THEN {sql.literal(column + ': string of ')} || length({value})
+                                  || ' characters; Localytics accepts at most {MAX_STRING}'""")
+            elif columns.kind(column) in ("HUGEINT", "UBIGINT"):
+                checks.append(f"""WHEN NOT {value} BETWEEN -9223372036854775808 AND 9223372036854775807
+                                  THEN {sql.literal(column + ': ')} || CAST({value} AS VARCHAR) || ' is out of range for a 64-bit integer'""")
+        name = sql.literal(self.identifier_field + ": ")
+        reason = f"""CASE WHEN {customer} IS NULL THEN {name} || 'customer id is empty'
+                          WHEN length({customer_text}) > {MAX_STRING} THEN {name} || 'customer id is ' || length({customer_text})
+                               || ' characters; at most {MAX_STRING} allowed'
+                          {' '.join(checks)}
+                          WHEN {' AND '.join(f'{columns(c)} IS NULL' for c in self.attributes)}
+                          THEN 'no attribute to change: every mapped value is empty' END"""
+        line = f"""'{{"customer_id":' || to_json({customer_text}) || ',"changes":[' || concat_ws(',', {', '.join(changes)}) || ']}}' || chr(10)"""
+        return line, reason
 
     def _change(self, column: str, spec: AttributeChange, value: Any) -> dict[str, Any] | None:
         if spec.op == "delete":

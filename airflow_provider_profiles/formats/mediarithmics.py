@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from airflow_provider_profiles.formats import values
+from airflow_provider_profiles.prepare import sql
 from airflow_provider_profiles.formats.base import (
     FormatWriter,
     RowRejected,
@@ -106,6 +107,31 @@ class MediarithmicsWriter(FormatWriter):
             found = [f"{field}={_text(row[field])}" for field in IDENTIFIER_FIELDS if not is_missing(row.get(field))]
             return ", ".join(found) or None
 
+    def key_sql(self, columns) -> str | None:
+        if any(columns.kind(name) not in sql.TEXT_OR_INTEGER for name in (*IDENTIFIER_FIELDS, "compartment_id") if name in columns):
+            return None
+        text = {name: sql.stripped_text(columns(name)) for name in (*IDENTIFIER_FIELDS, "compartment_id")}
+        found = [f"CASE WHEN {columns(name)} IS NOT NULL THEN '{name}=' || {text[name]} END" for name in IDENTIFIER_FIELDS]
+        account = columns("user_account_id")
+        return f"""CASE WHEN {_identifier_count(columns)} = 1 AND {account} IS NOT NULL
+                        THEN 'user_account_id=' || {text['user_account_id']} || ' (compartment '
+                             || coalesce({text['compartment_id']}, 'default') || ')'
+                        ELSE nullif(concat_ws(', ', {', '.join(found)}), '') END"""
+
+    def identifier_sql(self, columns) -> tuple[str, str]:
+        """(the identifier's JSON members, the reason a row has none or several) as SQL."""
+        text = {name: sql.stripped_text(columns(name)) for name in (*IDENTIFIER_FIELDS, "compartment_id")}
+        members = f"""CASE WHEN {columns('user_account_id')} IS NOT NULL THEN
+                  (CASE WHEN {columns('compartment_id')} IS NOT NULL THEN '"compartment_id":' || to_json({text['compartment_id']}) || ',' ELSE '' END)
+                  || '"user_account_id":' || to_json({text['user_account_id']})
+               WHEN {columns('email_hash')} IS NOT NULL THEN '"email_hash":' || to_json({text['email_hash']})
+               ELSE '"user_agent_id":' || to_json({text['user_agent_id']}) END"""
+        found = ", ".join(f"CASE WHEN {columns(name)} IS NOT NULL THEN '{name}' END" for name in IDENTIFIER_FIELDS)
+        count = _identifier_count(columns)
+        reason = f"""CASE WHEN {count} = 0 THEN 'no user identifier: set one of user_account_id (+ compartment_id), email_hash, user_agent_id'
+                          WHEN {count} > 1 THEN 'only one user identifier per line is allowed, found ' || concat_ws(', ', {found}) END"""
+        return members, reason
+
 
 class UserProfileWriter(MediarithmicsWriter):
     """USER_PROFILE commands: UPSERT a profile (every non-identifier column, or a ``user_profile``
@@ -132,6 +158,33 @@ class UserProfileWriter(MediarithmicsWriter):
             command["update_strategy"] = _choice(strategy, UPDATE_STRATEGIES, "update_strategy") if not is_missing(strategy) else self.update_strategy
             command["user_profile"] = dict(profile)
         return _dumps(command)
+
+    def line_sql(self, columns) -> tuple[str, str] | None:
+        if any(name in columns for name in ("operation", "update_strategy", "user_profile")) or any(
+            "." in name or columns.kind(name) not in sql.JSON_SCALARS for name in columns.types
+        ):
+            return None
+        if self.operation == "DELETE":
+            members, reason = self.identifier_sql(columns)
+            return f"""'{{' || {members} || ',"operation":"DELETE"}}' || chr(10)""", reason
+        if self.key_sql(columns) is None:
+            return None
+        members, reason = self.identifier_sql(columns)
+        profile = [name for name in columns.types if name not in self._reserved]
+        values = sql.json_members((name, columns(name)) for name in profile)
+        empty = " AND ".join(f"{columns(name)} IS NULL" for name in profile) or "true"
+        infinite = [f"CASE WHEN isinf({columns(name)}) THEN 'value cannot be written as JSON: user_profile.{name}: "
+                    "not a finite number (JSON has no NaN or Infinity)' END"
+                    for name in profile if columns.kind(name) == "DOUBLE"]
+        line = (f"""'{{' || {members} || ',"operation":"UPSERT","update_strategy":' || to_json({sql.literal(self.update_strategy)})"""
+                f""" || ',"user_profile":{{' || {values} || '}}}}' || chr(10)""")
+        reason = f"""coalesce({reason}, CASE WHEN {empty} THEN 'user_profile: UPSERT needs at least one profile property' END
+                              {''.join(', ' + check for check in infinite)})"""
+        return line, reason
+
+
+def _identifier_count(columns) -> str:
+    return " + ".join(f"CAST({columns(name)} IS NOT NULL AS INTEGER)" for name in IDENTIFIER_FIELDS)
 
 
 class UserSegmentWriter(MediarithmicsWriter):

@@ -1,0 +1,357 @@
+"""Prepare a vendor file with DuckDB in process: read -> map -> check -> encode -> write.
+
+One connection per prepare, under a memory limit (what does not fit spills to a temporary
+directory beside the output's). The input is mapped into one table (``mapped``), which then gets
+the duplicate check as an update of its reject reason; its rows are streamed out in input order,
+each either a line of the output or a row of the rejects file. Writers that give their line as SQL
+(``FormatWriter.line_sql``) never leave DuckDB until the lines are bytes; the others encode in
+Python, batch by batch. ``read == written + rejected (+ unchanged in a sync)`` is checked before
+returning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, spreadsheet_safe
+from airflow_provider_profiles.formats.mapping import FieldMapping, set_path
+from airflow_provider_profiles.formats.reader import InputError
+from airflow_provider_profiles.formats.values import EpochMillis
+from airflow_provider_profiles.prepare import sql
+from airflow_provider_profiles.prepare.source import Source, open_cursor, open_source
+from airflow_provider_profiles.prepare.sql_mapping import compile_mapping
+from airflow_provider_profiles.storage import as_storage_path, is_local, local_path, open_binary
+
+log = logging.getLogger(__name__)
+
+DUPLICATE = "duplicate identifier: an earlier row has the same id"
+REJECTS_HEADER = ("record", "identifier", "reason")
+MEMORY_LIMIT = "256MB"
+BATCH_ROWS = 65_536
+
+
+@dataclass
+class PrepareResult:
+    output: str
+    read: int = 0
+    written: int = 0
+    rejected: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    bytes_written: int = 0
+    rejects: str | None = None
+    sync_run_key: str | None = None
+    sync_state: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@contextlib.contextmanager
+def connected(near: Any, memory_limit: str = MEMORY_LIMIT, threads: int = 2) -> Iterator[Any]:
+    """A DuckDB connection that spills to a temporary directory (beside ``near`` when it is local)."""
+    import duckdb
+
+    parent = os.path.dirname(os.path.abspath(local_path(near))) if is_local(as_storage_path(near)) else None
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".prepare-", dir=parent) as spill:
+        connection = duckdb.connect(config={
+            "memory_limit": memory_limit, "threads": threads, "temp_directory": spill,
+            "preserve_insertion_order": True,
+        })
+        try:
+            connection.execute("SET TimeZone = 'UTC'")
+            sql.register_functions(connection)
+            yield connection
+        finally:
+            connection.close()
+
+
+def prepare(
+    source: Any,
+    writer: FormatWriter,
+    output: Any,
+    *,
+    mapping: FieldMapping | None = None,
+    rejects: Any = None,
+    duplicates: str | None = None,
+    input_format: str | None = None,
+    delimiter: str = ",",
+    encoding: str = "utf-8",
+    cursor: Any = None,
+    allow_empty: bool = False,
+    progress_interval: float | None = 15.0,
+    memory_limit: str = MEMORY_LIMIT,
+) -> PrepareResult:
+    """Read ``source`` (a file, local or in object storage; or a DB-API ``cursor``) and write ``output``."""
+    duplicates = duplicates or writer.default_duplicates()
+    if duplicates not in ("reject", "keep"):
+        raise ValueError("duplicates must be 'reject' or 'keep'")
+    with connected(output, memory_limit) as connection:
+        if cursor is not None:
+            opened = open_cursor(connection, cursor)
+        else:
+            opened = open_source(connection, source, input_format, delimiter=delimiter, encoding=encoding)
+        where = source if cursor is None else "the query"
+        check_columns(where, opened.names, writer, mapping)
+        table = MappedTable(connection, opened, writer, mapping)
+        if table.rows == 0 and not allow_empty and table.unreadable == 0:
+            raise InputError(where, "no data rows (a header only, or an empty file); pass allow_empty=True if that is expected")
+        if duplicates == "reject":
+            table.reject_repeats()
+        result = PrepareResult(output=str(output), read=table.rows + table.unreadable)
+        with Progress(table.rows, progress_interval) as progress, RejectsWriter(rejects) as rejected:
+            rejected.add_unreadable(table)
+            result.written, result.bytes_written = table.write(output, rejected, progress)
+        result.rejected = rejected.count
+        result.rejects = str(rejects) if rejects is not None and rejected.count else None
+    if result.read != result.written + result.rejected + result.unchanged:
+        raise RuntimeError(
+            f"counts do not reconcile: read {result.read} != written {result.written} + rejected "
+            f"{result.rejected} + unchanged {result.unchanged}"
+        )
+    return result
+
+
+def check_columns(source: Any, names: list[str], writer: FormatWriter, mapping: FieldMapping | None) -> None:
+    """Fail before anything is written when the input lacks a column the mapping or writer needs.
+
+    With a mapping, the writer's columns must be among the mapping's targets (a writer column
+    nobody maps would be empty on every row); without one, among the input's columns.
+    """
+    checker = getattr(writer, "check_columns", None)
+    if mapping is not None:
+        missing = mapping.missing_columns(names)
+        if missing:
+            raise InputError(source, f"no column(s) {', '.join(map(repr, missing))} in the header; it has {names}", line=1)
+        if checker is not None:
+            targets = list(dict.fromkeys(field.path[0] for field in mapping.fields))
+            try:
+                checker(targets + (list(names) if mapping.keep_unmapped else []))
+            except ValueError as error:
+                raise InputError(source, f"the mapping gives the writer no column for it: {error}") from None
+    elif checker is not None:
+        try:
+            checker(names)
+        except ValueError as error:
+            raise InputError(source, str(error), line=1) from None
+
+
+class MappedTable:
+    """The input, mapped, in one DuckDB table: the targets, ``__record``, ``__key``, ``__reason``."""
+
+    def __init__(self, connection: Any, opened: Source, writer: FormatWriter, mapping: FieldMapping | None):
+        self.connection, self.writer = connection, writer
+        select = (compile_mapping(mapping, opened.types, connection).select_sql(opened.relation) if mapping
+                  else sql.passthrough_select(opened))
+        self.columns = {name: kind for name, kind, *_ in connection.execute(f"DESCRIBE {select}").fetchall()}
+        self.targets = [name for name in self.columns if not name.startswith("__")]
+        self.column = sql.Columns({name: self.columns[name] for name in self.targets})
+        self.dates = {f.target for f in mapping.fields if f.representation == "epoch_ms"} if mapping else set()
+        key = writer.key_sql(self.column)
+        connection.execute(f"CREATE TABLE mapped AS SELECT *, {key or 'NULL::VARCHAR'} AS __key FROM ({select})")
+        if key is None and (writer.identifier_field or type(writer).identifier is not FormatWriter.identifier):
+            self._python_keys()
+        self.rows = connection.execute("SELECT count(*) FROM mapped").fetchone()[0]
+        self.unreadable_sql = opened.unreadable
+        self.unreadable = connection.execute(f"SELECT count(*) FROM {opened.unreadable}").fetchone()[0] if opened.unreadable else 0
+
+    def _python_keys(self) -> None:
+        """Keys the writer computes in Python (``identifier``): one pass, stored back into the table."""
+        reading = self.connection.cursor()  # the stream below is pulled by a query of this connection
+
+        def keys() -> Iterator[pa.RecordBatch]:
+            for batch in self.batches(f"SELECT __record, {self._target_list()} FROM mapped", reading):
+                records = batch.column(0)
+                found = [self.writer.identifier(row) for row in self.rows_of(batch, skip=1)]
+                yield pa.RecordBatch.from_arrays([records, pa.array(found, pa.string())], ["record", "key"])
+        schema = pa.schema([("record", pa.int64()), ("key", pa.string())])
+        self.connection.register("python_keys", pa.RecordBatchReader.from_batches(schema, keys()))
+        self.connection.execute("CREATE TABLE keys AS SELECT * FROM python_keys")
+        self.connection.unregister("python_keys")
+        reading.close()
+        self.connection.execute("UPDATE mapped SET __key = keys.key FROM keys WHERE keys.record = mapped.__record")
+        self.connection.execute("DROP TABLE keys")
+
+    def reject_repeats(self) -> None:
+        """Rows whose key an earlier accepted row has: rejected, the first row of each key kept."""
+        self.connection.execute(f"""
+            UPDATE mapped SET __reason = '{DUPLICATE}'
+            FROM (SELECT __key, min(__record) AS first FROM mapped
+                  WHERE __reason IS NULL AND __key IS NOT NULL GROUP BY __key HAVING count(*) > 1) AS repeats
+            WHERE mapped.__key = repeats.__key AND mapped.__record <> repeats.first AND mapped.__reason IS NULL
+        """)
+
+    def _target_list(self) -> str:
+        return ", ".join(sql.ident(n) for n in self.targets) or "NULL AS __nothing"
+
+    def batches(self, query: str, connection: Any = None) -> Iterator[pa.RecordBatch]:
+        reader = (connection or self.connection).sql(query).to_arrow_reader(BATCH_ROWS)
+        last = 0
+        for batch in reader:
+            if batch.num_rows:
+                records = batch.column(0).to_numpy()
+                if records[0] <= last or (len(records) > 1 and np.any(np.diff(records) <= 0)):
+                    raise RuntimeError("DuckDB returned rows out of input order")  # never expected
+                last = records[-1]
+                yield batch
+
+    def rows_of(self, batch: pa.RecordBatch, skip: int) -> list[dict[str, Any]]:
+        """The batch's mapped rows as the writers take them: nested by dotted target, JSON parsed."""
+        names = batch.schema.names[skip:]
+        columns = [batch.column(i).to_pylist() for i in range(skip, batch.num_columns)]
+        json_columns = {i for i, name in enumerate(names) if self.columns.get(name) == "JSON"}
+        rows = []
+        for values in zip(*columns):
+            row: dict[str, Any] = {}
+            for i, (name, value) in enumerate(zip(names, values)):
+                if value is not None:
+                    if i in json_columns:
+                        value = json.loads(value)
+                    elif name in self.dates:
+                        value = EpochMillis(value)
+                if "." in name:
+                    set_path(row, tuple(name.split(".")), value)
+                else:
+                    row[name] = value
+            rows.append(row)
+        return rows
+
+    def write(self, output: Any, rejected: RejectsWriter, progress: Progress) -> tuple[int, int]:
+        """Streams the table out in input order: lines to ``output``, the rest to ``rejected``."""
+        line = self.writer.line_sql(self.column)
+        written = 0
+        with open_binary(output, "wb") as stream:
+            header = self.writer.header()
+            if header:
+                stream.write(header.encode("utf-8"))
+            if line is not None:
+                text, reason = line
+                query = f"""SELECT __record, __key, coalesce(__reason, {reason}) AS reason,
+                                   CASE WHEN __reason IS NULL THEN {text} END AS line FROM mapped"""
+                for batch in self.batches(query):
+                    written += self._write_sql_batch(stream, batch, rejected)
+                    progress.advance(batch.num_rows)
+            else:
+                query = f"SELECT __record, __key, __reason, {self._target_list()} FROM mapped"
+                for batch in self.batches(query):
+                    written += self._write_python_batch(stream, batch, rejected)
+                    progress.advance(batch.num_rows)
+            size = stream.tell() if hasattr(stream, "tell") else None
+        return written, size or 0
+
+    @staticmethod
+    def _write_sql_batch(stream, batch: pa.RecordBatch, rejected: RejectsWriter) -> int:
+        failed = pc.is_valid(batch.column(2))
+        if pc.any(failed).as_py():
+            rejected.add_batch(batch.filter(failed))
+            lines = batch.column(3).filter(pc.invert(failed))
+        else:
+            lines = batch.column(3)
+        return write_lines(stream, lines)
+
+    def _write_python_batch(self, stream, batch: pa.RecordBatch, rejected: RejectsWriter) -> int:
+        records, keys, reasons = (batch.column(i).to_pylist() for i in range(3))
+        lines = []
+        for record, key, reason, row in zip(records, keys, reasons, self.rows_of(batch, skip=3)):
+            if reason is None:
+                try:
+                    lines.append(self.writer.encode(row))
+                    continue
+                except RowRejected as error:
+                    reason = error.reason
+            rejected.add(record, key, reason)
+        stream.write("".join(lines).encode("utf-8"))
+        return len(lines)
+
+
+def write_lines(stream, lines: pa.Array | pa.ChunkedArray) -> int:
+    """Writes string lines that each end with a newline: the array's data buffer is those bytes."""
+    if isinstance(lines, pa.ChunkedArray):
+        return sum(write_lines(stream, chunk) for chunk in lines.chunks)
+    if not len(lines):
+        return 0
+    if lines.type != pa.large_string():
+        lines = lines.cast(pa.large_string())
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64, count=len(lines) + 1, offset=lines.offset * 8)
+    stream.write(memoryview(lines.buffers()[2])[int(offsets[0]):int(offsets[-1])])
+    return len(lines)
+
+
+class RejectsWriter:
+    """The rejects file (record, identifier, reason), opened on the first reject; or only a count."""
+
+    def __init__(self, path: Any):
+        self.path = path
+        self.count = 0
+        self._handle = self._csv = None
+
+    def _writer(self):
+        if self._csv is None and self.path is not None:
+            self._handle = open_binary(self.path, "wb")
+            self._text = __import__("io").TextIOWrapper(self._handle, encoding="utf-8", newline="")
+            self._csv = csv.writer(self._text)
+            self._csv.writerow(REJECTS_HEADER)
+        return self._csv
+
+    def add(self, record: int | None, identifier: str | None, reason: str) -> None:
+        self.count += 1
+        writer = self._writer()
+        if writer is not None:
+            writer.writerow([record if record is not None else "", spreadsheet_safe(identifier or ""), spreadsheet_safe(reason)])
+
+    def add_batch(self, batch: pa.RecordBatch) -> None:
+        for record, key, reason in zip(*(batch.column(i).to_pylist() for i in range(3))):
+            self.add(record, key, reason)
+
+    def add_unreadable(self, table: MappedTable) -> None:
+        if table.unreadable:
+            for line, reason in table.connection.execute(f"SELECT line, reason FROM {table.unreadable_sql}").fetchall():
+                self.add(None, None, f"line {line}: {reason}" if line is not None else reason)
+
+    def __enter__(self) -> RejectsWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._csv is not None:
+            self._text.close()
+
+
+class Progress:
+    """A log line every ``interval`` seconds: rows done, rate, ETA."""
+
+    def __init__(self, total: int, interval: float | None):
+        self.total, self.interval, self.done = total, interval, 0
+        self.started = self.last = time.monotonic()
+
+    def advance(self, rows: int) -> None:
+        self.done += rows
+        now = time.monotonic()
+        if self.interval is None or now - self.last < self.interval:
+            return
+        self.last = now
+        rate = self.done / max(now - self.started, 1e-9)
+        eta = (self.total - self.done) / rate if rate else float("inf")
+        log.info("prepared %d of %d rows (%.0f%%), %.0f rows/s, ETA %.0f s",
+                 self.done, self.total, 100 * self.done / max(self.total, 1), rate, eta)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass

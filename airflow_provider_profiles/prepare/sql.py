@@ -1,0 +1,111 @@
+"""SQL pieces the engine and the writers share: quoting, text as vendors get it, JSON and CSV."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class Columns:
+    """The mapped columns a writer builds its SQL from: ``columns(name)`` is the column's SQL
+    (NULL when nothing maps it), ``columns.kind(name)`` its DuckDB type."""
+
+    def __init__(self, types: dict[str, str]):
+        self.types = types
+
+    def __call__(self, name: str) -> str:
+        return ident(name) if name in self.types else "NULL"
+
+    def kind(self, name: str) -> str:
+        return self.types.get(name, "VARCHAR")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.types
+
+
+def ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def passthrough_select(opened) -> str:
+    """No mapping: the input's columns as they are, blank text as NULL (a missing value)."""
+    def value(name: str) -> str:
+        column, kind = ident(name), opened.types[name]
+        if kind == "VARCHAR":
+            return f"CASE WHEN {is_blank(column)} THEN NULL ELSE {column} END AS {column}"
+        if kind in ("DOUBLE", "FLOAT"):
+            return f"CASE WHEN isnan({column}) THEN NULL ELSE {column} END AS {column}"
+        return column
+
+    columns = [value(name) for name in opened.names]
+    return f"SELECT __record, {', '.join(columns + ['NULL::VARCHAR AS __reason'])} FROM {opened.relation}"
+
+
+def json_members(members: Iterable[tuple[str, str]]) -> str:
+    """``"name":value`` pairs joined by commas, each left out when its value is NULL."""
+    parts = [f"CASE WHEN {value} IS NOT NULL THEN {literal(json_key(name))} || to_json({value}) END"
+             for name, value in members]
+    return f"concat_ws(',', {', '.join(parts)})" if parts else "''"
+
+
+def json_key(name: str) -> str:
+    import json
+
+    return json.dumps(name, ensure_ascii=False) + ":"
+
+
+def csv_cell(expression: str) -> str:
+    """An RFC 4180 cell: quoted when it holds a delimiter, quote or line break."""
+    return (f"CASE WHEN {expression} IS NULL THEN '' WHEN regexp_matches({expression}, '[,\"\\r\\n]') "
+            f"THEN '\"' || replace({expression}, '\"', '\"\"') || '\"' ELSE {expression} END")
+
+
+def canonical_id(expression: str, kind: str) -> str:
+    """``values.canonical_id`` in SQL: text, trimmed, NULL when blank; whole doubles as integers."""
+    if kind in ("DOUBLE", "FLOAT") or kind.startswith("DECIMAL"):
+        expression = (f"CASE WHEN isfinite({expression}) AND {expression} = floor({expression}) "
+                      f"THEN CAST(CAST({expression} AS HUGEINT) AS VARCHAR) ELSE CAST({expression} AS VARCHAR) END")
+    elif kind == "BOOLEAN":
+        expression = f"CASE WHEN {expression} THEN 'true' WHEN NOT {expression} THEN 'false' END"
+    elif kind != "VARCHAR":
+        expression = f"CAST({expression} AS VARCHAR)"
+    return f"nullif({strip(expression)}, '')"
+
+
+# the characters Python's str.strip() removes, for trim() (DuckDB's default trims spaces only)
+SPACES = literal("".join(chr(c) for c in range(0x110000) if chr(c).isspace()))
+
+# a regular-expression class of those characters (RE2's \s is ASCII only; Python's is not)
+SPACE_CLASS = "".join(f"\\x{{{ord(c):x}}}" for c in "".join(chr(c) for c in range(0x110000) if chr(c).isspace()))
+INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"})
+TEXT_OR_INTEGER = INTEGER_TYPES | {"VARCHAR"}
+JSON_SCALARS = TEXT_OR_INTEGER | {"BOOLEAN", "DOUBLE"}  # what to_json writes as json.dumps does
+
+
+def strip(expression: str) -> str:
+    """``str.strip()``: trim() with a set of characters is slow, so only where an end is a space."""
+    return (f"CASE WHEN regexp_matches({expression}, '^[{SPACE_CLASS}]|[{SPACE_CLASS}]$') "
+            f"THEN trim({expression}, {SPACES}) ELSE {expression} END")
+
+
+def is_blank(expression: str) -> str:
+    return f"regexp_full_match({expression}, '[{SPACE_CLASS}]*')"
+
+
+def stripped_text(expression: str) -> str:
+    """``str(value).strip()`` for text and integer columns."""
+    return strip(f"CAST({expression} AS VARCHAR)")
+
+
+def python_repr(expression: str) -> str:
+    """``repr()`` of a text value: quoted here when plain ASCII without quotes or backslashes, by
+    Python (``py_repr``, registered by the engine) otherwise, which only rejected rows reach."""
+    return (f"CASE WHEN regexp_full_match({expression}, '[ -&(-\\[\\]-~]*') THEN '''' || {expression} || '''' "
+            f"ELSE py_repr({expression}) END")
+
+
+def register_functions(connection) -> None:
+    connection.create_function("py_repr", repr, ["VARCHAR"], "VARCHAR", side_effects=False)
