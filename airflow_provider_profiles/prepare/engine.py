@@ -165,11 +165,11 @@ class MappedTable:
         self.dates = {f.target for f in mapping.fields if f.representation == "epoch_ms"} if mapping else set()
         key = writer.key_sql(self.column)
         connection.execute(f"CREATE TABLE mapped AS SELECT *, {key or 'NULL::VARCHAR'} AS __key FROM ({select})")
-        if key is None and (writer.identifier_field or type(writer).identifier is not FormatWriter.identifier):
+        if key is None:
             self._python_keys()
-        self.rows = connection.execute("SELECT count(*) FROM mapped").fetchone()[0]
+        self.rows = connection.execute("SELECT count(*) FROM mapped").fetchall()[0][0]
         self.unreadable_sql = opened.unreadable
-        self.unreadable = connection.execute(f"SELECT count(*) FROM {opened.unreadable}").fetchone()[0] if opened.unreadable else 0
+        self.unreadable = connection.execute(f"SELECT count(*) FROM {opened.unreadable}").fetchall()[0][0] if opened.unreadable else 0
 
     def _python_keys(self) -> None:
         """Keys the writer computes in Python (``identifier``): one pass, stored back into the table."""
