@@ -233,51 +233,57 @@ class MappedTable:
         return rows
 
     def write(self, output: Any, rejected: RejectsWriter, progress: Progress) -> tuple[int, int]:
-        """Streams the table out in input order: lines to ``output``, the rest to ``rejected``."""
-        line = self.writer.line_sql(self.column)
+        """Streams the table out in input order: lines to ``output``, the rest to ``rejected``.
+
+        A writer's SQL gives the line and reason of the rows it is exact for; the other rows (all
+        of them for a writer without SQL) are encoded here in Python.
+        """
+        line, reason, exact = self._line_sql()
+        targets = ", ".join(f"CASE WHEN NOT ({exact}) THEN {sql.ident(n)} END AS {sql.ident(n)}" for n in self.targets)
+        query = f"""SELECT __record, __key,
+                           CASE WHEN __reason IS NOT NULL THEN __reason WHEN {exact} THEN {reason} END AS reason,
+                           CASE WHEN __reason IS NULL AND {exact} THEN {line} END AS line
+                           {', ' + targets if exact != 'true' and targets else ''}
+                    FROM mapped"""
         written = 0
         with open_binary(output, "wb") as stream:
             header = self.writer.header()
             if header:
                 stream.write(header.encode("utf-8"))
-            if line is not None:
-                text, reason = line
-                query = f"""SELECT __record, __key, coalesce(__reason, {reason}) AS reason,
-                                   CASE WHEN __reason IS NULL THEN {text} END AS line FROM mapped"""
-                for batch in self.batches(query):
-                    written += self._write_sql_batch(stream, batch, rejected)
-                    progress.advance(batch.num_rows)
-            else:
-                query = f"SELECT __record, __key, __reason, {self._target_list()} FROM mapped"
-                for batch in self.batches(query):
-                    written += self._write_python_batch(stream, batch, rejected)
-                    progress.advance(batch.num_rows)
+            for batch in self.batches(query):
+                lines, reasons = self._encoded(batch)
+                failed = pc.is_valid(reasons)
+                if pc.any(failed).as_py():
+                    rejected.add_batch(pa.RecordBatch.from_arrays(
+                        [batch.column(0), batch.column(1), reasons], ["record", "key", "reason"]).filter(failed))
+                    lines = lines.filter(pc.invert(failed))
+                written += write_lines(stream, lines)
+                progress.advance(batch.num_rows)
             size = stream.tell() if hasattr(stream, "tell") else None
         return written, size or 0
 
-    @staticmethod
-    def _write_sql_batch(stream, batch: pa.RecordBatch, rejected: RejectsWriter) -> int:
-        failed = pc.is_valid(batch.column(2))
-        if pc.any(failed).as_py():
-            rejected.add_batch(batch.filter(failed))
-            lines = batch.column(3).filter(pc.invert(failed))
-        else:
-            lines = batch.column(3)
-        return write_lines(stream, lines)
+    def _line_sql(self) -> tuple[str, str, str]:
+        given = self.writer.line_sql(self.column)
+        if given is None:
+            return "NULL::VARCHAR", "NULL::VARCHAR", "false"
+        return given if len(given) == 3 else (*given, "true")
 
-    def _write_python_batch(self, stream, batch: pa.RecordBatch, rejected: RejectsWriter) -> int:
-        records, keys, reasons = (batch.column(i).to_pylist() for i in range(3))
-        lines = []
-        for record, key, reason, row in zip(records, keys, reasons, self.rows_of(batch, skip=3)):
-            if reason is None:
-                try:
-                    lines.append(self.writer.encode(row))
-                    continue
-                except RowRejected as error:
-                    reason = error.reason
-            rejected.add(record, key, reason)
-        stream.write("".join(lines).encode("utf-8"))
-        return len(lines)
+    def _encoded(self, batch: pa.RecordBatch) -> tuple[pa.Array, pa.Array]:
+        """The batch's lines and reject reasons, with the rows SQL left open encoded in Python."""
+        reasons, lines = batch.column(2), batch.column(3)
+        open_rows = pc.and_(pc.is_null(reasons), pc.is_null(lines))
+        if not pc.any(open_rows).as_py():
+            return lines, reasons
+        places = np.flatnonzero(open_rows.to_numpy(zero_copy_only=False))
+        python_lines: list[str | None] = [None] * batch.num_rows
+        python_reasons: list[str | None] = [None] * batch.num_rows
+        for place, row in zip(places.tolist(), self.rows_of(batch.take(places), skip=4)):
+            try:
+                python_lines[place] = self.writer.encode(row)
+            except RowRejected as error:
+                python_reasons[place] = error.reason
+        return (pc.if_else(open_rows, pa.array(python_lines, lines.type), lines),
+                pc.if_else(open_rows, pa.array(python_reasons, reasons.type), reasons))
 
 
 def write_lines(stream, lines: pa.Array | pa.ChunkedArray) -> int:
@@ -316,6 +322,7 @@ class RejectsWriter:
             writer.writerow([record if record is not None else "", spreadsheet_safe(identifier or ""), spreadsheet_safe(reason)])
 
     def add_batch(self, batch: pa.RecordBatch) -> None:
+        """Rows of (record, identifier, reason)."""
         for record, key, reason in zip(*(batch.column(i).to_pylist() for i in range(3))):
             self.add(record, key, reason)
 

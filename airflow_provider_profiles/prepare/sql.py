@@ -51,6 +51,31 @@ def json_members(members: Iterable[tuple[str, str]]) -> str:
     return f"concat_ws(',', {', '.join(parts)})" if parts else "''"
 
 
+def json_object(members: Iterable[tuple[tuple[str, ...], str]]) -> str:
+    """A JSON object nested by path, NULL values left out, and a parent only when a child is set."""
+    tree: dict = {}
+    for path, value in members:
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+
+    def build(node: dict) -> tuple[str, list[str]]:
+        parts, values = [], []
+        for name, child in node.items():
+            if isinstance(child, dict):
+                inner, leaves = build(child)
+                any_set = " OR ".join(f"{leaf} IS NOT NULL" for leaf in leaves)
+                parts.append(f"CASE WHEN {any_set} THEN {literal(json_key(name) + '{')} || {inner} || '}}' END")
+                values += leaves
+            else:
+                parts.append(f"CASE WHEN {child} IS NOT NULL THEN {literal(json_key(name))} || to_json({child}) END")
+                values.append(child)
+        return f"concat_ws(',', {', '.join(parts)})", values
+
+    return "'{' || " + build(tree)[0] + " || '}'"
+
+
 def json_key(name: str) -> str:
     import json
 
