@@ -94,24 +94,29 @@ def prepare(
     delimiter: str = ",",
     encoding: str = "utf-8",
     cursor: Any = None,
+    batch_rows: int = 50_000,
     allow_empty: bool = False,
     progress_interval: float | None = 15.0,
     memory_limit: str = MEMORY_LIMIT,
 ) -> PrepareResult:
-    """Read ``source`` (a file, local or in object storage; or a DB-API ``cursor``) and write ``output``."""
+    """Read ``source`` (a file, local or in object storage) and write ``output``.
+
+    With a DB-API ``cursor`` (executed), its rows are read instead, ``batch_rows`` at a time, and
+    ``source`` only names them in messages.
+    """
     duplicates = duplicates or writer.default_duplicates()
     if duplicates not in ("reject", "keep"):
         raise ValueError("duplicates must be 'reject' or 'keep'")
     with connected(output, memory_limit) as connection:
         if cursor is not None:
-            opened = open_cursor(connection, cursor)
+            opened = open_cursor(connection, cursor, batch_rows)
         else:
             opened = open_source(connection, source, input_format, delimiter=delimiter, encoding=encoding)
-        where = source if cursor is None else "the query"
-        check_columns(where, opened.names, writer, mapping)
+        check_columns(source, opened.names, writer, mapping)
         table = MappedTable(connection, opened, writer, mapping)
         if table.rows == 0 and not allow_empty and table.unreadable == 0:
-            raise InputError(where, "no data rows (a header only, or an empty file); pass allow_empty=True if that is expected")
+            empty = "the query returned no rows" if cursor is not None else "no data rows (a header only, or an empty file)"
+            raise InputError(source, f"{empty}; pass allow_empty=True if that is expected")
         if duplicates == "reject":
             table.reject_repeats()
         result = PrepareResult(output=str(output), read=table.rows + table.unreadable)
