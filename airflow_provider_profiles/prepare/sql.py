@@ -100,11 +100,13 @@ def canonical_id(expression: str, kind: str) -> str:
     return f"nullif({strip(expression)}, '')"
 
 
-# the characters Python's str.strip() removes, for trim() (DuckDB's default trims spaces only)
-SPACES = literal("".join(chr(c) for c in range(0x110000) if chr(c).isspace()))
+# the characters Python's str.strip() removes (str.isspace), for trim(), whose default is spaces only
+WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+              "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+SPACES = literal(WHITESPACE)
 
 # a regular-expression class of those characters (RE2's \s is ASCII only; Python's is not)
-SPACE_CLASS = "".join(f"\\x{{{ord(c):x}}}" for c in "".join(chr(c) for c in range(0x110000) if chr(c).isspace()))
+SPACE_CLASS = "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE)
 INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"})
 TEXT_OR_INTEGER = INTEGER_TYPES | {"VARCHAR"}
 JSON_SCALARS = TEXT_OR_INTEGER | {"BOOLEAN", "DOUBLE"}  # what to_json writes as json.dumps does
