@@ -1,0 +1,547 @@
+"""Inputs opened as DuckDB relations: CSV, NDJSON and Parquet files (local or object storage) and
+DB-API cursors, with the trust rules of the provider's reader kept.
+
+Every relation carries ``__record``, the 1-based number of each readable record in input order
+(``row_number() OVER ()`` is a streaming window that keeps the scan's order; Parquet has its own
+row numbers, a cursor's are counted as its batches come). Records that cannot be parsed go to
+``Source.unreadable`` with their physical line; input that would be read wrongly as a whole (a
+quote never closed, bytes not in the declared encoding) stops the run with an ``InputError``
+naming file, line and column.
+
+CSV rules (those of Python's csv module, which the provider has always followed): every value is
+text, an empty value is "" (never NULL); a quote opens a value only at the start of a field, so
+``5" screen`` is text; a line ends at LF, CR or CRLF, mixed in one file too; blank lines are
+skipped; a record with too few or too many fields is unreadable. One deviation: text after a
+closing quote (``"a"b``) stops the run (csv glued it to the value: ``ab``).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import os
+import re
+import tempfile
+import uuid
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+from airflow_provider_profiles.formats.reader import InputError, guess_format
+from airflow_provider_profiles.storage import as_storage_path, is_local, local_path, open_binary
+
+CHUNK_BYTES = 4 << 20
+# DuckDB cuts the text of a rejected record here; past it a quoted value is taken as left open.
+REJECT_TEXT_CHARS = 10_000
+
+
+@dataclass
+class Source:
+    relation: str
+    names: list[str]
+    types: dict[str, str]
+    unreadable: str | None
+    description: str
+
+
+def quote_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _unique(prefix: str) -> str:
+    return f"__{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def _types(connection, relation: str) -> dict[str, str]:
+    rows = connection.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
+    return {row[0]: row[1] for row in rows if row[0] != "__record"}
+
+
+def open_source(connection, source, input_format: str | None = None, *, delimiter: str = ",",
+                encoding: str = "utf-8") -> Source:
+    """Open ``source`` (a local path, an ``ObjectStoragePath`` or an fsspec URL) on ``connection``."""
+    path = as_storage_path(source)
+    input_format = (input_format or guess_format(path)).lower()
+    if input_format == "csv":
+        return _open_csv(connection, path, delimiter, encoding)
+    if input_format in ("ndjson", "jsonl", "json"):
+        return _open_ndjson(connection, path, encoding)
+    if input_format == "parquet":
+        return _open_parquet(connection, path)
+    raise ValueError(f"unknown input format {input_format!r}; use one of csv, ndjson, parquet")
+
+
+def _location(connection, path) -> str:
+    """What DuckDB reads: a local file by its name; anything else through its fsspec filesystem,
+    registered with the connection once per protocol."""
+    if is_local(path):
+        return local_path(path)
+    # DuckDB keeps the first filesystem registered for a protocol: one store (one set of
+    # credentials) per protocol and connection.
+    try:
+        connection.register_filesystem(path.fs)
+    except duckdb.Error as error:
+        if "already been registered" not in str(error):
+            raise
+    return str(path)
+
+
+def _utf8(encoding: str) -> bool:
+    return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
+
+
+# --- CSV ----------------------------------------------------------------------------------------
+
+
+def _open_csv(connection, path, delimiter: str, encoding: str) -> Source:
+    if len(delimiter) != 1 or delimiter in '"\r\n':
+        raise ValueError(f"the delimiter must be one character other than a quote or a line end, not {delimiter!r}")
+    names = _csv_header(path, delimiter, encoding)
+    description = f"csv|{delimiter}|{codecs.lookup(encoding).name}|{json.dumps(names)}"
+    if not names:  # an empty file: no rows (the engine says what that means)
+        return Source("(SELECT NULL::BIGINT AS __record WHERE false)", [], {}, None, description)
+    # Anything DuckDB cannot read as strict UTF-8 CSV is rewritten first: another encoding, or
+    # line ends of more than one kind (DuckDB's strict parser wants one kind per file).
+    location = _transcoded(connection, path, encoding, delimiter) if not _utf8(encoding) else _location(connection, path)
+    try:
+        rejects = _scan_csv(connection, location, names, delimiter)
+    except duckdb.InvalidInputException as error:
+        if "invalid state" not in str(error) or not _utf8(encoding):
+            raise InputError(path, f"not readable as CSV: {_first_line(error)}") from None
+        location = _transcoded(connection, path, encoding, delimiter)
+        try:
+            rejects = _scan_csv(connection, location, names, delimiter)
+        except duckdb.InvalidInputException as error:
+            raise InputError(path, f"not readable as CSV: {_first_line(error)}") from None
+    unreadable = _csv_unreadable(connection, path, location, names, delimiter, rejects)
+    columns = ", ".join(f"coalesce({quote_name(name)}, '') AS {quote_name(name)}" for name in names)
+    relation = f"(SELECT {columns}, row_number() OVER () AS __record FROM {_read_csv(location, names, delimiter)})"
+    return Source(relation, names, {name: "VARCHAR" for name in names}, unreadable, description)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0]
+
+
+def _read_csv(location: str, names: list[str], delimiter: str, rejects: tuple[str, str] | None = None) -> str:
+    columns = "{" + ", ".join(f"{quote_text(name)}: 'VARCHAR'" for name in names) + "}"
+    errors = (f"store_rejects=true, rejects_table={quote_text(rejects[0])}, rejects_scan={quote_text(rejects[1])}"
+              if rejects else "ignore_errors=true")
+    return (f"read_csv({quote_text(location)}, auto_detect=false, header=true, delim={quote_text(delimiter)}, "
+            f"quote='\"', escape='\"', columns={columns}, strict_mode=true, encoding='utf-8', {errors})")
+
+
+def _scan_csv(connection, location: str, names: list[str], delimiter: str) -> list[tuple]:
+    """Reads the file once to find its unreadable records: (record start, column index, column
+    name, error type, record text, DuckDB's message), in file order."""
+    table, scans = _unique("csv_rejects"), _unique("csv_scans")
+    try:
+        # every column read (count(*) alone lets DuckDB skip the values and their UTF-8 check)
+        counts = ", ".join(f"count({quote_name(name)})" for name in names)
+        connection.execute(f"SELECT {counts} FROM {_read_csv(location, names, delimiter, (table, scans))}").fetchall()
+        return connection.execute(
+            f"SELECT line_byte_position, column_idx, column_name, error_type, csv_line, error_message "
+            f"FROM {table} ORDER BY line_byte_position").fetchall()
+    finally:
+        connection.execute(f"DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {scans}")
+
+
+def _csv_header(path, delimiter: str, encoding: str) -> list[str]:
+    """The names in the first record, as csv reads it; [] for an empty file."""
+    # bytes that do not decode show as U+FFFD: only those in the header matter here
+    decoder = codecs.getincrementaldecoder("utf-8-sig" if _utf8(encoding) else encoding)(errors="replace")
+    text = ""
+    with open_binary(path) as stream:
+        while True:
+            data = stream.read(1 << 16)
+            text += decoder.decode(data, final=not data)
+            end = _first_record_end(text, delimiter)
+            if end is not None or not data:
+                break
+    if not text.strip("\r\n"):
+        return []
+    text = text.lstrip("\r\n")  # blank lines before the header, as csv skips them
+    end = _first_record_end(text, delimiter)
+    if end is None:
+        if _open_quote(text, delimiter) is not None:
+            raise InputError(path, _never_closed(_open_quote(text, delimiter) + 1), line=1)
+        end = len(text)
+    if "\ufffd" in text[:end]:
+        raise InputError(path, f"the header is not valid {encoding}; pass encoding= with the file's encoding", line=1)
+    names = [name.strip() for name in next(csv.reader(io.StringIO(text[:end], newline=""), delimiter=delimiter))]
+    for index, name in enumerate(names):
+        if not name:
+            raise InputError(path, f"header field {index + 1} is empty: every column needs a name", line=1)
+        if name in names[:index]:
+            raise InputError(path, f"column {name!r} appears twice in the header", line=1, column=name)
+    return names
+
+
+def _fields(text: str, delimiter: str):
+    """Walk a record as csv does: yields (field start, quote closes at or -1) per field, and stops
+    at the record's line end (its offset is the last item's start when the field is None)."""
+    position, length = 0, len(text)
+    while True:
+        start = position
+        if position < length and text[position] == '"':
+            position += 1
+            while True:
+                position = text.find('"', position)
+                if position < 0:
+                    yield start, -1
+                    return
+                if text.startswith('""', position):
+                    position += 2
+                    continue
+                break
+            closed = position
+            position += 1
+        else:
+            closed = None
+        while position < length and text[position] not in (delimiter, "\r", "\n"):
+            position += 1
+        yield start, closed
+        if position >= length or text[position] != delimiter:
+            yield position, None  # the record's end
+            return
+        position += 1
+
+
+def _first_record_end(text: str, delimiter: str) -> int | None:
+    """Offset just past the first record's line end, None if it is not in ``text`` yet."""
+    *_, (end, closed) = _fields(text, delimiter)
+    if closed == -1 or end >= len(text) or (text[end] == "\r" and end + 1 == len(text)):
+        return None
+    return end + (2 if text.startswith("\r\n", end) else 1)
+
+
+def _open_quote(text: str, delimiter: str) -> int | None:
+    for start, closed in _fields(text, delimiter):
+        if closed == -1:
+            return start
+    return None
+
+
+def _never_closed(character: int) -> str:
+    return (f"the quote at character {character} of this line is never closed: the rest of the file would be "
+            'one value. Close it, or write a quote inside a quoted value as ""')
+
+
+_COUNT = re.compile(r"Found: (\d+)")
+
+
+def _csv_unreadable(connection, path, location: str, names: list[str], delimiter: str, rejects: list[tuple]) -> str:
+    """The unreadable records as a temporary table (line, reason); raises for the problems that
+    make the file as a whole unreadable."""
+    table = _unique("unreadable")
+    connection.execute(f"CREATE TEMP TABLE {table} (line BIGINT, reason VARCHAR)")
+    if not rejects:
+        return table
+    opener = _opener(path, location)
+    starts = _record_starts(opener, rejects)
+    order = sorted(range(len(starts)), key=starts.__getitem__)
+    lines = [0] * len(starts)
+    for index, count in zip(order, _lines_before(opener, [starts[index] for index in order])):
+        lines[index] = count
+    rows = []
+    for (_, column_index, column, kind, text, message), start, line in zip(rejects, starts, lines):
+        line += 1
+        text = text.lstrip("\r\n")
+        column = names[column_index - 1] if column_index and column_index <= len(names) else column
+        if kind == "UNQUOTED VALUE":
+            fields = list(_fields(text, delimiter))
+            index = column_index - 1 if column_index else 0
+            quote, closed = fields[min(index, len(fields) - 1)]
+            if closed is None:  # not a quoted field after all: DuckDB's word for it
+                rows.append((line, f"{message} (column {column!r})"))
+                continue
+            if closed == -1 or len(text) >= REJECT_TEXT_CHARS or "\n" in text[quote:closed] or "\r" in text[quote:closed]:
+                # a quote left open: csv would make the rest of the file (or a long stretch of
+                # lines) one value, so the file cannot be read as its author meant
+                before = text[:quote]
+                line_start = max(before.rfind("\n"), before.rfind("\r")) + 1
+                quote_line = line + len(re.findall(r"\r\n|\r|\n", before))
+                raise InputError(path, _never_closed(quote - line_start + 1), line=quote_line, column=column)
+            # an error, not a reject: DuckDB 2.0.1 also drops the record after it when that one
+            # ends the file (1,"a"b,c then 2,x,y reads no row at all)
+            raise InputError(path, "text after the closing quote of this value: quote the whole value, and write a "
+                             'quote inside it as ""', line=line, column=column)
+        elif kind == "INVALID ENCODING":
+            raise InputError(path, "not valid UTF-8; pass encoding='latin-1' (or the file's encoding) if the file "
+                             "is not UTF-8", line=line, column=column)
+        elif kind in ("MISSING COLUMNS", "TOO MANY COLUMNS"):
+            found = _COUNT.search(message)
+            count = found.group(1) if found else "a different number of"
+            rows.append((line, f"ragged row: expected {len(names)} fields, found {count}"))
+        else:
+            rows.append((line, f"{message} (column {column!r})" if column else message))
+    if rows:
+        connection.executemany(f"INSERT INTO {table} VALUES (?, ?)", rows)
+    return table
+
+
+def _opener(path, location: str):
+    """Opens the bytes DuckDB read: the input, or its transcoded copy (a local file)."""
+    return (lambda: open(location, "rb")) if os.path.isabs(location) and os.path.exists(location) else (lambda: open_binary(path))
+
+
+def _record_starts(opener, rejects: list[tuple]) -> list[int]:
+    """Where each rejected record starts. DuckDB's ``line_byte_position`` may point a byte or two
+    off (before a CRLF's LF, or after the first character), so the record's own text is looked up
+    around it."""
+    starts = []
+    with opener() as stream:
+        for position, *_, text, _ in rejects:
+            position = position or 0
+            probe = text.lstrip("\r\n")[:64].encode("utf-8", errors="replace")
+            low = max(0, position - 4)
+            stream.seek(low)
+            window = stream.read(position - low + len(text.encode("utf-8", errors="replace")) + 8)
+            found = [match.start() for match in re.finditer(re.escape(probe), window)] if probe else []
+            starts.append(low + min(found, key=lambda at: abs(low + at - position)) if found else position)
+    return starts
+
+
+def _lines_before(opener, offsets: list[int]) -> list[int]:
+    """Line ends (LF, CR, CRLF) before each of the sorted ``offsets``, in one pass over the file."""
+    counts, lines, base, previous_cr = [], 0, 0, False
+    pending = list(offsets)
+    with opener() as stream:
+        while pending:
+            data = stream.read(CHUNK_BYTES)
+            end = base + len(data)
+            while pending and (pending[0] < end or not data):
+                part = data[: pending[0] - base]
+                counts.append(lines + _line_ends(part, previous_cr))
+                pending.pop(0)
+            if not data:
+                break
+            lines += _line_ends(data, previous_cr)
+            previous_cr, base = data.endswith(b"\r"), end
+    return counts
+
+
+def _line_ends(data: bytes, previous_cr: bool) -> int:
+    count = data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
+    return count - 1 if previous_cr and data.startswith(b"\n") else count
+
+
+# A value quoted at the start of a field (closed, or open to the end of the text), or a line end.
+def _quoted_or_line_end(delimiter: str, text: bool) -> re.Pattern:
+    pattern = r'(?:(?<=[' + re.escape(delimiter) + r'\r\n])|\A)"(?:[^"]|"")*+(?:"|\Z)|\r\n|\r|\n'
+    return re.compile(pattern if text else pattern.encode())
+
+
+def _transcoded(connection, path, encoding: str, delimiter: str) -> str:
+    """A UTF-8 copy of the file with every line end outside quoted values made LF (values keep
+    theirs), in a temporary file removed with the connection; streamed, chunk by chunk."""
+    decode = not _utf8(encoding)
+    decoder = codecs.getincrementaldecoder(encoding)() if decode else None
+    pattern = _quoted_or_line_end(delimiter, decode)
+    newline = "\n" if decode else b"\n"
+
+    def replace(match):
+        return match.group() if match.group()[:1] in ('"', b'"') else newline
+
+    handle, name = tempfile.mkstemp(prefix="profiles-source-", suffix=".csv")
+    weakref.finalize(connection, _remove, name)
+    carry, lines = ("" if decode else b""), 0
+    with os.fdopen(handle, "wb") as output, open_binary(path) as stream:
+        first = True
+        while True:
+            data = stream.read(CHUNK_BYTES)
+            if first and not decode and data.startswith(codecs.BOM_UTF8):
+                data = data[3:]
+            first = False
+            if decode:
+                try:
+                    data = decoder.decode(data, final=not data)
+                except UnicodeDecodeError as error:
+                    at = lines + _line_ends(error.object[: error.start], False) + 1
+                    raise InputError(path, f"not valid {encoding} ({error.reason})", line=at) from None
+                data = data.lstrip("\ufeff") if lines == 0 and not carry else data
+            buffer = carry + data
+            cut = len(buffer)
+            if data and len(buffer) < (64 << 20):  # keep an unfinished record (or a CR before LF) for later
+                ends = [match for match in pattern.finditer(buffer) if match.group()[:1] not in ('"', b'"')]
+                ends = [match for match in ends if match.end() < len(buffer) or match.group() == newline]
+                cut = ends[-1].end() if ends else 0
+            part, carry = buffer[:cut], buffer[cut:]
+            fixed = pattern.sub(replace, part)
+            lines += fixed.count(newline)
+            output.write(fixed.encode("utf-8") if decode else fixed)
+            if not data:
+                break
+    return name
+
+
+def _remove(name: str) -> None:
+    try:
+        os.unlink(name)
+    except FileNotFoundError:
+        pass
+
+
+# --- NDJSON -------------------------------------------------------------------------------------
+
+
+def _open_ndjson(connection, path, encoding: str) -> Source:
+    location = _location(connection, path)
+    if not _utf8(encoding):
+        location = _transcoded_lines(connection, path, encoding)
+    # each line one VARCHAR (no delimiter or quote can split it); blank lines stay as NULL rows, so
+    # the row number is the line number
+    lines = (f"(SELECT line, row_number() OVER () AS line_number FROM read_csv({quote_text(location)}, "
+             "columns={'line': 'VARCHAR'}, header=false, auto_detect=false, delim='\\0', quote='', escape='', "
+             "strict_mode=false, encoding='utf-8'))")
+    try:
+        table = _unique("unreadable")
+        connection.execute(
+            f"CREATE TEMP TABLE {table} AS SELECT line_number AS line, line AS text FROM {lines} "
+            "WHERE trim(line) <> '' AND NOT (CASE WHEN json_valid(line) THEN json_type(line) = 'OBJECT' ELSE false END) ORDER BY line_number")
+        bad = connection.execute(f"SELECT line, text FROM {table}").fetchall()
+        connection.execute(f"DROP TABLE {table}; CREATE TEMP TABLE {table} (line BIGINT, reason VARCHAR)")
+        if bad:
+            connection.executemany(f"INSERT INTO {table} VALUES (?, ?)", [(line, _json_problem(text)) for line, text in bad])
+        objects = (f"(SELECT line, line_number FROM {lines} WHERE trim(line) <> '' "
+                   "AND (CASE WHEN json_valid(line) THEN json_type(line) = 'OBJECT' ELSE false END))")
+        structure = connection.execute(f"SELECT json_group_structure(line::JSON) FROM {objects}").fetchone()[0]
+    except duckdb.Error as error:
+        raise InputError(path, f"not readable as NDJSON: {_first_line(error)}") from None
+    fields = json.loads(structure) if structure and structure.startswith("{") else {}
+    names = list(fields)
+    description = f"ndjson||{codecs.lookup(encoding).name}|{json.dumps(names)}"
+    if not names:
+        return Source("(SELECT NULL::BIGINT AS __record WHERE false)", [], {}, table, description)
+    shape = json.dumps(_no_null_types(fields))
+    columns = ", ".join(f"value.{quote_name(name)} AS {quote_name(name)}" for name in names)
+    relation = (f"(SELECT {columns}, row_number() OVER () AS __record FROM "
+                f"(SELECT json_transform(line, {quote_text(shape)}) AS value FROM {objects}))")
+    return Source(relation, names, _types(connection, relation), table, description)
+
+
+def _no_null_types(shape):
+    """A key only ever null has no type: JSON keeps it."""
+    if isinstance(shape, dict):
+        return {key: _no_null_types(value) for key, value in shape.items()} or "JSON"
+    if isinstance(shape, list):
+        return [_no_null_types(shape[0])] if shape else ["JSON"]
+    return "JSON" if shape == "NULL" else shape
+
+
+def _json_problem(text: str) -> str:
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        return f"not valid JSON: {error.msg} at character {error.pos + 1}"
+    kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+    return f"expected a JSON object, found {kind}"
+
+
+def _transcoded_lines(connection, path, encoding: str) -> str:
+    handle, name = tempfile.mkstemp(prefix="profiles-source-", suffix=".ndjson")
+    weakref.finalize(connection, _remove, name)
+    with os.fdopen(handle, "wb") as output, open_binary(path) as stream:
+        reader = codecs.getreader(encoding)(stream)
+        for number, line in enumerate(iter(lambda: reader.readline(keepends=True), ""), 1):
+            output.write(line.encode("utf-8"))
+    return name
+
+
+# --- Parquet ------------------------------------------------------------------------------------
+
+
+def _open_parquet(connection, path) -> Source:
+    location = _location(connection, path)
+    relation = (f"(SELECT * EXCLUDE (file_row_number), file_row_number + 1 AS __record "
+                f"FROM read_parquet({quote_text(location)}, file_row_number=true))")
+    try:
+        types = _types(connection, relation)
+    except duckdb.Error as error:
+        raise InputError(path, f"not a readable Parquet file: {_first_line(error)}") from None
+    return Source(relation, list(types), types, None, f"parquet|||{json.dumps(list(types))}")
+
+
+# --- SQL cursor ---------------------------------------------------------------------------------
+
+
+def open_cursor(connection, cursor, batch_rows: int = 50_000) -> Source:
+    """An executed DB-API cursor, fetched ``batch_rows`` at a time as DuckDB scans the relation
+    (once: the rows are not kept). DuckDB pulls from its own thread: open sqlite3 connections
+    with ``check_same_thread=False``.
+
+    Column types come from the first batch: a column with one Python type there keeps it (int,
+    float, str, bytes, dates...); a column with several, or only NULLs, is read as text (str of
+    each value), so no value is coerced into a type it does not have. A later value that does not
+    fit its column's type stops the scan with an InputError naming column and record.
+    """
+    import pyarrow as pa
+
+    first = cursor.fetchmany(batch_rows)
+    names = [column[0] for column in cursor.description or ()]
+    as_text = set()
+    arrays = []
+    for index, name in enumerate(names):
+        values = [row[index] for row in first]
+        kinds = {type(value) for value in values if value is not None}
+        if len(kinds) != 1:
+            as_text.add(index)
+            arrays.append(pa.array([_text(value) for value in values], pa.string()))
+        else:
+            arrays.append(pa.array(values))
+    schema = pa.schema([pa.field(name, array.type) for name, array in zip(names, arrays)] + [pa.field("__record", pa.int64())])
+
+    def batch(rows, start: int) -> pa.RecordBatch:
+        columns = []
+        for index, field in enumerate(schema.names[:-1]):
+            values = [row[index] for row in rows]
+            if index in as_text:
+                columns.append(pa.array([_text(value) for value in values], pa.string()))
+                continue
+            try:
+                columns.append(pa.array(values, schema.field(index).type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as error:
+                bad = next((i for i, value in enumerate(values) if not _fits(value, schema.field(index).type)), 0)
+                raise InputError("the SQL query", f"a value of type {type(values[bad]).__name__} after values of type "
+                                 f"{schema.field(index).type}: cast the column in the query ({error})",
+                                 line=start + bad, column=field) from None
+        columns.append(pa.array(range(start, start + len(rows)), pa.int64()))
+        return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+    def batches():
+        rows, start = first, 1
+        while rows:
+            yield batch(rows, start)
+            start += len(rows)
+            rows = cursor.fetchmany(batch_rows)
+
+    view = _unique("cursor")
+    connection.register(view, pa.RecordBatchReader.from_batches(schema, batches()))
+    types = _types(connection, view)
+    return Source(view, names, types, None, f"sql|||{json.dumps(names)}")
+
+
+def _text(value) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _fits(value, arrow_type) -> bool:
+    import pyarrow as pa
+
+    try:
+        pa.array([value], arrow_type)
+        return True
+    except Exception:
+        return False
