@@ -111,16 +111,17 @@ def _open_csv(connection, path, delimiter: str, encoding: str) -> Source:
     # Anything DuckDB cannot read as strict UTF-8 CSV is rewritten first: another encoding, or
     # line ends of more than one kind (DuckDB's strict parser wants one kind per file).
     location = _transcoded(connection, path, encoding, delimiter) if not _utf8(encoding) else _location(connection, path)
-    try:
-        rejects = _scan_csv(connection, location, names, delimiter)
-    except duckdb.InvalidInputException as error:
-        if "invalid state" not in str(error) or not _utf8(encoding):
-            raise InputError(path, f"not readable as CSV: {_first_line(error)}") from None
-        location = _transcoded(connection, path, encoding, delimiter)
+    for line_ends_made_one in (False, True):
         try:
             rejects = _scan_csv(connection, location, names, delimiter)
         except duckdb.InvalidInputException as error:
-            raise InputError(path, f"not readable as CSV: {_first_line(error)}") from None
+            if "invalid state" not in str(error) or line_ends_made_one:
+                raise InputError(path, f"not readable as CSV: {_first_line(error)}") from None
+        else:
+            # a quote DuckDB finds unclosed may be one closed before a line end of another kind
+            if line_ends_made_one or not any(reject[3] == "UNQUOTED VALUE" for reject in rejects):
+                break
+        location = _transcoded(connection, path, encoding, delimiter, line_ends=True)
     unreadable = _csv_unreadable(connection, path, location, names, delimiter, rejects)
     columns = ", ".join(f"coalesce({quote_name(name)}, '') AS {quote_name(name)}" for name in names)
     relation = f"(SELECT {columns}, row_number() OVER () AS __record FROM {_read_csv(location, names, delimiter)})"
@@ -246,23 +247,24 @@ def _csv_unreadable(connection, path, location: str, names: list[str], delimiter
     if not rejects:
         return table
     opener = _opener(path, location)
-    starts = _record_starts(opener, rejects)
+    starts, texts = _record_starts(opener, rejects)
     order = sorted(range(len(starts)), key=starts.__getitem__)
     lines = [0] * len(starts)
     for index, count in zip(order, _lines_before(opener, [starts[index] for index in order])):
         lines[index] = count
     rows = []
-    for (_, column_index, column, kind, text, message), start, line in zip(rejects, starts, lines):
+    for (_, column_index, column, kind, _, message), text, line in zip(rejects, texts, lines):
         line += 1
-        text = text.lstrip("\r\n")
         column = names[column_index - 1] if column_index and column_index <= len(names) else column
         if kind == "UNQUOTED VALUE":
             fields = list(_fields(text, delimiter))
             index = column_index - 1 if column_index else 0
             quote, closed = fields[min(index, len(fields) - 1)]
-            if closed is None:  # not a quoted field after all: DuckDB's word for it
-                rows.append((line, f"{message} (column {column!r})"))
-                continue
+            # Always an error, never a reject: after such a quote DuckDB's recovery is not to be
+            # trusted (2.0.1 drops the next record when it ends the file: 1,"a"b,c then 2,x,y
+            # reads no row at all).
+            if closed is None:  # not where csv sees a quoted value: DuckDB's word for it
+                raise InputError(path, f"{message} Check the quotes of this record", line=line, column=column)
             if closed == -1 or len(text) >= REJECT_TEXT_CHARS or "\n" in text[quote:closed] or "\r" in text[quote:closed]:
                 # a quote left open: csv would make the rest of the file (or a long stretch of
                 # lines) one value, so the file cannot be read as its author meant
@@ -270,8 +272,6 @@ def _csv_unreadable(connection, path, location: str, names: list[str], delimiter
                 line_start = max(before.rfind("\n"), before.rfind("\r")) + 1
                 quote_line = line + len(re.findall(r"\r\n|\r|\n", before))
                 raise InputError(path, _never_closed(quote - line_start + 1), line=quote_line, column=column)
-            # an error, not a reject: DuckDB 2.0.1 also drops the record after it when that one
-            # ends the file (1,"a"b,c then 2,x,y reads no row at all)
             raise InputError(path, "text after the closing quote of this value: quote the whole value, and write a "
                              'quote inside it as ""', line=line, column=column)
         elif kind == "INVALID ENCODING":
@@ -293,21 +293,30 @@ def _opener(path, location: str):
     return (lambda: open(location, "rb")) if os.path.isabs(location) and os.path.exists(location) else (lambda: open_binary(path))
 
 
-def _record_starts(opener, rejects: list[tuple]) -> list[int]:
-    """Where each rejected record starts. DuckDB's ``line_byte_position`` may point a byte or two
-    off (before a CRLF's LF, or after the first character), so the record's own text is looked up
-    around it."""
-    starts = []
+def _record_starts(opener, rejects: list[tuple]) -> tuple[list[int], list[str]]:
+    """Where each rejected record starts, and its text. DuckDB's ``line_byte_position`` may point
+    a byte off (after a record's first character in an LF file), and its text of the record may be
+    empty: the record is looked up in the file around that position."""
+    starts, texts = [], []
     with opener() as stream:
         for position, *_, text, _ in rejects:
             position = position or 0
-            probe = text.lstrip("\r\n")[:64].encode("utf-8", errors="replace")
             low = max(0, position - 4)
             stream.seek(low)
-            window = stream.read(position - low + len(text.encode("utf-8", errors="replace")) + 8)
+            text = text.lstrip("\r\n")
+            window = stream.read(position - low + max(len(text.encode("utf-8", errors="replace")), REJECT_TEXT_CHARS) + 8)
+            probe = text[:64].encode("utf-8", errors="replace")
             found = [match.start() for match in re.finditer(re.escape(probe), window)] if probe else []
-            starts.append(low + min(found, key=lambda at: abs(low + at - position)) if found else position)
-    return starts
+            if found:
+                start = low + min(found, key=lambda at: abs(low + at - position))
+            else:  # a record starts after a line end: step back to it
+                start = position
+                while start > low and start > position - 2 and window[start - low - 1 : start - low] not in (b"\n", b"\r"):
+                    start -= 1
+                text = text or window[start - low :].decode("utf-8", errors="replace")
+            starts.append(start)
+            texts.append(text)
+    return starts, texts
 
 
 def _lines_before(opener, offsets: list[int]) -> list[int]:
@@ -334,50 +343,70 @@ def _line_ends(data: bytes, previous_cr: bool) -> int:
     return count - 1 if previous_cr and data.startswith(b"\n") else count
 
 
-# A value quoted at the start of a field (closed, or open to the end of the text), or a line end.
-def _quoted_or_line_end(delimiter: str, text: bool) -> re.Pattern:
-    pattern = r'(?:(?<=[' + re.escape(delimiter) + r'\r\n])|\A)"(?:[^"]|"")*+(?:"|\Z)|\r\n|\r|\n'
+def _quoted_values(delimiter: str, text: bool) -> re.Pattern:
+    """A value quoted at the start of a field, closed or open to the end: as a split group."""
+    pattern = r'((?:(?<=[' + re.escape(delimiter) + r'\r\n])|\A)"(?:[^"]|"")*+(?:"|\Z))'
     return re.compile(pattern if text else pattern.encode())
 
 
-def _transcoded(connection, path, encoding: str, delimiter: str) -> str:
-    """A UTF-8 copy of the file with every line end outside quoted values made LF (values keep
-    theirs), in a temporary file removed with the connection; streamed, chunk by chunk."""
+def _one_line_end(buffer, quoted: re.Pattern, final: bool):
+    """(``buffer`` up to its last record end with every line end outside quoted values made LF,
+    the rest). A CR ending the buffer may be half a CRLF, and a quoted value may go on in the
+    next chunk: both stay in the rest unless ``final``."""
+    cr, lf = ("\r", "\n") if isinstance(buffer, str) else (b"\r", b"\n")
+    parts = quoted.split(buffer)  # unquoted text at even places, quoted values at odd ones
+    rest = buffer[:0]
+    if not final:
+        offset = len(buffer)
+        for index in range(len(parts) - 1, -1, -1):
+            offset -= len(parts[index])
+            segment = parts[index]
+            if index % 2:
+                continue
+            if index == len(parts) - 1 and segment.endswith(cr):
+                segment = segment[:-1]
+            at = max(segment.rfind(lf), segment.rfind(cr)) + 1
+            if at:
+                rest = buffer[offset + at:]
+                parts = parts[:index] + [segment[:at]]
+                break
+        else:
+            return buffer[:0], buffer
+    return buffer[:0].join(part if index % 2 else part.replace(cr + lf, lf).replace(cr, lf)
+                           for index, part in enumerate(parts)), rest
+
+
+def _transcoded(connection, path, encoding: str, delimiter: str, line_ends: bool = False) -> str:
+    """A UTF-8 copy of the file in a temporary file removed with the connection, streamed chunk by
+    chunk; with ``line_ends``, every line end outside quoted values made LF (values keep theirs)."""
     decode = not _utf8(encoding)
     decoder = codecs.getincrementaldecoder(encoding)() if decode else None
-    pattern = _quoted_or_line_end(delimiter, decode)
-    newline = "\n" if decode else b"\n"
-
-    def replace(match):
-        return match.group() if match.group()[:1] in ('"', b'"') else newline
-
+    quoted = _quoted_values(delimiter, decode)
     handle, name = tempfile.mkstemp(prefix="profiles-source-", suffix=".csv")
     weakref.finalize(connection, _remove, name)
-    carry, lines = ("" if decode else b""), 0
+    carry, lines, first = ("" if decode else b""), 0, True
     with os.fdopen(handle, "wb") as output, open_binary(path) as stream:
-        first = True
         while True:
             data = stream.read(CHUNK_BYTES)
-            if first and not decode and data.startswith(codecs.BOM_UTF8):
-                data = data[3:]
-            first = False
             if decode:
                 try:
                     data = decoder.decode(data, final=not data)
                 except UnicodeDecodeError as error:
                     at = lines + _line_ends(error.object[: error.start], False) + 1
-                    raise InputError(path, f"not valid {encoding} ({error.reason})", line=at) from None
-                data = data.lstrip("\ufeff") if lines == 0 and not carry else data
-            buffer = carry + data
-            cut = len(buffer)
-            if data and len(buffer) < (64 << 20):  # keep an unfinished record (or a CR before LF) for later
-                ends = [match for match in pattern.finditer(buffer) if match.group()[:1] not in ('"', b'"')]
-                ends = [match for match in ends if match.end() < len(buffer) or match.group() == newline]
-                cut = ends[-1].end() if ends else 0
-            part, carry = buffer[:cut], buffer[cut:]
-            fixed = pattern.sub(replace, part)
-            lines += fixed.count(newline)
-            output.write(fixed.encode("utf-8") if decode else fixed)
+                    raise InputError(path, f"not valid {encoding} ({error.reason}); pass encoding= with the "
+                                     "file's encoding", line=at) from None
+                data = data.lstrip("\ufeff") if first else data
+            elif first and data.startswith(codecs.BOM_UTF8):
+                data = data[3:]
+            first = False
+            part = data
+            if line_ends:
+                # a record longer than 64 MB (a quote left open) is written as it is: DuckDB then says so
+                part, carry = _one_line_end(carry + data, quoted, final=not data or len(carry) > (64 << 20))
+            if decode:
+                lines += part.count("\n") + part.count("\r") - part.count("\r\n")
+                part = part.encode("utf-8")
+            output.write(part)
             if not data:
                 break
     return name
