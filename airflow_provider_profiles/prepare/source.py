@@ -545,17 +545,34 @@ def open_cursor(connection, cursor, batch_rows: int = 50_000) -> Source:
         columns.append(pa.array(range(start, start + len(rows)), pa.int64()))
         return pa.RecordBatch.from_arrays(columns, schema=schema)
 
+    view = _unique("cursor")
+
     def batches():
         rows, start = first, 1
         while rows:
-            yield batch(rows, start)
+            try:
+                yield batch(rows, start)
+            except InputError as error:
+                _stream_errors[view] = error  # DuckDB hands it on wrapped: see ``cursor_error``
+                raise
             start += len(rows)
             rows = cursor.fetchmany(batch_rows)
 
-    view = _unique("cursor")
     connection.register(view, pa.RecordBatchReader.from_batches(schema, batches()))
     types = _types(connection, view)
     return Source(view, names, types, None, f"sql|||{json.dumps(names)}")
+
+
+_stream_errors: dict[str, InputError] = {}
+
+
+def cursor_error(error: BaseException) -> InputError | None:
+    """The InputError a cursor's stream raised, from the DuckDB error that carries it (DuckDB
+    reports ``reading the stream registered as '<view>' failed``), or None."""
+    for view in re.findall(r"stream registered as '([^']+)'", str(error)):
+        if view in _stream_errors:
+            return _stream_errors.pop(view)
+    return None
 
 
 def _text(value) -> str | None:
