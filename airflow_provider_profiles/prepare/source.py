@@ -104,16 +104,21 @@ def _utf8(encoding: str) -> bool:
 def _open_csv(connection, path, delimiter: str, encoding: str) -> Source:
     if len(delimiter) != 1 or delimiter in '"\r\n':
         raise ValueError(f"the delimiter must be one character other than a quote or a line end, not {delimiter!r}")
-    names = _csv_header(path, delimiter, encoding)
+    names, blank_lines, mixed = _csv_header(path, delimiter, encoding)
     description = f"csv|{delimiter}|{codecs.lookup(encoding).name}|{json.dumps(names)}"
     if not names:  # an empty file: no rows (the engine says what that means)
         return Source("(SELECT NULL::BIGINT AS __record WHERE false)", [], {}, None, description)
     # Anything DuckDB cannot read as strict UTF-8 CSV is rewritten first: another encoding, or
     # line ends of more than one kind (DuckDB's strict parser wants one kind per file).
-    location = _transcoded(connection, path, encoding, delimiter) if not _utf8(encoding) else _location(connection, path)
-    for line_ends_made_one in (False, True):
+    if mixed:  # seen at the start (DuckDB would take the rest of the file for the header)
+        location = _transcoded(connection, path, encoding, delimiter, line_ends=True)
+    elif not _utf8(encoding):
+        location = _transcoded(connection, path, encoding, delimiter)
+    else:
+        location = _location(connection, path)
+    for line_ends_made_one in (mixed, True):
         try:
-            rejects = _scan_csv(connection, location, names, delimiter)
+            rejects = _scan_csv(connection, location, names, delimiter, blank_lines)
         except duckdb.InvalidInputException as error:
             if "invalid state" not in str(error) or line_ends_made_one:
                 raise InputError(path, f"not readable as CSV: {_first_line(error)}") from None
@@ -124,7 +129,7 @@ def _open_csv(connection, path, delimiter: str, encoding: str) -> Source:
         location = _transcoded(connection, path, encoding, delimiter, line_ends=True)
     unreadable = _csv_unreadable(connection, path, location, names, delimiter, rejects)
     columns = ", ".join(f"coalesce({quote_name(name)}, '') AS {quote_name(name)}" for name in names)
-    relation = f"(SELECT {columns}, row_number() OVER () AS __record FROM {_read_csv(location, names, delimiter)})"
+    relation = f"(SELECT {columns}, row_number() OVER () AS __record FROM {_read_csv(location, names, delimiter, blank_lines)})"
     return Source(relation, names, {name: "VARCHAR" for name in names}, unreadable, description)
 
 
@@ -132,22 +137,23 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0]
 
 
-def _read_csv(location: str, names: list[str], delimiter: str, rejects: tuple[str, str] | None = None) -> str:
+def _read_csv(location: str, names: list[str], delimiter: str, blank_lines: int,
+              rejects: tuple[str, str] | None = None) -> str:
     columns = "{" + ", ".join(f"{quote_text(name)}: 'VARCHAR'" for name in names) + "}"
     errors = (f"store_rejects=true, rejects_table={quote_text(rejects[0])}, rejects_scan={quote_text(rejects[1])}"
               if rejects else "ignore_errors=true")
-    return (f"read_csv({quote_text(location)}, auto_detect=false, header=true, delim={quote_text(delimiter)}, "
+    return (f"read_csv({quote_text(location)}, auto_detect=false, header=true, skip={blank_lines}, delim={quote_text(delimiter)}, "
             f"quote='\"', escape='\"', columns={columns}, strict_mode=true, encoding='utf-8', {errors})")
 
 
-def _scan_csv(connection, location: str, names: list[str], delimiter: str) -> list[tuple]:
+def _scan_csv(connection, location: str, names: list[str], delimiter: str, blank_lines: int) -> list[tuple]:
     """Reads the file once to find its unreadable records: (record start, column index, column
     name, error type, record text, DuckDB's message), in file order."""
     table, scans = _unique("csv_rejects"), _unique("csv_scans")
     try:
         # every column read (count(*) alone lets DuckDB skip the values and their UTF-8 check)
         counts = ", ".join(f"count({quote_name(name)})" for name in names)
-        connection.execute(f"SELECT {counts} FROM {_read_csv(location, names, delimiter, (table, scans))}").fetchall()
+        connection.execute(f"SELECT {counts} FROM {_read_csv(location, names, delimiter, blank_lines, (table, scans))}").fetchall()
         return connection.execute(
             f"SELECT line_byte_position, column_idx, column_name, error_type, csv_line, error_message "
             f"FROM {table} ORDER BY line_byte_position").fetchall()
@@ -155,8 +161,10 @@ def _scan_csv(connection, location: str, names: list[str], delimiter: str) -> li
         connection.execute(f"DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {scans}")
 
 
-def _csv_header(path, delimiter: str, encoding: str) -> list[str]:
-    """The names in the first record, as csv reads it; [] for an empty file."""
+def _csv_header(path, delimiter: str, encoding: str) -> tuple[list[str], int, bool]:
+    """The names in the first record, as csv reads it ([] for an empty file), the blank lines
+    before it (csv skips them; DuckDB would take the first for the header), and whether the text
+    read has line ends of more than one kind."""
     # bytes that do not decode show as U+FFFD: only those in the header matter here
     decoder = codecs.getincrementaldecoder("utf-8-sig" if _utf8(encoding) else encoding)(errors="replace")
     text = ""
@@ -168,22 +176,27 @@ def _csv_header(path, delimiter: str, encoding: str) -> list[str]:
             if end is not None or not data:
                 break
     if not text.strip("\r\n"):
-        return []
-    text = text.lstrip("\r\n")  # blank lines before the header, as csv skips them
+        return [], 0, False
+    unquoted = "".join(_quoted_values(delimiter, True).split(text.removesuffix("\r"))[0::2])
+    crlf = unquoted.count("\r\n")
+    mixed = sum(1 for count in (crlf, unquoted.count("\r") - crlf, unquoted.count("\n") - crlf) if count) > 1
+    stripped = text.lstrip("\r\n")
+    blank_lines = _line_ends(text[: len(text) - len(stripped)].encode(), False)
+    text = stripped
     end = _first_record_end(text, delimiter)
     if end is None:
         if _open_quote(text, delimiter) is not None:
-            raise InputError(path, _never_closed(_open_quote(text, delimiter) + 1), line=1)
+            raise InputError(path, _never_closed(_open_quote(text, delimiter) + 1), line=blank_lines + 1)
         end = len(text)
     if "\ufffd" in text[:end]:
-        raise InputError(path, f"the header is not valid {encoding}; pass encoding= with the file's encoding", line=1)
+        raise InputError(path, f"the header is not valid {encoding}; pass encoding= with the file's encoding", line=blank_lines + 1)
     names = [name.strip() for name in next(csv.reader(io.StringIO(text[:end], newline=""), delimiter=delimiter))]
     for index, name in enumerate(names):
         if not name:
-            raise InputError(path, f"header field {index + 1} is empty: every column needs a name", line=1)
+            raise InputError(path, f"header field {index + 1} is empty: every column needs a name", line=blank_lines + 1)
         if name in names[:index]:
-            raise InputError(path, f"column {name!r} appears twice in the header", line=1, column=name)
-    return names
+            raise InputError(path, f"column {name!r} appears twice in the header", line=blank_lines + 1, column=name)
+    return names, blank_lines, mixed
 
 
 def _fields(text: str, delimiter: str):
@@ -444,7 +457,7 @@ def _open_ndjson(connection, path, encoding: str) -> Source:
                    "AND (CASE WHEN json_valid(line) THEN json_type(line) = 'OBJECT' ELSE false END))")
         structure = connection.execute(f"SELECT json_group_structure(line::JSON) FROM {objects}").fetchone()[0]
     except duckdb.Error as error:
-        raise InputError(path, f"not readable as NDJSON: {_first_line(error)}") from None
+        raise _ndjson_error(path, error) from None
     fields = json.loads(structure) if structure and structure.startswith("{") else {}
     names = list(fields)
     description = f"ndjson||{codecs.lookup(encoding).name}|{json.dumps(names)}"
@@ -454,7 +467,18 @@ def _open_ndjson(connection, path, encoding: str) -> Source:
     columns = ", ".join(f"value.{quote_name(name)} AS {quote_name(name)}" for name in names)
     relation = (f"(SELECT {columns}, row_number() OVER () AS __record FROM "
                 f"(SELECT json_transform(line, {quote_text(shape)}) AS value FROM {objects}))")
-    return Source(relation, names, _types(connection, relation), table, description)
+    try:
+        types = _types(connection, relation)
+    except duckdb.Error as error:
+        raise _ndjson_error(path, error) from None
+    return Source(relation, names, types, table, description)
+
+
+def _ndjson_error(path, error: Exception) -> InputError:
+    if "Duplicate keys" in str(error):  # DuckDB's names ignore letter case
+        return InputError(path, 'two keys differ only in letter case (as in "Email" and "email"): they would be '
+                          "one column; rename one")
+    return InputError(path, f"not readable as NDJSON: {_first_line(error)}")
 
 
 def _no_null_types(shape):
@@ -480,7 +504,7 @@ def _transcoded_lines(connection, path, encoding: str) -> str:
     weakref.finalize(connection, _remove, name)
     with os.fdopen(handle, "wb") as output, open_binary(path) as stream:
         reader = codecs.getreader(encoding)(stream)
-        for number, line in enumerate(iter(lambda: reader.readline(keepends=True), ""), 1):
+        for line in iter(lambda: reader.readline(keepends=True), ""):
             output.write(line.encode("utf-8"))
     return name
 

@@ -194,6 +194,20 @@ def test_a_header_only_or_empty_file_has_no_rows(connection, tmp_path, data, nam
     assert (source.names, rows) == (names, []) and unreadable in ([], None)
 
 
+@pytest.mark.parametrize("data", [b"\n\r\nid,name\n1,a\n2,b\n", b"\r\n\rid,name\r1,a\r2,b\r", b"id,name\r\n1,a\r2,b\r"])
+def test_blank_lines_before_the_header_and_a_header_with_other_line_ends(connection, tmp_path, data):
+    """Naive (strict options): the first blank line is taken for the header and 'id,name' is a
+    row; a CRLF header over CR-only rows makes the whole file the header: no rows, no error."""
+    source, rows, unreadable = read(connection, tmp_path, data)
+    assert source.names == ["id", "name"] and values(rows, "id", "name", "__record") == [("1", "a", 1), ("2", "b", 2)]
+    assert unreadable == []
+
+
+def test_a_bad_header_after_blank_lines_names_its_line(connection, tmp_path):
+    with pytest.raises(InputError, match="in.csv, line 3: header field 2 is empty"):
+        read(connection, tmp_path, b"\n\nid,,x\n1,2,3\n")
+
+
 def test_a_header_alone_without_line_end(connection, tmp_path):
     source, rows, _ = read(connection, tmp_path, b"id,name")
     assert (source.names, rows) == (["id", "name"], [])
@@ -256,6 +270,17 @@ def test_ndjson_keys_are_the_union_in_first_seen_order_and_numbers_stay_numbers(
     assert source.names == ["b", "a", "c", "d"]
     assert source.types["b"] in ("BIGINT", "HUGEINT") and source.types["a"] == "STRUCT(x UBIGINT, y DOUBLE)"
     assert values(rows, "b", "__record") == [(1, 1), (-2, 2), (None, 3)]
+
+
+def test_ndjson_keys_that_differ_only_in_case_are_an_input_error(connection, tmp_path):
+    """Naive: 'Duplicate keys in object in JSON structure' from DuckDB, whose names ignore case."""
+    with pytest.raises(InputError, match="in.ndjson: two keys differ only in letter case"):
+        read(connection, tmp_path, b'{"Email": "a@b.c"}\n{"email": "d@e.f"}\n', name="in.ndjson")
+
+
+def test_ndjson_in_a_declared_encoding(connection, tmp_path):
+    _, rows, _ = read(connection, tmp_path, '{"n": "Andr\xe9"}\n'.encode("latin-1"), name="in.ndjson", encoding="latin-1")
+    assert values(rows, "n") == [("Andr\xe9",)]
 
 
 def test_an_empty_ndjson_file(connection, tmp_path):
