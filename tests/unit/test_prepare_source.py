@@ -249,6 +249,29 @@ def test_records_come_in_input_order_across_blocks(connection, tmp_path, kind):
     assert wrong == 0 and connection.execute(f"SELECT count(*) FROM {source.unreadable}").fetchone()[0] == 0
 
 
+def test_unreadable_lines_are_csv_lines_across_blocks(connection, tmp_path):
+    """Ragged rows spread over a 6 MB file with quoted newlines, read on 2 threads: each one's line
+    is where csv.reader puts it."""
+    import csv
+    import io
+
+    lines = [b"id,name,note\n"]
+    for i in range(1, 200_001):
+        if i % 1000 == 0:
+            lines.append(b"%d,ragged\n" % i)
+        else:
+            lines.append(b'%d,name %d,"multi\nline, %d"\n' % (i, i, i) if i % 7 == 0 else b"%d,name %d,plain %d\n" % (i, i, i))
+    data = b"".join(lines)
+    reader = csv.reader(io.StringIO(data.decode(), newline=""))
+    expected, line = [], 1
+    for record in reader:
+        if len(record) != 3:
+            expected.append((line, "ragged row: expected 3 fields, found 2"))
+        line = reader.line_num + 1
+    _, rows, unreadable = read(connection, tmp_path, data)
+    assert len(expected) == 200 and unreadable == expected and len(rows) == 199_800
+
+
 # --- NDJSON ---------------------------------------------------------------------------------------
 
 
