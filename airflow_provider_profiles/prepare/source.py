@@ -473,10 +473,14 @@ def _open_ndjson(connection, path, encoding: str) -> Source:
         _insert(connection, table, [(line, _json_problem(text)) for line, text in bad])
         objects = (f"(SELECT line, line_number FROM {lines} WHERE trim(line) <> '' "
                    "AND (CASE WHEN json_valid(line) THEN json_type(line) = 'OBJECT' ELSE false END))")
-        structure = connection.execute(f"SELECT json_group_structure(line::JSON) FROM {objects}").fetchone()[0]
+        # json_group_structure keeps every line in memory: one line per distinct structure does
+        # (their merge is the merge of all), in the order first seen
+        structure = connection.execute(
+            "SELECT json_structure(to_json(list(example::JSON ORDER BY first))) FROM (SELECT arg_min(line, line_number) "
+            f"AS example, min(line_number) AS first FROM {objects} GROUP BY json_structure(line))").fetchone()[0]
     except duckdb.Error as error:
         raise _ndjson_error(path, error) from None
-    fields = json.loads(structure) if structure and structure.startswith("{") else {}
+    fields = json.loads(structure)[0] if structure and structure.startswith("[{") else {}
     names = list(fields)
     description = f"ndjson||{codecs.lookup(encoding).name}|{json.dumps(names)}"
     if not names:
