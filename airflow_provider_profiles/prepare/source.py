@@ -27,7 +27,6 @@ import tempfile
 import uuid
 import weakref
 from dataclasses import dataclass
-from typing import Any
 
 import duckdb
 
@@ -37,6 +36,7 @@ from airflow_provider_profiles.storage import as_storage_path, is_local, local_p
 CHUNK_BYTES = 4 << 20
 # DuckDB cuts the text of a rejected record here; past it a quoted value is taken as left open.
 REJECT_TEXT_CHARS = 10_000
+MAX_HEADER_CHARS = 1 << 20
 
 
 @dataclass
@@ -173,7 +173,7 @@ def _csv_header(path, delimiter: str, encoding: str) -> tuple[list[str], int, bo
             data = stream.read(1 << 16)
             text += decoder.decode(data, final=not data)
             end = _first_record_end(text, delimiter)
-            if end is not None or not data:
+            if end is not None or not data or len(text) > MAX_HEADER_CHARS:  # a quote left open: said below
                 break
     if not text.strip("\r\n"):
         return [], 0, False
@@ -181,12 +181,16 @@ def _csv_header(path, delimiter: str, encoding: str) -> tuple[list[str], int, bo
     crlf = unquoted.count("\r\n")
     mixed = sum(1 for count in (crlf, unquoted.count("\r") - crlf, unquoted.count("\n") - crlf) if count) > 1
     stripped = text.lstrip("\r\n")
-    blank_lines = _line_ends(text[: len(text) - len(stripped)].encode(), False)
+    blank = text[: len(text) - len(stripped)].encode()
+    blank_lines = _line_ends_between(blank, 0, len(blank), False)
     text = stripped
     end = _first_record_end(text, delimiter)
     if end is None:
         if _open_quote(text, delimiter) is not None:
             raise InputError(path, _never_closed(_open_quote(text, delimiter) + 1), line=blank_lines + 1)
+        if len(text) > MAX_HEADER_CHARS:
+            raise InputError(path, f"no header line end in the first {MAX_HEADER_CHARS:,} characters: is this CSV?",
+                             line=blank_lines + 1)
         end = len(text)
     if "\ufffd" in text[:end]:
         raise InputError(path, f"the header is not valid {encoding}; pass encoding= with the file's encoding", line=blank_lines + 1)
@@ -370,11 +374,6 @@ def _line_ends_between(data: bytes, start: int, end: int, after_cr: bool) -> int
     return count - 1 if after_cr and start < end and data[start] == 10 else count
 
 
-def _line_ends(data: bytes, previous_cr: bool) -> int:
-    count = data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
-    return count - 1 if previous_cr and data.startswith(b"\n") else count
-
-
 def _quoted_values(delimiter: str, text: bool) -> re.Pattern:
     """A value quoted at the start of a field, closed or open to the end: as a split group."""
     pattern = r'((?:(?<=[' + re.escape(delimiter) + r'\r\n])|\A)"(?:[^"]|"")*+(?:"|\Z))'
@@ -424,7 +423,7 @@ def _transcoded(connection, path, encoding: str, delimiter: str, line_ends: bool
                 try:
                     data = decoder.decode(data, final=not data)
                 except UnicodeDecodeError as error:
-                    at = lines + _line_ends(error.object[: error.start], False) + 1
+                    at = lines + _line_ends_between(error.object, 0, error.start, False) + 1
                     raise InputError(path, f"not valid {encoding} ({error.reason}); pass encoding= with the "
                                      "file's encoding", line=at) from None
                 data = data.lstrip("\ufeff") if first else data

@@ -71,10 +71,12 @@ def test_a_quote_open_before_other_quotes_is_an_error_too(connection, tmp_path):
     assert (caught.value.line, caught.value.column) == (3, "name")
 
 
-def test_a_quote_open_in_the_header_is_an_error(connection, tmp_path):
-    """Naive: the sniffer takes the header for data and reads ('1', 'a', 'b')."""
+@pytest.mark.parametrize("rest", [b"1,a,b\n", b"1,a,b\n" * 400_000], ids=["short", "2 MB"])
+def test_a_quote_open_in_the_header_is_an_error(connection, tmp_path, rest):
+    """Naive: the sniffer takes the header for data and reads ('1', 'a', 'b'). The header is read
+    up to 1 MB, not to the end of the file."""
     with pytest.raises(InputError, match="in.csv, line 1: the quote at character 4 of this line is never closed"):
-        read(connection, tmp_path, b'id,"name,city\n1,a,b\n')
+        read(connection, tmp_path, b'id,"name,city\n' + rest)
 
 
 # --- line ends -----------------------------------------------------------------------------------
