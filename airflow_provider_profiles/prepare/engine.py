@@ -31,7 +31,7 @@ from airflow_provider_profiles.formats.mapping import FieldMapping, set_path
 from airflow_provider_profiles.formats.reader import InputError
 from airflow_provider_profiles.formats.values import EpochMillis
 from airflow_provider_profiles.prepare import sql
-from airflow_provider_profiles.prepare.source import Source, open_cursor, open_source
+from airflow_provider_profiles.prepare.source import Source, cursor_error, open_cursor, open_source
 from airflow_provider_profiles.prepare.sql_mapping import compile_mapping
 from airflow_provider_profiles.storage import as_storage_path, is_local, local_path, open_binary
 
@@ -41,6 +41,7 @@ DUPLICATE = "duplicate identifier: an earlier row has the same id"
 REJECTS_HEADER = ("record", "identifier", "reason")
 MEMORY_LIMIT = "256MB"
 BATCH_ROWS = 65_536
+THREADS = 2
 
 
 @dataclass
@@ -62,7 +63,7 @@ class PrepareResult:
 
 
 @contextlib.contextmanager
-def connected(near: Any, memory_limit: str = MEMORY_LIMIT, threads: int = 2) -> Iterator[Any]:
+def connected(near: Any, memory_limit: str = MEMORY_LIMIT, threads: int = THREADS) -> Iterator[Any]:
     """A DuckDB connection that spills to a temporary directory (beside ``near`` when it is local)."""
     import duckdb
 
@@ -75,7 +76,7 @@ def connected(near: Any, memory_limit: str = MEMORY_LIMIT, threads: int = 2) -> 
             "preserve_insertion_order": True,
         })
         try:
-            connection.execute("SET TimeZone = 'UTC'")
+            connection.execute("SET TimeZone = 'UTC'; SET enable_progress_bar = false")
             sql.register_functions(connection)
             yield connection
         finally:
@@ -113,7 +114,16 @@ def prepare(
         else:
             opened = open_source(connection, source, input_format, delimiter=delimiter, encoding=encoding)
         check_columns(source, opened.names, writer, mapping)
-        table = MappedTable(connection, opened, writer, mapping)
+        if cursor is not None:  # DB-API connections (sqlite3) may be used only by their own thread
+            connection.execute("SET threads = 1")
+        try:
+            table = MappedTable(connection, opened, writer, mapping)
+        except Exception as error:
+            raised = cursor_error(error)  # an InputError from the cursor's rows, wrapped by DuckDB
+            if raised is None:
+                raise
+            raise raised from None
+        connection.execute(f"SET threads = {THREADS}")
         if table.rows == 0 and not allow_empty and table.unreadable == 0:
             empty = "the query returned no rows" if cursor is not None else "no data rows (a header only, or an empty file)"
             raise InputError(source, f"{empty}; pass allow_empty=True if that is expected")
