@@ -12,7 +12,6 @@ returning.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, spreadsheet_safe
+from airflow_provider_profiles.formats.base import FormatWriter, RowRejected
 from airflow_provider_profiles.formats.mapping import FieldMapping, set_path
 from airflow_provider_profiles.formats.reader import InputError
 from airflow_provider_profiles.formats.values import EpochMillis
@@ -269,8 +268,7 @@ class MappedTable:
                 lines, reasons = self._encoded(batch)
                 failed = pc.is_valid(reasons)
                 if pc.any(failed).as_py():
-                    rejected.add_batch(pa.RecordBatch.from_arrays(
-                        [batch.column(0), batch.column(1), reasons], ["record", "key", "reason"]).filter(failed))
+                    rejected.add(*(column.filter(failed) for column in (batch.column(0), batch.column(1), reasons)))
                     lines = lines.filter(pc.invert(failed))
                 written += write_lines(stream, lines)
                 progress.advance(batch.num_rows)
@@ -307,9 +305,10 @@ def write_lines(stream, lines: pa.Array | pa.ChunkedArray) -> int:
         return sum(write_lines(stream, chunk) for chunk in lines.chunks)
     if not len(lines):
         return 0
-    if lines.type != pa.large_string():
+    if lines.type not in (pa.string(), pa.large_string()):
         lines = lines.cast(pa.large_string())
-    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64, count=len(lines) + 1, offset=lines.offset * 8)
+    width = np.int32 if lines.type == pa.string() else np.int64
+    offsets = np.frombuffer(lines.buffers()[1], dtype=width, count=len(lines) + 1, offset=lines.offset * np.dtype(width).itemsize)
     stream.write(memoryview(lines.buffers()[2])[int(offsets[0]):int(offsets[-1])])
     return len(lines)
 
@@ -317,41 +316,44 @@ def write_lines(stream, lines: pa.Array | pa.ChunkedArray) -> int:
 class RejectsWriter:
     """The rejects file (record, identifier, reason), opened on the first reject; or only a count."""
 
+    schema = pa.schema([("record", pa.int64()), ("identifier", pa.string()), ("reason", pa.string())])
+
     def __init__(self, path: Any):
         self.path = path
         self.count = 0
-        self._handle = self._csv = None
+        self._stream = self._writer = None
 
-    def _writer(self):
-        if self._csv is None and self.path is not None:
-            self._handle = open_binary(self.path, "wb")
-            self._text = __import__("io").TextIOWrapper(self._handle, encoding="utf-8", newline="")
-            self._csv = csv.writer(self._text)
-            self._csv.writerow(REJECTS_HEADER)
-        return self._csv
+    def add(self, records: pa.Array, identifiers: pa.Array, reasons: pa.Array) -> None:
+        self.count += len(reasons)
+        if self.path is None or not len(reasons):
+            return
+        if self._writer is None:
+            import pyarrow.csv as pacsv
 
-    def add(self, record: int | None, identifier: str | None, reason: str) -> None:
-        self.count += 1
-        writer = self._writer()
-        if writer is not None:
-            writer.writerow([record if record is not None else "", spreadsheet_safe(identifier or ""), spreadsheet_safe(reason)])
-
-    def add_batch(self, batch: pa.RecordBatch) -> None:
-        """Rows of (record, identifier, reason)."""
-        for record, key, reason in zip(*(batch.column(i).to_pylist() for i in range(3))):
-            self.add(record, key, reason)
+            self._stream = open_binary(self.path, "wb")
+            self._writer = pacsv.CSVWriter(self._stream, self.schema, write_options=pacsv.WriteOptions(quoting_style="needed"))
+        cells = [records.cast(pa.int64()), _spreadsheet_safe(identifiers.cast(pa.string())), _spreadsheet_safe(reasons.cast(pa.string()))]
+        self._writer.write_batch(pa.record_batch(cells, schema=self.schema))
 
     def add_unreadable(self, table: MappedTable) -> None:
         if table.unreadable:
-            for line, reason in table.connection.execute(f"SELECT line, reason FROM {table.unreadable_sql}").fetchall():
-                self.add(None, None, f"line {line}: {reason}" if line is not None else reason)
+            rows = table.connection.execute(f"SELECT line, reason FROM {table.unreadable_sql}").fetchall()
+            reasons = [f"line {line}: {reason}" if line is not None else reason for line, reason in rows]
+            self.add(pa.nulls(len(rows), pa.int64()), pa.nulls(len(rows), pa.string()), pa.array(reasons, pa.string()))
 
     def __enter__(self) -> RejectsWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._csv is not None:
-            self._text.close()
+        if self._writer is not None:
+            self._writer.close()
+            self._stream.close()
+
+
+def _spreadsheet_safe(cells: pa.Array) -> pa.Array:
+    """``base.spreadsheet_safe`` on a column: a cell a spreadsheet would run as a formula gets a quote."""
+    formula = pc.match_substring_regex(cells, "^[=+\\-@\t\r]")
+    return pc.if_else(formula, pc.binary_join_element_wise("'", cells, ""), cells)
 
 
 class Progress:

@@ -154,3 +154,9 @@ def test_progress_is_logged_with_rate_and_eta(tmp_path, caplog):
         prepare(source, localytics(), tmp_path / "out.ndjson", progress_interval=0)
     lines = [r.getMessage() for r in caplog.records if "rows/s" in r.getMessage()]
     assert lines and "of 200000 rows" in lines[-1] and "ETA" in lines[-1]
+
+
+def test_rejects_cells_that_a_spreadsheet_would_run_are_quoted(tmp_path):
+    source = write_csv(tmp_path / "in.csv", [("=HYPERLINK(1)", "", ""), ("-2", "", ""), ("@x", "", ""), ("ok", "", "")])
+    prepare(source, localytics(), tmp_path / "out.ndjson", rejects=tmp_path / "rejects.csv", allow_empty=True)
+    assert [identifier for _, identifier, _ in rejects_of(tmp_path / "rejects.csv")] == ["'=HYPERLINK(1)", "'-2", "'@x", "ok"]
