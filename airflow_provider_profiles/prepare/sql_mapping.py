@@ -18,6 +18,7 @@ exact integer, is rejected here ("out of range for a 128-bit integer"): DuckDB's
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 import math
@@ -170,22 +171,23 @@ class _FieldBuilder:
         if category == "text":
             self.trimmed = self.column(2, "t", f"trim({src}, {_string(PY_WHITESPACE)})")
         fallback = None
-        if fast is None:
-            fallback = f"no SQL rule for a {spec.type} ({spec.representation}) from {kind}" + (
+        result = fast(src) if fast is not None else None
+        if result is None:  # checks or parse without an SQL form
+            fallback = f"no SQL rule for a {spec.type} ({spec.representation}) from {kind.split('@')[0]}" + (
                 " with its pattern / format" if spec.pattern is not None or spec.format else ""
             )
             ok, value = "FALSE", "NULL"
         else:
-            ok, value = fast(src)
+            ok, value = result
             if as_json:
                 value = f"to_json({value})"
         if as_json:
             sql_type = "JSON"
         missing = self.column(3, "m", _missing_sql(category, src, getattr(self, "trimmed", None)))
-        udf_arg, convert = _udf_argument(src, kind, category)
+        udf_arg, to_row = _udf_argument(src, kind, category, spec.source)
         returns = _UDF_TYPES.get(sql_type, sql_type)
         self.functions[self.function] = (
-            _field_function(spec, sql_type, convert), [_udf_parameter(kind, category)], f"STRUCT(v {returns}, r VARCHAR)"
+            _field_function(spec, sql_type, to_row), [_udf_parameter(kind, category)], f"STRUCT(v {returns}, r VARCHAR)"
         )
         ok = self.column(5, "ok", f"coalesce({ok}, FALSE)") if ok != "FALSE" else "FALSE"
         fast_value = self.column(5, "v", value) if value != "NULL" else "NULL"
@@ -253,7 +255,7 @@ class _FieldBuilder:
             return lambda src: self.checked(f"CASE WHEN {src} THEN 'true' ELSE 'false' END", "VARCHAR", "TRUE")
         if category == "float":  # whole numbers only: repr() of other floats is Python's own
             return lambda src: self.checked(
-                f"CAST(CAST({src} AS HUGEINT) AS VARCHAR)", "VARCHAR",
+                f"CAST(TRY_CAST({src} AS HUGEINT) AS VARCHAR)", "VARCHAR",
                 f"isfinite({src}) AND {src} = trunc({src}) AND abs({src}) < 1e38",
             )
         return None
@@ -272,7 +274,7 @@ class _FieldBuilder:
             return lambda src: self.checked(f"CAST({src} AS {sql_type})", sql_type, "TRUE")
         if category == "float":
             return lambda src: self.checked(
-                f"CAST({src} AS HUGEINT)", sql_type, f"isfinite({src}) AND {src} = trunc({src}) AND abs({src}) < 1e38"
+                f"TRY_CAST({src} AS HUGEINT)", sql_type, f"isfinite({src}) AND {src} = trunc({src}) AND abs({src}) < 1e38"
             )
         return None
 
@@ -328,7 +330,7 @@ class _FieldBuilder:
             ts = self.column(4, "ts", moment(src))
             kind = spec.representation
             if kind == "epoch_ms":
-                value = f"epoch_ms(date_trunc('day', {ts}))" if spec.type == "date" else f"epoch_ms({ts})"
+                value = _floor_millis(f"date_trunc('day', {ts})" if spec.type == "date" else ts)
             elif kind == "iso_date":
                 value = f"strftime({ts}, '%Y-%m-%d')"
             else:
@@ -347,6 +349,8 @@ class _FieldBuilder:
         )
         if unit is not None:
             return epoch
+        if self.spec.format:  # Python reads a YYYYMMDD integer as text, with the format: its rule
+            return f"CASE WHEN {number} BETWEEN 10000000 AND 99999999 THEN NULL ELSE {epoch} END"
         compact = (
             f"TRY(CAST(make_date(CAST({number} AS BIGINT) // 10000, CAST({number} AS BIGINT) // 100 % 100, "
             f"CAST({number} AS BIGINT) % 100) AS TIMESTAMP))"
@@ -356,7 +360,9 @@ class _FieldBuilder:
     def text_moment(self) -> str:
         t = self.trimmed
         integer = self.column(3, "int", f"CASE WHEN regexp_full_match({t}, '[+-]?[0-9]{{1,20}}') THEN CAST({t} AS HUGEINT) END")
-        iso = self.column(3, "iso", f"regexp_extract({t}, {_string(_ISO)}, {_names(_ISO_PARTS)})")
+        iso = self.column(3, "iso", f"regexp_extract({t}, {_string('^' + _ISO + '$')}, {_names(_ISO_PARTS)})")
+        # int() of the untrimmed text, for an epoch number, refuses the separators \x1c-\x1f
+        without_separators = f"CASE WHEN NOT regexp_matches({_quote(self.prefix + '_src')}, '[\\x{{1c}}-\\x{{1f}}]') THEN {integer} END"
         # "+20240115" is an epoch number, not a date: YYYYMMDD only for 8 bare digits
         if self.spec.unit is None:
             number = f"CASE WHEN regexp_full_match({t}, '[0-9]{{8}}') THEN {integer} ELSE -1 END"
@@ -364,10 +370,10 @@ class _FieldBuilder:
                 f"TRY(CAST(make_date(CAST({number} AS BIGINT) // 10000, CAST({number} AS BIGINT) // 100 % 100, "
                 f"CAST({number} AS BIGINT) % 100) AS TIMESTAMP))"
             )
-            epoch = self.epoch_moment("0", integer)
+            epoch = self.epoch_moment("0", without_separators)
             from_integer = f"CASE WHEN regexp_full_match({t}, '[0-9]{{8}}') THEN {compact} ELSE {epoch} END"
         else:
-            from_integer = self.epoch_moment("0", integer)
+            from_integer = self.epoch_moment("0", without_separators)
         part = lambda name: f"{iso}.{name}"  # noqa: E731
         number = lambda name: f"TRY_CAST(NULLIF({part(name)}, '') AS INTEGER)"  # noqa: E731
         offset = (
@@ -403,6 +409,13 @@ class _FieldBuilder:
 # --- pieces -----------------------------------------------------------------------------------
 
 
+def _floor_millis(timestamp: str) -> str:
+    """Whole milliseconds since the epoch, rounded down as Python's ``// timedelta(ms=1)`` (DuckDB's
+    epoch_ms() rounds to the nearest)."""
+    micros = f"epoch_us({timestamp})"
+    return f"(({micros} - (({micros} % 1000) + 1000) % 1000) // 1000)"
+
+
 def _outcome(spec: FieldSpec, row: Mapping[str, Any]) -> tuple[Any, str | None]:
     try:
         return spec.value(row), None
@@ -410,18 +423,23 @@ def _outcome(spec: FieldSpec, row: Mapping[str, Any]) -> tuple[Any, str | None]:
         return None, error.reason
 
 
-def _field_function(spec: FieldSpec, sql_type: str, convert):
+def json_default(value: Any) -> Any:
+    """Dates inside a json / list value as ISO text (as the mediarithmics writer sends them)."""
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _field_function(spec: FieldSpec, sql_type: str, to_row):
     """The Python rule of one field over an Arrow array: STRUCT(v, r) per value."""
     import pyarrow as pa
 
     arrow_type = {"BIGINT": pa.int64(), "DOUBLE": pa.float64(), "BOOLEAN": pa.bool_()}.get(sql_type, pa.string())
-    key = spec.source
-
     def encode(value):
         if value is None:
             return None
         if sql_type == "JSON":
-            return values.json_text(value, default=str)
+            return values.json_text(value, default=json_default)
         if sql_type == "HUGEINT":
             if not -_HUGEINT_LIMIT <= value < _HUGEINT_LIMIT:
                 raise ValueError(f"{value} is out of range for a 128-bit integer")
@@ -432,7 +450,7 @@ def _field_function(spec: FieldSpec, sql_type: str, convert):
         out, reasons = [], []
         for raw in array.to_pylist():
             try:
-                value = encode(spec.value({key: convert(raw)}))
+                value = encode(spec.value(to_row(raw)))
                 reason = None
             except RowRejected as error:
                 value, reason = None, error.reason
@@ -467,15 +485,16 @@ def _udf_parameter(kind: str, category: str) -> str:
     return kind
 
 
-def _udf_argument(src: str, kind: str, category: str):
+def _udf_argument(src: str, kind: str, category: str, source: str):
+    """The argument of the Python rule, and how its value becomes the row ``FieldSpec.value`` reads."""
     if category == "wide_int":
-        return f"CAST({src} AS VARCHAR)", lambda raw: None if raw is None else int(raw)
+        return f"CAST({src} AS VARCHAR)", lambda raw: {source: None if raw is None else int(raw)}
     if category == "json":
-        return f"CAST({src} AS VARCHAR)", lambda raw: None if raw is None else json.loads(raw)
+        return f"CAST({src} AS VARCHAR)", lambda raw: {source: None if raw is None else json.loads(raw)}
     if category == "nested_json":  # the whole top-level JSON value; lookup() walks it
-        first = kind.split("@", 1)[1].split(".")[0]
-        return f"CAST({src} AS VARCHAR)", lambda raw: None if raw is None else {first: json.loads(raw)}
-    return src, lambda raw: raw
+        first = source.split(".")[0]
+        return f"CAST({src} AS VARCHAR)", lambda raw: {first: None if raw is None else json.loads(raw)}
+    return src, lambda raw: {source: raw}
 
 
 def _missing_sql(category: str, source: str, trimmed: str | None) -> str:
@@ -691,7 +710,7 @@ def _normalise_type(kind: str) -> str:
     aliases = {"TEXT": "VARCHAR", "STRING": "VARCHAR", "INT": "INTEGER", "INT8": "BIGINT", "LONG": "BIGINT",
                "REAL": "FLOAT", "FLOAT8": "DOUBLE", "BOOL": "BOOLEAN", "TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE",
                "BYTEA": "BLOB", "BINARY": "BLOB", "VARBINARY": "BLOB", "DATETIME": "TIMESTAMP"}
-    if upper.startswith("VARCHAR"):
+    if upper == "VARCHAR" or upper.startswith("VARCHAR("):
         return "VARCHAR"
     return aliases.get(upper, upper if not upper.startswith(("STRUCT", "MAP", "UNION")) and "[" not in upper else text)
 
