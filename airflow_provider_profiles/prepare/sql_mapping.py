@@ -41,6 +41,8 @@ else:  # pragma: no cover
 
 # str.strip() and str.isspace() whitespace (DuckDB's trim() alone removes only spaces)
 PY_WHITESPACE = "".join(chr(code) for code in range(sys.maxunicode + 1) if chr(code).isspace())
+_WHITESPACE_CLASS = "".join("\\x{%x}" % ord(char) for char in PY_WHITESPACE)
+_UNTRIMMED = f"[^{_WHITESPACE_CLASS}](?s:.*[^{_WHITESPACE_CLASS}])?"
 _FLOAT = r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?"  # ASCII float() text, no "_" nor inf/nan
 _ISO = (
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
@@ -168,8 +170,10 @@ class _FieldBuilder:
         if missing_literal is None:
             missing_literal = _literal(missing_value, "JSON")
         src = self.column(1, "src", source)
-        if category == "text":
-            self.trimmed = self.column(2, "t", f"trim({src}, {_string(PY_WHITESPACE)})")
+        if category == "text":  # str.strip(): trim() only where an end is whitespace (trim is slow)
+            self.trimmed = self.column(
+                2, "t", f"CASE WHEN regexp_full_match({src}, {_string(_UNTRIMMED)}) THEN {src} ELSE trim({src}, {_string(PY_WHITESPACE)}) END"
+            )
         fallback = None
         result = fast(src) if fast is not None else None
         if result is None:  # checks or parse without an SQL form
@@ -351,47 +355,37 @@ class _FieldBuilder:
             return epoch
         if self.spec.format:  # Python reads a YYYYMMDD integer as text, with the format: its rule
             return f"CASE WHEN {number} BETWEEN 10000000 AND 99999999 THEN NULL ELSE {epoch} END"
-        compact = (
-            f"TRY(CAST(make_date(CAST({number} AS BIGINT) // 10000, CAST({number} AS BIGINT) // 100 % 100, "
-            f"CAST({number} AS BIGINT) % 100) AS TIMESTAMP))"
-        )
-        return f"CASE WHEN {number} BETWEEN 10000000 AND 99999999 THEN {compact} ELSE {epoch} END"
+        return f"CASE WHEN {number} BETWEEN 10000000 AND 99999999 THEN {_compact_date(number)} ELSE {epoch} END"
 
     def text_moment(self) -> str:
         t = self.trimmed
+        src = _quote(self.prefix + "_src")
         integer = self.column(3, "int", f"CASE WHEN regexp_full_match({t}, '[+-]?[0-9]{{1,20}}') THEN CAST({t} AS HUGEINT) END")
         iso = self.column(3, "iso", f"regexp_extract({t}, {_string('^' + _ISO + '$')}, {_names(_ISO_PARTS)})")
         # int() of the untrimmed text, for an epoch number, refuses the separators \x1c-\x1f
-        without_separators = f"CASE WHEN NOT regexp_matches({_quote(self.prefix + '_src')}, '[\\x{{1c}}-\\x{{1f}}]') THEN {integer} END"
-        # "+20240115" is an epoch number, not a date: YYYYMMDD only for 8 bare digits
-        if self.spec.unit is None:
-            number = f"CASE WHEN regexp_full_match({t}, '[0-9]{{8}}') THEN {integer} ELSE -1 END"
-            compact = (
-                f"TRY(CAST(make_date(CAST({number} AS BIGINT) // 10000, CAST({number} AS BIGINT) // 100 % 100, "
-                f"CAST({number} AS BIGINT) % 100) AS TIMESTAMP))"
-            )
-            epoch = self.epoch_moment("0", without_separators)
-            from_integer = f"CASE WHEN regexp_full_match({t}, '[0-9]{{8}}') THEN {compact} ELSE {epoch} END"
+        epoch = self.epoch_moment("0", f"CASE WHEN NOT regexp_matches({src}, '[\\x{{1c}}-\\x{{1f}}]') THEN {integer} END")
+        if self.spec.unit is None:  # "+20240115" is an epoch number: YYYYMMDD is 8 bare digits
+            from_integer = f"CASE WHEN regexp_full_match({t}, '[0-9]{{8}}') THEN {_compact_date(integer)} ELSE {epoch} END"
         else:
-            from_integer = self.epoch_moment("0", without_separators)
+            from_integer = epoch
         part = lambda name: f"{iso}.{name}"  # noqa: E731
         number = lambda name: f"TRY_CAST(NULLIF({part(name)}, '') AS INTEGER)"  # noqa: E731
+        clock = lambda name: f"coalesce({number(name)}, 0)"  # noqa: E731
+        hours, minutes = f"CAST(substr({part('z')}, 2, 2) AS INTEGER)", f"CAST(substr({part('z')}, 5, 2) AS INTEGER)"
         offset = (
-            f"CASE WHEN {part('z')} IN ('', 'Z') THEN 0 "
-            f"WHEN CAST(substr({part('z')}, 2, 2) AS INTEGER) <= 23 AND CAST(substr({part('z')}, 5, 2) AS INTEGER) <= 59 "
-            f"THEN (CASE WHEN {part('z')}[1] = '-' THEN -1 ELSE 1 END) "
-            f"* (CAST(substr({part('z')}, 2, 2) AS INTEGER) * 60 + CAST(substr({part('z')}, 5, 2) AS INTEGER)) END"
+            f"CASE WHEN {part('z')} IN ('', 'Z') THEN 0 WHEN {hours} <= 23 AND {minutes} <= 59 "
+            f"THEN (CASE WHEN {part('z')}[1] = '-' THEN -1 ELSE 1 END) * ({hours} * 60 + {minutes}) END"
         )
+        # years 2-9998 only: Python's conversion to UTC overflows at the ends, its rule says how
         valid = (
-            f"{part('y')} <> '' AND {number('y')} BETWEEN 2 AND 9998 AND coalesce({number('h')}, 0) <= 23 "
-            f"AND coalesce({number('mi')}, 0) <= 59 AND coalesce({number('s')}, 0) <= 59"
+            f"{number('y')} BETWEEN 2 AND 9998 AND {_date_ok(number('y'), number('mo'), number('d'))} "
+            f"AND {clock('h')} <= 23 AND {clock('mi')} <= 59 AND {clock('s')} <= 59"
         )
-        local = (
-            f"TRY(make_date({number('y')}, {number('mo')}, {number('d')}) + make_time(coalesce({number('h')}, 0), "
-            f"coalesce({number('mi')}, 0), coalesce({number('s')}, 0)))"
+        micros = f"coalesce(TRY_CAST(rpad({part('f')}, 6, '0') AS BIGINT), 0)"
+        from_iso = (
+            f"CASE WHEN {valid} THEN make_date({number('y')}, {number('mo')}, {number('d')}) "
+            f"+ make_time({clock('h')}, {clock('mi')}, {clock('s')}) + to_microseconds({micros}) - to_minutes({offset}) END"
         )
-        micros = f"coalesce(TRY_CAST(NULLIF(rpad({part('f')}, 6, '0'), '000000') AS BIGINT), 0)"
-        from_iso = f"CASE WHEN {valid} THEN {local} + to_microseconds({micros}) - to_minutes({offset}) END"
         return f"CASE WHEN {integer} IS NOT NULL THEN {from_integer} ELSE {from_iso} END"
 
     def formatted_moment(self, pattern: str, groups: list[str]) -> str:
@@ -399,11 +393,28 @@ class _FieldBuilder:
         found = self.column(3, "fmt", f"regexp_extract({t}, {_string('^(?:' + pattern + ')$')}, {_names(groups)})")
         number = lambda name: f"TRY_CAST(NULLIF({found}.{name}, '') AS INTEGER)" if name in groups else "0"  # noqa: E731
         ascii_only = f"strlen({t}) = length({t})"  # Python's \d and \s match Unicode too
-        return (
-            f"CASE WHEN {ascii_only} AND {found}.year <> '' AND {number('year')} >= 1 AND {number('second')} <= 59 THEN "
-            f"TRY(make_date({number('year')}, {number('month')}, {number('day')}) "
-            f"+ make_time({number('hour')}, {number('minute')}, {number('second')})) END"
+        valid = f"{ascii_only} AND {number('year')} >= 1 AND {number('second')} <= 59 AND " + _date_ok(
+            number("year"), number("month"), number("day")
         )
+        return (
+            f"CASE WHEN {valid} THEN make_date({number('year')}, {number('month')}, {number('day')}) "
+            f"+ make_time({number('hour')}, {number('minute')}, {number('second')}) END"
+        )
+
+
+def _date_ok(year: str, month: str, day: str) -> str:
+    """Whether the date exists (year 1-9999), without raising: TRY() makes DuckDB evaluate a whole
+    vector row by row as soon as one value fails, and invalid dates are in most vectors."""
+    leap = f"({year} % 4 = 0 AND ({year} % 100 <> 0 OR {year} % 400 = 0))"
+    days = f"CASE WHEN {month} = 2 THEN CASE WHEN {leap} THEN 29 ELSE 28 END WHEN {month} IN (4, 6, 9, 11) THEN 30 ELSE 31 END"
+    return f"coalesce({year} BETWEEN 1 AND 9999 AND {month} BETWEEN 1 AND 12 AND {day} BETWEEN 1 AND {days}, FALSE)"
+
+
+def _compact_date(number: str) -> str:
+    """The midnight of a YYYYMMDD integer, or NULL if that is no date."""
+    whole = f"CAST({number} AS BIGINT)"
+    parts = (f"{whole} // 10000", f"{whole} // 100 % 100", f"{whole} % 100")
+    return f"CASE WHEN {_date_ok(*parts)} THEN CAST(make_date({', '.join(parts)}) AS TIMESTAMP) END"
 
 
 # --- pieces -----------------------------------------------------------------------------------
