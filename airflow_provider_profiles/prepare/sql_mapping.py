@@ -180,9 +180,9 @@ class _FieldBuilder:
             fallback = f"no SQL rule for a {spec.type} ({spec.representation}) from {kind.split('@')[0]}" + (
                 " with its pattern / format" if spec.pattern is not None or spec.format else ""
             )
-            ok, value = "FALSE", "NULL"
+            ok, value, failure = "FALSE", "NULL", "NULL"
         else:
-            ok, value = result
+            ok, value, failure = result
             if as_json:
                 value = f"to_json({value})"
         if as_json:
@@ -195,11 +195,18 @@ class _FieldBuilder:
         )
         ok = self.column(5, "ok", f"coalesce({ok}, FALSE)") if ok != "FALSE" else "FALSE"
         fast_value = self.column(5, "v", value) if value != "NULL" else "NULL"
-        python = self.column(6, "py", f"CASE WHEN NOT {missing} AND NOT {ok} THEN {self.function}({udf_arg}) END")
+        # the reason of the common rejects, worded in SQL as Python words it (NULL: ask Python)
+        failure = self.column(5, "fail", failure) if failure != "NULL" else "CAST(NULL AS VARCHAR)"
+        python = self.column(
+            6, "py", f"CASE WHEN NOT {missing} AND NOT {ok} AND {failure} IS NULL THEN {self.function}({udf_arg}) END"
+        )
         from_python = f"CAST({python}.v AS {sql_type})"
-        value_sql = f"CASE WHEN {missing} THEN {missing_literal} WHEN {ok} THEN {fast_value} ELSE {from_python} END"
+        value_sql = (
+            f"CASE WHEN {missing} THEN {missing_literal} WHEN {ok} THEN {fast_value} "
+            f"WHEN {failure} IS NOT NULL THEN NULL ELSE {from_python} END"
+        )
         reason_literal = "CAST(NULL AS VARCHAR)" if missing_reason is None else _string(missing_reason)
-        reason_sql = f"CASE WHEN {missing} THEN {reason_literal} WHEN {ok} THEN NULL ELSE {python}.r END"
+        reason_sql = f"CASE WHEN {missing} THEN {reason_literal} WHEN {ok} THEN NULL ELSE coalesce({failure}, {python}.r) END"
         return CompiledField(spec.target, spec.path, value_sql, reason_sql, sql_type, fallback)
 
     def source(self) -> tuple[str, str]:
@@ -244,11 +251,26 @@ class _FieldBuilder:
         sql_type = "BIGINT" if kind == "epoch_ms" else "VARCHAR"
         return sql_type, self.date_path(category, sql_type)
 
-    def checked(self, value: str, sql_type: str, ok: str) -> tuple[str, str] | None:
+    def checked(self, value: str, sql_type: str, ok: str, failure: str | None = None) -> tuple[str, str, str] | None:
+        """(ok, value, reason): ``ok`` the coercion worked and the checks pass; ``reason`` Python's
+        reason where SQL is sure of it (``failure`` for the coercion), else NULL."""
         checks = _checks(self.spec, value, sql_type)
         if checks is None:
             return None
-        return (" AND ".join([ok, *checks]), value)
+        branches = [f"WHEN NOT {passes} THEN {reason}" for passes, reason in checks]
+        reason = f"CASE WHEN NOT coalesce({ok}, FALSE) THEN {failure or 'NULL'} {' '.join(branches)} END"
+        return (" AND ".join([ok, *(passes for passes, _ in checks)]), value, reason)
+
+    def failed(self, message: str) -> str:
+        """A coercion reason as FieldSpec.value words it, around the SQL of ``message``."""
+        return f"({_string(self.spec.target + ': ')} || {message} || {_string(f' (column {self.spec.source!r})')})"
+
+    def not_a_float(self, t: str) -> str:
+        """float() surely fails: printable ASCII without a digit, and not inf / nan."""
+        return (
+            f"(regexp_full_match({t}, '[\\x{{20}}-\\x{{7e}}]*') AND NOT regexp_matches({t}, '[0-9]') "
+            f"AND NOT regexp_full_match(lower({t}), '[+-]?(inf|infinity|nan)'))"
+        )
 
     def string_path(self, category):
         if category == "text":
@@ -272,7 +294,13 @@ class _FieldBuilder:
                 number = self.column(3, "dbl", f"CASE WHEN regexp_full_match({t}, {_string(_FLOAT)}) THEN TRY_CAST({t} AS DOUBLE) END")
                 whole = f"isfinite({number}) AND {number} = trunc({number}) AND abs({number}) < 1e38"
                 value = f"CASE WHEN {digits} THEN CAST({t} AS HUGEINT) WHEN {whole} THEN CAST({number} AS HUGEINT) END"
-                return self.checked(value, sql_type, f"({digits} OR ({whole}))")
+                fraction = self.failed("'expected an integer, got ' || " + _repr_sql(src))
+                not_float = self.failed("'could not convert string to float: ' || " + _repr_sql(t))
+                failure = (
+                    f"CASE WHEN isfinite({number}) AND {number} <> trunc({number}) THEN {fraction} "
+                    f"WHEN {self.not_a_float(t)} THEN {not_float} END"
+                )
+                return self.checked(value, sql_type, f"({digits} OR ({whole}))", failure)
             return path
         if category in ("int", "wide_int"):
             return lambda src: self.checked(f"CAST({src} AS {sql_type})", sql_type, "TRUE")
@@ -287,7 +315,9 @@ class _FieldBuilder:
             def path(src):
                 t = self.trimmed
                 number = self.column(3, "dbl", f"CASE WHEN regexp_full_match({t}, {_string(_FLOAT)}) THEN TRY_CAST({t} AS DOUBLE) END")
-                return self.checked(number, "DOUBLE", f"isfinite({number})")
+                not_float = self.failed("'could not convert string to float: ' || " + _repr_sql(t))
+                failure = f"CASE WHEN {self.not_a_float(t)} THEN {not_float} END"
+                return self.checked(number, "DOUBLE", f"isfinite({number})", failure)
             return path
         if category == "float":
             return lambda src: self.checked(f"CAST({src} AS DOUBLE)", "DOUBLE", f"isfinite({src})")
@@ -302,7 +332,8 @@ class _FieldBuilder:
                 word = self.column(3, "word", f"lower({self.trimmed})")
                 words = ", ".join(_string(w) for w in sorted(values.TRUE_WORDS | values.FALSE_WORDS))
                 trues = ", ".join(_string(w) for w in sorted(values.TRUE_WORDS))
-                return self.checked(as_type(f"({word} IN ({trues}))"), sql_type, f"{word} IN ({words})")
+                failure = self.failed("'expected true/false, yes/no or 1/0, got ' || " + _repr_sql(src))  # NULL unless ASCII
+                return self.checked(as_type(f"({word} IN ({trues}))"), sql_type, f"{word} IN ({words})", failure)
             return path
         if category == "bool":
             return lambda src: self.checked(as_type(src), sql_type, "TRUE")
@@ -317,8 +348,12 @@ class _FieldBuilder:
             if parts is None:
                 return None
             moment = lambda src: self.formatted_moment(*parts)  # noqa: E731
+            failure = lambda: self.failed(  # noqa: E731
+                f"{_repr_sql(self.trimmed)} || {_string(f' does not match the date format {spec.format!r}')}"
+            )
         elif category == "text":
             moment = lambda src: self.text_moment()  # noqa: E731
+            failure = self.text_failure
         elif category in ("int", "wide_int"):
             moment = lambda src: self.epoch_moment(src, f"CAST({src} AS HUGEINT)")  # noqa: E731
         elif category == "date":
@@ -339,8 +374,26 @@ class _FieldBuilder:
                 value = f"strftime({ts}, '%Y-%m-%d')"
             else:
                 value = f"strftime({ts}, '%Y-%m-%dT%H:%M:%SZ')"
-            return self.checked(value, sql_type, f"{ts} IS NOT NULL")
+            surely = failure() if category == "text" else None
+            return self.checked(value, sql_type, f"{ts} IS NOT NULL", surely and f"CASE WHEN {ts} IS NULL THEN {surely} END")
         return path
+
+    def text_failure(self) -> str:
+        """The date reasons SQL can be sure of: text that cannot be ISO 8601 (not 4 digits first,
+        or a date that does not exist) and YYYYMMDD that is no date."""
+        t, iso = self.trimmed, _quote(self.prefix + "_iso")
+        number = lambda name: f"TRY_CAST(NULLIF({iso}.{name}, '') AS INTEGER)"  # noqa: E731
+        not_iso = (
+            f"NOT regexp_full_match({t}, '[+-]?[0-9]+') AND (NOT regexp_matches({t}, '^[0-9]{{4}}') "
+            f"OR ({iso}.y <> '' AND NOT {_date_ok(number('y'), number('mo'), number('d'))}))"
+        )
+        iso_reason = self.failed(f"{_repr_sql(t)} || ' is not an ISO 8601 date (YYYY-MM-DD[THH:MM:SS]) nor YYYYMMDD'")
+        branches = f"WHEN {not_iso} THEN {iso_reason}"
+        if self.spec.unit is None:
+            compact = f"regexp_full_match({t}, '[0-9]{{8}}') AND NOT {_date_ok(*_compact_parts(f'TRY_CAST({t} AS BIGINT)'))}"
+            no_date = self.failed(_repr_sql(t) + " || ' is not a date (YYYYMMDD) nor plausible epoch milliseconds'")
+            branches += f" WHEN {compact} THEN {no_date}"
+        return f"CASE {branches} END"
 
     def epoch_moment(self, number: str, as_hugeint: str) -> str:
         """The moment of an epoch number (and of YYYYMMDD integers without a unit), or NULL."""
@@ -410,10 +463,14 @@ def _date_ok(year: str, month: str, day: str) -> str:
     return f"coalesce({year} BETWEEN 1 AND 9999 AND {month} BETWEEN 1 AND 12 AND {day} BETWEEN 1 AND {days}, FALSE)"
 
 
+def _compact_parts(number: str) -> tuple[str, str, str]:
+    whole = f"CAST({number} AS BIGINT)"
+    return (f"{whole} // 10000", f"{whole} // 100 % 100", f"{whole} % 100")
+
+
 def _compact_date(number: str) -> str:
     """The midnight of a YYYYMMDD integer, or NULL if that is no date."""
-    whole = f"CAST({number} AS BIGINT)"
-    parts = (f"{whole} // 10000", f"{whole} // 100 % 100", f"{whole} % 100")
+    parts = _compact_parts(number)
     return f"CASE WHEN {_date_ok(*parts)} THEN CAST(make_date({', '.join(parts)}) AS TIMESTAMP) END"
 
 
@@ -519,12 +576,36 @@ def _missing_sql(category: str, source: str, trimmed: str | None) -> str:
     return f"({source} IS NULL)"
 
 
-def _checks(spec: FieldSpec, value: str, sql_type: str) -> list[str] | None:
-    """FieldSpec.check as SQL predicates that hold only when Python's check passes; None if one
-    cannot be written."""
+def _repr_sql(text: str) -> str:
+    """Python's repr() of a str, for printable ASCII without a backslash; NULL otherwise."""
+    return (
+        f"CASE WHEN regexp_full_match({text}, '[\\x{{20}}-\\x{{26}}\\x{{28}}-\\x{{5b}}\\x{{5d}}-\\x{{7e}}]*') "
+        f"THEN chr(39) || {text} || chr(39) "
+        f"WHEN regexp_full_match({text}, '[\\x{{20}}\\x{{21}}\\x{{23}}-\\x{{5b}}\\x{{5d}}-\\x{{7e}}]*') "
+        f"THEN chr(34) || {text} || chr(34) END"
+    )
+
+
+def _value_repr_sql(value: str, sql_type: str) -> str:
+    return {
+        "VARCHAR": _repr_sql(value),
+        "BIGINT": f"CAST({value} AS VARCHAR)",
+        "HUGEINT": f"CAST({value} AS VARCHAR)",
+        "BOOLEAN": f"CASE WHEN {value} THEN 'True' ELSE 'False' END",
+    }.get(sql_type, "NULL")
+
+
+def _checks(spec: FieldSpec, value: str, sql_type: str) -> list[tuple[str, str]] | None:
+    """FieldSpec.check as (SQL predicate that holds only when Python's check passes, Python's
+    reason when it surely fails, else NULL) in Python's order; None if one cannot be written."""
     checks = []
+    prefix = _string(spec.target + ": ")
+    shown = _value_repr_sql(value, sql_type)
     if spec.max_length is not None and sql_type == "VARCHAR":
-        checks.append(f"length({value}) <= {int(spec.max_length)}")
+        checks.append((
+            f"length({value}) <= {int(spec.max_length)}",
+            f"{prefix} || CAST(length({value}) AS VARCHAR) || {_string(f' characters; at most {spec.max_length} allowed')}",
+        ))
     if spec.pattern is not None:
         text = {
             "VARCHAR": value,
@@ -537,12 +618,18 @@ def _checks(spec: FieldSpec, value: str, sql_type: str) -> list[str] | None:
             return None
         pattern, needs_ascii = translated
         match = f"regexp_full_match({text}, {_string(pattern)})"
-        checks.append(f"(strlen({text}) = length({text}) AND {match})" if needs_ascii else match)
+        reason = f"{prefix} || {shown} || {_string(f' does not match {spec.pattern.pattern!r}')}"
+        if needs_ascii:
+            ascii_text = f"strlen({text}) = length({text})"
+            checks.append((f"({ascii_text} AND {match})", f"CASE WHEN {ascii_text} THEN {reason} END"))
+        else:
+            checks.append((match, reason))
     if spec.choices is not None:
         allowed = _choice_literals(spec.choices, sql_type)
         if allowed is None:
             return None
-        checks.append(f"{value} IN ({', '.join(allowed)})" if allowed else "FALSE")
+        listed = _string(f" is not one of {sorted(map(str, spec.choices))}")
+        checks.append((f"{value} IN ({', '.join(allowed)})" if allowed else "FALSE", f"{prefix} || {shown} || {listed}"))
     return checks
 
 

@@ -279,3 +279,34 @@ def test_generated_text(texts):
     table = pa.table({"v": pa.array(texts, pa.string())})
     for field in fields:  # one field at a time: a row rejected by the first would hide the others
         differential({field: fields[field]}, table, vendor="gainsight_px" if field == "epoch_ms" else "apsis_one")
+
+
+def test_common_rejects_are_worded_in_sql_without_python():
+    """Dirty exports reject in bulk: the reasons of the usual cases never call the Python rule."""
+    fields = {
+        "n": {"source": "n", "type": "int"},
+        "x": {"source": "x", "type": "number"},
+        "vip": {"source": "vip", "type": "bool"},
+        "born": {"source": "born", "type": "date"},
+        "day": {"source": "day", "type": "date", "format": "%d/%m/%Y"},
+        "email": {"source": "email", "pattern": r"[^@\s]+@[^@\s]+\.[^@\s]+", "max_length": 20, "choices": None},
+        "plan": {"source": "plan", "choices": ["free", "pro"], "max_length": 4},
+    }
+    bad = {"n": ["4.5", " abc ", "O'Brien"], "x": ["abc", "x y", "--"], "vip": ["maybe", " Nope ", 'say "hi"'],
+           "born": ["15/01/2024", "2023-02-30", "20241301"], "day": ["2024-01-15", "31/02/2024", "1/1/1"],
+           "email": ["userexample.com", "a@b", "averyveryverylong@example.com"], "plan": ["gold", "enterprise", "it's"]}
+    for target, spec in fields.items():
+        rows = bad[spec["source"]]
+        table = pa.table({spec["source"]: pa.array(rows, pa.string())})
+        compiled, _ = differential({target: {k: v for k, v in spec.items() if v is not None}}, table)
+        calls = []
+        connection = duckdb.connect()
+        connection.register("input", table.append_column("__record", pa.array(range(len(rows)), pa.int64())))
+        def counted(function):
+            return lambda array: calls.append(len(array)) or function(array)
+
+        for name, (function, parameters, returns) in compiled.functions.items():
+            compiled.functions[name] = (counted(function), parameters, returns)
+        compiled.register(connection)
+        reasons = connection.execute(f"SELECT __reason FROM ({compiled.select_sql('input')})").fetchall()
+        assert all(reason is not None for (reason,) in reasons) and calls == [], (target, reasons)
