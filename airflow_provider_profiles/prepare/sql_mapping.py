@@ -19,6 +19,7 @@ exact integer, is rejected here ("out of range for a 128-bit integer"): DuckDB's
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import json
 import math
@@ -152,6 +153,15 @@ class _FieldBuilder:
         self.stages: list[list[tuple[str, str]]] = [[] for _ in range(_STAGES)]
         self.functions: dict[str, tuple[Any, list[str], str]] = {}
 
+    @functools.cached_property
+    def trimmed(self) -> str:
+        """str.strip() of the text source: trim() only where an end is whitespace (trim is slow)."""
+        src = self.src
+        return self.column(
+            2, "t", f"CASE WHEN {_visible_ascii(f'left({src}, 1)')} AND {_visible_ascii(f'right({src}, 1)')} THEN {src} "
+            f"WHEN regexp_full_match({src}, {_string(_UNTRIMMED)}) THEN {src} ELSE trim({src}, {_string(PY_WHITESPACE)}) END"
+        )
+
     def column(self, stage: int, name: str, expr: str) -> str:
         self.stages[stage].append((f"{self.prefix}_{name}", expr))
         return _quote(f"{self.prefix}_{name}")
@@ -170,10 +180,7 @@ class _FieldBuilder:
         if missing_literal is None:
             missing_literal = _literal(missing_value, "JSON")
         src = self.column(1, "src", source)
-        if category == "text":  # str.strip(): trim() only where an end is whitespace (trim is slow)
-            self.trimmed = self.column(
-                2, "t", f"CASE WHEN regexp_full_match({src}, {_string(_UNTRIMMED)}) THEN {src} ELSE trim({src}, {_string(PY_WHITESPACE)}) END"
-            )
+        self.src = src
         fallback = None
         result = fast(src) if fast is not None else None
         if result is None:  # checks or parse without an SQL form
@@ -187,7 +194,7 @@ class _FieldBuilder:
                 value = f"to_json({value})"
         if as_json:
             sql_type = "JSON"
-        missing = self.column(3, "m", _missing_sql(category, src, getattr(self, "trimmed", None)))
+        missing = self.column(3, "m", _missing_sql(category, src))
         udf_arg, to_row = _udf_argument(src, kind, category, spec.source)
         returns = _UDF_TYPES.get(sql_type, sql_type)
         self.functions[self.function] = (
@@ -291,7 +298,9 @@ class _FieldBuilder:
             def path(src):
                 t = self.trimmed
                 digits = self.column(3, "digits", f"regexp_full_match({t}, '[+-]?[0-9]{{1,38}}')")
-                number = self.column(3, "dbl", f"CASE WHEN regexp_full_match({t}, {_string(_FLOAT)}) THEN TRY_CAST({t} AS DOUBLE) END")
+                number = self.column(
+                    4, "dbl", f"CASE WHEN NOT {digits} AND regexp_full_match({t}, {_string(_FLOAT)}) THEN TRY_CAST({t} AS DOUBLE) END"
+                )
                 whole = f"isfinite({number}) AND {number} = trunc({number}) AND abs({number}) < 1e38"
                 value = f"CASE WHEN {digits} THEN CAST({t} AS HUGEINT) WHEN {whole} THEN CAST({number} AS HUGEINT) END"
                 fraction = self.failed("'expected an integer, got ' || " + _repr_sql(src))
@@ -370,6 +379,8 @@ class _FieldBuilder:
             kind = spec.representation
             if kind == "epoch_ms":
                 value = _floor_millis(f"date_trunc('day', {ts})" if spec.type == "date" else ts)
+            elif kind == "iso_date" and category == "text" and not spec.format:  # YYYY-MM-DD as it came
+                value = f"CASE WHEN {_quote(self.prefix + '_plain')} IS NOT NULL THEN {self.trimmed} ELSE strftime({ts}, '%Y-%m-%d') END"
             elif kind == "iso_date":
                 value = f"strftime({ts}, '%Y-%m-%d')"
             else:
@@ -383,9 +394,11 @@ class _FieldBuilder:
         or a date that does not exist) and YYYYMMDD that is no date."""
         t, iso = self.trimmed, _quote(self.prefix + "_iso")
         number = lambda name: f"TRY_CAST(NULLIF({iso}.{name}, '') AS INTEGER)"  # noqa: E731
+        plain_parts = [f"TRY_CAST(substr({t}, {start}, {length}) AS INTEGER)" for start, length in ((1, 4), (6, 2), (9, 2))]
         not_iso = (
             f"NOT regexp_full_match({t}, '[+-]?[0-9]+') AND (NOT regexp_matches({t}, '^[0-9]{{4}}') "
-            f"OR ({iso}.y <> '' AND NOT {_date_ok(number('y'), number('mo'), number('d'))}))"
+            f"OR ({iso}.y <> '' AND NOT {_date_ok(number('y'), number('mo'), number('d'))}) "
+            f"OR (regexp_full_match({t}, '[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}') AND NOT {_date_ok(*plain_parts)}))"
         )
         iso_reason = self.failed(f"{_repr_sql(t)} || ' is not an ISO 8601 date (YYYY-MM-DD[THH:MM:SS]) nor YYYYMMDD'")
         branches = f"WHEN {not_iso} THEN {iso_reason}"
@@ -414,7 +427,11 @@ class _FieldBuilder:
         t = self.trimmed
         src = _quote(self.prefix + "_src")
         integer = self.column(3, "int", f"CASE WHEN regexp_full_match({t}, '[+-]?[0-9]{{1,20}}') THEN CAST({t} AS HUGEINT) END")
-        iso = self.column(3, "iso", f"regexp_extract({t}, {_string('^' + _ISO + '$')}, {_names(_ISO_PARTS)})")
+        # the usual YYYY-MM-DD (years 1000-9999): DuckDB's own date cast, the general parse skipped
+        plain = self.column(3, "plain", f"CASE WHEN regexp_full_match({t}, '[1-9][0-9]{{3}}-[0-9]{{2}}-[0-9]{{2}}') THEN TRY_CAST({t} AS DATE) END")
+        iso = self.column(
+            3, "iso", f"CASE WHEN NOT regexp_full_match({t}, '[1-9][0-9]{{3}}-[0-9]{{2}}-[0-9]{{2}}') THEN regexp_extract({t}, {_string('^' + _ISO + '$')}, {_names(_ISO_PARTS)}) END"
+        )
         # int() of the untrimmed text, for an epoch number, refuses the separators \x1c-\x1f
         epoch = self.epoch_moment("0", f"CASE WHEN NOT regexp_matches({src}, '[\\x{{1c}}-\\x{{1f}}]') THEN {integer} END")
         if self.spec.unit is None:  # "+20240115" is an epoch number: YYYYMMDD is 8 bare digits
@@ -439,7 +456,10 @@ class _FieldBuilder:
             f"CASE WHEN {valid} THEN make_date({number('y')}, {number('mo')}, {number('d')}) "
             f"+ make_time({clock('h')}, {clock('mi')}, {clock('s')}) + to_microseconds({micros}) - to_minutes({offset}) END"
         )
-        return f"CASE WHEN {integer} IS NOT NULL THEN {from_integer} ELSE {from_iso} END"
+        return (
+            f"CASE WHEN {plain} IS NOT NULL THEN CAST({plain} AS TIMESTAMP) "
+            f"WHEN {integer} IS NOT NULL THEN {from_integer} ELSE {from_iso} END"
+        )
 
     def formatted_moment(self, pattern: str, groups: list[str]) -> str:
         t = self.trimmed
@@ -565,15 +585,21 @@ def _udf_argument(src: str, kind: str, category: str, source: str):
     return src, lambda raw: {source: raw}
 
 
-def _missing_sql(category: str, source: str, trimmed: str | None) -> str:
+def _missing_sql(category: str, source: str) -> str:
     """formats.base.is_missing in SQL, for the values it can see (the rest: Python decides)."""
-    if category == "text":
-        return f"({source} IS NULL OR {trimmed} = '')"
+    if category == "text":  # blank: no character that is not whitespace (the first one tells, mostly)
+        blank = f"NOT regexp_matches({source}, {_string('[^' + _WHITESPACE_CLASS + ']')})"
+        return f"({source} IS NULL OR CASE WHEN {_visible_ascii(f'left({source}, 1)')} THEN FALSE ELSE {blank} END)"
     if category == "float":
         return f"({source} IS NULL OR isnan({source}))"
     if category == "list":
         return f"({source} IS NULL OR len({source}) = 0)"
     return f"({source} IS NULL)"
+
+
+def _visible_ascii(char: str) -> str:
+    """The one character is printable ASCII other than space: not whitespace, in any sense."""
+    return f"ord({char}) BETWEEN 33 AND 126"
 
 
 def _repr_sql(text: str) -> str:
