@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import pathlib
 import re
+import sys
 
 import duckdb
 import pyarrow as pa
@@ -264,6 +266,7 @@ def test_patterns_translate_to_re2_or_say_they_cannot():
 
 
 _TEXT = st.one_of(
+    st.text(max_size=10),
     st.text(alphabet="0123456789+-.eE_ :/TZtrufalsyno\u00a0\u0664", max_size=12),
     st.from_regex(r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,7})?)?(Z|[+-][0-9]{2}:?[0-9]{2})?)?\Z"),
     st.from_regex(r"\A\s?[+-]?[0-9]{1,21}(\.[0-9]*)?([eE][+-]?[0-9]{1,3})?\s?\Z"),
@@ -271,11 +274,12 @@ _TEXT = st.one_of(
 )
 
 
-@settings(derandomize=True, max_examples=25, deadline=None)
+@settings(derandomize=True, max_examples=20, deadline=None)
 @given(st.lists(_TEXT, min_size=20, max_size=60))
 def test_generated_text(texts):
     fields = {name: {"source": "v", **SPECS[name]} for name in
-              ("int", "number", "bool", "date", "datetime", "epoch_ms", "date_s", "format", "format_time", "format_compact")}
+              ("int", "number", "bool", "date", "datetime", "epoch_ms", "date_s", "format", "format_time", "format_compact",
+               "email", "string_checked", "digits_pattern")}
     table = pa.table({"v": pa.array(texts, pa.string())})
     for field in fields:  # one field at a time: a row rejected by the first would hide the others
         differential({field: fields[field]}, table, vendor="gainsight_px" if field == "epoch_ms" else "apsis_one")
@@ -310,3 +314,11 @@ def test_common_rejects_are_worded_in_sql_without_python():
         compiled.register(connection)
         reasons = connection.execute(f"SELECT __reason FROM ({compiled.select_sql('input')})").fetchall()
         assert all(reason is not None for (reason,) in reasons) and calls == [], (target, reasons)
+
+
+@pytest.mark.parametrize("vendor", ["mediarithmics", "apsis_one", "localytics"])
+def test_the_benchmark_dirty_data_and_mappings(vendor):
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[2] / "benchmarks"))
+    import dirty
+
+    differential(dirty.VENDORS[vendor]["mapping"], dirty.dirty_table(0, 4000), vendor)
