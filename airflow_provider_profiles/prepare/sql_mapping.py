@@ -24,7 +24,6 @@ import itertools
 import json
 import math
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field as dataclass_field
 from typing import Any
@@ -33,15 +32,15 @@ from airflow_provider_profiles.formats import values
 from airflow_provider_profiles.formats.base import RowRejected
 from airflow_provider_profiles.formats.mapping import FieldMapping, FieldSpec
 
-if sys.version_info >= (3, 11):
-    import re._constants as sre
-    import re._parser as sre_parse
-else:  # pragma: no cover
-    import sre_constants as sre
-    import sre_parse
+import re._constants as sre  # the parser of Python's own patterns (3.11+), to translate them
+import re._parser as sre_parse
 
-# str.strip() and str.isspace() whitespace (DuckDB's trim() alone removes only spaces)
-PY_WHITESPACE = "".join(chr(code) for code in range(sys.maxunicode + 1) if chr(code).isspace())
+# str.strip() and str.isspace() whitespace (DuckDB's trim() alone removes only spaces); a test
+# checks it against every code point
+PY_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 _WHITESPACE_CLASS = "".join("\\x{%x}" % ord(char) for char in PY_WHITESPACE)
 _UNTRIMMED = f"[^{_WHITESPACE_CLASS}](?s:.*[^{_WHITESPACE_CLASS}])?"
 _FLOAT = r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?"  # ASCII float() text, no "_" nor inf/nan
@@ -228,11 +227,11 @@ class _FieldBuilder:
         if first not in self.types:
             return "CAST(NULL AS VARCHAR)", "VARCHAR"  # as lookup(): a value that is not there
         expr, kind = _quote(first), self.types[first]
-        for part in rest:
+        for depth, part in enumerate(rest):
+            if kind == "JSON":  # Python walks the rest of the parsed value, as lookup() does
+                return expr, "JSON@" + ".".join(rest[depth:])
             children = _struct_children(kind)
-            if children is None:  # JSON and other nesting: Python walks the whole value
-                return _quote(first), self.types[first] + "@" + name
-            if part not in children:
+            if children is None or part not in children:  # not a mapping, or no such key
                 return "CAST(NULL AS VARCHAR)", "VARCHAR"
             expr, kind = f"struct_extract({expr}, {_string(part)})", children[part]
         return expr, kind
@@ -428,10 +427,10 @@ class _FieldBuilder:
         src = _quote(self.prefix + "_src")
         integer = self.column(3, "int", f"CASE WHEN regexp_full_match({t}, '[+-]?[0-9]{{1,20}}') THEN CAST({t} AS HUGEINT) END")
         # the usual YYYY-MM-DD (years 1000-9999): DuckDB's own date cast, the general parse skipped
-        plain = self.column(3, "plain", f"CASE WHEN regexp_full_match({t}, '[1-9][0-9]{{3}}-[0-9]{{2}}-[0-9]{{2}}') THEN TRY_CAST({t} AS DATE) END")
-        iso = self.column(
-            3, "iso", f"CASE WHEN NOT regexp_full_match({t}, '[1-9][0-9]{{3}}-[0-9]{{2}}-[0-9]{{2}}') THEN regexp_extract({t}, {_string('^' + _ISO + '$')}, {_names(_ISO_PARTS)}) END"
-        )
+        is_plain = f"regexp_full_match({t}, '[1-9][0-9]{{3}}-[0-9]{{2}}-[0-9]{{2}}')"
+        plain = self.column(3, "plain", f"CASE WHEN {is_plain} THEN TRY_CAST({t} AS DATE) END")
+        parts = f"regexp_extract({t}, {_string('^' + _ISO + '$')}, {_names(_ISO_PARTS)})"
+        iso = self.column(3, "iso", f"CASE WHEN NOT {is_plain} THEN {parts} END")
         # int() of the untrimmed text, for an epoch number, refuses the separators \x1c-\x1f
         epoch = self.epoch_moment("0", f"CASE WHEN NOT regexp_matches({src}, '[\\x{{1c}}-\\x{{1f}}]') THEN {integer} END")
         if self.spec.unit is None:  # "+20240115" is an epoch number: YYYYMMDD is 8 bare digits
@@ -579,10 +578,19 @@ def _udf_argument(src: str, kind: str, category: str, source: str):
         return f"CAST({src} AS VARCHAR)", lambda raw: {source: None if raw is None else int(raw)}
     if category == "json":
         return f"CAST({src} AS VARCHAR)", lambda raw: {source: None if raw is None else json.loads(raw)}
-    if category == "nested_json":  # the whole top-level JSON value; lookup() walks it
-        first = source.split(".")[0]
-        return f"CAST({src} AS VARCHAR)", lambda raw: {first: None if raw is None else json.loads(raw)}
+    if category == "nested_json":  # a JSON value with the rest of the path to walk
+        parts = kind.split("@", 1)[1].split(".")
+        return f"CAST({src} AS VARCHAR)", lambda raw: {source: None if raw is None else _walk(json.loads(raw), parts)}
     return src, lambda raw: {source: raw}
+
+
+def _walk(value: Any, parts: list[str]) -> Any:
+    """The rest of formats.mapping.lookup's walk, inside a parsed JSON value."""
+    for part in parts:
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
 
 
 def _missing_sql(category: str, source: str) -> str:

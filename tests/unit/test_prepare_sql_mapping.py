@@ -23,7 +23,7 @@ from hypothesis import given, settings, strategies as st
 from airflow_provider_profiles.formats.base import RowRejected
 from airflow_provider_profiles.formats.mapping import FieldMapping
 from airflow_provider_profiles.formats.values import decode_row
-from airflow_provider_profiles.prepare.sql_mapping import compile_mapping, json_default, re2_pattern
+from airflow_provider_profiles.prepare.sql_mapping import PY_WHITESPACE, compile_mapping, json_default, re2_pattern
 
 HOSTILE = [
     None, "", " ", "\u00a0", "\u2003 7 \u2003", "\t\n", "\u200b", "\x1c", "\x85", "\u3000",
@@ -226,17 +226,21 @@ def test_nested_sources_read_structs_and_json():
     people = [{"address": {"city": "Oslo", "zip": 42}, "meta": '{"a": {"b": " 7 "}}'},
               {"address": {"city": " ", "zip": None}, "meta": '{"a": []}'},
               {"address": None, "meta": None},
-              {"address": {"city": "São Paulo", "zip": 20240115}, "meta": '{"a": {"b": "x"}}'}]
+              {"address": {"city": "São Paulo", "zip": 20240115}, "meta": '{"a": {"b": "x"}}'},
+              {"address": {"city": "Kraków", "zip": 7}, "meta": '"text"'}]
     table = pa.table({
         "address": pa.array([p["address"] for p in people], pa.struct([("city", pa.string()), ("zip", pa.int64())])),
         "meta": pa.array([p["meta"] for p in people], pa.string()),
-        "address.city": pa.array(["exact", None, "x", "y"], pa.string()),
+        "address.city": pa.array(["exact", None, "x", "y", "z"], pa.string()),
+        "name": pa.array(["a", "b", "c", "d", "e"], pa.string()),
     })
     fields = {
         "city": "address.city",  # a column with that exact name wins, as lookup() does
         "zip": {"source": "address.zip", "type": "int"},
         "zip_date": {"source": "address.zip", "type": "date"},
         "gone": {"source": "address.street", "default": "none"},
+        "deeper": {"source": "address.zip.x"},  # an integer is no mapping: nothing there
+        "not_nested": {"source": "name.first", "default": "?"},
         "b": {"source": "meta.a.b", "type": "int"},
         "meta": {"source": "meta", "type": "json"},
     }
@@ -257,6 +261,10 @@ def test_big_integers_beyond_128_bits_are_the_one_known_difference():
     compiled = compile_mapping(mapping, {"n": "VARCHAR", "__record": "INTEGER"}, connection)
     [(value, reason)] = connection.execute(f"SELECT n, __reason FROM ({compiled.select_sql('t')})").fetchall()
     assert value is None and reason == f"n: {int(1e40)} is out of range for a 128-bit integer (column 'n')"
+
+
+def test_the_whitespace_is_pythons():
+    assert PY_WHITESPACE == "".join(chr(code) for code in range(sys.maxunicode + 1) if chr(code).isspace())
 
 
 def test_patterns_translate_to_re2_or_say_they_cannot():
