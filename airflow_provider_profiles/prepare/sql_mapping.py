@@ -1,19 +1,23 @@
 """A ``FieldMapping`` compiled to DuckDB SQL: the typed mapping on whole columns, same results.
 
-Each field gets a fast path in SQL for the inputs whose outcome SQL can compute exactly (plain
-ASCII numbers, ISO dates of the common shapes, true/false words, ...). Every other non-missing value
--- the rejects, whose reasons must be worded as Python words them, and the odd inputs (Unicode
-digits, ISO week dates, ``1_000``) -- goes to a Python function registered on the connection that
-runs the very ``FieldSpec.value`` on it. So the SQL only has to be right about what it accepts; the
-rest is the Python rule itself, called for the few rows that need it (DuckDB evaluates a CASE
-branch only for the rows that take it).
+Each field gets a fast path in SQL for the inputs whose outcome SQL computes exactly (ASCII numbers,
+ISO dates of the usual shapes, epoch numbers, true/false words, patterns translated to RE2, simple
+strptime formats) and, for the usual rejects of printable ASCII values, Python's reason word for
+word. Every other non-missing value (odd inputs such as Unicode digits, ISO week dates or
+``1_000``, and rejects SQL cannot word) goes to a Python function registered on the connection
+that runs the very ``FieldSpec.value`` on it: the SQL only has to be right about what it accepts.
+DuckDB evaluates a CASE branch only for the rows that take it, so Python sees those rows only.
 
 A field whose rule has no fast path at all (lists, JSON, an unusual pattern or date format, typed
 input of a rare kind) runs through Python for every non-missing value: right, just slower; such
-fields are listed in ``CompiledMapping.fallback`` with the reason, for the engine to log.
+fields are listed in ``CompiledMapping.fallback`` with the reason, for the engine to log. The
+first call of a Python function in a process makes DuckDB import pandas (about 2 s, once).
 
-Known difference: an ``int`` beyond 128 bits (``1e300`` or a 40-digit id), which Python keeps as an
-exact integer, is rejected here ("out of range for a 128-bit integer"): DuckDB's widest integer.
+Rows with a binary column that is not UTF-8 are rejected first, naming the column, as
+``values.decode_row`` does. Known differences, both values no vendor can take: an ``int`` beyond
+128 bits (``1e300``, a 40-digit id), kept exact by Python, is rejected here ("out of range for a
+128-bit integer"); a NaN or infinite number inside a ``json`` / ``list`` value (``1e400``) is
+rejected here, by the writer there.
 """
 
 from __future__ import annotations

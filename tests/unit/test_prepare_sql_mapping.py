@@ -263,6 +263,16 @@ def test_big_integers_beyond_128_bits_are_the_one_known_difference():
     assert value is None and reason == f"n: {int(1e40)} is out of range for a 128-bit integer (column 'n')"
 
 
+def test_non_finite_numbers_in_json_values_are_the_other_known_difference():
+    mapping = FieldMapping({"meta": {"source": "meta", "type": "json"}})
+    assert mapping.apply({"meta": '{"a": 1e400}'}) == {"meta": {"a": math.inf}}  # the writer rejects it later
+    connection = duckdb.connect()
+    connection.execute("""CREATE TABLE t AS SELECT '{"a": 1e400}' AS meta, 0 AS __record""")
+    compiled = compile_mapping(mapping, {"meta": "VARCHAR", "__record": "INTEGER"}, connection)
+    [(value, reason)] = connection.execute(f"SELECT meta, __reason FROM ({compiled.select_sql('t')})").fetchall()
+    assert value is None and reason == "meta: a: not a finite number (JSON has no NaN or Infinity) (column 'meta')"
+
+
 def test_the_whitespace_is_pythons():
     assert PY_WHITESPACE == "".join(chr(code) for code in range(sys.maxunicode + 1) if chr(code).isspace())
 
