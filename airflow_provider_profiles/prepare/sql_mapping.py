@@ -256,7 +256,9 @@ class _FieldBuilder:
         if kind == "bool":
             sql_type = "VARCHAR" if spec.bool_as == "string" else "BOOLEAN"
             return sql_type, self.bool_path(category, sql_type)
-        if kind in ("list", "json"):
+        if kind == "list":
+            return "JSON", self.list_path(category)
+        if kind == "json":
             return "JSON", None
         sql_type = "BIGINT" if kind == "epoch_ms" else "VARCHAR"
         return sql_type, self.date_path(category, sql_type)
@@ -352,6 +354,18 @@ class _FieldBuilder:
         if category in ("int", "wide_int", "float"):
             return lambda src: self.checked(as_type(f"({src} = 1)"), sql_type, f"{src} IN (0, 1)")
         return None
+
+    def list_path(self, category):
+        """Text split on the separator, items stripped, blank ones left out; JSON lists: Python."""
+        separator = self.spec.separator
+        if category != "text" or not isinstance(separator, str) or not separator:
+            return None
+
+        def path(src):
+            strip = f"trim(item, {_string(PY_WHITESPACE)})"
+            items = f"list_filter(list_transform(string_split({src}, {_string(separator)}), lambda item: {strip}), lambda item: item <> '')"
+            return self.checked(items, "JSON", f"NOT starts_with({self.trimmed}, '[')")
+        return path
 
     def date_path(self, category, sql_type):
         spec = self.spec
