@@ -226,7 +226,7 @@ class _FieldBuilder:
             kind = self.types[name]
             if name in self.decoded:
                 return self.decoded[name], "VARCHAR"
-            return _quote(name), kind
+            return _as_python_sees(_quote(name), kind)
         first, *rest = name.split(".")
         if first not in self.types:
             return "CAST(NULL AS VARCHAR)", "VARCHAR"  # as lookup(): a value that is not there
@@ -238,7 +238,7 @@ class _FieldBuilder:
             if children is None or part not in children:  # not a mapping, or no such key
                 return "CAST(NULL AS VARCHAR)", "VARCHAR"
             expr, kind = f"struct_extract({expr}, {_string(part)})", children[part]
-        return expr, kind
+        return _as_python_sees(expr, kind)
 
     # Each fast path returns (sql type, function(src) -> (ok predicate, value)) or (type, None).
     def fast_path(self, category: str):
@@ -600,6 +600,15 @@ def _udf_argument(src: str, kind: str, category: str, source: str):
         parts = kind.split("@", 1)[1].split(".")
         return f"CAST({src} AS VARCHAR)", lambda raw: {source: None if raw is None else _walk(json.loads(raw), parts)}
     return src, lambda raw: {source: raw}
+
+
+def _as_python_sees(expr: str, kind: str) -> tuple[str, str]:
+    """Timestamps of other units as microseconds (Python's datetime), UUIDs as their text."""
+    if kind in ("TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS"):
+        return f"CAST({expr} AS TIMESTAMP)", "TIMESTAMP"
+    if kind == "UUID":
+        return f"CAST({expr} AS VARCHAR)", "VARCHAR"
+    return expr, kind
 
 
 def _walk(value: Any, parts: list[str]) -> Any:

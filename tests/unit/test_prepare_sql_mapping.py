@@ -248,6 +248,28 @@ def test_nested_sources_read_structs_and_json():
     assert set(compiled.fallback) == {"b", "meta"}
 
 
+def test_other_timestamp_units_and_uuids():
+    table = pa.table({
+        "seconds": pa.array([0, 1_700_000_000, None], pa.timestamp("s")),
+        "nanos": pa.array([1_705_312_800_123_456_789, -1, None], pa.timestamp("ns")),
+    })
+    fields = {"a": {"source": "seconds", "type": "datetime"}, "b": {"source": "nanos", "type": "epoch_ms"},
+              "c": {"source": "id", "type": "string"}}
+    mapping = FieldMapping(fields, vendor="apsis_one")
+    connection = duckdb.connect()
+    connection.register("arrow_input", table)
+    connection.execute("CREATE TABLE t AS SELECT *, uuid() AS id, row_number() OVER () AS __record FROM arrow_input")
+    types = {name: kind for name, kind, *_ in connection.execute("DESCRIBE t").fetchall()}
+    compiled = compile_mapping(mapping, types, connection)
+    got = connection.execute(f"SELECT a, b, c, __reason FROM ({compiled.select_sql('t')}) ORDER BY __record").fetchall()
+    ids = [row[0] for row in connection.execute("SELECT CAST(id AS VARCHAR) FROM t ORDER BY __record").fetchall()]
+    assert got == [
+        ("1970-01-01T00:00:00Z", 1705312800123, ids[0], None),
+        ("2023-11-14T22:13:20Z", 0, ids[1], None),  # -1 ns: microseconds, as DuckDB casts (Python has no ns)
+        (None, None, ids[2], None),
+    ]
+
+
 def test_a_list_column():
     table = pa.table({"tags": pa.array([["a", " b ", "", None], [], None, ["x"]], pa.list_(pa.string()))})
     differential({"tags": {"source": "tags", "type": "list"}, "first": {"source": "tags", "type": "string"}}, table)
