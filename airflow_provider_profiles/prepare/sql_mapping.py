@@ -240,7 +240,7 @@ class _FieldBuilder:
             expr, kind = f"struct_extract({expr}, {_string(part)})", children[part]
         return _as_python_sees(expr, kind)
 
-    # Each fast path returns (sql type, function(src) -> (ok predicate, value)) or (type, None).
+    # Each fast path: (sql type, function(src) -> (ok, value, reason) or None) or (sql type, None).
     def fast_path(self, category: str):
         spec = self.spec
         kind = spec.representation
