@@ -31,17 +31,19 @@ def literal(text: str) -> str:
 
 
 def passthrough_select(opened) -> str:
-    """No mapping: the input's columns as they are, blank text as NULL (a missing value)."""
-    def value(name: str) -> str:
-        column, kind = ident(name), opened.types[name]
-        if kind == "VARCHAR":
-            return f"CASE WHEN {is_blank(column)} THEN NULL ELSE {column} END AS {column}"
-        if kind in ("DOUBLE", "FLOAT"):
-            return f"CASE WHEN isnan({column}) THEN NULL ELSE {column} END AS {column}"
-        return column
-
-    columns = [value(name) for name in opened.names]
+    """No mapping: the input's columns as they are, missing values (blank text, NaN) as NULL."""
+    columns = [f"{missing_as_null(name, opened.types[name])} AS {ident(name)}" for name in opened.names]
     return f"SELECT __record, {', '.join(columns + ['NULL::VARCHAR AS __reason'])} FROM {opened.relation}"
+
+
+def missing_as_null(name: str, kind: str) -> str:
+    """An input column with the values ``base.is_missing`` calls missing as NULL."""
+    column = ident(name)
+    if kind == "VARCHAR":
+        return f"CASE WHEN {is_blank(column)} THEN NULL ELSE {column} END"
+    if kind in ("DOUBLE", "FLOAT"):
+        return f"CASE WHEN isnan({column}) THEN NULL ELSE {column} END"
+    return column
 
 
 def json_members(members: Iterable[tuple[str, str]]) -> str:

@@ -97,9 +97,12 @@ class CompiledMapping:
                 type="arrow", null_handling="special", side_effects=False,
             )
 
-    def select_sql(self, relation: str) -> str:
+    def select_sql(self, relation: str, unmapped: Mapping[str, str] = {}) -> str:  # noqa: B006 (read only)
         """Each field AS "target", the first reason (binary columns, then fields in order) AS
-        __reason, and "__record"; each stage a subquery so that every parse runs once."""
+        __reason, and "__record"; each stage a subquery so that every parse runs once.
+
+        ``unmapped`` ({column: SQL}) keeps input columns too, as ``keep_unmapped`` does: in input
+        order, a mapped target of the same name in their place, the other targets after them."""
         query = f"SELECT * FROM {relation}"
         for stage in self.stages:
             if stage:
@@ -107,7 +110,9 @@ class CompiledMapping:
                 query = f"SELECT *, {columns} FROM ({query})"
         reasons = [*self.prefix_reasons, *(f.reason_sql for f in self.fields)]
         reason = f"coalesce({', '.join(reasons)})" if len(reasons) > 1 else reasons[0]
-        outputs = ", ".join(f"{f.value_sql} AS {_quote(f.target)}" for f in self.fields)
+        mapped = {f.target: f.value_sql for f in self.fields}
+        columns = {**{name: mapped.get(name, kept) for name, kept in unmapped.items()}, **mapped}
+        outputs = ", ".join(f"{value} AS {_quote(name)}" for name, value in columns.items())
         return f'SELECT {outputs}, {reason} AS __reason, "__record" FROM ({query})'
 
 

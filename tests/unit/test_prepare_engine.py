@@ -160,3 +160,16 @@ def test_rejects_cells_that_a_spreadsheet_would_run_are_quoted(tmp_path):
     source = write_csv(tmp_path / "in.csv", [("=HYPERLINK(1)", "", ""), ("-2", "", ""), ("@x", "", ""), ("ok", "", "")])
     prepare(source, localytics(), tmp_path / "out.ndjson", rejects=tmp_path / "rejects.csv", allow_empty=True)
     assert [identifier for _, identifier, _ in rejects_of(tmp_path / "rejects.csv")] == ["'=HYPERLINK(1)", "'-2", "'@x", "ok"]
+
+
+def test_keep_unmapped_sends_the_other_columns_too(tmp_path):
+    from airflow_provider_profiles.formats.mapping import FieldMapping
+
+    source = write_csv(tmp_path / "in.csv", [("1", "ann", " "), ("2", "bo", "Oslo")], header=("id", "name", "city"))
+    mapping = FieldMapping({"user_account_id": {"source": "id", "required": True}, "name": {"source": "name", "max_length": 2}},
+                           vendor="mediarithmics", keep_unmapped=True)
+    result = prepare(source, get_writer("mediarithmics", "USER_PROFILE"), tmp_path / "out.ndjson", mapping=mapping,
+                     rejects=tmp_path / "rejects.csv")
+    assert (result.written, result.rejected) == (1, 1)
+    assert lines_of(tmp_path / "out.ndjson")[0]["user_profile"] == {"id": "2", "name": "bo", "city": "Oslo"}
+    assert rejects_of(tmp_path / "rejects.csv")[0][2] == "name: 3 characters; at most 2 allowed"
