@@ -97,11 +97,23 @@ def prepare(
     allow_empty: bool = False,
     progress_interval: float | None = 15.0,
     memory_limit: str = MEMORY_LIMIT,
+    sync: Any = None,
+    sync_run_key: str | None = None,
+    deletions: bool = False,
+    delete_columns: list[str] | None = None,
 ) -> PrepareResult:
-    """Read ``source`` (a file, local or in object storage; or a DB-API ``cursor``) and write ``output``."""
-    duplicates = duplicates or writer.default_duplicates()
+    """Read ``source`` (a file, local or in object storage; or a DB-API ``cursor``) and write ``output``.
+
+    With ``sync`` (a ``prepare.sync.SyncState``) and ``sync_run_key``, an incremental sync: only
+    rows new or changed since the committed snapshot are written (see ``SyncStep``); with
+    ``deletions``, ids gone since then become the writer's deletion lines.
+    """
+    duplicates = duplicates or writer.default_duplicates(syncing=sync is not None)
     if duplicates not in ("reject", "keep"):
         raise ValueError("duplicates must be 'reject' or 'keep'")
+    step = SyncStep(sync, sync_run_key, writer, mapping, duplicates, deletions, delete_columns) if sync is not None else None
+    if step is None and deletions:
+        raise ValueError("deletions of vanished ids need only_changed=True (an incremental sync)")
     with connected(output, memory_limit) as connection:
         if cursor is not None:
             opened = open_cursor(connection, cursor)
@@ -115,16 +127,24 @@ def prepare(
         if duplicates == "reject":
             table.reject_repeats()
         result = PrepareResult(output=str(output), read=table.rows + table.unreadable)
-        with Progress(table.rows, progress_interval) as progress, RejectsWriter(rejects) as rejected:
+        if step is not None:
+            step.compare(table, opened.description, result)
+        with Progress(table.rows, progress_interval) as progress, \
+                (step.rejects_writer(rejects) if step else RejectsWriter(rejects)) as rejected:
             rejected.add_unreadable(table)
-            result.written, result.bytes_written = table.write(output, rejected, progress)
+            result.written, result.bytes_written = table.write(
+                output, rejected, progress, after=step.deletion_writer(table, result) if step else None)
         result.rejected = rejected.count
         result.rejects = str(rejects) if rejects is not None and rejected.count else None
+        if step is not None:
+            step.write_snapshot(table, rejected.records, result)
     if result.read != result.written + result.rejected + result.unchanged:
         raise RuntimeError(
             f"counts do not reconcile: read {result.read} != written {result.written} + rejected "
             f"{result.rejected} + unchanged {result.unchanged}"
         )
+    if step is not None:
+        step.record_pending(result)
     return result
 
 
@@ -232,8 +252,9 @@ class MappedTable:
             rows.append(row)
         return rows
 
-    def write(self, output: Any, rejected: RejectsWriter, progress: Progress) -> tuple[int, int]:
-        """Streams the table out in input order: lines to ``output``, the rest to ``rejected``."""
+    def write(self, output: Any, rejected: RejectsWriter, progress: Progress, after: Any = None) -> tuple[int, int]:
+        """Streams the table out in input order: lines to ``output``, the rest to ``rejected``;
+        then ``after(stream)`` adds its lines, if given (a sync's deletions)."""
         line = self.writer.line_sql(self.column)
         written = 0
         with open_binary(output, "wb") as stream:
@@ -252,6 +273,8 @@ class MappedTable:
                 for batch in self.batches(query):
                     written += self._write_python_batch(stream, batch, rejected)
                     progress.advance(batch.num_rows)
+            if after is not None:
+                after(stream)
             size = stream.tell() if hasattr(stream, "tell") else None
         return written, size or 0
 
@@ -355,3 +378,169 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         pass
+
+
+# --- an incremental sync's part of a prepare ---------------------------------------------------------
+
+
+def writer_fingerprint(writer: FormatWriter) -> str:
+    """The writer's class and public settings: a sync whose writer changed sends every row again."""
+    public = {k: v for k, v in vars(writer).items() if not k.startswith("_")}
+    return f"{type(writer).__module__}.{type(writer).__qualname__}:" + json.dumps(public, sort_keys=True, default=repr)
+
+
+class _RecordingRejects(RejectsWriter):
+    """The rejects file, also noting the input record of each reject (a sync leaves those rows
+    out of its snapshot: the vendor was not sent them)."""
+
+    def __init__(self, path: Any):
+        super().__init__(path)
+        self.records: list[int] = []
+
+    def add(self, record: int | None, identifier: str | None, reason: str) -> None:
+        if record is not None:
+            self.records.append(record)
+        super().add(record, identifier, reason)
+
+
+class SyncStep:
+    """An incremental sync's part of a prepare, in the prepare's DuckDB connection.
+
+    ``compare``: each accepted row gets its key and row hash (``sync_rows``); rows whose key and
+    hash the committed snapshot holds, and whose key CURRENT does not list to be sent again, are
+    unchanged and leave ``mapped`` before it is written. ``deletion_writer``: keys of the snapshot
+    that no row of the input has become the writer's deletion lines, after the rows.
+    ``write_snapshot``: the attempt's snapshot is every row written or unchanged, and, for keys
+    still in the input whose row is rejected now, the committed row (what the vendor still holds);
+    its sent file the keys written or deleted.
+    """
+
+    def __init__(self, state: Any, run_key: str | None, writer: FormatWriter, mapping: FieldMapping | None,
+                 duplicates: str, deletions: bool, delete_columns: list[str] | None):
+        if duplicates != "reject":
+            raise ValueError(
+                "an incremental sync compares one row per identifier: it needs duplicates='reject' "
+                f"(and a format with one line per identifier, not {type(writer).__name__})"
+            )
+        refusal = writer.sync_refusal()
+        if refusal:
+            raise ValueError(refusal)
+        if not run_key:
+            raise ValueError("an incremental sync needs a run key (e.g. the run_id)")
+        if deletions and not writer.deletion_columns:
+            raise ValueError(f"{type(writer).__name__} cannot express a deletion; deletions need a format "
+                             "whose writer has deletion_columns and deletion_row")
+        self.state, self.run_key, self.writer, self.deletions = state, run_key, writer, deletions
+        # the columns the snapshot keeps for deletion lines (for every row: turning deletions on
+        # later needs no full resend)
+        self.delete_columns = list(delete_columns or writer.deletion_columns)
+        self.described = f"{sync_format()}|" + (mapping.fingerprint() if mapping else "-") + "|" + writer_fingerprint(writer)
+        self.previous = None
+        self.deleted_keys = False  # deletion lines written: their keys go to the sent file
+        self.keep_vanished = False  # deletions skipped: the vanished rows stay in the snapshot
+        self.fingerprint = ""
+        self.rows = 0
+
+    def compare(self, table: MappedTable, input_description: str, result: PrepareResult) -> None:
+        import hashlib
+
+        from airflow_provider_profiles.prepare.sync import delete_column
+
+        result.sync_run_key, result.sync_state = self.run_key, str(self.state.directory)
+        self.fingerprint = hashlib.sha256(f"{self.described}|{input_description}".encode()).hexdigest()[:16]
+        self.previous = self.state.previous(self.fingerprint)  # SyncConflict here for older data
+        connection = table.connection
+        members = ", ".join(f"{sql.literal(name)}: {sql.ident(name)}" for name in table.targets)
+        # 64 bits of MD5 (stable across DuckDB versions, unlike hash()) of the row as JSON
+        row_hash = f"CAST(md5_number(to_json({{{members}}})) >> 64 AS UBIGINT)" if members else "0::UBIGINT"
+        kept = "".join(f", CAST({table.column(name)} AS VARCHAR) AS {delete_column(name)}" for name in self.delete_columns)
+        connection.execute(f"""CREATE TEMP TABLE sync_rows AS SELECT __record, __key AS key, {row_hash} AS row_hash{kept}
+                               FROM mapped WHERE __reason IS NULL AND __key IS NOT NULL""")
+        if self.previous is None:
+            result.notes.append(self.state.why_no_previous())
+            self.previous_columns: list[str] = []
+            return
+        self.previous_columns = self.previous.load(connection, "previous", "resend_keys")
+        connection.execute("""CREATE TEMP TABLE unchanged AS SELECT sync_rows.__record FROM sync_rows
+                              JOIN previous ON previous.key = sync_rows.key AND previous.row_hash = sync_rows.row_hash
+                              WHERE sync_rows.key NOT IN (SELECT key FROM resend_keys)""")
+        result.unchanged = connection.execute("SELECT count(*) FROM unchanged").fetchone()[0]
+        if result.unchanged:
+            connection.execute("DELETE FROM mapped WHERE __record IN (SELECT __record FROM unchanged)")
+        # keys of the snapshot that no row of the input has (mapped keeps every row but the unchanged)
+        connection.execute("""CREATE TEMP TABLE vanished AS SELECT * FROM previous
+                              WHERE key NOT IN (SELECT key FROM sync_rows)
+                                AND key NOT IN (SELECT __key FROM mapped WHERE __key IS NOT NULL)""")
+
+    def rejects_writer(self, path: Any) -> _RecordingRejects:
+        return _RecordingRejects(path)
+
+    def deletion_writer(self, table: MappedTable, result: PrepareResult) -> Any:
+        """The writer of the deletion lines that ``MappedTable.write`` calls after the rows, or None."""
+        if not self.deletions or self.previous is None:
+            return None
+        if table.unreadable:
+            self.keep_vanished = True
+            result.notes.append(f"deletions skipped: {table.unreadable} record(s) of the input could not be read, so "
+                                "which ids are gone is not certain; they are kept for the next run")
+            return None
+        names = [name for name in self.delete_columns if name in self.previous_columns]
+
+        def write(stream) -> None:
+            from airflow_provider_profiles.prepare.sync import delete_column
+
+            columns = ", ".join(delete_column(name) for name in names) or "NULL"
+            cursor = table.connection.execute(f"SELECT {columns} FROM vanished ORDER BY key")
+            while rows := cursor.fetchmany(BATCH_ROWS):
+                lines = []
+                for row in rows:
+                    values = {name: value for name, value in zip(names, row) if value not in (None, "")}
+                    try:
+                        lines.append(self.writer.encode(self.writer.deletion_row(values)))
+                    except RowRejected as error:
+                        result.notes.append(f"cannot delete {values}: {error.reason}")
+                stream.write("".join(lines).encode("utf-8"))
+                result.deleted += len(lines)
+            self.deleted_keys = True
+
+        return write
+
+    def write_snapshot(self, table: MappedTable, rejected_records: list[int], result: PrepareResult) -> None:
+        from airflow_provider_profiles.prepare.sync import delete_column, write_parquet
+
+        connection = table.connection
+        connection.register("rejected_now", pa.table({"record": pa.array(rejected_records, pa.int64())}))
+        columns = "key, row_hash" + "".join(f", {delete_column(name)}" for name in self.delete_columns)
+        connection.execute(f"""CREATE TEMP TABLE next_snapshot AS SELECT {columns} FROM sync_rows
+                               WHERE __record NOT IN (SELECT record FROM rejected_now)""")
+        if self.previous is not None:
+            theirs = "key, row_hash" + "".join(
+                f", {delete_column(name) if name in self.previous_columns else 'NULL::VARCHAR'}" for name in self.delete_columns)
+            # a key still in the input whose row is rejected now: the vendor keeps the committed row
+            # (unless CURRENT says it may hold another one: then it is sent again when it is valid)
+            connection.execute(f"""INSERT INTO next_snapshot SELECT {theirs} FROM previous
+                                   WHERE key IN (SELECT __key FROM mapped WHERE __key IS NOT NULL)
+                                     AND key NOT IN (SELECT key FROM next_snapshot)
+                                     AND key NOT IN (SELECT key FROM resend_keys)""")
+            if self.keep_vanished:
+                connection.execute(f"""INSERT INTO next_snapshot SELECT {theirs} FROM vanished
+                                       WHERE key NOT IN (SELECT key FROM resend_keys)""")
+        self.rows = connection.execute("SELECT count(*) FROM next_snapshot").fetchone()[0]
+        files = self.state.writer(self.run_key, self.delete_columns, self.previous)
+        write_parquet(connection, "SELECT * FROM next_snapshot", files.snapshot)
+        if self.previous is not None:  # without one, every row was sent: the snapshot says which
+            sent = """SELECT key FROM sync_rows WHERE __record NOT IN (SELECT __record FROM unchanged)
+                                                  AND __record NOT IN (SELECT record FROM rejected_now)"""
+            if self.deleted_keys:
+                sent += " UNION ALL SELECT key FROM vanished"
+            write_parquet(connection, sent, files.sent)
+        connection.unregister("rejected_now")
+
+    def record_pending(self, result: PrepareResult) -> None:
+        self.state.record_pending(self.run_key, self.fingerprint, self.rows, result.to_dict())
+
+
+def sync_format() -> str:
+    from airflow_provider_profiles.prepare.sync import SNAPSHOT_FORMAT
+
+    return SNAPSHOT_FORMAT
