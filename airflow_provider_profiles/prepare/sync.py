@@ -133,6 +133,11 @@ def _connection() -> Iterator[Any]:
             connection.close()
 
 
+def _first_line(error: BaseException) -> str:
+    """An error's first line (DuckDB's go on with the SQL statement, which says nothing more)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def _duckdb_errors() -> tuple[type[BaseException], ...]:
     import duckdb
 
@@ -162,14 +167,15 @@ class Previous:
             if "key" not in names or "row_hash" not in names:
                 raise OSError(f"it has columns {names}, not key and row_hash")
         except errors as error:
-            raise SyncStateError(f"{self.snapshot}, the snapshot {CURRENT} names, cannot be read: {error}. {self.advice}") from None
+            raise SyncStateError(f"{self.snapshot}, the snapshot {CURRENT} names, cannot be read: {_first_line(error)}. "
+                                 f"{self.advice}") from None
         connection.execute(f"CREATE TEMP TABLE {resend_table} (key VARCHAR)")
         for path in self.resend:
             try:
                 source = readable(connection, path)
                 connection.execute(f"INSERT INTO {resend_table} SELECT key FROM read_parquet({literal(source)})")
             except errors as error:
-                raise SyncStateError(f"{path}, keys {CURRENT} lists to be sent again, cannot be read: {error}. "
+                raise SyncStateError(f"{path}, keys {CURRENT} lists to be sent again, cannot be read: {_first_line(error)}. "
                                      f"{self.advice}") from None
         return [name[len(DELETE_PREFIX):] for name in names if name.startswith(DELETE_PREFIX)]
 
