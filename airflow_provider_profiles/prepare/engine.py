@@ -121,17 +121,22 @@ def prepare(
             opened = open_source(connection, source, input_format, delimiter=delimiter, encoding=encoding)
         where = source if cursor is None else "the query"
         check_columns(where, opened.names, writer, mapping)
+        if step is not None:  # only the rows not unchanged since the last sync are mapped
+            opened = step.compare(connection, opened)
         table = MappedTable(connection, opened, writer, mapping)
-        if table.rows == 0 and not allow_empty and table.unreadable == 0:
+        rows = table.rows + (step.unchanged_rows if step else 0)
+        if rows == 0 and not allow_empty and table.unreadable == 0:
             raise InputError(where, "no data rows (a header only, or an empty file); pass allow_empty=True if that is expected")
         if duplicates == "reject":
             table.reject_repeats()
-        result = PrepareResult(output=str(output), read=table.rows + table.unreadable)
+        result = PrepareResult(output=str(output), read=rows + table.unreadable)
         if step is not None:
-            step.compare(table, opened.description, result)
+            step.settle(table, result)
         with Progress(table.rows, progress_interval) as progress, \
                 (step.rejects_writer(rejects) if step else RejectsWriter(rejects)) as rejected:
             rejected.add_unreadable(table)
+            if step is not None:
+                step.add_rejects(rejected)
             result.written, result.bytes_written = table.write(
                 output, rejected, progress, after=step.deletion_writer(table, result) if step else None)
         result.rejected = rejected.count
@@ -406,13 +411,15 @@ class _RecordingRejects(RejectsWriter):
 class SyncStep:
     """An incremental sync's part of a prepare, in the prepare's DuckDB connection.
 
-    ``compare``: each accepted row gets its key and row hash (``sync_rows``); rows whose key and
-    hash the committed snapshot holds, and whose key CURRENT does not list to be sent again, are
-    unchanged and leave ``mapped`` before it is written. ``deletion_writer``: keys of the snapshot
-    that no row of the input has become the writer's deletion lines, after the rows.
-    ``write_snapshot``: the attempt's snapshot is every row written or unchanged, and, for keys
-    still in the input whose row is rejected now, the committed row (what the vendor still holds);
-    its sent file the keys written or deleted.
+    ``compare``: each input row gets the hash of its values as read (``sync_source``); a row
+    whose hash the committed snapshot holds, under a key CURRENT does not list to be sent again,
+    is unchanged: the same input row under the same fingerprint (mapping, writer, input layout)
+    maps to the same line, so only the other rows are mapped. ``settle``: the
+    duplicate check across both (the first row of a key wins, mapped or unchanged).
+    ``deletion_writer``: keys of the snapshot that no row of the input has become the writer's
+    deletion lines, after the rows. ``write_snapshot``: the attempt's snapshot is every row written
+    or unchanged, and, for keys still in the input whose row is rejected now, the committed row
+    (what the vendor still holds); its sent file the keys written or deleted.
     """
 
     def __init__(self, state: Any, run_key: str | None, writer: FormatWriter, mapping: FieldMapping | None,
@@ -436,49 +443,93 @@ class SyncStep:
         self.delete_columns = list(delete_columns or writer.deletion_columns)
         self.described = f"{sync_format()}|" + (mapping.fingerprint() if mapping else "-") + "|" + writer_fingerprint(writer)
         self.previous = None
+        self.notes: list[str] = []
+        self.unchanged_rows = 0  # input rows found in the snapshot (repeats of one included)
         self.deleted_keys = False  # deletion lines written: their keys go to the sent file
         self.keep_vanished = False  # deletions skipped: the vanished rows stay in the snapshot
         self.fingerprint = ""
         self.rows = 0
 
-    def compare(self, table: MappedTable, input_description: str, result: PrepareResult) -> None:
+    def compare(self, connection: Any, opened: Source) -> Source:
+        """Finds the unchanged rows in one pass over the input (``sync_source``: each row's hash,
+        and the committed key and delete columns where the snapshot holds that hash, or else the
+        row's values); returns the source of the rows left to map."""
+        import dataclasses
         import hashlib
 
         from airflow_provider_profiles.prepare.sync import delete_column
 
-        result.sync_run_key, result.sync_state = self.run_key, str(self.state.directory)
-        self.fingerprint = hashlib.sha256(f"{self.described}|{input_description}".encode()).hexdigest()[:16]
+        self.connection = connection
+        self.fingerprint = hashlib.sha256(f"{self.described}|{opened.description}".encode()).hexdigest()[:16]
         self.previous = self.state.previous(self.fingerprint)  # SyncConflict here for older data
-        connection = table.connection
-        members = ", ".join(f"{sql.literal(name)}: {sql.ident(name)}" for name in table.targets)
-        # 64 bits of MD5 (stable across DuckDB versions, unlike hash()) of the row as JSON
-        row_hash = f"CAST(md5_number(to_json({{{members}}})) >> 64 AS UBIGINT)" if members else "0::UBIGINT"
-        kept = "".join(f", CAST({table.column(name)} AS VARCHAR) AS {delete_column(name)}" for name in self.delete_columns)
-        connection.execute(f"""CREATE TEMP TABLE sync_rows AS SELECT __record, __key AS key, {row_hash} AS row_hash{kept}
-                               FROM mapped WHERE __reason IS NULL AND __key IS NOT NULL""")
+        row_hash = stable_row_hash(opened.names, opened.types)
+        kept = "".join(f", NULL::VARCHAR AS {delete_column(name)}" for name in self.delete_columns)
         if self.previous is None:
-            result.notes.append(self.state.why_no_previous())
-            self.previous_columns: list[str] = []
-            return
+            self.notes.append(self.state.why_no_previous())
+            connection.execute(f"CREATE TEMP TABLE previous AS SELECT NULL::VARCHAR AS key, NULL::UBIGINT AS row_hash{kept} LIMIT 0")
+            connection.execute("CREATE TEMP TABLE resend_keys (key VARCHAR)")
+            self.previous_columns = []
+            connection.execute(f"""CREATE TEMP TABLE sync_source AS SELECT __record, {row_hash} AS __row_hash,
+                                   NULL::VARCHAR AS __sync_key FROM {opened.relation}""")
+            return opened  # every row is mapped
         self.previous_columns = self.previous.load(connection, "previous", "resend_keys")
-        connection.execute("""CREATE TEMP TABLE unchanged AS SELECT sync_rows.__record FROM sync_rows
-                              JOIN previous ON previous.key = sync_rows.key AND previous.row_hash = sync_rows.row_hash
-                              WHERE sync_rows.key NOT IN (SELECT key FROM resend_keys)""")
-        result.unchanged = connection.execute("SELECT count(*) FROM unchanged").fetchone()[0]
-        if result.unchanged:
-            connection.execute("DELETE FROM mapped WHERE __record IN (SELECT __record FROM unchanged)")
-        # keys of the snapshot that no row of the input has (mapped keeps every row but the unchanged)
-        connection.execute("""CREATE TEMP TABLE vanished AS SELECT * FROM previous
-                              WHERE key NOT IN (SELECT key FROM sync_rows)
-                                AND key NOT IN (SELECT __key FROM mapped WHERE __key IS NOT NULL)""")
+        theirs = "".join(f", found.{delete_column(name)} AS {delete_column('__' + name)}" for name in self.previous_columns)
+        values = "".join(f", CASE WHEN found.key IS NULL THEN rows.{sql.ident(name)} END AS {sql.ident(name)}"
+                         for name in opened.names)
+        connection.execute(f"""CREATE TEMP TABLE sync_source AS
+                               SELECT rows.__record, rows.__row_hash, found.key AS __sync_key{theirs}{values}
+                               FROM (SELECT *, {row_hash} AS __row_hash FROM {opened.relation}) AS rows
+                               LEFT JOIN (SELECT * FROM previous WHERE key NOT IN (SELECT key FROM resend_keys)) AS found
+                                 ON found.row_hash = rows.__row_hash""")
+        self.unchanged_rows = connection.execute("SELECT count(__sync_key) FROM sync_source").fetchone()[0]
+        # the rows left, in input order (a join does not keep it)
+        names = ", ".join(sql.ident(name) for name in opened.names)
+        connection.execute(f"""CREATE TEMP VIEW sync_changed_rows AS SELECT __record, {names} FROM sync_source
+                               WHERE __sync_key IS NULL ORDER BY __record""")
+        return dataclasses.replace(opened, relation="sync_changed_rows")
+
+    def settle(self, table: MappedTable, result: PrepareResult) -> None:
+        """The duplicate check between mapped rows and unchanged ones: the first row of a key wins
+        (``table.reject_repeats`` ran among the mapped rows already; two unchanged rows of one key
+        are one row twice, byte for byte)."""
+        result.sync_run_key, result.sync_state = self.run_key, str(self.state.directory)
+        result.notes.extend(self.notes)
+        connection = table.connection
+        connection.execute("""CREATE TEMP TABLE unchanged_first AS SELECT __sync_key AS key, min(__record) AS first
+                              FROM sync_source WHERE __sync_key IS NOT NULL GROUP BY __sync_key HAVING count(*) > 1""")
+        # a key has one accepted mapped row at most: its clash is with the key's first unchanged row
+        connection.execute("""CREATE TEMP TABLE clashes AS
+                              SELECT mapped.__record AS mapped_record, min(sync_source.__record) AS unchanged_record
+                              FROM mapped JOIN sync_source ON sync_source.__sync_key = mapped.__key
+                              WHERE mapped.__reason IS NULL GROUP BY mapped.__record""")
+        connection.execute(f"""UPDATE mapped SET __reason = {sql.literal(DUPLICATE)} WHERE __record IN
+                               (SELECT mapped_record FROM clashes WHERE mapped_record > unchanged_record)""")
+        connection.execute("""CREATE TEMP TABLE unchanged_repeats AS
+                              SELECT sync_source.__record, sync_source.__sync_key AS key FROM sync_source JOIN unchanged_first
+                                ON unchanged_first.key = sync_source.__sync_key AND sync_source.__record > unchanged_first.first
+                              UNION ALL
+                              SELECT __record, __sync_key FROM sync_source WHERE __record IN
+                                (SELECT unchanged_record FROM clashes WHERE unchanged_record > mapped_record)""")
+        repeats = connection.execute("SELECT count(*) FROM unchanged_repeats").fetchone()[0]
+        result.unchanged = self.unchanged_rows - repeats
 
     def rejects_writer(self, path: Any) -> _RecordingRejects:
         return _RecordingRejects(path)
+
+    def add_rejects(self, rejected: RejectsWriter) -> None:
+        """Unchanged rows that repeat an earlier row's key (rare: they come before the others)."""
+        for record, key in self.connection.execute("SELECT __record, key FROM unchanged_repeats ORDER BY __record").fetchall():
+            rejected.add(record, key, DUPLICATE)
 
     def deletion_writer(self, table: MappedTable, result: PrepareResult) -> Any:
         """The writer of the deletion lines that ``MappedTable.write`` calls after the rows, or None."""
         if not self.deletions or self.previous is None:
             return None
+        connection = table.connection
+        # keys of the snapshot that no row of the input has (mapped, or found unchanged)
+        connection.execute("""CREATE TEMP TABLE vanished AS SELECT * FROM previous
+                              WHERE key NOT IN (SELECT __sync_key FROM sync_source WHERE __sync_key IS NOT NULL)
+                                AND key NOT IN (SELECT __key FROM mapped WHERE __key IS NOT NULL)""")
         if table.unreadable:
             self.keep_vanished = True
             result.notes.append(f"deletions skipped: {table.unreadable} record(s) of the input could not be read, so "
@@ -490,7 +541,7 @@ class SyncStep:
             from airflow_provider_profiles.prepare.sync import delete_column
 
             columns = ", ".join(delete_column(name) for name in names) or "NULL"
-            cursor = table.connection.execute(f"SELECT {columns} FROM vanished ORDER BY key")
+            cursor = connection.execute(f"SELECT {columns} FROM vanished ORDER BY key")
             while rows := cursor.fetchmany(BATCH_ROWS):
                 lines = []
                 for row in rows:
@@ -510,34 +561,52 @@ class SyncStep:
 
         connection = table.connection
         connection.register("rejected_now", pa.table({"record": pa.array(rejected_records, pa.int64())}))
-        columns = "key, row_hash" + "".join(f", {delete_column(name)}" for name in self.delete_columns)
-        connection.execute(f"""CREATE TEMP TABLE next_snapshot AS SELECT {columns} FROM sync_rows
-                               WHERE __record NOT IN (SELECT record FROM rejected_now)""")
-        if self.previous is not None:
-            theirs = "key, row_hash" + "".join(
-                f", {delete_column(name) if name in self.previous_columns else 'NULL::VARCHAR'}" for name in self.delete_columns)
-            # a key still in the input whose row is rejected now: the vendor keeps the committed row
-            # (unless CURRENT says it may hold another one: then it is sent again when it is valid)
-            connection.execute(f"""INSERT INTO next_snapshot SELECT {theirs} FROM previous
-                                   WHERE key IN (SELECT __key FROM mapped WHERE __key IS NOT NULL)
-                                     AND key NOT IN (SELECT key FROM next_snapshot)
-                                     AND key NOT IN (SELECT key FROM resend_keys)""")
-            if self.keep_vanished:
-                connection.execute(f"""INSERT INTO next_snapshot SELECT {theirs} FROM vanished
-                                       WHERE key NOT IN (SELECT key FROM resend_keys)""")
+        mine = "".join(f", CAST({table.column(name)} AS VARCHAR)" for name in self.delete_columns)
+        theirs = "".join(f", {delete_column(name) if name in self.previous_columns else 'NULL::VARCHAR'} AS {delete_column(name)}"
+                         for name in self.delete_columns)
+        names = "key, row_hash" + "".join(f", {delete_column(name)}" for name in self.delete_columns)
+        found = "".join(f", {delete_column('__' + name) if name in self.previous_columns else 'NULL::VARCHAR'} "
+                        f"AS {delete_column(name)}" for name in self.delete_columns)
+        connection.execute(f"""CREATE TEMP TABLE sent_now AS
+                               SELECT mapped.__key AS key, sync_source.__row_hash AS row_hash{mine}
+                               FROM mapped JOIN sync_source ON sync_source.__record = mapped.__record
+                               WHERE mapped.__reason IS NULL AND mapped.__key IS NOT NULL
+                                 AND mapped.__record NOT IN (SELECT record FROM rejected_now)""")
+        connection.execute(f"""CREATE TEMP TABLE next_snapshot AS
+                               SELECT __sync_key AS key, __row_hash AS row_hash{found} FROM sync_source
+                               WHERE __sync_key IS NOT NULL AND __record NOT IN (SELECT __record FROM unchanged_repeats)
+                               UNION ALL SELECT * FROM sent_now""")
+        # a key still in the input whose row is rejected now: the vendor keeps the committed row
+        # (unless CURRENT says it may hold another one: then it is sent again when it is valid)
+        connection.execute(f"""INSERT INTO next_snapshot SELECT key, row_hash{theirs} FROM previous
+                               WHERE key IN (SELECT __key FROM mapped WHERE __key IS NOT NULL)
+                                 AND key NOT IN (SELECT key FROM next_snapshot)
+                                 AND key NOT IN (SELECT key FROM resend_keys)""")
+        if self.keep_vanished:
+            connection.execute(f"""INSERT INTO next_snapshot SELECT key, row_hash{theirs} FROM vanished
+                                   WHERE key NOT IN (SELECT key FROM resend_keys)""")
         self.rows = connection.execute("SELECT count(*) FROM next_snapshot").fetchone()[0]
         files = self.state.writer(self.run_key, self.delete_columns, self.previous)
-        write_parquet(connection, "SELECT * FROM next_snapshot", files.snapshot)
+        write_parquet(connection, f"SELECT {names} FROM next_snapshot", files.snapshot)
         if self.previous is not None:  # without one, every row was sent: the snapshot says which
-            sent = """SELECT key FROM sync_rows WHERE __record NOT IN (SELECT __record FROM unchanged)
-                                                  AND __record NOT IN (SELECT record FROM rejected_now)"""
-            if self.deleted_keys:
-                sent += " UNION ALL SELECT key FROM vanished"
+            sent = "SELECT key FROM sent_now" + (" UNION ALL SELECT key FROM vanished" if self.deleted_keys else "")
             write_parquet(connection, sent, files.sent)
         connection.unregister("rejected_now")
 
     def record_pending(self, result: PrepareResult) -> None:
         self.state.record_pending(self.run_key, self.fingerprint, self.rows, result.to_dict())
+
+
+def stable_row_hash(names: list[str], types: dict[str, str]) -> str:
+    """SQL for 64 bits of the MD5 of a row's values as JSON: stable across DuckDB versions (unlike
+    ``hash()``). Text columns go in a JSON array (cheaper), other types in an object."""
+    if not names:
+        return "0::UBIGINT"
+    if all(types.get(name) == "VARCHAR" for name in names):
+        values = "[" + ", ".join(sql.ident(name) for name in names) + "]"
+    else:
+        values = "{" + ", ".join(f"{sql.literal(name)}: {sql.ident(name)}" for name in names) + "}"
+    return f"CAST(md5_number(to_json({values})) >> 64 AS UBIGINT)"
 
 
 def sync_format() -> str:

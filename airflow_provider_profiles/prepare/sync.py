@@ -17,10 +17,11 @@ the snapshot the prepare compared with (see ``SyncState``), so a failed run chan
 the next run resends what is still pending. CURRENT is always replaced whole, and every Parquet
 file is written aside and then moved (or uploaded whole) into place.
 
-``row_hash`` is 64 bits of the MD5 of the mapped row as JSON (``md5_number``): stable across
-DuckDB versions, unlike ``hash()``. The snapshot format, the mapping, the writer and the input's
-layout make the fingerprint: a snapshot made under another one is not compared with (every row
-is sent once, with a note).
+``row_hash`` is 64 bits of the MD5 of the input row's values as JSON (``md5_number``): stable
+across DuckDB versions, unlike ``hash()``. The snapshot format, the mapping, the writer and the
+input's layout make the fingerprint: under one fingerprint the same input row always makes the
+same line, so rows found in the snapshot are not even mapped; a snapshot made under another one
+is not compared with (every row is sent once, with a note).
 """
 
 from __future__ import annotations
