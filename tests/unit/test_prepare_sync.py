@@ -310,6 +310,33 @@ def test_deletion_lines_come_after_the_rows_and_a_rejected_row_is_not_deleted(tm
     assert [(line["user_account_id"], line["operation"]) for line in lines] == [("3", "DELETE")]
 
 
+def test_no_deletions_while_part_of_the_input_cannot_be_read(tmp_path, monkeypatch):
+    """A record the reader could not read might hold an id that is not gone at all: with one, no
+    deletion is sent, and the ids stay in the snapshot to be deleted once the input is clean."""
+    import dataclasses
+
+    from airflow_provider_profiles.prepare import engine
+
+    state = SyncState(tmp_path / "state")
+    profiles(tmp_path, BASE[:4], "a", state)
+    state.commit("a")
+    real_open = engine.open_source
+
+    def with_an_unreadable_record(connection, *args, **kwargs):
+        opened = real_open(connection, *args, **kwargs)
+        connection.execute("CREATE TABLE unreadable_lines AS SELECT 4 AS line, 'a quote opened here is never closed' AS reason")
+        return dataclasses.replace(opened, unreadable="unreadable_lines")
+
+    monkeypatch.setattr(engine, "open_source", with_an_unreadable_record)
+    result, lines = profiles(tmp_path, BASE[:2], "b", state)
+    assert (result.deleted, lines) == (0, []) and "deletions skipped" in " ".join(result.notes)
+    assert (result.read, result.unchanged, result.rejected) == (3, 2, 1)
+    state.commit("b")
+    monkeypatch.undo()
+    result, lines = profiles(tmp_path, BASE[:2], "c", state)
+    assert sorted(line["user_account_id"] for line in lines) == ["3", "4"] and result.deleted == 2
+
+
 def test_deletions_need_a_vendor_that_can_delete(tmp_path):
     with pytest.raises(ValueError, match="cannot express a deletion"):
         run(tmp_path, BASE, "a", SyncState(tmp_path / "s"), deletions=True)
