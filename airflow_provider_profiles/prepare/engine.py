@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -31,8 +33,10 @@ from airflow_provider_profiles.formats.mapping import FieldMapping, set_path
 from airflow_provider_profiles.formats.reader import InputError
 from airflow_provider_profiles.formats.values import EpochMillis
 from airflow_provider_profiles.prepare import sql
+from airflow_provider_profiles.prepare import sync as sync_files
 from airflow_provider_profiles.prepare.source import Source, open_cursor, open_source
 from airflow_provider_profiles.prepare.sql_mapping import compile_mapping
+from airflow_provider_profiles.prepare.sync import delete_column
 from airflow_provider_profiles.storage import as_storage_path, is_local, local_path, open_binary
 
 log = logging.getLogger(__name__)
@@ -454,11 +458,6 @@ class SyncStep:
         """Finds the unchanged rows in one pass over the input (``sync_source``: each row's hash,
         and the committed key and delete columns where the snapshot holds that hash, or else the
         row's values); returns the source of the rows left to map."""
-        import dataclasses
-        import hashlib
-
-        from airflow_provider_profiles.prepare.sync import delete_column
-
         self.connection = connection
         self.fingerprint = hashlib.sha256(f"{self.described}|{opened.description}".encode()).hexdigest()[:16]
         self.previous = self.state.previous(self.fingerprint)  # SyncConflict here for older data
@@ -538,8 +537,6 @@ class SyncStep:
         names = [name for name in self.delete_columns if name in self.previous_columns]
 
         def write(stream) -> None:
-            from airflow_provider_profiles.prepare.sync import delete_column
-
             columns = ", ".join(delete_column(name) for name in names) or "NULL"
             cursor = connection.execute(f"SELECT {columns} FROM vanished ORDER BY key")
             while rows := cursor.fetchmany(BATCH_ROWS):
@@ -557,8 +554,6 @@ class SyncStep:
         return write
 
     def write_snapshot(self, table: MappedTable, rejected_records: list[int], result: PrepareResult) -> None:
-        from airflow_provider_profiles.prepare.sync import delete_column, write_parquet
-
         connection = table.connection
         connection.register("rejected_now", pa.table({"record": pa.array(rejected_records, pa.int64())}))
         mine = "".join(f", CAST({table.column(name)} AS VARCHAR)" for name in self.delete_columns)
@@ -587,10 +582,10 @@ class SyncStep:
                                    WHERE key NOT IN (SELECT key FROM resend_keys)""")
         self.rows = connection.execute("SELECT count(*) FROM next_snapshot").fetchone()[0]
         files = self.state.writer(self.run_key, self.delete_columns, self.previous)
-        write_parquet(connection, f"SELECT {names} FROM next_snapshot", files.snapshot)
+        sync_files.write_parquet(connection, f"SELECT {names} FROM next_snapshot", files.snapshot)
         if self.previous is not None:  # without one, every row was sent: the snapshot says which
             sent = "SELECT key FROM sent_now" + (" UNION ALL SELECT key FROM vanished" if self.deleted_keys else "")
-            write_parquet(connection, sent, files.sent)
+            sync_files.write_parquet(connection, sent, files.sent)
         connection.unregister("rejected_now")
 
     def record_pending(self, result: PrepareResult) -> None:
@@ -610,6 +605,4 @@ def stable_row_hash(names: list[str], types: dict[str, str]) -> str:
 
 
 def sync_format() -> str:
-    from airflow_provider_profiles.prepare.sync import SNAPSHOT_FORMAT
-
-    return SNAPSHOT_FORMAT
+    return sync_files.SNAPSHOT_FORMAT
