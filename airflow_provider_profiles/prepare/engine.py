@@ -494,8 +494,9 @@ class SyncStep:
         result.sync_run_key, result.sync_state = self.run_key, str(self.state.directory)
         result.notes.extend(self.notes)
         connection = table.connection
-        connection.execute("""CREATE TEMP TABLE unchanged_first AS SELECT __sync_key AS key, min(__record) AS first
-                              FROM sync_source WHERE __sync_key IS NOT NULL GROUP BY __sync_key HAVING count(*) > 1""")
+        # one unchanged row twice has its hash twice (grouped by the hash: an integer, cheaper)
+        connection.execute("""CREATE TEMP TABLE unchanged_first AS SELECT __row_hash AS row_hash, min(__record) AS first
+                              FROM sync_source WHERE __sync_key IS NOT NULL GROUP BY __row_hash HAVING count(*) > 1""")
         # a key has one accepted mapped row at most: its clash is with the key's first unchanged row
         connection.execute("""CREATE TEMP TABLE clashes AS
                               SELECT mapped.__record AS mapped_record, min(sync_source.__record) AS unchanged_record
@@ -505,7 +506,8 @@ class SyncStep:
                                (SELECT mapped_record FROM clashes WHERE mapped_record > unchanged_record)""")
         connection.execute("""CREATE TEMP TABLE unchanged_repeats AS
                               SELECT sync_source.__record, sync_source.__sync_key AS key FROM sync_source JOIN unchanged_first
-                                ON unchanged_first.key = sync_source.__sync_key AND sync_source.__record > unchanged_first.first
+                                ON unchanged_first.row_hash = sync_source.__row_hash AND sync_source.__record > unchanged_first.first
+                              WHERE sync_source.__sync_key IS NOT NULL
                               UNION ALL
                               SELECT __record, __sync_key FROM sync_source WHERE __record IN
                                 (SELECT unchanged_record FROM clashes WHERE unchanged_record > mapped_record)""")
@@ -573,9 +575,13 @@ class SyncStep:
                                UNION ALL SELECT * FROM sent_now""")
         # a key still in the input whose row is rejected now: the vendor keeps the committed row
         # (unless CURRENT says it may hold another one: then it is sent again when it is valid)
+        # (the mapped keys are few: the snapshot's rows are only searched for those)
+        connection.execute("""CREATE TEMP TABLE sync_rejected_keys AS SELECT DISTINCT __key AS key FROM mapped
+                              WHERE __key IS NOT NULL AND __key NOT IN (SELECT key FROM sent_now)""")
         connection.execute(f"""INSERT INTO next_snapshot SELECT key, row_hash{theirs} FROM previous
-                               WHERE key IN (SELECT __key FROM mapped WHERE __key IS NOT NULL)
-                                 AND key NOT IN (SELECT key FROM next_snapshot)
+                               WHERE key IN (SELECT key FROM sync_rejected_keys)
+                                 AND key NOT IN (SELECT __sync_key FROM sync_source WHERE __sync_key IN (SELECT key FROM sync_rejected_keys)
+                                                 AND __record NOT IN (SELECT __record FROM unchanged_repeats))
                                  AND key NOT IN (SELECT key FROM resend_keys)""")
         if self.keep_vanished:
             connection.execute(f"""INSERT INTO next_snapshot SELECT key, row_hash{theirs} FROM vanished
