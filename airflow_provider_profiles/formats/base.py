@@ -100,6 +100,21 @@ class FormatWriter(abc.ABC):
         only ``encode`` can write the line (the engine then calls it row by row)."""
         return None
 
+    # --- what an incremental sync asks of a writer
+
+    # the mapped columns a deletion line needs (the sync snapshot keeps them); empty: cannot delete
+    deletion_columns: ClassVar[tuple[str, ...]] = ()
+
+    def deletion_row(self, values: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The row ``encode`` takes to mean "delete the record these ``deletion_columns`` values
+        name" (for ids gone from a sync's input), or None where the format cannot say it."""
+        return None
+
+    def sync_refusal(self) -> str | None:
+        """Why an incremental sync (which sends a row only when it differs from the last one sent)
+        would lose data with this writer, or None when it can serve it."""
+        return None
+
 
 class RejectsFile:
     """CSV of rejected rows (line, identifier, reason, http_status), opened on first use only."""

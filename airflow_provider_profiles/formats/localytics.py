@@ -75,6 +75,10 @@ class AttributeChange:
         raise ValueError(f"column {column!r}: expected an attribute name, (attr, op) or a dict, got {spec!r}")
 
 
+# change operations whose repeats for one customer add up instead of conflicting
+ACCUMULATING_OPS = frozenset({"increment", "set-add", "set-remove"})
+
+
 class ProfileChangesWriter(FormatWriter):
     """Rows -> Localytics profile change lines, one line per customer.
 
@@ -147,6 +151,16 @@ class ProfileChangesWriter(FormatWriter):
                           THEN 'no attribute to change: every mapped value is empty' END"""
         line = f"""'{{"customer_id":' || to_json({customer_text}) || ',"changes":[' || concat_ws(',', {', '.join(changes)}) || ']}}' || chr(10)"""
         return line, reason
+
+    def sync_refusal(self) -> str | None:
+        # an increment or a set change of the same value on two days is two changes: a sync would
+        # take the second as unchanged and lose it
+        columns = [column for column, spec in self.attributes.items() if spec.op in ACCUMULATING_OPS]
+        if not columns:
+            return None
+        return (f"only_changed=True cannot send column(s) {columns}: their changes ({', '.join(sorted(ACCUMULATING_OPS))}) "
+                "add up at the vendor, and a sync would skip a repeat of yesterday's value as unchanged. "
+                "Prepare them in a task without only_changed.")
 
     def _change(self, column: str, spec: AttributeChange, value: Any) -> dict[str, Any] | None:
         if spec.op == "delete":

@@ -133,7 +133,17 @@ class MediarithmicsWriter(FormatWriter):
         return members, reason
 
 
-class UserProfileWriter(MediarithmicsWriter):
+class DeletesByIdentifier:
+    """A document type with a DELETE operation: a sync's deletion line is the user's identifier
+    fields and ``"operation": "DELETE"``."""
+
+    deletion_columns: ClassVar[tuple[str, ...]] = ("user_account_id", "compartment_id", "email_hash", "user_agent_id")
+
+    def deletion_row(self, values: Mapping[str, Any]) -> dict[str, Any] | None:
+        return {**values, "operation": "DELETE"}
+
+
+class UserProfileWriter(DeletesByIdentifier, MediarithmicsWriter):
     """USER_PROFILE commands: UPSERT a profile (every non-identifier column, or a ``user_profile``
     dict) with an update strategy, or DELETE it. A row's ``operation`` column overrides the default."""
 
@@ -187,7 +197,7 @@ def _identifier_count(columns) -> str:
     return " + ".join(f"CAST({columns(name)} IS NOT NULL AS INTEGER)" for name in IDENTIFIER_FIELDS)
 
 
-class UserSegmentWriter(MediarithmicsWriter):
+class UserSegmentWriter(DeletesByIdentifier, MediarithmicsWriter):
     """USER_SEGMENT commands: add a user to a segment (UPDATE) or remove it (DELETE). The segment is
     named by id or technical name, per writer or per row. ``expiration_duration`` (minutes, 0 = never
     expires) is mandatory on every line (developer.mediarithmics.io/data-ingestion/bulk-processing/
