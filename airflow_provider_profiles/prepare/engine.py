@@ -508,7 +508,7 @@ class SyncStep:
                                FROM (SELECT *, {row_hash} AS __row_hash FROM {opened.relation}) AS rows
                                LEFT JOIN (SELECT * FROM previous WHERE key NOT IN (SELECT key FROM resend_keys)) AS found
                                  ON found.row_hash = rows.__row_hash""")
-        self.unchanged_rows = connection.execute("SELECT count(__sync_key) FROM sync_source").fetchone()[0]
+        self.unchanged_rows = connection.execute("SELECT count(__sync_key) FROM sync_source").fetchall()[0][0]
         # the rows left, in input order (a join does not keep it)
         names = ", ".join(sql.ident(name) for name in opened.names)
         connection.execute(f"""CREATE TEMP VIEW sync_changed_rows AS SELECT __record, {names} FROM sync_source
@@ -539,7 +539,7 @@ class SyncStep:
                               UNION ALL
                               SELECT __record, __sync_key FROM sync_source WHERE __record IN
                                 (SELECT unchanged_record FROM clashes WHERE unchanged_record > mapped_record)""")
-        repeats = connection.execute("SELECT count(*) FROM unchanged_repeats").fetchone()[0]
+        repeats = connection.execute("SELECT count(*) FROM unchanged_repeats").fetchall()[0][0]
         result.unchanged = self.unchanged_rows - repeats
 
     def rejects_writer(self, path: Any) -> _RecordingRejects:
@@ -547,7 +547,7 @@ class SyncStep:
 
     def add_rejects(self, rejected: RejectsWriter) -> None:
         """Unchanged rows that repeat an earlier row's key (rare: they come before the others)."""
-        repeats = self.connection.execute("SELECT __record, key FROM unchanged_repeats ORDER BY __record").fetch_arrow_table()
+        repeats = self.connection.sql("SELECT __record, key FROM unchanged_repeats ORDER BY __record").to_arrow_table()
         if repeats.num_rows:
             rejected.add(repeats.column(0).combine_chunks(), repeats.column(1).combine_chunks(),
                          pa.array([DUPLICATE] * repeats.num_rows, pa.string()))
@@ -616,7 +616,7 @@ class SyncStep:
         if self.keep_vanished:
             connection.execute(f"""INSERT INTO next_snapshot SELECT key, row_hash{theirs} FROM vanished
                                    WHERE key NOT IN (SELECT key FROM resend_keys)""")
-        self.rows = connection.execute("SELECT count(*) FROM next_snapshot").fetchone()[0]
+        self.rows = connection.execute("SELECT count(*) FROM next_snapshot").fetchall()[0][0]
         files = self.state.writer(self.run_key, self.delete_columns, self.previous)
         sync_files.write_parquet(connection, f"SELECT {names} FROM next_snapshot", files.snapshot)
         if self.previous is not None:  # without one, every row was sent: the snapshot says which

@@ -476,7 +476,7 @@ def _open_ndjson(connection, path, encoding: str) -> Source:
         # (their merge is the merge of all), in the order first seen
         structure = connection.execute(
             "SELECT json_structure(to_json(list(example::JSON ORDER BY first))) FROM (SELECT arg_min(line, line_number) "
-            f"AS example, min(line_number) AS first FROM {objects} GROUP BY json_structure(line))").fetchone()[0]
+            f"AS example, min(line_number) AS first FROM {objects} GROUP BY json_structure(line))").fetchall()[0][0]
     except duckdb.Error as error:
         raise _ndjson_error(path, error) from None
     fields = json.loads(structure)[0] if structure and structure.startswith("[{") else {}

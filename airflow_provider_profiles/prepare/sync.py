@@ -79,7 +79,7 @@ class SyncConflict(SyncStateError):
 
 def _scratch(connection: Any) -> str:
     """A local directory for copies of remote files: the connection's spill directory."""
-    directory = connection.execute("SELECT current_setting('temp_directory')").fetchone()[0] or tempfile.gettempdir()
+    directory = connection.execute("SELECT current_setting('temp_directory')").fetchall()[0][0] or tempfile.gettempdir()
     os.makedirs(directory, exist_ok=True)
     return directory
 
@@ -478,7 +478,7 @@ class SyncState:
                         WHERE mine.row_hash IS DISTINCT FROM theirs.row_hash""")
                 else:
                     connection.execute("CREATE TABLE again AS SELECT key FROM sent")
-                if connection.execute("SELECT count(*) FROM again").fetchone()[0] == 0:
+                if connection.execute("SELECT count(*) FROM again").fetchall()[0][0] == 0:
                     return None
                 write_parquet(connection, "SELECT key FROM again", sent_path)
         except _duckdb_errors():

@@ -6,6 +6,9 @@ concurrent runs, backfills, damaged files and deletions behave (real files, real
 
 from __future__ import annotations
 
+import csv
+import io
+
 import datetime as dt
 import json
 import os
@@ -155,8 +158,8 @@ def test_repeated_ids_are_rejected_whether_the_snapshot_knows_them_or_not(tmp_pa
     result, second = run(tmp_path, rows, "run-2", state, rejects=str(tmp_path / "rejects.csv"))
     assert (result.written, result.unchanged, result.rejected) == (2, 1, 3)
     assert second["1"][0]["value"] == "a2" and second["3"][0]["value"] == "c"  # the first row of each id wins
-    rejected = (tmp_path / "rejects.csv").read_text().splitlines()[1:]
-    assert [line.split(",")[:2] for line in rejected] == [["3", "1"], ["5", "3"], ["6", "2"]]
+    rejected = list(csv.reader(io.StringIO((tmp_path / "rejects.csv").read_text())))[1:]
+    assert [row[:2] for row in rejected] == [["3", "1"], ["5", "3"], ["6", "2"]]
 
 
 def test_repeats_of_unchanged_rows_are_rejected_and_the_first_row_of_a_key_wins(tmp_path):
@@ -170,8 +173,8 @@ def test_repeats_of_unchanged_rows_are_rejected_and_the_first_row_of_a_key_wins(
     result, second = run(tmp_path, rows, "run-2", state, rejects=str(tmp_path / "rejects.csv"))
     assert (result.written, result.unchanged, result.rejected) == (1, 2, 2)
     assert second == {"2": [{"op": "assign", "attr": "name", "value": "b2"}, {"op": "assign", "attr": "city", "value": "x"}]}
-    rejected = (tmp_path / "rejects.csv").read_text().splitlines()[1:]
-    assert sorted(line.split(",")[:2] for line in rejected) == [["2", "1"], ["4", "2"]]
+    rejected = list(csv.reader(io.StringIO((tmp_path / "rejects.csv").read_text())))[1:]
+    assert sorted(row[:2] for row in rejected) == [["2", "1"], ["4", "2"]]
     state.commit("run-2")
     result, third = run(tmp_path, [(1, "a", "x"), (2, "b2", "x"), (3, "c", "x")], "run-3", state)
     assert (result.written, result.unchanged, third) == (0, 3, {})
