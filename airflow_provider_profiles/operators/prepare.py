@@ -24,10 +24,9 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 
 from airflow_provider_profiles.formats import DEFAULT_MAX_BYTES, get_writer
 from airflow_provider_profiles.formats.mapping import FieldMapping
-from airflow_provider_profiles.formats.pipeline import check_sync_writer
 from airflow_provider_profiles.prepare.engine import PrepareResult, prepare
 from airflow_provider_profiles.formats.split import split_file
-from airflow_provider_profiles.formats.sync import SyncConflict, SyncState
+from airflow_provider_profiles.prepare.sync import SyncConflict, SyncState
 from airflow_provider_profiles.storage import as_storage_path
 
 
@@ -99,7 +98,9 @@ class _PrepareOperator(BaseOperator):
         if only_changed and not sync_state_path:
             raise ValueError("only_changed=True needs sync_state_path (where the last sync's snapshot lives)")
         if only_changed and not _templated(writer_options):
-            check_sync_writer(get_writer(vendor, writer_format, **(writer_options or {})))
+            refusal = get_writer(vendor, writer_format, **(writer_options or {})).sync_refusal()
+            if refusal:
+                raise ValueError(refusal)
         if include_deletions and not only_changed:
             raise ValueError("include_deletions needs only_changed=True")
         self.vendor = vendor
