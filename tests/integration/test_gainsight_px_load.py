@@ -8,7 +8,7 @@ import json
 import pytest
 from airflow.providers.common.compat.sdk import AirflowException
 
-from airflow_provider_profiles.formats.reader import InputError
+from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.operators.gainsight_px import (
     SUMMARY_KEYS,
     GainsightPXLoadOperator,
