@@ -122,11 +122,11 @@ def test_no_limit_returns_the_file(tmp_path):
 @pytest.mark.parametrize("limits", [{"max_bytes": 2_000}, {"max_rows": 10}], ids=["bytes", "rows"])
 def test_an_unclosed_quote_is_an_error_at_its_line(tmp_path, monkeypatch, limits):
     """A quote never closed makes the rest of the file one record: the split says so at that
-    record's line as soon as the record outgrows a chunk (or, with a row limit only, the reader's
+    record's line as soon as the record outgrows a chunk (or, with a row limit only, the split's
     MAX_RECORD_BYTES), without reading the rest into memory first."""
-    from airflow_provider_profiles.formats import reader
+    from airflow_provider_profiles.formats import split
 
-    monkeypatch.setattr(reader, "MAX_RECORD_BYTES", 20_000)
+    monkeypatch.setattr(split, "MAX_RECORD_BYTES", 20_000)
     source = tmp_path / "open.csv"
     source.write_text("id,v\n" + "".join(f"{i},ok\n" for i in range(1, 20)) + '20,"never closed\n' + "21,x\n" * 50_000)
     expected = "the record at line 21 " + ("is larger than max_bytes" if "max_bytes" in limits else "runs over 0.0 MB: is a quote left open")
