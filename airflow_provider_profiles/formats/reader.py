@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from airflow_provider_profiles.formats.hashing import hash_strings
+from airflow_provider_profiles.prepare.errors import InputError, guess_format  # noqa: F401 (re-exported)
 from airflow_provider_profiles.storage import open_binary
 
 # Peak memory grows with the block (each block's output lines are about 5x its bytes), not with
@@ -31,19 +32,6 @@ from airflow_provider_profiles.storage import open_binary
 DEFAULT_BLOCK_BYTES = 2 << 20
 DEFAULT_BATCH_ROWS = 65_536
 FORMATS = ("csv", "ndjson", "parquet")
-
-
-class InputError(ValueError):
-    """Bad input that stops the run: says which file, line and column, and what to do."""
-
-    def __init__(self, file: Any, message: str, line: int | None = None, column: str | None = None):
-        self.file, self.line, self.column, self.message = str(file), line, column, message
-        where = self.file
-        if line is not None:
-            where += f", line {line}"
-        if column is not None:
-            where += f", column {column!r}"
-        super().__init__(f"{where}: {message}")
 
 
 @dataclass
@@ -104,17 +92,6 @@ class SkippedRecords:
         text = bytes(self.block[start:end]).decode("utf-8", errors="replace")
         values = next(csv.reader(io.StringIO(text, newline=""), delimiter=self.delimiter), [])
         return dict(zip(self.names, values))
-
-
-def guess_format(path: Any) -> str:
-    name = str(path).lower()
-    for suffix in (".gz", ".bz2", ".zst"):
-        name = name.removesuffix(suffix)
-    if name.endswith((".ndjson", ".jsonl", ".json")):
-        return "ndjson"
-    if name.endswith((".parquet", ".pq")):
-        return "parquet"
-    return "csv"
 
 
 def read_input(

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from airflow_provider_profiles.formats.base import FormatWriter, RowRejected
 from airflow_provider_profiles.formats.mapping import FieldMapping, set_path
-from airflow_provider_profiles.formats.reader import InputError
+from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.formats.values import EpochMillis
 from airflow_provider_profiles.prepare import sql
 from airflow_provider_profiles.prepare import sync as sync_files

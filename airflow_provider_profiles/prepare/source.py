@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from airflow_provider_profiles.formats.reader import InputError, guess_format
+from airflow_provider_profiles.prepare.errors import InputError, guess_format
 from airflow_provider_profiles.storage import as_storage_path, is_local, local_path, open_binary
 
 CHUNK_BYTES = 4 << 20

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from airflow_provider_profiles.formats import get_writer
-from airflow_provider_profiles.formats.reader import InputError
+from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.prepare.engine import DUPLICATE, prepare
 
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_profiles.formats.reader import InputError
+from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.prepare.source import cursor_error, open_cursor, open_source
 
 

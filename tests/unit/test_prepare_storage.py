@@ -9,7 +9,7 @@ import pytest
 
 from airflow_provider_profiles.formats import get_writer
 from airflow_provider_profiles.formats.pipeline import prepare_file
-from airflow_provider_profiles.formats.reader import InputError
+from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.formats.split import split_file
 from airflow_provider_profiles.formats.sync import SyncState
 

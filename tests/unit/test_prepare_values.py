@@ -17,7 +17,7 @@ import pytest
 from airflow_provider_profiles.formats import get_writer
 from airflow_provider_profiles.formats.mapping import FieldMapping
 from airflow_provider_profiles.formats.pipeline import prepare_file
-from airflow_provider_profiles.formats.reader import InputError
+from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.operators.prepare import ProfilesFileTransformOperator, SqlToProfilesFileOperator
 
 

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_profiles.formats.split import RecordTooLarge, split_file
+from airflow_provider_profiles.prepare.errors import InputError
 
 # A bare CR is a record separator to CSV readers (and Python's writer leaves it unquoted), so
 # carriage returns only appear as CRLF inside quoted values.
@@ -122,13 +123,139 @@ def test_no_limit_returns_the_file(tmp_path):
 @pytest.mark.parametrize("limits", [{"max_bytes": 2_000}, {"max_rows": 10}], ids=["bytes", "rows"])
 def test_an_unclosed_quote_is_an_error_at_its_line(tmp_path, monkeypatch, limits):
     """A quote never closed makes the rest of the file one record: the split says so at that
-    record's line as soon as the record outgrows a chunk (or, with a row limit only, the reader's
+    record's line as soon as the record outgrows a chunk (or, with a row limit only, the split's
     MAX_RECORD_BYTES), without reading the rest into memory first."""
-    from airflow_provider_profiles.formats import reader
+    from airflow_provider_profiles.formats import split
 
-    monkeypatch.setattr(reader, "MAX_RECORD_BYTES", 20_000)
+    monkeypatch.setattr(split, "MAX_RECORD_BYTES", 20_000)
     source = tmp_path / "open.csv"
     source.write_text("id,v\n" + "".join(f"{i},ok\n" for i in range(1, 20)) + '20,"never closed\n' + "21,x\n" * 50_000)
     expected = "the record at line 21 " + ("is larger than max_bytes" if "max_bytes" in limits else "runs over 0.0 MB: is a quote left open")
     with pytest.raises(RecordTooLarge, match=expected):
         split_file(str(source), **limits, block_bytes=4_096)
+
+
+# --- CSV records as Python's csv module reads them (moved here from test_csv_records.py, whose
+# reader goes): quotes left open, CR / LF / CRLF line ends, quotes inside unquoted values -----
+
+HEADER = b"id,name,city\n"
+BODY = b"".join(b"%d,n%d,c%d\n" % (i, i, i) for i in range(1, 2000))
+
+
+def test_split_stops_at_a_quote_open_in_the_header(tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_bytes(b'id,"name,city\n1,a,b\n')
+    with pytest.raises(InputError, match="in.csv, line 1: the quote at character 4 .* never closed"):
+        split_file(str(source), str(tmp_path / "chunks"), max_rows=1)
+
+
+@pytest.mark.parametrize("limits", [{"max_bytes": 200_000}, {"max_rows": 500}], ids=["bytes", "rows"])
+def test_split_stops_at_a_quote_open_at_the_end(tmp_path, limits):
+    source = tmp_path / "in.csv"
+    source.write_bytes(HEADER + BODY + b'2000,"Zoe,Oslo\n' + BODY)
+    with pytest.raises(InputError) as caught:
+        split_file(str(source), str(tmp_path / "chunks"), **limits, block_bytes=4096)
+    assert (caught.value.line, caught.value.column) == (2001, "name") and "in.csv" in str(caught.value)
+    assert not (tmp_path / "chunks").exists() or not list((tmp_path / "chunks").iterdir())
+
+
+def test_split_cuts_a_cr_only_file(tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_bytes(b"id,v\r" + b"".join(b'%d,"x\ry"\r' % i for i in range(100)))
+    chunks = split_file(str(source), str(tmp_path / "chunks"), max_rows=30, block_bytes=64)
+    assert len(chunks) == 4
+    rows = []
+    for chunk in chunks:
+        parsed = parse(open(chunk, "rb").read())
+        assert parsed[0] == ["id", "v"] and len(parsed) - 1 <= 30
+        rows += parsed[1:]
+    assert rows == [[str(i), "x\ry"] for i in range(100)]
+
+
+_value = st.lists(st.sampled_from(list('ab ,"\n\r;') + ["é", "\r\n"]), max_size=6).map("".join)
+_stray = st.text(alphabet=st.sampled_from(list('ab "')), min_size=1, max_size=5).filter(lambda text: not text.startswith('"'))
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
+@st.composite
+def csv_files(draw):
+    """A CSV file as text: values quoted where they must be (and sometimes where they need not),
+    unquoted values with quotes inside, text after a closing quote ("a"b, which csv appends),
+    ragged and blank lines, every line end, and sometimes a last value whose quote is never
+    closed (then also the line of that quote)."""
+    columns = draw(st.integers(2, 4))
+    header = [f"c{i}" for i in range(columns)]
+    records = [",".join(header)]
+    for _ in range(draw(st.integers(0, 12))):
+        cells = []
+        for _ in range(columns + draw(st.sampled_from([0] * 8 + [-1, 1]))):
+            kind = draw(st.sampled_from(["plain", "quoted", "stray", "empty", "after"]))
+            if kind == "plain":
+                value = draw(_value)
+                cells.append(_quoted(value) if set(value) & set(',"\r\n') else value)
+            elif kind == "quoted":
+                cells.append(_quoted(draw(_value)))
+            elif kind == "stray":
+                cells.append(draw(_stray))
+            elif kind == "after":
+                cells.append(_quoted(draw(_value)) + draw(_stray))
+            else:
+                cells.append("")
+        if not any(cells):
+            cells[0] = "x"
+        records.append(",".join(cells))
+        if draw(st.integers(0, 9)) == 0:
+            records.append("")  # a blank line
+    ends = draw(st.lists(st.sampled_from(["\n", "\r", "\r\n"]), min_size=1, max_size=3))
+    text = "".join(record + ends[index % len(ends)] for index, record in enumerate(records))
+    if draw(st.booleans()):
+        text = text[: -len(ends[(len(records) - 1) % len(ends)])]  # no line end after the last record
+    open_line = None
+    if draw(st.integers(0, 3)) == 0:  # a quote opened and never closed (on a line of its own)
+        text += ("" if text.endswith(("\n", "\r")) else "\n") + "9,"
+        open_line = len(text.splitlines())
+        text += '"' + draw(_value).replace('"', '""')
+    return columns, text, open_line
+
+
+def expected_records(text: str):
+    """What csv makes of it: (first line, values) per non-blank record."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    records, line = [], 1
+    for values in reader:
+        if values:
+            records.append((line, values))
+        line = reader.line_num + 1
+    return records
+
+
+@settings(max_examples=100, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(file=csv_files(), max_rows=st.integers(1, 4), max_bytes=st.one_of(st.none(), st.integers(60, 200)),
+       block_bytes=st.sampled_from([8, 64, 1 << 20]))
+def test_split_agrees_with_the_csv_module(tmp_path_factory, file, max_rows, max_bytes, block_bytes):
+    columns, text, open_line = file
+    folder = tmp_path_factory.mktemp("s")
+    source = folder / "in.csv"
+    source.write_bytes(text.encode("utf-8"))
+    records = expected_records(text)
+    limits = {"max_rows": max_rows, "max_bytes": max_bytes, "block_bytes": block_bytes}
+    if open_line is not None:
+        with pytest.raises((InputError, RecordTooLarge)) as caught:
+            split_file(str(source), str(folder / "chunks"), **limits)
+        if caught.type is InputError:
+            assert caught.value.line == open_line and "never closed" in str(caught.value)
+        return
+    try:
+        chunks = split_file(str(source), str(folder / "chunks"), **limits)
+    except RecordTooLarge:
+        assert max_bytes is not None
+        return
+    recovered = []
+    for chunk in chunks:
+        parsed = [values for values in csv.reader(io.StringIO(open(chunk, "rb").read().decode(), newline="")) if values]
+        assert parsed[0] == records[0][1]
+        recovered += parsed[1:]
+    assert recovered == [values for _, values in records[1:]]
