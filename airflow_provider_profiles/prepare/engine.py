@@ -12,6 +12,7 @@ returning.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import dataclasses
 import hashlib
 import json
@@ -130,9 +131,10 @@ def prepare(
         if cursor is not None:  # DB-API connections (sqlite3) may be used only by their own thread
             connection.execute("SET threads = 1")
         try:
-            if step is not None:  # only the rows not unchanged since the last sync are mapped
-                opened = step.compare(connection, opened)
-            table = MappedTable(connection, opened, writer, mapping)
+            with Progress.of_statements(connection, "reading and mapping", progress_interval):
+                if step is not None:  # only the rows not unchanged since the last sync are mapped
+                    opened = step.compare(connection, opened)
+                table = MappedTable(connection, opened, writer, mapping)
         except Exception as error:
             raised = cursor_error(error)  # an InputError from the cursor's rows, wrapped by DuckDB
             if raised is None:
@@ -390,7 +392,8 @@ def _spreadsheet_safe(cells: pa.Array) -> pa.Array:
 
 
 class Progress:
-    """A log line every ``interval`` seconds: rows done, rate, ETA."""
+    """Progress lines in the task log every ``interval`` seconds (None: none): rows written, rate
+    and ETA while writing; before that, DuckDB's own estimate of the statement running."""
 
     def __init__(self, total: int, interval: float | None):
         self.total, self.interval, self.done = total, interval, 0
@@ -403,15 +406,50 @@ class Progress:
             return
         self.last = now
         rate = self.done / max(now - self.started, 1e-9)
-        eta = (self.total - self.done) / rate if rate else float("inf")
-        log.info("prepared %d of %d rows (%.0f%%), %.0f rows/s, ETA %.0f s",
-                 self.done, self.total, 100 * self.done / max(self.total, 1), rate, eta)
+        eta = (self.total - self.done) / rate if rate else 0.0
+        log.info("prepare progress: writing, %s of %s rows (%.0f%%), %s rows/s, ETA %s", f"{self.done:,}",
+                 f"{self.total:,}", 100 * self.done / max(self.total, 1), f"{rate:,.0f}", _duration(eta))
+
+    @staticmethod
+    @contextlib.contextmanager
+    def of_statements(connection: Any, what: str, interval: float | None) -> Iterator[None]:
+        """Logs DuckDB's progress of the statements run meanwhile (``query_progress``) from a thread."""
+        if interval is None:
+            yield
+            return
+        import threading
+
+        stop, started = threading.Event(), time.monotonic()
+
+        def watch() -> None:
+            while not stop.wait(max(interval, 0.5)):
+                share = connection.query_progress()
+                if share is None or share < 0:
+                    continue
+                elapsed = time.monotonic() - started
+                eta = elapsed * (100 - share) / share if share > 0 else None
+                log.info("prepare progress: %s, %.0f%% of the statement running, ETA %s", what, share,
+                         _duration(eta) if eta is not None else "unknown")
+
+        watcher = threading.Thread(target=watch, name="prepare-progress", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
 
     def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:
-        pass
+        if self.interval is not None and self.done:
+            elapsed = max(time.monotonic() - self.started, 1e-9)
+            log.info("prepare progress: wrote %s rows (100%%), %s rows/s", f"{self.done:,}", f"{self.done / elapsed:,.0f}")
+
+
+def _duration(seconds: float) -> str:
+    return str(dt.timedelta(seconds=round(seconds)))
 
 
 # --- an incremental sync's part of a prepare ---------------------------------------------------------

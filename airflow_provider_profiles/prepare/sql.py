@@ -31,14 +31,26 @@ def literal(text: str) -> str:
 
 
 def passthrough_select(opened) -> str:
-    """No mapping: the input's columns as they are, missing values (blank text, NaN) as NULL."""
-    columns = [f"{missing_as_null(name, opened.types[name])} AS {ident(name)}" for name in opened.names]
-    return f"SELECT __record, {', '.join(columns + ['NULL::VARCHAR AS __reason'])} FROM {opened.relation}"
+    """No mapping: the input's columns as they are, missing values (blank text, NaN) as NULL, and
+    binary values as UTF-8 text (a row with one that is not is rejected, naming its column)."""
+    columns, reasons = [], []
+    for name in opened.names:
+        kind = opened.types[name]
+        if kind == "BLOB":
+            text = f"TRY(decode({ident(name)}))"
+            columns.append(f"{missing_as_null(text, 'VARCHAR', quoted=True)} AS {ident(name)}")
+            reasons.append(f"CASE WHEN {ident(name)} IS NOT NULL AND {text} IS NULL "
+                           f"THEN py_decode_reason({literal(name)}, {ident(name)}) END")
+        else:
+            columns.append(f"{missing_as_null(name, kind)} AS {ident(name)}")
+    reason = f"coalesce({', '.join(reasons)})" if reasons else "NULL::VARCHAR"
+    return f"SELECT __record, {', '.join(columns)}, {reason} AS __reason FROM {opened.relation}"
 
 
-def missing_as_null(name: str, kind: str) -> str:
-    """An input column with the values ``base.is_missing`` calls missing as NULL."""
-    column = ident(name)
+def missing_as_null(name: str, kind: str, quoted: bool = False) -> str:
+    """An input column (or an expression, ``quoted``) with the values ``base.is_missing`` calls
+    missing as NULL."""
+    column = name if quoted else ident(name)
     if kind == "VARCHAR":
         return f"CASE WHEN {is_blank(column)} THEN NULL ELSE {column} END"
     if kind in ("DOUBLE", "FLOAT"):
@@ -137,4 +149,17 @@ def python_repr(expression: str) -> str:
 
 
 def register_functions(connection) -> None:
+    """The Python functions the SQL calls for the few values it leaves to Python's own rules."""
     connection.create_function("py_repr", repr, ["VARCHAR"], "VARCHAR", side_effects=False)
+    connection.create_function("py_decode_reason", _decode_reason, ["VARCHAR", "BLOB"], "VARCHAR", side_effects=False)
+
+
+def _decode_reason(column: str, value: bytes) -> str | None:
+    from airflow_provider_profiles.formats.base import RowRejected
+    from airflow_provider_profiles.formats.values import decode
+
+    try:
+        decode(value)
+    except ValueError as error:
+        return RowRejected(str(error), column).reason
+    return None

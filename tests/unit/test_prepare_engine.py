@@ -152,8 +152,10 @@ def test_progress_is_logged_with_rate_and_eta(tmp_path, caplog):
     source = write_csv(tmp_path / "in.csv", [(str(i), "Ann", "") for i in range(200_000)])
     with caplog.at_level(logging.INFO, logger="airflow_provider_profiles.prepare.engine"):
         prepare(source, localytics(), tmp_path / "out.ndjson", progress_interval=0)
-    lines = [r.getMessage() for r in caplog.records if "rows/s" in r.getMessage()]
-    assert lines and "of 200000 rows" in lines[-1] and "ETA" in lines[-1]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("prepare progress")]
+    writing = [line for line in lines if "writing" in line]
+    assert writing and "of 200,000 rows" in writing[-1] and "rows/s" in writing[-1] and "ETA" in writing[-1]
+    assert "wrote 200,000 rows (100%)" in lines[-1]
 
 
 def test_rejects_cells_that_a_spreadsheet_would_run_are_quoted(tmp_path):
