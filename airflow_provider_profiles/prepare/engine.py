@@ -12,8 +12,8 @@ returning.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -128,9 +128,9 @@ def prepare(
         else:
             opened = open_source(connection, source, input_format, delimiter=delimiter, encoding=encoding)
         check_columns(source, opened.names, writer, mapping)
-        if cursor is not None:  # DB-API connections (sqlite3) may be used only by their own thread
-            connection.execute("SET threads = 1")
         try:
+            if cursor is not None:
+                opened = _materialised(connection, opened)
             with Progress.of_statements(connection, "reading and mapping", progress_interval):
                 if step is not None:  # only the rows not unchanged since the last sync are mapped
                     opened = step.compare(connection, opened)
@@ -140,7 +140,6 @@ def prepare(
             if raised is None:
                 raise
             raise raised from None
-        connection.execute(f"SET threads = {THREADS}")
         rows = table.rows + (step.unchanged_rows if step else 0)
         if rows == 0 and not allow_empty and table.unreadable == 0:
             empty = "the query returned no rows" if cursor is not None else "no data rows (a header only, or an empty file)"
@@ -169,6 +168,17 @@ def prepare(
     if step is not None:
         step.record_pending(result)
     return result
+
+
+def _materialised(connection: Any, opened: Source) -> Source:
+    """A cursor's rows in a table: its stream can be read once only, and by this thread only
+    (DB-API connections such as sqlite3's refuse other threads), so with one DuckDB thread."""
+    connection.execute("SET threads = 1")
+    try:
+        connection.execute(f"CREATE TABLE cursor_rows AS SELECT * FROM {opened.relation}")
+    finally:
+        connection.execute(f"SET threads = {THREADS}")
+    return dataclasses.replace(opened, relation="cursor_rows")
 
 
 def check_columns(source: Any, names: list[str], writer: FormatWriter, mapping: FieldMapping | None) -> None:
@@ -351,24 +361,26 @@ def write_lines(stream, lines: pa.Array | pa.ChunkedArray) -> int:
 class RejectsWriter:
     """The rejects file (record, identifier, reason), opened on the first reject; or only a count."""
 
-    schema = pa.schema([("record", pa.int64()), ("identifier", pa.string()), ("reason", pa.string())])
-
     def __init__(self, path: Any):
         self.path = path
         self.count = 0
-        self._stream = self._writer = None
+        self._stream = self._text = self._csv = None
 
     def add(self, records: pa.Array, identifiers: pa.Array, reasons: pa.Array) -> None:
         self.count += len(reasons)
         if self.path is None or not len(reasons):
             return
-        if self._writer is None:
-            import pyarrow.csv as pacsv
+        if self._csv is None:
+            import csv
+            import io
 
             self._stream = open_binary(self.path, "wb")
-            self._writer = pacsv.CSVWriter(self._stream, self.schema, write_options=pacsv.WriteOptions(quoting_style="needed"))
-        cells = [records.cast(pa.int64()), _spreadsheet_safe(identifiers.cast(pa.string())), _spreadsheet_safe(reasons.cast(pa.string()))]
-        self._writer.write_batch(pa.record_batch(cells, schema=self.schema))
+            self._text = io.TextIOWrapper(self._stream, encoding="utf-8", newline="")
+            self._csv = csv.writer(self._text)
+            self._csv.writerow(REJECTS_HEADER)
+        columns = (records.cast(pa.int64()), _spreadsheet_safe(identifiers.cast(pa.string())),
+                   _spreadsheet_safe(reasons.cast(pa.string())))
+        self._csv.writerows(zip(*(column.to_pylist() for column in columns)))
 
     def add_unreadable(self, table: MappedTable) -> None:
         if table.unreadable:
@@ -380,9 +392,8 @@ class RejectsWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._stream.close()
+        if self._text is not None:
+            self._text.close()
 
 
 def _spreadsheet_safe(cells: pa.Array) -> pa.Array:
