@@ -43,8 +43,10 @@ log = logging.getLogger(__name__)
 
 DUPLICATE = "duplicate identifier: an earlier row has the same id"
 REJECTS_HEADER = ("record", "identifier", "reason")
-MEMORY_LIMIT = "256MB"
-BATCH_ROWS = 65_536
+# DuckDB's buffers (what does not fit spills to disk); its process peak is about 250 MB above this
+MEMORY_LIMIT = "128MB"
+# rows per batch streamed out: larger batches cost memory (DuckDB builds them ahead), not time
+BATCH_ROWS = 8_192
 THREADS = 2
 
 
