@@ -175,8 +175,17 @@ def job_dirty_duckdb(source: str, output: str, extra: dict) -> dict:
     from candidates.duckdb_prepare import prepare
 
     started = time.perf_counter()
+    settings = {"preserve_insertion_order": extra["preserve_insertion_order"]} if "preserve_insertion_order" in extra else {}
     written, rejected = prepare(extra["vendor"], extra["input"], source, output, output + ".rejects.csv",
-                                memory_limit=extra.get("memory_limit", "300MB"))
+                                memory_limit=extra.get("memory_limit", "300MB"), settings=settings)
+    return {"seconds": time.perf_counter() - started, "written": written, "rejected": rejected}
+
+
+def job_dirty_polars_candidate(source: str, output: str, extra: dict) -> dict:
+    from candidates.polars_prepare import prepare
+
+    started = time.perf_counter()
+    written, rejected = prepare(extra["vendor"], extra["input"], source, output, output + ".rejects.csv")
     return {"seconds": time.perf_counter() - started, "written": written, "rejected": rejected}
 
 
@@ -204,7 +213,8 @@ def job_dirty_polars(source: str, output: str, extra: dict) -> dict:
 
 
 JOBS = {"provider": job_provider, "sync": job_sync, "pandas": job_pandas, "polars": job_polars, "split": job_split,
-        "dirty-provider": job_dirty_provider, "dirty-duckdb": job_dirty_duckdb, "dirty-polars": job_dirty_polars}
+        "dirty-provider": job_dirty_provider, "dirty-duckdb": job_dirty_duckdb, "dirty-polars": job_dirty_polars,
+        "dirty-polars-candidate": job_dirty_polars_candidate}
 
 
 def warm_up(name: str) -> None:
@@ -247,6 +257,16 @@ def warm_up(name: str) -> None:
             for kind, path in paths.items():
                 for vendor in dirty.VENDORS:
                     job_dirty_provider(path, os.path.join(scratch, f"{kind}.{vendor}.out"), {"vendor": vendor, "input": kind})
+    elif name == "dirty-polars-candidate":
+        import polars  # noqa: F401
+
+        import candidates.polars_prepare  # noqa: F401
+
+        # polars compiles nothing, but its first query loads its thread pool: one tiny run per vendor
+        with tempfile.TemporaryDirectory() as scratch:
+            path = dirty.generate(scratch, 50, ("csv",))["csv"]
+            for vendor in dirty.VENDORS:
+                job_dirty_polars_candidate(path, os.path.join(scratch, f"{vendor}.out"), {"vendor": vendor, "input": "csv"})
     elif name == "dirty-duckdb":
         import duckdb
         import pyarrow as pa
@@ -355,28 +375,37 @@ def parse_cases(text: str) -> list[str]:
     return list(dict.fromkeys(cases))
 
 
-def dirty_case(case: str, paths: dict[str, str], workdir: str, repeat: int, with_duckdb: bool, with_polars: bool) -> dict:
+def dirty_case(case: str, paths: dict[str, str], workdir: str, repeat: int, with_duckdb: bool, with_polars: bool,
+               with_candidate: bool = False) -> dict:
     vendor, _, kind = case.partition("-")
     kind = kind or "csv"
     extension = dirty.VENDORS[vendor]["extension"]
     outputs = {"dirty-provider": os.path.join(workdir, f"{case}.provider.{extension}")}
     if with_duckdb:
         outputs["dirty-duckdb"] = os.path.join(workdir, f"{case}.duckdb.{extension}")
+    with_candidate = with_candidate and kind != "sql"  # the polars candidate reads files only
+    if with_candidate:
+        outputs["dirty-polars-candidate"] = os.path.join(workdir, f"{case}.candidate.{extension}")
     if with_polars:
         outputs["dirty-polars"] = os.path.join(workdir, f"{case}.polars.ndjson")
     arguments = {"vendor": vendor, "input": kind}
     print(f"\n{case}: {kind} -> {vendor} {dirty.VENDORS[vendor]['format']}, typed mapping, dirty rows", flush=True)
     figures = interleaved(outputs, paths[kind], repeat, extra={name: arguments for name in outputs})
     provider = figures["dirty-provider"]
-    for name in ("dirty-duckdb", "dirty-polars"):
+    for name in ("dirty-duckdb", "dirty-polars-candidate", "dirty-polars"):
         if name in figures:
             print(f"  provider / {name[6:]}: time {provider['seconds'] / figures[name]['seconds']:.2f}x, "
                   f"peak RSS {provider['peak_rss_mb'] / figures[name]['peak_rss_mb']:.2f}x")
-    if "dirty-duckdb" in figures and "dirty-polars" in figures:
-        print(f"  duckdb / polars: time {figures['dirty-duckdb']['seconds'] / figures['dirty-polars']['seconds']:.2f}x")
+    for name in ("dirty-duckdb", "dirty-polars-candidate"):
+        if name in figures and "dirty-polars" in figures:
+            print(f"  {name[6:]} / polars: time {figures[name]['seconds'] / figures['dirty-polars']['seconds']:.2f}x")
     if with_duckdb:
         figures["mismatches"] = compare_outputs(outputs["dirty-provider"], outputs["dirty-duckdb"], extension,
                                                 provider, figures["dirty-duckdb"])
+    if with_candidate:
+        figures["candidate_mismatches"] = compare_outputs(
+            outputs["dirty-provider"], outputs["dirty-polars-candidate"], extension, provider,
+            figures["dirty-polars-candidate"], label="polars-candidate")
     for path in outputs.values():
         for leftover in (path, path + ".rejects.csv"):
             if os.path.exists(leftover):
@@ -384,7 +413,8 @@ def dirty_case(case: str, paths: dict[str, str], workdir: str, repeat: int, with
     return figures
 
 
-def compare_outputs(provider_path: str, candidate_path: str, extension: str, provider: dict, candidate: dict) -> int:
+def compare_outputs(provider_path: str, candidate_path: str, extension: str, provider: dict, candidate: dict,
+                    label: str = "duckdb") -> int:
     """Records compared as values (JSON objects with their types, CSV rows), in order; reject
     counts compared."""
     import csv
@@ -403,11 +433,11 @@ def compare_outputs(provider_path: str, candidate_path: str, extension: str, pro
         if mine != theirs:
             mismatches += 1
             if mismatches <= 3:
-                print(f"  MISMATCH at output record {number}:\n    provider {mine}\n    duckdb   {theirs}")
+                print(f"  MISMATCH at output record {number}:\n    provider {mine}\n    {label:<8} {theirs}")
     if provider["rejected"] != candidate["rejected"]:
         mismatches += 1
-        print(f"  MISMATCH rejects: provider {provider['rejected']:,}, duckdb {candidate['rejected']:,}")
-    print(f"  duckdb output against the provider's: "
+        print(f"  MISMATCH rejects: provider {provider['rejected']:,}, {label} {candidate['rejected']:,}")
+    print(f"  {label} output against the provider's: "
           + ("identical records, same reject count" if not mismatches else f"{mismatches:,} mismatches"), flush=True)
     return mismatches
 
@@ -420,6 +450,7 @@ def main() -> None:
     parser.add_argument("--split-mb", type=int, default=100)
     parser.add_argument("--skip-baselines", action="store_true")
     parser.add_argument("--skip-duckdb", action="store_true")
+    parser.add_argument("--skip-polars-candidate", action="store_true")
     parser.add_argument("--repeat", type=int, default=2, help="runs per measurement, best time kept (pandas: 1)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
@@ -444,11 +475,13 @@ def main() -> None:
             try:
                 import polars  # noqa: F401
 
-                with_polars = not args.skip_baselines
+                with_polars, with_polars_installed = not args.skip_baselines, True
             except ImportError:
-                print("  polars not installed: the floor is skipped")
-                with_polars = False
-            summary = {case: dirty_case(case, paths, workdir, args.repeat, with_duckdb, with_polars) for case in dirty_cases}
+                print("  polars not installed: the floor and the polars candidate are skipped")
+                with_polars = with_polars_installed = False
+            with_candidate = with_polars_installed and not args.skip_polars_candidate
+            summary = {case: dirty_case(case, paths, workdir, args.repeat, with_duckdb, with_polars, with_candidate)
+                       for case in dirty_cases}
             print_summary(summary, args.rows)
             for path in paths.values():
                 os.remove(path)
@@ -461,20 +494,25 @@ def main() -> None:
 
 def print_summary(summary: dict[str, dict], rows: int) -> None:
     print(f"\ndirty data, {rows:,} rows: best time (s) / peak RSS (MB); ratios of time")
-    print("| case | provider | duckdb | polars flat | provider / polars | duckdb / polars | provider / duckdb | duckdb = provider |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| case | provider | duckdb | polars candidate | polars flat | provider / polars | duckdb / polars "
+          "| candidate / polars | provider / duckdb | duckdb = provider | candidate = provider |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for case, figures in summary.items():
         cells = []
-        for name in ("dirty-provider", "dirty-duckdb", "dirty-polars"):
+        for name in ("dirty-provider", "dirty-duckdb", "dirty-polars-candidate", "dirty-polars"):
             job = figures.get(name)
             cells.append(f"{job['seconds']:.2f} s, {job['peak_rss_mb']:.0f} MB" if job else "-")
 
         def ratio(a, b):
             return f"{figures[a]['seconds'] / figures[b]['seconds']:.1f}x" if a in figures and b in figures else "-"
 
-        same = "-" if "mismatches" not in figures else ("yes" if not figures["mismatches"] else f"no ({figures['mismatches']})")
+        def same(key):
+            return "-" if key not in figures else ("yes" if not figures[key] else f"no ({figures[key]})")
+
         print(f"| {case} | {' | '.join(cells)} | {ratio('dirty-provider', 'dirty-polars')} | "
-              f"{ratio('dirty-duckdb', 'dirty-polars')} | {ratio('dirty-provider', 'dirty-duckdb')} | {same} |", flush=True)
+              f"{ratio('dirty-duckdb', 'dirty-polars')} | {ratio('dirty-polars-candidate', 'dirty-polars')} | "
+              f"{ratio('dirty-provider', 'dirty-duckdb')} | {same('mismatches')} | {same('candidate_mismatches')} |",
+              flush=True)
 
 
 def clean_cases(args, cases: list[str], workdir: str) -> None:

@@ -111,7 +111,7 @@ VENDOR_SQL = {
         "reason": "NULL",  # no mapping: every row takes part in the duplicate check
         "key": "trim(identify_id)",
         "writer_reason": "writer_reason",
-        "line": """'{' || concat_ws(',', jfield('identifyId', identify_id), jfield('email', email),
+        "line": """'{' || concat_ws(',', jfield('identifyId', trim(identify_id)), jfield('email', email),
             jfield('firstName', first_name),
             CASE WHEN city IS NOT NULL THEN '"location":{' || jfield('city', city) || '}' END,
             jfield('signUpDate', signup_ms),
@@ -138,13 +138,16 @@ def _source_sql(input_format: str, path: str) -> str:
 
 
 def prepare(vendor: str, input_format: str, source: str, output: str, rejects: str,
-            memory_limit: str = "300MB", threads: int = 2, batch_rows: int = 50_000) -> tuple[int, int]:
-    """Writes ``output`` and ``rejects`` (position, identifier, reason); returns (written, rejected)."""
+            memory_limit: str = "300MB", threads: int = 2, batch_rows: int = 50_000,
+            settings: dict | None = None) -> tuple[int, int]:
+    """Writes ``output`` and ``rejects`` (position, identifier, reason); returns (written, rejected).
+    ``settings``: more DuckDB configuration (e.g. ``preserve_insertion_order``)."""
     import duckdb
 
     spec = VENDOR_SQL[vendor]
     connection = duckdb.connect(config={"memory_limit": memory_limit, "threads": threads,
-                                        "temp_directory": os.path.dirname(os.path.abspath(output)) + "/duckdb.tmp"})
+                                        "temp_directory": os.path.dirname(os.path.abspath(output)) + "/duckdb.tmp",
+                                        **(settings or {})})
     connection.execute("SET TimeZone = 'UTC'")
     connection.execute(MACROS)
     database = None

@@ -57,16 +57,6 @@ def num(x):
     return x.str.strip_chars(SPACES).cast(pl.Float64, strict=False)
 
 
-def bad_int(x):
-    return ~blank(x) & (num(x).is_null() | ~num(x).is_finite() | (num(x) != num(x).floor())).fill_null(True)
-
-
-def as_int(x):
-    import polars as pl
-
-    return pl.when(~blank(x)).then(num(x).cast(pl.Int64, strict=False))
-
-
 def flag(x):
     import polars as pl
 
@@ -75,32 +65,57 @@ def flag(x):
         word.is_in(["false", "f", "no", "n", "0"])).then(False)
 
 
-def bad_bool(x):
-    return ~blank(x) & flag(x).is_null()
-
-
 def moment(x):
-    """ISO 8601 date or date-time, offset or ``Z`` or naive (taken as UTC), to a UTC instant (ms)."""
+    """ISO 8601 date or date-time, offset or ``Z`` or naive (taken as UTC), to a UTC instant (ms).
+    Only the rows longer than a date go through the date-time formats: a parse of a null is free,
+    a failed one is not."""
     import polars as pl
 
     text = x.str.strip_chars(SPACES)
-    joined = text.str.replace(" ", "T", literal=True, n=1)
+    date_only = text.str.len_bytes() == 10
     options = {"strict": False, "exact": True, "time_zone": "UTC", "time_unit": "ms"}
+    longer = pl.when(~date_only).then(text.str.replace(" ", "T", literal=True, n=1))
     return pl.coalesce(
-        text.str.to_datetime("%Y-%m-%d", **options),
-        joined.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%#z", **options),
-        joined.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", **options),
+        pl.when(date_only).then(text).str.to_datetime("%Y-%m-%d", **options),
+        longer.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%#z", **options),
+        longer.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", **options),
     )
 
 
-def bad_date(x):
-    return ~blank(x) & moment(x).is_null()
+# Parsed once per row, as columns, before the mapping: each is used by a reason and a value.
+PARSED = {"signup_moment": lambda c: moment(c("signup_date")), "score_number": lambda c: num(c("score")),
+          "vip_flag": lambda c: flag(c("vip"))}
 
 
-def iso_date(x):
+def bad_int():
     import polars as pl
 
-    return pl.when(~blank(x)).then(moment(x).dt.strftime("%Y-%m-%d"))
+    number = pl.col("score_number")
+    return ~blank(pl.col("score")) & (number.is_null() | ~number.is_finite() | (number != number.floor())).fill_null(True)
+
+
+def as_int():
+    import polars as pl
+
+    return pl.when(~blank(pl.col("score"))).then(pl.col("score_number").cast(pl.Int64, strict=False))
+
+
+def bad_bool():
+    import polars as pl
+
+    return ~blank(pl.col("vip")) & pl.col("vip_flag").is_null()
+
+
+def bad_date():
+    import polars as pl
+
+    return ~blank(pl.col("signup_date")) & pl.col("signup_moment").is_null()
+
+
+def iso_date():
+    import polars as pl
+
+    return pl.when(~blank(pl.col("signup_date"))).then(pl.col("signup_moment").dt.date().cast(pl.String))
 
 
 def _first_reason(*pairs):
@@ -119,9 +134,9 @@ def _mapping_reason(id_field: str, id_column: str):
     c = pl.col
     return _first_reason(
         (blank(c(id_column)), f"{id_field}: required value is empty (column '{id_column}')"),
-        (bad_date(c("signup_date")), "signup_date: not an ISO 8601 date (column 'signup_date')"),
-        (bad_int(c("score")), "score: expected an integer (column 'score')"),
-        (bad_bool(c("vip")), "vip: expected true/false, yes/no or 1/0 (column 'vip')"),
+        (bad_date(), "signup_date: not an ISO 8601 date (column 'signup_date')"),
+        (bad_int(), "score: expected an integer (column 'score')"),
+        (bad_bool(), "vip: expected true/false, yes/no or 1/0 (column 'vip')"),
     )
 
 
@@ -130,8 +145,8 @@ def _typed():
 
     c = pl.col
     return [txt(c("first_name")).alias("first_name"), txt(c("city")).alias("city"), txt(c("plan")).alias("plan"),
-            iso_date(c("signup_date")).alias("signup_date"), as_int(c("score")).alias("score"),
-            flag(c("vip")).alias("vip"), txt(c("notes")).alias("notes")]
+            iso_date().alias("signup_date"), as_int().alias("score"),
+            c("vip_flag").alias("vip"), txt(c("notes")).alias("notes")]
 
 
 PROFILE = ["email", "first_name", "city", "plan", "signup_date", "score", "vip", "notes"]
@@ -200,14 +215,14 @@ def _vendor(vendor: str) -> dict:
                 pl.lit(',"changes":['), pl.concat_str(*changes, separator=",", ignore_nulls=True), pl.lit("]}")),
         }
     if vendor == "gainsight_px":
-        score, text = num(c("score")), c("score")
+        score, text = c("score_number"), c("score")
         is_int = ~text.str.contains("[.eE]") & (score == score.floor())
         filled = lambda x: ~blank(x)  # noqa: E731
         return {
             "mapped": [
                 c("id").alias("identify_id"), txt(c("email")).alias("email"), txt(c("first_name")).alias("first_name"),
-                txt(c("city")).alias("city"), txt(c("plan")).alias("plan"), flag(c("vip")).alias("vip"),
-                pl.when(filled(c("signup_date"))).then(moment(c("signup_date")).dt.epoch("ms")).alias("signup_ms"),
+                txt(c("city")).alias("city"), txt(c("plan")).alias("plan"), c("vip_flag").alias("vip"),
+                pl.when(filled(c("signup_date"))).then(c("signup_moment").dt.epoch("ms")).alias("signup_ms"),
                 pl.when(filled(text) & is_int).then(score.cast(pl.Int64, strict=False)).alias("score_int"),
                 pl.when(filled(text) & ~is_int).then(score).alias("score_float"),
             ],
@@ -215,10 +230,10 @@ def _vendor(vendor: str) -> dict:
                 (blank(c("id")), "identifyId: the identifier is empty (column 'id')"),
                 (filled(c("email")) & ~c("email").str.contains("@", literal=True),
                  "email: not an email address (column 'email')"),
-                (bad_date(c("signup_date")), "signUpDate: expected milliseconds since the epoch (column 'signup_date')"),
+                (bad_date(), "signUpDate: expected milliseconds since the epoch (column 'signup_date')"),
                 (filled(text) & (score.is_null() | ~score.is_finite()).fill_null(True),
                  "score: expected a number (column 'score')"),
-                (bad_bool(c("vip")), "customAttributes.vip: expected true or false (column 'vip')"),
+                (bad_bool(), "customAttributes.vip: expected true or false (column 'vip')"),
             ),
             "writer_stage": True,  # these reasons are the writer's: every row takes part in the duplicate check
             "key": c("identify_id").str.strip_chars(SPACES),
@@ -266,7 +281,8 @@ def prepare(vendor: str, input_format: str, source: str, output: str, rejects: s
     spec = _vendor(vendor)
     c = pl.col
     # mapping reason and key: the writer stage of Gainsight PX comes after the duplicate check
-    mapped = _scan(input_format, source, batch_rows).with_row_index("pos", offset=1)
+    mapped = (_scan(input_format, source, batch_rows).with_row_index("pos", offset=1)
+              .with_columns(parse(c).alias(name) for name, parse in PARSED.items()))
     if spec.get("writer_stage"):  # reasons over the input columns
         mapped = mapped.select("pos", *spec["mapped"], pl.lit(None, pl.String).alias("reason"),
                                spec["reason"].alias("writer_reason")).with_columns(spec["key"].alias("key"))
