@@ -177,7 +177,8 @@ def job_dirty_duckdb(source: str, output: str, extra: dict) -> dict:
     started = time.perf_counter()
     settings = {"preserve_insertion_order": extra["preserve_insertion_order"]} if "preserve_insertion_order" in extra else {}
     written, rejected = prepare(extra["vendor"], extra["input"], source, output, output + ".rejects.csv",
-                                memory_limit=extra.get("memory_limit", "300MB"), settings=settings)
+                                memory_limit=extra.get("memory_limit", "300MB"), settings=settings,
+                                streaming=extra.get("streaming", False))
     return {"seconds": time.perf_counter() - started, "written": written, "rejected": rejected}
 
 
@@ -185,7 +186,8 @@ def job_dirty_polars_candidate(source: str, output: str, extra: dict) -> dict:
     from candidates.polars_prepare import prepare
 
     started = time.perf_counter()
-    written, rejected = prepare(extra["vendor"], extra["input"], source, output, output + ".rejects.csv")
+    written, rejected = prepare(extra["vendor"], extra["input"], source, output, output + ".rejects.csv",
+                                output_pass=extra.get("output_pass", "sinks"))
     return {"seconds": time.perf_counter() - started, "written": written, "rejected": rejected}
 
 
@@ -413,6 +415,64 @@ def dirty_case(case: str, paths: dict[str, str], workdir: str, repeat: int, with
     return figures
 
 
+def dirty_rss(args, cases: list[str], paths: dict[str, str], workdir: str, with_duckdb: bool,
+              with_candidate: bool) -> None:
+    """Peak RSS and time of each engine on ``--dirty-rss-rows`` dirty CSV rows against ``--rows``,
+    one DuckDB run per ``--duckdb-memory-limits`` value, then at the first value with insertion
+    order not kept and the streaming variant; the polars candidate with each output pass."""
+    cases = [case for case in cases if (case.partition("-")[2] or "csv") == "csv"]
+    jobs = [("provider", "dirty-provider", {})]
+    if with_duckdb:
+        limits = list(filter(None, args.duckdb_memory_limits.split(",")))
+        for limit in limits:
+            jobs.append((f"duckdb {limit}", "dirty-duckdb", {"memory_limit": limit}))
+        jobs.append((f"duckdb {limits[0]}, order not kept", "dirty-duckdb",
+                     {"memory_limit": limits[0], "preserve_insertion_order": False}))
+        jobs.append((f"duckdb {limits[0]}, streaming", "dirty-duckdb", {"memory_limit": limits[0], "streaming": True}))
+    if with_candidate:
+        for output_pass in ("sinks", "batches"):
+            jobs.append((f"polars candidate, {output_pass}", "dirty-polars-candidate", {"output_pass": output_pass}))
+    figures: dict[tuple[str, str, int], dict] = {}
+    for rows, source, repeat in ((args.rows, paths["csv"], args.repeat), (args.dirty_rss_rows, None, 1)):
+        if source is None:
+            source = os.path.join(workdir, "dirty-big", "dirty.csv")
+            os.makedirs(os.path.dirname(source), exist_ok=True)
+            print(f"\ngenerating {rows:,} dirty rows as csv ...", flush=True)
+            dirty.generate(os.path.dirname(source), rows, ("csv",))
+        print(f"\npeak RSS at {rows:,} dirty rows ({os.path.getsize(source) / 1e6:.0f} MB of CSV), "
+              f"output to a file, uptime: {os.getloadavg()}", flush=True)
+        for case in cases:
+            vendor = case.partition("-")[0]
+            output = os.path.join(workdir, f"rss.{vendor}.{dirty.VENDORS[vendor]['extension']}")
+            print(f" {case}:", flush=True)
+            extension = dirty.VENDORS[vendor]["extension"]
+            reference = os.path.join(workdir, f"rss.reference.{extension}")
+            for label, name, extra in jobs:
+                print(f"  [{label}]", end="", flush=True)
+                figures[case, label, rows] = run(name, source, output, repeat=repeat, vendor=vendor, input="csv", **extra)
+                if rows == args.rows:  # every variant's output checked against the provider's, at this size
+                    if name == "dirty-provider":
+                        os.replace(output, reference)
+                    else:
+                        compare_outputs(reference, output, extension, figures[case, "provider", rows],
+                                        figures[case, label, rows], label=label)
+                for leftover in (output, output + ".rejects.csv"):
+                    if os.path.exists(leftover):
+                        os.remove(leftover)
+            if os.path.exists(reference):
+                os.remove(reference)
+    print(f"\npeak RSS (VmHWM of the job's process) and best time, {args.rows:,} and {args.dirty_rss_rows:,} dirty CSV rows")
+    print(f"| case | engine | {args.rows:,} rows | {args.dirty_rss_rows:,} rows | peak ratio | time ratio |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for case in cases:
+        for label, _, _ in jobs:
+            small, large = figures[case, label, args.rows], figures[case, label, args.dirty_rss_rows]
+            print(f"| {case} | {label} | {small['seconds']:.2f} s, {small['peak_rss_mb']:.0f} MB | "
+                  f"{large['seconds']:.2f} s, {large['peak_rss_mb']:.0f} MB | "
+                  f"{large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x | {large['seconds'] / small['seconds']:.1f}x |",
+                  flush=True)
+
+
 def compare_outputs(provider_path: str, candidate_path: str, extension: str, provider: dict, candidate: dict,
                     label: str = "duckdb") -> int:
     """Records compared as values (JSON objects with their types, CSV rows), in order; reject
@@ -451,6 +511,10 @@ def main() -> None:
     parser.add_argument("--skip-baselines", action="store_true")
     parser.add_argument("--skip-duckdb", action="store_true")
     parser.add_argument("--skip-polars-candidate", action="store_true")
+    parser.add_argument("--dirty-rss-rows", type=int, default=0,
+                        help="also: peak RSS of every engine on this many dirty CSV rows against --rows")
+    parser.add_argument("--duckdb-memory-limits", default="150MB,250MB",
+                        help="with --dirty-rss-rows: DuckDB memory_limit values to try (comma-separated)")
     parser.add_argument("--repeat", type=int, default=2, help="runs per measurement, best time kept (pandas: 1)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
@@ -483,6 +547,8 @@ def main() -> None:
             summary = {case: dirty_case(case, paths, workdir, args.repeat, with_duckdb, with_polars, with_candidate)
                        for case in dirty_cases}
             print_summary(summary, args.rows)
+            if args.dirty_rss_rows:
+                dirty_rss(args, dirty_cases, paths, workdir, with_duckdb, with_candidate)
             for path in paths.values():
                 os.remove(path)
         if {"clean", "split", "sync"} & set(cases):

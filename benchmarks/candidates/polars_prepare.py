@@ -274,8 +274,11 @@ def _duplicate_positions(candidates, workdir: str):
 
 
 def prepare(vendor: str, input_format: str, source: str, output: str, rejects: str,
-            batch_rows: int = 50_000) -> tuple[int, int]:
-    """Writes ``output`` and ``rejects`` (position, identifier, reason); returns (written, rejected)."""
+            batch_rows: int = 50_000, output_pass: str = "sinks") -> tuple[int, int]:
+    """Writes ``output`` and ``rejects`` (position, identifier, reason); returns (written, rejected).
+    ``output_pass``: ``sinks`` (a streaming sink for the lines, another for the rejects: the input
+    is read twice more; both sinks in one ``collect_all`` hold the whole input in memory instead)
+    or ``batches`` (one streaming read, its batches split and written from Python)."""
     import polars as pl
 
     spec = _vendor(vendor)
@@ -296,20 +299,51 @@ def prepare(vendor: str, input_format: str, source: str, output: str, rejects: s
         reason = pl.coalesce(c("reason"), pl.when(c("pos").is_in(duplicates.implode())).then(pl.lit(DUPLICATE)),
                              c("writer_reason"))
         classified = mapped.with_columns(reason.alias("reason"))
+        if output_pass == "batches":
+            return _write_batches(classified, spec, output, rejects)
         accepted = classified.filter(c("reason").is_null())
         if "columns" in spec:
-            lines = accepted.select(spec["columns"]).sink_csv(output, lazy=True)
+            accepted.select(spec["columns"]).sink_csv(output)
         else:
-            lines = accepted.select(spec["line"].alias("line")).sink_csv(
-                output, include_header=False, quote_style="never", lazy=True)
-        refused = classified.filter(c("reason").is_not_null()).select(
-            c("pos").alias("line"), pl.when(c("key") != "").then(c("key")).alias("identifier"), "reason").sink_csv(rejects, lazy=True)
-        pl.collect_all([lines, refused], engine="streaming")
+            accepted.select(spec["line"].alias("line")).sink_csv(output, include_header=False, quote_style="never")
+        classified.filter(c("reason").is_not_null()).select(
+            c("pos").alias("line"), pl.when(c("key") != "").then(c("key")).alias("identifier"), "reason",
+        ).sink_csv(rejects)
     # the rejects file has one line per reject (its fields hold no newline in this data); the
     # output's count is the rest (CSV output can hold quoted newlines)
     rejected = _count_lines(rejects) - 1
     total = _scan(input_format, source, batch_rows).select(pl.len()).collect().item()
     return total - rejected, rejected
+
+
+def _write_batches(classified, spec: dict, output: str, rejects: str) -> tuple[int, int]:
+    import polars as pl
+
+    c = pl.col
+    built = spec["columns"] if "columns" in spec else [spec["line"].alias("line")]
+    rows = classified.select(
+        "reason", "pos", pl.when(c("key") != "").then(c("key")).alias("identifier"),
+        *(pl.when(c("reason").is_null()).then(expression) for expression in built))
+    written = rejected = 0
+    with open(output, "wb") as stream, open(rejects, "wb") as refused:
+        for number, batch in enumerate(rows.collect_batches(chunk_size=100_000)):
+            accepted = batch.filter(c("reason").is_null())
+            if "columns" in spec:
+                accepted.drop("reason", "pos", "identifier").write_csv(stream, include_header=number == 0)
+            else:
+                _write_strings(stream, accepted["line"])
+            refused_rows = batch.filter(c("reason").is_not_null()).select(c("pos").alias("line"), "identifier", "reason")
+            refused_rows.write_csv(refused, include_header=number == 0)
+            written += accepted.height
+            rejected += refused_rows.height
+    return written, rejected
+
+
+def _write_strings(stream, lines) -> None:
+    """One line per value: the values joined with newlines, written as bytes."""
+    if len(lines):
+        stream.write(lines.str.join("\n").item().encode())
+        stream.write(b"\n")
 
 
 def _count_lines(path: str) -> int:
