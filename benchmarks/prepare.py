@@ -5,15 +5,19 @@ every vendor's main format with a typed mapping on dirty data (CSV, NDJSON, Parq
     python benchmarks/prepare.py --rows 200000   # a quick look
     python benchmarks/prepare.py --cases mediarithmics,localytics-parquet --rows 1000000
     python benchmarks/prepare.py --cases clean --rss-rows 10000000   # also: peak RSS at 10M rows
+    python benchmarks/prepare.py --cases mediarithmics --rows 1000000 --dirty-rss-rows 10000000 --repeat 1
 
 Cases (``--cases``, comma-separated): ``clean``, ``split``, ``sync`` (these three as before), and
 ``<vendor>[-<input>]`` for the dirty data: vendor ``mediarithmics`` (USER_PROFILE), ``apsis_one``
 (CSV), ``localytics`` (profile changes) or ``gainsight_px`` (records), input ``csv`` (the
 default), ``ndjson``, ``parquet`` or ``sql`` (an SQLite cursor); ``dirty`` is the default set of
 them (every vendor from CSV, mediarithmics from each other input). In a dirty case the provider,
-the DuckDB prototype (``candidates/duckdb_prepare.py``, skipped without ``duckdb``) and polars'
-flat conversion of the same file run in alternation; the DuckDB output is checked against the
-provider's (the same lines, the same number of rejects) and mismatches are printed.
+the DuckDB prototype (``candidates/duckdb_prepare.py``, skipped without ``duckdb``), the polars
+candidate (``candidates/polars_prepare.py``, files only; ``--skip-polars-candidate``) and polars'
+flat conversion of the same file run in alternation; the DuckDB and polars candidates' outputs are
+checked against the provider's (the same records, the same number of rejects) and mismatches are
+printed. ``--dirty-rss-rows N`` then runs every engine (DuckDB under each ``--duckdb-memory-limits``
+value and variants) on N dirty CSV rows and on ``--rows``, and prints both peaks and their ratio.
 
 Every measurement runs in its own process (so peak RSS is that of the job alone) and reports
 wall time (imports excluded) and peak RSS. Baselines run in the same invocation on the same file:
