@@ -453,7 +453,13 @@ def dirty_rss(args, cases: list[str], paths: dict[str, str], workdir: str, with_
             reference = os.path.join(workdir, f"rss.reference.{extension}")
             for label, name, extra in jobs:
                 print(f"  [{label}]", end="", flush=True)
-                figures[case, label, rows] = run(name, source, output, repeat=repeat, vendor=vendor, input="csv", **extra)
+                try:
+                    figures[case, label, rows] = run(name, source, output, repeat=repeat, vendor=vendor, input="csv",
+                                                     **extra)
+                except RuntimeError as error:  # e.g. DuckDB's "Out of Memory Error" under a low memory_limit
+                    cause = [line for line in str(error).splitlines() if "Error" in line] or ["?"]
+                    print(f" failed: {cause[-1].strip()[:200]}", flush=True)
+                    continue
                 if rows == args.rows:  # every variant's output checked against the provider's, at this size
                     if name == "dirty-provider":
                         os.replace(output, reference)
@@ -470,7 +476,12 @@ def dirty_rss(args, cases: list[str], paths: dict[str, str], workdir: str, with_
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for case in cases:
         for label, _, _ in jobs:
-            small, large = figures[case, label, args.rows], figures[case, label, args.dirty_rss_rows]
+            small, large = figures.get((case, label, args.rows)), figures.get((case, label, args.dirty_rss_rows))
+            if small is None or large is None:
+                print(f"| {case} | {label} | " + " | ".join(
+                    f"{job['seconds']:.2f} s, {job['peak_rss_mb']:.0f} MB" if job else "failed" for job in (small, large))
+                    + " | - | - |", flush=True)
+                continue
             print(f"| {case} | {label} | {small['seconds']:.2f} s, {small['peak_rss_mb']:.0f} MB | "
                   f"{large['seconds']:.2f} s, {large['peak_rss_mb']:.0f} MB | "
                   f"{large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x | {large['seconds'] / small['seconds']:.1f}x |",
