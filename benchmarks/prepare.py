@@ -100,27 +100,27 @@ def _localytics_writer():
 
 
 def job_provider(source: str, output: str, extra: dict) -> dict:
-    from airflow_provider_profiles.formats.pipeline import prepare_file
+    from airflow_provider_profiles.prepare.engine import prepare
 
     writer = _localytics_writer()
     started = time.perf_counter()
     options = {"duplicates": extra["duplicates"]} if extra.get("duplicates") else {}
-    result = prepare_file(source, writer, output, rejects=output + ".rejects.csv", **options)
-    figures = {"seconds": time.perf_counter() - started, "written": result.written, "rejected": result.rejected,
-               "fast_rows": result.fast_rows}
+    result = prepare(source, writer, output, rejects=output + ".rejects.csv", progress_interval=None, **options)
+    figures = {"seconds": time.perf_counter() - started, "written": result.written, "rejected": result.rejected}
     if options:
         figures["duplicates"] = options["duplicates"]
     return figures
 
 
 def job_sync(source: str, output: str, extra: dict) -> dict:
-    from airflow_provider_profiles.formats.pipeline import prepare_file
-    from airflow_provider_profiles.formats.sync import SyncState
+    from airflow_provider_profiles.prepare.engine import prepare
+    from airflow_provider_profiles.prepare.sync import SyncState
 
     writer = _localytics_writer()
     state = SyncState(extra["state"])
     started = time.perf_counter()
-    result = prepare_file(source, writer, output, rejects=output + ".rejects.csv", sync=state, sync_run_key=extra["run"])
+    result = prepare(source, writer, output, rejects=output + ".rejects.csv", sync=state, sync_run_key=extra["run"],
+                     progress_interval=None)
     seconds = time.perf_counter() - started
     if extra.get("commit"):
         state.commit(extra["run"])
@@ -231,8 +231,7 @@ def warm_up(name: str) -> None:
 
         pa.array([0])
         import airflow_provider_profiles.formats.localytics  # noqa: F401
-        import airflow_provider_profiles.formats.pipeline  # noqa: F401
-        import airflow_provider_profiles.formats.sync  # noqa: F401
+        import airflow_provider_profiles.prepare.engine  # noqa: F401
     elif name == "split":
         import airflow_provider_profiles.formats.split  # noqa: F401
     elif name == "pandas":
@@ -253,7 +252,7 @@ def warm_up(name: str) -> None:
         import pyarrow.parquet  # noqa: F401
 
         pa.array([0])
-        import airflow_provider_profiles.formats.pipeline  # noqa: F401
+        import airflow_provider_profiles.prepare.engine  # noqa: F401
         import airflow.providers.sqlite.hooks.sqlite  # noqa: F401
         import airflow_provider_profiles.operators.prepare  # noqa: F401
 
