@@ -234,7 +234,7 @@ class MappedTable:
         reading = self.connection.cursor()  # the stream below is pulled by a query of this connection
 
         def keys() -> Iterator[pa.RecordBatch]:
-            for batch in self.batches(f"SELECT __record, {self._target_list()} FROM mapped", reading):
+            for batch in self.batches(f"SELECT __record, {self._target_list()} FROM mapped ORDER BY __record", reading):
                 records = batch.column(0)
                 found = [self.writer.identifier(row) for row in self.rows_of(batch, skip=1)]
                 yield pa.RecordBatch.from_arrays([records, pa.array(found, pa.string())], ["record", "key"])
@@ -303,7 +303,7 @@ class MappedTable:
                            CASE WHEN __reason IS NOT NULL THEN __reason WHEN {exact} THEN {reason} END AS reason,
                            CASE WHEN __reason IS NULL AND {exact} THEN {line} END AS line
                            {', ' + targets if exact != 'true' and targets else ''}
-                    FROM mapped"""
+                    FROM mapped ORDER BY __record"""
         written = 0
         with open_binary(output, "wb") as stream:
             header = self.writer.header()
