@@ -398,7 +398,7 @@ def test_an_object_storage_path(connection):
 
 from hypothesis import HealthCheck, assume, event, given, settings  # noqa: E402
 
-from tests.unit.test_csv_records import csv_files, expected_records  # noqa: E402  (the corpus the reader held to)
+from tests.unit.csv_corpus import csv_files, expected_records  # noqa: E402
 
 
 @settings(max_examples=150, derandomize=True, deadline=None,
