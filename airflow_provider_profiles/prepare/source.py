@@ -156,7 +156,7 @@ def _scan_csv(connection, location: str, names: list[str], delimiter: str, blank
         connection.execute(f"SELECT {counts} FROM {_read_csv(location, names, delimiter, blank_lines, (table, scans))}").fetchall()
         return connection.execute(
             f"SELECT line_byte_position, column_idx, column_name, error_type, csv_line, error_message "
-            f"FROM {table} ORDER BY line_byte_position").fetchall()
+            f"FROM {table} ORDER BY line_byte_position, column_idx").fetchall()
     finally:
         connection.execute(f"DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {scans}")
 
@@ -269,9 +269,11 @@ def _csv_unreadable(connection, path, location: str, names: list[str], delimiter
     lines = [0] * len(starts)
     for index, count in zip(order, _lines_before(opener, [starts[index] for index in order])):
         lines[index] = count
-    rows = []
-    for (_, column_index, column, kind, _, message), text, line in zip(rejects, texts, lines):
+    rows, ragged = [], set()
+    for (start, column_index, column, kind, _, message), text, line in zip(rejects, texts, lines):
         line += 1
+        if kind in ("MISSING COLUMNS", "TOO MANY COLUMNS") and start in ragged:
+            continue  # DuckDB rejects a short record once per missing column: the first says its count
         column = names[column_index - 1] if column_index and column_index <= len(names) else column
         if kind == "UNQUOTED VALUE":
             fields = list(_fields(text, delimiter))
@@ -297,6 +299,7 @@ def _csv_unreadable(connection, path, location: str, names: list[str], delimiter
         elif kind in ("MISSING COLUMNS", "TOO MANY COLUMNS"):
             found = _COUNT.search(message)
             count = found.group(1) if found else "a different number of"
+            ragged.add(start)
             rows.append((line, f"ragged row: expected {len(names)} fields, found {count}"))
         else:
             rows.append((line, f"{message} (column {column!r})" if column else message))

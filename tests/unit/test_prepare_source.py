@@ -135,6 +135,14 @@ def test_ragged_rows_are_unreadable_with_their_physical_line(connection, tmp_pat
                           (8, "ragged row: expected 3 fields, found 2")]
 
 
+
+def test_a_record_short_of_several_fields_is_one_unreadable_record(connection, tmp_path):
+    """DuckDB rejects such a record once per missing column ('Found: 1', 'Found: 2', ...): it is
+    still one record, counted once, with the fields it has."""
+    _, rows, unreadable = read(connection, tmp_path, b"id,a,b,c\n1,x,y,z\nragged\n2,x\n3,x,y,z\n")
+    assert values(rows, "id", "__record") == [("1", 1), ("3", 2)]
+    assert unreadable == [(3, "ragged row: expected 4 fields, found 1"), (4, "ragged row: expected 4 fields, found 2")]
+
 def test_ragged_rows_in_a_crlf_file(connection, tmp_path):
     _, _, unreadable = read(connection, tmp_path, b'id,a,b\r\n1,x,y\r\n2,"q\r\nq"\r\n3,x,y,z\r\n\r\n\r\n4,x\r\n')
     assert [line for line, _ in unreadable] == [3, 5, 8]
@@ -145,6 +153,21 @@ def test_blank_lines_are_skipped_and_a_space_is_a_value(connection, tmp_path):
     assert values(rows, "id", "__record") == [("1", 1), ("2", 2)]
     assert unreadable == [(5, "ragged row: expected 2 fields, found 1")]
 
+
+
+def test_a_line_of_two_quotes_is_a_value_not_a_blank_line(connection, tmp_path):
+    """csv reads ``""`` as one empty field: a ragged record, not a blank line to skip."""
+    _, rows, unreadable = read(connection, tmp_path, b'id,v\n1,a\n""\n2,b\n')
+    assert values(rows, "id", "__record") == [("1", 1), ("2", 2)]
+    assert unreadable == [(3, "ragged row: expected 2 fields, found 1")]
+
+
+def test_a_stray_quote_keeps_the_lines_of_the_records_after_it(connection, tmp_path):
+    """A value ending in a quote (``a"``) is text: the blank lines and the ragged record after it
+    keep their lines as csv counts them."""
+    _, rows, unreadable = read(connection, tmp_path, b'c0,c1\nx,\n\nx,\n\na",\n\nx\n\nx,\n\nx,\n')
+    assert values(rows, "c0", "__record") == [("x", 1), ("x", 2), ('a"', 3), ("x", 4), ("x", 5)]
+    assert unreadable == [(8, "ragged row: expected 2 fields, found 1")]
 
 # --- encodings and bytes ---------------------------------------------------------------------------
 
