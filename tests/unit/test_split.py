@@ -136,8 +136,8 @@ def test_an_unclosed_quote_is_an_error_at_its_line(tmp_path, monkeypatch, limits
         split_file(str(source), **limits, block_bytes=4_096)
 
 
-# --- CSV records as Python's csv module reads them (moved here from test_csv_records.py, whose
-# reader goes): quotes left open, CR / LF / CRLF line ends, quotes inside unquoted values -----
+# --- CSV records as Python's csv module reads them (the generated files in csv_corpus.py):
+# quotes left open, CR / LF / CRLF line ends, quotes inside unquoted values ----------------------
 
 HEADER = b"id,name,city\n"
 BODY = b"".join(b"%d,n%d,c%d\n" % (i, i, i) for i in range(1, 2000))
