@@ -7,10 +7,12 @@ import io
 import json
 import os
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from airflow_provider_profiles.formats.records import first_record_end, last_record_end, record_ends
 from airflow_provider_profiles.formats.split import RecordTooLarge, split_file
 from airflow_provider_profiles.prepare.errors import InputError
 from tests.unit.csv_corpus import csv_files, expected_records
@@ -202,3 +204,48 @@ def test_split_agrees_with_the_csv_module(tmp_path_factory, file, max_rows, max_
         assert parsed[0] == records[0][1]
         recovered += parsed[1:]
     assert recovered == [values for _, values in records[1:]]
+
+
+# --- record ends (formats/records.py) against a walk through csv's states --------------------------
+
+
+def csv_record_ends(block: bytes, start: int, end: int, complete: bool) -> list[int]:
+    """Record ends in block[start:end] by a walk through the states of Python's csv reader: a
+    quote opens a value only at the start of a field; a line ends at LF, CR or CRLF (a CR at
+    ``end`` only if ``complete``: else an LF may follow)."""
+    expected, state, position = [], "start", start
+    while position < end:
+        char = block[position]
+        if state == "quoted":
+            state = "quote" if char == ord('"') else "quoted"
+        elif char in (10, 13):
+            if char == 13 and position + 1 == end and not complete:
+                break
+            if char == 13 and position + 1 < end and block[position + 1] == 10:
+                position += 1
+            expected.append(position + 1)
+            state = "start"
+        elif char == ord(","):
+            state = "start"
+        elif char == ord('"') and state in ("start", "quote"):
+            state = "quoted"  # opens a value, or (after a closing quote) is a quote in it
+        else:
+            state = "field"
+        position += 1
+    return expected
+
+
+def test_record_ends_agree_with_a_character_walk():
+    """Every record end, the first and the last, in any slice of a block that starts at a record start
+    (formats/records.py, what split cuts at)."""
+    rng = np.random.default_rng(17)
+    for _ in range(600):
+        prefix = [b"", b"s\n", b'p,"q\nr"\n', b"t\r"][int(rng.integers(0, 4))]  # whole records before start
+        block = prefix + bytes(rng.choice(list(b'ab,"\n\r'), size=int(rng.integers(0, 40))).astype(np.uint8))
+        start = len(prefix)
+        end = int(rng.integers(start, len(block) + 1))
+        expected = csv_record_ends(block, start, end, complete=True)
+        assert record_ends(block, start, end).tolist() == expected, (block, end)
+        expected = csv_record_ends(block, start, end, complete=False)
+        assert last_record_end(block, start, end) == (expected[-1] if expected else start), (block, end)
+        assert first_record_end(block[start:end]) == (expected[0] - start if expected else None), (block, end)
