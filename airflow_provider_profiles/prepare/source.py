@@ -297,8 +297,12 @@ def _csv_unreadable(connection, path, location: str, names: list[str], delimiter
             raise InputError(path, "not valid UTF-8; pass encoding='latin-1' (or the file's encoding) if the file "
                              "is not UTF-8", line=line, column=column)
         elif kind in ("MISSING COLUMNS", "TOO MANY COLUMNS"):
+            fields = list(_fields(text, delimiter)) if text and len(text) < REJECT_TEXT_CHARS else []
             found = _COUNT.search(message)
-            count = found.group(1) if found else "a different number of"
+            if fields and fields[-1][1] != -1:  # the whole record: its fields, and its end
+                count = str(len(fields) - 1)  # (DuckDB says 'Found: n + 1' for any longer record)
+            else:
+                count = found.group(1) if found else "a different number of"
             ragged.add(start)
             rows.append((line, f"ragged row: expected {len(names)} fields, found {count}"))
         else:

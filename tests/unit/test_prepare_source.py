@@ -143,6 +143,12 @@ def test_a_record_short_of_several_fields_is_one_unreadable_record(connection, t
     assert values(rows, "id", "__record") == [("1", 1), ("3", 2)]
     assert unreadable == [(3, "ragged row: expected 4 fields, found 1"), (4, "ragged row: expected 4 fields, found 2")]
 
+
+def test_a_record_with_fields_too_many_says_how_many_it_has(connection, tmp_path):
+    """DuckDB's message says 'Found: 4' for any record longer than 3 fields: the count is csv's."""
+    _, _, unreadable = read(connection, tmp_path, b'id,a,b\n1,x,y\nr,1,"2,3",4,5,6\n2,x,y\n')
+    assert unreadable == [(3, "ragged row: expected 3 fields, found 6")]
+
 def test_ragged_rows_in_a_crlf_file(connection, tmp_path):
     _, _, unreadable = read(connection, tmp_path, b'id,a,b\r\n1,x,y\r\n2,"q\r\nq"\r\n3,x,y,z\r\n\r\n\r\n4,x\r\n')
     assert [line for line, _ in unreadable] == [3, 5, 8]
