@@ -604,23 +604,24 @@ def open_cursor(connection, cursor, batch_rows: int = 50_000) -> Source:
         while rows:
             try:
                 yield batch(rows, start)
-            except InputError as error:
+                start += len(rows)
+                rows = cursor.fetchmany(batch_rows)
+            except Exception as error:  # a bad value, or the driver's own error (a lost connection)
                 _stream_errors[view] = error  # DuckDB hands it on wrapped: see ``cursor_error``
                 raise
-            start += len(rows)
-            rows = cursor.fetchmany(batch_rows)
 
     connection.register(view, pa.RecordBatchReader.from_batches(schema, batches()))
     types = _types(connection, view)
     return Source(view, names, types, None, f"sql|||{json.dumps(names)}")
 
 
-_stream_errors: dict[str, InputError] = {}
+_stream_errors: dict[str, Exception] = {}
 
 
-def cursor_error(error: BaseException) -> InputError | None:
-    """The InputError a cursor's stream raised, from the DuckDB error that carries it (DuckDB
-    reports ``reading the stream registered as '<view>' failed``), or None."""
+def cursor_error(error: BaseException) -> Exception | None:
+    """The error a cursor's stream raised (an InputError, or the database driver's), from the
+    DuckDB error that carries it (DuckDB reports ``reading the stream registered as '<view>'
+    failed``), or None."""
     for view in re.findall(r"stream registered as '([^']+)'", str(error)):
         if view in _stream_errors:
             return _stream_errors.pop(view)
