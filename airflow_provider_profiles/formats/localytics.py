@@ -152,6 +152,13 @@ class ProfileChangesWriter(FormatWriter):
         line = f"""'{{"customer_id":' || to_json({customer_text}) || ',"changes":[' || concat_ws(',', {', '.join(changes)}) || ']}}' || chr(10)"""
         return line, reason
 
+    def default_duplicates(self, syncing: bool = False) -> str:
+        # increments and set changes of one customer add up (two purchases on one day): kept; an
+        # incremental sync compares one row per customer, so it checks them (and refuses them)
+        if not syncing and any(spec.op in ACCUMULATING_OPS for spec in self.attributes.values()):
+            return "keep"
+        return "reject"
+
     def sync_refusal(self) -> str | None:
         # an increment or a set change of the same value on two days is two changes: a sync would
         # take the second as unchanged and lose it

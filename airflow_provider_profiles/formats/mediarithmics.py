@@ -206,6 +206,7 @@ class UserSegmentWriter(DeletesByIdentifier, MediarithmicsWriter):
     (a string). NDJSON by default; ``mime_type="TEXT_CSV"`` writes CSV."""
 
     document_type = "USER_SEGMENT"
+    many_lines_per_id = True  # a user in several segments
     columns = (
         "operation",
         "compartment_id",
@@ -298,6 +299,7 @@ class UserActivityWriter(MediarithmicsWriter):
     are passed as activity properties."""
 
     document_type = "USER_ACTIVITY"
+    many_lines_per_id = True  # a user's many activities
     _reserved = frozenset({*IDENTIFIER_FIELDS, "compartment_id", "ts", "$ts", "type", "$type", "events", "$events", "session_status", "$session_status"})
 
     def __init__(self, activity_type: str = "TOUCH", session_status: str = "NO_SESSION"):
@@ -337,6 +339,7 @@ class UserChoiceWriter(MediarithmicsWriter):
     ``choice_acceptance_value`` is a boolean."""
 
     document_type = "USER_CHOICE"
+    many_lines_per_id = True  # a user's choice for each processing
 
     def __init__(self, operation: str = "UPSERT", processing_id: str | None = None, force_replace: bool | None = None):
         self.operation = _choice(operation, ("UPSERT", "DELETE"), "operation")
@@ -421,6 +424,7 @@ class UserIdentifiersAssociationWriter(MediarithmicsWriter):
     ``user_account_id`` + ``compartment_id``, ``email_hash``, ``user_agent_id`` (two or more set)."""
 
     document_type = "USER_IDENTIFIERS_ASSOCIATION_DECLARATIONS"
+    many_lines_per_id = True  # a user's several associations
 
     def encode(self, row: Mapping[str, Any]) -> str:
         return _dumps({"identifiers": _identifier_list(row, "an association")})

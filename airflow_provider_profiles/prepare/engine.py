@@ -189,6 +189,8 @@ def check_columns(source: Any, names: list[str], writer: FormatWriter, mapping: 
     With a mapping, the writer's columns must be among the mapping's targets (a writer column
     nobody maps would be empty on every row); without one, among the input's columns.
     """
+    if not names:  # an empty file: no header to check against
+        raise InputError(source, "the input is empty: no header and no rows", line=1)
     checker = getattr(writer, "check_columns", None)
     if mapping is not None:
         missing = mapping.missing_columns(names)

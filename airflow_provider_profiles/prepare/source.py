@@ -156,7 +156,7 @@ def _scan_csv(connection, location: str, names: list[str], delimiter: str, blank
         connection.execute(f"SELECT {counts} FROM {_read_csv(location, names, delimiter, blank_lines, (table, scans))}").fetchall()
         return connection.execute(
             f"SELECT line_byte_position, column_idx, column_name, error_type, csv_line, error_message "
-            f"FROM {table} ORDER BY line_byte_position").fetchall()
+            f"FROM {table} ORDER BY line_byte_position, column_idx").fetchall()
     finally:
         connection.execute(f"DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {scans}")
 
@@ -269,9 +269,11 @@ def _csv_unreadable(connection, path, location: str, names: list[str], delimiter
     lines = [0] * len(starts)
     for index, count in zip(order, _lines_before(opener, [starts[index] for index in order])):
         lines[index] = count
-    rows = []
-    for (_, column_index, column, kind, _, message), text, line in zip(rejects, texts, lines):
+    rows, ragged = [], set()
+    for (start, column_index, column, kind, _, message), text, line in zip(rejects, texts, lines):
         line += 1
+        if kind in ("MISSING COLUMNS", "TOO MANY COLUMNS") and start in ragged:
+            continue  # DuckDB rejects a short record once per missing column: the first says its count
         column = names[column_index - 1] if column_index and column_index <= len(names) else column
         if kind == "UNQUOTED VALUE":
             fields = list(_fields(text, delimiter))
@@ -295,8 +297,13 @@ def _csv_unreadable(connection, path, location: str, names: list[str], delimiter
             raise InputError(path, "not valid UTF-8; pass encoding='latin-1' (or the file's encoding) if the file "
                              "is not UTF-8", line=line, column=column)
         elif kind in ("MISSING COLUMNS", "TOO MANY COLUMNS"):
+            fields = list(_fields(text, delimiter)) if text and len(text) < REJECT_TEXT_CHARS else []
             found = _COUNT.search(message)
-            count = found.group(1) if found else "a different number of"
+            if fields and fields[-1][1] != -1:  # the whole record: its fields, and its end
+                count = str(len(fields) - 1)  # (DuckDB says 'Found: n + 1' for any longer record)
+            else:
+                count = found.group(1) if found else "a different number of"
+            ragged.add(start)
             rows.append((line, f"ragged row: expected {len(names)} fields, found {count}"))
         else:
             rows.append((line, f"{message} (column {column!r})" if column else message))
@@ -597,23 +604,24 @@ def open_cursor(connection, cursor, batch_rows: int = 50_000) -> Source:
         while rows:
             try:
                 yield batch(rows, start)
-            except InputError as error:
+                start += len(rows)
+                rows = cursor.fetchmany(batch_rows)
+            except Exception as error:  # a bad value, or the driver's own error (a lost connection)
                 _stream_errors[view] = error  # DuckDB hands it on wrapped: see ``cursor_error``
                 raise
-            start += len(rows)
-            rows = cursor.fetchmany(batch_rows)
 
     connection.register(view, pa.RecordBatchReader.from_batches(schema, batches()))
     types = _types(connection, view)
     return Source(view, names, types, None, f"sql|||{json.dumps(names)}")
 
 
-_stream_errors: dict[str, InputError] = {}
+_stream_errors: dict[str, Exception] = {}
 
 
-def cursor_error(error: BaseException) -> InputError | None:
-    """The InputError a cursor's stream raised, from the DuckDB error that carries it (DuckDB
-    reports ``reading the stream registered as '<view>' failed``), or None."""
+def cursor_error(error: BaseException) -> Exception | None:
+    """The error a cursor's stream raised (an InputError, or the database driver's), from the
+    DuckDB error that carries it (DuckDB reports ``reading the stream registered as '<view>'
+    failed``), or None."""
     for view in re.findall(r"stream registered as '([^']+)'", str(error)):
         if view in _stream_errors:
             return _stream_errors.pop(view)

@@ -135,6 +135,20 @@ def test_ragged_rows_are_unreadable_with_their_physical_line(connection, tmp_pat
                           (8, "ragged row: expected 3 fields, found 2")]
 
 
+
+def test_a_record_short_of_several_fields_is_one_unreadable_record(connection, tmp_path):
+    """DuckDB rejects such a record once per missing column ('Found: 1', 'Found: 2', ...): it is
+    still one record, counted once, with the fields it has."""
+    _, rows, unreadable = read(connection, tmp_path, b"id,a,b,c\n1,x,y,z\nragged\n2,x\n3,x,y,z\n")
+    assert values(rows, "id", "__record") == [("1", 1), ("3", 2)]
+    assert unreadable == [(3, "ragged row: expected 4 fields, found 1"), (4, "ragged row: expected 4 fields, found 2")]
+
+
+def test_a_record_with_fields_too_many_says_how_many_it_has(connection, tmp_path):
+    """DuckDB's message says 'Found: 4' for any record longer than 3 fields: the count is csv's."""
+    _, _, unreadable = read(connection, tmp_path, b'id,a,b\n1,x,y\nr,1,"2,3",4,5,6\n2,x,y\n')
+    assert unreadable == [(3, "ragged row: expected 3 fields, found 6")]
+
 def test_ragged_rows_in_a_crlf_file(connection, tmp_path):
     _, _, unreadable = read(connection, tmp_path, b'id,a,b\r\n1,x,y\r\n2,"q\r\nq"\r\n3,x,y,z\r\n\r\n\r\n4,x\r\n')
     assert [line for line, _ in unreadable] == [3, 5, 8]
@@ -145,6 +159,21 @@ def test_blank_lines_are_skipped_and_a_space_is_a_value(connection, tmp_path):
     assert values(rows, "id", "__record") == [("1", 1), ("2", 2)]
     assert unreadable == [(5, "ragged row: expected 2 fields, found 1")]
 
+
+
+def test_a_line_of_two_quotes_is_a_value_not_a_blank_line(connection, tmp_path):
+    """csv reads ``""`` as one empty field: a ragged record, not a blank line to skip."""
+    _, rows, unreadable = read(connection, tmp_path, b'id,v\n1,a\n""\n2,b\n')
+    assert values(rows, "id", "__record") == [("1", 1), ("2", 2)]
+    assert unreadable == [(3, "ragged row: expected 2 fields, found 1")]
+
+
+def test_a_stray_quote_keeps_the_lines_of_the_records_after_it(connection, tmp_path):
+    """A value ending in a quote (``a"``) is text: the blank lines and the ragged record after it
+    keep their lines as csv counts them."""
+    _, rows, unreadable = read(connection, tmp_path, b'c0,c1\nx,\n\nx,\n\na",\n\nx\n\nx,\n\nx,\n')
+    assert values(rows, "c0", "__record") == [("x", 1), ("x", 2), ('a"', 3), ("x", 4), ("x", 5)]
+    assert unreadable == [(8, "ragged row: expected 2 fields, found 1")]
 
 # --- encodings and bytes ---------------------------------------------------------------------------
 
@@ -398,19 +427,20 @@ def test_an_object_storage_path(connection):
 
 from hypothesis import HealthCheck, assume, event, given, settings  # noqa: E402
 
-from tests.unit.test_csv_records import csv_files, expected_records  # noqa: E402  (the corpus the reader held to)
+from tests.unit.csv_corpus import csv_files, expected_records  # noqa: E402
 
 
 @settings(max_examples=150, derandomize=True, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
 @given(file=csv_files())
 def test_csv_agrees_with_the_csv_module(tmp_path_factory, file):
-    """Rows, their order and the unreadable records' lines as csv has them, on generated files with
-    every line end (mixed too), quotes in unquoted values, ragged and blank lines; a quote left
-    open, or text after a closing quote (which csv glues on), stops with an InputError instead.
-    A line ending with an extra delimiter is read without its empty last value (DuckDB's rule).
-    Not compared: spaces beside a quote (`` "a" ``, which DuckDB reads as a quoted value without
-    the spaces, where csv keeps the quotes as text); ``5" screen`` has its own test above."""
+    """Rows, their order and the unreadable records' lines and field counts as csv has them, on
+    generated files with every line end (mixed too), quotes in unquoted values, ragged and blank
+    lines; a quote left open, or text after a closing quote (which csv glues on), stops with an
+    InputError instead. A line ending with an extra delimiter is read without its empty last
+    value (DuckDB's rule). Not compared: spaces beside a quote (`` "a" ``, which DuckDB reads as a
+    quoted value without the spaces, where csv keeps the quotes as text); ``5" screen`` has its
+    own test above."""
     import csv
     import io
     columns, text, open_line = file
@@ -441,9 +471,10 @@ def test_csv_agrees_with_the_csv_module(tmp_path_factory, file):
         records = [(line, values[:columns] if len(values) == columns + 1 and values[-1] == "" else values)
                    for line, values in records]
         good = [values for _, values in records[1:] if len(values) == columns]
-        ragged = [line for line, values in records[1:] if len(values) != columns]
+        ragged = [(line, f"ragged row: expected {columns} fields, found {len(values)}")
+                  for line, values in records[1:] if len(values) != columns]
         assert [list(row[:-1]) for row in rows] == good
         assert [row[-1] for row in rows] == list(range(1, len(good) + 1))
-        assert [line for line, _ in connection.execute(f"SELECT * FROM {source.unreadable}").fetchall()] == ragged
+        assert connection.execute(f"SELECT line, reason FROM {source.unreadable}").fetchall() == ragged
     finally:
         connection.close()

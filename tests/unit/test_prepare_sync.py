@@ -223,6 +223,71 @@ def test_a_stray_quote_in_a_csv_field_syncs_like_any_value(tmp_path):
     assert set(again) == {"1"} and again["1"][0]["value"] == '6" screen'
 
 
+
+def test_an_unreadable_record_among_unchanged_ones_is_rejected_with_its_line(tmp_path):
+    """A ragged line in a synced CSV: rejected with its line (no record number: it was never read
+    as a row), and the rows around it are compared as usual."""
+    state = SyncState(tmp_path / "state")
+    rows = [(i, f"n{i}", f"c{i}") for i in range(1, 301)]
+    run(tmp_path, rows, "a", state)
+    state.commit("a")
+    source = tmp_path / "b.csv"
+    source.write_text("id,name,city\n" + "".join(f"{i},{n},{c}\n" for i, n, c in rows[:99])
+                      + "100,changed,c100\n" + "ragged\n" + "".join(f"{i},{n},{c}\n" for i, n, c in rows[100:]))
+    result = prepare(str(source), writer(), str(tmp_path / "b.ndjson"), sync=state, sync_run_key="b",
+                     rejects=str(tmp_path / "rejects.csv"))
+    assert (result.read, result.written, result.unchanged, result.rejected) == (301, 1, 299, 1)
+    rejected = list(csv.reader(io.StringIO((tmp_path / "rejects.csv").read_text())))[1:]
+    assert rejected == [["", "", "line 102: ragged row: expected 3 fields, found 1"]]
+    assert set(sent(tmp_path / "b.ndjson")) == {"100"}
+
+
+def test_a_rerun_whose_query_dies_part_way_leaves_the_committed_snapshot_alone(tmp_path):
+    """The re-run of r1 reads its rows from a database cursor that fails after a few batches (a
+    lost connection): r1's committed snapshot is intact, and r2 sends only what changed since."""
+    import sqlite3
+
+    database = tmp_path / "crm.db"
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE users (id TEXT, name TEXT, city TEXT)")
+        db.executemany("INSERT INTO users VALUES (?, ?, ?)", [(str(i), n, c) for i, n, c in BASE])
+
+    class Dying:
+        """A cursor whose connection is lost at its ``fail_after``-th fetch."""
+
+        def __init__(self, cursor, fail_after):
+            self.cursor, self.fail_after, self.fetches = cursor, fail_after, 0
+            self.description = cursor.description
+
+        def fetchmany(self, size):
+            self.fetches += 1
+            if self.fetches == self.fail_after:
+                raise ConnectionError("server closed the connection")
+            return self.cursor.fetchmany(size)
+
+    def prepare_from_query(run_key, fail_after=None):
+        db = sqlite3.connect(database, check_same_thread=False)
+        try:
+            cursor = Dying(db.execute("SELECT id, name, city FROM users ORDER BY rowid"), fail_after)
+            output = tmp_path / f"{run_key}.ndjson"
+            result = prepare(f"query for {run_key}", writer(), str(output), cursor=cursor, batch_rows=2,
+                             sync=state, sync_run_key=run_key)
+        finally:
+            db.close()
+        return result, sent(output)
+
+    state = SyncState(tmp_path / "state")
+    prepare_from_query("r1")
+    state.commit("r1")
+    with sqlite3.connect(database) as db:
+        db.execute("UPDATE users SET city = 'moved' WHERE id = '9'")
+    with pytest.raises(ConnectionError, match="server closed the connection"):  # the driver's error, not DuckDB's
+        prepare_from_query("r1", fail_after=3)
+    result, later = prepare_from_query("r2")
+    assert set(later) == {"9"} and result.unchanged == 9
+    state.commit("r2")
+    assert state.current()["run_key"] == "r2"
+
 def test_a_sync_needs_the_duplicate_check_and_a_run_key(tmp_path):
     source = write_csv(tmp_path / "in.csv", BASE)
     state = SyncState(tmp_path / "state")

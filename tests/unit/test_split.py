@@ -7,12 +7,15 @@ import io
 import json
 import os
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from airflow_provider_profiles.formats.records import first_record_end, last_record_end, record_ends
 from airflow_provider_profiles.formats.split import RecordTooLarge, split_file
 from airflow_provider_profiles.prepare.errors import InputError
+from tests.unit.csv_corpus import csv_files, expected_records
 
 # A bare CR is a record separator to CSV readers (and Python's writer leaves it unquoted), so
 # carriage returns only appear as CRLF inside quoted values.
@@ -135,8 +138,8 @@ def test_an_unclosed_quote_is_an_error_at_its_line(tmp_path, monkeypatch, limits
         split_file(str(source), **limits, block_bytes=4_096)
 
 
-# --- CSV records as Python's csv module reads them (moved here from test_csv_records.py, whose
-# reader goes): quotes left open, CR / LF / CRLF line ends, quotes inside unquoted values -----
+# --- CSV records as Python's csv module reads them (the generated files in csv_corpus.py):
+# quotes left open, CR / LF / CRLF line ends, quotes inside unquoted values ----------------------
 
 HEADER = b"id,name,city\n"
 BODY = b"".join(b"%d,n%d,c%d\n" % (i, i, i) for i in range(1, 2000))
@@ -172,64 +175,6 @@ def test_split_cuts_a_cr_only_file(tmp_path):
     assert rows == [[str(i), "x\ry"] for i in range(100)]
 
 
-_value = st.lists(st.sampled_from(list('ab ,"\n\r;') + ["é", "\r\n"]), max_size=6).map("".join)
-_stray = st.text(alphabet=st.sampled_from(list('ab "')), min_size=1, max_size=5).filter(lambda text: not text.startswith('"'))
-
-
-def _quoted(value: str) -> str:
-    return '"' + value.replace('"', '""') + '"'
-
-
-@st.composite
-def csv_files(draw):
-    """A CSV file as text: values quoted where they must be (and sometimes where they need not),
-    unquoted values with quotes inside, text after a closing quote ("a"b, which csv appends),
-    ragged and blank lines, every line end, and sometimes a last value whose quote is never
-    closed (then also the line of that quote)."""
-    columns = draw(st.integers(2, 4))
-    header = [f"c{i}" for i in range(columns)]
-    records = [",".join(header)]
-    for _ in range(draw(st.integers(0, 12))):
-        cells = []
-        for _ in range(columns + draw(st.sampled_from([0] * 8 + [-1, 1]))):
-            kind = draw(st.sampled_from(["plain", "quoted", "stray", "empty", "after"]))
-            if kind == "plain":
-                value = draw(_value)
-                cells.append(_quoted(value) if set(value) & set(',"\r\n') else value)
-            elif kind == "quoted":
-                cells.append(_quoted(draw(_value)))
-            elif kind == "stray":
-                cells.append(draw(_stray))
-            elif kind == "after":
-                cells.append(_quoted(draw(_value)) + draw(_stray))
-            else:
-                cells.append("")
-        if not any(cells):
-            cells[0] = "x"
-        records.append(",".join(cells))
-        if draw(st.integers(0, 9)) == 0:
-            records.append("")  # a blank line
-    ends = draw(st.lists(st.sampled_from(["\n", "\r", "\r\n"]), min_size=1, max_size=3))
-    text = "".join(record + ends[index % len(ends)] for index, record in enumerate(records))
-    if draw(st.booleans()):
-        text = text[: -len(ends[(len(records) - 1) % len(ends)])]  # no line end after the last record
-    open_line = None
-    if draw(st.integers(0, 3)) == 0:  # a quote opened and never closed (on a line of its own)
-        text += ("" if text.endswith(("\n", "\r")) else "\n") + "9,"
-        open_line = len(text.splitlines())
-        text += '"' + draw(_value).replace('"', '""')
-    return columns, text, open_line
-
-
-def expected_records(text: str):
-    """What csv makes of it: (first line, values) per non-blank record."""
-    reader = csv.reader(io.StringIO(text, newline=""))
-    records, line = [], 1
-    for values in reader:
-        if values:
-            records.append((line, values))
-        line = reader.line_num + 1
-    return records
 
 
 @settings(max_examples=100, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -259,3 +204,48 @@ def test_split_agrees_with_the_csv_module(tmp_path_factory, file, max_rows, max_
         assert parsed[0] == records[0][1]
         recovered += parsed[1:]
     assert recovered == [values for _, values in records[1:]]
+
+
+# --- record ends (formats/records.py) against a walk through csv's states --------------------------
+
+
+def csv_record_ends(block: bytes, start: int, end: int, complete: bool) -> list[int]:
+    """Record ends in block[start:end] by a walk through the states of Python's csv reader: a
+    quote opens a value only at the start of a field; a line ends at LF, CR or CRLF (a CR at
+    ``end`` only if ``complete``: else an LF may follow)."""
+    expected, state, position = [], "start", start
+    while position < end:
+        char = block[position]
+        if state == "quoted":
+            state = "quote" if char == ord('"') else "quoted"
+        elif char in (10, 13):
+            if char == 13 and position + 1 == end and not complete:
+                break
+            if char == 13 and position + 1 < end and block[position + 1] == 10:
+                position += 1
+            expected.append(position + 1)
+            state = "start"
+        elif char == ord(","):
+            state = "start"
+        elif char == ord('"') and state in ("start", "quote"):
+            state = "quoted"  # opens a value, or (after a closing quote) is a quote in it
+        else:
+            state = "field"
+        position += 1
+    return expected
+
+
+def test_record_ends_agree_with_a_character_walk():
+    """Every record end, the first and the last, in any slice of a block that starts at a record start
+    (formats/records.py, what split cuts at)."""
+    rng = np.random.default_rng(17)
+    for _ in range(600):
+        prefix = [b"", b"s\n", b'p,"q\nr"\n', b"t\r"][int(rng.integers(0, 4))]  # whole records before start
+        block = prefix + bytes(rng.choice(list(b'ab,"\n\r'), size=int(rng.integers(0, 40))).astype(np.uint8))
+        start = len(prefix)
+        end = int(rng.integers(start, len(block) + 1))
+        expected = csv_record_ends(block, start, end, complete=True)
+        assert record_ends(block, start, end).tolist() == expected, (block, end)
+        expected = csv_record_ends(block, start, end, complete=False)
+        assert last_record_end(block, start, end) == (expected[-1] if expected else start), (block, end)
+        assert first_record_end(block[start:end]) == (expected[0] - start if expected else None), (block, end)
