@@ -138,7 +138,7 @@ def prepare(
                     opened = step.compare(connection, opened)
                 table = MappedTable(connection, opened, writer, mapping)
         except Exception as error:
-            raised = cursor_error(error)  # an InputError from the cursor's rows, wrapped by DuckDB
+            raised = cursor_error(error)  # the error the cursor raised (bad rows, a lost connection), wrapped by DuckDB
             if raised is None:
                 raise
             raise raised from None

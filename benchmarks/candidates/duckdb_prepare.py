@@ -8,7 +8,7 @@ reproduces from the provider: empty = blank after trimming; int = a finite float
 bool = true/t/yes/y/1 or false/f/no/n/0; dates = ISO 8601, naive taken as UTC (DuckDB's
 TIMESTAMPTZ cast, which also takes a few forms Python's ``fromisoformat`` does not, and the
 reverse: the benchmark data has none of them); rows rejected by the mapping take no part in the
-duplicate check, rows the writer rejects do (as in ``formats.pipeline``).
+duplicate check, rows the writer rejects do (as in the provider).
 
     rows, rejected = prepare("mediarithmics", "csv", "in.csv", "out.ndjson", "rejects.csv")
 """
