@@ -224,7 +224,8 @@ class MappedTable:
         self.column = sql.Columns({name: self.columns[name] for name in self.targets})
         self.dates = {f.target for f in mapping.fields if f.representation == "epoch_ms"} if mapping else set()
         key = writer.key_sql(self.column)
-        connection.execute(f"CREATE TABLE mapped AS SELECT *, {key or 'NULL::VARCHAR'} AS __key FROM ({select})")
+        # in input order (a parallel read or mapping may not keep it): the rows are streamed out as stored
+        connection.execute(f"CREATE TABLE mapped AS SELECT *, {key or 'NULL::VARCHAR'} AS __key FROM ({select}) ORDER BY __record")
         if key is None:
             self._python_keys()
         self.rows = connection.execute("SELECT count(*) FROM mapped").fetchall()[0][0]
@@ -236,7 +237,7 @@ class MappedTable:
         reading = self.connection.cursor()  # the stream below is pulled by a query of this connection
 
         def keys() -> Iterator[pa.RecordBatch]:
-            for batch in self.batches(f"SELECT __record, {self._target_list()} FROM mapped ORDER BY __record", reading):
+            for batch in self.batches(f"SELECT __record, {self._target_list()} FROM mapped", reading):
                 records = batch.column(0)
                 found = [self.writer.identifier(row) for row in self.rows_of(batch, skip=1)]
                 yield pa.RecordBatch.from_arrays([records, pa.array(found, pa.string())], ["record", "key"])
@@ -305,7 +306,7 @@ class MappedTable:
                            CASE WHEN __reason IS NOT NULL THEN __reason WHEN {exact} THEN {reason} END AS reason,
                            CASE WHEN __reason IS NULL AND {exact} THEN {line} END AS line
                            {', ' + targets if exact != 'true' and targets else ''}
-                    FROM mapped ORDER BY __record"""
+                    FROM mapped"""
         written = 0
         with open_binary(output, "wb") as stream:
             header = self.writer.header()
