@@ -224,13 +224,23 @@ class MappedTable:
         self.column = sql.Columns({name: self.columns[name] for name in self.targets})
         self.dates = {f.target for f in mapping.fields if f.representation == "epoch_ms"} if mapping else set()
         key = writer.key_sql(self.column)
-        # in input order (a parallel read or mapping may not keep it): the rows are streamed out as stored
-        connection.execute(f"CREATE TABLE mapped AS SELECT *, {key or 'NULL::VARCHAR'} AS __key FROM ({select}) ORDER BY __record")
+        connection.execute(f"CREATE TABLE mapped AS SELECT *, {key or 'NULL::VARCHAR'} AS __key FROM ({select})")
+        self._in_input_order()
         if key is None:
             self._python_keys()
         self.rows = connection.execute("SELECT count(*) FROM mapped").fetchall()[0][0]
         self.unreadable_sql = opened.unreadable
         self.unreadable = connection.execute(f"SELECT count(*) FROM {opened.unreadable}").fetchall()[0][0] if opened.unreadable else 0
+
+    def _in_input_order(self) -> None:
+        """The rows are streamed out as stored, which must be input order: a parallel read (Parquet
+        row groups) with part of the mapping in Python may store them otherwise; then they are sorted."""
+        out_of_order = self.connection.execute(
+            "SELECT count(*) FROM (SELECT __record, lag(__record) OVER () AS previous FROM mapped) WHERE __record <= previous"
+        ).fetchall()[0][0]
+        if out_of_order:
+            self.connection.execute("CREATE TABLE sorted AS SELECT * FROM mapped ORDER BY __record; DROP TABLE mapped; "
+                                    "ALTER TABLE sorted RENAME TO mapped")
 
     def _python_keys(self) -> None:
         """Keys the writer computes in Python (``identifier``): one pass, stored back into the table."""
