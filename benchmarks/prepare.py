@@ -5,15 +5,19 @@ every vendor's main format with a typed mapping on dirty data (CSV, NDJSON, Parq
     python benchmarks/prepare.py --rows 200000   # a quick look
     python benchmarks/prepare.py --cases mediarithmics,localytics-parquet --rows 1000000
     python benchmarks/prepare.py --cases clean --rss-rows 10000000   # also: peak RSS at 10M rows
+    python benchmarks/prepare.py --cases mediarithmics --rows 1000000 --dirty-rss-rows 10000000 --repeat 1
 
 Cases (``--cases``, comma-separated): ``clean``, ``split``, ``sync`` (these three as before), and
 ``<vendor>[-<input>]`` for the dirty data: vendor ``mediarithmics`` (USER_PROFILE), ``apsis_one``
 (CSV), ``localytics`` (profile changes) or ``gainsight_px`` (records), input ``csv`` (the
 default), ``ndjson``, ``parquet`` or ``sql`` (an SQLite cursor); ``dirty`` is the default set of
 them (every vendor from CSV, mediarithmics from each other input). In a dirty case the provider,
-the DuckDB prototype (``candidates/duckdb_prepare.py``, skipped without ``duckdb``) and polars'
-flat conversion of the same file run in alternation; the DuckDB output is checked against the
-provider's (the same lines, the same number of rejects) and mismatches are printed.
+the DuckDB prototype (``candidates/duckdb_prepare.py``, skipped without ``duckdb``), the polars
+candidate (``candidates/polars_prepare.py``, files only; ``--skip-polars-candidate``) and polars'
+flat conversion of the same file run in alternation; the DuckDB and polars candidates' outputs are
+checked against the provider's (the same records, the same number of rejects) and mismatches are
+printed. ``--dirty-rss-rows N`` then runs every engine (DuckDB under each ``--duckdb-memory-limits``
+value and variants) on N dirty CSV rows and on ``--rows``, and prints both peaks and their ratio.
 
 Every measurement runs in its own process (so peak RSS is that of the job alone) and reports
 wall time (imports excluded) and peak RSS. Baselines run in the same invocation on the same file:
@@ -96,27 +100,27 @@ def _localytics_writer():
 
 
 def job_provider(source: str, output: str, extra: dict) -> dict:
-    from airflow_provider_profiles.formats.pipeline import prepare_file
+    from airflow_provider_profiles.prepare.engine import prepare
 
     writer = _localytics_writer()
     started = time.perf_counter()
     options = {"duplicates": extra["duplicates"]} if extra.get("duplicates") else {}
-    result = prepare_file(source, writer, output, rejects=output + ".rejects.csv", **options)
-    figures = {"seconds": time.perf_counter() - started, "written": result.written, "rejected": result.rejected,
-               "fast_rows": result.fast_rows}
+    result = prepare(source, writer, output, rejects=output + ".rejects.csv", progress_interval=None, **options)
+    figures = {"seconds": time.perf_counter() - started, "written": result.written, "rejected": result.rejected}
     if options:
         figures["duplicates"] = options["duplicates"]
     return figures
 
 
 def job_sync(source: str, output: str, extra: dict) -> dict:
-    from airflow_provider_profiles.formats.pipeline import prepare_file
-    from airflow_provider_profiles.formats.sync import SyncState
+    from airflow_provider_profiles.prepare.engine import prepare
+    from airflow_provider_profiles.prepare.sync import SyncState
 
     writer = _localytics_writer()
     state = SyncState(extra["state"])
     started = time.perf_counter()
-    result = prepare_file(source, writer, output, rejects=output + ".rejects.csv", sync=state, sync_run_key=extra["run"])
+    result = prepare(source, writer, output, rejects=output + ".rejects.csv", sync=state, sync_run_key=extra["run"],
+                     progress_interval=None)
     seconds = time.perf_counter() - started
     if extra.get("commit"):
         state.commit(extra["run"])
@@ -175,8 +179,19 @@ def job_dirty_duckdb(source: str, output: str, extra: dict) -> dict:
     from candidates.duckdb_prepare import prepare
 
     started = time.perf_counter()
+    settings = {"preserve_insertion_order": extra["preserve_insertion_order"]} if "preserve_insertion_order" in extra else {}
     written, rejected = prepare(extra["vendor"], extra["input"], source, output, output + ".rejects.csv",
-                                memory_limit=extra.get("memory_limit", "300MB"))
+                                memory_limit=extra.get("memory_limit", "300MB"), settings=settings,
+                                streaming=extra.get("streaming", False))
+    return {"seconds": time.perf_counter() - started, "written": written, "rejected": rejected}
+
+
+def job_dirty_polars_candidate(source: str, output: str, extra: dict) -> dict:
+    from candidates.polars_prepare import prepare
+
+    started = time.perf_counter()
+    written, rejected = prepare(extra["vendor"], extra["input"], source, output, output + ".rejects.csv",
+                                output_pass=extra.get("output_pass", "sinks"))
     return {"seconds": time.perf_counter() - started, "written": written, "rejected": rejected}
 
 
@@ -204,7 +219,8 @@ def job_dirty_polars(source: str, output: str, extra: dict) -> dict:
 
 
 JOBS = {"provider": job_provider, "sync": job_sync, "pandas": job_pandas, "polars": job_polars, "split": job_split,
-        "dirty-provider": job_dirty_provider, "dirty-duckdb": job_dirty_duckdb, "dirty-polars": job_dirty_polars}
+        "dirty-provider": job_dirty_provider, "dirty-duckdb": job_dirty_duckdb, "dirty-polars": job_dirty_polars,
+        "dirty-polars-candidate": job_dirty_polars_candidate}
 
 
 def warm_up(name: str) -> None:
@@ -215,8 +231,7 @@ def warm_up(name: str) -> None:
 
         pa.array([0])
         import airflow_provider_profiles.formats.localytics  # noqa: F401
-        import airflow_provider_profiles.formats.pipeline  # noqa: F401
-        import airflow_provider_profiles.formats.sync  # noqa: F401
+        import airflow_provider_profiles.prepare.engine  # noqa: F401
     elif name == "split":
         import airflow_provider_profiles.formats.split  # noqa: F401
     elif name == "pandas":
@@ -237,7 +252,7 @@ def warm_up(name: str) -> None:
         import pyarrow.parquet  # noqa: F401
 
         pa.array([0])
-        import airflow_provider_profiles.formats.pipeline  # noqa: F401
+        import airflow_provider_profiles.prepare.engine  # noqa: F401
         import airflow.providers.sqlite.hooks.sqlite  # noqa: F401
         import airflow_provider_profiles.operators.prepare  # noqa: F401
 
@@ -247,6 +262,16 @@ def warm_up(name: str) -> None:
             for kind, path in paths.items():
                 for vendor in dirty.VENDORS:
                     job_dirty_provider(path, os.path.join(scratch, f"{kind}.{vendor}.out"), {"vendor": vendor, "input": kind})
+    elif name == "dirty-polars-candidate":
+        import polars  # noqa: F401
+
+        import candidates.polars_prepare  # noqa: F401
+
+        # polars compiles nothing, but its first query loads its thread pool: one tiny run per vendor
+        with tempfile.TemporaryDirectory() as scratch:
+            path = dirty.generate(scratch, 50, ("csv",))["csv"]
+            for vendor in dirty.VENDORS:
+                job_dirty_polars_candidate(path, os.path.join(scratch, f"{vendor}.out"), {"vendor": vendor, "input": "csv"})
     elif name == "dirty-duckdb":
         import duckdb
         import pyarrow as pa
@@ -355,28 +380,37 @@ def parse_cases(text: str) -> list[str]:
     return list(dict.fromkeys(cases))
 
 
-def dirty_case(case: str, paths: dict[str, str], workdir: str, repeat: int, with_duckdb: bool, with_polars: bool) -> dict:
+def dirty_case(case: str, paths: dict[str, str], workdir: str, repeat: int, with_duckdb: bool, with_polars: bool,
+               with_candidate: bool = False) -> dict:
     vendor, _, kind = case.partition("-")
     kind = kind or "csv"
     extension = dirty.VENDORS[vendor]["extension"]
     outputs = {"dirty-provider": os.path.join(workdir, f"{case}.provider.{extension}")}
     if with_duckdb:
         outputs["dirty-duckdb"] = os.path.join(workdir, f"{case}.duckdb.{extension}")
+    with_candidate = with_candidate and kind != "sql"  # the polars candidate reads files only
+    if with_candidate:
+        outputs["dirty-polars-candidate"] = os.path.join(workdir, f"{case}.candidate.{extension}")
     if with_polars:
         outputs["dirty-polars"] = os.path.join(workdir, f"{case}.polars.ndjson")
     arguments = {"vendor": vendor, "input": kind}
     print(f"\n{case}: {kind} -> {vendor} {dirty.VENDORS[vendor]['format']}, typed mapping, dirty rows", flush=True)
     figures = interleaved(outputs, paths[kind], repeat, extra={name: arguments for name in outputs})
     provider = figures["dirty-provider"]
-    for name in ("dirty-duckdb", "dirty-polars"):
+    for name in ("dirty-duckdb", "dirty-polars-candidate", "dirty-polars"):
         if name in figures:
             print(f"  provider / {name[6:]}: time {provider['seconds'] / figures[name]['seconds']:.2f}x, "
                   f"peak RSS {provider['peak_rss_mb'] / figures[name]['peak_rss_mb']:.2f}x")
-    if "dirty-duckdb" in figures and "dirty-polars" in figures:
-        print(f"  duckdb / polars: time {figures['dirty-duckdb']['seconds'] / figures['dirty-polars']['seconds']:.2f}x")
+    for name in ("dirty-duckdb", "dirty-polars-candidate"):
+        if name in figures and "dirty-polars" in figures:
+            print(f"  {name[6:]} / polars: time {figures[name]['seconds'] / figures['dirty-polars']['seconds']:.2f}x")
     if with_duckdb:
         figures["mismatches"] = compare_outputs(outputs["dirty-provider"], outputs["dirty-duckdb"], extension,
                                                 provider, figures["dirty-duckdb"])
+    if with_candidate:
+        figures["candidate_mismatches"] = compare_outputs(
+            outputs["dirty-provider"], outputs["dirty-polars-candidate"], extension, provider,
+            figures["dirty-polars-candidate"], label="polars-candidate")
     for path in outputs.values():
         for leftover in (path, path + ".rejects.csv"):
             if os.path.exists(leftover):
@@ -384,7 +418,77 @@ def dirty_case(case: str, paths: dict[str, str], workdir: str, repeat: int, with
     return figures
 
 
-def compare_outputs(provider_path: str, candidate_path: str, extension: str, provider: dict, candidate: dict) -> int:
+def dirty_rss(args, cases: list[str], paths: dict[str, str], workdir: str, with_duckdb: bool,
+              with_candidate: bool) -> None:
+    """Peak RSS and time of each engine on ``--dirty-rss-rows`` dirty CSV rows against ``--rows``,
+    one DuckDB run per ``--duckdb-memory-limits`` value, then at the first value with insertion
+    order not kept and the streaming variant; the polars candidate with each output pass."""
+    cases = [case for case in cases if (case.partition("-")[2] or "csv") == "csv"]
+    jobs = [("provider", "dirty-provider", {})]
+    if with_duckdb:
+        limits = list(filter(None, args.duckdb_memory_limits.split(",")))
+        for limit in limits:
+            jobs.append((f"duckdb {limit}", "dirty-duckdb", {"memory_limit": limit}))
+        jobs.append((f"duckdb {limits[0]}, order not kept", "dirty-duckdb",
+                     {"memory_limit": limits[0], "preserve_insertion_order": False}))
+        jobs.append((f"duckdb {limits[0]}, streaming", "dirty-duckdb", {"memory_limit": limits[0], "streaming": True}))
+    if with_candidate:
+        for output_pass in ("sinks", "batches"):
+            jobs.append((f"polars candidate, {output_pass}", "dirty-polars-candidate", {"output_pass": output_pass}))
+    figures: dict[tuple[str, str, int], dict] = {}
+    for rows, source, repeat in ((args.rows, paths["csv"], args.repeat), (args.dirty_rss_rows, None, 1)):
+        if source is None:
+            source = os.path.join(workdir, "dirty-big", "dirty.csv")
+            os.makedirs(os.path.dirname(source), exist_ok=True)
+            print(f"\ngenerating {rows:,} dirty rows as csv ...", flush=True)
+            dirty.generate(os.path.dirname(source), rows, ("csv",))
+        print(f"\npeak RSS at {rows:,} dirty rows ({os.path.getsize(source) / 1e6:.0f} MB of CSV), "
+              f"output to a file, uptime: {os.getloadavg()}", flush=True)
+        for case in cases:
+            vendor = case.partition("-")[0]
+            output = os.path.join(workdir, f"rss.{vendor}.{dirty.VENDORS[vendor]['extension']}")
+            print(f" {case}:", flush=True)
+            extension = dirty.VENDORS[vendor]["extension"]
+            reference = os.path.join(workdir, f"rss.reference.{extension}")
+            for label, name, extra in jobs:
+                print(f"  [{label}]", end="", flush=True)
+                try:
+                    figures[case, label, rows] = run(name, source, output, repeat=repeat, vendor=vendor, input="csv",
+                                                     **extra)
+                except RuntimeError as error:  # e.g. DuckDB's "Out of Memory Error" under a low memory_limit
+                    cause = [line for line in str(error).splitlines() if "Error" in line] or ["?"]
+                    print(f" failed: {cause[-1].strip()[:200]}", flush=True)
+                    continue
+                if rows == args.rows:  # every variant's output checked against the provider's, at this size
+                    if name == "dirty-provider":
+                        os.replace(output, reference)
+                    else:
+                        compare_outputs(reference, output, extension, figures[case, "provider", rows],
+                                        figures[case, label, rows], label=label)
+                for leftover in (output, output + ".rejects.csv"):
+                    if os.path.exists(leftover):
+                        os.remove(leftover)
+            if os.path.exists(reference):
+                os.remove(reference)
+    print(f"\npeak RSS (VmHWM of the job's process) and best time, {args.rows:,} and {args.dirty_rss_rows:,} dirty CSV rows")
+    print(f"| case | engine | {args.rows:,} rows | {args.dirty_rss_rows:,} rows | peak ratio | time ratio |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for case in cases:
+        for label, _, _ in jobs:
+            small, large = figures.get((case, label, args.rows)), figures.get((case, label, args.dirty_rss_rows))
+            if small is None or large is None:
+                print(f"| {case} | {label} | " + " | ".join(
+                    f"{job['seconds']:.2f} s, {job['peak_rss_mb']:.0f} MB" if job else "failed" for job in (small, large))
+                    + " | - | - |", flush=True)
+                continue
+            print(f"| {case} | {label} | {small['seconds']:.2f} s, {small['peak_rss_mb']:.0f} MB | "
+                  f"{large['seconds']:.2f} s, {large['peak_rss_mb']:.0f} MB | "
+                  f"{large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x | {large['seconds'] / small['seconds']:.1f}x |",
+                  flush=True)
+
+
+def compare_outputs(provider_path: str, candidate_path: str, extension: str, provider: dict, candidate: dict,
+                    label: str = "duckdb") -> int:
     """Records compared as values (JSON objects with their types, CSV rows), in order; reject
     counts compared."""
     import csv
@@ -403,11 +507,11 @@ def compare_outputs(provider_path: str, candidate_path: str, extension: str, pro
         if mine != theirs:
             mismatches += 1
             if mismatches <= 3:
-                print(f"  MISMATCH at output record {number}:\n    provider {mine}\n    duckdb   {theirs}")
+                print(f"  MISMATCH at output record {number}:\n    provider {mine}\n    {label:<8} {theirs}")
     if provider["rejected"] != candidate["rejected"]:
         mismatches += 1
-        print(f"  MISMATCH rejects: provider {provider['rejected']:,}, duckdb {candidate['rejected']:,}")
-    print(f"  duckdb output against the provider's: "
+        print(f"  MISMATCH rejects: provider {provider['rejected']:,}, {label} {candidate['rejected']:,}")
+    print(f"  {label} output against the provider's: "
           + ("identical records, same reject count" if not mismatches else f"{mismatches:,} mismatches"), flush=True)
     return mismatches
 
@@ -420,6 +524,11 @@ def main() -> None:
     parser.add_argument("--split-mb", type=int, default=100)
     parser.add_argument("--skip-baselines", action="store_true")
     parser.add_argument("--skip-duckdb", action="store_true")
+    parser.add_argument("--skip-polars-candidate", action="store_true")
+    parser.add_argument("--dirty-rss-rows", type=int, default=0,
+                        help="also: peak RSS of every engine on this many dirty CSV rows against --rows")
+    parser.add_argument("--duckdb-memory-limits", default="150MB,250MB",
+                        help="with --dirty-rss-rows: DuckDB memory_limit values to try (comma-separated)")
     parser.add_argument("--repeat", type=int, default=2, help="runs per measurement, best time kept (pandas: 1)")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
@@ -444,12 +553,16 @@ def main() -> None:
             try:
                 import polars  # noqa: F401
 
-                with_polars = not args.skip_baselines
+                with_polars, with_polars_installed = not args.skip_baselines, True
             except ImportError:
-                print("  polars not installed: the floor is skipped")
-                with_polars = False
-            summary = {case: dirty_case(case, paths, workdir, args.repeat, with_duckdb, with_polars) for case in dirty_cases}
+                print("  polars not installed: the floor and the polars candidate are skipped")
+                with_polars = with_polars_installed = False
+            with_candidate = with_polars_installed and not args.skip_polars_candidate
+            summary = {case: dirty_case(case, paths, workdir, args.repeat, with_duckdb, with_polars, with_candidate)
+                       for case in dirty_cases}
             print_summary(summary, args.rows)
+            if args.dirty_rss_rows:
+                dirty_rss(args, dirty_cases, paths, workdir, with_duckdb, with_candidate)
             for path in paths.values():
                 os.remove(path)
         if {"clean", "split", "sync"} & set(cases):
@@ -461,20 +574,25 @@ def main() -> None:
 
 def print_summary(summary: dict[str, dict], rows: int) -> None:
     print(f"\ndirty data, {rows:,} rows: best time (s) / peak RSS (MB); ratios of time")
-    print("| case | provider | duckdb | polars flat | provider / polars | duckdb / polars | provider / duckdb | duckdb = provider |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| case | provider | duckdb | polars candidate | polars flat | provider / polars | duckdb / polars "
+          "| candidate / polars | provider / duckdb | duckdb = provider | candidate = provider |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for case, figures in summary.items():
         cells = []
-        for name in ("dirty-provider", "dirty-duckdb", "dirty-polars"):
+        for name in ("dirty-provider", "dirty-duckdb", "dirty-polars-candidate", "dirty-polars"):
             job = figures.get(name)
             cells.append(f"{job['seconds']:.2f} s, {job['peak_rss_mb']:.0f} MB" if job else "-")
 
         def ratio(a, b):
             return f"{figures[a]['seconds'] / figures[b]['seconds']:.1f}x" if a in figures and b in figures else "-"
 
-        same = "-" if "mismatches" not in figures else ("yes" if not figures["mismatches"] else f"no ({figures['mismatches']})")
+        def same(key):
+            return "-" if key not in figures else ("yes" if not figures[key] else f"no ({figures[key]})")
+
         print(f"| {case} | {' | '.join(cells)} | {ratio('dirty-provider', 'dirty-polars')} | "
-              f"{ratio('dirty-duckdb', 'dirty-polars')} | {ratio('dirty-provider', 'dirty-duckdb')} | {same} |", flush=True)
+              f"{ratio('dirty-duckdb', 'dirty-polars')} | {ratio('dirty-polars-candidate', 'dirty-polars')} | "
+              f"{ratio('dirty-provider', 'dirty-duckdb')} | {same('mismatches')} | {same('candidate_mismatches')} |",
+              flush=True)
 
 
 def clean_cases(args, cases: list[str], workdir: str) -> None:

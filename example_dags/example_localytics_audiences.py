@@ -42,7 +42,7 @@ with DAG(
 
     @task
     def prepare(params: dict | None = None, run_id: str | None = None) -> dict:
-        from airflow_provider_profiles.formats.pipeline import prepare_file
+        from airflow_provider_profiles.prepare.engine import prepare as prepare_file
 
         folder = f"{params['work_dir']}/{run_id.replace(':', '_').replace('+', '_')}"
         return prepare_file(params["source"], AudienceLinesWriter(customer_id="customer_id"),

@@ -58,7 +58,7 @@ with DAG(
     @task
     def prepare(params: dict | None = None, run_id: str | None = None) -> dict:
         """Write the change lines; bad rows go to the rejects file with their line and reason."""
-        from airflow_provider_profiles.formats.pipeline import prepare_file
+        from airflow_provider_profiles.prepare.engine import prepare as prepare_file
 
         folder = f"{params['work_dir']}/{run_id.replace(':', '_').replace('+', '_')}"
         result = prepare_file(

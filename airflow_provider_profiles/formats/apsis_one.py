@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, csv_line
+from airflow_provider_profiles.prepare import sql
 
 EMAIL_KEYSPACE = "com.apsis1.keyspaces.email"
 MOBILE_KEYSPACE = "com.apsis1.keyspaces.mobile"
@@ -82,6 +83,26 @@ class ApsisOneCsvWriter(FormatWriter):
         missing = [column for column in self.columns if column not in present]
         if missing:
             raise ValueError(f"input has no column(s) {', '.join(map(repr, missing))}; it has {sorted(present)}")
+
+    def line_sql(self, columns) -> tuple[str, str] | None:
+        if any(columns.kind(name) not in sql.TEXT_OR_INTEGER | {"BOOLEAN"} for name in self.columns):
+            return None
+
+        def cell(name: str) -> str:
+            value = columns(name)
+            if columns.kind(name) == "BOOLEAN":
+                return f"CASE WHEN {value} THEN 'true' WHEN NOT {value} THEN 'false' ELSE '' END"
+            return f"coalesce(CAST({value} AS VARCHAR), '')"
+
+        key = sql.strip(cell(self.keyspace_field))
+        field = sql.literal(self.keyspace_field + ": ")
+        shape = {EMAIL_KEYSPACE: (f"^[^@{sql.SPACE_CLASS}]+@[^@{sql.SPACE_CLASS}]+\\.[^@{sql.SPACE_CLASS}]+$", "not an email address: "),
+                 MOBILE_KEYSPACE: ("^\\+?[0-9]{6,15}$", "not a mobile number (digits, optional leading +): ")}.get(self.keyspace)
+        reason = f"CASE WHEN {key} = '' THEN {field} || 'missing keyspace value'"
+        if shape:
+            reason += f" WHEN NOT regexp_matches({key}, {sql.literal(shape[0])}) THEN {field} || {sql.literal(shape[1])} || {sql.python_repr(key)}"
+        cells = [sql.csv_cell(key if name == self.keyspace_field else cell(name)) for name in self.columns]
+        return f"concat_ws(',', {', '.join(cells)}) || chr(10)", reason + " END"
 
     def encode(self, row: Mapping[str, Any]) -> str:
         key = format_value(row.get(self.keyspace_field)).strip()

@@ -78,6 +78,43 @@ class FormatWriter(abc.ABC):
         """The row's identifier as the duplicate check and the vendor see it (canonical text)."""
         return values.canonical_id(row.get(self.identifier_field)) if self.identifier_field else None
 
+    # --- capabilities the prepare engine asks for (SQL is DuckDB's; ``columns`` is ``prepare.sql.Columns``)
+
+    many_lines_per_id: ClassVar[bool] = False  # events, memberships: an id may rightly repeat
+
+    def default_duplicates(self, syncing: bool = False) -> str:
+        """``"reject"`` where a repeated identifier is a conflict, ``"keep"`` where it is normal."""
+        return "keep" if self.many_lines_per_id else "reject"
+
+    def key_sql(self, columns) -> str | None:
+        """The identifier as SQL over the mapped columns (``identifier`` in SQL), or None when only
+        ``identifier`` can say it (the engine then calls it row by row)."""
+        if type(self).identifier is not FormatWriter.identifier or not self.identifier_field:
+            return None
+        from airflow_provider_profiles.prepare.sql import canonical_id
+
+        return canonical_id(columns(self.identifier_field), columns.kind(self.identifier_field))
+
+    def line_sql(self, columns) -> tuple[str, str] | None:
+        """(line, reject reason) as SQL over the mapped columns, the same as ``encode``; None where
+        only ``encode`` can write the line (the engine then calls it row by row)."""
+        return None
+
+    # --- what an incremental sync asks of a writer
+
+    # the mapped columns a deletion line needs (the sync snapshot keeps them); empty: cannot delete
+    deletion_columns: ClassVar[tuple[str, ...]] = ()
+
+    def deletion_row(self, values: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The row ``encode`` takes to mean "delete the record these ``deletion_columns`` values
+        name" (for ids gone from a sync's input), or None where the format cannot say it."""
+        return None
+
+    def sync_refusal(self) -> str | None:
+        """Why an incremental sync (which sends a row only when it differs from the last one sent)
+        would lose data with this writer, or None when it can serve it."""
+        return None
+
 
 class RejectsFile:
     """CSV of rejected rows (line, identifier, reason, http_status), opened on first use only."""

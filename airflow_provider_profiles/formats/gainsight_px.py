@@ -15,7 +15,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, is_missing
-from airflow_provider_profiles.formats.values import canonical_id, epoch_millis, json_line, to_bool, to_text
+from airflow_provider_profiles.formats.values import (
+    FALSE_WORDS,
+    TRUE_WORDS,
+    canonical_id,
+    epoch_millis,
+    json_line,
+    to_bool,
+    to_text,
+)
+from airflow_provider_profiles.prepare import sql
 
 ENTITIES = ("USER", "ACCOUNT", "CUSTOM_EVENT")
 IDENTIFIER_FIELDS = {"USER": "identifyId", "ACCOUNT": "id", "CUSTOM_EVENT": "identifyId"}
@@ -217,3 +226,51 @@ class GainsightPXRecordFormat(FormatWriter):
 
     def encode(self, row: Mapping[str, Any]) -> str:
         return json_line(self.build(row))
+
+    def line_sql(self, columns) -> tuple[str, str, str] | None:
+        """Text columns in their common shapes are converted in SQL; any other value (and every
+        reject, worded by ``build``) is left to ``encode``."""
+        if any(columns.kind(column) != "VARCHAR" for column in self.field_mapping.values()):
+            return None
+        members, exact = [], []
+        for field, column in self.field_mapping.items():
+            value, fits = _converted_sql(columns(column), "id" if field == self.id_field else self.field_types.get(field, "string"))
+            if field == "email":
+                fits = f"({fits}) AND contains({value}, '@')"
+            if field in _RANGES:
+                fits = f"({fits}) AND CAST({sql.strip(columns(column))} AS DOUBLE) BETWEEN {_RANGES[field][0]} AND {_RANGES[field][1]}"
+            required = field == self.id_field or field in REQUIRED_FIELDS.get(self.entity, ())
+            exact.append(f"({value} IS NOT NULL AND {fits})" if required else f"({columns(column)} IS NULL OR ({fits}))")
+            members.append((tuple(field.split(".")), value))
+        return sql.json_object(members) + " || chr(10)", "NULL::VARCHAR", " AND ".join(exact)
+
+
+# ISO 8601 dates and times that Python's fromisoformat and DuckDB's TIMESTAMPTZ read alike
+_ISO_MOMENT = (r"[0-9]{4}-[0-9]{2}-[0-9]{2}([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?"
+               r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)?")
+
+
+def _converted_sql(column: str, type_name: str) -> tuple[str, str]:
+    """(the value ``convert`` gives, the condition under which SQL gives it exactly)."""
+    text = sql.strip(column)
+    if type_name == "id":
+        value = sql.canonical_id(column, "VARCHAR")
+        return value, "true"
+    if type_name == "string":
+        return column, "true"
+    if type_name == "date":
+        moment = f"try_cast({text} AS TIMESTAMPTZ)"
+        return (f"CASE WHEN regexp_full_match({text}, '{_ISO_MOMENT}') AND NOT starts_with({text}, '0000') "
+                f"THEN epoch_ms({moment}) END"), f"epoch_ms({moment}) IS NOT NULL AND regexp_full_match({text}, '{_ISO_MOMENT}')"
+    if type_name == "boolean":
+        words = lambda kind: ", ".join(sql.literal(word) for word in sorted(kind))  # noqa: E731
+        flag = f"lower({text})"
+        return f"CASE WHEN {flag} IN ({words(TRUE_WORDS)}) THEN true WHEN {flag} IN ({words(FALSE_WORDS)}) THEN false END", \
+            f"{flag} IN ({words(TRUE_WORDS | FALSE_WORDS)})"
+    whole = f"regexp_full_match({text}, '[+-]?[0-9]{{1,15}}')"
+    if type_name == "integer":
+        return f"CASE WHEN {whole} THEN CAST({text} AS BIGINT) END", whole
+    # a whole number stays an integer, a fraction a float (as ``convert``): one JSON value of either
+    fraction = f"regexp_full_match({text}, '[+-]?[0-9]{{1,15}}\\.[0-9]{{1,15}}')"
+    return (f"CASE WHEN {whole} THEN to_json(CAST({text} AS BIGINT)) WHEN {fraction} THEN to_json(CAST({text} AS DOUBLE)) END",
+            f"({whole} OR {fraction})")

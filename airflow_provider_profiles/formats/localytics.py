@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, is_missing
+from airflow_provider_profiles.prepare import sql
 from airflow_provider_profiles.formats.values import FALSE_WORDS, TRUE_WORDS, checked_integer, json_line
 
 OPS = ("assign", "set-add", "set-remove", "increment", "delete")
@@ -74,6 +75,10 @@ class AttributeChange:
         raise ValueError(f"column {column!r}: expected an attribute name, (attr, op) or a dict, got {spec!r}")
 
 
+# change operations whose repeats for one customer add up instead of conflicting
+ACCUMULATING_OPS = frozenset({"increment", "set-add", "set-remove"})
+
+
 class ProfileChangesWriter(FormatWriter):
     """Rows -> Localytics profile change lines, one line per customer.
 
@@ -118,6 +123,51 @@ class ProfileChangesWriter(FormatWriter):
         if not changes:
             raise RowRejected("no attribute to change: every mapped value is empty")
         return _json_line({"customer_id": customer_id, "changes": changes})
+
+    def line_sql(self, columns) -> tuple[str, str] | None:
+        plain = all(spec.op == "assign" and spec.kind is None and (spec.empty or self.empty) == "skip"
+                    for spec in self.attributes.values())
+        if not plain or any(columns.kind(name) not in sql.TEXT_OR_INTEGER for name in (self.identifier_field, *self.attributes)):
+            return None
+        customer = columns(self.identifier_field)
+        customer_text = sql.stripped_text(customer)
+        changes, checks = [], []
+        for column, spec in self.attributes.items():
+            value = columns(column)
+            changes.append(f"""CASE WHEN {value} IS NOT NULL THEN '{{"op":"assign","attr":' || to_json({sql.literal(spec.attr)})
+                               || ',"value":' || to_json({value}) || '}}' END""")
+            if columns.kind(column) == "VARCHAR":
+                checks.append(f"""WHEN length({value}) > {MAX_STRING} THEN {sql.literal(column + ': string of ')} || length({value})
+                                  || ' characters; Localytics accepts at most {MAX_STRING}'""")
+            elif columns.kind(column) in ("HUGEINT", "UBIGINT"):
+                checks.append(f"""WHEN NOT {value} BETWEEN -9223372036854775808 AND 9223372036854775807
+                                  THEN {sql.literal(column + ': ')} || CAST({value} AS VARCHAR) || ' is out of range for a 64-bit integer'""")
+        name = sql.literal(self.identifier_field + ": ")
+        reason = f"""CASE WHEN {customer} IS NULL THEN {name} || 'customer id is empty'
+                          WHEN length({customer_text}) > {MAX_STRING} THEN {name} || 'customer id is ' || length({customer_text})
+                               || ' characters; at most {MAX_STRING} allowed'
+                          {' '.join(checks)}
+                          WHEN {' AND '.join(f'{columns(c)} IS NULL' for c in self.attributes)}
+                          THEN 'no attribute to change: every mapped value is empty' END"""
+        line = f"""'{{"customer_id":' || to_json({customer_text}) || ',"changes":[' || concat_ws(',', {', '.join(changes)}) || ']}}' || chr(10)"""
+        return line, reason
+
+    def default_duplicates(self, syncing: bool = False) -> str:
+        # increments and set changes of one customer add up (two purchases on one day): kept; an
+        # incremental sync compares one row per customer, so it checks them (and refuses them)
+        if not syncing and any(spec.op in ACCUMULATING_OPS for spec in self.attributes.values()):
+            return "keep"
+        return "reject"
+
+    def sync_refusal(self) -> str | None:
+        # an increment or a set change of the same value on two days is two changes: a sync would
+        # take the second as unchanged and lose it
+        columns = [column for column, spec in self.attributes.items() if spec.op in ACCUMULATING_OPS]
+        if not columns:
+            return None
+        return (f"only_changed=True cannot send column(s) {columns}: their changes ({', '.join(sorted(ACCUMULATING_OPS))}) "
+                "add up at the vendor, and a sync would skip a repeat of yesterday's value as unchanged. "
+                "Prepare them in a task without only_changed.")
 
     def _change(self, column: str, spec: AttributeChange, value: Any) -> dict[str, Any] | None:
         if spec.op == "delete":

@@ -29,7 +29,6 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import pyarrow as pa
 
 from airflow_provider_profiles.formats.base import RowRejected, is_missing
 from airflow_provider_profiles.formats.values import (
@@ -92,19 +91,6 @@ class FieldSpec:
         self.unit = spec.get("unit")
         if self.unit not in (None, "s", "ms"):
             raise ValueError(f"mapping[{target!r}]: unit must be 's' or 'ms'")
-
-    @property
-    def is_plain(self) -> bool:
-        """A rename or constant of a string with no checks: can be done on whole columns."""
-        return (
-            self.type == "string"
-            and not self.required
-            and self.max_length is None
-            and self.pattern is None
-            and self.choices is None
-            and self.default is None
-            and len(self.path) == 1
-        )
 
     def describe(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if k not in ("pattern",)} | {
@@ -211,22 +197,6 @@ class FieldMapping:
             else:
                 set_path(out, field.path, value)
         return out
-
-    @property
-    def columnar(self) -> bool:
-        return not self.keep_unmapped and all(field.is_plain for field in self.fields)
-
-    def apply_table(self, table: pa.Table) -> pa.Table:
-        """The same as ``apply`` on whole columns; only for a ``columnar`` mapping of string input."""
-        arrays, names = [], []
-        for field in self.fields:
-            if field.is_const:
-                value = None if field.const is None else _to_text(field.const)
-                arrays.append(pa.array([value] * table.num_rows, pa.string()))
-            else:
-                arrays.append(table.column(field.source))
-            names.append(field.target)
-        return pa.Table.from_arrays(arrays, names=names)
 
     def fingerprint(self) -> str:
         """Changes when the mapping changes, so an incremental sync resends everything then."""

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from airflow_provider_profiles.formats import values
+from airflow_provider_profiles.prepare import sql
 from airflow_provider_profiles.formats.base import (
     FormatWriter,
     RowRejected,
@@ -106,8 +107,43 @@ class MediarithmicsWriter(FormatWriter):
             found = [f"{field}={_text(row[field])}" for field in IDENTIFIER_FIELDS if not is_missing(row.get(field))]
             return ", ".join(found) or None
 
+    def key_sql(self, columns) -> str | None:
+        if any(columns.kind(name) not in sql.TEXT_OR_INTEGER for name in (*IDENTIFIER_FIELDS, "compartment_id") if name in columns):
+            return None
+        text = {name: sql.stripped_text(columns(name)) for name in (*IDENTIFIER_FIELDS, "compartment_id")}
+        found = [f"CASE WHEN {columns(name)} IS NOT NULL THEN '{name}=' || {text[name]} END" for name in IDENTIFIER_FIELDS]
+        account = columns("user_account_id")
+        return f"""CASE WHEN {_identifier_count(columns)} = 1 AND {account} IS NOT NULL
+                        THEN 'user_account_id=' || {text['user_account_id']} || ' (compartment '
+                             || coalesce({text['compartment_id']}, 'default') || ')'
+                        ELSE nullif(concat_ws(', ', {', '.join(found)}), '') END"""
 
-class UserProfileWriter(MediarithmicsWriter):
+    def identifier_sql(self, columns) -> tuple[str, str]:
+        """(the identifier's JSON members, the reason a row has none or several) as SQL."""
+        text = {name: sql.stripped_text(columns(name)) for name in (*IDENTIFIER_FIELDS, "compartment_id")}
+        members = f"""CASE WHEN {columns('user_account_id')} IS NOT NULL THEN
+                  (CASE WHEN {columns('compartment_id')} IS NOT NULL THEN '"compartment_id":' || to_json({text['compartment_id']}) || ',' ELSE '' END)
+                  || '"user_account_id":' || to_json({text['user_account_id']})
+               WHEN {columns('email_hash')} IS NOT NULL THEN '"email_hash":' || to_json({text['email_hash']})
+               ELSE '"user_agent_id":' || to_json({text['user_agent_id']}) END"""
+        found = ", ".join(f"CASE WHEN {columns(name)} IS NOT NULL THEN '{name}' END" for name in IDENTIFIER_FIELDS)
+        count = _identifier_count(columns)
+        reason = f"""CASE WHEN {count} = 0 THEN 'no user identifier: set one of user_account_id (+ compartment_id), email_hash, user_agent_id'
+                          WHEN {count} > 1 THEN 'only one user identifier per line is allowed, found ' || concat_ws(', ', {found}) END"""
+        return members, reason
+
+
+class DeletesByIdentifier:
+    """A document type with a DELETE operation: a sync's deletion line is the user's identifier
+    fields and ``"operation": "DELETE"``."""
+
+    deletion_columns: ClassVar[tuple[str, ...]] = ("user_account_id", "compartment_id", "email_hash", "user_agent_id")
+
+    def deletion_row(self, values: Mapping[str, Any]) -> dict[str, Any] | None:
+        return {**values, "operation": "DELETE"}
+
+
+class UserProfileWriter(DeletesByIdentifier, MediarithmicsWriter):
     """USER_PROFILE commands: UPSERT a profile (every non-identifier column, or a ``user_profile``
     dict) with an update strategy, or DELETE it. A row's ``operation`` column overrides the default."""
 
@@ -133,8 +169,35 @@ class UserProfileWriter(MediarithmicsWriter):
             command["user_profile"] = dict(profile)
         return _dumps(command)
 
+    def line_sql(self, columns) -> tuple[str, str] | None:
+        if any(name in columns for name in ("operation", "update_strategy", "user_profile")) or any(
+            "." in name or columns.kind(name) not in sql.JSON_SCALARS for name in columns.types
+        ):
+            return None
+        if self.operation == "DELETE":
+            members, reason = self.identifier_sql(columns)
+            return f"""'{{' || {members} || ',"operation":"DELETE"}}' || chr(10)""", reason
+        if self.key_sql(columns) is None:
+            return None
+        members, reason = self.identifier_sql(columns)
+        profile = [name for name in columns.types if name not in self._reserved]
+        values = sql.json_members((name, columns(name)) for name in profile)
+        empty = " AND ".join(f"{columns(name)} IS NULL" for name in profile) or "true"
+        infinite = [f"CASE WHEN isinf({columns(name)}) THEN 'value cannot be written as JSON: user_profile.{name}: "
+                    "not a finite number (JSON has no NaN or Infinity)' END"
+                    for name in profile if columns.kind(name) == "DOUBLE"]
+        line = (f"""'{{' || {members} || ',"operation":"UPSERT","update_strategy":' || to_json({sql.literal(self.update_strategy)})"""
+                f""" || ',"user_profile":{{' || {values} || '}}}}' || chr(10)""")
+        reason = f"""coalesce({reason}, CASE WHEN {empty} THEN 'user_profile: UPSERT needs at least one profile property' END
+                              {''.join(', ' + check for check in infinite)})"""
+        return line, reason
 
-class UserSegmentWriter(MediarithmicsWriter):
+
+def _identifier_count(columns) -> str:
+    return " + ".join(f"CAST({columns(name)} IS NOT NULL AS INTEGER)" for name in IDENTIFIER_FIELDS)
+
+
+class UserSegmentWriter(DeletesByIdentifier, MediarithmicsWriter):
     """USER_SEGMENT commands: add a user to a segment (UPDATE) or remove it (DELETE). The segment is
     named by id or technical name, per writer or per row. ``expiration_duration`` (minutes, 0 = never
     expires) is mandatory on every line (developer.mediarithmics.io/data-ingestion/bulk-processing/
@@ -143,6 +206,7 @@ class UserSegmentWriter(MediarithmicsWriter):
     (a string). NDJSON by default; ``mime_type="TEXT_CSV"`` writes CSV."""
 
     document_type = "USER_SEGMENT"
+    many_lines_per_id = True  # a user in several segments
     columns = (
         "operation",
         "compartment_id",
@@ -235,6 +299,7 @@ class UserActivityWriter(MediarithmicsWriter):
     are passed as activity properties."""
 
     document_type = "USER_ACTIVITY"
+    many_lines_per_id = True  # a user's many activities
     _reserved = frozenset({*IDENTIFIER_FIELDS, "compartment_id", "ts", "$ts", "type", "$type", "events", "$events", "session_status", "$session_status"})
 
     def __init__(self, activity_type: str = "TOUCH", session_status: str = "NO_SESSION"):
@@ -274,6 +339,7 @@ class UserChoiceWriter(MediarithmicsWriter):
     ``choice_acceptance_value`` is a boolean."""
 
     document_type = "USER_CHOICE"
+    many_lines_per_id = True  # a user's choice for each processing
 
     def __init__(self, operation: str = "UPSERT", processing_id: str | None = None, force_replace: bool | None = None):
         self.operation = _choice(operation, ("UPSERT", "DELETE"), "operation")
@@ -358,6 +424,7 @@ class UserIdentifiersAssociationWriter(MediarithmicsWriter):
     ``user_account_id`` + ``compartment_id``, ``email_hash``, ``user_agent_id`` (two or more set)."""
 
     document_type = "USER_IDENTIFIERS_ASSOCIATION_DECLARATIONS"
+    many_lines_per_id = True  # a user's several associations
 
     def encode(self, row: Mapping[str, Any]) -> str:
         return _dumps({"identifiers": _identifier_list(row, "an association")})

@@ -17,18 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from airflow_provider_profiles.formats import reader
-from airflow_provider_profiles.formats.reader import (
-    InputError,
+from airflow_provider_profiles.formats.records import (
     count_lines,
     describe_open_quote,
     first_record_end,
-    guess_format,
     last_record_end,
     open_quote_message,
     record_ends,
-    scan_records,
+    scan,
 )
+from airflow_provider_profiles.prepare.errors import InputError, guess_format
 from airflow_provider_profiles.storage import (
     as_storage_path,
     is_local,
@@ -37,6 +35,9 @@ from airflow_provider_profiles.storage import (
 )
 
 BLOCK_BYTES = 16 << 20
+# Without a byte limit, a record longer than this is taken for a quote left open, which would
+# otherwise make the rest of the file one record, held in memory.
+MAX_RECORD_BYTES = 64 << 20
 
 
 class RecordTooLarge(ValueError):
@@ -110,7 +111,7 @@ def split_file(
             line = 1 + _count_lines(stream, error.offset)
             if limit is None:
                 raise RecordTooLarge(
-                    f"{source}: the record at line {line} runs over {reader.MAX_RECORD_BYTES / 2**20:.1f} MB: "
+                    f"{source}: the record at line {line} runs over {MAX_RECORD_BYTES / 2**20:.1f} MB: "
                     "is a quote left open?"
                 ) from None
             raise RecordTooLarge(
@@ -142,7 +143,7 @@ class _OpenQuote(Exception):
 def _check_closed(block, block_start: int, quoted: bool, delimiter: str) -> None:
     """The last part of the input, from a record start: no quote may be left open in it."""
     if quoted and block:
-        opened = scan_records(block, delimiter=delimiter, complete=True).open_quote
+        opened = scan(block, delimiter=delimiter, complete=True).open_quote
         if opened >= 0:
             raise _OpenQuote(block, block_start, opened)
 
@@ -235,7 +236,7 @@ def _plan_by_scanning(stream, start: int, pending: bytes, limit, max_rows, quote
                 break
             # a record that cannot fit a chunk (or, without a byte limit, an unclosed quote):
             # said now, rather than once the rest of the file is held as one record
-            if len(block) > (limit if limit is not None else reader.MAX_RECORD_BYTES):
+            if len(block) > (limit if limit is not None else MAX_RECORD_BYTES):
                 raise _TooLarge(block_start)
             pending = block
             continue

@@ -8,15 +8,18 @@ the input is streamed so memory does not grow with its size.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
+import logging
 import os
 import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowException, BaseOperator
@@ -26,7 +29,10 @@ from airflow_provider_profiles.formats.gainsight_px import (
     GainsightPXRecordFormat,
     flatten,
 )
-from airflow_provider_profiles.formats.reader import InputBatch, InputError, read_input
+from airflow_provider_profiles.prepare.errors import InputError, guess_format
+from airflow_provider_profiles.prepare.engine import connected
+from airflow_provider_profiles.prepare.lines import LinesOutOfStep, RecordLines
+from airflow_provider_profiles.prepare.source import open_source, quote_name
 from airflow_provider_profiles.hooks.base import (
     VendorAPIError,
     VendorAuthError,
@@ -41,8 +47,10 @@ from airflow_provider_profiles.storage import (
 )
 from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
 
+log = logging.getLogger(__name__)
+
 SUMMARY_KEYS = ("rows_read", "updated", "inserted", "unchanged_or_skipped", "rejected", "failed")
-READ_BLOCK_BYTES = 1 << 20  # small blocks: the pool sends ~200 rows/s, there is no gain in reading ahead
+READ_BATCH_ROWS = 10_000  # small batches: the pool sends ~200 rows/s, there is no gain in reading ahead
 DATAFRAME_BATCH_ROWS = 10_000
 MAX_LOGGED_REJECTS = 100  # a bad file must not flood the task log; the rejects file has them all
 # A row still rate-limited after the shared retry policy gets more rounds of it. Between rounds the
@@ -51,18 +59,127 @@ RATE_LIMITED_ROUNDS = 5
 RATE_LIMITED_PAUSE = 0.5
 
 
-def _batches_of(dataframe: Any) -> tuple[list[str], Iterator[InputBatch]]:
-    import numpy as np
+@dataclass
+class _Batch:
+    """Rows of the input with the line each starts on, and the records of that stretch that could
+    not be read: (line, identifier or None, reason)."""
 
-    names = [str(column) for column in dataframe.columns]
+    lines: list[int]
+    rows: list[dict[str, Any]]
+    rejected: list[tuple[int, str | None, str]] = field(default_factory=list)
 
-    def batches() -> Iterator[InputBatch]:
-        for start in range(0, len(dataframe), DATAFRAME_BATCH_ROWS):
-            chunk = dataframe.iloc[start : start + DATAFRAME_BATCH_ROWS]
-            rows = [dict(zip(names, values)) for values in chunk.itertuples(index=False, name=None)]
-            yield InputBatch(lines=np.arange(start + 1, start + 1 + len(rows)), row_dicts=rows)
 
-    return names, batches()
+class _DataFrameInput:
+    """A pandas DataFrame: already parsed; its rows are numbered from 1."""
+
+    def __init__(self, dataframe: Any):
+        self.dataframe = dataframe
+        self.label = "DataFrame"
+        self.names = [str(column) for column in dataframe.columns]
+        self.total = len(dataframe)
+
+    def batches(self) -> Iterator[_Batch]:
+        for start in range(0, len(self.dataframe), DATAFRAME_BATCH_ROWS):
+            chunk = self.dataframe.iloc[start : start + DATAFRAME_BATCH_ROWS]
+            rows = [dict(zip(self.names, values)) for values in chunk.itertuples(index=False, name=None)]
+            yield _Batch(list(range(start + 1, start + 1 + len(rows))), rows)
+
+
+class _FileInput:
+    """A CSV, NDJSON or Parquet file read by DuckDB (``prepare.source``), checked whole on opening.
+
+    Rows come in input order with the line each starts on (Parquet: its row number); NDJSON's
+    nested objects come flattened to dotted columns (``location.city``), as the mapping names them.
+    """
+
+    def __init__(self, connection: Any, source: Any, input_format: str | None, delimiter: str, encoding: str):
+        self.connection, self.label = connection, str(source)
+        self.path = as_storage_path(source)
+        self.format = (input_format or guess_format(self.path)).lower()
+        self.delimiter, self.encoding = delimiter, encoding
+        self.source = open_source(connection, self.path, self.format, delimiter=delimiter, encoding=encoding)
+        if self.format == "csv" and not self.source.names:
+            raise InputError(self.label, "the file is empty: expected a header row", line=1)
+        self.columns = ", ".join(quote_name(name) for name in self.source.names)
+        schema = connection.sql(f"SELECT {self.columns or 'NULL AS __nothing'} FROM {self.source.relation} LIMIT 0").arrow().schema
+        self.names = [name for item in schema for name in _leaf_names(item)] if self.source.names else []
+        self.json_columns = {name for name, kind in self.source.types.items() if kind == "JSON"}
+        self.rows = connection.execute(f"SELECT count(*) FROM {self.source.relation}").fetchall()[0][0]
+        self.unreadable = None
+        if self.source.unreadable:
+            # a table of its own (not TEMP): read by a second cursor while the rows stream
+            self.unreadable = f"{self.source.unreadable}_rows"
+            connection.execute(f"CREATE TABLE {self.unreadable} AS SELECT line, reason FROM {self.source.unreadable}")
+        self.total = self.rows + (connection.execute(f"SELECT count(*) FROM {self.unreadable}").fetchall()[0][0]
+                                  if self.unreadable else 0)
+        self.lines_known = self._lines_in_step()
+
+    def _record_lines(self) -> RecordLines | None:
+        if self.format == "parquet":
+            return None
+        return RecordLines(self.path, self.format, self._unreadable_rows(), delimiter=self.delimiter, encoding=self.encoding)
+
+    def _unreadable_rows(self) -> Iterator[tuple[int, str]]:
+        if self.unreadable is None:
+            return
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(f"SELECT line, reason FROM {self.unreadable} ORDER BY line")
+            while chunk := cursor.fetchmany(READ_BATCH_ROWS):
+                yield from chunk
+        finally:
+            cursor.close()
+
+    def _lines_in_step(self) -> bool:
+        """Whether the lines found by walking the file agree with DuckDB's records (always expected)."""
+        lines = self._record_lines()
+        if lines is None:
+            return True
+        try:
+            for start in range(0, self.rows, READ_BATCH_ROWS):
+                lines.take(min(READ_BATCH_ROWS, self.rows - start))
+            lines.rest()
+        except LinesOutOfStep as error:
+            log.warning("%s: rows are numbered by record, not by line (%s)", self.label, error)
+            return False
+        return True
+
+    def batches(self) -> Iterator[_Batch]:
+        lines = self._record_lines() if self.lines_known else None
+        if lines is None and self.unreadable is not None:  # where they are, all at once
+            yield _Batch([], [], [(line, None, reason) for line, reason in self._unreadable_rows()])
+        if self.source.names:
+            query = f"SELECT {self.columns}, __record FROM {self.source.relation}"
+            for batch in self.connection.sql(query).to_arrow_reader(READ_BATCH_ROWS):
+                if not batch.num_rows:
+                    continue
+                records = batch.column(batch.num_columns - 1).to_pylist()
+                rows = batch.drop_columns(["__record"]).to_pylist()
+                if self.json_columns:
+                    for row in rows:
+                        for name in self.json_columns:
+                            if row[name] is not None:
+                                row[name] = json.loads(row[name])
+                if self.format != "csv":  # nested records map by dotted paths
+                    rows = [flatten(row) for row in rows]
+                if lines is None:
+                    yield _Batch(records, rows)
+                else:
+                    found, rejected = lines.take(len(rows))
+                    yield _Batch(found, rows, rejected)
+        if lines is not None:
+            rest = lines.rest()
+            if rest:
+                yield _Batch([], [], rest)
+
+
+def _leaf_names(item: Any, prefix: str = "") -> list[str]:
+    """Dotted names of a column's leaves (a STRUCT's fields, nested), as ``flatten`` gives them."""
+    import pyarrow as pa
+
+    if pa.types.is_struct(item.type) and item.type.num_fields:
+        return [name for child in item.type for name in _leaf_names(child, f"{prefix}{item.name}.")]
+    return [f"{prefix}{item.name}"]
 
 
 def _sibling(source: Any, suffix: str) -> Any:
@@ -171,41 +288,29 @@ class GainsightPXLoadOperator(BaseOperator):
     def _is_dataframe(self) -> bool:
         return hasattr(self.source, "itertuples") and hasattr(self.source, "columns")
 
-    def _open(self) -> tuple[str, list[str], Iterator[InputBatch]]:
+    @contextlib.contextmanager
+    def _input(self) -> Iterator[_DataFrameInput | _FileInput]:
+        """The input, opened and checked whole (a malformed file raises InputError, naming file and line)."""
         if self._is_dataframe():
-            return "DataFrame", *_batches_of(self.source)
-        path = as_storage_path(self.source)
-        names, batches = read_input(path, self.input_format, delimiter=self.delimiter, encoding=self.encoding,
-                                    block_bytes=READ_BLOCK_BYTES)
-        if not names:  # NDJSON: nested records (e.g. prepared Gainsight PX records) map by dotted paths
-            batches = (InputBatch(lines=b.lines, row_dicts=[flatten(r) for r in b.rows()], rejected=b.rejected)
-                       for b in batches)
-        return str(self.source), names, batches
+            yield _DataFrameInput(self.source)
+            return
+        with connected(os.path.join(tempfile.gettempdir(), "gainsight_px")) as connection:
+            yield _FileInput(connection, self.source, self.input_format, self.delimiter, self.encoding)
 
-    def _check_input(self, record_format: GainsightPXRecordFormat) -> int:
-        """Columns present and every row parseable, before anything is sent; returns the row count."""
-        label, names, batches = self._open()
-        first_keys: list[str] | None = names or None
-        if self._is_dataframe():
-            rows = len(self.source)  # already parsed: nothing to read ahead
-        else:
-            rows = 0
-            for batch in batches:  # a malformed file raises InputError here, naming file and line
-                rows += len(batch) + len(batch.rejected)
-                if first_keys is None and len(batch):
-                    first_keys = list(batch.rows()[0])  # NDJSON: the columns of the first record
-        missing = record_format.missing_columns(first_keys or [])
-        if first_keys is not None and missing:
+    def _check_input(self, record_format: GainsightPXRecordFormat, source: _DataFrameInput | _FileInput) -> int:
+        """The mapped columns are in the input, before anything is sent; returns the row count."""
+        missing = record_format.missing_columns(source.names)
+        if source.names and missing:
             mapped = {column: field for field, column in record_format.field_mapping.items()}
             raise InputError(
-                label,
+                source.label,
                 "field_mapping refers to column(s) not in the input: "
                 + ", ".join(f"{column!r} (for {mapped[column]})" for column in missing)
-                + f"; the input has {', '.join(map(repr, first_keys or [])) or 'no columns'}",
+                + f"; the input has {', '.join(map(repr, source.names))}",
                 line=1,
                 column=missing[0],
             )
-        return rows
+        return source.total
 
     def _default_output(self, context: Any, suffix: str) -> Any:
         if not self._is_dataframe():
@@ -224,31 +329,32 @@ class GainsightPXLoadOperator(BaseOperator):
                 f"every Gainsight PX write carries the product key (propertyKeys): set the extra 'product_key' "
                 f"(AP-XXXXXXXXXXXX-2) on connection {self.conn_id!r}"
             )
-        total = self._check_input(record_format)
-        if record_format.entity != "CUSTOM_EVENT":  # events have no model
-            try:
-                record_format.apply_model(hook.attribute_types(record_format.entity))
-            except VendorAuthError as error:
-                hook.close()
-                raise AirflowException(f"Gainsight PX refused the API key ({error}); nothing was sent") from None
-        rejects_path = _prepare_output(self.rejects_path or self._default_output(context, ".rejects.csv"))
-        dry_run_path = None
-        if self.dry_run:
-            dry_run_path = _prepare_output(self.dry_run_path or self._default_output(context, ".dry_run.ndjson"))
-        mode = "dry run" if self.dry_run else ("update or insert" if self.insert_missing else "update only")
-        self.log.info("loading %d %s rows into Gainsight PX (%s, %d in flight at most)", total,
-                      record_format.entity, mode, self.max_concurrency)
-        run = _LoadRun(self, hook, record_format, total)
-        with RejectsFile(rejects_path) as rejects:
-            run.rejects = rejects
-            try:
-                if self.dry_run:
-                    with open_binary(dry_run_path, "wb") as raw, io.TextIOWrapper(raw, encoding="utf-8") as out:
-                        run.dry_run(out)
-                else:
-                    run.send()
-            finally:
-                hook.close()
+        with self._input() as source:
+            total = self._check_input(record_format, source)
+            if record_format.entity != "CUSTOM_EVENT":  # events have no model
+                try:
+                    record_format.apply_model(hook.attribute_types(record_format.entity))
+                except VendorAuthError as error:
+                    hook.close()
+                    raise AirflowException(f"Gainsight PX refused the API key ({error}); nothing was sent") from None
+            rejects_path = _prepare_output(self.rejects_path or self._default_output(context, ".rejects.csv"))
+            dry_run_path = None
+            if self.dry_run:
+                dry_run_path = _prepare_output(self.dry_run_path or self._default_output(context, ".dry_run.ndjson"))
+            mode = "dry run" if self.dry_run else ("update or insert" if self.insert_missing else "update only")
+            self.log.info("loading %d %s rows into Gainsight PX (%s, %d in flight at most)", total,
+                          record_format.entity, mode, self.max_concurrency)
+            run = _LoadRun(self, hook, record_format, source)
+            with RejectsFile(rejects_path) as rejects:
+                run.rejects = rejects
+                try:
+                    if self.dry_run:
+                        with open_binary(dry_run_path, "wb") as raw, io.TextIOWrapper(raw, encoding="utf-8") as out:
+                            run.dry_run(out)
+                    else:
+                        run.send()
+                finally:
+                    hook.close()
         summary = {**run.summary(), "requests": hook.requests_sent}
         if rejects.count:
             summary["rejects_path"] = str(rejects_path)
@@ -270,8 +376,9 @@ class _LoadRun:
     """One execution of the loader: counts, the pool, the rejects file."""
 
     def __init__(self, operator: GainsightPXLoadOperator, hook: GainsightPXHook,
-                 record_format: GainsightPXRecordFormat, total: int):
-        self.operator, self.hook, self.format, self.total = operator, hook, record_format, total
+                 record_format: GainsightPXRecordFormat, source: _DataFrameInput | _FileInput):
+        self.operator, self.hook, self.format, self.source = operator, hook, record_format, source
+        self.total = source.total
         self.log = operator.log
         self.counts = dict.fromkeys(SUMMARY_KEYS, 0)
         self.rejects: RejectsFile | None = None
@@ -294,13 +401,11 @@ class _LoadRun:
 
     def _rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
         """(line, record) of every valid row; invalid ones go to the rejects file on the way."""
-        _, _, batches = self.operator._open()
-        for batch in batches:
+        for batch in self.source.batches():
             for line, identifier, reason in batch.rejected:
                 self.counts["rows_read"] += 1
                 self._reject(line, identifier, reason)
-            rows = batch.rows()
-            for line, row in zip(batch.lines.tolist(), rows):
+            for line, row in zip(batch.lines, batch.rows):
                 self.counts["rows_read"] += 1
                 try:
                     yield line, self.format.build(row)

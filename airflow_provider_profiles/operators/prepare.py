@@ -24,20 +24,9 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 
 from airflow_provider_profiles.formats import DEFAULT_MAX_BYTES, get_writer
 from airflow_provider_profiles.formats.mapping import FieldMapping
-from airflow_provider_profiles.formats.pipeline import (
-    PrepareResult,
-    check_columns,
-    check_sync_writer,
-    prepare_batches,
-    prepare_file,
-)
-from airflow_provider_profiles.formats.reader import (
-    DEFAULT_BATCH_ROWS,
-    InputError,
-    read_cursor,
-)
+from airflow_provider_profiles.prepare.engine import PrepareResult, prepare
 from airflow_provider_profiles.formats.split import split_file
-from airflow_provider_profiles.formats.sync import SyncConflict, SyncState
+from airflow_provider_profiles.prepare.sync import SyncConflict, SyncState
 from airflow_provider_profiles.storage import as_storage_path
 
 
@@ -109,7 +98,9 @@ class _PrepareOperator(BaseOperator):
         if only_changed and not sync_state_path:
             raise ValueError("only_changed=True needs sync_state_path (where the last sync's snapshot lives)")
         if only_changed and not _templated(writer_options):
-            check_sync_writer(get_writer(vendor, writer_format, **(writer_options or {})))
+            refusal = get_writer(vendor, writer_format, **(writer_options or {})).sync_refusal()
+            if refusal:
+                raise ValueError(refusal)
         if include_deletions and not only_changed:
             raise ValueError("include_deletions needs only_changed=True")
         self.vendor = vendor
@@ -161,7 +152,7 @@ class _PrepareOperator(BaseOperator):
             result.read, result.written, result.rejected, result.unchanged, result.deleted, result.output,
         )
         if result.rejected:
-            self.log.warning("%d rows rejected, with line and reason, in %s", result.rejected, result.rejects)
+            self.log.warning("%d rows rejected, with record number and reason, in %s", result.rejected, result.rejects)
         for note in result.notes:
             self.log.info("%s", note)
         if self.max_rejected_ratio is not None and result.read and result.rejected / result.read > self.max_rejected_ratio:
@@ -198,7 +189,7 @@ class ProfilesFileTransformOperator(_PrepareOperator):
         options = self._options(context)
         writer, output = options.pop("writer"), options.pop("output")
         source = _storage_path(self.source_path, self.storage_conn_id)
-        result = prepare_file(
+        result = prepare(
             source, writer, output, input_format=self.input_format, delimiter=self.delimiter,
             encoding=self.encoding, allow_empty=self.allow_empty, **options,
         )
@@ -221,7 +212,7 @@ class SqlToProfilesFileOperator(_PrepareOperator):
         sql: str,
         conn_id: str,
         parameters: dict | Sequence | None = None,
-        batch_rows: int = DEFAULT_BATCH_ROWS,
+        batch_rows: int = 50_000,
         allow_empty: bool = False,
         **kwargs: Any,
     ):
@@ -249,14 +240,10 @@ class SqlToProfilesFileOperator(_PrepareOperator):
                 cursor.execute(self.sql)
             else:
                 cursor.execute(self.sql, self.parameters)
-            names, batches = read_cursor(cursor, self.batch_rows)
-            source = f"query on {self.conn_id}"
-            check_columns(source, names, writer, options.get("mapping"))
-            result = prepare_batches(batches, writer, output, **options)
+            result = prepare(f"query on {self.conn_id}", writer, output, cursor=cursor, batch_rows=self.batch_rows,
+                             allow_empty=self.allow_empty, **options)
         finally:
             connection.close()
-        if result.read == 0 and not self.allow_empty:
-            raise InputError(f"query on {self.conn_id}", "the query returned no rows; pass allow_empty=True if that is expected")
         return self._report(result)
 
 

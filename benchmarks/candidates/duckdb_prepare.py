@@ -8,7 +8,7 @@ reproduces from the provider: empty = blank after trimming; int = a finite float
 bool = true/t/yes/y/1 or false/f/no/n/0; dates = ISO 8601, naive taken as UTC (DuckDB's
 TIMESTAMPTZ cast, which also takes a few forms Python's ``fromisoformat`` does not, and the
 reverse: the benchmark data has none of them); rows rejected by the mapping take no part in the
-duplicate check, rows the writer rejects do (as in ``formats.pipeline``).
+duplicate check, rows the writer rejects do (as in the provider).
 
     rows, rejected = prepare("mediarithmics", "csv", "in.csv", "out.ndjson", "rejects.csv")
 """
@@ -111,7 +111,7 @@ VENDOR_SQL = {
         "reason": "NULL",  # no mapping: every row takes part in the duplicate check
         "key": "trim(identify_id)",
         "writer_reason": "writer_reason",
-        "line": """'{' || concat_ws(',', jfield('identifyId', identify_id), jfield('email', email),
+        "line": """'{' || concat_ws(',', jfield('identifyId', trim(identify_id)), jfield('email', email),
             jfield('firstName', first_name),
             CASE WHEN city IS NOT NULL THEN '"location":{' || jfield('city', city) || '}' END,
             jfield('signUpDate', signup_ms),
@@ -138,13 +138,17 @@ def _source_sql(input_format: str, path: str) -> str:
 
 
 def prepare(vendor: str, input_format: str, source: str, output: str, rejects: str,
-            memory_limit: str = "300MB", threads: int = 2, batch_rows: int = 50_000) -> tuple[int, int]:
-    """Writes ``output`` and ``rejects`` (position, identifier, reason); returns (written, rejected)."""
+            memory_limit: str = "300MB", threads: int = 2, batch_rows: int = 50_000,
+            settings: dict | None = None, streaming: bool = False) -> tuple[int, int]:
+    """Writes ``output`` and ``rejects`` (position, identifier, reason); returns (written, rejected).
+    ``settings``: more DuckDB configuration (e.g. ``preserve_insertion_order``). ``streaming``
+    (files only): no table of the rows; the input is read twice, see ``_prepare_streaming``."""
     import duckdb
 
     spec = VENDOR_SQL[vendor]
     connection = duckdb.connect(config={"memory_limit": memory_limit, "threads": threads,
-                                        "temp_directory": os.path.dirname(os.path.abspath(output)) + "/duckdb.tmp"})
+                                        "temp_directory": os.path.dirname(os.path.abspath(output)) + "/duckdb.tmp",
+                                        **(settings or {})})
     connection.execute("SET TimeZone = 'UTC'")
     connection.execute(MACROS)
     database = None
@@ -164,6 +168,8 @@ def prepare(vendor: str, input_format: str, source: str, output: str, rejects: s
 
         connection.register("cursor_batches", pa.RecordBatchReader.from_batches(schema, batches()))
     try:
+        if streaming:
+            return _prepare_streaming(connection, spec, _source_sql(input_format, source), output, rejects)
         connection.execute(f"""
             CREATE TEMP TABLE mapped AS
             SELECT pos, {spec['mapped']}, {spec['reason']} AS reason
@@ -193,6 +199,38 @@ def prepare(vendor: str, input_format: str, source: str, output: str, rejects: s
         connection.close()
         if database is not None:
             database.close()
+    return written, rejected
+
+
+def _prepare_streaming(connection, spec: dict, source_sql: str, output: str, rejects: str) -> tuple[int, int]:
+    """The duplicate check keeps only the repeated keys (a grouping over the first read, which
+    DuckDB spills under ``memory_limit``); the second read joins them and streams every row, its
+    line or its reject, in input order, to Python, which writes the two files."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    keyed = f"""SELECT *, {spec['key']} AS key FROM (
+        SELECT pos, {spec['mapped']}, {spec['reason']} AS reason
+        FROM (SELECT row_number() OVER () AS pos, * FROM {source_sql}))"""
+    connection.execute(f"""CREATE TEMP TABLE repeated AS SELECT key, min(pos) AS first FROM ({keyed})
+                           WHERE reason IS NULL AND key <> '' GROUP BY key HAVING count(*) > 1""")
+    rows = connection.sql(f"""
+        SELECT pos AS line, key AS identifier, reason, CASE WHEN reason IS NULL THEN {spec['line']} END AS text
+        FROM (SELECT keyed.* EXCLUDE (reason), coalesce(keyed.reason, CASE WHEN pos <> first THEN {DUPLICATE} END,
+                                                        {spec['writer_reason']}) AS reason
+              FROM ({keyed}) AS keyed LEFT JOIN repeated USING (key))""")
+    written = rejected = 0
+    schema = pa.schema([("line", pa.int64()), ("identifier", pa.string()), ("reason", pa.string())])
+    with open(output, "wb") as stream, pacsv.CSVWriter(rejects, schema) as refused:
+        if spec.get("header"):
+            stream.write(spec["header"].encode())
+        for batch in rows.to_arrow_reader(100_000):
+            accepted = pc.is_null(batch.column(2))
+            written += _write_lines(stream, pc.filter(batch.column(3), accepted))
+            bad = batch.filter(pc.invert(accepted)).select([0, 1, 2]).cast(schema)
+            refused.write_batch(bad)
+            rejected += bad.num_rows
     return written, rejected
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from airflow.providers.common.compat.sdk import AirflowException
 
-from airflow_provider_profiles.formats.reader import InputError
+from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.operators.gainsight_px import (
     SUMMARY_KEYS,
     GainsightPXLoadOperator,
@@ -241,3 +241,98 @@ def test_dataframe_source(gpx, tmp_path, monkeypatch):
 
 def test_template_fields_cover_run_dependent_values():
     assert {"source", "entity", "field_mapping", "rejects_path", "dry_run_path"} <= set(GainsightPXLoadOperator.template_fields)
+
+
+def test_lines_follow_the_file_past_quoted_line_ends_and_blank_lines(gpx, tmp_path):
+    """Rows and rejects carry the line each record starts on, as csv counts them: a quoted value
+    with line ends, blank lines and an unreadable record do not shift the lines after them."""
+    source = tmp_path / "users.csv"
+    source.write_bytes(
+        b"id,email,title\r\n"
+        b'u1,a@x.com,"two\r\nlines"\r\n'   # lines 2-3
+        b"\r\n"                            # line 4: blank
+        b"u2,b@x.com,t,extra\r\n"          # line 5: ragged
+        b"u3,nope,t\r\n"                   # line 6: bad email
+        b"u4,d@x.com,t"                    # line 7, no line end
+    )
+    summary = run(source=str(source), dry_run=True, insert_missing=True)
+    assert (summary["rows_read"], summary["rejected"], summary["unchanged_or_skipped"]) == (4, 2, 2)
+    planned = [json.loads(line) for line in open(summary["dry_run_path"])]
+    assert [(p["line"], p["id"]) for p in planned] == [(2, "u1"), (7, "u4")]
+    assert planned[0]["body"]["title"] == "two\r\nlines"
+    rejects = {int(r["line"]): r for r in rejects_of(summary)}
+    assert sorted(rejects) == [5, 6]
+    assert rejects[5]["identifier"] == "u2" and "ragged row" in rejects[5]["reason"]
+    assert rejects[6]["identifier"] == "u3" and "email" in rejects[6]["reason"]
+
+
+def test_latin1_csv(gpx, tmp_path):
+    source = tmp_path / "users.csv"
+    source.write_bytes("id,email,title\nu1,a@x.com,\"Gérant\nde café\"\nu2,b@x.com,Ça va,x\nu3,c@x.com,é\n".encode("latin-1"))
+    summary = run(source=str(source), dry_run=True, encoding="latin-1")
+    planned = [json.loads(line) for line in open(summary["dry_run_path"])]
+    assert [(p["line"], p["body"]["title"]) for p in planned] == [(2, "Gérant\nde café"), (5, "é")]
+    assert [(r["line"], r["identifier"]) for r in rejects_of(summary)] == [("4", "u2")]
+
+
+def test_nested_ndjson_maps_by_dotted_paths(gpx, tmp_path):
+    source = tmp_path / "users.ndjson"
+    source.write_text(
+        json.dumps({"id": "u1", "location": {"city": "Oslo", "coordinates": {"latitude": 59.9}}, "plan": "pro"}) + "\n"
+        + "\n"                                       # line 2: blank
+        + "[1, 2]\n"                                 # line 3: not an object
+        + json.dumps({"id": "u2", "plan": 3}) + "\n"  # line 4: no location; plan of another type
+        + json.dumps({"id": "u3", "location": {"city": "Rome"}}) + "\n"
+    )
+    mapping = {"identifyId": "id", "location.city": "location.city",
+               "location.coordinates.latitude": "location.coordinates.latitude", "customAttributes.plan": "plan"}
+    summary = run(source=str(source), dry_run=True, field_mapping=mapping)
+    planned = {p["line"]: p["body"] for p in map(json.loads, open(summary["dry_run_path"]))}
+    assert planned == {
+        1: {"identifyId": "u1", "location": {"city": "Oslo", "coordinates": {"latitude": 59.9}}, "customAttributes": {"plan": "pro"}},
+        4: {"identifyId": "u2", "customAttributes": {"plan": "3"}},
+        5: {"identifyId": "u3", "location": {"city": "Rome"}},
+    }
+    assert [(r["line"], r["identifier"]) for r in rejects_of(summary)] == [("3", "")]
+    with pytest.raises(InputError, match=r"users.ndjson, line 1, column 'location.zip'"):
+        run(source=str(source), dry_run=True, field_mapping={**mapping, "location.zip": "location.zip"})
+
+
+def test_parquet_rows_are_numbered(gpx, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = tmp_path / "users.parquet"
+    pq.write_table(pa.table({"id": ["u1", "u2", "u3"], "email": ["a@x.com", "bad", None], "title": ["t", "t", "t"]}), source)
+    summary = run(source=str(source), dry_run=True)
+    assert [json.loads(line)["line"] for line in open(summary["dry_run_path"])] == [1, 3]
+    assert [(r["line"], r["identifier"]) for r in rejects_of(summary)] == [("2", "u2")]
+
+
+def test_an_empty_csv_is_an_input_error(gpx, tmp_path):
+    source = tmp_path / "users.csv"
+    source.write_bytes(b"")
+    with pytest.raises(InputError, match=r"users.csv, line 1: the file is empty"):
+        run(source=str(source))
+    assert sum(gpx.emulator.counters.values()) == 0
+
+
+def test_rows_are_numbered_by_record_if_lines_cannot_be_found(gpx, tmp_path, monkeypatch):
+    """Never expected: the walk of the file disagrees with DuckDB's records. The load still runs,
+    numbering rows by record; the unreadable ones keep their line."""
+    from airflow_provider_profiles.operators import gainsight_px
+    from airflow_provider_profiles.prepare.lines import LinesOutOfStep
+
+    class OutOfStep:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def take(self, count):
+            raise LinesOutOfStep("test")
+
+    monkeypatch.setattr(gainsight_px, "RecordLines", OutOfStep)
+    source = tmp_path / "users.csv"
+    source.write_text('id,email,title\nu1,a@x.com,"a\nb"\nu2,b@x.com,t,x\nu3,c@x.com,t\n')
+    summary = run(source=str(source), dry_run=True)
+    assert [json.loads(line)["line"] for line in open(summary["dry_run_path"])] == [1, 2]
+    assert [(r["line"], r["reason"][:10]) for r in rejects_of(summary)] == [("4", "ragged row")]

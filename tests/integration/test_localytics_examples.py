@@ -40,8 +40,8 @@ def test_profiles_example(localytics_default, run_dag, tmp_path):
     assert (summary["read"], summary["rejected_before_upload"], summary["sent"]) == (7, 2, 5)
     assert (summary["imported"], summary["failed_at_localytics"]) == (5, 0)
     with open(summary["rejects_file"], newline="") as handle:
-        rejects = {row["line"]: row["reason"] for row in csv.DictReader(handle)}
-    assert "not an ISO date" in rejects["6"] and "customer id is empty" in rejects["7"]
+        rejects = {row["record"]: row["reason"] for row in csv.DictReader(handle)}
+    assert "not an ISO date" in rejects["5"] and "customer id is empty" in rejects["6"]
     profiles = localytics_default.emulator.snapshot()["profiles"]["org_id:60"]
     assert profiles["c-1004"] == {"plan": "gold", "signup_date": "2022-07-30",
                                   "interests": ["travel", "food", "news"], "login_count": 12}

@@ -31,7 +31,7 @@ def test_example_new_import_per_run_uploads_each_chunk_and_reconciles(emulator, 
     assert (summary["read"], summary["rejected_before_upload"], summary["sent"]) == (20, 2, 18)
     assert (summary["imported"], summary["failed_at_mediarithmics"]) == (18, 0)
     with open(summary["rejects_file"], newline="") as handle:
-        assert [row["line"] for row in csv.DictReader(handle)] == ["8", "14"]
+        assert [row["record"] for row in csv.DictReader(handle)] == ["7", "13"]
     [definition] = server.emulator.snapshot()["document_imports"].values()
     assert definition["name"] == f"User profiles from CRM - {dag_run.logical_date:%Y-%m-%d}"
     assert server.emulator.summary()["executions"] == {"SUCCEEDED": 3}

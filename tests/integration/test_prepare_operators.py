@@ -126,8 +126,8 @@ def test_file_transform_operator_with_mapping_and_rejects(tmp_path):
     assert (result["read"], result["written"], result["rejected"]) == (3, 1, 2)
     assert (tmp_path / "out" / "apsis.csv").read_text() == "email,first_name,joined\na@x.io,Ann,2024-01-05\n"
     rejects = (tmp_path / "out" / "apsis.csv.rejects.csv").read_text().splitlines()
-    assert rejects[1].startswith("3,not-an-email,email: not an email address")
-    assert rejects[2].startswith("4,c@x.io,joined: '05/01/2024' is not an ISO 8601 date")
+    assert rejects[1].startswith("2,not-an-email,email: not an email address")
+    assert rejects[2].startswith("3,c@x.io,joined: '05/01/2024' is not an ISO 8601 date")
     assert set(operator.template_fields) >= {"source_path", "output_path", "mapping", "sync_state_path"}
 
 

@@ -102,12 +102,12 @@ def test_user_identifiers_dissociation_lines():
 
 def test_the_duplicate_check_keys_users_by_type_compartment_and_value(tmp_path):
     from airflow_provider_profiles.formats import get_writer
-    from airflow_provider_profiles.formats.pipeline import prepare_file
+    from airflow_provider_profiles.prepare.engine import prepare
 
     source = tmp_path / "in.csv"
     source.write_text("user_account_id,compartment_id,email_hash,plan\n"
                       "u1,7,,a\nu1,8,,b\nu1,,,c\n,,u1,d\nu1,7,,e\n")
-    result = prepare_file(str(source), get_writer("mediarithmics", "USER_PROFILE"), str(tmp_path / "out.ndjson"))
+    result = prepare(str(source), get_writer("mediarithmics", "USER_PROFILE"), str(tmp_path / "out.ndjson"))
     assert (result.written, result.rejected) == (4, 1)  # only the last row repeats a user (u1 in compartment 7)
     lines = [json.loads(line) for line in (tmp_path / "out.ndjson").read_text().splitlines()]
     assert [line["user_profile"]["plan"] for line in lines] == ["a", "b", "c", "d"]

@@ -110,9 +110,3 @@ def test_fingerprint_follows_the_mapping():
     assert one == FieldMapping({"a": "x"}).fingerprint()
     assert one != FieldMapping({"a": "y"}).fingerprint()
     assert one != FieldMapping({"a": "x"}, vendor="localytics").fingerprint()
-
-
-def test_only_plain_mappings_run_on_columns():
-    assert FieldMapping({"a": "x", "b": {"const": "k"}}).columnar
-    assert not FieldMapping({"a": {"source": "x", "type": "int"}}).columnar
-    assert not FieldMapping({"a.b": "x"}).columnar

@@ -8,10 +8,10 @@ import uuid
 import pytest
 
 from airflow_provider_profiles.formats import get_writer
-from airflow_provider_profiles.formats.pipeline import prepare_file
-from airflow_provider_profiles.formats.reader import InputError
+from airflow_provider_profiles.prepare.engine import prepare
+from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.formats.split import split_file
-from airflow_provider_profiles.formats.sync import SyncState
+from airflow_provider_profiles.prepare.sync import SyncState
 
 
 @pytest.fixture
@@ -35,12 +35,12 @@ def test_prepare_split_and_sync_in_object_storage(bucket):
     writer = get_writer("localytics", "changes", attributes={"name": "name", "city": "city"}, customer_id="id")
     state = SyncState(f"{root}/state")
 
-    result = prepare_file(str(source), writer, f"{root}/out/users.ndjson", rejects=f"{root}/out/rejects.csv",
-                          sync=state, sync_run_key="r1")
+    result = prepare(str(source), writer, f"{root}/out/users.ndjson", rejects=f"{root}/out/rejects.csv",
+                     sync=state, sync_run_key="r1")
     assert (result.read, result.written, result.rejected) == (3, 2, 1)
     lines = [json.loads(line) for line in Path(f"{root}/out/users.ndjson").read_text().splitlines()]
     assert lines[0]["changes"][1]["value"] == "Paris\nNord"
-    assert Path(f"{root}/out/rejects.csv").read_text().splitlines()[1].startswith("5,,id: customer id is empty")
+    assert Path(f"{root}/out/rejects.csv").read_text().splitlines()[1].startswith("3,,id: customer id is empty")  # the third record
 
     chunks = split_file(f"{root}/out/users.ndjson", max_rows=1)
     assert chunks == [f"{root}/out/users.chunks/users.part-00000.ndjson", f"{root}/out/users.chunks/users.part-00001.ndjson"]
@@ -50,7 +50,7 @@ def test_prepare_split_and_sync_in_object_storage(bucket):
 
     state.commit("r1")
     assert state.current()["rows"] == 2
-    again = prepare_file(str(source), writer, f"{root}/out/again.ndjson", sync=state, sync_run_key="r2")
+    again = prepare(str(source), writer, f"{root}/out/again.ndjson", sync=state, sync_run_key="r2")
     assert (again.written, again.unchanged, again.rejected) == (0, 2, 1)
 
 
@@ -60,4 +60,4 @@ def test_errors_name_the_object(bucket):
     source.write_bytes("id,name,city\n1,Jos\xe9,X\n".encode("latin-1"))
     writer = get_writer("localytics", "changes", attributes={"name": "name", "city": "city"}, customer_id="id")
     with pytest.raises(InputError, match=r"bad.csv, line 2, column 'name': not valid UTF-8"):
-        prepare_file(str(source), writer, f"{root}/out.ndjson")
+        prepare(str(source), writer, f"{root}/out.ndjson")

@@ -7,11 +7,15 @@ import io
 import json
 import os
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from airflow_provider_profiles.formats.records import first_record_end, last_record_end, record_ends
 from airflow_provider_profiles.formats.split import RecordTooLarge, split_file
+from airflow_provider_profiles.prepare.errors import InputError
+from tests.unit.csv_corpus import csv_files, expected_records
 
 # A bare CR is a record separator to CSV readers (and Python's writer leaves it unquoted), so
 # carriage returns only appear as CRLF inside quoted values.
@@ -122,13 +126,126 @@ def test_no_limit_returns_the_file(tmp_path):
 @pytest.mark.parametrize("limits", [{"max_bytes": 2_000}, {"max_rows": 10}], ids=["bytes", "rows"])
 def test_an_unclosed_quote_is_an_error_at_its_line(tmp_path, monkeypatch, limits):
     """A quote never closed makes the rest of the file one record: the split says so at that
-    record's line as soon as the record outgrows a chunk (or, with a row limit only, the reader's
+    record's line as soon as the record outgrows a chunk (or, with a row limit only, the split's
     MAX_RECORD_BYTES), without reading the rest into memory first."""
-    from airflow_provider_profiles.formats import reader
+    from airflow_provider_profiles.formats import split
 
-    monkeypatch.setattr(reader, "MAX_RECORD_BYTES", 20_000)
+    monkeypatch.setattr(split, "MAX_RECORD_BYTES", 20_000)
     source = tmp_path / "open.csv"
     source.write_text("id,v\n" + "".join(f"{i},ok\n" for i in range(1, 20)) + '20,"never closed\n' + "21,x\n" * 50_000)
     expected = "the record at line 21 " + ("is larger than max_bytes" if "max_bytes" in limits else "runs over 0.0 MB: is a quote left open")
     with pytest.raises(RecordTooLarge, match=expected):
         split_file(str(source), **limits, block_bytes=4_096)
+
+
+# --- CSV records as Python's csv module reads them (the generated files in csv_corpus.py):
+# quotes left open, CR / LF / CRLF line ends, quotes inside unquoted values ----------------------
+
+HEADER = b"id,name,city\n"
+BODY = b"".join(b"%d,n%d,c%d\n" % (i, i, i) for i in range(1, 2000))
+
+
+def test_split_stops_at_a_quote_open_in_the_header(tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_bytes(b'id,"name,city\n1,a,b\n')
+    with pytest.raises(InputError, match="in.csv, line 1: the quote at character 4 .* never closed"):
+        split_file(str(source), str(tmp_path / "chunks"), max_rows=1)
+
+
+@pytest.mark.parametrize("limits", [{"max_bytes": 200_000}, {"max_rows": 500}], ids=["bytes", "rows"])
+def test_split_stops_at_a_quote_open_at_the_end(tmp_path, limits):
+    source = tmp_path / "in.csv"
+    source.write_bytes(HEADER + BODY + b'2000,"Zoe,Oslo\n' + BODY)
+    with pytest.raises(InputError) as caught:
+        split_file(str(source), str(tmp_path / "chunks"), **limits, block_bytes=4096)
+    assert (caught.value.line, caught.value.column) == (2001, "name") and "in.csv" in str(caught.value)
+    assert not (tmp_path / "chunks").exists() or not list((tmp_path / "chunks").iterdir())
+
+
+def test_split_cuts_a_cr_only_file(tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_bytes(b"id,v\r" + b"".join(b'%d,"x\ry"\r' % i for i in range(100)))
+    chunks = split_file(str(source), str(tmp_path / "chunks"), max_rows=30, block_bytes=64)
+    assert len(chunks) == 4
+    rows = []
+    for chunk in chunks:
+        parsed = parse(open(chunk, "rb").read())
+        assert parsed[0] == ["id", "v"] and len(parsed) - 1 <= 30
+        rows += parsed[1:]
+    assert rows == [[str(i), "x\ry"] for i in range(100)]
+
+
+
+
+@settings(max_examples=100, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(file=csv_files(), max_rows=st.integers(1, 4), max_bytes=st.one_of(st.none(), st.integers(60, 200)),
+       block_bytes=st.sampled_from([8, 64, 1 << 20]))
+def test_split_agrees_with_the_csv_module(tmp_path_factory, file, max_rows, max_bytes, block_bytes):
+    columns, text, open_line = file
+    folder = tmp_path_factory.mktemp("s")
+    source = folder / "in.csv"
+    source.write_bytes(text.encode("utf-8"))
+    records = expected_records(text)
+    limits = {"max_rows": max_rows, "max_bytes": max_bytes, "block_bytes": block_bytes}
+    if open_line is not None:
+        with pytest.raises((InputError, RecordTooLarge)) as caught:
+            split_file(str(source), str(folder / "chunks"), **limits)
+        if caught.type is InputError:
+            assert caught.value.line == open_line and "never closed" in str(caught.value)
+        return
+    try:
+        chunks = split_file(str(source), str(folder / "chunks"), **limits)
+    except RecordTooLarge:
+        assert max_bytes is not None
+        return
+    recovered = []
+    for chunk in chunks:
+        parsed = [values for values in csv.reader(io.StringIO(open(chunk, "rb").read().decode(), newline="")) if values]
+        assert parsed[0] == records[0][1]
+        recovered += parsed[1:]
+    assert recovered == [values for _, values in records[1:]]
+
+
+# --- record ends (formats/records.py) against a walk through csv's states --------------------------
+
+
+def csv_record_ends(block: bytes, start: int, end: int, complete: bool) -> list[int]:
+    """Record ends in block[start:end] by a walk through the states of Python's csv reader: a
+    quote opens a value only at the start of a field; a line ends at LF, CR or CRLF (a CR at
+    ``end`` only if ``complete``: else an LF may follow)."""
+    expected, state, position = [], "start", start
+    while position < end:
+        char = block[position]
+        if state == "quoted":
+            state = "quote" if char == ord('"') else "quoted"
+        elif char in (10, 13):
+            if char == 13 and position + 1 == end and not complete:
+                break
+            if char == 13 and position + 1 < end and block[position + 1] == 10:
+                position += 1
+            expected.append(position + 1)
+            state = "start"
+        elif char == ord(","):
+            state = "start"
+        elif char == ord('"') and state in ("start", "quote"):
+            state = "quoted"  # opens a value, or (after a closing quote) is a quote in it
+        else:
+            state = "field"
+        position += 1
+    return expected
+
+
+def test_record_ends_agree_with_a_character_walk():
+    """Every record end, the first and the last, in any slice of a block that starts at a record start
+    (formats/records.py, what split cuts at)."""
+    rng = np.random.default_rng(17)
+    for _ in range(600):
+        prefix = [b"", b"s\n", b'p,"q\nr"\n', b"t\r"][int(rng.integers(0, 4))]  # whole records before start
+        block = prefix + bytes(rng.choice(list(b'ab,"\n\r'), size=int(rng.integers(0, 40))).astype(np.uint8))
+        start = len(prefix)
+        end = int(rng.integers(start, len(block) + 1))
+        expected = csv_record_ends(block, start, end, complete=True)
+        assert record_ends(block, start, end).tolist() == expected, (block, end)
+        expected = csv_record_ends(block, start, end, complete=False)
+        assert last_record_end(block, start, end) == (expected[-1] if expected else start), (block, end)
+        assert first_record_end(block[start:end]) == (expected[0] - start if expected else None), (block, end)

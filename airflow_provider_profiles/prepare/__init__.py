@@ -1,0 +1,1 @@
+"""The prepare engine: DuckDB in process (see engine.py)."""

@@ -1,0 +1,646 @@
+"""Inputs opened as DuckDB relations: CSV, NDJSON and Parquet files (local or object storage) and
+DB-API cursors, with the trust rules of the provider's reader kept.
+
+Every relation carries ``__record``, the 1-based number of each readable record in input order
+(``row_number() OVER ()`` is a streaming window that keeps the scan's order; Parquet has its own
+row numbers, a cursor's are counted as its batches come). Records that cannot be parsed go to
+``Source.unreadable`` with their physical line; input that would be read wrongly as a whole (a
+quote never closed, bytes not in the declared encoding) stops the run with an ``InputError``
+naming file, line and column.
+
+CSV rules (those of Python's csv module, which the provider has always followed): every value is
+text, an empty value is "" (never NULL); a quote opens a value only at the start of a field, so
+``5" screen`` is text; a line ends at LF, CR or CRLF, mixed in one file too; blank lines are
+skipped; a record with too few or too many fields is unreadable. One deviation: text after a
+closing quote (``"a"b``) stops the run (csv glued it to the value: ``ab``).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import os
+import re
+import tempfile
+import uuid
+import weakref
+from dataclasses import dataclass
+
+import duckdb
+
+from airflow_provider_profiles.prepare.errors import InputError, guess_format
+from airflow_provider_profiles.storage import as_storage_path, is_local, local_path, open_binary
+
+CHUNK_BYTES = 4 << 20
+# DuckDB cuts the text of a rejected record here; past it a quoted value is taken as left open.
+REJECT_TEXT_CHARS = 10_000
+MAX_HEADER_CHARS = 1 << 20
+
+
+@dataclass
+class Source:
+    relation: str
+    names: list[str]
+    types: dict[str, str]
+    unreadable: str | None
+    description: str
+
+
+def quote_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _unique(prefix: str) -> str:
+    return f"__{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def _types(connection, relation: str) -> dict[str, str]:
+    rows = connection.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
+    return {row[0]: row[1] for row in rows if row[0] != "__record"}
+
+
+def open_source(connection, source, input_format: str | None = None, *, delimiter: str = ",",
+                encoding: str = "utf-8") -> Source:
+    """Open ``source`` (a local path, an ``ObjectStoragePath`` or an fsspec URL) on ``connection``."""
+    path = as_storage_path(source)
+    input_format = (input_format or guess_format(path)).lower()
+    if input_format == "csv":
+        return _open_csv(connection, path, delimiter, encoding)
+    if input_format in ("ndjson", "jsonl", "json"):
+        return _open_ndjson(connection, path, encoding)
+    if input_format == "parquet":
+        return _open_parquet(connection, path)
+    raise ValueError(f"unknown input format {input_format!r}; use one of csv, ndjson, parquet")
+
+
+def _location(connection, path) -> str:
+    """What DuckDB reads: a local file by its name; anything else through its fsspec filesystem,
+    registered with the connection once per protocol."""
+    if is_local(path):
+        return local_path(path)
+    # DuckDB keeps the first filesystem registered for a protocol: one store (one set of
+    # credentials) per protocol and connection.
+    try:
+        connection.register_filesystem(path.fs)
+    except duckdb.Error as error:
+        if "already been registered" not in str(error):
+            raise
+    return str(path)
+
+
+def _utf8(encoding: str) -> bool:
+    return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
+
+
+# --- CSV ----------------------------------------------------------------------------------------
+
+
+def _open_csv(connection, path, delimiter: str, encoding: str) -> Source:
+    if len(delimiter) != 1 or delimiter in '"\r\n':
+        raise ValueError(f"the delimiter must be one character other than a quote or a line end, not {delimiter!r}")
+    names, blank_lines, mixed = _csv_header(path, delimiter, encoding)
+    description = f"csv|{delimiter}|{codecs.lookup(encoding).name}|{json.dumps(names)}"
+    if not names:  # an empty file: no rows (the engine says what that means)
+        return Source("(SELECT NULL::BIGINT AS __record WHERE false)", [], {}, None, description)
+    # Anything DuckDB cannot read as strict UTF-8 CSV is rewritten first: another encoding, or
+    # line ends of more than one kind (DuckDB's strict parser wants one kind per file).
+    if mixed:  # seen at the start (DuckDB would take the rest of the file for the header)
+        location = _transcoded(connection, path, encoding, delimiter, line_ends=True)
+    elif not _utf8(encoding):
+        location = _transcoded(connection, path, encoding, delimiter)
+    else:
+        location = _location(connection, path)
+    for line_ends_made_one in (mixed, True):
+        try:
+            rejects = _scan_csv(connection, location, names, delimiter, blank_lines)
+        except duckdb.InvalidInputException as error:
+            if "invalid state" not in str(error) or line_ends_made_one:
+                raise InputError(path, f"not readable as CSV: {_first_line(error)}") from None
+        else:
+            # a quote DuckDB finds unclosed may be one closed before a line end of another kind
+            if line_ends_made_one or not any(reject[3] == "UNQUOTED VALUE" for reject in rejects):
+                break
+        location = _transcoded(connection, path, encoding, delimiter, line_ends=True)
+    unreadable = _csv_unreadable(connection, path, location, names, delimiter, rejects)
+    columns = ", ".join(f"coalesce({quote_name(name)}, '') AS {quote_name(name)}" for name in names)
+    relation = f"(SELECT {columns}, row_number() OVER () AS __record FROM {_read_csv(location, names, delimiter, blank_lines)})"
+    return Source(relation, names, {name: "VARCHAR" for name in names}, unreadable, description)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0]
+
+
+def _read_csv(location: str, names: list[str], delimiter: str, blank_lines: int,
+              rejects: tuple[str, str] | None = None) -> str:
+    columns = "{" + ", ".join(f"{quote_text(name)}: 'VARCHAR'" for name in names) + "}"
+    errors = (f"store_rejects=true, rejects_table={quote_text(rejects[0])}, rejects_scan={quote_text(rejects[1])}"
+              if rejects else "ignore_errors=true")
+    return (f"read_csv({quote_text(location)}, auto_detect=false, header=true, skip={blank_lines}, delim={quote_text(delimiter)}, "
+            f"quote='\"', escape='\"', columns={columns}, strict_mode=true, encoding='utf-8', {errors})")
+
+
+def _scan_csv(connection, location: str, names: list[str], delimiter: str, blank_lines: int) -> list[tuple]:
+    """Reads the file once to find its unreadable records: (record start, column index, column
+    name, error type, record text, DuckDB's message), in file order."""
+    table, scans = _unique("csv_rejects"), _unique("csv_scans")
+    try:
+        # every column read (count(*) alone lets DuckDB skip the values and their UTF-8 check)
+        counts = ", ".join(f"count({quote_name(name)})" for name in names)
+        connection.execute(f"SELECT {counts} FROM {_read_csv(location, names, delimiter, blank_lines, (table, scans))}").fetchall()
+        return connection.execute(
+            f"SELECT line_byte_position, column_idx, column_name, error_type, csv_line, error_message "
+            f"FROM {table} ORDER BY line_byte_position, column_idx").fetchall()
+    finally:
+        connection.execute(f"DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {scans}")
+
+
+def _csv_header(path, delimiter: str, encoding: str) -> tuple[list[str], int, bool]:
+    """The names in the first record, as csv reads it ([] for an empty file), the blank lines
+    before it (csv skips them; DuckDB would take the first for the header), and whether the text
+    read has line ends of more than one kind."""
+    # bytes that do not decode show as U+FFFD: only those in the header matter here
+    decoder = codecs.getincrementaldecoder("utf-8-sig" if _utf8(encoding) else encoding)(errors="replace")
+    text = ""
+    with open_binary(path) as stream:
+        while True:
+            data = stream.read(1 << 16)
+            text += decoder.decode(data, final=not data)
+            end = _first_record_end(text, delimiter)
+            if end is not None or not data or len(text) > MAX_HEADER_CHARS:  # a quote left open: said below
+                break
+    if not text.strip("\r\n"):
+        return [], 0, False
+    unquoted = "".join(_quoted_values(delimiter, True).split(text.removesuffix("\r"))[0::2])
+    crlf = unquoted.count("\r\n")
+    mixed = sum(1 for count in (crlf, unquoted.count("\r") - crlf, unquoted.count("\n") - crlf) if count) > 1
+    stripped = text.lstrip("\r\n")
+    blank = text[: len(text) - len(stripped)].encode()
+    blank_lines = _line_ends_between(blank, 0, len(blank), False)
+    text = stripped
+    end = _first_record_end(text, delimiter)
+    if end is None:
+        if _open_quote(text, delimiter) is not None:
+            raise InputError(path, _never_closed(_open_quote(text, delimiter) + 1), line=blank_lines + 1)
+        if len(text) > MAX_HEADER_CHARS:
+            raise InputError(path, f"no header line end in the first {MAX_HEADER_CHARS:,} characters: is this CSV?",
+                             line=blank_lines + 1)
+        end = len(text)
+    if "\ufffd" in text[:end]:
+        raise InputError(path, f"the header is not valid {encoding}; pass encoding= with the file's encoding", line=blank_lines + 1)
+    names = [name.strip() for name in next(csv.reader(io.StringIO(text[:end], newline=""), delimiter=delimiter))]
+    for index, name in enumerate(names):
+        if not name:
+            raise InputError(path, f"header field {index + 1} is empty: every column needs a name", line=blank_lines + 1)
+        if name in names[:index]:
+            raise InputError(path, f"column {name!r} appears twice in the header", line=blank_lines + 1, column=name)
+    return names, blank_lines, mixed
+
+
+def _fields(text: str, delimiter: str):
+    """Walk a record as csv does: yields (field start, quote closes at or -1) per field, and stops
+    at the record's line end (its offset is the last item's start when the field is None)."""
+    position, length = 0, len(text)
+    while True:
+        start = position
+        if position < length and text[position] == '"':
+            position += 1
+            while True:
+                position = text.find('"', position)
+                if position < 0:
+                    yield start, -1
+                    return
+                if text.startswith('""', position):
+                    position += 2
+                    continue
+                break
+            closed = position
+            position += 1
+        else:
+            closed = None
+        while position < length and text[position] not in (delimiter, "\r", "\n"):
+            position += 1
+        yield start, closed
+        if position >= length or text[position] != delimiter:
+            yield position, None  # the record's end
+            return
+        position += 1
+
+
+def _first_record_end(text: str, delimiter: str) -> int | None:
+    """Offset just past the first record's line end, None if it is not in ``text`` yet."""
+    *_, (end, closed) = _fields(text, delimiter)
+    if closed == -1 or end >= len(text) or (text[end] == "\r" and end + 1 == len(text)):
+        return None
+    return end + (2 if text.startswith("\r\n", end) else 1)
+
+
+def _open_quote(text: str, delimiter: str) -> int | None:
+    for start, closed in _fields(text, delimiter):
+        if closed == -1:
+            return start
+    return None
+
+
+def _never_closed(character: int) -> str:
+    return (f"the quote at character {character} of this line is never closed: the rest of the file would be "
+            'one value. Close it, or write a quote inside a quoted value as ""')
+
+
+_COUNT = re.compile(r"Found: (\d+)")
+
+
+def _csv_unreadable(connection, path, location: str, names: list[str], delimiter: str, rejects: list[tuple]) -> str:
+    """The unreadable records as a temporary table (line, reason); raises for the problems that
+    make the file as a whole unreadable."""
+    table = _unique("unreadable")
+    connection.execute(f"CREATE TEMP TABLE {table} (line BIGINT, reason VARCHAR)")
+    if not rejects:
+        return table
+    opener = _opener(path, location)
+    starts, texts = _record_starts(opener, rejects)
+    order = sorted(range(len(starts)), key=starts.__getitem__)
+    lines = [0] * len(starts)
+    for index, count in zip(order, _lines_before(opener, [starts[index] for index in order])):
+        lines[index] = count
+    rows, ragged = [], set()
+    for (start, column_index, column, kind, _, message), text, line in zip(rejects, texts, lines):
+        line += 1
+        if kind in ("MISSING COLUMNS", "TOO MANY COLUMNS") and start in ragged:
+            continue  # DuckDB rejects a short record once per missing column: the first says its count
+        column = names[column_index - 1] if column_index and column_index <= len(names) else column
+        if kind == "UNQUOTED VALUE":
+            fields = list(_fields(text, delimiter))
+            index = column_index - 1 if column_index else 0
+            quote, closed = fields[min(index, len(fields) - 1)]
+            # Always an error, never a reject: after such a quote DuckDB's recovery is not to be
+            # trusted (2.0.1 drops the next record when it ends the file: 1,"a"b,c then 2,x,y
+            # reads no row at all).
+            if closed is None:  # not where csv sees a quoted value: DuckDB's word for it
+                raise InputError(path, f"{message} Check the quotes of this record", line=line, column=column)
+            if closed == -1 or len(text) >= REJECT_TEXT_CHARS or "\n" in text[quote:closed] or "\r" in text[quote:closed]:
+                # a quote left open: csv would make the rest of the file (or a long stretch of
+                # lines) one value, so the file cannot be read as its author meant
+                before = text[:quote]
+                line_start = max(before.rfind("\n"), before.rfind("\r")) + 1
+                quote_line = line + len(re.findall(r"\r\n|\r|\n", before))
+                raise InputError(path, _never_closed(quote - line_start + 1), line=quote_line, column=column)
+            raise InputError(path, "text after the closing quote of this value: quote the whole value, and write a "
+                             'quote inside it as ""', line=line, column=column)
+        elif kind == "INVALID ENCODING":
+            raise InputError(path, "not valid UTF-8; pass encoding='latin-1' (or the file's encoding) if the file "
+                             "is not UTF-8", line=line, column=column)
+        elif kind in ("MISSING COLUMNS", "TOO MANY COLUMNS"):
+            fields = list(_fields(text, delimiter)) if text and len(text) < REJECT_TEXT_CHARS else []
+            found = _COUNT.search(message)
+            if fields and fields[-1][1] != -1:  # the whole record: its fields, and its end
+                count = str(len(fields) - 1)  # (DuckDB says 'Found: n + 1' for any longer record)
+            else:
+                count = found.group(1) if found else "a different number of"
+            ragged.add(start)
+            rows.append((line, f"ragged row: expected {len(names)} fields, found {count}"))
+        else:
+            rows.append((line, f"{message} (column {column!r})" if column else message))
+    _insert(connection, table, rows)
+    return table
+
+
+def _insert(connection, table: str, rows: list[tuple[int, str]]) -> None:
+    """(line, reason) rows into ``table``, as two lists in one statement (executemany runs one
+    statement per row: minutes for 100,000 rejects)."""
+    if rows:
+        lines, reasons = zip(*rows)
+        connection.execute(f"INSERT INTO {table} SELECT unnest($1::BIGINT[]), unnest($2::VARCHAR[])",
+                           [list(lines), list(reasons)])
+
+
+def _opener(path, location: str):
+    """Opens the bytes DuckDB read: the input, or its transcoded copy (a local file)."""
+    return (lambda: open(location, "rb")) if os.path.isabs(location) and os.path.exists(location) else (lambda: open_binary(path))
+
+
+def _record_starts(opener, rejects: list[tuple]) -> tuple[list[int], list[str]]:
+    """Where each rejected record starts, and its text. DuckDB's ``line_byte_position`` may point
+    a byte off (after a record's first character in an LF file), and its text of the record may be
+    empty: the record is looked up in the file around that position."""
+    starts, texts = [], []
+    with opener() as stream:
+        for position, *_, text, _ in rejects:
+            position = position or 0
+            low = max(0, position - 4)
+            stream.seek(low)
+            text = text.lstrip("\r\n")
+            probe = text[:64].encode("utf-8", errors="replace")
+            window = stream.read(position - low + (len(probe) + 8 if probe else REJECT_TEXT_CHARS))
+            found, at = [], window.find(probe) if probe else -1
+            while at >= 0:
+                found.append(at)
+                at = window.find(probe, at + 1)
+            if found:
+                start = low + min(found, key=lambda at: abs(low + at - position))
+            else:  # a record starts after a line end: step back to it
+                start = position
+                while start > low and start > position - 2 and window[start - low - 1 : start - low] not in (b"\n", b"\r"):
+                    start -= 1
+                text = text or window[start - low :].decode("utf-8", errors="replace")
+            starts.append(start)
+            texts.append(text)
+    return starts, texts
+
+
+def _lines_before(opener, offsets: list[int]) -> list[int]:
+    """Line ends (LF, CR, CRLF) before each of the sorted ``offsets``, in one pass over the file,
+    each byte counted once."""
+    counts, lines, base, previous_cr = [], 0, 0, False
+    with opener() as stream:
+        while len(counts) < len(offsets):
+            data = stream.read(CHUNK_BYTES)
+            at = 0
+            while len(counts) < len(offsets) and (offsets[len(counts)] < base + len(data) or not data):
+                upto = min(offsets[len(counts)] - base, len(data))
+                lines += _line_ends_between(data, at, upto, data[at - 1] == 13 if at else previous_cr)
+                at = upto
+                counts.append(lines)
+            if not data:
+                break
+            lines += _line_ends_between(data, at, len(data), data[at - 1] == 13 if at else previous_cr)
+            previous_cr, base = data.endswith(b"\r"), base + len(data)
+    return counts
+
+
+def _line_ends_between(data: bytes, start: int, end: int, after_cr: bool) -> int:
+    """Line ends in data[start:end]; an LF at ``start`` right after a CR (``after_cr``) ends the
+    line that CR already ended."""
+    count = data.count(b"\n", start, end) + data.count(b"\r", start, end) - data.count(b"\r\n", start, end)
+    return count - 1 if after_cr and start < end and data[start] == 10 else count
+
+
+def _quoted_values(delimiter: str, text: bool) -> re.Pattern:
+    """A value quoted at the start of a field, closed or open to the end: as a split group."""
+    pattern = r'((?:(?<=[' + re.escape(delimiter) + r'\r\n])|\A)"(?:[^"]|"")*+(?:"|\Z))'
+    return re.compile(pattern if text else pattern.encode())
+
+
+def _one_line_end(buffer, quoted: re.Pattern, final: bool):
+    """(``buffer`` up to its last record end with every line end outside quoted values made LF,
+    the rest). A CR ending the buffer may be half a CRLF, and a quoted value may go on in the
+    next chunk: both stay in the rest unless ``final``."""
+    cr, lf = ("\r", "\n") if isinstance(buffer, str) else (b"\r", b"\n")
+    parts = quoted.split(buffer)  # unquoted text at even places, quoted values at odd ones
+    rest = buffer[:0]
+    if not final:
+        offset = len(buffer)
+        for index in range(len(parts) - 1, -1, -1):
+            offset -= len(parts[index])
+            segment = parts[index]
+            if index % 2:
+                continue
+            if index == len(parts) - 1 and segment.endswith(cr):
+                segment = segment[:-1]
+            at = max(segment.rfind(lf), segment.rfind(cr)) + 1
+            if at:
+                rest = buffer[offset + at:]
+                parts = parts[:index] + [segment[:at]]
+                break
+        else:
+            return buffer[:0], buffer
+    return buffer[:0].join(part if index % 2 else part.replace(cr + lf, lf).replace(cr, lf)
+                           for index, part in enumerate(parts)), rest
+
+
+def _transcoded(connection, path, encoding: str, delimiter: str, line_ends: bool = False) -> str:
+    """A UTF-8 copy of the file in a temporary file removed with the connection, streamed chunk by
+    chunk; with ``line_ends``, every line end outside quoted values made LF (values keep theirs)."""
+    decode = not _utf8(encoding)
+    decoder = codecs.getincrementaldecoder(encoding)() if decode else None
+    quoted = _quoted_values(delimiter, decode)
+    handle, name = tempfile.mkstemp(prefix="profiles-source-", suffix=".csv")
+    weakref.finalize(connection, _remove, name)
+    carry, lines, first = ("" if decode else b""), 0, True
+    with os.fdopen(handle, "wb") as output, open_binary(path) as stream:
+        while True:
+            data = stream.read(CHUNK_BYTES)
+            if decode:
+                try:
+                    data = decoder.decode(data, final=not data)
+                except UnicodeDecodeError as error:
+                    at = lines + _line_ends_between(error.object, 0, error.start, False) + 1
+                    raise InputError(path, f"not valid {encoding} ({error.reason}); pass encoding= with the "
+                                     "file's encoding", line=at) from None
+                data = data.lstrip("\ufeff") if first else data
+            elif first and data.startswith(codecs.BOM_UTF8):
+                data = data[3:]
+            first = False
+            part = data
+            if line_ends:
+                # a record longer than 64 MB (a quote left open) is written as it is: DuckDB then says so
+                part, carry = _one_line_end(carry + data, quoted, final=not data or len(carry) > (64 << 20))
+            if decode:
+                lines += part.count("\n") + part.count("\r") - part.count("\r\n")
+                part = part.encode("utf-8")
+            output.write(part)
+            if not data:
+                break
+    return name
+
+
+def _remove(name: str) -> None:
+    try:
+        os.unlink(name)
+    except FileNotFoundError:
+        pass
+
+
+# --- NDJSON -------------------------------------------------------------------------------------
+
+
+def _open_ndjson(connection, path, encoding: str) -> Source:
+    location = _location(connection, path)
+    if not _utf8(encoding):
+        location = _transcoded_lines(connection, path, encoding)
+    # each line one VARCHAR (no delimiter or quote can split it); blank lines stay as NULL rows, so
+    # the row number is the line number
+    lines = (f"(SELECT line, row_number() OVER () AS line_number FROM read_csv({quote_text(location)}, "
+             "columns={'line': 'VARCHAR'}, header=false, auto_detect=false, delim='\\0', quote='', escape='', "
+             "strict_mode=false, encoding='utf-8'))")
+    try:
+        table = _unique("unreadable")
+        connection.execute(
+            f"CREATE TEMP TABLE {table} AS SELECT line_number AS line, line AS text FROM {lines} "
+            "WHERE trim(line) <> '' AND NOT (CASE WHEN json_valid(line) THEN json_type(line) = 'OBJECT' ELSE false END) ORDER BY line_number")
+        bad = connection.execute(f"SELECT line, text FROM {table}").fetchall()
+        connection.execute(f"DROP TABLE {table}; CREATE TEMP TABLE {table} (line BIGINT, reason VARCHAR)")
+        _insert(connection, table, [(line, _json_problem(text)) for line, text in bad])
+        objects = (f"(SELECT line, line_number FROM {lines} WHERE trim(line) <> '' "
+                   "AND (CASE WHEN json_valid(line) THEN json_type(line) = 'OBJECT' ELSE false END))")
+        # json_group_structure keeps every line in memory: one line per distinct structure does
+        # (their merge is the merge of all), in the order first seen
+        structure = connection.execute(
+            "SELECT json_structure(to_json(list(example::JSON ORDER BY first))) FROM (SELECT arg_min(line, line_number) "
+            f"AS example, min(line_number) AS first FROM {objects} GROUP BY json_structure(line))").fetchall()[0][0]
+    except duckdb.Error as error:
+        raise _ndjson_error(path, error) from None
+    fields = json.loads(structure)[0] if structure and structure.startswith("[{") else {}
+    names = list(fields)
+    description = f"ndjson||{codecs.lookup(encoding).name}|{json.dumps(names)}"
+    if not names:
+        return Source("(SELECT NULL::BIGINT AS __record WHERE false)", [], {}, table, description)
+    shape = json.dumps(_no_null_types(fields))
+    columns = ", ".join(f"value.{quote_name(name)} AS {quote_name(name)}" for name in names)
+    relation = (f"(SELECT {columns}, row_number() OVER () AS __record FROM "
+                f"(SELECT json_transform(line, {quote_text(shape)}) AS value FROM {objects}))")
+    try:
+        types = _types(connection, relation)
+    except duckdb.Error as error:
+        raise _ndjson_error(path, error) from None
+    return Source(relation, names, types, table, description)
+
+
+def _ndjson_error(path, error: Exception) -> InputError:
+    if "Duplicate keys" in str(error):  # DuckDB's names ignore letter case
+        return InputError(path, 'two keys differ only in letter case (as in "Email" and "email"): they would be '
+                          "one column; rename one")
+    return InputError(path, f"not readable as NDJSON: {_first_line(error)}")
+
+
+def _no_null_types(shape):
+    """A key only ever null has no type: JSON keeps it."""
+    if isinstance(shape, dict):
+        return {key: _no_null_types(value) for key, value in shape.items()} or "JSON"
+    if isinstance(shape, list):
+        return [_no_null_types(shape[0])] if shape else ["JSON"]
+    return "JSON" if shape == "NULL" else shape
+
+
+def _json_problem(text: str) -> str:
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        return f"not valid JSON: {error.msg} at character {error.pos + 1}"
+    kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+    return f"expected a JSON object, found {kind}"
+
+
+def _transcoded_lines(connection, path, encoding: str) -> str:
+    handle, name = tempfile.mkstemp(prefix="profiles-source-", suffix=".ndjson")
+    weakref.finalize(connection, _remove, name)
+    with os.fdopen(handle, "wb") as output, open_binary(path) as stream:
+        reader = codecs.getreader(encoding)(stream)
+        for line in iter(lambda: reader.readline(keepends=True), ""):
+            output.write(line.encode("utf-8"))
+    return name
+
+
+# --- Parquet ------------------------------------------------------------------------------------
+
+
+def _open_parquet(connection, path) -> Source:
+    location = _location(connection, path)
+    relation = (f"(SELECT * EXCLUDE (file_row_number), file_row_number + 1 AS __record "
+                f"FROM read_parquet({quote_text(location)}, file_row_number=true))")
+    try:
+        types = _types(connection, relation)
+    except duckdb.Error as error:
+        raise InputError(path, f"not a readable Parquet file: {_first_line(error)}") from None
+    return Source(relation, list(types), types, None, f"parquet|||{json.dumps(list(types))}")
+
+
+# --- SQL cursor ---------------------------------------------------------------------------------
+
+
+def open_cursor(connection, cursor, batch_rows: int = 50_000) -> Source:
+    """An executed DB-API cursor, fetched ``batch_rows`` at a time as DuckDB scans the relation
+    (once: the rows are not kept). DuckDB pulls from its own thread: open sqlite3 connections
+    with ``check_same_thread=False``.
+
+    Column types come from the first batch: a column with one Python type there keeps it (int,
+    float, str, bytes, dates...); a column with several, or only NULLs, is read as text (str of
+    each value), so no value is coerced into a type it does not have. A later value that does not
+    fit its column's type stops the scan with an InputError naming column and record.
+    """
+    import pyarrow as pa
+
+    first = cursor.fetchmany(batch_rows)
+    names = [column[0] for column in cursor.description or ()]
+    as_text = set()
+    arrays = []
+    for index, name in enumerate(names):
+        values = [row[index] for row in first]
+        kinds = {type(value) for value in values if value is not None}
+        if len(kinds) != 1:
+            as_text.add(index)
+            arrays.append(pa.array([_text(value) for value in values], pa.string()))
+        else:
+            arrays.append(pa.array(values))
+    schema = pa.schema([pa.field(name, array.type) for name, array in zip(names, arrays)] + [pa.field("__record", pa.int64())])
+
+    def batch(rows, start: int) -> pa.RecordBatch:
+        columns = []
+        for index, field in enumerate(schema.names[:-1]):
+            values = [row[index] for row in rows]
+            if index in as_text:
+                columns.append(pa.array([_text(value) for value in values], pa.string()))
+                continue
+            try:
+                columns.append(pa.array(values, schema.field(index).type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as error:
+                bad = next((i for i, value in enumerate(values) if not _fits(value, schema.field(index).type)), 0)
+                raise InputError("the SQL query", f"a value of type {type(values[bad]).__name__} after values of type "
+                                 f"{schema.field(index).type}: cast the column in the query ({error})",
+                                 line=start + bad, column=field) from None
+        columns.append(pa.array(range(start, start + len(rows)), pa.int64()))
+        return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+    view = _unique("cursor")
+
+    def batches():
+        rows, start = first, 1
+        while rows:
+            try:
+                yield batch(rows, start)
+                start += len(rows)
+                rows = cursor.fetchmany(batch_rows)
+            except Exception as error:  # a bad value, or the driver's own error (a lost connection)
+                _stream_errors[view] = error  # DuckDB hands it on wrapped: see ``cursor_error``
+                raise
+
+    connection.register(view, pa.RecordBatchReader.from_batches(schema, batches()))
+    types = _types(connection, view)
+    return Source(view, names, types, None, f"sql|||{json.dumps(names)}")
+
+
+_stream_errors: dict[str, Exception] = {}
+
+
+def cursor_error(error: BaseException) -> Exception | None:
+    """The error a cursor's stream raised (an InputError, or the database driver's), from the
+    DuckDB error that carries it (DuckDB reports ``reading the stream registered as '<view>'
+    failed``), or None."""
+    for view in re.findall(r"stream registered as '([^']+)'", str(error)):
+        if view in _stream_errors:
+            return _stream_errors.pop(view)
+    return None
+
+
+def _text(value) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _fits(value, arrow_type) -> bool:
+    import pyarrow as pa
+
+    try:
+        pa.array([value], arrow_type)
+        return True
+    except Exception:
+        return False

@@ -1,0 +1,165 @@
+"""SQL pieces the engine and the writers share: quoting, text as vendors get it, JSON and CSV."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class Columns:
+    """The mapped columns a writer builds its SQL from: ``columns(name)`` is the column's SQL
+    (NULL when nothing maps it), ``columns.kind(name)`` its DuckDB type."""
+
+    def __init__(self, types: dict[str, str]):
+        self.types = types
+
+    def __call__(self, name: str) -> str:
+        return ident(name) if name in self.types else "NULL"
+
+    def kind(self, name: str) -> str:
+        return self.types.get(name, "VARCHAR")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.types
+
+
+def ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def passthrough_select(opened) -> str:
+    """No mapping: the input's columns as they are, missing values (blank text, NaN) as NULL, and
+    binary values as UTF-8 text (a row with one that is not is rejected, naming its column)."""
+    columns, reasons = [], []
+    for name in opened.names:
+        kind = opened.types[name]
+        if kind == "BLOB":
+            text = f"TRY(decode({ident(name)}))"
+            columns.append(f"{missing_as_null(text, 'VARCHAR', quoted=True)} AS {ident(name)}")
+            reasons.append(f"CASE WHEN {ident(name)} IS NOT NULL AND {text} IS NULL "
+                           f"THEN py_decode_reason({literal(name)}, {ident(name)}) END")
+        else:
+            columns.append(f"{missing_as_null(name, kind)} AS {ident(name)}")
+    reason = f"coalesce({', '.join(reasons)})" if reasons else "NULL::VARCHAR"
+    return f"SELECT __record, {', '.join(columns)}, {reason} AS __reason FROM {opened.relation}"
+
+
+def missing_as_null(name: str, kind: str, quoted: bool = False) -> str:
+    """An input column (or an expression, ``quoted``) with the values ``base.is_missing`` calls
+    missing as NULL."""
+    column = name if quoted else ident(name)
+    if kind == "VARCHAR":
+        return f"CASE WHEN {is_blank(column)} THEN NULL ELSE {column} END"
+    if kind in ("DOUBLE", "FLOAT"):
+        return f"CASE WHEN isnan({column}) THEN NULL ELSE {column} END"
+    return column
+
+
+def json_members(members: Iterable[tuple[str, str]]) -> str:
+    """``"name":value`` pairs joined by commas, each left out when its value is NULL."""
+    parts = [f"CASE WHEN {value} IS NOT NULL THEN {literal(json_key(name))} || to_json({value}) END"
+             for name, value in members]
+    return f"concat_ws(',', {', '.join(parts)})" if parts else "''"
+
+
+def json_object(members: Iterable[tuple[tuple[str, ...], str]]) -> str:
+    """A JSON object nested by path, NULL values left out, and a parent only when a child is set."""
+    tree: dict = {}
+    for path, value in members:
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+
+    def build(node: dict) -> tuple[str, list[str]]:
+        parts, values = [], []
+        for name, child in node.items():
+            if isinstance(child, dict):
+                inner, leaves = build(child)
+                any_set = " OR ".join(f"{leaf} IS NOT NULL" for leaf in leaves)
+                parts.append(f"CASE WHEN {any_set} THEN {literal(json_key(name) + '{')} || {inner} || '}}' END")
+                values += leaves
+            else:
+                parts.append(f"CASE WHEN {child} IS NOT NULL THEN {literal(json_key(name))} || to_json({child}) END")
+                values.append(child)
+        return f"concat_ws(',', {', '.join(parts)})", values
+
+    return "'{' || " + build(tree)[0] + " || '}'"
+
+
+def json_key(name: str) -> str:
+    import json
+
+    return json.dumps(name, ensure_ascii=False) + ":"
+
+
+def csv_cell(expression: str) -> str:
+    """An RFC 4180 cell: quoted when it holds a delimiter, quote or line break."""
+    return (f"CASE WHEN {expression} IS NULL THEN '' WHEN regexp_matches({expression}, '[,\"\\r\\n]') "
+            f"THEN '\"' || replace({expression}, '\"', '\"\"') || '\"' ELSE {expression} END")
+
+
+def canonical_id(expression: str, kind: str) -> str:
+    """``values.canonical_id`` in SQL: text, trimmed, NULL when blank; whole doubles as integers."""
+    if kind in ("DOUBLE", "FLOAT") or kind.startswith("DECIMAL"):
+        expression = (f"CASE WHEN isfinite({expression}) AND {expression} = floor({expression}) "
+                      f"THEN CAST(CAST({expression} AS HUGEINT) AS VARCHAR) ELSE CAST({expression} AS VARCHAR) END")
+    elif kind == "BOOLEAN":
+        expression = f"CASE WHEN {expression} THEN 'true' WHEN NOT {expression} THEN 'false' END"
+    elif kind != "VARCHAR":
+        expression = f"CAST({expression} AS VARCHAR)"
+    return f"nullif({strip(expression)}, '')"
+
+
+# the characters Python's str.strip() removes (str.isspace), for trim(), whose default is spaces only
+WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+              "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+SPACES = literal(WHITESPACE)
+
+# a regular-expression class of those characters (RE2's \s is ASCII only; Python's is not)
+SPACE_CLASS = "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE)
+INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"})
+TEXT_OR_INTEGER = INTEGER_TYPES | {"VARCHAR"}
+JSON_SCALARS = TEXT_OR_INTEGER | {"BOOLEAN", "DOUBLE"}  # what to_json writes as json.dumps does
+
+
+def strip(expression: str) -> str:
+    """``str.strip()``: trim() with a set of characters is slow, so only where an end is a space."""
+    return (f"CASE WHEN regexp_matches({expression}, '^[{SPACE_CLASS}]|[{SPACE_CLASS}]$') "
+            f"THEN trim({expression}, {SPACES}) ELSE {expression} END")
+
+
+def is_blank(expression: str) -> str:
+    return f"regexp_full_match({expression}, '[{SPACE_CLASS}]*')"
+
+
+def stripped_text(expression: str) -> str:
+    """``str(value).strip()`` for text and integer columns."""
+    return strip(f"CAST({expression} AS VARCHAR)")
+
+
+def python_repr(expression: str) -> str:
+    """``repr()`` of a text value: quoted here when plain ASCII without quotes or backslashes, by
+    Python (``py_repr``, registered by the engine) otherwise, which only rejected rows reach."""
+    return (f"CASE WHEN regexp_full_match({expression}, '[ -&(-\\[\\]-~]*') THEN '''' || {expression} || '''' "
+            f"ELSE py_repr({expression}) END")
+
+
+def register_functions(connection) -> None:
+    """The Python functions the SQL calls for the few values it leaves to Python's own rules."""
+    connection.create_function("py_repr", repr, ["VARCHAR"], "VARCHAR", side_effects=False)
+    connection.create_function("py_decode_reason", _decode_reason, ["VARCHAR", "BLOB"], "VARCHAR", side_effects=False)
+
+
+def _decode_reason(column: str, value: bytes) -> str | None:
+    from airflow_provider_profiles.formats.base import RowRejected
+    from airflow_provider_profiles.formats.values import decode
+
+    try:
+        decode(value)
+    except ValueError as error:
+        return RowRejected(str(error), column).reason
+    return None
