@@ -11,12 +11,7 @@ import pytest
 from airflow_provider_profiles.formats import get_writer
 from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.prepare.engine import DUPLICATE, prepare
-
-
-def localytics(**options):
-    options.setdefault("attributes", {"name": "name", "city": "city"})
-    options.setdefault("customer_id", "id")
-    return get_writer("localytics", "changes", **options)
+from tests.unit.prepared import localytics, ndjson, rejects_of
 
 
 def python_only(writer):
@@ -26,16 +21,6 @@ def python_only(writer):
     clone = object.__new__(copy)
     clone.__dict__.update(writer.__dict__)
     return clone
-
-
-def rejects_of(path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [(int(r["record"]) if r["record"] else None, r["identifier"], r["reason"]) for r in csv.DictReader(handle)]
-
-
-def lines_of(path):
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle]
 
 
 def write_csv(path, rows, header=("id", "name", "city")):
@@ -51,7 +36,7 @@ def test_every_row_is_written_or_rejected_with_its_record_and_reason(tmp_path):
                                              ("3", "x" * 300, "Oslo")])
     result = prepare(source, localytics(), tmp_path / "out.ndjson", rejects=tmp_path / "rejects.csv")
     assert (result.read, result.written, result.rejected) == (5, 1, 4)
-    assert [line["customer_id"] for line in lines_of(tmp_path / "out.ndjson")] == ["1"]
+    assert [line["customer_id"] for line in ndjson(tmp_path / "out.ndjson")] == ["1"]
     assert rejects_of(tmp_path / "rejects.csv") == [
         (2, "", "id: customer id is empty"),
         (3, "2", "no attribute to change: every mapped value is empty"),
@@ -73,7 +58,7 @@ def test_ids_are_compared_trimmed(tmp_path):
     source = write_csv(tmp_path / "in.csv", [(" 7 ", "Ann", ""), ("7", "Bo", "")])
     result = prepare(source, localytics(), tmp_path / "out.ndjson")
     assert (result.written, result.rejected) == (1, 1)
-    assert lines_of(tmp_path / "out.ndjson")[0]["customer_id"] == "7"
+    assert ndjson(tmp_path / "out.ndjson")[0]["customer_id"] == "7"
 
 
 def test_keep_turns_the_duplicate_check_off(tmp_path):
@@ -101,7 +86,7 @@ def test_sql_and_python_encoding_write_the_same_files(tmp_path, vendor, options,
     if vendor == "apsis_one":
         assert (tmp_path / "sql.out").read_bytes() == (tmp_path / "py.out").read_bytes()
     else:
-        assert lines_of(tmp_path / "sql.out") == lines_of(tmp_path / "py.out")
+        assert ndjson(tmp_path / "sql.out") == ndjson(tmp_path / "py.out")
     assert rejects_of(tmp_path / "sql.rejects.csv") == rejects_of(tmp_path / "py.rejects.csv")
 
 
@@ -173,7 +158,7 @@ def test_keep_unmapped_sends_the_other_columns_too(tmp_path):
     result = prepare(source, get_writer("mediarithmics", "USER_PROFILE"), tmp_path / "out.ndjson", mapping=mapping,
                      rejects=tmp_path / "rejects.csv")
     assert (result.written, result.rejected) == (1, 1)
-    assert lines_of(tmp_path / "out.ndjson")[0]["user_profile"] == {"id": "2", "name": "bo", "city": "Oslo"}
+    assert ndjson(tmp_path / "out.ndjson")[0]["user_profile"] == {"id": "2", "name": "bo", "city": "Oslo"}
     assert rejects_of(tmp_path / "rejects.csv")[0][2] == "name: 3 characters; at most 2 allowed"
 
 

@@ -17,23 +17,7 @@ from airflow_provider_profiles.formats.mapping import FieldMapping
 from airflow_provider_profiles.prepare.engine import DUPLICATE, prepare
 from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.prepare.sync import SyncState
-
-
-def localytics(**options):
-    options.setdefault("attributes", {"name": "name", "city": "city"})
-    options.setdefault("customer_id", "id")
-    return get_writer("localytics", "changes", **options)
-
-
-def rejects_of(path):
-    """(record or None, identifier, reason) per row of the rejects file."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [(int(r["record"]) if r["record"] else None, r["identifier"], r["reason"]) for r in csv.DictReader(handle)]
-
-
-def ndjson(path):
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle]
+from tests.unit.prepared import localytics, ndjson, rejects_of
 
 
 def changes(path):
