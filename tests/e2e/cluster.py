@@ -224,11 +224,12 @@ class AirflowCluster:
         return deferred
 
     def stale_success_races(self, dag_id: str, run_id: str) -> set[str]:
-        """Task ids the scheduler failed because a deferring process's late "success" met the resumed try."""
-        marker = "finished with state success, but the task instance's state attribute is running"
+        """Task ids the scheduler failed because a deferring process's late "success" met the resumed
+        try, whether that try was already running or still queued when the late report came."""
+        marker = re.compile(r"finished with state success, but the task instance's state attribute is (running|queued)")
         pattern = re.compile(rf"<TaskInstance: {re.escape(dag_id)}\.(\S+) {re.escape(run_id)} ")
         log = (self.home / "scheduler.log").read_text(errors="replace")
-        return {m.group(1) for line in log.splitlines() if marker in line for m in [pattern.search(line)] if m}
+        return {m.group(1) for line in log.splitlines() if marker.search(line) for m in [pattern.search(line)] if m}
 
     def deferred_count(self) -> int:
         return self.query("select count(*) from task_instance where state = 'deferred'")[0][0]
