@@ -32,7 +32,8 @@ from airflow_provider_profiles.formats.gainsight_px import (
 from airflow_provider_profiles.prepare.errors import InputError, guess_format
 from airflow_provider_profiles.prepare.engine import connected
 from airflow_provider_profiles.prepare.lines import LinesOutOfStep, RecordLines
-from airflow_provider_profiles.prepare.source import open_source, quote_name
+from airflow_provider_profiles.prepare import sql
+from airflow_provider_profiles.prepare.source import open_source
 from airflow_provider_profiles.hooks.base import (
     VendorAPIError,
     VendorAuthError,
@@ -100,7 +101,7 @@ class _FileInput:
         self.source = open_source(connection, self.path, self.format, delimiter=delimiter, encoding=encoding)
         if self.format == "csv" and not self.source.names:
             raise InputError(self.label, "the file is empty: expected a header row", line=1)
-        self.columns = ", ".join(quote_name(name) for name in self.source.names)
+        self.columns = ", ".join(sql.ident(name) for name in self.source.names)
         schema = connection.sql(f"SELECT {self.columns or 'NULL AS __nothing'} FROM {self.source.relation} LIMIT 0").arrow().schema
         self.names = [name for item in schema for name in _leaf_names(item)] if self.source.names else []
         self.json_columns = {name for name, kind in self.source.types.items() if kind == "JSON"}

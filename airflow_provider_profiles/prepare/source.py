@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from airflow_provider_profiles.prepare import sql
 from airflow_provider_profiles.prepare.errors import InputError, guess_format
 from airflow_provider_profiles.storage import as_storage_path, is_local, local_path, open_binary
 
@@ -46,14 +47,6 @@ class Source:
     types: dict[str, str]
     unreadable: str | None
     description: str
-
-
-def quote_name(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_text(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _unique(prefix: str) -> str:
@@ -128,7 +121,7 @@ def _open_csv(connection, path, delimiter: str, encoding: str) -> Source:
                 break
         location = _transcoded(connection, path, encoding, delimiter, line_ends=True)
     unreadable = _csv_unreadable(connection, path, location, names, delimiter, rejects)
-    columns = ", ".join(f"coalesce({quote_name(name)}, '') AS {quote_name(name)}" for name in names)
+    columns = ", ".join(f"coalesce({sql.ident(name)}, '') AS {sql.ident(name)}" for name in names)
     relation = f"(SELECT {columns}, row_number() OVER () AS __record FROM {_read_csv(location, names, delimiter, blank_lines)})"
     return Source(relation, names, {name: "VARCHAR" for name in names}, unreadable, description)
 
@@ -139,10 +132,10 @@ def _first_line(error: Exception) -> str:
 
 def _read_csv(location: str, names: list[str], delimiter: str, blank_lines: int,
               rejects: tuple[str, str] | None = None) -> str:
-    columns = "{" + ", ".join(f"{quote_text(name)}: 'VARCHAR'" for name in names) + "}"
-    errors = (f"store_rejects=true, rejects_table={quote_text(rejects[0])}, rejects_scan={quote_text(rejects[1])}"
+    columns = "{" + ", ".join(f"{sql.literal(name)}: 'VARCHAR'" for name in names) + "}"
+    errors = (f"store_rejects=true, rejects_table={sql.literal(rejects[0])}, rejects_scan={sql.literal(rejects[1])}"
               if rejects else "ignore_errors=true")
-    return (f"read_csv({quote_text(location)}, auto_detect=false, header=true, skip={blank_lines}, delim={quote_text(delimiter)}, "
+    return (f"read_csv({sql.literal(location)}, auto_detect=false, header=true, skip={blank_lines}, delim={sql.literal(delimiter)}, "
             f"quote='\"', escape='\"', columns={columns}, strict_mode=true, encoding='utf-8', {errors})")
 
 
@@ -152,7 +145,7 @@ def _scan_csv(connection, location: str, names: list[str], delimiter: str, blank
     table, scans = _unique("csv_rejects"), _unique("csv_scans")
     try:
         # every column read (count(*) alone lets DuckDB skip the values and their UTF-8 check)
-        counts = ", ".join(f"count({quote_name(name)})" for name in names)
+        counts = ", ".join(f"count({sql.ident(name)})" for name in names)
         connection.execute(f"SELECT {counts} FROM {_read_csv(location, names, delimiter, blank_lines, (table, scans))}").fetchall()
         return connection.execute(
             f"SELECT line_byte_position, column_idx, column_name, error_type, csv_line, error_message "
@@ -466,7 +459,7 @@ def _open_ndjson(connection, path, encoding: str) -> Source:
         location = _transcoded_lines(connection, path, encoding)
     # each line one VARCHAR (no delimiter or quote can split it); blank lines stay as NULL rows, so
     # the row number is the line number
-    lines = (f"(SELECT line, row_number() OVER () AS line_number FROM read_csv({quote_text(location)}, "
+    lines = (f"(SELECT line, row_number() OVER () AS line_number FROM read_csv({sql.literal(location)}, "
              "columns={'line': 'VARCHAR'}, header=false, auto_detect=false, delim='\\0', quote='', escape='', "
              "strict_mode=false, encoding='utf-8'))")
     try:
@@ -492,9 +485,9 @@ def _open_ndjson(connection, path, encoding: str) -> Source:
     if not names:
         return Source("(SELECT NULL::BIGINT AS __record WHERE false)", [], {}, table, description)
     shape = json.dumps(_no_null_types(fields))
-    columns = ", ".join(f"value.{quote_name(name)} AS {quote_name(name)}" for name in names)
+    columns = ", ".join(f"value.{sql.ident(name)} AS {sql.ident(name)}" for name in names)
     relation = (f"(SELECT {columns}, row_number() OVER () AS __record FROM "
-                f"(SELECT json_transform(line, {quote_text(shape)}) AS value FROM {objects}))")
+                f"(SELECT json_transform(line, {sql.literal(shape)}) AS value FROM {objects}))")
     try:
         types = _types(connection, relation)
     except duckdb.Error as error:
@@ -543,7 +536,7 @@ def _transcoded_lines(connection, path, encoding: str) -> str:
 def _open_parquet(connection, path) -> Source:
     location = _location(connection, path)
     relation = (f"(SELECT * EXCLUDE (file_row_number), file_row_number + 1 AS __record "
-                f"FROM read_parquet({quote_text(location)}, file_row_number=true))")
+                f"FROM read_parquet({sql.literal(location)}, file_row_number=true))")
     try:
         types = _types(connection, relation)
     except duckdb.Error as error:

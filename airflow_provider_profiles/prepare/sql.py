@@ -127,13 +127,23 @@ JSON_SCALARS = TEXT_OR_INTEGER | {"BOOLEAN", "DOUBLE"}  # what to_json writes as
 
 
 def strip(expression: str) -> str:
-    """``str.strip()``: trim() with a set of characters is slow, so only where an end is a space."""
-    return (f"CASE WHEN regexp_matches({expression}, '^[{SPACE_CLASS}]|[{SPACE_CLASS}]$') "
-            f"THEN trim({expression}, {SPACES}) ELSE {expression} END")
+    """``str.strip()`` in SQL: trim() with a set of characters is slow, so it runs only where an end
+    may be whitespace (most values start and end with a visible ASCII character)."""
+    untrimmed = literal(f"[^{SPACE_CLASS}](?s:.*[^{SPACE_CLASS}])?")
+    return (f"CASE WHEN {visible_ascii(f'left({expression}, 1)')} AND {visible_ascii(f'right({expression}, 1)')} "
+            f"THEN {expression} WHEN regexp_full_match({expression}, {untrimmed}) THEN {expression} "
+            f"ELSE trim({expression}, {SPACES}) END")
 
 
 def is_blank(expression: str) -> str:
-    return f"regexp_full_match({expression}, '[{SPACE_CLASS}]*')"
+    """Only whitespace (or nothing); the first character tells, mostly."""
+    return (f"CASE WHEN {visible_ascii(f'left({expression}, 1)')} THEN FALSE "
+            f"ELSE NOT regexp_matches({expression}, {literal('[^' + SPACE_CLASS + ']')}) END")
+
+
+def visible_ascii(character: str) -> str:
+    """The one character is printable ASCII other than space: not whitespace, in any sense."""
+    return f"ord({character}) BETWEEN 33 AND 126"
 
 
 def stripped_text(expression: str) -> str:
@@ -141,11 +151,21 @@ def stripped_text(expression: str) -> str:
     return strip(f"CAST({expression} AS VARCHAR)")
 
 
+def plain_repr(text: str) -> str:
+    """Python's ``repr()`` of a str that is printable ASCII without a backslash (either quote
+    style, as repr picks it); NULL otherwise."""
+    return (
+        f"CASE WHEN regexp_full_match({text}, '[\\x{{20}}-\\x{{26}}\\x{{28}}-\\x{{5b}}\\x{{5d}}-\\x{{7e}}]*') "
+        f"THEN chr(39) || {text} || chr(39) "
+        f"WHEN regexp_full_match({text}, '[\\x{{20}}\\x{{21}}\\x{{23}}-\\x{{5b}}\\x{{5d}}-\\x{{7e}}]*') "
+        f"THEN chr(34) || {text} || chr(34) END"
+    )
+
+
 def python_repr(expression: str) -> str:
-    """``repr()`` of a text value: quoted here when plain ASCII without quotes or backslashes, by
-    Python (``py_repr``, registered by the engine) otherwise, which only rejected rows reach."""
-    return (f"CASE WHEN regexp_full_match({expression}, '[ -&(-\\[\\]-~]*') THEN '''' || {expression} || '''' "
-            f"ELSE py_repr({expression}) END")
+    """``repr()`` of a text value: in SQL where ``plain_repr`` can, by Python (``py_repr``,
+    registered by the engine) otherwise, which only rejected rows reach."""
+    return f"coalesce({plain_repr(expression)}, py_repr({expression}))"
 
 
 def register_functions(connection) -> None:

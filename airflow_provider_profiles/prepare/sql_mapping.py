@@ -35,18 +35,11 @@ from typing import Any
 from airflow_provider_profiles.formats import values
 from airflow_provider_profiles.formats.base import RowRejected
 from airflow_provider_profiles.formats.mapping import FieldMapping, FieldSpec
+from airflow_provider_profiles.prepare import sql
 
 import re._constants as sre  # the parser of Python's own patterns (3.11+), to translate them
 import re._parser as sre_parse
 
-# str.strip() and str.isspace() whitespace (DuckDB's trim() alone removes only spaces); a test
-# checks it against every code point
-PY_WHITESPACE = (
-    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
-    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
-)
-_WHITESPACE_CLASS = "".join("\\x{%x}" % ord(char) for char in PY_WHITESPACE)
-_UNTRIMMED = f"[^{_WHITESPACE_CLASS}](?s:.*[^{_WHITESPACE_CLASS}])?"
 _FLOAT = r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?"  # ASCII float() text, no "_" nor inf/nan
 _ISO = (
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
@@ -106,13 +99,13 @@ class CompiledMapping:
         query = f"SELECT * FROM {relation}"
         for stage in self.stages:
             if stage:
-                columns = ", ".join(f"{expr} AS {_quote(name)}" for name, expr in stage)
+                columns = ", ".join(f"{expr} AS {sql.ident(name)}" for name, expr in stage)
                 query = f"SELECT *, {columns} FROM ({query})"
         reasons = [*self.prefix_reasons, *(f.reason_sql for f in self.fields)]
         reason = f"coalesce({', '.join(reasons)})" if len(reasons) > 1 else reasons[0]
         mapped = {f.target: f.value_sql for f in self.fields}
         columns = {**{name: mapped.get(name, kept) for name, kept in unmapped.items()}, **mapped}
-        outputs = ", ".join(f"{value} AS {_quote(name)}" for name, value in columns.items())
+        outputs = ", ".join(f"{value} AS {sql.ident(name)}" for name, value in columns.items())
         return f'SELECT {outputs}, {reason} AS __reason, "__record" FROM ({query})'
 
 
@@ -126,15 +119,15 @@ def compile_mapping(mapping: FieldMapping, types: Mapping[str, str], connection=
     for column, kind in types.items():
         if kind == "BLOB" and column != "__record":
             name = f"__b{len(decoded)}"
-            decoded[column] = _quote(name)
-            base.append((name, f"TRY(decode({_quote(column)}))"))
+            decoded[column] = sql.ident(name)
+            base.append((name, f"TRY(decode({sql.ident(column)}))"))
             function = f"__profiles_{uid}_decode_{len(decoded)}"
             compiled.functions[function] = (_decode_reason(column), ["BLOB"], "VARCHAR")
             reason = f"__b{len(decoded) - 1}_reason"
             compiled.stages[1].append(
-                (reason, f"CASE WHEN {_quote(column)} IS NOT NULL AND {_quote(name)} IS NULL THEN {function}({_quote(column)}) END")
+                (reason, f"CASE WHEN {sql.ident(column)} IS NOT NULL AND {sql.ident(name)} IS NULL THEN {function}({sql.ident(column)}) END")
             )
-            compiled.prefix_reasons.append(_quote(reason))
+            compiled.prefix_reasons.append(sql.ident(reason))
     for index, spec in enumerate(mapping.fields):
         builder = _FieldBuilder(spec, f"__f{index}", f"__profiles_{uid}_field_{index}", types, decoded)
         compiled.fields.append(builder.build())
@@ -164,15 +157,11 @@ class _FieldBuilder:
     @functools.cached_property
     def trimmed(self) -> str:
         """str.strip() of the text source: trim() only where an end is whitespace (trim is slow)."""
-        src = self.src
-        return self.column(
-            2, "t", f"CASE WHEN {_visible_ascii(f'left({src}, 1)')} AND {_visible_ascii(f'right({src}, 1)')} THEN {src} "
-            f"WHEN regexp_full_match({src}, {_string(_UNTRIMMED)}) THEN {src} ELSE trim({src}, {_string(PY_WHITESPACE)}) END"
-        )
+        return self.column(2, "t", sql.strip(self.src))
 
     def column(self, stage: int, name: str, expr: str) -> str:
         self.stages[stage].append((f"{self.prefix}_{name}", expr))
-        return _quote(f"{self.prefix}_{name}")
+        return sql.ident(f"{self.prefix}_{name}")
 
     def build(self) -> CompiledField:
         spec = self.spec
@@ -220,7 +209,7 @@ class _FieldBuilder:
             f"CASE WHEN {missing} THEN {missing_literal} WHEN {ok} THEN {fast_value} "
             f"WHEN {failure} IS NOT NULL THEN NULL ELSE {from_python} END"
         )
-        reason_literal = "CAST(NULL AS VARCHAR)" if missing_reason is None else _string(missing_reason)
+        reason_literal = "CAST(NULL AS VARCHAR)" if missing_reason is None else sql.literal(missing_reason)
         reason_sql = f"CASE WHEN {missing} THEN {reason_literal} WHEN {ok} THEN NULL ELSE coalesce({failure}, {python}.r) END"
         return CompiledField(spec.target, spec.path, value_sql, reason_sql, sql_type, fallback)
 
@@ -231,18 +220,18 @@ class _FieldBuilder:
             kind = self.types[name]
             if name in self.decoded:
                 return self.decoded[name], "VARCHAR"
-            return _as_python_sees(_quote(name), kind)
+            return _as_python_sees(sql.ident(name), kind)
         first, *rest = name.split(".")
         if first not in self.types:
             return "CAST(NULL AS VARCHAR)", "VARCHAR"  # as lookup(): a value that is not there
-        expr, kind = _quote(first), self.types[first]
+        expr, kind = sql.ident(first), self.types[first]
         for depth, part in enumerate(rest):
             if kind == "JSON":  # Python walks the rest of the parsed value, as lookup() does
                 return expr, "JSON@" + ".".join(rest[depth:])
             children = _struct_children(kind)
             if children is None or part not in children:  # not a mapping, or no such key
                 return "CAST(NULL AS VARCHAR)", "VARCHAR"
-            expr, kind = f"struct_extract({expr}, {_string(part)})", children[part]
+            expr, kind = f"struct_extract({expr}, {sql.literal(part)})", children[part]
         return _as_python_sees(expr, kind)
 
     # Each fast path: (sql type, function(src) -> (ok, value, reason) or None) or (sql type, None).
@@ -280,7 +269,7 @@ class _FieldBuilder:
 
     def failed(self, message: str) -> str:
         """A coercion reason as FieldSpec.value words it, around the SQL of ``message``."""
-        return f"({_string(self.spec.target + ': ')} || {message} || {_string(f' (column {self.spec.source!r})')})"
+        return f"({sql.literal(self.spec.target + ': ')} || {message} || {sql.literal(f' (column {self.spec.source!r})')})"
 
     def not_a_float(self, t: str) -> str:
         """float() surely fails: printable ASCII without a digit, and not inf / nan."""
@@ -309,12 +298,12 @@ class _FieldBuilder:
                 t = self.trimmed
                 digits = self.column(3, "digits", f"regexp_full_match({t}, '[+-]?[0-9]{{1,38}}')")
                 number = self.column(
-                    4, "dbl", f"CASE WHEN NOT {digits} AND regexp_full_match({t}, {_string(_FLOAT)}) THEN TRY_CAST({t} AS DOUBLE) END"
+                    4, "dbl", f"CASE WHEN NOT {digits} AND regexp_full_match({t}, {sql.literal(_FLOAT)}) THEN TRY_CAST({t} AS DOUBLE) END"
                 )
                 whole = f"isfinite({number}) AND {number} = trunc({number}) AND abs({number}) < 1e38"
                 value = f"CASE WHEN {digits} THEN CAST({t} AS HUGEINT) WHEN {whole} THEN CAST({number} AS HUGEINT) END"
-                fraction = self.failed("'expected an integer, got ' || " + _repr_sql(src))
-                not_float = self.failed("'could not convert string to float: ' || " + _repr_sql(t))
+                fraction = self.failed("'expected an integer, got ' || " + sql.plain_repr(src))
+                not_float = self.failed("'could not convert string to float: ' || " + sql.plain_repr(t))
                 failure = (
                     f"CASE WHEN isfinite({number}) AND {number} <> trunc({number}) THEN {fraction} "
                     f"WHEN {self.not_a_float(t)} THEN {not_float} END"
@@ -333,8 +322,8 @@ class _FieldBuilder:
         if category == "text":
             def path(src):
                 t = self.trimmed
-                number = self.column(3, "dbl", f"CASE WHEN regexp_full_match({t}, {_string(_FLOAT)}) THEN TRY_CAST({t} AS DOUBLE) END")
-                not_float = self.failed("'could not convert string to float: ' || " + _repr_sql(t))
+                number = self.column(3, "dbl", f"CASE WHEN regexp_full_match({t}, {sql.literal(_FLOAT)}) THEN TRY_CAST({t} AS DOUBLE) END")
+                not_float = self.failed("'could not convert string to float: ' || " + sql.plain_repr(t))
                 failure = f"CASE WHEN {self.not_a_float(t)} THEN {not_float} END"
                 return self.checked(number, "DOUBLE", f"isfinite({number})", failure)
             return path
@@ -349,9 +338,9 @@ class _FieldBuilder:
         if category == "text":
             def path(src):
                 word = self.column(3, "word", f"lower({self.trimmed})")
-                words = ", ".join(_string(w) for w in sorted(values.TRUE_WORDS | values.FALSE_WORDS))
-                trues = ", ".join(_string(w) for w in sorted(values.TRUE_WORDS))
-                failure = self.failed("'expected true/false, yes/no or 1/0, got ' || " + _repr_sql(src))  # NULL unless ASCII
+                words = ", ".join(sql.literal(w) for w in sorted(values.TRUE_WORDS | values.FALSE_WORDS))
+                trues = ", ".join(sql.literal(w) for w in sorted(values.TRUE_WORDS))
+                failure = self.failed("'expected true/false, yes/no or 1/0, got ' || " + sql.plain_repr(src))  # NULL unless ASCII
                 return self.checked(as_type(f"({word} IN ({trues}))"), sql_type, f"{word} IN ({words})", failure)
             return path
         if category == "bool":
@@ -367,8 +356,8 @@ class _FieldBuilder:
             return None
 
         def path(src):
-            strip = f"trim(item, {_string(PY_WHITESPACE)})"
-            items = f"list_filter(list_transform(string_split({src}, {_string(separator)}), lambda item: {strip}), lambda item: item <> '')"
+            strip = f"trim(item, {sql.SPACES})"
+            items = f"list_filter(list_transform(string_split({src}, {sql.literal(separator)}), lambda item: {strip}), lambda item: item <> '')"
             return self.checked(items, "JSON", f"NOT starts_with({self.trimmed}, '[')")
         return path
 
@@ -380,7 +369,7 @@ class _FieldBuilder:
                 return None
             moment = lambda src: self.formatted_moment(*parts)  # noqa: E731
             failure = lambda: self.failed(  # noqa: E731
-                f"{_repr_sql(self.trimmed)} || {_string(f' does not match the date format {spec.format!r}')}"
+                f"{sql.plain_repr(self.trimmed)} || {sql.literal(f' does not match the date format {spec.format!r}')}"
             )
         elif category == "text":
             moment = lambda src: self.text_moment()  # noqa: E731
@@ -402,7 +391,7 @@ class _FieldBuilder:
             if kind == "epoch_ms":
                 value = _floor_millis(f"date_trunc('day', {ts})" if spec.type == "date" else ts)
             elif kind == "iso_date" and category == "text" and not spec.format:  # YYYY-MM-DD as it came
-                value = f"CASE WHEN {_quote(self.prefix + '_plain')} IS NOT NULL THEN {self.trimmed} ELSE strftime({ts}, '%Y-%m-%d') END"
+                value = f"CASE WHEN {sql.ident(self.prefix + '_plain')} IS NOT NULL THEN {self.trimmed} ELSE strftime({ts}, '%Y-%m-%d') END"
             elif kind == "iso_date":
                 value = f"strftime({ts}, '%Y-%m-%d')"
             else:
@@ -414,7 +403,7 @@ class _FieldBuilder:
     def text_failure(self) -> str:
         """The date reasons SQL can be sure of: text that cannot be ISO 8601 (not 4 digits first,
         or a date that does not exist) and YYYYMMDD that is no date."""
-        t, iso = self.trimmed, _quote(self.prefix + "_iso")
+        t, iso = self.trimmed, sql.ident(self.prefix + "_iso")
         number = lambda name: f"TRY_CAST(NULLIF({iso}.{name}, '') AS INTEGER)"  # noqa: E731
         plain_parts = [f"TRY_CAST(substr({t}, {start}, {length}) AS INTEGER)" for start, length in ((1, 4), (6, 2), (9, 2))]
         not_iso = (
@@ -422,11 +411,11 @@ class _FieldBuilder:
             f"OR ({iso}.y <> '' AND NOT {_date_ok(number('y'), number('mo'), number('d'))}) "
             f"OR (regexp_full_match({t}, '[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}') AND NOT {_date_ok(*plain_parts)}))"
         )
-        iso_reason = self.failed(f"{_repr_sql(t)} || ' is not an ISO 8601 date (YYYY-MM-DD[THH:MM:SS]) nor YYYYMMDD'")
+        iso_reason = self.failed(f"{sql.plain_repr(t)} || ' is not an ISO 8601 date (YYYY-MM-DD[THH:MM:SS]) nor YYYYMMDD'")
         branches = f"WHEN {not_iso} THEN {iso_reason}"
         if self.spec.unit is None:
             compact = f"regexp_full_match({t}, '[0-9]{{8}}') AND NOT {_date_ok(*_compact_parts(f'TRY_CAST({t} AS BIGINT)'))}"
-            no_date = self.failed(_repr_sql(t) + " || ' is not a date (YYYYMMDD) nor plausible epoch milliseconds'")
+            no_date = self.failed(sql.plain_repr(t) + " || ' is not a date (YYYYMMDD) nor plausible epoch milliseconds'")
             branches += f" WHEN {compact} THEN {no_date}"
         return f"CASE {branches} END"
 
@@ -447,12 +436,12 @@ class _FieldBuilder:
 
     def text_moment(self) -> str:
         t = self.trimmed
-        src = _quote(self.prefix + "_src")
+        src = sql.ident(self.prefix + "_src")
         integer = self.column(3, "int", f"CASE WHEN regexp_full_match({t}, '[+-]?[0-9]{{1,20}}') THEN CAST({t} AS HUGEINT) END")
         # the usual YYYY-MM-DD (years 1000-9999): DuckDB's own date cast, the general parse skipped
         is_plain = f"regexp_full_match({t}, '[1-9][0-9]{{3}}-[0-9]{{2}}-[0-9]{{2}}')"
         plain = self.column(3, "plain", f"CASE WHEN {is_plain} THEN TRY_CAST({t} AS DATE) END")
-        parts = f"regexp_extract({t}, {_string('^' + _ISO + '$')}, {_names(_ISO_PARTS)})"
+        parts = f"regexp_extract({t}, {sql.literal('^' + _ISO + '$')}, {_names(_ISO_PARTS)})"
         iso = self.column(3, "iso", f"CASE WHEN NOT {is_plain} THEN {parts} END")
         # int() of the untrimmed text, for an epoch number, refuses the separators \x1c-\x1f
         epoch = self.epoch_moment("0", f"CASE WHEN NOT regexp_matches({src}, '[\\x{{1c}}-\\x{{1f}}]') THEN {integer} END")
@@ -485,7 +474,7 @@ class _FieldBuilder:
 
     def formatted_moment(self, pattern: str, groups: list[str]) -> str:
         t = self.trimmed
-        found = self.column(3, "fmt", f"regexp_extract({t}, {_string('^(?:' + pattern + ')$')}, {_names(groups)})")
+        found = self.column(3, "fmt", f"regexp_extract({t}, {sql.literal('^(?:' + pattern + ')$')}, {_names(groups)})")
         number = lambda name: f"TRY_CAST(NULLIF({found}.{name}, '') AS INTEGER)" if name in groups else "0"  # noqa: E731
         ascii_only = f"strlen({t}) = length({t})"  # Python's \d and \s match Unicode too
         valid = f"{ascii_only} AND {number('year')} >= 1 AND {number('second')} <= 59 AND " + _date_ok(
@@ -627,9 +616,8 @@ def _walk(value: Any, parts: list[str]) -> Any:
 
 def _missing_sql(category: str, source: str) -> str:
     """formats.base.is_missing in SQL, for the values it can see (the rest: Python decides)."""
-    if category == "text":  # blank: no character that is not whitespace (the first one tells, mostly)
-        blank = f"NOT regexp_matches({source}, {_string('[^' + _WHITESPACE_CLASS + ']')})"
-        return f"({source} IS NULL OR CASE WHEN {_visible_ascii(f'left({source}, 1)')} THEN FALSE ELSE {blank} END)"
+    if category == "text":
+        return f"({source} IS NULL OR {sql.is_blank(source)})"
     if category == "float":
         return f"({source} IS NULL OR isnan({source}))"
     if category == "list":
@@ -637,24 +625,9 @@ def _missing_sql(category: str, source: str) -> str:
     return f"({source} IS NULL)"
 
 
-def _visible_ascii(char: str) -> str:
-    """The one character is printable ASCII other than space: not whitespace, in any sense."""
-    return f"ord({char}) BETWEEN 33 AND 126"
-
-
-def _repr_sql(text: str) -> str:
-    """Python's repr() of a str, for printable ASCII without a backslash; NULL otherwise."""
-    return (
-        f"CASE WHEN regexp_full_match({text}, '[\\x{{20}}-\\x{{26}}\\x{{28}}-\\x{{5b}}\\x{{5d}}-\\x{{7e}}]*') "
-        f"THEN chr(39) || {text} || chr(39) "
-        f"WHEN regexp_full_match({text}, '[\\x{{20}}\\x{{21}}\\x{{23}}-\\x{{5b}}\\x{{5d}}-\\x{{7e}}]*') "
-        f"THEN chr(34) || {text} || chr(34) END"
-    )
-
-
 def _value_repr_sql(value: str, sql_type: str) -> str:
     return {
-        "VARCHAR": _repr_sql(value),
+        "VARCHAR": sql.plain_repr(value),
         "BIGINT": f"CAST({value} AS VARCHAR)",
         "HUGEINT": f"CAST({value} AS VARCHAR)",
         "BOOLEAN": f"CASE WHEN {value} THEN 'True' ELSE 'False' END",
@@ -665,12 +638,12 @@ def _checks(spec: FieldSpec, value: str, sql_type: str) -> list[tuple[str, str]]
     """FieldSpec.check as (SQL predicate that holds only when Python's check passes, Python's
     reason when it surely fails, else NULL) in Python's order; None if one cannot be written."""
     checks = []
-    prefix = _string(spec.target + ": ")
+    prefix = sql.literal(spec.target + ": ")
     shown = _value_repr_sql(value, sql_type)
     if spec.max_length is not None and sql_type == "VARCHAR":
         checks.append((
             f"length({value}) <= {int(spec.max_length)}",
-            f"{prefix} || CAST(length({value}) AS VARCHAR) || {_string(f' characters; at most {spec.max_length} allowed')}",
+            f"{prefix} || CAST(length({value}) AS VARCHAR) || {sql.literal(f' characters; at most {spec.max_length} allowed')}",
         ))
     if spec.pattern is not None:
         text = {
@@ -683,8 +656,8 @@ def _checks(spec: FieldSpec, value: str, sql_type: str) -> list[tuple[str, str]]
         if text is None or translated is None:
             return None
         pattern, needs_ascii = translated
-        match = f"regexp_full_match({text}, {_string(pattern)})"
-        reason = f"{prefix} || {shown} || {_string(f' does not match {spec.pattern.pattern!r}')}"
+        match = f"regexp_full_match({text}, {sql.literal(pattern)})"
+        reason = f"{prefix} || {shown} || {sql.literal(f' does not match {spec.pattern.pattern!r}')}"
         if needs_ascii:
             ascii_text = f"strlen({text}) = length({text})"
             checks.append((f"({ascii_text} AND {match})", f"CASE WHEN {ascii_text} THEN {reason} END"))
@@ -694,14 +667,14 @@ def _checks(spec: FieldSpec, value: str, sql_type: str) -> list[tuple[str, str]]
         allowed = _choice_literals(spec.choices, sql_type)
         if allowed is None:
             return None
-        listed = _string(f" is not one of {sorted(map(str, spec.choices))}")
+        listed = sql.literal(f" is not one of {sorted(map(str, spec.choices))}")
         checks.append((f"{value} IN ({', '.join(allowed)})" if allowed else "FALSE", f"{prefix} || {shown} || {listed}"))
     return checks
 
 
 def _choice_literals(choices: set, sql_type: str) -> list[str] | None:
     if sql_type == "VARCHAR":
-        return [_string(c) for c in sorted(c for c in choices if isinstance(c, str))]
+        return [sql.literal(c) for c in sorted(c for c in choices if isinstance(c, str))]
     if sql_type in ("BIGINT", "HUGEINT"):
         numbers = {int(c) for c in choices if isinstance(c, (int, float)) and math.isfinite(c) and int(c) == c}
         return [f"CAST('{n}' AS {sql_type})" for n in sorted(numbers) if -_HUGEINT_LIMIT <= n < _HUGEINT_LIMIT]
@@ -856,16 +829,8 @@ def _strptime_parts(format: str) -> tuple[str, list[str]] | None:
 # --- SQL text -----------------------------------------------------------------------------------
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _names(names: list[str]) -> str:
-    return "[" + ", ".join(_string(n) for n in names) + "]"
+    return "[" + ", ".join(sql.literal(n) for n in names) + "]"
 
 
 def _normalise_type(kind: str) -> str:
@@ -932,11 +897,11 @@ def _literal(value: Any, sql_type: str) -> str | None:
         return f"CAST(NULL AS {sql_type})"
     if sql_type == "JSON":
         try:
-            return f"CAST({_string(json.dumps(value, ensure_ascii=False, separators=(',', ':')))} AS JSON)"
+            return f"CAST({sql.literal(json.dumps(value, ensure_ascii=False, separators=(',', ':')))} AS JSON)"
         except (TypeError, ValueError):
-            return f"CAST({_string(json.dumps(str(value)))} AS JSON)"
+            return f"CAST({sql.literal(json.dumps(str(value)))} AS JSON)"
     if sql_type == "VARCHAR" and isinstance(value, str):
-        return _string(value)
+        return sql.literal(value)
     if sql_type == "BOOLEAN" and isinstance(value, bool):
         return "TRUE" if value else "FALSE"
     if sql_type in ("BIGINT", "HUGEINT") and isinstance(value, int) and not isinstance(value, bool):

@@ -23,7 +23,8 @@ from hypothesis import given, settings, strategies as st
 from airflow_provider_profiles.formats.base import RowRejected
 from airflow_provider_profiles.formats.mapping import FieldMapping
 from airflow_provider_profiles.formats.values import decode_row
-from airflow_provider_profiles.prepare.sql_mapping import PY_WHITESPACE, compile_mapping, json_default, re2_pattern
+from airflow_provider_profiles.prepare.sql import WHITESPACE
+from airflow_provider_profiles.prepare.sql_mapping import compile_mapping, json_default, re2_pattern
 
 HOSTILE = [
     None, "", " ", "\u00a0", "\u2003 7 \u2003", "\t\n", "\u200b", "\x1c", "\x85", "\u3000",
@@ -296,7 +297,7 @@ def test_non_finite_numbers_in_json_values_are_the_other_known_difference():
 
 
 def test_the_whitespace_is_pythons():
-    assert PY_WHITESPACE == "".join(chr(code) for code in range(sys.maxunicode + 1) if chr(code).isspace())
+    assert WHITESPACE == "".join(chr(code) for code in range(sys.maxunicode + 1) if chr(code).isspace())
 
 
 def test_patterns_translate_to_re2_or_say_they_cannot():

@@ -184,7 +184,3 @@ def test_gainsight_px_generated_numbers_and_dates(cases):
         writer = get_writer("gainsight_px", "records", entity="USER", field_mapping={"identifyId": "id", "custom.v": "v"},
                             field_types={"custom.v": type_name})
         assert_sql_matches(writer, _strings(id=["u1"], v=[value]))
-
-
-def test_the_whitespace_sql_strips_is_pythons():
-    assert sql.WHITESPACE == "".join(chr(code) for code in range(0x110000) if chr(code).isspace())
