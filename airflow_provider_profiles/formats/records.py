@@ -148,8 +148,3 @@ def describe_open_quote(block, offset: int, delimiter: str = ",") -> tuple[int, 
     line_start = int(before.lines[-1]) + 1 if len(before.lines) else 0
     character = len(bytes(block[line_start:offset]).decode("utf-8", errors="replace")) + 1
     return len(before.lines), record_start, field, character
-
-
-def open_quote_message(character: int) -> str:
-    return (f"the quote at character {character} of this line is never closed: the rest of the file "
-            'would be one value. Close it, or write a quote inside a quoted value as ""')

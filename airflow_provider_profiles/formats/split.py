@@ -22,11 +22,10 @@ from airflow_provider_profiles.formats.records import (
     describe_open_quote,
     first_record_end,
     last_record_end,
-    open_quote_message,
     record_ends,
     scan,
 )
-from airflow_provider_profiles.prepare.errors import InputError, guess_format
+from airflow_provider_profiles.prepare.errors import InputError, guess_format, open_quote_message
 from airflow_provider_profiles.storage import (
     as_storage_path,
     is_local,

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from airflow_provider_profiles.formats.base import FormatWriter, RowRejected
+from airflow_provider_profiles.formats.base import FORMULA_STARTS, FormatWriter, RowRejected
 from airflow_provider_profiles.formats.mapping import FieldMapping, set_path
 from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.formats.values import EpochMillis
@@ -413,7 +414,7 @@ class RejectsWriter:
 
 def _spreadsheet_safe(cells: pa.Array) -> pa.Array:
     """``base.spreadsheet_safe`` on a column: a cell a spreadsheet would run as a formula gets a quote."""
-    formula = pc.match_substring_regex(cells, "^[=+\\-@\t\r]")
+    formula = pc.match_substring_regex(cells, "^[" + re.escape("".join(FORMULA_STARTS)) + "]")
     return pc.if_else(formula, pc.binary_join_element_wise("'", cells, ""), cells)
 
 

@@ -1,5 +1,5 @@
-"""What the input readers and the splitter share: the error that stops a run on bad input, and
-the input format guessed from a file name."""
+"""What the input readers and the splitter share: the error that stops a run on bad input (and
+the words for its commonest cause), and the input format guessed from a file name."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ class InputError(ValueError):
         if column is not None:
             where += f", column {column!r}"
         super().__init__(f"{where}: {message}")
+
+
+def open_quote_message(character: int) -> str:
+    return (f"the quote at character {character} of this line is never closed: the rest of the file "
+            'would be one value. Close it, or write a quote inside a quoted value as ""')
 
 
 def guess_format(path: Any) -> str:

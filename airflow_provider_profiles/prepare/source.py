@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import duckdb
 
 from airflow_provider_profiles.prepare import sql
-from airflow_provider_profiles.prepare.errors import InputError, guess_format
+from airflow_provider_profiles.prepare.errors import InputError, guess_format, open_quote_message
 from airflow_provider_profiles.storage import as_storage_path, is_local, local_path, open_binary
 
 CHUNK_BYTES = 4 << 20
@@ -180,7 +180,7 @@ def _csv_header(path, delimiter: str, encoding: str) -> tuple[list[str], int, bo
     end = _first_record_end(text, delimiter)
     if end is None:
         if _open_quote(text, delimiter) is not None:
-            raise InputError(path, _never_closed(_open_quote(text, delimiter) + 1), line=blank_lines + 1)
+            raise InputError(path, open_quote_message(_open_quote(text, delimiter) + 1), line=blank_lines + 1)
         if len(text) > MAX_HEADER_CHARS:
             raise InputError(path, f"no header line end in the first {MAX_HEADER_CHARS:,} characters: is this CSV?",
                              line=blank_lines + 1)
@@ -241,11 +241,6 @@ def _open_quote(text: str, delimiter: str) -> int | None:
     return None
 
 
-def _never_closed(character: int) -> str:
-    return (f"the quote at character {character} of this line is never closed: the rest of the file would be "
-            'one value. Close it, or write a quote inside a quoted value as ""')
-
-
 _COUNT = re.compile(r"Found: (\d+)")
 
 
@@ -283,7 +278,7 @@ def _csv_unreadable(connection, path, location: str, names: list[str], delimiter
                 before = text[:quote]
                 line_start = max(before.rfind("\n"), before.rfind("\r")) + 1
                 quote_line = line + len(re.findall(r"\r\n|\r|\n", before))
-                raise InputError(path, _never_closed(quote - line_start + 1), line=quote_line, column=column)
+                raise InputError(path, open_quote_message(quote - line_start + 1), line=quote_line, column=column)
             raise InputError(path, "text after the closing quote of this value: quote the whole value, and write a "
                              'quote inside it as ""', line=line, column=column)
         elif kind == "INVALID ENCODING":

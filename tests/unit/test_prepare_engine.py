@@ -183,3 +183,14 @@ def test_parquet_rows_come_out_in_file_order(tmp_path):
     assert result.written == count - count // 5
     with open(tmp_path / "out.ndjson", encoding="utf-8") as handle:
         assert [int(json.loads(line)["customer_id"]) for line in handle] == [i for i in range(count) if i % 5]
+
+
+def test_the_rejects_column_rule_is_the_cell_rule():
+    """The rejects file's cells are made spreadsheet-safe a column at a time, by the same rule."""
+    import pyarrow as pa
+
+    from airflow_provider_profiles.formats.base import spreadsheet_safe
+    from airflow_provider_profiles.prepare.engine import _spreadsheet_safe
+
+    cells = ["=1", "+1", "-1", "@x", "\tx", "\rx", "ok", "a=b", "\\x", "[x", "", None]
+    assert _spreadsheet_safe(pa.array(cells, pa.string())).to_pylist() == [spreadsheet_safe(c) for c in cells]
