@@ -37,7 +37,7 @@ TOKEN = "bench-token"
 
 def start_emulator(job_seconds: float) -> tuple[subprocess.Popen, str]:
     config = json.dumps({"token": TOKEN, "pending_seconds": job_seconds, "running_seconds": 1})
-    process = subprocess.Popen([sys.executable, "-m", "airflow_provider_profiles.emulators", "mediarithmics",
+    process = subprocess.Popen([sys.executable, "-m", "airflow_provider_profiles.testing", "mediarithmics",
                                 "--config", config], stdout=subprocess.PIPE, text=True)
     _, url = process.stdout.readline().split()
     return process, url

@@ -85,8 +85,8 @@ VENDORS: dict[str, dict] = {
 
 def provider_parts(vendor: str):
     """The writer and FieldMapping the operators build from these options."""
-    from airflow_provider_profiles.formats import get_writer
-    from airflow_provider_profiles.formats.mapping import FieldMapping
+    from airflow_provider_profiles.writers import get_writer
+    from airflow_provider_profiles.prepare.mapping import FieldMapping
 
     config = VENDORS[vendor]
     writer = get_writer(vendor, config["format"], **config["writer_options"])

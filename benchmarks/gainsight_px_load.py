@@ -68,7 +68,7 @@ def _call(url: str, method: str = "GET", body: dict | None = None) -> dict:
 def start_emulator(latency: float, limit: int) -> tuple[subprocess.Popen, str]:
     config = json.dumps({"api_key": API_KEY, "latency": latency, "rate_limit": limit})
     process = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_profiles.emulators", "gainsight_px", "--config", config],
+        [sys.executable, "-m", "airflow_provider_profiles.testing", "gainsight_px", "--config", config],
         stdout=subprocess.PIPE, text=True,
     )
     line = process.stdout.readline().split()

@@ -92,7 +92,7 @@ def generate(path: str, rows: int, seed: int = 7, changed_fraction: float = 0.0)
 
 
 def _localytics_writer():
-    from airflow_provider_profiles.formats import get_writer
+    from airflow_provider_profiles.writers import get_writer
 
     return get_writer(
         "localytics", "changes", customer_id="customer_id", attributes={c: c for c in COLUMNS if c != "customer_id"}
@@ -147,7 +147,7 @@ def job_polars(source: str, output: str, extra: dict) -> dict:
 
 
 def job_split(source: str, output: str, extra: dict) -> dict:
-    from airflow_provider_profiles.formats.split import split_file
+    from airflow_provider_profiles.prepare.split import split_file
 
     started = time.perf_counter()
     chunks = split_file(source, output, max_bytes=extra["max_bytes"], file_format="ndjson")
@@ -230,10 +230,10 @@ def warm_up(name: str) -> None:
         import pyarrow as pa
 
         pa.array([0])
-        import airflow_provider_profiles.formats.localytics  # noqa: F401
+        import airflow_provider_profiles.writers.localytics  # noqa: F401
         import airflow_provider_profiles.prepare.engine  # noqa: F401
     elif name == "split":
-        import airflow_provider_profiles.formats.split  # noqa: F401
+        import airflow_provider_profiles.prepare.split  # noqa: F401
     elif name == "pandas":
         import pandas  # noqa: F401
     elif name in ("polars", "dirty-polars"):

@@ -25,8 +25,8 @@ ATTRIBUTES = ["email", "first_name", "city", "plan", "signup_date", "score", "vi
 
 
 def parts():
-    from airflow_provider_profiles.formats import get_writer
-    from airflow_provider_profiles.formats.mapping import FieldMapping
+    from airflow_provider_profiles.writers import get_writer
+    from airflow_provider_profiles.prepare.mapping import FieldMapping
 
     writer = get_writer("localytics", "changes", customer_id="customer_id", attributes={c: c for c in ATTRIBUTES})
     mapping = FieldMapping({"customer_id": {"source": "id", "required": True}, **{c: c for c in ATTRIBUTES}},

@@ -17,7 +17,7 @@ import duckdb
 sys.path.insert(0, "benchmarks")
 import dirty  # noqa: E402
 
-from airflow_provider_profiles.formats.mapping import FieldMapping  # noqa: E402
+from airflow_provider_profiles.prepare.mapping import FieldMapping  # noqa: E402
 from airflow_provider_profiles.prepare.sql_mapping import compile_mapping  # noqa: E402
 
 

@@ -3,7 +3,7 @@
 Connection ``gainsight_px_default``: password = API key, extras ``{"data_center": "us", "product_key":
 "AP-XXXXXXXXXXXX-2"}``. To try it locally against the emulator::
 
-    python -m airflow_provider_profiles.emulators gainsight_px --port 8081
+    python -m airflow_provider_profiles.testing gainsight_px --port 8081
     export AIRFLOW_CONN_GAINSIGHT_PX_DEFAULT='{"conn_type": "gainsight_px", "host": "http://127.0.0.1:8081",
         "password": "gpx-emulator-key", "extra": {"product_key": "AP-EMULATOR-2"}}'
     airflow dags test example_gainsight_px

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_profiles.formats.localytics import AudienceLinesWriter
+from airflow_provider_profiles.writers.localytics import AudienceLinesWriter
 from airflow_provider_profiles.operators.localytics import LocalyticsAudienceImportOperator
 from airflow_provider_profiles.sensors.localytics import LocalyticsImportSensor
 

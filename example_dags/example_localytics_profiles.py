@@ -10,7 +10,7 @@ still meets the limit waits for a slot instead of failing. Create the pool once:
 Needs a connection ``localytics_default``: API key as login, API secret as password, extra
 ``{"org_id": "..."}``. Against the local emulator (no account needed), point it there::
 
-    python -m airflow_provider_profiles.emulators localytics --port 8093
+    python -m airflow_provider_profiles.testing localytics --port 8093
     export AIRFLOW_CONN_LOCALYTICS_DEFAULT='{"conn_type": "localytics", "login": "localytics-key",
         "password": "localytics-secret", "host": "http://127.0.0.1:8093", "extra": {"org_id": "60"}}'
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_profiles.formats.localytics import AttributeChange, ProfileChangesWriter
+from airflow_provider_profiles.writers.localytics import AttributeChange, ProfileChangesWriter
 from airflow_provider_profiles.operators.localytics import LocalyticsProfileImportOperator
 
 PROFILES_CSV = str(Path(__file__).parent / "data" / "localytics_profiles.csv")
@@ -74,7 +74,7 @@ with DAG(
     @task
     def chunks(prepared: dict, params: dict | None = None) -> list[str]:
         """As few files as possible: each one costs one of the 10 uploads of the hour."""
-        from airflow_provider_profiles.formats.split import split_file
+        from airflow_provider_profiles.prepare.split import split_file
 
         return split_file(prepared["output"], max_bytes=params["max_chunk_bytes"], file_format="ndjson")
 

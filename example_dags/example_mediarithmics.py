@@ -10,7 +10,7 @@ file with the reason.
 Needs a connection ``mediarithmics_default``: API token as password, extra ``{"datamart_id": "..."}``.
 Against the local emulator, no account needed::
 
-    python -m airflow_provider_profiles.emulators.run_dag example_mediarithmics
+    python -m airflow_provider_profiles.testing.run_dag example_mediarithmics
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_profiles.formats.mediarithmics import UserProfileWriter
+from airflow_provider_profiles.writers.mediarithmics import UserProfileWriter
 from airflow_provider_profiles.operators.mediarithmics import (
     MediarithmicsCreateDocumentImportOperator,
     MediarithmicsUploadOperator,
@@ -63,7 +63,7 @@ with DAG(
 
     @task
     def chunks(prepared: dict, params: dict | None = None) -> list[str]:
-        from airflow_provider_profiles.formats.split import split_file
+        from airflow_provider_profiles.prepare.split import split_file
 
         return split_file(prepared["output"], max_bytes=params["max_chunk_bytes"], max_rows=params["max_chunk_rows"],
                           file_format="ndjson")

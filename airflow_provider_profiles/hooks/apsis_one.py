@@ -24,7 +24,7 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import mask_secret
 
-from airflow_provider_profiles.formats.apsis_one import KEYSPACES
+from airflow_provider_profiles.writers.apsis_one import KEYSPACES
 from airflow_provider_profiles.hooks.base import (
     JobState,
     JobStatus,

@@ -24,8 +24,8 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowException, BaseOperator
 
-from airflow_provider_profiles.formats.base import RejectsFile, RowRejected, csv_line
-from airflow_provider_profiles.formats.gainsight_px import (
+from airflow_provider_profiles.prepare.writer import RejectsFile, RowRejected, csv_line
+from airflow_provider_profiles.writers.gainsight_px import (
     GainsightPXRecordFormat,
     flatten,
 )

@@ -260,8 +260,8 @@ class MediarithmicsEraseOperator(EraseIdsMixin, RemoteJobOperator):
 
     def _lines(self, ids: list[str]) -> tuple[bytes, list[dict[str, str]]]:
         """The NDJSON body (one line per id, in order) and the ids refused before sending."""
-        from airflow_provider_profiles.formats.base import RowRejected
-        from airflow_provider_profiles.formats.mediarithmics import writer_for
+        from airflow_provider_profiles.prepare.writer import RowRejected
+        from airflow_provider_profiles.writers.mediarithmics import writer_for
 
         writer = writer_for(self.document_type)
         lines, refused = [], []

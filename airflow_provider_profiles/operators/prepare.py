@@ -22,10 +22,10 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseHook, BaseOperator
 
-from airflow_provider_profiles.formats import DEFAULT_MAX_BYTES, get_writer
-from airflow_provider_profiles.formats.mapping import FieldMapping
+from airflow_provider_profiles.writers import DEFAULT_MAX_BYTES, get_writer
+from airflow_provider_profiles.prepare.mapping import FieldMapping
 from airflow_provider_profiles.prepare.engine import PrepareResult, prepare
-from airflow_provider_profiles.formats.split import split_file
+from airflow_provider_profiles.prepare.split import split_file
 from airflow_provider_profiles.prepare.sync import SyncConflict, SyncState
 from airflow_provider_profiles.storage import as_storage_path
 

@@ -29,10 +29,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from airflow_provider_profiles.formats.base import FORMULA_STARTS, FormatWriter, RowRejected
-from airflow_provider_profiles.formats.mapping import FieldMapping, set_path
+from airflow_provider_profiles.prepare.writer import FORMULA_STARTS, FormatWriter, RowRejected
+from airflow_provider_profiles.prepare.mapping import FieldMapping, set_path
 from airflow_provider_profiles.prepare.errors import InputError
-from airflow_provider_profiles.formats.values import EpochMillis
+from airflow_provider_profiles.prepare.values import EpochMillis
 from airflow_provider_profiles.prepare import sql
 from airflow_provider_profiles.prepare import sync as sync_files
 from airflow_provider_profiles.prepare.source import Source, cursor_error, open_cursor, open_source

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from airflow_provider_profiles.formats.records import scan
+from airflow_provider_profiles.prepare.records import scan
 from airflow_provider_profiles.storage import open_binary
 
 BLOCK_BYTES = 1 << 20

@@ -175,8 +175,8 @@ def register_functions(connection) -> None:
 
 
 def _decode_reason(column: str, value: bytes) -> str | None:
-    from airflow_provider_profiles.formats.base import RowRejected
-    from airflow_provider_profiles.formats.values import decode
+    from airflow_provider_profiles.prepare.writer import RowRejected
+    from airflow_provider_profiles.prepare.values import decode
 
     try:
         decode(value)

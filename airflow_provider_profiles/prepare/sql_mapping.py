@@ -32,9 +32,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field as dataclass_field
 from typing import Any
 
-from airflow_provider_profiles.formats import values
-from airflow_provider_profiles.formats.base import RowRejected
-from airflow_provider_profiles.formats.mapping import FieldMapping, FieldSpec
+from airflow_provider_profiles.prepare import values
+from airflow_provider_profiles.prepare.writer import RowRejected
+from airflow_provider_profiles.prepare.mapping import FieldMapping, FieldSpec
 from airflow_provider_profiles.prepare import sql
 
 import re._constants as sre  # the parser of Python's own patterns (3.11+), to translate them
@@ -606,7 +606,7 @@ def _as_python_sees(expr: str, kind: str) -> tuple[str, str]:
 
 
 def _walk(value: Any, parts: list[str]) -> Any:
-    """The rest of formats.mapping.lookup's walk, inside a parsed JSON value."""
+    """The rest of mapping.lookup's walk, inside a parsed JSON value."""
     for part in parts:
         if not isinstance(value, Mapping) or part not in value:
             return None
@@ -615,7 +615,7 @@ def _walk(value: Any, parts: list[str]) -> Any:
 
 
 def _missing_sql(category: str, source: str) -> str:
-    """formats.base.is_missing in SQL, for the values it can see (the rest: Python decides)."""
+    """writer.is_missing in SQL, for the values it can see (the rest: Python decides)."""
     if category == "text":
         return f"({source} IS NULL OR {sql.is_blank(source)})"
     if category == "float":

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_profiles.emulators import EMULATORS, EmulatorServer, create, serve
-from airflow_provider_profiles.emulators.run_dag import demo_connections
+from airflow_provider_profiles.testing import EMULATORS, EmulatorServer, create, serve
+from airflow_provider_profiles.testing.run_dag import demo_connections
 
 PROCESSES = {
     "api-server": ["api-server", "--host", "127.0.0.1", "--port", "{api_port}"],

@@ -24,7 +24,7 @@ def test_every_example_dag_loads_without_errors(airflow_db):
 
 
 def test_demo_runs_the_end_to_end_dag_and_reconciles(tmp_path, capsys):
-    from airflow_provider_profiles.emulators.run_dag import main
+    from airflow_provider_profiles.testing.run_dag import main
 
     assert main(["profiles_end_to_end", "--dags-folder", str(EXAMPLES), "--home", str(tmp_path / "demo")]) == 0
     printed = capsys.readouterr().out
@@ -42,7 +42,7 @@ def test_demo_runs_the_end_to_end_dag_and_reconciles(tmp_path, capsys):
 def test_erase_profiles_runs_under_airflow_dags_test(tmp_path, capsys):
     """The erasure example through ``airflow dags test`` (the demo runner) against empty emulators:
     every id is not found, every task succeeds, and mediarithmics gets one deletion execution."""
-    from airflow_provider_profiles.emulators.run_dag import main
+    from airflow_provider_profiles.testing.run_dag import main
 
     assert main(["erase_profiles", "--dags-folder", str(EXAMPLES), "--home", str(tmp_path / "erase")]) == 0
     printed = capsys.readouterr().out

@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from airflow_provider_profiles.emulators import create, serve
+from airflow_provider_profiles.testing import create, serve
 from tests.conftest import run_dag_file
 
 EXAMPLE = Path(__file__).parents[2] / "example_dags" / "example_gainsight_px.py"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_profiles.emulators import create, serve
+from airflow_provider_profiles.testing import create, serve
 from tests.conftest import run_dag_file
 
 DAG_FILE = Path(__file__).parents[1] / "dags" / "echo_jobs.py"

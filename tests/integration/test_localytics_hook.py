@@ -254,7 +254,7 @@ def test_credentials_never_reach_logs_or_urls(localytics, tmp_path, caplog, caps
 
 
 def test_writer_output_is_accepted_line_for_line(localytics, tmp_path):
-    from airflow_provider_profiles.formats.localytics import ProfileChangesWriter
+    from airflow_provider_profiles.writers.localytics import ProfileChangesWriter
 
     server, hook = localytics()
     writer = ProfileChangesWriter({"note": "note", "tags": ("tags", "set-add")})

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from airflow_provider_profiles.emulators import create, serve
-from airflow_provider_profiles.formats.base import RejectsFile, RowRejected
-from airflow_provider_profiles.formats.mediarithmics import CSV, NDJSON, writer_for
+from airflow_provider_profiles.testing import create, serve
+from airflow_provider_profiles.prepare.writer import RejectsFile, RowRejected
+from airflow_provider_profiles.writers.mediarithmics import CSV, NDJSON, writer_for
 from airflow_provider_profiles.hooks.mediarithmics import MediarithmicsHook
 
 ACCOUNT = {"user_account_id": "u1", "compartment_id": "7"}

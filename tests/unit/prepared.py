@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from airflow_provider_profiles.formats import get_writer
+from airflow_provider_profiles.writers import get_writer
 
 
 def localytics(**options):

@@ -6,13 +6,13 @@ import datetime as dt
 
 import pytest
 
-from airflow_provider_profiles.formats.apsis_one import (
+from airflow_provider_profiles.writers.apsis_one import (
     EMAIL_KEYSPACE,
     MOBILE_KEYSPACE,
     ApsisOneCsvWriter,
     format_value,
 )
-from airflow_provider_profiles.formats.base import RowRejected
+from airflow_provider_profiles.prepare.writer import RowRejected
 
 
 def test_header_and_line():

@@ -8,8 +8,8 @@ import sys
 import pytest
 import requests
 
-from airflow_provider_profiles.emulators import create, serve
-from airflow_provider_profiles.emulators.base import Clock, SlidingWindowLimit
+from airflow_provider_profiles.testing import create, serve
+from airflow_provider_profiles.testing.base import Clock, SlidingWindowLimit
 
 HEADERS = {"X-Api-Key": "echo-key"}
 
@@ -74,7 +74,7 @@ def test_sliding_window_limit_on_emulated_time():
 
 
 def test_command_serves_an_emulator_until_terminated():
-    process = subprocess.Popen([sys.executable, "-m", "airflow_provider_profiles.emulators", "echo"],
+    process = subprocess.Popen([sys.executable, "-m", "airflow_provider_profiles.testing", "echo"],
                                stdout=subprocess.PIPE, text=True)
     try:
         vendor, url = process.stdout.readline().split()

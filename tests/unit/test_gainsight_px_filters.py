@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from airflow_provider_profiles.emulators.gainsight_px import parse_filters
+from airflow_provider_profiles.testing.gainsight_px import parse_filters
 from airflow_provider_profiles.hooks.gainsight_px import (
     FILTER_OPERATORS,
     build_filters,

@@ -8,13 +8,13 @@ import math
 
 import pytest
 
-from airflow_provider_profiles.formats.base import RowRejected, is_missing
-from airflow_provider_profiles.formats.gainsight_px import (
+from airflow_provider_profiles.prepare.writer import RowRejected, is_missing
+from airflow_provider_profiles.writers.gainsight_px import (
     GainsightPXRecordFormat,
     convert,
     flatten,
 )
-from airflow_provider_profiles.formats.values import epoch_millis
+from airflow_provider_profiles.prepare.values import epoch_millis
 
 DOC_MAPPING = {
     "identifyId": "id",

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_profiles.formats.base import RejectsFile, RowRejected, is_missing
-from airflow_provider_profiles.formats.localytics import (
+from airflow_provider_profiles.prepare.writer import RejectsFile, RowRejected, is_missing
+from airflow_provider_profiles.writers.localytics import (
     AttributeChange,
     AudienceLinesWriter,
     ProfileChangesWriter,

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from airflow_provider_profiles.formats.base import RowRejected
-from airflow_provider_profiles.formats.mediarithmics import (
+from airflow_provider_profiles.prepare.writer import RowRejected
+from airflow_provider_profiles.writers.mediarithmics import (
     UserChoiceWriter,
     UserIdentifiersDeletionWriter,
     UserProfileWriter,
@@ -101,7 +101,7 @@ def test_user_identifiers_dissociation_lines():
 
 
 def test_the_duplicate_check_keys_users_by_type_compartment_and_value(tmp_path):
-    from airflow_provider_profiles.formats import get_writer
+    from airflow_provider_profiles.writers import get_writer
     from airflow_provider_profiles.prepare.engine import prepare
 
     source = tmp_path / "in.csv"

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from airflow_provider_profiles.formats.base import RejectsFile, RowRejected
-from airflow_provider_profiles.formats.mediarithmics import (
+from airflow_provider_profiles.prepare.writer import RejectsFile, RowRejected
+from airflow_provider_profiles.writers.mediarithmics import (
     CSV,
     UserActivityWriter,
     UserChoiceWriter,

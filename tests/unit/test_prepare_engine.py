@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from airflow_provider_profiles.formats import get_writer
+from airflow_provider_profiles.writers import get_writer
 from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.prepare.engine import DUPLICATE, prepare
 from tests.unit.prepared import localytics, ndjson, rejects_of
@@ -150,7 +150,7 @@ def test_rejects_cells_that_a_spreadsheet_would_run_are_quoted(tmp_path):
 
 
 def test_keep_unmapped_sends_the_other_columns_too(tmp_path):
-    from airflow_provider_profiles.formats.mapping import FieldMapping
+    from airflow_provider_profiles.prepare.mapping import FieldMapping
 
     source = write_csv(tmp_path / "in.csv", [("1", "ann", " "), ("2", "bo", "Oslo")], header=("id", "name", "city"))
     mapping = FieldMapping({"user_account_id": {"source": "id", "required": True}, "name": {"source": "name", "max_length": 2}},
@@ -169,7 +169,7 @@ def test_parquet_rows_come_out_in_file_order(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from airflow_provider_profiles.formats.mapping import FieldMapping
+    from airflow_provider_profiles.prepare.mapping import FieldMapping
 
     count = 500_000
     table = pa.table({"id": [str(i) for i in range(count)], "name": [f"n{i}" for i in range(count)],
@@ -189,7 +189,7 @@ def test_the_rejects_column_rule_is_the_cell_rule():
     """The rejects file's cells are made spreadsheet-safe a column at a time, by the same rule."""
     import pyarrow as pa
 
-    from airflow_provider_profiles.formats.base import spreadsheet_safe
+    from airflow_provider_profiles.prepare.writer import spreadsheet_safe
     from airflow_provider_profiles.prepare.engine import _spreadsheet_safe
 
     cells = ["=1", "+1", "-1", "@x", "\tx", "\rx", "ok", "a=b", "\\x", "[x", "", None]

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_profiles.formats import get_writer
-from airflow_provider_profiles.formats.mapping import FieldMapping
+from airflow_provider_profiles.writers import get_writer
+from airflow_provider_profiles.prepare.mapping import FieldMapping
 from airflow_provider_profiles.prepare.engine import DUPLICATE, prepare
 from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.prepare.sync import SyncState
@@ -108,7 +108,7 @@ def test_typed_parquet_with_nested_columns_and_sync(tmp_path):
 
 
 def test_writer_registry():
-    from airflow_provider_profiles.formats import DEFAULT_MAX_BYTES, WRITERS, writer_class
+    from airflow_provider_profiles.writers import DEFAULT_MAX_BYTES, WRITERS, writer_class
 
     assert writer_class("localytics").__name__ == "ProfileChangesWriter"
     assert writer_class("localytics", "audience").__name__ == "AudienceLinesWriter"

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from airflow_provider_profiles.formats.base import RowRejected
-from airflow_provider_profiles.formats.mapping import FieldMapping
+from airflow_provider_profiles.prepare.writer import RowRejected
+from airflow_provider_profiles.prepare.mapping import FieldMapping
 
 
 def test_rename_nested_target_nested_source_and_constant():

@@ -20,9 +20,9 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from airflow_provider_profiles.formats.base import RowRejected
-from airflow_provider_profiles.formats.mapping import FieldMapping
-from airflow_provider_profiles.formats.values import decode_row
+from airflow_provider_profiles.prepare.writer import RowRejected
+from airflow_provider_profiles.prepare.mapping import FieldMapping
+from airflow_provider_profiles.prepare.values import decode_row
 from airflow_provider_profiles.prepare.sql import WHITESPACE
 from airflow_provider_profiles.prepare.sql_mapping import compile_mapping, json_default, re2_pattern
 

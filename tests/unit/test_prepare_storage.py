@@ -7,10 +7,10 @@ import uuid
 
 import pytest
 
-from airflow_provider_profiles.formats import get_writer
+from airflow_provider_profiles.writers import get_writer
 from airflow_provider_profiles.prepare.engine import prepare
 from airflow_provider_profiles.prepare.errors import InputError
-from airflow_provider_profiles.formats.split import split_file
+from airflow_provider_profiles.prepare.split import split_file
 from airflow_provider_profiles.prepare.sync import SyncState
 
 

@@ -15,8 +15,8 @@ import os
 
 import pytest
 
-from airflow_provider_profiles.formats import get_writer
-from airflow_provider_profiles.formats.mapping import FieldMapping
+from airflow_provider_profiles.writers import get_writer
+from airflow_provider_profiles.prepare.mapping import FieldMapping
 from airflow_provider_profiles.prepare import sync as sync_module
 from airflow_provider_profiles.prepare.engine import prepare
 from airflow_provider_profiles.prepare.sync import SyncConflict, SyncState, SyncStateError, run_key_of

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_profiles.formats import get_writer
-from airflow_provider_profiles.formats.mapping import FieldMapping
+from airflow_provider_profiles.writers import get_writer
+from airflow_provider_profiles.prepare.mapping import FieldMapping
 from airflow_provider_profiles.prepare.engine import prepare as prepare_file
 from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.operators.prepare import ProfilesFileTransformOperator, SqlToProfilesFileOperator

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_profiles.formats import get_writer
-from airflow_provider_profiles.formats.base import RowRejected, is_missing
+from airflow_provider_profiles.writers import get_writer
+from airflow_provider_profiles.prepare.writer import RowRejected, is_missing
 from airflow_provider_profiles.prepare import sql
 
 HOSTILE_TEXT = ["plain", " padded ", "tab\there", "new\nline", 'quote "q"', "it's", "back\\slash", "comma, here",

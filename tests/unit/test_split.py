@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_profiles.formats.records import first_record_end, last_record_end, record_ends
-from airflow_provider_profiles.formats.split import RecordTooLarge, split_file
+from airflow_provider_profiles.prepare.records import first_record_end, last_record_end, record_ends
+from airflow_provider_profiles.prepare.split import RecordTooLarge, split_file
 from airflow_provider_profiles.prepare.errors import InputError
 from tests.unit.csv_corpus import csv_files, expected_records
 
@@ -128,7 +128,7 @@ def test_an_unclosed_quote_is_an_error_at_its_line(tmp_path, monkeypatch, limits
     """A quote never closed makes the rest of the file one record: the split says so at that
     record's line as soon as the record outgrows a chunk (or, with a row limit only, the split's
     MAX_RECORD_BYTES), without reading the rest into memory first."""
-    from airflow_provider_profiles.formats import split
+    from airflow_provider_profiles.prepare import split
 
     monkeypatch.setattr(split, "MAX_RECORD_BYTES", 20_000)
     source = tmp_path / "open.csv"
@@ -206,7 +206,7 @@ def test_split_agrees_with_the_csv_module(tmp_path_factory, file, max_rows, max_
     assert recovered == [values for _, values in records[1:]]
 
 
-# --- record ends (formats/records.py) against a walk through csv's states --------------------------
+# --- record ends (prepare/records.py) against a walk through csv's states --------------------------
 
 
 def csv_record_ends(block: bytes, start: int, end: int, complete: bool) -> list[int]:
@@ -237,7 +237,7 @@ def csv_record_ends(block: bytes, start: int, end: int, complete: bool) -> list[
 
 def test_record_ends_agree_with_a_character_walk():
     """Every record end, the first and the last, in any slice of a block that starts at a record start
-    (formats/records.py, what split cuts at)."""
+    (prepare/records.py, what split cuts at)."""
     rng = np.random.default_rng(17)
     for _ in range(600):
         prefix = [b"", b"s\n", b'p,"q\nr"\n', b"t\r"][int(rng.integers(0, 4))]  # whole records before start

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_profiles.emulators import EmulatorServer, create, serve
+from airflow_provider_profiles.testing import EmulatorServer, create, serve
 
 
 @pytest.fixture

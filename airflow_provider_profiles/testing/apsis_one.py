@@ -54,7 +54,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from airflow_provider_profiles.emulators.base import Emulator, too_many_requests
+from airflow_provider_profiles.testing.base import Emulator, too_many_requests
 
 UPLOAD_PATH = "/file-import-uploads"
 EXPLICIT_DENY = "User is not authorized to access this resource with an explicit deny"

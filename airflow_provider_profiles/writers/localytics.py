@@ -21,9 +21,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, is_missing
+from airflow_provider_profiles.prepare.writer import FormatWriter, RowRejected, is_missing
 from airflow_provider_profiles.prepare import sql
-from airflow_provider_profiles.formats.values import FALSE_WORDS, TRUE_WORDS, checked_integer, json_line
+from airflow_provider_profiles.prepare.values import FALSE_WORDS, TRUE_WORDS, checked_integer, json_line
 
 OPS = ("assign", "set-add", "set-remove", "increment", "delete")
 EMPTY_CHOICES = ("skip", "delete")

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, csv_line
+from airflow_provider_profiles.prepare.writer import FormatWriter, RowRejected, csv_line
 from airflow_provider_profiles.prepare import sql
 
 EMAIL_KEYSPACE = "com.apsis1.keyspaces.email"

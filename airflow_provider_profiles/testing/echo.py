@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from airflow_provider_profiles.emulators.base import Emulator
+from airflow_provider_profiles.testing.base import Emulator
 
 
 class EchoEmulator(Emulator):

@@ -17,9 +17,9 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from airflow_provider_profiles.formats import values
+from airflow_provider_profiles.prepare import values
 from airflow_provider_profiles.prepare import sql
-from airflow_provider_profiles.formats.base import (
+from airflow_provider_profiles.prepare.writer import (
     FormatWriter,
     RowRejected,
     csv_line,

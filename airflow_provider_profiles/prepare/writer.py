@@ -154,4 +154,4 @@ def csv_line(values: list[Any]) -> str:
 
 
 # values builds on this module (RowRejected, is_missing): imported last, used at call time
-from airflow_provider_profiles.formats import values  # noqa: E402
+from airflow_provider_profiles.prepare import values  # noqa: E402

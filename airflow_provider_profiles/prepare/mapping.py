@@ -30,8 +30,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 
-from airflow_provider_profiles.formats.base import RowRejected, is_missing
-from airflow_provider_profiles.formats.values import (
+from airflow_provider_profiles.prepare.writer import RowRejected, is_missing
+from airflow_provider_profiles.prepare.values import (
     EpochMillis,
     parse_json,
     to_bool,

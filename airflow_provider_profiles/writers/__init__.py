@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from airflow_provider_profiles.formats.base import (
+from airflow_provider_profiles.prepare.writer import (
     FormatWriter,
     RejectsFile,
     RowRejected,

@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from airflow_provider_profiles.emulators.base import (
+from airflow_provider_profiles.testing.base import (
     Emulator,
     SlidingWindowLimit,
     too_many_requests,

@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from airflow_provider_profiles.emulators.base import (
+from airflow_provider_profiles.testing.base import (
     CONTROL_PREFIX,
     Emulator,
     SlidingWindowLimit,

@@ -14,8 +14,8 @@ import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from airflow_provider_profiles.formats.base import FormatWriter, RowRejected, is_missing
-from airflow_provider_profiles.formats.values import (
+from airflow_provider_profiles.prepare.writer import FormatWriter, RowRejected, is_missing
+from airflow_provider_profiles.prepare.values import (
     FALSE_WORDS,
     TRUE_WORDS,
     canonical_id,

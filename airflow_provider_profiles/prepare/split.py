@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from airflow_provider_profiles.formats.records import (
+from airflow_provider_profiles.prepare.records import (
     count_lines,
     describe_open_quote,
     first_record_end,

@@ -1,4 +1,4 @@
-"""Run a DAG end to end against the emulators: ``python -m airflow_provider_profiles.emulators.run_dag DAG_ID``.
+"""Run a DAG end to end against the emulators: ``python -m airflow_provider_profiles.testing.run_dag DAG_ID``.
 
 Starts every vendor emulator on 127.0.0.1, points the default connection of each vendor at it
 (``AIRFLOW_CONN_*``), prepares an Airflow home on embedded SQLite, runs ``airflow dags test`` (real
@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from airflow_provider_profiles.emulators import EMULATORS, create, serve
+from airflow_provider_profiles.testing import EMULATORS, create, serve
 
 
 def demo_connections(servers: dict, data_dir: Path) -> dict[str, dict]:

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from airflow_provider_profiles.emulators.base import Emulator
+from airflow_provider_profiles.testing.base import Emulator
 
 # developer.mediarithmics.io/data-ingestion/bulk-processing and its per-type pages (imports, deletions,
 # user identifiers association); the overview also lists user dissociation.

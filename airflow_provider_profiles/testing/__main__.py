@@ -1,4 +1,4 @@
-"""Serve one or all emulators until interrupted: ``python -m airflow_provider_profiles.emulators VENDOR``.
+"""Serve one or all emulators until interrupted: ``python -m airflow_provider_profiles.testing VENDOR``.
 
 Prints one ``<vendor> <url>`` line per emulator once it listens (scripts wait for these lines).
 """
@@ -11,11 +11,11 @@ import signal
 import sys
 import threading
 
-from airflow_provider_profiles.emulators import EMULATORS, create, serve
+from airflow_provider_profiles.testing import EMULATORS, create, serve
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m airflow_provider_profiles.emulators", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m airflow_provider_profiles.testing", description=__doc__)
     parser.add_argument("vendor", choices=[*EMULATORS, "all"], help="which emulator to serve ('all': every vendor)")
     parser.add_argument("--port", type=int, default=0, help="port for a single vendor (default: a free one)")
     parser.add_argument("--config", default="{}", help="JSON object of emulator settings, e.g. '{\"time_scale\": 60}'")

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from airflow_provider_profiles.formats.base import RowRejected, is_missing
+from airflow_provider_profiles.prepare.writer import RowRejected, is_missing
 
 TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1"})
 FALSE_WORDS = frozenset({"false", "f", "no", "n", "0"})

@@ -1,10 +1,10 @@
 """Local, faithful fakes of each vendor API, served over real HTTP on 127.0.0.1.
 
-    python -m airflow_provider_profiles.emulators gainsight_px --port 8081
+    python -m airflow_provider_profiles.testing gainsight_px --port 8081
 
 or, from Python / pytest::
 
-    from airflow_provider_profiles.emulators import create, serve
+    from airflow_provider_profiles.testing import create, serve
     with serve(create("mediarithmics")) as server:
         ...  # server.url, server.emulator.snapshot(), server.emulator.inject("status", status=429)
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from airflow_provider_profiles.emulators.base import (
+from airflow_provider_profiles.testing.base import (
     Clock,
     Emulator,
     EmulatorServer,
@@ -23,11 +23,11 @@ from airflow_provider_profiles.emulators.base import (
 
 # vendor name -> "module:class"; imported lazily so one vendor's emulator never loads the others
 EMULATORS: dict[str, str] = {
-    "echo": "airflow_provider_profiles.emulators.echo:EchoEmulator",
-    "gainsight_px": "airflow_provider_profiles.emulators.gainsight_px:GainsightPXEmulator",
-    "apsis_one": "airflow_provider_profiles.emulators.apsis_one:ApsisOneEmulator",
-    "localytics": "airflow_provider_profiles.emulators.localytics:LocalyticsEmulator",
-    "mediarithmics": "airflow_provider_profiles.emulators.mediarithmics:MediarithmicsEmulator",
+    "echo": "airflow_provider_profiles.testing.echo:EchoEmulator",
+    "gainsight_px": "airflow_provider_profiles.testing.gainsight_px:GainsightPXEmulator",
+    "apsis_one": "airflow_provider_profiles.testing.apsis_one:ApsisOneEmulator",
+    "localytics": "airflow_provider_profiles.testing.localytics:LocalyticsEmulator",
+    "mediarithmics": "airflow_provider_profiles.testing.mediarithmics:MediarithmicsEmulator",
 }
 
 
