@@ -25,6 +25,7 @@ from typing import Any
 from airflow.providers.common.compat.sdk import AirflowException, BaseOperator
 
 from airflow_provider_profiles.prepare.writer import RejectsFile, RowRejected, csv_line
+from airflow_provider_profiles.prepare.values import to_text
 from airflow_provider_profiles.writers.gainsight_px import (
     GainsightPXRecordFormat,
     flatten,
@@ -626,14 +627,8 @@ class GainsightPXExportOperator(BaseOperator):
         out.write(csv_line(columns))
         count, dropped = 0, set()
 
-        def cell(value: Any) -> Any:
-            if value is None:
-                return ""
-            if isinstance(value, bool):
-                return "true" if value else "false"
-            if isinstance(value, (list, dict)):
-                return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-            return value
+        def cell(value: Any) -> str:
+            return "" if value is None else to_text(value)
 
         for flat in itertools.chain(first_page, (flatten(record) for record in records)):
             dropped.update(flat.keys() - set(columns))

@@ -30,10 +30,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 
-from airflow_provider_profiles.prepare.writer import RowRejected, is_missing
+from airflow_provider_profiles.prepare.writer import RowRejected
 from airflow_provider_profiles.prepare.values import (
-    EpochMillis,
+    epoch_millis,
+    is_missing,
     parse_json,
+    set_path,
     to_bool,
     to_datetime,
     to_text,
@@ -126,7 +128,7 @@ class FieldSpec:
             return _to_number(value)
         if kind == "bool":
             flag = _to_bool(value)
-            return ("true" if flag else "false") if self.bool_as == "string" else flag
+            return to_text(flag) if self.bool_as == "string" else flag
         if kind == "list":
             return _to_list(value, self.separator)
         if kind == "json":
@@ -135,7 +137,7 @@ class FieldSpec:
         if kind == "epoch_ms":
             if self.type == "date":
                 moment = dt.datetime(moment.year, moment.month, moment.day, tzinfo=dt.timezone.utc)
-            return EpochMillis((moment - _EPOCH) // dt.timedelta(milliseconds=1))
+            return epoch_millis(moment)
         if kind == "iso_date":
             return moment.date().isoformat()
         return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -215,13 +217,6 @@ def lookup(row: Mapping[str, Any], source: str) -> Any:
     return value
 
 
-def set_path(record: dict, path: tuple[str, ...], value: Any) -> None:
-    for part in path[:-1]:
-        record = record.setdefault(part, {})
-    record[path[-1]] = value
-
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _to_text = to_text
 
 

@@ -14,12 +14,13 @@ import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from airflow_provider_profiles.prepare.writer import FormatWriter, RowRejected, is_missing
+from airflow_provider_profiles.prepare.writer import FormatWriter, RowRejected
 from airflow_provider_profiles.prepare.values import (
     FALSE_WORDS,
     TRUE_WORDS,
     canonical_id,
     epoch_millis,
+    is_missing,
     json_line,
     to_bool,
     to_text,

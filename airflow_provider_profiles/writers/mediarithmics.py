@@ -23,8 +23,8 @@ from airflow_provider_profiles.prepare.writer import (
     FormatWriter,
     RowRejected,
     csv_line,
-    is_missing,
 )
+from airflow_provider_profiles.prepare.values import is_missing
 
 NDJSON = "APPLICATION_X_NDJSON"
 CSV = "TEXT_CSV"
@@ -372,11 +372,10 @@ class UserChoiceWriter(MediarithmicsWriter):
 
 
 def _boolean(value: Any, field: str) -> bool:
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    if not isinstance(value, bool):
-        raise RowRejected(f"{value!r} is not true or false", field)
-    return value
+    try:
+        return values.to_bool(value)
+    except ValueError as error:
+        raise RowRejected(str(error), field) from None
 
 
 def typed_identifier(row: Mapping[str, Any], user_point: bool = False) -> dict[str, str]:

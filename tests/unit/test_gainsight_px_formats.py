@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from airflow_provider_profiles.prepare.writer import RowRejected, is_missing
+from airflow_provider_profiles.prepare.writer import RowRejected
+from airflow_provider_profiles.prepare.values import is_missing
 from airflow_provider_profiles.writers.gainsight_px import (
     GainsightPXRecordFormat,
     convert,
