@@ -141,6 +141,32 @@ def to_bool(value: Any) -> bool:
     raise ValueError(f"expected true/false, yes/no or 1/0, got {value!r}")
 
 
+def to_int(value: Any) -> int:
+    """An integer from a number or its text; whole floats (4.0) pass, fractions and NaN do not."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    number = float(value.strip()) if isinstance(value, str) else float(value)
+    if not math.isfinite(number) or not number.is_integer():
+        raise ValueError(f"expected an integer, got {value!r}")
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value.strip())  # exact for big ids, where float() would round
+    return int(number)
+
+
+def to_number(value: Any) -> int | float:
+    """A finite number: integers stay integers, anything else (text included) is a float."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    if isinstance(value, int):
+        return value
+    number = float(value.strip()) if isinstance(value, str) else float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number
+
+
 def checked_integer(value: int, bits: int = 64) -> int:
     """``value`` if a signed integer of ``bits`` holds it (what a JSON consumer can store)."""
     if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
