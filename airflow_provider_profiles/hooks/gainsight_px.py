@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from airflow_provider_profiles.prepare import values
 from airflow_provider_profiles.hooks.base import (
     ProfilesHook,
     RateLimiter,
@@ -78,12 +79,9 @@ def _entity(entity: str) -> tuple[str, str]:
 
 # --- filters -------------------------------------------------------------------------------------
 def _filter_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dt.datetime):  # dates are compared as epoch milliseconds
-        aware = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-        return str(int(aware.timestamp() * 1000))
-    return str(value)
+    if isinstance(value, dt.datetime):  # dates are compared as epoch milliseconds, as the loader sends them
+        return str(values.epoch_millis(value))
+    return values.to_text(value)
 
 
 def escape_filter_value(value: Any) -> str:

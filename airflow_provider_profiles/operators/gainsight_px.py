@@ -25,6 +25,7 @@ from typing import Any
 from airflow.providers.common.compat.sdk import AirflowException, BaseOperator
 
 from airflow_provider_profiles.prepare.writer import RejectsFile, RowRejected, csv_line
+from airflow_provider_profiles.prepare.values import to_text
 from airflow_provider_profiles.writers.gainsight_px import (
     GainsightPXRecordFormat,
     flatten,
@@ -90,7 +91,8 @@ class _FileInput:
     """A CSV, NDJSON or Parquet file read by DuckDB (``prepare.source``), checked whole on opening.
 
     Rows come in input order with the line each starts on (Parquet: its row number); NDJSON's
-    nested objects come flattened to dotted columns (``location.city``), as the mapping names them.
+    nested objects stay nested: the mapping reads ``location.city`` from them. ``names`` lists the
+    leaves by their dotted paths, so a mapped path the file lacks is found before anything is sent.
     """
 
     def __init__(self, connection: Any, source: Any, input_format: str | None, delimiter: str, encoding: str):
@@ -161,8 +163,6 @@ class _FileInput:
                         for name in self.json_columns:
                             if row[name] is not None:
                                 row[name] = json.loads(row[name])
-                if self.format != "csv":  # nested records map by dotted paths
-                    rows = [flatten(row) for row in rows]
                 if lines is None:
                     yield _Batch(records, rows)
                 else:
@@ -175,7 +175,7 @@ class _FileInput:
 
 
 def _leaf_names(item: Any, prefix: str = "") -> list[str]:
-    """Dotted names of a column's leaves (a STRUCT's fields, nested), as ``flatten`` gives them."""
+    """Dotted names of a column's leaves (a STRUCT's fields, nested), as the mapping names them."""
     import pyarrow as pa
 
     if pa.types.is_struct(item.type) and item.type.num_fields:
@@ -626,14 +626,8 @@ class GainsightPXExportOperator(BaseOperator):
         out.write(csv_line(columns))
         count, dropped = 0, set()
 
-        def cell(value: Any) -> Any:
-            if value is None:
-                return ""
-            if isinstance(value, bool):
-                return "true" if value else "false"
-            if isinstance(value, (list, dict)):
-                return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-            return value
+        def cell(value: Any) -> str:
+            return "" if value is None else to_text(value)
 
         for flat in itertools.chain(first_page, (flatten(record) for record in records)):
             dropped.update(flat.keys() - set(columns))

@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from airflow_provider_profiles.prepare.writer import FORMULA_STARTS, FormatWriter, RowRejected
-from airflow_provider_profiles.prepare.mapping import FieldMapping, set_path
+from airflow_provider_profiles.prepare.mapping import FieldMapping
+from airflow_provider_profiles.prepare.values import set_path
 from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.prepare.values import EpochMillis
 from airflow_provider_profiles.prepare import sql

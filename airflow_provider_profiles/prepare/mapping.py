@@ -24,18 +24,21 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 
-from airflow_provider_profiles.prepare.writer import RowRejected, is_missing
+from airflow_provider_profiles.prepare.writer import RowRejected
 from airflow_provider_profiles.prepare.values import (
-    EpochMillis,
+    epoch_millis,
+    is_missing,
     parse_json,
+    set_path,
     to_bool,
     to_datetime,
+    to_int,
+    to_number,
     to_text,
 )
 
@@ -119,14 +122,14 @@ class FieldSpec:
     def coerce(self, value: Any) -> Any:
         kind = self.representation
         if kind == "string":
-            return value if isinstance(value, str) else _to_text(value)
+            return value if isinstance(value, str) else to_text(value)
         if kind == "int":
-            return _to_int(value)
+            return to_int(value)
         if kind == "number":
-            return _to_number(value)
+            return to_number(value)
         if kind == "bool":
-            flag = _to_bool(value)
-            return ("true" if flag else "false") if self.bool_as == "string" else flag
+            flag = to_bool(value)
+            return to_text(flag) if self.bool_as == "string" else flag
         if kind == "list":
             return _to_list(value, self.separator)
         if kind == "json":
@@ -135,7 +138,7 @@ class FieldSpec:
         if kind == "epoch_ms":
             if self.type == "date":
                 moment = dt.datetime(moment.year, moment.month, moment.day, tzinfo=dt.timezone.utc)
-            return EpochMillis((moment - _EPOCH) // dt.timedelta(milliseconds=1))
+            return epoch_millis(moment)
         if kind == "iso_date":
             return moment.date().isoformat()
         return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -213,43 +216,6 @@ def lookup(row: Mapping[str, Any], source: str) -> Any:
             return None
         value = value[part]
     return value
-
-
-def set_path(record: dict, path: tuple[str, ...], value: Any) -> None:
-    for part in path[:-1]:
-        record = record.setdefault(part, {})
-    record[path[-1]] = value
-
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-_to_text = to_text
-
-
-def _to_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"expected an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    number = float(value.strip()) if isinstance(value, str) else float(value)
-    if not math.isfinite(number) or not number.is_integer():
-        raise ValueError(f"expected an integer, got {value!r}")
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        return int(value.strip())  # exact for big ids, where float() would round
-    return int(number)
-
-
-def _to_number(value: Any) -> int | float:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {value!r}")
-    if isinstance(value, int):
-        return value
-    number = float(value.strip()) if isinstance(value, str) else float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"expected a finite number, got {value!r}")
-    return number
-
-
-_to_bool = to_bool
 
 
 def _to_list(value: Any, separator: str) -> list[Any]:

@@ -48,7 +48,7 @@ def passthrough_select(opened) -> str:
 
 
 def missing_as_null(name: str, kind: str, quoted: bool = False) -> str:
-    """An input column (or an expression, ``quoted``) with the values ``base.is_missing`` calls
+    """An input column (or an expression, ``quoted``) with the values ``values.is_missing`` calls
     missing as NULL."""
     column = name if quoted else ident(name)
     if kind == "VARCHAR":

@@ -615,7 +615,7 @@ def _walk(value: Any, parts: list[str]) -> Any:
 
 
 def _missing_sql(category: str, source: str) -> str:
-    """writer.is_missing in SQL, for the values it can see (the rest: Python decides)."""
+    """values.is_missing in SQL, for the values it can see (the rest: Python decides)."""
     if category == "text":
         return f"({source} IS NULL OR {sql.is_blank(source)})"
     if category == "float":

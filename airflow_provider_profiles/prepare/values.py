@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from airflow_provider_profiles.prepare.writer import RowRejected, is_missing
+from airflow_provider_profiles.prepare.writer import RowRejected
 
 TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1"})
 FALSE_WORDS = frozenset({"false", "f", "no", "n", "0"})
@@ -32,6 +32,37 @@ _MAX_MS = int((dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc) - _
 _SMALLEST_UNGUESSED_MS = 10**11
 _INTEGER = re.compile(r"[+-]?\d+")
 _COMPACT_DATE = re.compile(r"(\d{4})(\d{2})(\d{2})")
+
+
+def is_missing(value: Any) -> bool:
+    """A value that is not sent: None, a blank string, an empty list, NaN, or pandas' NA/NaT."""
+    if value is None:
+        return True
+    kind = type(value)
+    if kind is str:
+        return not value.strip()
+    if kind is int or kind is bool:  # the common cases first: this runs for every value
+        return False
+    if kind is float:
+        return value != value
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return not value
+    if type(value).__name__ in ("NAType", "NaTType"):  # pandas' missing values, without importing pandas
+        return True
+    try:  # NaN: the value unequal to itself
+        return bool(value != value)
+    except (TypeError, ValueError):
+        return False
+
+
+def set_path(record: dict, path: str | tuple[str, ...], value: Any) -> None:
+    """Set ``value`` at a dotted path (``"location.city"`` or its parts), creating the parents."""
+    parts = path.split(".") if isinstance(path, str) else path
+    for part in parts[:-1]:
+        record = record.setdefault(part, {})
+    record[parts[-1]] = value
 
 
 def decode(value: Any) -> Any:
@@ -108,6 +139,32 @@ def to_bool(value: Any) -> bool:
     if text in FALSE_WORDS:
         return False
     raise ValueError(f"expected true/false, yes/no or 1/0, got {value!r}")
+
+
+def to_int(value: Any) -> int:
+    """An integer from a number or its text; whole floats (4.0) pass, fractions and NaN do not."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    number = float(value.strip()) if isinstance(value, str) else float(value)
+    if not math.isfinite(number) or not number.is_integer():
+        raise ValueError(f"expected an integer, got {value!r}")
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value.strip())  # exact for big ids, where float() would round
+    return int(number)
+
+
+def to_number(value: Any) -> int | float:
+    """A finite number: integers stay integers, anything else (text included) is a float."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    if isinstance(value, int):
+        return value
+    number = float(value.strip()) if isinstance(value, str) else float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number
 
 
 def checked_integer(value: int, bits: int = 64) -> int:

@@ -27,29 +27,6 @@ def spreadsheet_safe(cell: Any) -> Any:
     return cell
 
 
-def is_missing(value: Any) -> bool:
-    """A value that is not sent: None, a blank string, an empty list, NaN, or pandas' NA/NaT."""
-    if value is None:
-        return True
-    kind = type(value)
-    if kind is str:
-        return not value.strip()
-    if kind is int or kind is bool:  # the common cases first: this runs for every value
-        return False
-    if kind is float:
-        return value != value
-    if isinstance(value, str):
-        return not value.strip()
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return not value
-    if type(value).__name__ in ("NAType", "NaTType"):  # pandas' missing values, without importing pandas
-        return True
-    try:  # NaN: the value unequal to itself
-        return bool(value != value)
-    except (TypeError, ValueError):
-        return False
-
-
 class RowRejected(ValueError):
     """A row that cannot be sent; ``reason`` says why (and names the field where there is one)."""
 
@@ -153,5 +130,5 @@ def csv_line(values: list[Any]) -> str:
     return buffer.getvalue()
 
 
-# values builds on this module (RowRejected, is_missing): imported last, used at call time
+# values builds on this module (RowRejected): imported last, used at call time
 from airflow_provider_profiles.prepare import values  # noqa: E402

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from airflow_provider_profiles.prepare.writer import FormatWriter, RowRejected, csv_line
+from airflow_provider_profiles.prepare.values import is_missing, to_text
 from airflow_provider_profiles.prepare import sql
 
 EMAIL_KEYSPACE = "com.apsis1.keyspaces.email"
@@ -26,13 +27,13 @@ _MOBILE = re.compile(r"^\+?[0-9]{6,15}$")
 
 def format_value(value: Any) -> str:
     """One cell as Apsis One expects it."""
-    if value is None:
+    if isinstance(value, str):
+        return value
+    if is_missing(value):  # None, NaN, pandas' NA and NaT
         return ""
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return to_text(value)
     if isinstance(value, float):
-        if math.isnan(value):
-            return ""
         if math.isinf(value):
             raise ValueError(f"expected a finite number, got {value!r}")
         return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
@@ -42,8 +43,6 @@ def format_value(value: Any) -> str:
         return value.isoformat(timespec="seconds") + "Z"
     if isinstance(value, dt.date):
         return value.isoformat()
-    if type(value).__name__ in ("NaTType", "NAType"):  # pandas missing markers, without importing pandas
-        return ""
     return str(value)
 
 

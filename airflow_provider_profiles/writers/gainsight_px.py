@@ -1,28 +1,25 @@
 """Gainsight PX records: input row -> nested user/account JSON, as the data loader's field mapping does.
 
 ``field_mapping`` is ``{px_field: input_column}``; dots in a PX field nest it (``location.city``,
-``location.coordinates.latitude``, ``customAttributes.plan``). Values are converted by type: the
-standard PX fields have known types, anything else is a string unless ``field_types`` says otherwise.
-Dates are sent as milliseconds since the epoch; empty values are not sent at all (an empty cell
-must not wipe what the vendor holds).
+``location.coordinates.latitude``, ``customAttributes.plan``). The fields are typed here (the
+standard PX fields, ``field_types``, the subscription's attribute model) and mapped and converted
+by the engine's ``FieldMapping``. Dates are sent as milliseconds since the epoch; empty values are
+not sent at all (an empty cell must not wipe what the vendor holds).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from airflow_provider_profiles.prepare.writer import FormatWriter, RowRejected, is_missing
+from airflow_provider_profiles.prepare.mapping import FieldMapping, lookup
+from airflow_provider_profiles.prepare.writer import FormatWriter, RowRejected
 from airflow_provider_profiles.prepare.values import (
     FALSE_WORDS,
     TRUE_WORDS,
     canonical_id,
-    epoch_millis,
     json_line,
-    to_bool,
-    to_text,
+    set_path,
 )
 from airflow_provider_profiles.prepare import sql
 
@@ -32,6 +29,8 @@ REQUIRED_FIELDS = {"CUSTOM_EVENT": ("eventName",)}
 FIELD_TYPES = ("string", "integer", "number", "boolean", "date")
 # the attribute model's types (GET /admin/model/{user|account}/attributes) as field types
 MODEL_FIELD_TYPES = {"STRING": "string", "DATE_TIME": "date", "NUMBER": "number", "BOOLEAN": "boolean"}
+# the field types as FieldMapping types: a date is a DATE_TIME, sent as epoch milliseconds
+MAPPING_TYPES = {"string": "string", "integer": "int", "number": "number", "boolean": "bool", "date": "epoch_ms"}
 
 _LOCATION_TYPES = {"location.coordinates.latitude": "number", "location.coordinates.longitude": "number"}
 STANDARD_TYPES: dict[str, dict[str, str]] = {
@@ -58,43 +57,6 @@ STANDARD_TYPES: dict[str, dict[str, str]] = {
     "CUSTOM_EVENT": {"date": "date"},
 }
 _RANGES = {"location.coordinates.latitude": (-90.0, 90.0), "location.coordinates.longitude": (-180.0, 180.0)}
-
-
-def convert(value: Any, type_name: str) -> Any:
-    """``value`` as the JSON type ``type_name`` wants; ValueError with a readable reason otherwise."""
-    if type_name == "date":
-        return epoch_millis(value)
-    if isinstance(value, (Mapping, list, tuple)):
-        raise ValueError(f"expected a single {type_name} value, got {type(value).__name__}")
-    if type_name == "string":
-        return value if isinstance(value, str) else to_text(value)
-    if type_name == "boolean":
-        try:
-            return to_bool(value)
-        except ValueError:
-            raise ValueError(f"expected true or false, got {value!r}") from None
-    if isinstance(value, bool):
-        raise ValueError(f"expected a {type_name}, got {value!r}")
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    try:
-        number = float(value) if not isinstance(value, str) else float(value.strip())
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a {type_name}, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"expected a finite {type_name}, got {value!r}")
-    if type_name == "integer":
-        if not number.is_integer():
-            raise ValueError(f"expected an integer, got {value!r}")
-        return int(number)
-    return int(number) if number.is_integer() and "." not in str(value) and "e" not in str(value).lower() else number
-
-
-def set_path(record: dict, dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        record = record.setdefault(part, {})
-    record[leaf] = value
 
 
 def flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -131,14 +93,25 @@ class GainsightPXRecordFormat(FormatWriter):
         missing = [name for name in REQUIRED_FIELDS.get(entity, ()) if name not in field_mapping]
         if missing:
             raise ValueError(f"field_mapping must map {', '.join(map(repr, missing))} for a {entity}")
+        for field, column in field_mapping.items():
+            if not isinstance(column, str) or not column:
+                raise ValueError(f"field_mapping[{field!r}] must name an input column, got {column!r}")
         self.field_mapping = dict(field_mapping)
-        self._check_paths(self.field_mapping)
         self.field_types = {**STANDARD_TYPES[entity], **(field_types or {})}
         self.field_types[self.id_field] = "string"
         unknown = {field: t for field, t in self.field_types.items() if t not in FIELD_TYPES}
         if unknown:
             raise ValueError(f"unknown field types {unknown}; use one of {', '.join(FIELD_TYPES)}")
         self.identifier_field = self.field_mapping[self.id_field]  # the input column, for rejects
+        self.mapping = self._typed_mapping()
+
+    def _typed_mapping(self) -> FieldMapping:
+        """The column -> field mapping with the fields' current types (it checks the dotted paths)."""
+        required = REQUIRED_FIELDS.get(self.entity, ())
+        return FieldMapping({
+            field: {"source": column, "type": MAPPING_TYPES[self.field_types.get(field, "string")], "required": field in required}
+            for field, column in self.field_mapping.items()
+        })
 
     def apply_model(self, attribute_types: Mapping[str, str]) -> None:
         """Type the mapped fields by the subscription's attribute model (``{apiName: DATE_TIME|...}``).
@@ -164,32 +137,15 @@ class GainsightPXRecordFormat(FormatWriter):
             if field in _RANGES or current == wanted or (current, wanted) == ("integer", "number"):
                 continue
             self.field_types[field] = wanted
+        self.mapping = self._typed_mapping()
         if unknown:
             raise ValueError(
                 f"field_mapping maps {', '.join(map(repr, unknown))}, not among the subscription's {self.entity} "
                 "attributes (Gainsight PX Administration > Attributes)"
             )
 
-    @staticmethod
-    def _check_paths(mapping: Mapping[str, str]) -> None:
-        for field, column in mapping.items():
-            if not field or any(not part for part in field.split(".")):
-                raise ValueError(f"field_mapping key {field!r} is not a valid dotted field path")
-            if not isinstance(column, str) or not column:
-                raise ValueError(f"field_mapping[{field!r}] must name an input column, got {column!r}")
-        fields = set(mapping)
-        for field in fields:
-            parts = field.split(".")
-            for cut in range(1, len(parts)):
-                if ".".join(parts[:cut]) in fields:
-                    raise ValueError(f"field_mapping maps both {'.'.join(parts[:cut])!r} and its child {field!r}")
-
-    def source_columns(self) -> list[str]:
-        return list(dict.fromkeys(self.field_mapping.values()))
-
     def missing_columns(self, columns: Iterable[str]) -> list[str]:
-        available = set(columns)
-        return [column for column in self.source_columns() if column not in available]
+        return self.mapping.missing_columns(columns)
 
     def check_columns(self, columns: Iterable[str]) -> None:
         """Raise ``ValueError`` naming the mapped columns the input lacks (call before writing)."""
@@ -198,31 +154,31 @@ class GainsightPXRecordFormat(FormatWriter):
             raise ValueError(f"input has no column(s) {', '.join(map(repr, missing))}; it has {sorted(set(columns))}")
 
     def record_id(self, row: Mapping[str, Any]) -> str | None:
-        return canonical_id(row.get(self.identifier_field))
+        return canonical_id(lookup(row, self.identifier_field))
 
     def build(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """The nested PX record for an input row; raises ``RowRejected`` naming field and column."""
         record: dict[str, Any] = {}
-        for field, column in self.field_mapping.items():
-            value = row.get(column)
-            if field == self.id_field:  # sent as the duplicate check saw it
-                value = canonical_id(value)
+        for spec in self.mapping.fields:
+            if spec.target == self.id_field:  # sent as the duplicate check saw it
+                value = canonical_id(lookup(row, spec.source))
                 if value is None:
-                    raise RowRejected(f"the identifier is empty (column {column!r})", self.id_field)
-            if is_missing(value):
-                if field in REQUIRED_FIELDS.get(self.entity, ()):
-                    raise RowRejected(f"is required and empty (column {column!r})", field)
-                continue
-            try:
-                converted = convert(value, self.field_types.get(field, "string"))
-                if field in _RANGES and not _RANGES[field][0] <= converted <= _RANGES[field][1]:
-                    raise ValueError(f"{converted} is outside {_RANGES[field][0]}..{_RANGES[field][1]}")
-                if field == "email" and "@" not in converted:
-                    raise ValueError(f"{converted!r} is not an email address")
-            except ValueError as exc:
-                raise RowRejected(f"{exc} (column {column!r})", field) from None
-            set_path(record, field, converted)
+                    raise RowRejected(f"the identifier is empty (column {spec.source!r})", self.id_field)
+            else:
+                value = spec.value(row)
+                if value is None:
+                    continue
+                self._check(spec.target, spec.source, value)
+            set_path(record, spec.path, value)
         return record
+
+    @staticmethod
+    def _check(field: str, column: str, value: Any) -> None:
+        """What Gainsight PX refuses beyond the value's type: coordinates off the globe, an email without @."""
+        if field in _RANGES and not _RANGES[field][0] <= value <= _RANGES[field][1]:
+            raise RowRejected(f"{value} is outside {_RANGES[field][0]}..{_RANGES[field][1]} (column {column!r})", field)
+        if field == "email" and "@" not in value:
+            raise RowRejected(f"{value!r} is not an email address (column {column!r})", field)
 
     def encode(self, row: Mapping[str, Any]) -> str:
         return json_line(self.build(row))
@@ -251,7 +207,7 @@ _ISO_MOMENT = (r"[0-9]{4}-[0-9]{2}-[0-9]{2}([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[
 
 
 def _converted_sql(column: str, type_name: str) -> tuple[str, str]:
-    """(the value ``convert`` gives, the condition under which SQL gives it exactly)."""
+    """(the value ``build`` gives, the condition under which SQL gives it exactly)."""
     text = sql.strip(column)
     if type_name == "id":
         value = sql.canonical_id(column, "VARCHAR")
@@ -270,7 +226,6 @@ def _converted_sql(column: str, type_name: str) -> tuple[str, str]:
     whole = f"regexp_full_match({text}, '[+-]?[0-9]{{1,15}}')"
     if type_name == "integer":
         return f"CASE WHEN {whole} THEN CAST({text} AS BIGINT) END", whole
-    # a whole number stays an integer, a fraction a float (as ``convert``): one JSON value of either
-    fraction = f"regexp_full_match({text}, '[+-]?[0-9]{{1,15}}\\.[0-9]{{1,15}}')"
-    return (f"CASE WHEN {whole} THEN to_json(CAST({text} AS BIGINT)) WHEN {fraction} THEN to_json(CAST({text} AS DOUBLE)) END",
-            f"({whole} OR {fraction})")
+    # a number read from text is a float, whole or not (as ``FieldMapping`` reads it)
+    number = f"regexp_full_match({text}, '[+-]?[0-9]{{1,15}}(\\.[0-9]{{1,15}})?')"
+    return f"CASE WHEN {number} THEN to_json(CAST({text} AS DOUBLE)) END", number

@@ -21,15 +21,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_profiles.prepare.writer import FormatWriter, RowRejected, is_missing
+from airflow_provider_profiles.prepare.writer import FormatWriter, RowRejected
 from airflow_provider_profiles.prepare import sql
-from airflow_provider_profiles.prepare.values import FALSE_WORDS, TRUE_WORDS, checked_integer, json_line
+from airflow_provider_profiles.prepare.values import checked_integer, is_missing, json_line, to_bool
 
 OPS = ("assign", "set-add", "set-remove", "increment", "delete")
 EMPTY_CHOICES = ("skip", "delete")
 MAX_STRING = 255
-_TRUE_FLAGS = TRUE_WORDS | {"x"}  # a delete column may mark rows with a ticked box
-_FALSE_FLAGS = FALSE_WORDS
 
 
 @dataclass(frozen=True)
@@ -306,14 +304,10 @@ def _in_range(number: int, column: str) -> int:
 def _flag(value: Any, column: str) -> bool:
     if is_missing(value):
         return False
-    if isinstance(value, bool) or isinstance(value, numbers.Number):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in _TRUE_FLAGS:
-        return True
-    if text in _FALSE_FLAGS:
-        return False
-    raise RowRejected(f"delete column expects a true/false flag, got {value!r}", column)
+    try:
+        return to_bool(value)
+    except ValueError:
+        raise RowRejected(f"delete column expects a true/false flag, got {value!r}", column) from None
 
 
 _json_line = json_line

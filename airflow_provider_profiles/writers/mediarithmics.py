@@ -23,8 +23,8 @@ from airflow_provider_profiles.prepare.writer import (
     FormatWriter,
     RowRejected,
     csv_line,
-    is_missing,
 )
+from airflow_provider_profiles.prepare.values import is_missing
 
 NDJSON = "APPLICATION_X_NDJSON"
 CSV = "TEXT_CSV"
@@ -68,7 +68,7 @@ def _choice(value: Any, allowed: tuple[str, ...], field: str) -> str:
     return text
 
 
-def epoch_millis(value: Any, field: str) -> int:
+def _epoch_millis_of(value: Any, field: str) -> int:
     """Epoch milliseconds from an int, a datetime/date or ISO 8601 / YYYYMMDD text (naive means UTC);
     a number too small to be milliseconds for sure (seconds, say) is rejected, not guessed."""
     try:
@@ -283,7 +283,7 @@ class UserSegmentWriter(DeletesByIdentifier, MediarithmicsWriter):
             raise RowRejected("expiration_duration is mandatory (minutes, 0 = never expires)", "expiration_duration")
         command["expiration_duration"] = expiration
         if not is_missing(row.get("expiration_ts")):
-            command["expiration_ts"] = epoch_millis(row["expiration_ts"], "expiration_ts")
+            command["expiration_ts"] = _epoch_millis_of(row["expiration_ts"], "expiration_ts")
         if not is_missing(row.get("data_bag")):
             bag = row["data_bag"]
             command["data_bag"] = bag if isinstance(bag, str) else _dumps(bag).rstrip("\n")
@@ -315,7 +315,7 @@ class UserActivityWriter(MediarithmicsWriter):
         ts = row.get("$ts", row.get("ts"))
         if is_missing(ts):
             raise RowRejected("an activity needs its timestamp", "ts")
-        activity["$ts"] = epoch_millis(ts, "ts")
+        activity["$ts"] = _epoch_millis_of(ts, "ts")
         if "email_hash" in identifier:
             activity["$email_hash"] = {"$hash": identifier["email_hash"]}
         else:
@@ -366,17 +366,16 @@ class UserChoiceWriter(MediarithmicsWriter):
             choice["$choice_acceptance_value"] = _boolean(row.get("choice_acceptance_value"), "choice_acceptance_value")
             if is_missing(row.get("choice_ts")):
                 raise RowRejected("choice_ts is mandatory on UPSERT ($choice_ts)", "choice_ts")
-            choice["$choice_ts"] = epoch_millis(row["choice_ts"], "choice_ts")
+            choice["$choice_ts"] = _epoch_millis_of(row["choice_ts"], "choice_ts")
         command["user_choice"] = choice
         return _dumps(command)
 
 
 def _boolean(value: Any, field: str) -> bool:
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    if not isinstance(value, bool):
-        raise RowRejected(f"{value!r} is not true or false", field)
-    return value
+    try:
+        return values.to_bool(value)
+    except ValueError as error:
+        raise RowRejected(str(error), field) from None
 
 
 def typed_identifier(row: Mapping[str, Any], user_point: bool = False) -> dict[str, str]:

@@ -336,3 +336,20 @@ def test_rows_are_numbered_by_record_if_lines_cannot_be_found(gpx, tmp_path, mon
     summary = run(source=str(source), dry_run=True)
     assert [json.loads(line)["line"] for line in open(summary["dry_run_path"])] == [1, 2]
     assert [(r["line"], r["reason"][:10]) for r in rejects_of(summary)] == [("4", "ragged row")]
+
+
+def test_ndjson_object_of_varying_shape_maps_by_dotted_paths(gpx, tmp_path):
+    """An object whose shape varies by line (one JSON column to DuckDB) is read by the mapping's dotted
+    paths like any nested object, the identifier included; a line without the path sends nothing there."""
+    source = tmp_path / "users.ndjson"
+    source.write_text(
+        json.dumps({"user": {"id": "u1"}, "profile": {"plan": "pro", "seats": 3}}) + "\n"
+        + json.dumps({"user": {"id": "u2"}, "profile": "unknown"}) + "\n"
+        + json.dumps({"user": {"id": "u3"}, "profile": {"plan": ["a"]}}) + "\n"
+    )
+    summary = run(source=str(source), dry_run=True,
+                  field_mapping={"identifyId": "user.id", "title": "profile.plan"})
+    planned = {p["line"]: p["body"] for p in map(json.loads, open(summary["dry_run_path"]))}
+    assert planned == {1: {"identifyId": "u1", "title": "pro"}, 2: {"identifyId": "u2"},
+                       3: {"identifyId": "u3", "title": '["a"]'}}
+    assert summary["rejected"] == 0

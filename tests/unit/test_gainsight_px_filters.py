@@ -65,3 +65,11 @@ def test_emulator_parser_reads_what_the_builder_writes():
     record = {"name": "smith, john \\ jr", "score": 3}  # filters are case-insensitive
     assert [c.expression for c in group] == ["Smith, John \\ Jr", "3"]
     assert all(c.matches(record) for c in group)
+
+
+def test_dates_compare_as_the_loader_sends_them():
+    """A filter's date is the loader's epoch milliseconds (floored), not a float's rounding toward zero."""
+    before_epoch = dt.datetime(1969, 12, 31, 23, 59, 59, 999500)
+    assert filter_condition("signUpDate", "<", before_epoch) == "signUpDate<-1"
+    assert filter_condition("signUpDate", ">=", dt.datetime(2019, 1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=1)))) \
+        == "signUpDate>=1546300800000"

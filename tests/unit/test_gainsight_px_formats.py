@@ -8,10 +8,10 @@ import math
 
 import pytest
 
-from airflow_provider_profiles.prepare.writer import RowRejected, is_missing
+from airflow_provider_profiles.prepare.writer import RowRejected
+from airflow_provider_profiles.prepare.values import is_missing
 from airflow_provider_profiles.writers.gainsight_px import (
     GainsightPXRecordFormat,
-    convert,
     flatten,
 )
 from airflow_provider_profiles.prepare.values import epoch_millis
@@ -63,7 +63,7 @@ def test_bad_mapping_is_refused_up_front():
         GainsightPXRecordFormat("COMPANY", {"id": "id"})
     with pytest.raises(ValueError, match="both 'location' and its child"):
         GainsightPXRecordFormat("USER", {"identifyId": "id", "location": "loc", "location.city": "city"})
-    with pytest.raises(ValueError, match="not a valid dotted"):
+    with pytest.raises(ValueError, match=r"not a valid \(dotted\) field name"):
         GainsightPXRecordFormat("USER", {"identifyId": "id", "location..city": "city"})
     with pytest.raises(ValueError, match="unknown field types"):
         GainsightPXRecordFormat("USER", {"identifyId": "id"}, {"score": "float"})
@@ -79,11 +79,11 @@ def test_missing_columns_are_listed():
     [
         ({"id": "u", "signup": "yesterday"}, "signUpDate: 'yesterday' is not an ISO 8601 date"),
         ({"id": "u", "signup": "1546300800"}, "looks like seconds"),
-        ({"id": "u", "score": "high"}, "score: expected a number"),
+        ({"id": "u", "score": "high"}, "score: could not convert string to float: 'high'"),
         ({"id": "u", "lat": "123"}, "outside -90.0..90.0"),
         ({"id": "u", "mail": "nobody"}, "not an email address"),
         ({"id": "u", "visits": "2.5"}, "expected an integer"),
-        ({"id": "u", "unsub": "maybe"}, "expected true or false"),
+        ({"id": "u", "unsub": "maybe"}, "globalUnsubscribe: expected true/false, yes/no or 1/0, got 'maybe'"),
     ],
 )
 def test_invalid_values_are_rejected_with_field_and_column(row, reason):
@@ -108,15 +108,27 @@ def test_dates_from_many_shapes():
         epoch_millis(True)
 
 
+def typed(type_name, value):
+    """The value one field of that type gets (None: not sent), typed by the writer's FieldMapping."""
+    record_format = GainsightPXRecordFormat("USER", {"identifyId": "id", "customAttributes.v": "v"},
+                                            {"customAttributes.v": type_name})
+    return record_format.build({"id": "u", "v": value}).get("customAttributes", {}).get("v")
+
+
 def test_conversions():
-    assert convert("42", "number") == 42 and isinstance(convert("42", "number"), int)
-    assert convert("4.5", "number") == 4.5
-    assert convert("YES", "boolean") is True and convert("0", "boolean") is False
-    assert convert(7, "string") == "7"
-    with pytest.raises(ValueError, match="finite"):
-        convert("nan", "number")
-    with pytest.raises(ValueError, match="single"):
-        convert({"a": 1}, "string")
+    # number text is read as FieldMapping reads it: a float, whole or not (the writer's own
+    # converter kept "42" an integer; JSON 42.0 is the same number to the API)
+    assert typed("number", "42") == 42.0 and isinstance(typed("number", "42"), float)
+    assert typed("number", 42) == 42 and isinstance(typed("number", 42), int)
+    assert typed("number", "4.5") == 4.5
+    assert typed("integer", "12345678901234567890") == 12345678901234567890  # exact, not through a float
+    assert typed("boolean", "YES") is True and typed("boolean", "0") is False
+    assert typed("string", 7) == "7"
+    assert typed("date", "2019-01-01T00:00:00.250Z") == 1546300800250  # a DATE_TIME keeps its time
+    with pytest.raises(RowRejected, match="finite"):
+        typed("number", "nan")
+    # a nested value in a string field is sent as JSON text (the writer's own converter refused it)
+    assert typed("string", {"a": 1}) == '{"a":1}'
 
 
 def test_pandas_values():
@@ -125,11 +137,13 @@ def test_pandas_values():
 
     assert is_missing(float("nan")) and is_missing(pd.NA) and is_missing(pd.NaT) and is_missing(None)
     assert not is_missing(0)
-    assert convert(np.int64(3), "integer") == 3
-    assert convert(np.float64(2.5), "number") == 2.5
+    assert typed("integer", np.int64(3)) == 3
+    assert typed("number", np.float64(2.5)) == 2.5
     assert epoch_millis(pd.Timestamp("2019-01-01")) == 1546300800000
-    assert convert(np.bool_(True), "boolean") is True
-    assert not math.isnan(convert(np.float64(1.0), "number"))
+    assert typed("date", pd.Timestamp("2019-01-01")) == 1546300800000
+    assert typed("boolean", np.bool_(True)) is True
+    assert not math.isnan(typed("number", np.float64(1.0)))
+    assert typed("number", np.float64("nan")) is None  # missing: not sent
 
 
 def test_flatten_is_the_inverse_of_the_mapping():

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_profiles.prepare.writer import RejectsFile, RowRejected, is_missing
+from airflow_provider_profiles.prepare.writer import RejectsFile, RowRejected
+from airflow_provider_profiles.prepare.values import is_missing
 from airflow_provider_profiles.writers.localytics import (
     AttributeChange,
     AudienceLinesWriter,
@@ -177,3 +178,14 @@ def test_any_text_round_trips_or_is_rejected_by_length(customer_id, value):
         assert line.count("\n") == 1 and line.endswith("\n")  # newlines in values are escaped: one record, one line
         record = json.loads(line)
         assert record == {"customer_id": customer_id.strip(), "changes": [{"op": "assign", "attr": "v", "value": value}]}
+
+
+def test_delete_flag_reads_the_shared_true_false_words():
+    """The delete flag once had its own table ("x" ticked a box, any number was a flag); it now reads
+    the one table every writer and the mapping use, so 2 or "x" is a mistake, not a deletion."""
+    writer = ProfileChangesWriter({"gone": ("old", "delete"), "keep": "keep"})
+    assert changes(writer, {"customer_id": "x", "gone": "T", "keep": "k"})[1][0] == {"op": "delete", "attr": "old"}
+    assert changes(writer, {"customer_id": "x", "gone": 1, "keep": "k"})[1][0] == {"op": "delete", "attr": "old"}
+    for flag in ("x", 2):
+        with pytest.raises(RowRejected, match="gone: delete column expects a true/false flag"):
+            writer.encode({"customer_id": "x", "gone": flag, "keep": "k"})

@@ -144,7 +144,7 @@ def test_choice_needs_processing_and_boolean():
     assert line["user_choice"] == {
         "$processing_id": "newsletter", "$choice_acceptance_value": False, "$choice_ts": 1714521600000,
     }
-    with pytest.raises(RowRejected, match="choice_acceptance_value: 'maybe'"):
+    with pytest.raises(RowRejected, match="choice_acceptance_value: expected true/false, yes/no or 1/0, got 'maybe'"):
         writer.encode({"user_agent_id": "vec:1", "choice_acceptance_value": "maybe", "choice_ts": 1714521600000})
     with pytest.raises(RowRejected, match="no processing"):
         UserChoiceWriter(force_replace=True).encode({"user_agent_id": "vec:1", "choice_acceptance_value": True})
@@ -186,3 +186,15 @@ def test_rejected_rows_reach_the_rejects_file(tmp_path):
     lines = list(csv.reader((tmp_path / "rejects.csv").open()))
     assert lines[1][:2] == ["2", ""] and "no user identifier" in lines[1][2]
     assert lines[2][:2] == ["3", "email_hash=h, user_agent_id=v"] and "only one user identifier" in lines[2][2]
+
+
+def test_choice_booleans_read_the_shared_true_false_words():
+    """USER_CHOICE booleans once took only true/false; they now read the table the mapping uses."""
+    writer = UserChoiceWriter(processing_id="newsletter", force_replace=True)
+    for given, expected in (("yes", True), ("N", False), (1, True), (0, False)):
+        line = decode(writer.encode({"user_agent_id": "vec:1", "choice_acceptance_value": given,
+                                     "force_replace": given, "choice_ts": 1714521600000}))
+        assert line["force_replace"] is expected and line["user_choice"]["$choice_acceptance_value"] is expected
+    with pytest.raises(RowRejected, match="force_replace: expected true/false"):
+        writer.encode({"user_agent_id": "vec:1", "choice_acceptance_value": True, "force_replace": 2,
+                       "choice_ts": 1714521600000})

@@ -282,3 +282,14 @@ def test_a_prepare_logs_its_progress(tmp_path, caplog):
     assert progress, [r.getMessage() for r in caplog.records]
     assert "5,000 rows" in progress[-1] and "rows/s" in progress[-1] and "100%" in progress[-1]
     assert any("ETA" in line for line in progress)
+
+
+def test_set_path_takes_a_dotted_name_or_its_parts():
+    """One dotted-path setter (the mapping passed parts, the Gainsight PX writer a dotted name)."""
+    from airflow_provider_profiles.prepare.values import set_path
+
+    record: dict = {}
+    set_path(record, "location.city", "Oslo")
+    set_path(record, ("location", "coordinates", "latitude"), 59.9)
+    set_path(record, "plan", "pro")
+    assert record == {"location": {"city": "Oslo", "coordinates": {"latitude": 59.9}}, "plan": "pro"}

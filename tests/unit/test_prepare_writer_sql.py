@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_profiles.writers import get_writer
-from airflow_provider_profiles.prepare.writer import RowRejected, is_missing
+from airflow_provider_profiles.prepare.writer import RowRejected
+from airflow_provider_profiles.prepare.values import is_missing
 from airflow_provider_profiles.prepare import sql
 
 HOSTILE_TEXT = ["plain", " padded ", "tab\there", "new\nline", 'quote "q"', "it's", "back\\slash", "comma, here",
@@ -52,7 +53,7 @@ def _same_record(python_line: str, sql_line: str, extension: str) -> bool:
 
 
 def _missing_as_null(table: pa.Table) -> pa.Table:
-    """What the engine hands a writer: blank text and NaN are NULL (``base.is_missing``)."""
+    """What the engine hands a writer: blank text and NaN are NULL (``values.is_missing``)."""
     columns = {}
     for name in table.column_names:
         values = table.column(name).to_pylist()
