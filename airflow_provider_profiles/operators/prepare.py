@@ -22,7 +22,7 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseHook, BaseOperator
 
-from airflow_provider_profiles.writers import DEFAULT_MAX_BYTES, get_writer
+from airflow_provider_profiles.writers import get_writer, upload_limit
 from airflow_provider_profiles.prepare.mapping import FieldMapping
 from airflow_provider_profiles.prepare.engine import PrepareResult, prepare
 from airflow_provider_profiles.prepare.split import split_file
@@ -293,6 +293,7 @@ class SplitFileOperator(BaseOperator):
         self.source_path = source_path
         self.output_dir = output_dir
         self.vendor = vendor
+        self.default_max_bytes = upload_limit(vendor)  # here, so an unknown vendor fails the DAG's parse
         self.max_bytes = max_bytes
         self.max_rows = max_rows
         self.file_format = file_format
@@ -300,7 +301,7 @@ class SplitFileOperator(BaseOperator):
 
     def execute(self, context) -> list[str]:
         source = self.source_path["output"] if isinstance(self.source_path, dict) else self.source_path
-        max_bytes = self.max_bytes if self.max_bytes is not None else DEFAULT_MAX_BYTES.get(self.vendor or "")
+        max_bytes = self.max_bytes if self.max_bytes is not None else self.default_max_bytes
         chunks = split_file(
             _storage_path(source, self.storage_conn_id),
             _storage_path(self.output_dir, self.storage_conn_id),

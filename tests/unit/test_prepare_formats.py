@@ -108,13 +108,15 @@ def test_typed_parquet_with_nested_columns_and_sync(tmp_path):
 
 
 def test_writer_registry():
-    from airflow_provider_profiles.writers import DEFAULT_MAX_BYTES, WRITERS, writer_class
+    from airflow_provider_profiles.vendors import VENDORS
+    from airflow_provider_profiles.writers import upload_limit, writer_class
 
     assert writer_class("localytics").__name__ == "ProfileChangesWriter"
     assert writer_class("localytics", "audience").__name__ == "AudienceLinesWriter"
     assert writer_class("mediarithmics", "USER_SEGMENT").document_type == "USER_SEGMENT"
-    assert all(writer_class(vendor, name) for vendor, formats in WRITERS.items() for name in formats)
-    assert DEFAULT_MAX_BYTES["mediarithmics"] == 100_000_000 and DEFAULT_MAX_BYTES["localytics"] is None
+    assert all(writer_class(vendor, name) for vendor, spec in VENDORS.items() for name in spec.writers)
+    assert upload_limit("mediarithmics") == 100_000_000 and upload_limit("localytics") is None
+    assert upload_limit(None) is None
     with pytest.raises(ValueError, match="unknown vendor 'braze'"):
         writer_class("braze")
     with pytest.raises(ValueError, match="localytics has no format 'events'; choose from changes, audience"):
