@@ -124,7 +124,8 @@ class _PrepareOperator(BaseOperator):
     def _options(self, context: Any) -> dict[str, Any]:
         writer = get_writer(self.vendor, self.writer_format, **self.writer_options)
         mapping = (
-            FieldMapping(self.mapping, vendor=self.vendor, keep_unmapped=self.keep_unmapped) if self.mapping else None
+            FieldMapping(self.mapping, representation=writer.representation, keep_unmapped=self.keep_unmapped)
+            if self.mapping else None
         )
         output = _storage_path(self.output_path, self.storage_conn_id)
         rejects = self.rejects_path or f"{self.output_path}.rejects.csv"

@@ -14,7 +14,7 @@ import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from airflow_provider_profiles.prepare.writer import FormatWriter, RowRejected, is_missing
+from airflow_provider_profiles.prepare.writer import FormatWriter, Representation, RowRejected, is_missing
 from airflow_provider_profiles.prepare.values import (
     FALSE_WORDS,
     TRUE_WORDS,
@@ -114,6 +114,9 @@ class GainsightPXRecordFormat(FormatWriter):
 
     extension = "ndjson"
     content_type = "application/x-ndjson"
+    # dates, custom DATE_TIME attributes included, go as epoch milliseconds (the official loader,
+    # github.com/aptrinsic/px-data-loader); booleans as true/false
+    representation = Representation(date="epoch_ms", datetime="epoch_ms", boolean="bool")
 
     def __init__(self, entity: str, field_mapping: Mapping[str, str], field_types: Mapping[str, str] | None = None):
         entity = str(entity).upper()

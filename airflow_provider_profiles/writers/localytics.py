@@ -21,13 +21,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_profiles.prepare.writer import FormatWriter, RowRejected, is_missing
+from airflow_provider_profiles.prepare.writer import FormatWriter, Representation, RowRejected, is_missing
 from airflow_provider_profiles.prepare import sql
 from airflow_provider_profiles.prepare.values import FALSE_WORDS, TRUE_WORDS, checked_integer, json_line
 
 OPS = ("assign", "set-add", "set-remove", "increment", "delete")
 EMPTY_CHOICES = ("skip", "delete")
 MAX_STRING = 255
+# Profile values are strings (up to 255 characters) or integers, dates YYYY-MM-DD
+# (help.uplandsoftware.com/localytics/dev/profile-api.html): datetimes keep their date, booleans go as text
+REPRESENTATION = Representation(date="iso_date", datetime="iso_date", boolean="string")
 _TRUE_FLAGS = TRUE_WORDS | {"x"}  # a delete column may mark rows with a ticked box
 _FALSE_FLAGS = FALSE_WORDS
 
@@ -88,6 +91,7 @@ class ProfileChangesWriter(FormatWriter):
 
     extension = "ndjson"
     content_type = "application/x-ndjson"
+    representation = REPRESENTATION
 
     def __init__(
         self,
@@ -190,6 +194,7 @@ class AudienceLinesWriter(FormatWriter):
 
     extension = "ndjson"
     content_type = "application/x-ndjson"
+    representation = REPRESENTATION
 
     def __init__(self, *, customer_id: str = "customer_id"):
         self.identifier_field = customer_id

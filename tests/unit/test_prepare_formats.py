@@ -17,7 +17,7 @@ from airflow_provider_profiles.prepare.mapping import FieldMapping
 from airflow_provider_profiles.prepare.engine import DUPLICATE, prepare
 from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.prepare.sync import SyncState
-from tests.unit.prepared import localytics, ndjson, rejects_of
+from tests.unit.prepared import localytics, ndjson, rejects_of, representation_of
 
 
 def changes(path):
@@ -49,7 +49,7 @@ def test_apsis_csv_round_trip_with_mapping(tmp_path):
     mapping = FieldMapping(
         {"email": "mail", "first_name": "first", "joined": {"source": "joined", "type": "datetime"},
          "vip": {"source": "vip", "type": "bool"}},
-        vendor="apsis_one",
+        representation=representation_of("apsis_one"),
     )
     result = prepare(str(source), writer, str(tmp_path / "out.csv"), mapping=mapping)
     assert result.written == 2
@@ -68,7 +68,7 @@ def test_gainsight_records_nested_and_epoch_ms(tmp_path):
         field_mapping={"identifyId": "id", "location.city": "city", "signUpDate": "signup"},
     )
     mapping = FieldMapping(
-        {"id": "uid", "city": "geo.city", "signup": {"source": "signup", "type": "date"}}, vendor="gainsight_px"
+        {"id": "uid", "city": "geo.city", "signup": {"source": "signup", "type": "date"}}, representation=representation_of("gainsight_px")
     )
     prepare(str(source), writer, str(tmp_path / "out.ndjson"), mapping=mapping)
     assert ndjson(tmp_path / "out.ndjson") == [
@@ -82,7 +82,7 @@ def test_mediarithmics_profile_commands_from_parquet(tmp_path):
     writer = get_writer("mediarithmics", "USER_PROFILE")
     mapping = FieldMapping(
         {"user_account_id": "uid", "compartment_id": {"const": "7"}, "plan": "plan", "logins": {"source": "n", "type": "int"}},
-        vendor="mediarithmics",
+        representation=representation_of("mediarithmics"),
     )
     result = prepare(str(source), writer, str(tmp_path / "out.ndjson"), mapping=mapping)
     assert_reconciles(result)
@@ -161,7 +161,7 @@ def test_bad_input_corpus_goes_to_rejects_with_records_and_lines(tmp_path):
 def test_bad_dates_are_rejected_by_the_mapping(tmp_path):
     source = tmp_path / "in.csv"
     source.write_text("id,name,born\n1,a,2024-02-30\n2,b,2024-02-28\n3,c,yesterday\n")
-    mapping = FieldMapping({"id": "id", "name": "name", "born": {"source": "born", "type": "date"}}, vendor="localytics")
+    mapping = FieldMapping({"id": "id", "name": "name", "born": {"source": "born", "type": "date"}}, representation=representation_of("localytics"))
     writer = localytics(attributes={"name": "name", "born": "born"})
     result = prepare(str(source), writer, str(tmp_path / "out.ndjson"), mapping=mapping, rejects=str(tmp_path / "r.csv"))
     assert (result.written, result.rejected) == (1, 2)
