@@ -22,6 +22,7 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseHook, BaseOperator
 
+from airflow_provider_profiles.vendors import vendor as vendor_spec
 from airflow_provider_profiles.writers import get_writer, upload_limit
 from airflow_provider_profiles.prepare.mapping import FieldMapping
 from airflow_provider_profiles.prepare.engine import PrepareResult, prepare
@@ -95,6 +96,7 @@ class _PrepareOperator(BaseOperator):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        vendor_spec(vendor).writer_path(writer_format)  # an unknown vendor or format fails the DAG's parse
         if only_changed and not sync_state_path:
             raise ValueError("only_changed=True needs sync_state_path (where the last sync's snapshot lives)")
         if only_changed and not _templated(writer_options):

@@ -123,6 +123,19 @@ def test_writer_registry():
         writer_class("localytics", "events")
 
 
+def test_prepare_and_split_operators_refuse_an_unknown_vendor_or_format_when_the_dag_is_parsed():
+    from airflow_provider_profiles.operators.prepare import ProfilesFileTransformOperator, SplitFileOperator
+
+    common = {"source_path": "in.csv", "output_path": "out.ndjson"}
+    with pytest.raises(ValueError, match="unknown vendor 'braze'; choose from gainsight_px, apsis_one"):
+        ProfilesFileTransformOperator(task_id="p", vendor="braze", **common)
+    with pytest.raises(ValueError, match="localytics has no format 'events'; choose from changes, audience"):
+        ProfilesFileTransformOperator(task_id="q", vendor="localytics", writer_format="events", **common)
+    with pytest.raises(ValueError, match="unknown vendor 'braze'"):
+        SplitFileOperator(task_id="s", source_path="out.ndjson", vendor="braze")
+    assert SplitFileOperator(task_id="t", source_path="out.ndjson", vendor="apsis_one").default_max_bytes == 50_000_000
+
+
 # --- bad inputs: each a clear error or a rejects entry, never a silent drop ------------------------
 
 CORPUS = (

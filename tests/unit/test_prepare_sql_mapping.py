@@ -20,6 +20,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from airflow_provider_profiles import vendors
 from airflow_provider_profiles.prepare.writer import RowRejected
 from airflow_provider_profiles.prepare.mapping import FieldMapping
 from tests.unit.prepared import representation_of
@@ -82,7 +83,7 @@ SPECS = {
     "json": {"type": "json"},
     "datetime_pattern": {"type": "datetime", "pattern": r"2024-.*", "max_length": 20},
 }
-VENDORS = [None, "gainsight_px", "localytics", "apsis_one", "mediarithmics"]
+VENDORS = [None, *vendors.VENDORS]
 
 
 def _strict(value):
