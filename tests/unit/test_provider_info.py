@@ -116,6 +116,15 @@ def test_hooks_check_files_against_the_vendor_upload_limit():
     assert mediarithmics.MAX_FILE_BYTES == VENDORS["mediarithmics"].upload_limit == 100_000_000
 
 
+def test_provider_info_imports_no_hook_writer_or_airflow():
+    """Airflow reads the provider info in every process: it costs two small modules, nothing more."""
+    code = ("import sys; from airflow_provider_profiles import get_provider_info; get_provider_info(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('airflow', 'airflow_provider_profiles', "
+            "'requests', 'duckdb', 'pandas')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "['airflow_provider_profiles', 'airflow_provider_profiles.vendors']"
+
+
 def test_airflow_discovers_the_provider_and_its_hooks():
     listed = subprocess.run([sys.executable, "-m", "airflow", "providers", "hooks", "--output", "json"],
                             capture_output=True, text=True, check=True)
