@@ -90,7 +90,7 @@ def provider_parts(vendor: str):
 
     config = VENDORS[vendor]
     writer = get_writer(vendor, config["format"], **config["writer_options"])
-    mapping = FieldMapping(config["mapping"], vendor=vendor) if config["mapping"] else None
+    mapping = FieldMapping(config["mapping"], representation=writer.representation) if config["mapping"] else None
     return writer, mapping
 
 

@@ -30,7 +30,7 @@ def parts():
 
     writer = get_writer("localytics", "changes", customer_id="customer_id", attributes={c: c for c in ATTRIBUTES})
     mapping = FieldMapping({"customer_id": {"source": "id", "required": True}, **{c: c for c in ATTRIBUTES}},
-                           vendor="localytics")
+                           representation=writer.representation)
     return writer, mapping
 
 

@@ -17,7 +17,6 @@ import duckdb
 sys.path.insert(0, "benchmarks")
 import dirty  # noqa: E402
 
-from airflow_provider_profiles.prepare.mapping import FieldMapping  # noqa: E402
 from airflow_provider_profiles.prepare.sql_mapping import compile_mapping  # noqa: E402
 
 
@@ -33,7 +32,7 @@ def main(path: str, vendor: str = "mediarithmics") -> None:
     source = f"(SELECT *, row_number() OVER () AS __record FROM read_csv('{path}', all_varchar = true, header = true))"
     read = timed(connection, f"CREATE TABLE raw AS SELECT * FROM {source}")
     types = {name: kind for name, kind, *_ in connection.execute("DESCRIBE raw").fetchall()}
-    mapping = FieldMapping(dirty.VENDORS[vendor]["mapping"], vendor=vendor)
+    _, mapping = dirty.provider_parts(vendor)
     compiled = compile_mapping(mapping, types, connection)
     both = timed(connection, f"CREATE TABLE mapped_csv AS {compiled.select_sql(source)}")
     mapped = timed(connection, f"CREATE TABLE mapped AS {compiled.select_sql('raw')}")

@@ -32,8 +32,9 @@ from airflow_provider_profiles.hooks.base import (
     VendorRateLimitError,
 )
 from airflow_provider_profiles.storage import as_storage_path
+from airflow_provider_profiles.vendors import VENDORS
 
-MAX_FILE_BYTES = 50 * 1000 * 1000  # as the split step counts a 50 MB chunk
+MAX_FILE_BYTES: int = VENDORS["apsis_one"].upload_limit  # type: ignore[assignment]  # 50 MB, a hard limit
 CHANNELS = {"email": "com.apsis1.channels.email", "sms": "com.apsis1.channels.sms"}
 
 

@@ -36,7 +36,8 @@ from airflow.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
-from airflow_provider_profiles import CONNECTION_FORMS, __version__
+from airflow_provider_profiles import __version__
+from airflow_provider_profiles.vendors import connection_form
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRYABLE_SERVER_STATUSES = frozenset({500, 502, 503, 504})
@@ -353,7 +354,7 @@ class ProfilesHook(BaseHook):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        form = CONNECTION_FORMS.get(getattr(cls, "conn_type", ""))
+        form = connection_form(getattr(cls, "conn_type", ""))
         if form and "get_ui_field_behaviour" not in cls.__dict__:
             # Airflow < 3.2 reads the form from the hook, not from the provider info.
             behaviour = form["ui-field-behaviour"]

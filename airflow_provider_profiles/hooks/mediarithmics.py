@@ -23,10 +23,11 @@ from airflow_provider_profiles.hooks.base import (
     VendorValidationError,
 )
 from airflow_provider_profiles.storage import as_storage_path, open_binary
+from airflow_provider_profiles.vendors import VENDORS
 
-# "For maximum performance: ensure a maximum size for each file of 100M" (developer.mediarithmics.io/
-# data-ingestion/bulk-processing): a recommendation, so the split step aims at it and a larger file is sent.
-MAX_FILE_BYTES = 100 * 1024 * 1024
+# The documented 100 MB per file (vendors.py cites it) is a recommendation for performance: the split
+# step aims at it and a larger file is sent with a warning.
+MAX_FILE_BYTES: int = VENDORS["mediarithmics"].upload_limit  # type: ignore[assignment]
 CONTENT_TYPES = {"APPLICATION_X_NDJSON": "application/x-ndjson", "TEXT_CSV": "text/csv"}
 RUNNING_STATUSES = frozenset({"PENDING", "RUNNING"})
 # SUCCESS is shown like SUCCEEDED; LOST and EXECUTOR_NOT_RESPONDING end an execution without a result.
@@ -169,13 +170,13 @@ class MediarithmicsHook(ProfilesHook):
         with _open_body(file) as (body, size, label):
             if max_file_bytes is not None and size is not None and size > max_file_bytes:
                 raise FileTooLarge(
-                    f"{label} is {size / 2**20:.1f} MiB, over max_file_bytes={max_file_bytes}: split it into "
+                    f"{label} is {size / 1e6:.1f} MB, over max_file_bytes={max_file_bytes}: split it into "
                     "chunks first (the split step of the data preparation) and upload each"
                 )
             if size is not None and size > recommended_max_bytes:
                 self.log.warning(
-                    "%s is %.1f MiB; mediarithmics recommends at most %g MiB per file for performance: "
-                    "sending it anyway (split it to import faster)", label, size / 2**20, recommended_max_bytes / 2**20,
+                    "%s is %.1f MB; mediarithmics recommends at most %g MB per file for performance: "
+                    "sending it anyway (split it to import faster)", label, size / 1e6, recommended_max_bytes / 1e6,
                 )
             if content_type is None:
                 mime_type = self.get_document_import(document_import_id, datamart_id)["mime_type"]

@@ -22,7 +22,8 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseHook, BaseOperator
 
-from airflow_provider_profiles.writers import DEFAULT_MAX_BYTES, get_writer
+from airflow_provider_profiles.vendors import vendor as vendor_spec
+from airflow_provider_profiles.writers import get_writer, upload_limit
 from airflow_provider_profiles.prepare.mapping import FieldMapping
 from airflow_provider_profiles.prepare.engine import PrepareResult, prepare
 from airflow_provider_profiles.prepare.split import split_file
@@ -95,6 +96,7 @@ class _PrepareOperator(BaseOperator):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        vendor_spec(vendor).writer_path(writer_format)  # an unknown vendor or format fails the DAG's parse
         if only_changed and not sync_state_path:
             raise ValueError("only_changed=True needs sync_state_path (where the last sync's snapshot lives)")
         if only_changed and not _templated(writer_options):
@@ -124,7 +126,8 @@ class _PrepareOperator(BaseOperator):
     def _options(self, context: Any) -> dict[str, Any]:
         writer = get_writer(self.vendor, self.writer_format, **self.writer_options)
         mapping = (
-            FieldMapping(self.mapping, vendor=self.vendor, keep_unmapped=self.keep_unmapped) if self.mapping else None
+            FieldMapping(self.mapping, representation=writer.representation, keep_unmapped=self.keep_unmapped)
+            if self.mapping else None
         )
         output = _storage_path(self.output_path, self.storage_conn_id)
         rejects = self.rejects_path or f"{self.output_path}.rejects.csv"
@@ -293,6 +296,7 @@ class SplitFileOperator(BaseOperator):
         self.source_path = source_path
         self.output_dir = output_dir
         self.vendor = vendor
+        self.default_max_bytes = upload_limit(vendor)  # here, so an unknown vendor fails the DAG's parse
         self.max_bytes = max_bytes
         self.max_rows = max_rows
         self.file_format = file_format
@@ -300,7 +304,7 @@ class SplitFileOperator(BaseOperator):
 
     def execute(self, context) -> list[str]:
         source = self.source_path["output"] if isinstance(self.source_path, dict) else self.source_path
-        max_bytes = self.max_bytes if self.max_bytes is not None else DEFAULT_MAX_BYTES.get(self.vendor or "")
+        max_bytes = self.max_bytes if self.max_bytes is not None else self.default_max_bytes
         chunks = split_file(
             _storage_path(source, self.storage_conn_id),
             _storage_path(self.output_dir, self.storage_conn_id),

@@ -10,9 +10,9 @@ objects; the spec is an input column name (a rename), or a dict::
 
 A dotted ``source`` reads nested input (NDJSON objects, Parquet structs) when no column has that
 exact name. Types: ``string``, ``int``, ``number``, ``bool``, ``date``, ``datetime``, ``list``,
-``json``, and the explicit forms ``epoch_ms``, ``iso_date``, ``iso_datetime``. ``date`` and
-``datetime`` become what the vendor expects (Gainsight PX: epoch milliseconds; Localytics:
-``YYYY-MM-DD``; Apsis One: ISO date / ISO datetime in UTC; mediarithmics: ISO 8601).
+``json``, and the explicit forms ``epoch_ms``, ``iso_date``, ``iso_datetime``. ``date``,
+``datetime`` and ``bool`` become what the writer declares (``FormatWriter.representation``, given
+to ``FieldMapping``): epoch milliseconds, ``YYYY-MM-DD`` or ISO 8601 in UTC; booleans or text.
 Dates are read from ISO 8601, the compact ``YYYYMMDD``, ``format`` (strptime) or epoch numbers;
 ``"unit": "s"`` or ``"ms"`` says which epoch numbers are; without it they are milliseconds, and
 those under 1e11 (1970-1973 as milliseconds, but usually seconds) are rejected, not guessed
@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 
-from airflow_provider_profiles.prepare.writer import RowRejected
+from airflow_provider_profiles.prepare.writer import Representation, RowRejected
 from airflow_provider_profiles.prepare.values import (
     epoch_millis,
     is_missing,
@@ -45,20 +45,11 @@ from airflow_provider_profiles.prepare.values import (
 TYPES = ("string", "int", "number", "bool", "date", "datetime", "list", "json", "epoch_ms", "iso_date", "iso_datetime")
 _SPEC_KEYS = {"source", "const", "type", "required", "max_length", "pattern", "choices", "separator", "format", "default", "unit"}
 
-# What "date" and "datetime" mean for each vendor, and how it takes booleans.
-VENDOR_REPRESENTATION: dict[str, dict[str, str]] = {
-    "gainsight_px": {"date": "epoch_ms", "datetime": "epoch_ms", "bool": "bool"},
-    "localytics": {"date": "iso_date", "datetime": "iso_date", "bool": "string"},
-    "apsis_one": {"date": "iso_date", "datetime": "iso_datetime", "bool": "bool"},
-    "mediarithmics": {"date": "iso_date", "datetime": "iso_datetime", "bool": "bool"},
-}
-_DEFAULT_REPRESENTATION = {"date": "iso_date", "datetime": "iso_datetime", "bool": "bool"}
-
 
 class FieldSpec:
     """One target field: where its value comes from, its type, and the checks it must pass."""
 
-    def __init__(self, target: str, spec: str | Mapping[str, Any], representation: Mapping[str, str]):
+    def __init__(self, target: str, spec: str | Mapping[str, Any], representation: Representation):
         if not target or any(not part for part in target.split(".")):
             raise ValueError(f"mapping target {target!r} is not a valid (dotted) field name")
         if isinstance(spec, str):
@@ -79,10 +70,9 @@ class FieldSpec:
         if type_name not in TYPES:
             raise ValueError(f"mapping[{target!r}]: unknown type {type_name!r}; use one of {', '.join(TYPES)}")
         self.type = type_name
-        self.representation = (
-            representation.get(type_name, type_name) if type_name in ("date", "datetime") else type_name
-        )
-        self.bool_as = representation.get("bool", "bool")
+        # the form the value takes: the writer's for "date" and "datetime", else the type itself
+        self.representation = getattr(representation, type_name) if type_name in ("date", "datetime") else type_name
+        self.bool_as = representation.boolean
         self.required = bool(spec.get("required", False))
         self.max_length = spec.get("max_length")
         self.pattern = re.compile(spec["pattern"]) if spec.get("pattern") else None
@@ -159,14 +149,15 @@ class FieldMapping:
         self,
         fields: Mapping[str, str | Mapping[str, Any]],
         *,
-        vendor: str | None = None,
+        representation: Representation | None = None,
         identifier: str | None = None,
         keep_unmapped: bool = False,
     ):
+        """``representation``: the writer's (``writer.representation``); the default one without."""
         if not fields:
             raise ValueError("the mapping is empty: map at least the identifier")
-        representation = VENDOR_REPRESENTATION.get(vendor or "", _DEFAULT_REPRESENTATION)
-        self.vendor = vendor
+        representation = representation or Representation()
+        self.representation = representation
         self.fields = [FieldSpec(target, spec, representation) for target, spec in fields.items()]
         targets = [field.target for field in self.fields]
         for target in targets:
@@ -204,7 +195,7 @@ class FieldMapping:
     def fingerprint(self) -> str:
         """Changes when the mapping changes, so an incremental sync resends everything then."""
         text = json.dumps([f.describe() for f in self.fields], sort_keys=True, default=str)
-        return hashlib.sha256(f"{self.vendor}|{self.keep_unmapped}|{text}".encode()).hexdigest()[:16]
+        return hashlib.sha256(f"{self.representation}|{self.keep_unmapped}|{text}".encode()).hexdigest()[:16]
 
 
 def lookup(row: Mapping[str, Any], source: str) -> Any:

@@ -523,7 +523,7 @@ def _outcome(spec: FieldSpec, row: Mapping[str, Any]) -> tuple[Any, str | None]:
 
 
 def json_default(value: Any) -> Any:
-    """Dates inside a json / list value as ISO text (as the mediarithmics writer sends them)."""
+    """Dates inside a json / list value as ISO text (as the writers' JSON encoding sends them)."""
     if isinstance(value, (dt.datetime, dt.date)):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -12,6 +12,7 @@ import abc
 import csv
 import io
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 REJECTS_HEADER = ("line", "identifier", "reason", "http_status")
@@ -36,12 +37,35 @@ class RowRejected(ValueError):
         super().__init__(self.reason)
 
 
+DATE_FORMS = ("iso_date", "iso_datetime", "epoch_ms")
+BOOLEAN_FORMS = ("bool", "string")
+
+
+@dataclass(frozen=True)
+class Representation:
+    """How a format takes the mapping's generic types: ``date`` and ``datetime`` as ``iso_date``
+    (``YYYY-MM-DD``), ``iso_datetime`` (ISO 8601 in UTC) or ``epoch_ms`` (epoch milliseconds), and
+    ``boolean`` as a boolean (``bool``) or the text ``"true"`` / ``"false"`` (``string``)."""
+
+    date: str = "iso_date"
+    datetime: str = "iso_datetime"
+    boolean: str = "bool"
+
+    def __post_init__(self) -> None:
+        for name, value, forms in (("date", self.date, DATE_FORMS), ("datetime", self.datetime, DATE_FORMS),
+                                   ("boolean", self.boolean, BOOLEAN_FORMS)):
+            if value not in forms:
+                raise ValueError(f"Representation.{name} must be one of {', '.join(forms)}, not {value!r}")
+
+
 class FormatWriter(abc.ABC):
     """Encodes rows for one vendor format. Subclasses set ``extension`` and implement ``encode``."""
 
     extension: ClassVar[str]  # "ndjson" or "csv": also the file suffix
     content_type: ClassVar[str] = "application/x-ndjson"
     identifier_field: ClassVar[str | None] = None  # the row key that identifies a record, for rejects
+    # what the mapping's "date", "datetime" and "bool" types become for this format
+    representation: ClassVar[Representation] = Representation()
 
     def header(self) -> str | None:
         """The first line of every file (CSV header, with its newline), or None."""

@@ -20,14 +20,13 @@ from airflow_provider_profiles.testing.base import (
     Fault,
     serve,
 )
+from airflow_provider_profiles.vendors import VENDORS
 
-# vendor name -> "module:class"; imported lazily so one vendor's emulator never loads the others
+# vendor name -> "module:class" (the vendors' from vendors.py); imported lazily so one vendor's
+# emulator never loads the others
 EMULATORS: dict[str, str] = {
     "echo": "airflow_provider_profiles.testing.echo:EchoEmulator",
-    "gainsight_px": "airflow_provider_profiles.testing.gainsight_px:GainsightPXEmulator",
-    "apsis_one": "airflow_provider_profiles.testing.apsis_one:ApsisOneEmulator",
-    "localytics": "airflow_provider_profiles.testing.localytics:LocalyticsEmulator",
-    "mediarithmics": "airflow_provider_profiles.testing.mediarithmics:MediarithmicsEmulator",
+    **{key: spec.emulator for key, spec in VENDORS.items()},
 }
 
 

@@ -1,4 +1,4 @@
-"""Vendor file formats: pick a writer by vendor and format name.
+"""Vendor file formats: pick a writer by vendor and format name (``VendorSpec.writers`` in vendors.py).
 
     writer = get_writer("localytics", "changes", attributes={"plan": "plan"})
     writer = get_writer("apsis_one", columns=[...], keyspace_field="email")
@@ -9,7 +9,6 @@ Vendor modules are imported only when asked for, so importing this package stays
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from airflow_provider_profiles.prepare.writer import (
@@ -18,62 +17,30 @@ from airflow_provider_profiles.prepare.writer import (
     RowRejected,
     csv_line,
 )
-
-# vendor -> {format name: "module:callable"}; the first format is the vendor's default.
-WRITERS: dict[str, dict[str, str]] = {
-    "gainsight_px": {"records": "gainsight_px:GainsightPXRecordFormat"},
-    "apsis_one": {"csv": "apsis_one:ApsisOneCsvWriter"},
-    "localytics": {
-        "changes": "localytics:ProfileChangesWriter",
-        "audience": "localytics:AudienceLinesWriter",
-    },
-    "mediarithmics": {
-        "USER_PROFILE": "mediarithmics:UserProfileWriter",
-        "USER_SEGMENT": "mediarithmics:UserSegmentWriter",
-        "USER_ACTIVITY": "mediarithmics:UserActivityWriter",
-        "USER_CHOICE": "mediarithmics:UserChoiceWriter",
-        "USER_IDENTIFIERS_ASSOCIATION_DECLARATIONS": "mediarithmics:UserIdentifiersAssociationWriter",
-        "USER_IDENTIFIERS_DELETION": "mediarithmics:UserIdentifiersDeletionWriter",
-        "USER_IDENTIFIERS_DISSOCIATION_DECLARATIONS": "mediarithmics:UserIdentifiersDissociationWriter",
-        "USER_POINTS_DELETION": "mediarithmics:UserPointsDeletionWriter",
-    },
-}
-
-# Largest file each vendor takes in one upload; Localytics allows 10 uploads an hour, so its files
-# are split only when asked.
-DEFAULT_MAX_BYTES: dict[str, int | None] = {
-    "mediarithmics": 100 * 1000 * 1000,
-    "apsis_one": 50 * 1000 * 1000,
-    "localytics": None,
-    "gainsight_px": None,
-}
+from airflow_provider_profiles.vendors import load, vendor
 
 
-def writer_class(vendor: str, format: str | None = None) -> type[FormatWriter]:
-    try:
-        formats = WRITERS[vendor]
-    except KeyError:
-        raise ValueError(f"unknown vendor {vendor!r}; choose from {', '.join(WRITERS)}") from None
-    format = format or next(iter(formats))
-    if format not in formats:
-        raise ValueError(f"{vendor} has no format {format!r}; choose from {', '.join(formats)}")
-    module_name, name = formats[format].split(":")
-    module = importlib.import_module(f"{__name__}.{module_name}")
-    return getattr(module, name)
+def writer_class(vendor_key: str, format: str | None = None) -> type[FormatWriter]:
+    """The writer class of ``vendor_key``'s ``format`` (else of its default format)."""
+    return load(vendor(vendor_key).writer_path(format))
 
 
-def get_writer(vendor: str, format: str | None = None, **options: Any) -> FormatWriter:
-    """A configured writer for ``vendor`` (and ``format``, else the vendor's default one)."""
-    return writer_class(vendor, format)(**options)
+def get_writer(vendor_key: str, format: str | None = None, **options: Any) -> FormatWriter:
+    """A configured writer for ``vendor_key`` (and ``format``, else the vendor's default one)."""
+    return writer_class(vendor_key, format)(**options)
+
+
+def upload_limit(vendor_key: str | None) -> int | None:
+    """The largest file ``vendor_key`` takes in one upload (the split step's default), None: no limit."""
+    return vendor(vendor_key).upload_limit if vendor_key else None
 
 
 __all__ = [
-    "DEFAULT_MAX_BYTES",
     "FormatWriter",
     "RejectsFile",
     "RowRejected",
-    "WRITERS",
     "csv_line",
     "get_writer",
+    "upload_limit",
     "writer_class",
 ]

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from airflow_provider_profiles.prepare.writer import FormatWriter, RowRejected, csv_line
+from airflow_provider_profiles.prepare.writer import FormatWriter, Representation, RowRejected, csv_line
 from airflow_provider_profiles.prepare.values import is_missing, to_text
 from airflow_provider_profiles.prepare import sql
 
@@ -55,6 +55,9 @@ class ApsisOneCsvWriter(FormatWriter):
 
     extension: ClassVar[str] = "csv"
     content_type: ClassVar[str] = "text/csv"
+    # "ISO 8601 referred to as date-time in RFC 3339, section 5.6 in the UTC variant"
+    # (developer.apsis.com/reference/post_v2-audience-sections-section-discriminator-imports-1)
+    representation: ClassVar[Representation] = Representation(date="iso_date", datetime="iso_datetime")
 
     def __init__(self, columns: Sequence[str], keyspace_field: str, keyspace: str | None = None):
         columns = list(columns)

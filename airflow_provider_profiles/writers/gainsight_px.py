@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from airflow_provider_profiles.prepare.mapping import FieldMapping, lookup
-from airflow_provider_profiles.prepare.writer import FormatWriter, RowRejected
+from airflow_provider_profiles.prepare.writer import FormatWriter, Representation, RowRejected
 from airflow_provider_profiles.prepare.values import (
     FALSE_WORDS,
     TRUE_WORDS,
@@ -76,6 +76,9 @@ class GainsightPXRecordFormat(FormatWriter):
 
     extension = "ndjson"
     content_type = "application/x-ndjson"
+    # dates, custom DATE_TIME attributes included, go as epoch milliseconds (the official loader,
+    # github.com/aptrinsic/px-data-loader); booleans as true/false
+    representation = Representation(date="epoch_ms", datetime="epoch_ms", boolean="bool")
 
     def __init__(self, entity: str, field_mapping: Mapping[str, str], field_types: Mapping[str, str] | None = None):
         entity = str(entity).upper()
@@ -111,7 +114,7 @@ class GainsightPXRecordFormat(FormatWriter):
         return FieldMapping({
             field: {"source": column, "type": MAPPING_TYPES[self.field_types.get(field, "string")], "required": field in required}
             for field, column in self.field_mapping.items()
-        })
+        }, representation=self.representation)
 
     def apply_model(self, attribute_types: Mapping[str, str]) -> None:
         """Type the mapped fields by the subscription's attribute model (``{apiName: DATE_TIME|...}``).

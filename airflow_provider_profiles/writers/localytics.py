@@ -21,13 +21,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_profiles.prepare.writer import FormatWriter, RowRejected
+from airflow_provider_profiles.prepare.writer import FormatWriter, Representation, RowRejected
 from airflow_provider_profiles.prepare import sql
 from airflow_provider_profiles.prepare.values import checked_integer, is_missing, json_line, to_bool
 
 OPS = ("assign", "set-add", "set-remove", "increment", "delete")
 EMPTY_CHOICES = ("skip", "delete")
 MAX_STRING = 255
+# Profile values are strings (up to 255 characters) or integers, dates YYYY-MM-DD
+# (help.uplandsoftware.com/localytics/dev/profile-api.html): datetimes keep their date, booleans go as text
+REPRESENTATION = Representation(date="iso_date", datetime="iso_date", boolean="string")
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class ProfileChangesWriter(FormatWriter):
 
     extension = "ndjson"
     content_type = "application/x-ndjson"
+    representation = REPRESENTATION
 
     def __init__(
         self,
@@ -188,6 +192,7 @@ class AudienceLinesWriter(FormatWriter):
 
     extension = "ndjson"
     content_type = "application/x-ndjson"
+    representation = REPRESENTATION
 
     def __init__(self, *, customer_id: str = "customer_id"):
         self.identifier_field = customer_id

@@ -21,6 +21,7 @@ from airflow_provider_profiles.prepare import values
 from airflow_provider_profiles.prepare import sql
 from airflow_provider_profiles.prepare.writer import (
     FormatWriter,
+    Representation,
     RowRejected,
     csv_line,
 )
@@ -99,6 +100,8 @@ class MediarithmicsWriter(FormatWriter):
     extension: ClassVar[str] = "ndjson"
     content_type: ClassVar[str] = "application/x-ndjson"
     mime_type: ClassVar[str] = NDJSON
+    # the reference names no form for dates in properties: ISO 8601 text; booleans as JSON booleans
+    representation: ClassVar[Representation] = Representation(date="iso_date", datetime="iso_datetime")
 
     def identifier(self, row: Mapping[str, Any]) -> str | None:
         try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from airflow_provider_profiles.vendors import VENDORS
+
 EXAMPLES = Path(__file__).parents[2] / "example_dags"
 EXPECTED = {
     "example_gainsight_px", "example_apsis_one", "example_localytics_profiles", "example_localytics_audiences",
@@ -29,7 +31,7 @@ def test_demo_runs_the_end_to_end_dag_and_reconciles(tmp_path, capsys):
     assert main(["profiles_end_to_end", "--dags-folder", str(EXAMPLES), "--home", str(tmp_path / "demo")]) == 0
     printed = capsys.readouterr().out
     report = json.loads(printed[printed.index("report:") + len("report:"):printed.index("what the emulators hold")])
-    assert set(report) == {"gainsight_px", "apsis_one", "localytics", "mediarithmics"}
+    assert set(report) == set(VENDORS)
     for vendor, counts in report.items():
         assert counts["read"] == 300, vendor  # the seeded table
         assert counts["read"] == counts["sent"] + counts["rejected_before_send"], vendor
@@ -47,6 +49,6 @@ def test_erase_profiles_runs_under_airflow_dags_test(tmp_path, capsys):
     assert main(["erase_profiles", "--dags-folder", str(EXAMPLES), "--home", str(tmp_path / "erase")]) == 0
     printed = capsys.readouterr().out
     assert "erase_profiles: success" in printed
-    for task_id in ("gainsight_px", "apsis_one", "localytics", "mediarithmics", "summary"):
+    for task_id in (*VENDORS, "summary"):
         assert f"success    {task_id}" in printed, task_id
     assert '"executions": {"SUCCEEDED": 1}, "total_success": 3' in printed

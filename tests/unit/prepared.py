@@ -23,3 +23,10 @@ def rejects_of(path):
 def ndjson(path):
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle]
+
+
+def representation_of(vendor):
+    """The date, datetime and boolean forms of ``vendor``'s default writer (None: the default forms)."""
+    from airflow_provider_profiles.writers import writer_class
+
+    return writer_class(vendor).representation if vendor else None

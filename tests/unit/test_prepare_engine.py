@@ -11,7 +11,7 @@ import pytest
 from airflow_provider_profiles.writers import get_writer
 from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.prepare.engine import DUPLICATE, prepare
-from tests.unit.prepared import localytics, ndjson, rejects_of
+from tests.unit.prepared import localytics, ndjson, rejects_of, representation_of
 
 
 def python_only(writer):
@@ -154,7 +154,7 @@ def test_keep_unmapped_sends_the_other_columns_too(tmp_path):
 
     source = write_csv(tmp_path / "in.csv", [("1", "ann", " "), ("2", "bo", "Oslo")], header=("id", "name", "city"))
     mapping = FieldMapping({"user_account_id": {"source": "id", "required": True}, "name": {"source": "name", "max_length": 2}},
-                           vendor="mediarithmics", keep_unmapped=True)
+                           representation=representation_of("mediarithmics"), keep_unmapped=True)
     result = prepare(source, get_writer("mediarithmics", "USER_PROFILE"), tmp_path / "out.ndjson", mapping=mapping,
                      rejects=tmp_path / "rejects.csv")
     assert (result.written, result.rejected) == (1, 1)
@@ -177,7 +177,7 @@ def test_parquet_rows_come_out_in_file_order(tmp_path):
                       "vip": ["yes" if i % 5 else "maybe" for i in range(count)]})
     pq.write_table(table, tmp_path / "in.parquet", row_group_size=250_000)
     mapping = FieldMapping({"id": "id", "name": "name", "city": "city", "vip": {"source": "vip", "type": "bool"}},
-                           vendor="localytics")
+                           representation=representation_of("localytics"))
     writer = localytics(attributes={"name": "name", "city": "city", "vip": "vip"})
     result = prepare(str(tmp_path / "in.parquet"), writer, tmp_path / "out.ndjson", mapping=mapping)
     assert result.written == count - count // 5

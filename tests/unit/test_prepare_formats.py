@@ -17,7 +17,7 @@ from airflow_provider_profiles.prepare.mapping import FieldMapping
 from airflow_provider_profiles.prepare.engine import DUPLICATE, prepare
 from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.prepare.sync import SyncState
-from tests.unit.prepared import localytics, ndjson, rejects_of
+from tests.unit.prepared import localytics, ndjson, rejects_of, representation_of
 
 
 def changes(path):
@@ -49,7 +49,7 @@ def test_apsis_csv_round_trip_with_mapping(tmp_path):
     mapping = FieldMapping(
         {"email": "mail", "first_name": "first", "joined": {"source": "joined", "type": "datetime"},
          "vip": {"source": "vip", "type": "bool"}},
-        vendor="apsis_one",
+        representation=representation_of("apsis_one"),
     )
     result = prepare(str(source), writer, str(tmp_path / "out.csv"), mapping=mapping)
     assert result.written == 2
@@ -68,7 +68,7 @@ def test_gainsight_records_nested_and_epoch_ms(tmp_path):
         field_mapping={"identifyId": "id", "location.city": "city", "signUpDate": "signup"},
     )
     mapping = FieldMapping(
-        {"id": "uid", "city": "geo.city", "signup": {"source": "signup", "type": "date"}}, vendor="gainsight_px"
+        {"id": "uid", "city": "geo.city", "signup": {"source": "signup", "type": "date"}}, representation=representation_of("gainsight_px")
     )
     prepare(str(source), writer, str(tmp_path / "out.ndjson"), mapping=mapping)
     assert ndjson(tmp_path / "out.ndjson") == [
@@ -82,7 +82,7 @@ def test_mediarithmics_profile_commands_from_parquet(tmp_path):
     writer = get_writer("mediarithmics", "USER_PROFILE")
     mapping = FieldMapping(
         {"user_account_id": "uid", "compartment_id": {"const": "7"}, "plan": "plan", "logins": {"source": "n", "type": "int"}},
-        vendor="mediarithmics",
+        representation=representation_of("mediarithmics"),
     )
     result = prepare(str(source), writer, str(tmp_path / "out.ndjson"), mapping=mapping)
     assert_reconciles(result)
@@ -108,17 +108,32 @@ def test_typed_parquet_with_nested_columns_and_sync(tmp_path):
 
 
 def test_writer_registry():
-    from airflow_provider_profiles.writers import DEFAULT_MAX_BYTES, WRITERS, writer_class
+    from airflow_provider_profiles.vendors import VENDORS
+    from airflow_provider_profiles.writers import upload_limit, writer_class
 
     assert writer_class("localytics").__name__ == "ProfileChangesWriter"
     assert writer_class("localytics", "audience").__name__ == "AudienceLinesWriter"
     assert writer_class("mediarithmics", "USER_SEGMENT").document_type == "USER_SEGMENT"
-    assert all(writer_class(vendor, name) for vendor, formats in WRITERS.items() for name in formats)
-    assert DEFAULT_MAX_BYTES["mediarithmics"] == 100_000_000 and DEFAULT_MAX_BYTES["localytics"] is None
+    assert all(writer_class(vendor, name) for vendor, spec in VENDORS.items() for name in spec.writers)
+    assert upload_limit("mediarithmics") == 100_000_000 and upload_limit("localytics") is None
+    assert upload_limit(None) is None
     with pytest.raises(ValueError, match="unknown vendor 'braze'"):
         writer_class("braze")
     with pytest.raises(ValueError, match="localytics has no format 'events'; choose from changes, audience"):
         writer_class("localytics", "events")
+
+
+def test_prepare_and_split_operators_refuse_an_unknown_vendor_or_format_when_the_dag_is_parsed():
+    from airflow_provider_profiles.operators.prepare import ProfilesFileTransformOperator, SplitFileOperator
+
+    common = {"source_path": "in.csv", "output_path": "out.ndjson"}
+    with pytest.raises(ValueError, match="unknown vendor 'braze'; choose from gainsight_px, apsis_one"):
+        ProfilesFileTransformOperator(task_id="p", vendor="braze", **common)
+    with pytest.raises(ValueError, match="localytics has no format 'events'; choose from changes, audience"):
+        ProfilesFileTransformOperator(task_id="q", vendor="localytics", writer_format="events", **common)
+    with pytest.raises(ValueError, match="unknown vendor 'braze'"):
+        SplitFileOperator(task_id="s", source_path="out.ndjson", vendor="braze")
+    assert SplitFileOperator(task_id="t", source_path="out.ndjson", vendor="apsis_one").default_max_bytes == 50_000_000
 
 
 # --- bad inputs: each a clear error or a rejects entry, never a silent drop ------------------------
@@ -159,7 +174,7 @@ def test_bad_input_corpus_goes_to_rejects_with_records_and_lines(tmp_path):
 def test_bad_dates_are_rejected_by_the_mapping(tmp_path):
     source = tmp_path / "in.csv"
     source.write_text("id,name,born\n1,a,2024-02-30\n2,b,2024-02-28\n3,c,yesterday\n")
-    mapping = FieldMapping({"id": "id", "name": "name", "born": {"source": "born", "type": "date"}}, vendor="localytics")
+    mapping = FieldMapping({"id": "id", "name": "name", "born": {"source": "born", "type": "date"}}, representation=representation_of("localytics"))
     writer = localytics(attributes={"name": "name", "born": "born"})
     result = prepare(str(source), writer, str(tmp_path / "out.ndjson"), mapping=mapping, rejects=str(tmp_path / "r.csv"))
     assert (result.written, result.rejected) == (1, 2)

@@ -6,8 +6,9 @@ import datetime as dt
 
 import pytest
 
-from airflow_provider_profiles.prepare.writer import RowRejected
+from airflow_provider_profiles.prepare.writer import Representation, RowRejected
 from airflow_provider_profiles.prepare.mapping import FieldMapping
+from tests.unit.prepared import representation_of
 
 
 def test_rename_nested_target_nested_source_and_constant():
@@ -31,7 +32,7 @@ def test_rename_nested_target_nested_source_and_constant():
     ],
 )
 def test_dates_take_the_vendor_form(vendor, kind, value, expected):
-    mapping = FieldMapping({"d": {"source": "d", "type": kind}}, vendor=vendor)
+    mapping = FieldMapping({"d": {"source": "d", "type": kind}}, representation=representation_of(vendor))
     assert mapping.apply({"d": value}) == {"d": expected}
 
 
@@ -45,13 +46,13 @@ def test_booleans_lists_numbers_and_json():
             "meta": {"source": "meta", "type": "json"},
             "big": {"source": "big", "type": "int"},
         },
-        vendor="localytics",
+        representation=representation_of("localytics"),
     )
     row = {"vip": "Yes", "tags": "a| b||c", "n": "42", "x": "1.5", "meta": '{"k": 1}', "big": "12345678901234567890"}
     assert mapping.apply(row) == {
         "vip": "true", "tags": ["a", "b", "c"], "n": 42, "x": 1.5, "meta": {"k": 1}, "big": 12345678901234567890,
     }
-    assert FieldMapping({"vip": {"source": "vip", "type": "bool"}}, vendor="gainsight_px").apply({"vip": "0"}) == {"vip": False}
+    assert FieldMapping({"vip": {"source": "vip", "type": "bool"}}, representation=representation_of("gainsight_px")).apply({"vip": "0"}) == {"vip": False}
 
 
 def test_empty_cells_become_none_or_the_default():
@@ -109,4 +110,12 @@ def test_fingerprint_follows_the_mapping():
     one = FieldMapping({"a": "x"}).fingerprint()
     assert one == FieldMapping({"a": "x"}).fingerprint()
     assert one != FieldMapping({"a": "y"}).fingerprint()
-    assert one != FieldMapping({"a": "x"}, vendor="localytics").fingerprint()
+    assert one != FieldMapping({"a": "x"}, representation=representation_of("localytics")).fingerprint()
+
+
+def test_representation_is_checked_and_changes_the_fingerprint():
+    with pytest.raises(ValueError, match="Representation.date must be one of iso_date, iso_datetime, epoch_ms"):
+        Representation(date="unix")
+    plain = FieldMapping({"a": "x"}).fingerprint()
+    assert plain == FieldMapping({"a": "x"}, representation=Representation()).fingerprint()
+    assert plain != FieldMapping({"a": "x"}, representation=Representation(boolean="string")).fingerprint()

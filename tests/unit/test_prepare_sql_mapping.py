@@ -20,8 +20,10 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from airflow_provider_profiles import vendors
 from airflow_provider_profiles.prepare.writer import RowRejected
 from airflow_provider_profiles.prepare.mapping import FieldMapping
+from tests.unit.prepared import representation_of
 from airflow_provider_profiles.prepare.values import decode_row
 from airflow_provider_profiles.prepare.sql import WHITESPACE
 from airflow_provider_profiles.prepare.sql_mapping import compile_mapping, json_default, re2_pattern
@@ -81,7 +83,7 @@ SPECS = {
     "json": {"type": "json"},
     "datetime_pattern": {"type": "datetime", "pattern": r"2024-.*", "max_length": 20},
 }
-VENDORS = [None, "gainsight_px", "localytics", "apsis_one", "mediarithmics"]
+VENDORS = [None, *vendors.VENDORS]
 
 
 def _strict(value):
@@ -127,7 +129,7 @@ def _python_outcomes(mapping, rows):
 
 def differential(fields, table: pa.Table, vendor=None, casts=None):
     """Runs ``fields`` over ``table`` both ways; returns the number of rows compared."""
-    mapping = FieldMapping(fields, vendor=vendor)
+    mapping = FieldMapping(fields, representation=representation_of(vendor))
     connection = duckdb.connect()
     connection.register("arrow_input", table.append_column("__record", pa.array(range(table.num_rows), pa.int64())))
     selected = ", ".join(
@@ -256,7 +258,7 @@ def test_other_timestamp_units_and_uuids():
     })
     fields = {"a": {"source": "seconds", "type": "datetime"}, "b": {"source": "nanos", "type": "epoch_ms"},
               "c": {"source": "id", "type": "string"}}
-    mapping = FieldMapping(fields, vendor="apsis_one")
+    mapping = FieldMapping(fields, representation=representation_of("apsis_one"))
     connection = duckdb.connect()
     connection.register("arrow_input", table)
     connection.execute("CREATE TABLE t AS SELECT *, uuid() AS id, row_number() OVER () AS __record FROM arrow_input")

@@ -16,6 +16,7 @@ import pytest
 
 from airflow_provider_profiles.writers import get_writer
 from airflow_provider_profiles.prepare.mapping import FieldMapping
+from tests.unit.prepared import representation_of
 from airflow_provider_profiles.prepare.engine import prepare as prepare_file
 from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.operators.prepare import ProfilesFileTransformOperator, SqlToProfilesFileOperator
@@ -56,14 +57,14 @@ def csv_rows(path):
 def test_compact_dates_are_dates_for_every_vendor(tmp_path):
     source = tmp_path / "in.csv"
     source.write_text("id,mail,born\nu1,a@x.io,20240115\nu2,b@x.io,20241301\n")
-    mapping = FieldMapping({"email": "mail", "born": {"source": "born", "type": "date"}}, vendor="apsis_one")
+    mapping = FieldMapping({"email": "mail", "born": {"source": "born", "type": "date"}}, representation=representation_of("apsis_one"))
     result = prepare_file(str(source), apsis(), str(tmp_path / "a.csv"), mapping=mapping, rejects=str(tmp_path / "ra.csv"))
     assert (result.written, result.rejected) == (1, 1)
     assert csv_rows(tmp_path / "a.csv") == [{"email": "a@x.io", "born": "2024-01-15"}]
     [(line, identifier, reason)] = rejects_of(tmp_path / "ra.csv")
     assert (line, identifier) == (2, "b@x.io") and "20241301" in reason and "column 'born'" in reason
 
-    mapping = FieldMapping({"id": "id", "signup": {"source": "born", "type": "date"}}, vendor="gainsight_px")
+    mapping = FieldMapping({"id": "id", "signup": {"source": "born", "type": "date"}}, representation=representation_of("gainsight_px"))
     prepare_file(str(source), gainsight(signUpDate="signup"), str(tmp_path / "g1.ndjson"), mapping=mapping)
     assert strict_ndjson(tmp_path / "g1.ndjson")[0] == {"identifyId": "u1", "signUpDate": 1705276800000}
 
@@ -76,7 +77,7 @@ def test_compact_dates_are_dates_for_every_vendor(tmp_path):
 def test_epoch_seconds_are_never_taken_for_milliseconds(tmp_path):
     source = tmp_path / "in.csv"
     source.write_text("mail,seen\na@x.io,1700000000\nb@x.io,1700000000000\n")
-    guess = FieldMapping({"email": "mail", "born": {"source": "seen", "type": "datetime"}}, vendor="apsis_one")
+    guess = FieldMapping({"email": "mail", "born": {"source": "seen", "type": "datetime"}}, representation=representation_of("apsis_one"))
     result = prepare_file(str(source), apsis(), str(tmp_path / "a.csv"), mapping=guess, rejects=str(tmp_path / "r.csv"))
     assert (result.written, result.rejected) == (1, 1)
     assert csv_rows(tmp_path / "a.csv") == [{"email": "b@x.io", "born": "2023-11-14T22:13:20Z"}]
@@ -84,7 +85,7 @@ def test_epoch_seconds_are_never_taken_for_milliseconds(tmp_path):
     assert (line, identifier) == (1, "a@x.io")
     assert "seconds" in reason and "unit" in reason and "column 'seen'" in reason
 
-    seconds = FieldMapping({"email": "mail", "born": {"source": "seen", "type": "datetime", "unit": "s"}}, vendor="apsis_one")
+    seconds = FieldMapping({"email": "mail", "born": {"source": "seen", "type": "datetime", "unit": "s"}}, representation=representation_of("apsis_one"))
     source.write_text("mail,seen\na@x.io,1700000000\n")
     prepare_file(str(source), apsis(), str(tmp_path / "s.csv"), mapping=seconds)
     assert csv_rows(tmp_path / "s.csv") == [{"email": "a@x.io", "born": "2023-11-14T22:13:20Z"}]
@@ -113,7 +114,7 @@ def test_mediarithmics_and_gainsight_timestamps_in_seconds_are_rejected(tmp_path
 def test_an_out_of_range_epoch_rejects_its_row_only(tmp_path):
     source = tmp_path / "in.csv"
     source.write_text("mail,seen\na@x.io,1700000000000\nb@x.io,100000000000000000\nc@x.io,-99999999999999999999\n")
-    mapping = FieldMapping({"email": "mail", "born": {"source": "seen", "type": "datetime", "unit": "ms"}}, vendor="apsis_one")
+    mapping = FieldMapping({"email": "mail", "born": {"source": "seen", "type": "datetime", "unit": "ms"}}, representation=representation_of("apsis_one"))
     result = prepare_file(str(source), apsis(), str(tmp_path / "a.csv"), mapping=mapping, rejects=str(tmp_path / "r.csv"))
     assert (result.written, result.rejected) == (1, 2)
     rejects = rejects_of(tmp_path / "r.csv")
@@ -137,7 +138,7 @@ def test_apsis_and_gainsight_check_their_columns_before_writing(tmp_path):
         prepare_file(str(source), apsis(["email", "city"]), str(tmp_path / "a.csv"))
     assert not (tmp_path / "a.csv").exists()
 
-    mapping = FieldMapping({"email": "email", "town": "town"}, vendor="apsis_one")
+    mapping = FieldMapping({"email": "email", "town": "town"}, representation=representation_of("apsis_one"))
     with pytest.raises(InputError, match=r"in.csv: .*'city'"):
         prepare_file(str(source), apsis(["email", "city"]), str(tmp_path / "b.csv"), mapping=mapping)
     assert not (tmp_path / "b.csv").exists()
@@ -165,7 +166,7 @@ def test_binary_parquet_strings_are_decoded_or_rejected(tmp_path):
     [(line, identifier, reason)] = rejects_of(tmp_path / "r.csv")
     assert (line, identifier) == (2, "2") and "not valid UTF-8" in reason and "name" in reason
 
-    mapping = FieldMapping({"email": {"source": "id", "pattern": r"\d"}, "born": "name"}, vendor="apsis_one")
+    mapping = FieldMapping({"email": {"source": "id", "pattern": r"\d"}, "born": "name"}, representation=representation_of("apsis_one"))
     result = prepare_file(str(source), apsis(), str(tmp_path / "a.csv"), mapping=mapping, rejects=str(tmp_path / "ra.csv"))
     assert "b'" not in (tmp_path / "a.csv").read_text()
 
@@ -203,7 +204,7 @@ def test_infinite_and_nan_values_never_reach_ndjson(tmp_path):
         "meta": ['{"a": 1}', "{}", "{}", '{"a": NaN}'],
     }), source)
     mapping = FieldMapping({"user_agent_id": "user_agent_id", "score": "score", "meta": {"source": "meta", "type": "json"}},
-                           vendor="mediarithmics")
+                           representation=representation_of("mediarithmics"))
     expected = {"raw": ["vec:1", "vec:3", "vec:4"], "mapped": ["vec:1", "vec:3"]}  # raw meta is just text
     for name, options in {"raw": {}, "mapped": {"mapping": mapping}}.items():
         result = prepare_file(str(source), get_writer("mediarithmics", "USER_PROFILE"), str(tmp_path / f"{name}.ndjson"),
