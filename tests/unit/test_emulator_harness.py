@@ -83,3 +83,13 @@ def test_command_serves_an_emulator_until_terminated():
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0
+
+
+def test_loading_the_pytest_plugin_imports_no_server_and_no_emulator():
+    """The plugin loads in every pytest session wherever the provider is installed: it must cost nothing
+    until its fixture is used (uvicorn, starlette and the emulators are imported by the fixture)."""
+    probe = ("import sys, airflow_provider_profiles.testing.pytest_plugin; "
+             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('uvicorn', 'starlette') "
+             "or m.startswith('airflow_provider_profiles.testing.') and not m.endswith('pytest_plugin'))))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []
