@@ -29,7 +29,6 @@ def __getattr__(name: str) -> Any:
 
 # vendor name -> "module:class"; imported lazily so one vendor's emulator never loads the others
 EMULATORS: dict[str, str] = {
-    "echo": "airflow_provider_profiles.testing.echo:EchoEmulator",
     "gainsight_px": "airflow_provider_profiles.testing.gainsight_px:GainsightPXEmulator",
     "apsis_one": "airflow_provider_profiles.testing.apsis_one:ApsisOneEmulator",
     "localytics": "airflow_provider_profiles.testing.localytics:LocalyticsEmulator",

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     (home / "airflow.db").unlink(missing_ok=True)
     config = json.loads(args.emulator_config)
 
-    servers = {vendor: serve(create(vendor, **config.get(vendor, {}))) for vendor in EMULATORS if vendor != "echo"}
+    servers = {vendor: serve(create(vendor, **config.get(vendor, {}))) for vendor in EMULATORS}
     try:
         connections = demo_connections(servers, home / "data")
         env = airflow_env(home, dags_folder, connections)

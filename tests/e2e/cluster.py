@@ -22,6 +22,7 @@ from typing import Any
 
 from airflow_provider_profiles.testing import EMULATORS, EmulatorServer, create, serve
 from airflow_provider_profiles.testing.run_dag import demo_connections
+from tests.echo_emulator import EchoEmulator
 
 PROCESSES = {
     "api-server": ["api-server", "--host", "127.0.0.1", "--port", "{api_port}"],
@@ -60,6 +61,7 @@ class AirflowCluster:
         self.emulators: dict[str, EmulatorServer] = {
             vendor: serve(create(vendor, **config.get(vendor, {}))) for vendor in EMULATORS
         }
+        self.emulators["echo"] = serve(EchoEmulator(**config.get("echo", {})))  # for the DAGs in tests/dags
         self.env = self._env()
 
     def _env(self) -> dict[str, str]:

@@ -8,15 +8,16 @@ import sys
 import pytest
 import requests
 
-from airflow_provider_profiles.testing import create, serve
+from airflow_provider_profiles.testing import serve
 from airflow_provider_profiles.testing.base import Clock, SlidingWindowLimit
+from tests.echo_emulator import EchoEmulator
 
 HEADERS = {"X-Api-Key": "echo-key"}
 
 
 @pytest.fixture
 def server():
-    with serve(create("echo")) as server:
+    with serve(EchoEmulator()) as server:
         yield server
 
 
@@ -74,12 +75,12 @@ def test_sliding_window_limit_on_emulated_time():
 
 
 def test_command_serves_an_emulator_until_terminated():
-    process = subprocess.Popen([sys.executable, "-m", "airflow_provider_profiles.testing", "echo"],
+    process = subprocess.Popen([sys.executable, "-m", "airflow_provider_profiles.testing", "mediarithmics"],
                                stdout=subprocess.PIPE, text=True)
     try:
         vendor, url = process.stdout.readline().split()
-        assert vendor == "echo"
-        assert requests.get(f"{url}/jobs/1", headers=HEADERS).status_code == 404
+        assert vendor == "mediarithmics"
+        assert requests.get(f"{url}/_emulator/counters").json() == {"requests": {}, "faults": {}}
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0

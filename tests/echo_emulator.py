@@ -1,5 +1,8 @@
 """A minimal emulator for testing the shared mechanics (HTTP core, polling trigger, operator mixin).
 
+It serves only this project's tests (with ``tests/echo_hook.py``), so it is not one of the package's
+emulators: tests start it themselves (``emulator("echo")`` in tests/conftest.py, the e2e cluster).
+
 Routes (header ``X-Api-Key`` must equal ``api_key``):
 - ``GET|PUT|DELETE /items/{key}``: idempotent calls that echo the request;
 - ``POST /items``: a non-idempotent create;
