@@ -16,7 +16,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 # The main job: every emulator on 127.0.0.1, the end-to-end example DAG under `airflow dags test`
 # on embedded SQLite, then the per-vendor summary.
 demo: install
-	$(BIN)/python -m airflow_provider_profiles.testing.run_dag profiles_end_to_end --dags-folder example_dags
+	$(BIN)/python scripts/run_dag.py profiles_end_to_end
 
 # Unit, emulator-backed integration and end-to-end tests (pytest exit 5, "no tests", is not a failure).
 test: install

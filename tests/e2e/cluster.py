@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import re
+import runpy
 import signal
 import socket
 import sqlite3
@@ -21,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_profiles.testing import EMULATORS, EmulatorServer, create, serve
-from airflow_provider_profiles.testing.run_dag import demo_connections
 from tests.echo_emulator import EchoEmulator
+
+# The demo runner (scripts/, outside the package) knows which connections the example DAGs use.
+demo_connections = runpy.run_path(str(Path(__file__).parents[2] / "scripts" / "run_dag.py"))["demo_connections"]
 
 PROCESSES = {
     "api-server": ["api-server", "--host", "127.0.0.1", "--port", "{api_port}"],

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import runpy
 from pathlib import Path
 
 EXAMPLES = Path(__file__).parents[2] / "example_dags"
+DEMO_RUNNER = Path(__file__).parents[2] / "scripts" / "run_dag.py"  # `make demo`; not in the package
 EXPECTED = {
     "example_gainsight_px", "example_apsis_one", "example_localytics_profiles", "example_localytics_audiences",
     "example_mediarithmics", "profiles_end_to_end", "erase_profiles",
@@ -24,7 +26,7 @@ def test_every_example_dag_loads_without_errors(airflow_db):
 
 
 def test_demo_runs_the_end_to_end_dag_and_reconciles(tmp_path, capsys):
-    from airflow_provider_profiles.testing.run_dag import main
+    main = runpy.run_path(str(DEMO_RUNNER))["main"]
 
     assert main(["profiles_end_to_end", "--dags-folder", str(EXAMPLES), "--home", str(tmp_path / "demo")]) == 0
     printed = capsys.readouterr().out
@@ -42,7 +44,7 @@ def test_demo_runs_the_end_to_end_dag_and_reconciles(tmp_path, capsys):
 def test_erase_profiles_runs_under_airflow_dags_test(tmp_path, capsys):
     """The erasure example through ``airflow dags test`` (the demo runner) against empty emulators:
     every id is not found, every task succeeds, and mediarithmics gets one deletion execution."""
-    from airflow_provider_profiles.testing.run_dag import main
+    main = runpy.run_path(str(DEMO_RUNNER))["main"]
 
     assert main(["erase_profiles", "--dags-folder", str(EXAMPLES), "--home", str(tmp_path / "erase")]) == 0
     printed = capsys.readouterr().out
