@@ -53,7 +53,7 @@ def test_timeout_fails_the_task_and_cancels_the_job(outcome):
 def test_no_wait_returns_once_created(outcome):
     states, emulator = outcome
     assert states["no_wait"] == "success"
-    # The 60 s job of no_wait is the only one left unfinished (the two other 60 s jobs were cancelled).
+    # The endless job of no_wait is the only one left unfinished (the two other endless jobs were cancelled).
     unfinished = [j for j in emulator.snapshot()["jobs"].values() if j["status"] in ("queued", "running")]
     assert len(unfinished) == 1
 
