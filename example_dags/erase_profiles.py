@@ -15,7 +15,7 @@ fails and pushes to XCom ``erasure_report``) a report: ``read = erased + not_fou
 
 Needs the four ``*_default`` connections. Against the local emulators (no account needed)::
 
-    python -m airflow_provider_profiles.testing.run_dag erase_profiles
+    python scripts/run_dag.py erase_profiles
 """
 
 from __future__ import annotations

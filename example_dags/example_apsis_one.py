@@ -7,7 +7,7 @@ sensor) waits for it, e.g. when another DAG starts imports. Both return the vend
 Needs a connection ``apsis_one_default`` (client id as login, client secret as password, extra
 ``{"region": "eu"}``). Against the local emulator, no account needed::
 
-    python -m airflow_provider_profiles.testing.run_dag example_apsis_one
+    python scripts/run_dag.py example_apsis_one
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ file with the reason.
 Needs a connection ``mediarithmics_default``: API token as password, extra ``{"datamart_id": "..."}``.
 Against the local emulator, no account needed::
 
-    python -m airflow_provider_profiles.testing.run_dag example_mediarithmics
+    python scripts/run_dag.py example_mediarithmics
 """
 
 from __future__ import annotations

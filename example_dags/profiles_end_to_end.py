@@ -10,7 +10,7 @@ Connections: ``profiles_source`` (any SQL connection; SQLite in the demo) and th
 ``gainsight_px_default``, ``apsis_one_default``, ``localytics_default``, ``mediarithmics_default``.
 Against the local emulators, with no account::
 
-    make demo      # python -m airflow_provider_profiles.testing.run_dag profiles_end_to_end
+    make demo      # python scripts/run_dag.py profiles_end_to_end
 """
 
 from __future__ import annotations

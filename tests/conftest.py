@@ -21,9 +21,24 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 
 
 @pytest.fixture
-def emulator(profiles_emulator):
-    """``emulator("apsis_one", **config)`` -> running ``EmulatorServer`` (stopped after the test)."""
-    return profiles_emulator
+def emulator(profiles_emulator, request):
+    """``emulator("apsis_one", **config)`` -> running ``EmulatorServer`` (stopped after the test).
+
+    The package's emulators come from its ``profiles_emulator`` fixture; ``"echo"`` is the tests' own
+    (tests/echo_emulator.py).
+    """
+
+    def start(vendor: str, **config):
+        if vendor != "echo":
+            return profiles_emulator(vendor, **config)
+        from airflow_provider_profiles.testing import serve
+        from tests.echo_emulator import EchoEmulator
+
+        server = serve(EchoEmulator(**config))
+        request.addfinalizer(server.stop)
+        return server
+
+    return start
 
 
 @pytest.fixture

@@ -61,7 +61,7 @@ class EchoJobOperator(RemoteJobOperator):
     hook_class = EchoHook
     trigger_class = EchoTrigger
 
-    def __init__(self, *, duration: float = 1.0, outcome: str = "done", **kwargs: Any):
+    def __init__(self, *, duration: float | None = 1.0, outcome: str = "done", **kwargs: Any):
         super().__init__(**kwargs)
         self.duration, self.outcome = duration, outcome
 

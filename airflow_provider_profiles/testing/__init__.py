@@ -12,22 +12,25 @@ or, from Python / pytest::
 from __future__ import annotations
 
 from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from airflow_provider_profiles.testing.base import (
-    Clock,
-    Emulator,
-    EmulatorServer,
-    Fault,
-    serve,
-)
 from airflow_provider_profiles.vendors import VENDORS
 
-# vendor name -> "module:class" (the vendors' from vendors.py); imported lazily so one vendor's
-# emulator never loads the others
-EMULATORS: dict[str, str] = {
-    "echo": "airflow_provider_profiles.testing.echo:EchoEmulator",
-    **{key: spec.emulator for key, spec in VENDORS.items()},
-}
+if TYPE_CHECKING:
+    from airflow_provider_profiles.testing.base import Clock, Emulator, EmulatorServer, Fault, serve
+
+# The harness needs uvicorn and starlette: it is imported on first use, so that loading this package
+# (the pytest plugin does, in every session of every project that installs the provider) costs nothing.
+_HARNESS = ("Clock", "Emulator", "EmulatorServer", "Fault", "serve")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HARNESS:
+        return getattr(import_module("airflow_provider_profiles.testing.base"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+# vendor name -> "module:class"; imported lazily so one vendor's emulator never loads the others
+EMULATORS: dict[str, str] = {key: spec.emulator for key, spec in VENDORS.items()}
 
 
 def create(vendor: str, **config) -> Emulator:

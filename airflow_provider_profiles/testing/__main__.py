@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="port for a single vendor (default: a free one)")
     parser.add_argument("--config", default="{}", help="JSON object of emulator settings, e.g. '{\"time_scale\": 60}'")
     args = parser.parse_args(argv)
-    vendors = [v for v in EMULATORS if v != "echo"] if args.vendor == "all" else [args.vendor]
+    vendors = list(EMULATORS) if args.vendor == "all" else [args.vendor]
     if args.port and len(vendors) > 1:
         parser.error("--port needs a single vendor")
     config = json.loads(args.config)

@@ -11,9 +11,10 @@ with DAG("echo_jobs", schedule=None, start_date=pendulum.datetime(2026, 1, 1), c
     EchoJobOperator(task_id="wait_in_worker", duration=0.6, poll_interval=0.2)
     EchoJobOperator(task_id="deferred", duration=1.0, poll_interval=0.2, deferrable=True)
     EchoJobOperator(task_id="deferred_fails", duration=0.4, outcome="failed", poll_interval=0.2, deferrable=True)
-    EchoJobOperator(task_id="worker_timeout", duration=60, poll_interval=0.2, job_timeout=1)
-    EchoJobOperator(task_id="deferred_timeout", duration=60, poll_interval=0.2, job_timeout=1, deferrable=True)
-    EchoJobOperator(task_id="no_wait", duration=60, wait_for_completion=False)
+    # duration=None: the job runs until cancelled, so these outcomes hold however long the run takes
+    EchoJobOperator(task_id="worker_timeout", duration=None, poll_interval=0.2, job_timeout=1)
+    EchoJobOperator(task_id="deferred_timeout", duration=None, poll_interval=0.2, job_timeout=1, deferrable=True)
+    EchoJobOperator(task_id="no_wait", duration=None, wait_for_completion=False)
     CrashAfterSubmitOperator(task_id="crash_then_reattach", duration=0.6, poll_interval=0.2, retries=1,
                              retry_delay=datetime.timedelta(seconds=0))
     job = EchoJobOperator(task_id="job_for_sensor", duration=0.8, wait_for_completion=False)

@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import re
+import runpy
 import signal
 import socket
 import sqlite3
@@ -21,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_profiles.testing import EMULATORS, EmulatorServer, create, serve
-from airflow_provider_profiles.testing.run_dag import demo_connections
+from tests.echo_emulator import EchoEmulator
+
+# The demo runner (scripts/, outside the package) knows which connections the example DAGs use.
+demo_connections = runpy.run_path(str(Path(__file__).parents[2] / "scripts" / "run_dag.py"))["demo_connections"]
 
 PROCESSES = {
     "api-server": ["api-server", "--host", "127.0.0.1", "--port", "{api_port}"],
@@ -60,6 +64,7 @@ class AirflowCluster:
         self.emulators: dict[str, EmulatorServer] = {
             vendor: serve(create(vendor, **config.get(vendor, {}))) for vendor in EMULATORS
         }
+        self.emulators["echo"] = serve(EchoEmulator(**config.get("echo", {})))  # for the DAGs in tests/dags
         self.env = self._env()
 
     def _env(self) -> dict[str, str]:

@@ -207,6 +207,12 @@ def test_profiles_end_to_end(cluster, end_to_end_run):
               if task.startswith(("import_apsis_one[", "upload_mediarithmics["))}
     assert set(deferred) == mapped | {"import_localytics"}, deferred
     report = xcom(cluster, END_TO_END_DAG, phase.runs[END_TO_END_DAG], "report")
+    assert set(report) == {"gainsight_px", "apsis_one", "localytics", "mediarithmics"}
+    for vendor, counts in report.items():
+        assert counts["read"] == 300, vendor  # the seeded table
+        assert counts["read"] == counts["sent"] + counts["rejected_before_send"], vendor
+        assert counts["rejected_before_send"] >= 3, vendor  # rows without an id (or, for Apsis, a valid email)
+        assert counts["vendor_succeeded"] > 250, vendor
     snapshots = phase.snapshots
     # What each vendor holds is what the DAG's report says it sent and the vendor accepted, once.
     assert len(snapshots["gainsight_px"]["users"]) == report["gainsight_px"]["vendor_succeeded"]
@@ -222,6 +228,10 @@ def test_profiles_end_to_end(cluster, end_to_end_run):
     assert len(snapshots["mediarithmics"]["document_imports"]) == 1
     assert len(executions) == len([t for t in mapped if t.startswith("upload_mediarithmics[")])
     assert sum(e["parameters"]["number_of_lines"] for e in executions) == report["mediarithmics"]["sent"]
+    # what the vendors hold from the seeded table: each sent profile exactly once
+    assert (len(snapshots["gainsight_px"]["users"]),
+            sum(len(profiles) for profiles in snapshots["localytics"]["profiles"].values()),
+            sum(e["result"]["total_success"] for e in executions)) == (294, 295, 297)
 
 
 def test_end_to_end_tasks_depend_on_the_tasks_whose_xcom_they_template():

@@ -13,10 +13,12 @@ def test_triggerer_killed_and_restarted_while_tasks_wait(cluster):
     echo = cluster.emulators["echo"].emulator
     created_before = echo.counters["POST /jobs"]
     run_id = cluster.trigger("echo_long_waits")
-    # Once all four waits are in the triggerer, kill it without warning, then start a new one.
+    # The echo emulator's clock stands still (conftest), so no job ends before all four waits are in the
+    # triggerer, however slow the machine. Kill it without warning, start a new one, then let the jobs end.
     cluster.wait_for(lambda: cluster.deferred_count() >= 4, 120, "four tasks to defer")
     cluster.kill("triggerer", signal.SIGKILL)
     cluster.start("triggerer")
+    echo.clock.advance(25)  # the jobs' duration in tests/dags/echo_long_waits.py
     assert cluster.wait_run("echo_long_waits", run_id) == "success"
     states = cluster.task_states("echo_long_waits", run_id)
     assert all(state == "success" and tries == 1 for state, tries in states.values()), states

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_profiles.testing import create, serve
+from airflow_provider_profiles.testing import serve
 from tests.conftest import run_dag_file
+from tests.echo_emulator import EchoEmulator
 
 DAG_FILE = Path(__file__).parents[1] / "dags" / "echo_jobs.py"
 SECRET = "echo-S3CRET-d41d8cd98f"
@@ -18,7 +19,7 @@ SECRET = "echo-S3CRET-d41d8cd98f"
 @pytest.fixture(scope="module")
 def outcome(airflow_db):
     """Run the echo_jobs DAG once for the module: (task states, emulator, everything the run printed)."""
-    server = serve(create("echo", api_key=SECRET))
+    server = serve(EchoEmulator(api_key=SECRET))
     os.environ["AIRFLOW_CONN_ECHO_DEFAULT"] = json.dumps(
         {"conn_type": "echo", "password": SECRET, "extra": {"base_url": server.url}})
     try:
@@ -52,7 +53,7 @@ def test_timeout_fails_the_task_and_cancels_the_job(outcome):
 def test_no_wait_returns_once_created(outcome):
     states, emulator = outcome
     assert states["no_wait"] == "success"
-    # The 60 s job of no_wait is the only one left unfinished (the two other 60 s jobs were cancelled).
+    # The endless job of no_wait is the only one left unfinished (the two other endless jobs were cancelled).
     unfinished = [j for j in emulator.snapshot()["jobs"].values() if j["status"] in ("queued", "running")]
     assert len(unfinished) == 1
 

@@ -220,10 +220,10 @@ def test_status_429_is_retried(localytics, tmp_path):
 
 
 def test_async_status_for_both_kinds(localytics, tmp_path):
-    _, hook = localytics()
+    server, hook = localytics(time_scale=0)  # the emulated clock stands still until advanced
     profiles = hook.upload_profiles(write(tmp_path, GOOD % "a" + BAD % ("b", "x" * 256)))
     audience = hook.create_audience(app_id="app-1", audience_name="n", file=write(tmp_path, '{"customer_id":"a"}\n', "a.json"))
-    time.sleep(0.2)
+    server.emulator.clock.advance(server.emulator.pending_seconds + server.emulator.running_seconds)
 
     async def statuses():
         async_hook = LocalyticsHook(hook.conn_id)

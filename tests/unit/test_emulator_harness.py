@@ -8,15 +8,16 @@ import sys
 import pytest
 import requests
 
-from airflow_provider_profiles.testing import create, serve
+from airflow_provider_profiles.testing import serve
 from airflow_provider_profiles.testing.base import Clock, SlidingWindowLimit
+from tests.echo_emulator import EchoEmulator
 
 HEADERS = {"X-Api-Key": "echo-key"}
 
 
 @pytest.fixture
 def server():
-    with serve(create("echo")) as server:
+    with serve(EchoEmulator()) as server:
         yield server
 
 
@@ -74,12 +75,22 @@ def test_sliding_window_limit_on_emulated_time():
 
 
 def test_command_serves_an_emulator_until_terminated():
-    process = subprocess.Popen([sys.executable, "-m", "airflow_provider_profiles.testing", "echo"],
+    process = subprocess.Popen([sys.executable, "-m", "airflow_provider_profiles.testing", "mediarithmics"],
                                stdout=subprocess.PIPE, text=True)
     try:
         vendor, url = process.stdout.readline().split()
-        assert vendor == "echo"
-        assert requests.get(f"{url}/jobs/1", headers=HEADERS).status_code == 404
+        assert vendor == "mediarithmics"
+        assert requests.get(f"{url}/_emulator/counters").json() == {"requests": {}, "faults": {}}
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0
+
+
+def test_loading_the_pytest_plugin_imports_no_server_and_no_emulator():
+    """The plugin loads in every pytest session wherever the provider is installed: it must cost nothing
+    until its fixture is used (uvicorn, starlette and the emulators are imported by the fixture)."""
+    probe = ("import sys, airflow_provider_profiles.testing.pytest_plugin; "
+             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('uvicorn', 'starlette') "
+             "or m.startswith('airflow_provider_profiles.testing.') and not m.endswith('pytest_plugin'))))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []

@@ -1,10 +1,11 @@
-"""Run a DAG end to end against the emulators: ``python -m airflow_provider_profiles.testing.run_dag DAG_ID``.
+"""Run a DAG end to end against the emulators: ``python scripts/run_dag.py DAG_ID`` (``make demo``).
 
 Starts every vendor emulator on 127.0.0.1, points the default connection of each vendor at it
 (``AIRFLOW_CONN_*``), prepares an Airflow home on embedded SQLite, runs ``airflow dags test`` (real
 task execution; deferred tasks go through their trigger after real serialization), then prints the
 DAG's ``report`` task result (or every task's state) and what each emulator received.
-Needs no account and no network beyond loopback.
+Needs no account and no network beyond loopback. It lives beside example_dags/, outside the package:
+it runs this repository's example DAGs, which the wheel does not ship.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sys
 from pathlib import Path
 
 from airflow_provider_profiles.testing import EMULATORS, create, serve
+
+EXAMPLE_DAGS = Path(__file__).resolve().parents[1] / "example_dags"
 
 
 def demo_connections(servers: dict, data_dir: Path) -> dict[str, dict]:
@@ -66,7 +69,7 @@ def _label(task_id: str, map_index: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dag_id")
-    parser.add_argument("--dags-folder", default="example_dags", type=Path)
+    parser.add_argument("--dags-folder", default=EXAMPLE_DAGS, type=Path)
     parser.add_argument("--home", default=".demo", type=Path, help="Airflow home to (re)create")
     parser.add_argument("--emulator-config", default="{}", help='JSON {vendor: {setting: value}}')
     args = parser.parse_args(argv)
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     (home / "airflow.db").unlink(missing_ok=True)
     config = json.loads(args.emulator_config)
 
-    servers = {vendor: serve(create(vendor, **config.get(vendor, {}))) for vendor in EMULATORS if vendor != "echo"}
+    servers = {vendor: serve(create(vendor, **config.get(vendor, {}))) for vendor in EMULATORS}
     try:
         connections = demo_connections(servers, home / "data")
         env = airflow_env(home, dags_folder, connections)

@@ -1,15 +1,20 @@
 """A minimal emulator for testing the shared mechanics (HTTP core, polling trigger, operator mixin).
 
+It serves only this project's tests (with ``tests/echo_hook.py``), so it is not one of the package's
+emulators: tests start it themselves (``emulator("echo")`` in tests/conftest.py, the e2e cluster).
+
 Routes (header ``X-Api-Key`` must equal ``api_key``):
 - ``GET|PUT|DELETE /items/{key}``: idempotent calls that echo the request;
 - ``POST /items``: a non-idempotent create;
-- ``POST /jobs`` ``{"duration": s, "outcome": "done"|"failed"}`` -> ``{"id"}``; ``GET /jobs/{id}``
+- ``POST /jobs`` ``{"duration": s, "outcome": "done"|"failed"}`` -> ``{"id"}`` (``"duration": null``: the
+  job runs until cancelled, however slow the machine running the test); ``GET /jobs/{id}``
   -> ``{"id", "status": "queued"|"running"|"done"|"failed"|"cancelled"}``; ``POST /jobs/{id}/cancel``.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 from starlette.requests import Request
@@ -85,10 +90,11 @@ class EchoEmulator(Emulator):
             return self._unauthorized()
         body = await request.json()
         job_id = str(next(self._ids))
+        duration = body.get("duration", 1.0)
         with self.lock:
             self.jobs[job_id] = {
                 "created": self.clock.now(),
-                "duration": float(body.get("duration", 1.0)),
+                "duration": math.inf if duration is None else float(duration),
                 "outcome": body.get("outcome", "done"),
                 "cancelled": False,
             }
