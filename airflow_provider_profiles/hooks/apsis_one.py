@@ -26,10 +26,10 @@ from airflow.providers.common.compat.sdk import mask_secret
 
 from airflow_provider_profiles.writers.apsis_one import KEYSPACES
 from airflow_provider_profiles.hooks.base import (
+    CapacityWait,
     JobState,
     JobStatus,
     ProfilesHook,
-    VendorRateLimitError,
 )
 from airflow_provider_profiles.storage import as_storage_path
 
@@ -539,18 +539,11 @@ class ApsisOneHook(ProfilesHook):
         ``wait_for_slot_until`` (epoch seconds; None: do not wait beyond the policy).
         """
         body = self.build_import_body(section, spec) if isinstance(spec, ImportSpec) else dict(spec)
-        while True:
-            try:
-                response = self.request("POST", f"/v2/audience/sections/{section}/imports", json=body, route="imports")
-                break
-            except VendorRateLimitError as busy:
-                remaining = (wait_for_slot_until or 0) - time.time()
-                if remaining <= 0:
-                    raise
-                interval = float(self.extras.get("slot_wait_interval", self.slot_wait_interval))
-                pause = min(remaining, max(busy.retry_after or 0, interval))
-                self.log.info("Apsis One is running its 3 simultaneous imports; waiting %.0fs for a free slot", pause)
-                time.sleep(pause)
+        self.connection  # noqa: B018  (extras)
+        slot = CapacityWait("free import slot (Apsis One runs 3 per account)", wait_for_slot_until,
+                            float(self.extras.get("slot_wait_interval", self.slot_wait_interval)))
+        response = self.request("POST", f"/v2/audience/sections/{section}/imports", json=body, route="imports",
+                                wait_for_capacity=slot)
         ticket = response.json()
         fields = ticket.get("file_upload_body") or {}
         for secret in (fields.get("x-amz-signature"), fields.get("policy")):  # they grant the upload

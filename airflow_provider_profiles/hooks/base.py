@@ -64,7 +64,7 @@ class VendorAPIError(Exception):
         self.status, self.method, self.path, self.payload = status, method, path, payload
         self.vendor_message = redact(message)
         self.retryable, self.retry_after = retryable, retry_after
-        self.attempts = 1
+        self.vendor, self.attempts = vendor, 1
         where = f"{method} {path}".strip()
         code = f"HTTP {status}" if status is not None else "no response"
         super().__init__(f"{vendor or 'vendor'} API {where} -> {code}: {self.vendor_message}")
@@ -160,11 +160,12 @@ class RetryPolicy:
     retry_after_cap: float = 120.0
     sleep: Callable[[float], None] = dataclasses.field(default=time.sleep, repr=False)
     asleep: Callable[[float], Any] = dataclasses.field(default=asyncio.sleep, repr=False)
+    clock: Callable[[], float] = dataclasses.field(default=time.time, repr=False)  # for capacity deadlines
 
     @classmethod
     def from_extras(cls, extras: Mapping[str, Any]) -> RetryPolicy:
         """Policy settings from connection extras (``max_attempts``, ``backoff_max``, ``retry_after_cap``...)."""
-        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("sleep", "asleep")]
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("sleep", "asleep", "clock")]
         return cls(**{n: (int if n == "max_attempts" else float)(extras[n]) for n in names if n in extras})
 
     def wait_seconds(self, retry_state: tenacity.RetryCallState) -> float:
@@ -210,6 +211,78 @@ class RetryPolicy:
         except VendorAPIError as error:
             error.attempts = retrying.statistics.get("attempt_number", 1)
             raise
+
+    def wait_for_capacity(self, call: Callable[[], Any], log: Any, capacity: CapacityWait | None) -> Any:
+        """Run ``call`` (a request under this policy); while the vendor still answers 429 after it, wait
+        for capacity as ``capacity`` says, then raise the 429 naming what was waited for."""
+        if capacity is None:
+            return call()
+        growth, attempts = 1.0, 0
+        while True:
+            held = capacity.pause.until - self.clock()
+            if held > 0:
+                self.sleep(held)
+            try:
+                return call()
+            except VendorRateLimitError as busy:
+                attempts += busy.attempts
+                now, until = self.clock(), capacity.until
+                if until is None or now >= until:
+                    raise capacity.gave_up(busy, attempts, "none came by the deadline") from None
+                if busy.retry_after is not None and now + busy.retry_after > until:
+                    raise capacity.gave_up(busy, attempts, f"Retry-After {busy.retry_after:g}s ends past the "
+                                                           "deadline") from None
+                pause = min(capacity.pause_after(busy.retry_after, growth), until - now)
+                capacity.pause.extend(now + pause)
+                log.info("%s: no %s yet; trying again in %.1fs (waiting until %s at most)", busy.vendor or "vendor",
+                         capacity.what, pause, _utc(until))
+                growth *= capacity.backoff
+
+
+class SharedPause:
+    """The time before which callers sharing it send nothing (the threads of a pool, after a 429)."""
+
+    def __init__(self):
+        self.until = 0.0
+        self._lock = threading.Lock()
+
+    def extend(self, until: float) -> None:
+        with self._lock:
+            self.until = max(self.until, until)
+
+
+@dataclasses.dataclass(frozen=True)
+class CapacityWait:
+    """Waiting for room at the vendor once the retry policy gave up on its 429s (a free import slot,
+    the next hour's uploads): try again after the answer's Retry-After (at least ``min_interval``), or
+    ``interval`` seconds when it has none, both times ``backoff`` after each refusal, until ``until``
+    (epoch seconds; None: no waiting); then raise the 429 naming ``what``. A Retry-After that ends past
+    ``until`` gives up at once. Callers that share a ``pause`` (a thread pool) wait together: a refusal
+    one of them meets holds the others off too."""
+
+    what: str
+    until: float | None
+    interval: float = 15.0
+    min_interval: float | None = None  # default: interval
+    backoff: float = 1.0
+    pause: SharedPause = dataclasses.field(default_factory=SharedPause)
+
+    def pause_after(self, retry_after: float | None, growth: float) -> float:
+        if retry_after is None:
+            return self.interval * growth
+        return max(retry_after, (self.interval if self.min_interval is None else self.min_interval) * growth)
+
+    def gave_up(self, busy: VendorRateLimitError, attempts: int, why: str) -> VendorRateLimitError:
+        waited = "no wait was allowed" if self.until is None else f"waited until {_utc(self.until)}: {why}"
+        error = VendorRateLimitError(
+            f"{busy.vendor_message}; still no {self.what} ({waited})", status=busy.status,
+            method=busy.method, path=busy.path, payload=busy.payload, retry_after=busy.retry_after, vendor=busy.vendor)
+        error.attempts = attempts
+        return error
+
+
+def _utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 # --- client-side rate limit -----------------------------------------------------------------------
@@ -502,6 +575,7 @@ class ProfilesHook(BaseHook):
         route: str = "default",
         idempotent: bool | None = None,
         authenticate: bool = True,
+        wait_for_capacity: CapacityWait | None = None,
         **kwargs: Any,
     ) -> requests.Response:
         """Send a request with the retry policy and rate limit; return the response or raise ``VendorAPIError``.
@@ -509,7 +583,8 @@ class ProfilesHook(BaseHook):
         ``kwargs`` go to ``requests`` (params, json, data, files, headers, timeout, stream). Stream bodies
         (file objects) are rewound before a retry; bodies that cannot be rewound are never retried.
         ``max_body_bytes`` keeps at most that much of the answer. Credentials go to the connection's own
-        host only; redirects are followed only for a GET/HEAD within that host.
+        host only; redirects are followed only for a GET/HEAD within that host. ``wait_for_capacity``
+        keeps trying past the policy's 429s until its deadline (see ``CapacityWait``).
         """
         self.connection  # noqa: B018  (loads and masks the connection once)
         send = self._prepare(method, path, idempotent, authenticate, kwargs)
@@ -531,7 +606,10 @@ class ProfilesHook(BaseHook):
                 raise self._response_error(response, send.method, send.path, send.idempotent, send.body, reauthenticated)
             return response
 
-        return self._within_call(lambda deadline: self.policy.call(attempt, self.log, deadline), attempt)
+        def call() -> requests.Response:  # each try for capacity has a call budget of its own
+            return self._within_call(lambda deadline: self.policy.call(attempt, self.log, deadline), attempt)
+
+        return self.policy.wait_for_capacity(call, self.log, wait_for_capacity)
 
     def delete_if_exists(self, path: str, **kwargs: Any) -> bool:
         """DELETE ``path``: True when deleted, False when the vendor has no such thing (404)."""

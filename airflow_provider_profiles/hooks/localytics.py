@@ -24,9 +24,9 @@ from airflow.providers.common.compat.sdk import mask_secret
 from airflow_provider_profiles.hooks.base import (
     JobState,
     JobStatus,
+    CapacityWait,
     ProfilesHook,
     VendorAPIError,
-    VendorRateLimitError,
 )
 from airflow_provider_profiles.storage import as_storage_path, open_binary
 
@@ -92,15 +92,13 @@ class LocalyticsHook(ProfilesHook):
         if format not in PROFILE_FORMATS:
             raise ValueError(f"format must be one of {', '.join(PROFILE_FORMATS)}, got {format!r}")
         content_type = "text/csv" if format == "csv" else "application/json"
+        self.connection  # noqa: B018  (extras)
+        slot = CapacityWait("profile upload slot (Localytics takes 10 per hour)",
+                            self.policy.clock() + float(self.extras.get("upload_max_wait", DEFAULT_UPLOAD_MAX_WAIT)),
+                            interval=60.0, min_interval=1.0)  # the answer's Retry-After tells when the hour moves on
         with _open_binary(file) as (name, handle):
-            start = handle.tell()
-
-            def upload() -> Any:
-                handle.seek(start)  # a wait-and-retry sends the whole file again
-                return self.request("POST", "imports/profiles/upload", route="upload",
+            response = self.request("POST", "imports/profiles/upload", route="upload", wait_for_capacity=slot,
                                     data={**scope, "format": format}, files={"file": (name, handle, content_type)})
-
-            response = self._wait_for_slot("profile upload (10 per hour)", upload)
         activity_id = _activity_id(response)
         self.log.info("Localytics profile import %s created for %s from %s", activity_id, scope, name)
         return activity_id
@@ -237,21 +235,6 @@ class LocalyticsHook(ProfilesHook):
         except VendorAPIError as error:
             self.log.warning("could not read the error log: %s", error)
             return [f"(error log unavailable: {error})"]
-
-    # waiting on the hourly upload limit -------------------------------------------------------------
-    def _wait_for_slot(self, what: str, call: Any) -> Any:
-        """Run ``call``; while the vendor answers 429 past the retry policy, wait its Retry-After and retry."""
-        self.connection  # noqa: B018  (extras)
-        deadline = time.monotonic() + float(self.extras.get("upload_max_wait", DEFAULT_UPLOAD_MAX_WAIT))
-        while True:
-            try:
-                return call()
-            except VendorRateLimitError as error:
-                wait = error.retry_after if error.retry_after is not None else 60.0
-                if time.monotonic() + wait > deadline:
-                    raise
-                self.log.info("Localytics %s limit reached; waiting %.0fs for a slot", what, wait)
-                time.sleep(wait)
 
 
 # --- helpers ----------------------------------------------------------------------------------------
