@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ from airflow.providers.common.compat.sdk import mask_secret
 
 from airflow_provider_profiles.writers.apsis_one import KEYSPACES
 from airflow_provider_profiles.hooks.base import (
+    Call,
     CapacityWait,
     JobState,
     JobStatus,
@@ -575,11 +576,11 @@ class ApsisOneHook(ProfilesHook):
             stream.close()
         self.log.info("Uploaded %s (%d bytes) for Apsis One import %s", path, size, ticket.get("import_id"))
 
-    def get_import_status(self, section: str, import_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/audience/sections/{section}/imports/{import_id}").json()
+    def import_status_call(self, section: str, import_id: str) -> Call:
+        return Call("GET", f"/audience/sections/{section}/imports/{import_id}")
 
-    async def aget_import_status(self, section: str, import_id: str) -> dict[str, Any]:
-        return (await self.arequest("GET", f"/audience/sections/{section}/imports/{import_id}")).json()
+    def get_import_status(self, section: str, import_id: str) -> dict[str, Any]:
+        return self.call(self.import_status_call(section, import_id))
 
     @staticmethod
     def to_job_status(payload: Mapping[str, Any]) -> JobStatus:
@@ -593,11 +594,8 @@ class ApsisOneHook(ProfilesHook):
             return JobStatus(JobState.FAILED, status, result, f"the import ended in error: {detail or 'no detail given'}")
         return JobStatus(JobState.RUNNING, status, result)
 
-    def job_status(self, *, section: str, import_id: str, **_: Any) -> JobStatus:
-        return self.to_job_status(self.get_import_status(section, import_id))
-
-    async def ajob_status(self, *, section: str, import_id: str, **_: Any) -> JobStatus:
-        return self.to_job_status(await self.aget_import_status(section, import_id))
+    def job_status_call(self, *, section: str, import_id: str, **_: Any) -> Generator[Call, Any, JobStatus]:
+        return self.to_job_status((yield self.import_status_call(section, import_id)))
 
     # --- erasure ----------------------------------------------------------------------------------
     def delete_profile(self, keyspace: str, profile_key: str) -> bool:

@@ -21,7 +21,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 from urllib.parse import urljoin, urlsplit
@@ -360,6 +360,22 @@ class JobNotCancellable(Exception):
     """The vendor offers no cancel for this job, or not in its current status."""
 
 
+class Call:
+    """One API request declared once: ``hook.call(it)`` sends it with requests, ``await hook.acall(it)``
+    with httpx (triggers). ``parse`` makes the result of the response (default: the hook's
+    ``parse_response``); ``options`` go to ``request`` (route, params, json, idempotent...); a
+    ``supplied_url`` is one a vendor's response gave (fetched without credentials, after checks).
+
+    Where a result takes several requests, declare a plan: a generator that yields Calls, receives each
+    one's result (or has its ``VendorAPIError`` raised at the yield) and returns the outcome; both
+    ``call`` and ``acall`` run it."""
+
+    def __init__(self, method: str, path: str, parse: Callable[[Any], Any] | None = None, *,
+                 supplied_url: bool = False, **options: Any):
+        self.method, self.path, self.parse = method, path, parse
+        self.supplied_url, self.options = supplied_url, options
+
+
 # --- the hook -------------------------------------------------------------------------------------
 class _Body:
     """Remembers where streamed request bodies start, so a retry resends them whole."""
@@ -549,6 +565,46 @@ class ProfilesHook(BaseHook):
                 if payload.get(key):
                     return str(payload[key])
         return text[:500] or "(empty body)"
+
+    def parse_response(self, response: Any, call: Call) -> Any:
+        """The result of a declared call whose ``parse`` is not given: the JSON body."""
+        return response.json()
+
+    # declared calls: one declaration, a sync and an async run -------------------------------------
+    def call(self, plan: Call | Generator[Call, Any, Any]) -> Any:
+        """Send a declared ``Call`` (or run a plan of them) with the sync client."""
+        if isinstance(plan, Call):
+            send = self.fetch_supplied_url if plan.supplied_url else self.request
+            return self._parsed(plan, send(plan.method, plan.path, **plan.options))
+        result, error = None, None
+        while True:
+            try:
+                step = plan.send(result) if error is None else plan.throw(error)
+            except StopIteration as done:
+                return done.value
+            try:
+                result, error = self.call(step), None
+            except VendorAPIError as failed:
+                result, error = None, failed
+
+    async def acall(self, plan: Call | Generator[Call, Any, Any]) -> Any:
+        """The same declaration sent with the async client: never blocks the event loop."""
+        if isinstance(plan, Call):
+            send = self.afetch_supplied_url if plan.supplied_url else self.arequest
+            return self._parsed(plan, await send(plan.method, plan.path, **plan.options))
+        result, error = None, None
+        while True:
+            try:
+                step = plan.send(result) if error is None else plan.throw(error)
+            except StopIteration as done:
+                return done.value
+            try:
+                result, error = await self.acall(step), None
+            except VendorAPIError as failed:
+                result, error = None, failed
+
+    def _parsed(self, call: Call, response: Any) -> Any:
+        return call.parse(response) if call.parse else self.parse_response(response, call)
 
     # requests -----------------------------------------------------------------------------------
     @property
@@ -898,18 +954,26 @@ class ProfilesHook(BaseHook):
             method=method, path=path, retryable=(not_sent or idempotent) and body.rewindable, vendor=self.hook_name,
         )
 
-    # jobs (vendors with remote jobs implement these) -------------------------------------------
-    def job_status(self, **job: Any) -> JobStatus:
+    # jobs: vendors with remote jobs declare the status (and cancel) calls; both clients run them ------
+    def job_status_call(self, **job: Any) -> Call | Generator[Call, Any, JobStatus]:
         raise NotImplementedError(f"{type(self).__name__} has no remote jobs")
+
+    def cancel_job_call(self, **job: Any) -> Call | Generator[Call, Any, Any]:
+        raise JobNotCancellable(f"{self.hook_name} jobs cannot be cancelled")
+
+    def job_status(self, **job: Any) -> JobStatus:
+        return self.call(self.job_status_call(**job))
 
     async def ajob_status(self, **job: Any) -> JobStatus:
-        raise NotImplementedError(f"{type(self).__name__} has no remote jobs")
+        await self.aconnection()  # a declaration may read the connection: never the blocking lookup
+        return await self.acall(self.job_status_call(**job))
 
     def cancel_job(self, **job: Any) -> None:
-        raise JobNotCancellable(f"{self.hook_name} jobs cannot be cancelled")
+        self.call(self.cancel_job_call(**job))
 
     async def acancel_job(self, **job: Any) -> None:
-        raise JobNotCancellable(f"{self.hook_name} jobs cannot be cancelled")
+        await self.aconnection()
+        await self.acall(self.cancel_job_call(**job))
 
 
 @functools.cache

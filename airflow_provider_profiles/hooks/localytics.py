@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit
@@ -22,9 +22,10 @@ from urllib.parse import quote, urlsplit
 from airflow.providers.common.compat.sdk import mask_secret
 
 from airflow_provider_profiles.hooks.base import (
+    Call,
+    CapacityWait,
     JobState,
     JobStatus,
-    CapacityWait,
     ProfilesHook,
     VendorAPIError,
 )
@@ -116,29 +117,25 @@ class LocalyticsHook(ProfilesHook):
             raise ValueError(f"no scope: pass org_id or app_id, or set extra org_id on connection {self.conn_id!r}")
         return {"org_id": str(org_id)}
 
-    def get_profile_import_status(self, activity_id: str) -> dict[str, Any]:
+    def profile_status_call(self, activity_id: str) -> Call:
         """The vendor's status body, with ``upload_statistics`` counts as integers."""
-        response = self.request("GET", f"imports/profiles/status/{_segment(activity_id)}", route="status")
-        return _normalized(response.json())
+        return Call("GET", f"imports/profiles/status/{_segment(activity_id)}", _status_body, route="status")
 
-    async def aget_profile_import_status(self, activity_id: str) -> dict[str, Any]:
-        response = await self.arequest("GET", f"imports/profiles/status/{_segment(activity_id)}", route="status")
-        return _normalized(response.json())
+    def get_profile_import_status(self, activity_id: str) -> dict[str, Any]:
+        return self.call(self.profile_status_call(activity_id))
 
-    def get_error_log(self, url: str, limit: int | None = FIRST_ERRORS) -> list[Any]:
+    def error_log_call(self, url: str, limit: int | None = FIRST_ERRORS) -> Call:
         """The first ``limit`` entries of a job's error log (all with ``limit=None``), as structured fields.
 
         The URL comes from the status answer: it is fetched only over https from a public host, or from
         the connection's own host or a ``trusted_hosts`` one, without credentials, and at most
         ``ERROR_LOG_MAX_BYTES`` of it are read.
         """
-        response = self.fetch_supplied_url("GET", _absolute(url), route="error_log", max_body_bytes=ERROR_LOG_MAX_BYTES)
-        return _error_entries(response.text, limit)
+        return Call("GET", _absolute(url), lambda response: _error_entries(response.text, limit), supplied_url=True,
+                    route="error_log", max_body_bytes=ERROR_LOG_MAX_BYTES)
 
-    async def aget_error_log(self, url: str, limit: int | None = FIRST_ERRORS) -> list[Any]:
-        response = await self.afetch_supplied_url("GET", _absolute(url), route="error_log",
-                                                  max_body_bytes=ERROR_LOG_MAX_BYTES)
-        return _error_entries(response.text, limit)
+    def get_error_log(self, url: str, limit: int | None = FIRST_ERRORS) -> list[Any]:
+        return self.call(self.error_log_call(url, limit))
 
     # audience imports ---------------------------------------------------------------------------
     def create_audience(self, *, app_id: str, audience_name: str, file: Any) -> str:
@@ -190,54 +187,25 @@ class LocalyticsHook(ProfilesHook):
         matches = [a for a in self.list_audiences(app_id) if a.get("name") == name]
         return max(matches, key=lambda a: str(a.get("updated_at") or ""), default=None)
 
-    def get_audience_import_status(self, activity_id: str) -> dict[str, Any]:
-        response = self.request("GET", f"imports/audiences/list/status/{_segment(activity_id)}", route="audiences")
-        return _normalized(response.json())
+    def audience_status_call(self, activity_id: str) -> Call:
+        return Call("GET", f"imports/audiences/list/status/{_segment(activity_id)}", _status_body, route="audiences")
 
-    async def aget_audience_import_status(self, activity_id: str) -> dict[str, Any]:
-        response = await self.arequest("GET", f"imports/audiences/list/status/{_segment(activity_id)}",
-                                       route="audiences")
-        return _normalized(response.json())
+    def get_audience_import_status(self, activity_id: str) -> dict[str, Any]:
+        return self.call(self.audience_status_call(activity_id))
 
     # job protocol ---------------------------------------------------------------------------------
-    def job_status(self, *, kind: str, activity_id: str, **_: Any) -> JobStatus:
+    def job_status_call(self, *, kind: str, activity_id: str, **_: Any) -> Generator[Call, Any, JobStatus]:
         _check_kind(kind)
-        if kind == PROFILES:
-            body = self.get_profile_import_status(activity_id)
-            errors = self._first_errors(body, self.get_error_log)
-        else:
-            body, errors = self.get_audience_import_status(activity_id), []
+        if kind == AUDIENCES:
+            return _job_status(kind, activity_id, (yield self.audience_status_call(activity_id)), [])
+        body, errors = (yield self.profile_status_call(activity_id)), []
+        if _wants_error_log(body):
+            try:
+                errors = yield self.error_log_call(body["error_log"])
+            except VendorAPIError as error:  # the counts still tell the story; the log is a bonus
+                self.log.warning("could not read the error log: %s", error)
+                errors = [f"(error log unavailable: {error})"]
         return _job_status(kind, activity_id, body, errors)
-
-    async def ajob_status(self, *, kind: str, activity_id: str, **_: Any) -> JobStatus:
-        _check_kind(kind)
-        if kind == PROFILES:
-            body = await self.aget_profile_import_status(activity_id)
-            errors = []
-            if _wants_error_log(body):
-                errors = await self._afirst_errors(body)
-        else:
-            body, errors = await self.aget_audience_import_status(activity_id), []
-        return _job_status(kind, activity_id, body, errors)
-
-    def _first_errors(self, body: dict[str, Any], fetch: Any) -> list[Any]:
-        if not _wants_error_log(body):
-            return []
-        try:
-            return fetch(body["error_log"])
-        except VendorAPIError as error:  # the counts still tell the story; the log is a bonus
-            self.log.warning("could not read the error log: %s", error)
-            return [f"(error log unavailable: {error})"]
-
-    async def _afirst_errors(self, body: dict[str, Any]) -> list[Any]:
-        try:
-            return await self.aget_error_log(body["error_log"])
-        except VendorAPIError as error:
-            self.log.warning("could not read the error log: %s", error)
-            return [f"(error log unavailable: {error})"]
-
-
-# --- helpers ----------------------------------------------------------------------------------------
 
     # --- erasure through the Profile API (help.uplandsoftware.com/localytics/dev/profile-api.html) --
     def profile_api_base_url(self) -> str:
@@ -263,6 +231,9 @@ class LocalyticsHook(ProfilesHook):
         scope = f"apps/{_segment(app_id)}/" if app_id else ""
         url = f"{self.profile_api_base_url()}/{scope}profiles/{_segment(customer_id)}"
         return self.delete_if_exists(url, route="profile_api")
+
+
+# --- helpers ----------------------------------------------------------------------------------------
 
 
 def _check_kind(kind: str) -> None:
@@ -298,6 +269,10 @@ def _to_int(value: Any) -> Any:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
     return value
+
+
+def _status_body(response: Any) -> dict[str, Any]:
+    return _normalized(response.json())
 
 
 def _normalized(body: Any) -> dict[str, Any]:

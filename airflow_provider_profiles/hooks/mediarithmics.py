@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import IO, Any
 
 from airflow_provider_profiles.hooks.base import (
+    Call,
     JobNotCancellable,
     JobState,
     JobStatus,
@@ -82,12 +83,9 @@ class MediarithmicsHook(ProfilesHook):
             body = f"a non-JSON body: {response.text[:200]!r}"
         return self._unwrap(body, method, path)
 
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        """One API call; returns the envelope's ``data``."""
-        return self._body(self.request(method, path, **kwargs), method, path)["data"]
-
-    async def acall(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._body(await self.arequest(method, path, **kwargs), method, path)["data"]
+    def parse_response(self, response: Any, call: Call) -> Any:
+        """A declared call's result: the envelope's ``data``."""
+        return self._body(response, call.method, call.path)["data"]
 
     def paginate(self, path: str, page_size: int = 100, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """Every item of a list call, fetching ``page_size`` at a time."""
@@ -136,19 +134,19 @@ class MediarithmicsHook(ProfilesHook):
         body = {"document_type": document_type, "mime_type": mime_type, "encoding": encoding, "name": name}
         if priority:
             body["priority"] = priority
-        return self.call("POST", self._imports_path(datamart_id), json=body)
+        return self.call(Call("POST", self._imports_path(datamart_id), json=body))
 
     def list_document_imports(self, datamart_id: str | int | None = None, page_size: int = 100) -> Iterator[dict[str, Any]]:
         return self.paginate(self._imports_path(datamart_id), page_size)
 
     def get_document_import(self, document_import_id: str | int, datamart_id: str | int | None = None) -> dict[str, Any]:
-        return self.call("GET", self._imports_path(datamart_id, document_import_id))
+        return self.call(Call("GET", self._imports_path(datamart_id, document_import_id)))
 
     def update_document_import(self, document_import_id: str | int, datamart_id: str | int | None = None, **fields: Any) -> dict[str, Any]:
-        return self.call("PUT", self._imports_path(datamart_id, document_import_id), json=fields)
+        return self.call(Call("PUT", self._imports_path(datamart_id, document_import_id), json=fields))
 
     def delete_document_import(self, document_import_id: str | int, datamart_id: str | int | None = None) -> Any:
-        return self.call("DELETE", self._imports_path(datamart_id, document_import_id))
+        return self.call(Call("DELETE", self._imports_path(datamart_id, document_import_id)))
 
     # --- executions ---------------------------------------------------------------------------
     def create_execution(
@@ -181,36 +179,21 @@ class MediarithmicsHook(ProfilesHook):
                 mime_type = self.get_document_import(document_import_id, datamart_id)["mime_type"]
                 content_type = CONTENT_TYPES[mime_type]
             # a generator cannot be rewound, so the base never retries it; a POST is not retried on 5xx either
-            return self.call("POST", path, data=body, headers={"Content-Type": content_type}, idempotent=False)
+            return self.call(Call("POST", path, data=body, headers={"Content-Type": content_type}, idempotent=False))
 
     def list_executions(self, document_import_id: str | int, datamart_id: str | int | None = None, page_size: int = 100) -> Iterator[dict[str, Any]]:
         return self.paginate(self._executions_path(datamart_id, document_import_id), page_size)
 
-    def get_execution(self, document_import_id: str | int, execution_id: str | int, datamart_id: str | int | None = None) -> dict[str, Any]:
-        return self.call("GET", self._executions_path(datamart_id, document_import_id, execution_id))
+    def execution_call(self, document_import_id: Any, execution_id: Any, datamart_id: Any = None) -> Call:
+        return Call("GET", self._executions_path(datamart_id, document_import_id, execution_id))
 
-    async def aget_execution(self, document_import_id: Any, execution_id: Any, datamart_id: Any = None) -> dict[str, Any]:
-        await self.aconnection()  # datamart() may read the connection's extra
-        return await self.acall("GET", self._executions_path(datamart_id, document_import_id, execution_id))
+    def get_execution(self, document_import_id: str | int, execution_id: str | int, datamart_id: str | int | None = None) -> dict[str, Any]:
+        return self.call(self.execution_call(document_import_id, execution_id, datamart_id))
 
     def cancel_execution(self, document_import_id: str | int, execution_id: str | int, datamart_id: str | int | None = None) -> dict[str, Any]:
         """Cancel a PENDING execution; ``JobNotCancellable`` naming its status otherwise."""
-        execution = self.get_execution(document_import_id, execution_id, datamart_id)
-        _check_cancellable(execution)
-        path = self._executions_path(datamart_id, document_import_id, execution_id) + "/action"
-        try:
-            return self.call("POST", path, json={"action": "CANCEL"}, idempotent=False)
-        except VendorValidationError as error:  # it left PENDING between our two calls
-            raise JobNotCancellable(f"execution {execution_id} could not be canceled: {error.vendor_message}") from None
-
-    async def acancel_execution(self, document_import_id: Any, execution_id: Any, datamart_id: Any = None) -> dict[str, Any]:
-        execution = await self.aget_execution(document_import_id, execution_id, datamart_id)
-        _check_cancellable(execution)
-        path = self._executions_path(datamart_id, document_import_id, execution_id) + "/action"
-        try:
-            return await self.acall("POST", path, json={"action": "CANCEL"}, idempotent=False)
-        except VendorValidationError as error:
-            raise JobNotCancellable(f"execution {execution_id} could not be canceled: {error.vendor_message}") from None
+        return self.call(self.cancel_job_call(datamart_id=datamart_id, document_import_id=document_import_id,
+                                              execution_id=execution_id))
 
     def error_lines(self, error_file_uri: str, limit: int = 20) -> list[str]:
         """The first ``limit`` lines of an execution's error file (``result.error_file_uri``)."""
@@ -228,11 +211,17 @@ class MediarithmicsHook(ProfilesHook):
         return lines
 
     # --- job protocol (operator, sensor, trigger) ---------------------------------------------
-    def job_status(self, *, datamart_id: Any, document_import_id: Any, execution_id: Any) -> JobStatus:
-        return self._bounded(execution_status(self.get_execution(document_import_id, execution_id, datamart_id)))
+    def job_status_call(self, *, datamart_id: Any, document_import_id: Any, execution_id: Any) -> Generator[Call, Any, JobStatus]:
+        return self._bounded(execution_status((yield self.execution_call(document_import_id, execution_id, datamart_id))))
 
-    async def ajob_status(self, *, datamart_id: Any, document_import_id: Any, execution_id: Any) -> JobStatus:
-        return self._bounded(execution_status(await self.aget_execution(document_import_id, execution_id, datamart_id)))
+    def cancel_job_call(self, *, datamart_id: Any, document_import_id: Any, execution_id: Any) -> Generator[Call, Any, Any]:
+        execution = yield self.execution_call(document_import_id, execution_id, datamart_id)
+        _check_cancellable(execution)
+        path = self._executions_path(datamart_id, document_import_id, execution_id) + "/action"
+        try:
+            return (yield Call("POST", path, json={"action": "CANCEL"}, idempotent=False))
+        except VendorValidationError as error:  # it left PENDING between our two calls
+            raise JobNotCancellable(f"execution {execution_id} could not be canceled: {error.vendor_message}") from None
 
     def _bounded(self, status: JobStatus) -> JobStatus:
         """A status we do not know is waited on for ``unknown_status_timeout`` seconds (connection extra,
@@ -251,13 +240,6 @@ class MediarithmicsHook(ProfilesHook):
             f"execution {key} has the status {status.vendor_status!r}, unknown to this provider, for over "
             f"unknown_status_timeout={limit:g}s: check it in the navigator",
         )
-
-    def cancel_job(self, *, datamart_id: Any, document_import_id: Any, execution_id: Any) -> None:
-        self.cancel_execution(document_import_id, execution_id, datamart_id)
-
-    async def acancel_job(self, *, datamart_id: Any, document_import_id: Any, execution_id: Any) -> None:
-        await self.acancel_execution(document_import_id, execution_id, datamart_id)
-
 
 def execution_status(execution: dict[str, Any]) -> JobStatus:
     """An execution mapped to the job protocol: PENDING/RUNNING run, SUCCEEDED/SUCCESS succeed,

@@ -2,19 +2,25 @@
 
 - the capacity wait (``CapacityWait``): keeps trying past the retry policy's 429s until a deadline,
   then raises the 429 naming what it waited for. Its waits advance the emulator's clock: no sleeping.
+- declared calls (``Call`` and plans of them): one declaration gives the same result through the sync
+  client and the async one, and the async run never touches the sync client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
 import pytest
+import requests
 
 from airflow_provider_profiles.hooks.apsis_one import ApsisOneHook, ImportSpec
-from airflow_provider_profiles.hooks.base import RetryPolicy, VendorRateLimitError
+from airflow_provider_profiles.hooks.base import Call, RetryPolicy, VendorNotFoundError, VendorRateLimitError
 from airflow_provider_profiles.hooks.localytics import LocalyticsHook
+from tests.echo_hook import EchoHook
 from tests.integration.test_apsis_one_support import FAST, PROFILES, SECTION, connect, write_csv
+from tests.misbehaving_server import response
 
 SPEC = ImportSpec(keyspace="email", keyspace_column="email", attributes={"first_name": "First name", "city": "City"})
 CHANGES = '{"customer_id":"a","changes":[{"op":"assign","attr":"plan","value":"gold"}]}\n'
@@ -103,3 +109,77 @@ def test_capacity_wait_ends_when_a_slot_frees(emulator, monkeypatch, tmp_path):
     ticket = hook.create_profile_import(SECTION, SPEC, wait_for_slot_until=emulated.now + 3600)
     assert emulated.slept == [15, 15, 15]  # the imports end after 40 emulated seconds
     assert ticket["import_id"] in server.emulator.snapshot()["imports"]
+
+
+# --- declared calls ----------------------------------------------------------------------------------
+def both_ways(hook, declare, monkeypatch):
+    """The declaration's result through ``call``, then through ``acall`` with the sync client unusable."""
+    synced = hook.call(declare())
+
+    def no_blocking_client(*args, **kwargs):
+        raise AssertionError("the async run used the sync client")
+
+    async def run_async():
+        async_hook = type(hook)(hook.conn_id)
+        try:
+            await async_hook.aconnection()
+            return await async_hook.acall(declare())
+        finally:
+            await async_hook.aclose()
+
+    monkeypatch.setattr(requests.Session, "request", no_blocking_client)
+    return synced, asyncio.run(run_async())
+
+
+@pytest.fixture
+def api(servers, airflow_connection):
+    answers = {"/jobs/7": (200, '{"status": "done", "lines": ["a", "b"]}'), "/jobs/7/log": (200, "line 1\nline 2\n")}
+    server = servers(lambda received: response(*answers.get(received.path, (404, '{"message": "no such job"}'))))
+    airflow_connection("echo_declared", "echo", password="key", extra={"base_url": server.url, "max_attempts": 1})
+    return server, EchoHook("echo_declared")
+
+
+def test_one_declared_call_gives_the_same_result_sync_and_async(api, monkeypatch):
+    server, hook = api
+    synced, awaited = both_ways(hook, lambda: Call("GET", "/jobs/7", lambda answer: len(answer.json()["lines"])),
+                                monkeypatch)
+    assert synced == awaited == 2
+    assert [r.path for r in server.received] == ["/jobs/7", "/jobs/7"]
+
+
+def test_a_plan_gets_each_result_or_error_at_its_yield_sync_and_async(api, monkeypatch):
+    server, hook = api
+
+    def plan():
+        try:
+            yield Call("GET", "/jobs/8")
+        except VendorNotFoundError as missing:  # raised where it was asked for: the plan decides
+            first = f"missing ({missing.status})"
+        job = yield Call("GET", "/jobs/7")  # the hook's default parse: the JSON body
+        log = yield Call("GET", "/jobs/7/log", lambda answer: answer.text.splitlines())
+        return first, job["status"], log
+
+    synced, awaited = both_ways(hook, plan, monkeypatch)
+    assert synced == awaited == ("missing (404)", "done", ["line 1", "line 2"])
+    assert [r.path for r in server.received] == ["/jobs/8", "/jobs/7", "/jobs/7/log"] * 2
+
+
+def test_an_error_the_plan_does_not_catch_reaches_the_caller_both_ways(api):
+    _, hook = api
+
+    def plan():
+        yield Call("GET", "/jobs/7")
+        yield Call("GET", "/jobs/9")
+        return "not reached"
+
+    with pytest.raises(VendorNotFoundError, match="no such job"):
+        hook.call(plan())
+
+    async def run_async():
+        try:
+            return await hook.acall(plan())
+        finally:
+            await hook.aclose()
+
+    with pytest.raises(VendorNotFoundError, match="no such job"):
+        asyncio.run(run_async())
