@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import dataclasses
 import enum
@@ -233,22 +234,17 @@ class RetryPolicy:
                     raise capacity.gave_up(busy, attempts, f"Retry-After {busy.retry_after:g}s ends past the "
                                                            "deadline") from None
                 pause = min(capacity.pause_after(busy.retry_after, growth), until - now)
-                capacity.pause.extend(now + pause)
+                capacity.pause.until = max(capacity.pause.until, now + pause)  # a lost race only shortens it
                 log.info("%s: no %s yet; trying again in %.1fs (waiting until %s at most)", busy.vendor or "vendor",
                          capacity.what, pause, _utc(until))
                 growth *= capacity.backoff
 
 
+@dataclasses.dataclass
 class SharedPause:
     """The time before which callers sharing it send nothing (the threads of a pool, after a 429)."""
 
-    def __init__(self):
-        self.until = 0.0
-        self._lock = threading.Lock()
-
-    def extend(self, until: float) -> None:
-        with self._lock:
-            self.until = max(self.until, until)
+    until: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,13 +358,10 @@ class JobNotCancellable(Exception):
 
 class Call:
     """One API request declared once: ``hook.call(it)`` sends it with requests, ``await hook.acall(it)``
-    with httpx (triggers). ``parse`` makes the result of the response (default: the hook's
-    ``parse_response``); ``options`` go to ``request`` (route, params, json, idempotent...); a
-    ``supplied_url`` is one a vendor's response gave (fetched without credentials, after checks).
-
-    Where a result takes several requests, declare a plan: a generator that yields Calls, receives each
-    one's result (or has its ``VendorAPIError`` raised at the yield) and returns the outcome; both
-    ``call`` and ``acall`` run it."""
+    with httpx. ``parse`` makes the result of the response (default: the hook's ``parse_response``);
+    ``options`` go to ``request``; a ``supplied_url`` came in a vendor's answer (``fetch_supplied_url``).
+    A result that takes several requests is a plan: a generator that yields Calls, gets each one's
+    result (or its ``VendorAPIError`` raised at the yield) and returns the outcome."""
 
     def __init__(self, method: str, path: str, parse: Callable[[Any], Any] | None = None, *,
                  supplied_url: bool = False, **options: Any):
@@ -806,20 +799,21 @@ class ProfilesHook(BaseHook):
         the caller's deadline, and its failure is the caller's attempt failing (the caller's policy retries)."""
         if _active_call.get() is not None:
             return attempt()
-        call = _Call(time.monotonic() + self.call_deadline)
-        token = _active_call.set(call)
-        try:
-            return run(lambda: call.deadline)
-        finally:
-            _active_call.reset(token)
+        with self._call_budget() as deadline:
+            return run(deadline)
 
     async def _awithin_call(self, run: Callable[[float], Any], attempt: Callable[[], Any]) -> Any:
         if _active_call.get() is not None:
             return await attempt()
+        with self._call_budget() as deadline:
+            return await run(deadline)
+
+    @contextlib.contextmanager
+    def _call_budget(self) -> Any:
         call = _Call(time.monotonic() + self.call_deadline)
         token = _active_call.set(call)
         try:
-            return await run(lambda: call.deadline)
+            yield lambda: call.deadline
         finally:
             _active_call.reset(token)
 
@@ -874,10 +868,9 @@ class ProfilesHook(BaseHook):
         host = self._supplied_url_host(url)
         if host is not None:
             try:
-                addresses = [info[4][0] for info in socket.getaddrinfo(host, None)]
+                self._check_public(url, socket.getaddrinfo(host, None))
             except OSError:
-                addresses = []
-            self._check_public(url, addresses)
+                pass  # see _check_public
         return self.request(method, url, authenticate=False, **kwargs)
 
     async def afetch_supplied_url(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -885,10 +878,9 @@ class ProfilesHook(BaseHook):
         host = self._supplied_url_host(url)
         if host is not None:
             try:
-                addresses = [info[4][0] for info in await asyncio.get_running_loop().getaddrinfo(host, None)]
+                self._check_public(url, await asyncio.get_running_loop().getaddrinfo(host, None))
             except OSError:
-                addresses = []
-            self._check_public(url, addresses)
+                pass
         return await self.arequest(method, url, authenticate=False, **kwargs)
 
     def _supplied_url_host(self, url: str) -> str | None:
@@ -903,10 +895,10 @@ class ProfilesHook(BaseHook):
             raise self._untrusted(url, "plain http is used only for the connection's own host")
         return host
 
-    def _check_public(self, url: str, addresses: list[str]) -> None:
+    def _check_public(self, url: str, resolved: list[tuple]) -> None:
         # A name this machine cannot resolve is left to the network: without a proxy the request
         # fails to connect anyway; behind one (workers without outside DNS), the proxy resolves it.
-        for address in addresses:
+        for *_, (address, *_) in resolved:
             if not ipaddress.ip_address(address.split("%")[0]).is_global:
                 raise self._untrusted(url, "its host is not a public address")
 
@@ -1086,18 +1078,19 @@ _WATCHDOG = _Watchdog()
 os.register_at_fork(after_in_child=_WATCHDOG.reset_after_fork)
 
 
-class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+class _Watched:
     def _get_conn(self, timeout: float | None = None) -> Any:
         connection = super()._get_conn(timeout)
         _WATCHDOG.using(connection)
         return connection
 
 
-class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
-    def _get_conn(self, timeout: float | None = None) -> Any:
-        connection = super()._get_conn(timeout)
-        _WATCHDOG.using(connection)
-        return connection
+class _WatchedHTTPPool(_Watched, urllib3.HTTPConnectionPool):
+    pass
+
+
+class _WatchedHTTPSPool(_Watched, urllib3.HTTPSConnectionPool):
+    pass
 
 
 def _read_body(response: requests.Response, deadline: float, limit: int | None) -> None:

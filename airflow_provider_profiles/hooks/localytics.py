@@ -12,11 +12,8 @@ Remote jobs are ``{"kind": "profiles" | "audiences", "activity_id": ...}``; Loca
 from __future__ import annotations
 
 import json
-import os
-import time
 from collections.abc import Generator, Mapping
-from contextlib import contextmanager
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from airflow.providers.common.compat.sdk import mask_secret
@@ -29,7 +26,7 @@ from airflow_provider_profiles.hooks.base import (
     ProfilesHook,
     VendorAPIError,
 )
-from airflow_provider_profiles.storage import as_storage_path, open_binary
+from airflow_provider_profiles.storage import open_upload
 
 PROFILES = "profiles"
 AUDIENCES = "audiences"
@@ -97,12 +94,17 @@ class LocalyticsHook(ProfilesHook):
         slot = CapacityWait("profile upload slot (Localytics takes 10 per hour)",
                             self.policy.clock() + float(self.extras.get("upload_max_wait", DEFAULT_UPLOAD_MAX_WAIT)),
                             interval=60.0, min_interval=1.0)  # the answer's Retry-After tells when the hour moves on
-        with _open_binary(file) as (name, handle):
-            response = self.request("POST", "imports/profiles/upload", route="upload", wait_for_capacity=slot,
-                                    data={**scope, "format": format}, files={"file": (name, handle, content_type)})
-        activity_id = _activity_id(response)
-        self.log.info("Localytics profile import %s created for %s from %s", activity_id, scope, name)
+        activity_id = self._send_file("POST", "imports/profiles/upload", file, content_type, route="upload",
+                                      wait_for_capacity=slot, data={**scope, "format": format})
+        self.log.info("Localytics profile import %s created for %s from %s", activity_id, scope, file)
         return activity_id
+
+    def _send_file(self, method: str, path: str, file: Any, content_type: str = "application/json",
+                   **options: Any) -> str:
+        """Send ``file`` as the form's ``file`` field; return the activity id of the 202 answer."""
+        with open_upload(file, "upload.json") as upload:
+            files = {"file": (upload.name, upload.body, content_type)}
+            return _activity_id(self.request(method, path, files=files, **options))
 
     def profile_scope(self, *, org_id: str | int | None = None, app_id: str | None = None) -> dict[str, str]:
         """Exactly one of org_id / app_id (falling back to the connection's org_id)."""
@@ -141,40 +143,29 @@ class LocalyticsHook(ProfilesHook):
     def create_audience(self, *, app_id: str, audience_name: str, file: Any) -> str:
         """Create an audience list from a file of ``{"customer_id": ...}`` lines; return the activity id."""
         _require(app_id=app_id, audience_name=audience_name)
-        with _open_binary(file) as (name, handle):
-            response = self.request(
-                "POST", "imports/audiences/list/", route="audiences",
-                data={"app_id": str(app_id), "audience_name": audience_name, "identifier_type": "customer_id"},
-                files={"file": (name, handle, "application/json")},
-            )
-        activity_id = _activity_id(response)
+        activity_id = self._send_file("POST", "imports/audiences/list/", file, route="audiences", data={
+            "app_id": str(app_id), "audience_name": audience_name, "identifier_type": "customer_id"})
         self.log.info("Localytics audience %r import %s created in app %s", audience_name, activity_id, app_id)
         return activity_id
 
     def replace_audience(self, audience_list_id: str | int, *, app_id: str, file: Any) -> str:
         """Replace an audience list's members with a file's customer ids; return the activity id."""
         _require(audience_list_id=audience_list_id, app_id=app_id)
-        with _open_binary(file) as (name, handle):
-            response = self.request(
-                "PUT", f"imports/audiences/list/{_segment(audience_list_id)}", route="audiences",
-                data={"app_id": str(app_id), "identifier_type": "customer_id",
-                      "audience_list_id": str(audience_list_id)},
-                files={"file": (name, handle, "application/json")},
-            )
-        activity_id = _activity_id(response)
+        activity_id = self._send_file("PUT", f"imports/audiences/list/{_segment(audience_list_id)}", file,
+                                      route="audiences", data={"app_id": str(app_id), "identifier_type": "customer_id",
+                                                               "audience_list_id": str(audience_list_id)})
         self.log.info("Localytics audience list %s replacement %s created", audience_list_id, activity_id)
         return activity_id
 
     def rename_audience(self, audience_list_id: str | int, name: str) -> dict[str, Any]:
         _require(audience_list_id=audience_list_id, name=name)
-        response = self.request("PUT", f"imports/audiences/list/{_segment(audience_list_id)}/name",
-                                route="audiences", params={"name": name})
-        return _json_or_empty(response)
+        return self.call(Call("PUT", f"imports/audiences/list/{_segment(audience_list_id)}/name", _json_or_empty,
+                              route="audiences", params={"name": name}))
 
     def delete_audience(self, audience_list_id: str | int) -> dict[str, Any]:
         _require(audience_list_id=audience_list_id)
-        response = self.request("DELETE", f"imports/audiences/list/{_segment(audience_list_id)}", route="audiences")
-        return _json_or_empty(response)
+        return self.call(Call("DELETE", f"imports/audiences/list/{_segment(audience_list_id)}", _json_or_empty,
+                              route="audiences"))
 
     def list_audiences(self, app_id: str) -> list[dict[str, Any]]:
         _require(app_id=app_id)
@@ -375,21 +366,6 @@ def _job_status(kind: str, activity_id: str, body: dict[str, Any], errors: list[
 def _short(entry: Any) -> str:
     text = entry if isinstance(entry, str) else json.dumps(entry, ensure_ascii=False)
     return text if len(text) <= 300 else text[:297] + "..."
-
-
-@contextmanager
-def _open_binary(file: Any):
-    """(file name, binary handle) for a local path, an ``ObjectStoragePath`` or URL string, or an open file."""
-    if hasattr(file, "read"):
-        yield os.path.basename(getattr(file, "name", "") or "upload.json"), file
-        return
-    file = as_storage_path(file)
-    name = getattr(file, "name", None) or os.path.basename(str(file))
-    handle: BinaryIO = open_binary(file)
-    try:
-        yield name, handle
-    finally:
-        handle.close()
 
 
 __all__ = ["AUDIENCES", "KINDS", "PROFILES", "LocalyticsHook", "statistics"]

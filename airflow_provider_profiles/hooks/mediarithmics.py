@@ -8,11 +8,9 @@ default datamart; host only to point elsewhere (an emulator). Every response's `
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
-from collections.abc import Generator, Iterable, Iterator
-from typing import IO, Any
+from collections.abc import Generator, Iterator
+from typing import Any
 
 from airflow_provider_profiles.hooks.base import (
     Call,
@@ -23,7 +21,7 @@ from airflow_provider_profiles.hooks.base import (
     VendorAPIError,
     VendorValidationError,
 )
-from airflow_provider_profiles.storage import as_storage_path, open_binary
+from airflow_provider_profiles.storage import open_upload
 
 # "For maximum performance: ensure a maximum size for each file of 100M" (developer.mediarithmics.io/
 # data-ingestion/bulk-processing): a recommendation, so the split step aims at it and a larger file is sent.
@@ -70,18 +68,16 @@ class MediarithmicsHook(ProfilesHook):
             return f"{message} (error_id {payload['error_id']})" if payload.get("error_id") else str(message)
         return super().error_message(payload, text)
 
-    def _unwrap(self, body: Any, method: str, path: str) -> dict[str, Any]:
-        if not isinstance(body, dict) or body.get("status") != "ok":
-            message = self.error_message(body, "") if isinstance(body, dict) else f"unexpected response: {str(body)[:300]}"
-            raise VendorAPIError(message, method=method, path=path, payload=body, vendor=self.hook_name)
-        return body
-
     def _body(self, response: Any, method: str, path: str) -> dict[str, Any]:
+        """The ``{"status": "ok", ...}`` envelope; anything else is an error naming what came."""
         try:
             body = response.json()
         except ValueError:
             body = f"a non-JSON body: {response.text[:200]!r}"
-        return self._unwrap(body, method, path)
+        if not isinstance(body, dict) or body.get("status") != "ok":
+            message = self.error_message(body, "") if isinstance(body, dict) else f"unexpected response: {str(body)[:300]}"
+            raise VendorAPIError(message, method=method, path=path, payload=body, vendor=self.hook_name)
+        return body
 
     def parse_response(self, response: Any, call: Call) -> Any:
         """A declared call's result: the envelope's ``data``."""
@@ -164,7 +160,8 @@ class MediarithmicsHook(ProfilesHook):
         ``content_type`` defaults to the document import's mime type. A file over the documented
         recommendation (100 MB) is sent with a warning; ``max_file_bytes`` sets a hard limit of your own."""
         path = self._executions_path(datamart_id, document_import_id)
-        with _open_body(file) as (body, size, label):
+        with open_upload(file) as upload:
+            body, size, label = upload.body, upload.size, upload.label
             if max_file_bytes is not None and size is not None and size > max_file_bytes:
                 raise FileTooLarge(
                     f"{label} is {size / 2**20:.1f} MiB, over max_file_bytes={max_file_bytes}: split it into "
@@ -190,7 +187,7 @@ class MediarithmicsHook(ProfilesHook):
     def get_execution(self, document_import_id: str | int, execution_id: str | int, datamart_id: str | int | None = None) -> dict[str, Any]:
         return self.call(self.execution_call(document_import_id, execution_id, datamart_id))
 
-    def cancel_execution(self, document_import_id: str | int, execution_id: str | int, datamart_id: str | int | None = None) -> dict[str, Any]:
+    def cancel_execution(self, document_import_id: Any, execution_id: Any, datamart_id: Any = None) -> dict[str, Any]:
         """Cancel a PENDING execution; ``JobNotCancellable`` naming its status otherwise."""
         return self.call(self.cancel_job_call(datamart_id=datamart_id, document_import_id=document_import_id,
                                               execution_id=execution_id))
@@ -211,10 +208,13 @@ class MediarithmicsHook(ProfilesHook):
         return lines
 
     # --- job protocol (operator, sensor, trigger) ---------------------------------------------
-    def job_status_call(self, *, datamart_id: Any, document_import_id: Any, execution_id: Any) -> Generator[Call, Any, JobStatus]:
-        return self._bounded(execution_status((yield self.execution_call(document_import_id, execution_id, datamart_id))))
+    def job_status_call(self, *, datamart_id: Any, document_import_id: Any,
+                        execution_id: Any) -> Generator[Call, Any, JobStatus]:
+        execution = yield self.execution_call(document_import_id, execution_id, datamart_id)
+        return self._bounded(execution_status(execution))
 
-    def cancel_job_call(self, *, datamart_id: Any, document_import_id: Any, execution_id: Any) -> Generator[Call, Any, Any]:
+    def cancel_job_call(self, *, datamart_id: Any, document_import_id: Any,
+                        execution_id: Any) -> Generator[Call, Any, Any]:
         execution = yield self.execution_call(document_import_id, execution_id, datamart_id)
         _check_cancellable(execution)
         path = self._executions_path(datamart_id, document_import_id, execution_id) + "/action"
@@ -264,32 +264,3 @@ def _check_cancellable(execution: dict[str, Any]) -> None:
             f"execution {execution.get('id')} is {execution.get('status')}: mediarithmics cancels only PENDING executions"
         )
 
-
-@contextlib.contextmanager
-def _open_body(file: Any) -> Iterator[tuple[Any, int | None, str]]:
-    """(body for requests, size in bytes if known, label for messages); paths are opened and closed here."""
-    if isinstance(file, (bytes, bytearray)):
-        yield bytes(file), len(file), "the upload"
-        return
-    if isinstance(file, (str, os.PathLike)) or hasattr(file, "protocol"):
-        location = as_storage_path(file)
-        with open_binary(location) as handle:
-            yield handle, location.stat().st_size, str(file)
-        return
-    if hasattr(file, "read"):
-        yield file, _remaining(file), getattr(file, "name", "the upload")
-        return
-    if isinstance(file, Iterable):
-        yield iter(file), None, "the upload"  # sent chunked; the server enforces the limit
-        return
-    raise TypeError(f"cannot upload a {type(file).__name__}: give a path, a URI, a binary file or bytes chunks")
-
-
-def _remaining(handle: IO[bytes]) -> int | None:
-    try:
-        start = handle.tell()
-        end = handle.seek(0, os.SEEK_END)
-        handle.seek(start)
-        return end - start
-    except (AttributeError, OSError, ValueError):
-        return None
