@@ -402,6 +402,7 @@ class _Send:
     stream: bool
     max_body_bytes: int | None
     kwargs: dict[str, Any]
+    refreshed: bool = False  # credentials were renewed once for this request
 
 
 @dataclasses.dataclass
@@ -638,22 +639,13 @@ class ProfilesHook(BaseHook):
         self.connection  # noqa: B018  (loads and masks the connection once)
         send = self._prepare(method, path, idempotent, authenticate, kwargs)
         limiter = self.limiter(route)
-        refreshed = False
 
         def attempt() -> requests.Response:
-            nonlocal refreshed
             send.body.rewind()
             if limiter:
                 self._waited_for_limiter(limiter.acquire())
-            deadline = self._send_deadline()
             headers = {**(self.auth_headers() if send.authenticate else {}), **send.headers}
-            basic = self.auth() if send.authenticate else None
-            response = self._send(send, headers, basic, deadline)
-            if response.status_code >= 400:
-                reauthenticated = self._reauthenticate(response.status_code, send, refreshed)
-                refreshed = refreshed or reauthenticated
-                raise self._response_error(response, send.method, send.path, send.idempotent, send.body, reauthenticated)
-            return response
+            return self._answer(send, self._send(send, headers, self._basic(send), self._send_deadline()))
 
         def call() -> requests.Response:  # each try for capacity has a call budget of its own
             return self._within_call(lambda deadline: self.policy.call(attempt, self.log, deadline), attempt)
@@ -687,7 +679,7 @@ class ProfilesHook(BaseHook):
                 if _WATCHDOG.fired():
                     raise self._deadline_error(send) from None
                 not_sent = isinstance(exc, requests.RequestException) and _sent_nothing(exc)
-                raise self._transport_error(exc, not_sent, send.method, send.path, send.idempotent, send.body) from None
+                raise self._transport_error(exc, not_sent, send) from None
             finally:
                 _WATCHDOG.done()
             url = self._redirect_target(response, send, url)
@@ -724,21 +716,13 @@ class ProfilesHook(BaseHook):
         send = self._prepare(method, path, idempotent, authenticate, kwargs)
         send.body = _Body({})
         limiter = self.limiter(route)
-        refreshed = False
 
         async def attempt() -> httpx.Response:
-            nonlocal refreshed
             if limiter:
                 self._waited_for_limiter(await limiter.aacquire())
-            deadline = self._send_deadline()
             headers = {**(await self.aauth_headers() if send.authenticate else {}), **send.headers}
-            basic = self.auth() if send.authenticate else None
-            response = await self._asend(client, send, headers, basic, deadline)
-            if response.status_code >= 400:
-                reauthenticated = self._reauthenticate(response.status_code, send, refreshed)
-                refreshed = refreshed or reauthenticated
-                raise self._response_error(response, send.method, send.path, send.idempotent, send.body, reauthenticated)
-            return response
+            response = await self._asend(client, send, headers, self._basic(send), self._send_deadline())
+            return self._answer(send, response)
 
         return await self._awithin_call(lambda deadline: self.policy.acall(attempt, self.log, deadline), attempt)
 
@@ -761,7 +745,7 @@ class ProfilesHook(BaseHook):
                 raise self._deadline_error(send) from None
             except httpx.HTTPError as exc:
                 not_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-                raise self._transport_error(exc, not_sent, send.method, send.path, send.idempotent, send.body) from None
+                raise self._transport_error(exc, not_sent, send) from None
             url = self._redirect_target(response, send, url)
             if url is None:
                 return response
@@ -825,9 +809,18 @@ class ProfilesHook(BaseHook):
         if call is not None and seconds:
             call.deadline += seconds
 
-    def _reauthenticate(self, status: int, send: _Send, refreshed: bool) -> bool:
-        """A 401 or 403 is retried once, at once, if the hook could refresh its credentials."""
-        return status in (401, 403) and send.authenticate and not refreshed and self.on_unauthorized()
+    def _basic(self, send: _Send) -> Any:
+        return self.auth() if send.authenticate else None
+
+    def _answer(self, send: _Send, response: Any) -> Any:
+        """The response, or the error it is. A 401 or 403 is retried once, at once, if the hook could
+        refresh its credentials."""
+        if response.status_code < 400:
+            return response
+        reauthenticated = (response.status_code in (401, 403) and send.authenticate and not send.refreshed
+                           and self.on_unauthorized())
+        send.refreshed = send.refreshed or reauthenticated
+        raise self._response_error(response, send, reauthenticated)
 
     def _redirect_target(self, response: Any, send: _Send, url: str) -> str | None:
         """None for a final answer; the next URL for a GET/HEAD redirect within the same host; else an error."""
@@ -921,8 +914,8 @@ class ProfilesHook(BaseHook):
             self._session = None
 
     # classification ------------------------------------------------------------------------------
-    def _response_error(self, response: requests.Response | httpx.Response, method: str, path: str,
-                        idempotent: bool, body: _Body, force_retry: bool = False) -> VendorAPIError:
+    def _response_error(self, response: requests.Response | httpx.Response, send: _Send,
+                        force_retry: bool = False) -> VendorAPIError:
         status, payload = response.status_code, _json(response)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if force_retry:
@@ -930,21 +923,19 @@ class ProfilesHook(BaseHook):
         elif status == 429:
             retryable = True
         else:
-            retryable = status in RETRYABLE_SERVER_STATUSES and idempotent
+            retryable = status in RETRYABLE_SERVER_STATUSES and send.idempotent
         return error_class_for(status)(
-            self.error_message(payload, response.text), status=status, method=method, path=path, payload=payload,
-            retryable=retryable and body.rewindable, retry_after=retry_after,
-            vendor=self.hook_name,
-        )
+            self.error_message(payload, response.text), status=status, method=send.method, path=send.path,
+            payload=payload, retryable=retryable and send.body.rewindable, retry_after=retry_after,
+            vendor=self.hook_name)
 
-    def _transport_error(self, exc: Exception, not_sent: bool, method: str, path: str, idempotent: bool,
-                         body: _Body) -> VendorConnectionError:
+    def _transport_error(self, exc: Exception, not_sent: bool, send: _Send) -> VendorConnectionError:
         # The exception text of requests/httpx carries the full URL; keep only its type and reason.
-        reason = type(exc).__name__
+        what = "could not connect" if not_sent else "the connection failed before a full response"
         return VendorConnectionError(
-            f"{reason}: {'could not connect' if not_sent else 'the connection failed before a full response'}",
-            method=method, path=path, retryable=(not_sent or idempotent) and body.rewindable, vendor=self.hook_name,
-        )
+            f"{type(exc).__name__}: {what}",
+            method=send.method, path=send.path, retryable=(not_sent or send.idempotent) and send.body.rewindable,
+            vendor=self.hook_name)
 
     # jobs: vendors with remote jobs declare the status (and cancel) calls; both clients run them ------
     def job_status_call(self, **job: Any) -> Call | Generator[Call, Any, JobStatus]:
