@@ -16,7 +16,14 @@ import pytest
 import requests
 
 from airflow_provider_profiles.hooks.apsis_one import ApsisOneHook, ImportSpec
-from airflow_provider_profiles.hooks.base import Call, RetryPolicy, VendorNotFoundError, VendorRateLimitError
+from airflow_provider_profiles.hooks.base import (
+    Call,
+    CapacityWait,
+    RetryPolicy,
+    SharedPause,
+    VendorNotFoundError,
+    VendorRateLimitError,
+)
 from airflow_provider_profiles.hooks.localytics import LocalyticsHook
 from tests.echo_hook import EchoHook
 from tests.integration.test_apsis_one_support import FAST, PROFILES, SECTION, connect, write_csv
@@ -109,6 +116,28 @@ def test_capacity_wait_ends_when_a_slot_frees(emulator, monkeypatch, tmp_path):
     ticket = hook.create_profile_import(SECTION, SPEC, wait_for_slot_until=emulated.now + 3600)
     assert emulated.slept == [15, 15, 15]  # the imports end after 40 emulated seconds
     assert ticket["import_id"] in server.emulator.snapshot()["imports"]
+
+
+def test_callers_sharing_a_pause_hold_off_together(servers, airflow_connection):
+    refusals = [response(429, '{"message": "slow down"}', {"Retry-After": "5"})]
+    server = servers(lambda received: refusals.pop() if refusals else response(200, '{"ok": true}'))
+    airflow_connection("echo_pool", "echo", password="key", extra={"base_url": server.url})
+    now, slept, pool = [time.time()], [], SharedPause()
+
+    def room() -> CapacityWait:
+        return CapacityWait("room under the limit", now[0] + 60, interval=1, pause=pool)
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 1:  # while the first caller waits, another caller of its pool starts
+            assert second.request("GET", "/second", wait_for_capacity=room()).json() == {"ok": True}
+        now[0] += seconds
+
+    policy = RetryPolicy(max_attempts=1, sleep=sleep, clock=lambda: now[0])
+    first, second = EchoHook("echo_pool", retry_policy=policy), EchoHook("echo_pool", retry_policy=policy)
+    assert first.request("GET", "/first", wait_for_capacity=room()).json() == {"ok": True}
+    assert slept == [5, 5]  # the second caller waited out the first one's refusal before sending at all
+    assert [r.path for r in server.received] == ["/first", "/second", "/first"]
 
 
 # --- declared calls ----------------------------------------------------------------------------------
