@@ -1,8 +1,8 @@
 """Shared HTTP core of every vendor hook: connection, session, retry policy, rate limits, errors, secrets.
 
 Sync calls (operators, sensors in poke mode) go through ``requests``; async calls (triggers) through
-``httpx.AsyncClient``. Both use the same retry policy, rate limiter and error classification, so a
-vendor hook describes endpoints and payloads only.
+``httpx.AsyncClient``. Both use the same retry policy, rate limiter and error classification, and a
+request declared once (``Call``) runs on either, so a vendor hook describes endpoints and payloads only.
 """
 
 from __future__ import annotations
