@@ -2,7 +2,7 @@
 
 Connection: password = API token (sent as ``Authorization: <token>``), extra ``datamart_id`` = the
 default datamart; host only to point elsewhere (an emulator). Every response's ``{"status": "ok",
-"data": ...}`` envelope is unwrapped in ``call``; list calls are iterators over ``first_result`` /
+"data": ...}`` envelope is unwrapped by ``parse_response``; list calls are iterators over ``first_result`` /
 ``max_results`` pages.
 """
 
