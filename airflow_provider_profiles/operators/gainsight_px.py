@@ -462,9 +462,10 @@ class _LoadRun:
                 return Outcome.INSERTED
             return self.hook.upsert(self.format.entity, record, self.operator.insert_missing)
 
-        room = CapacityWait("room under the rate limit", time.time() + RATE_LIMITED_WAIT, interval=RATE_LIMITED_PAUSE,
-                            backoff=2.0, pause=self._pause)
-        return self.hook.policy.wait_for_capacity(send, self.log, room)
+        policy = self.hook.policy
+        room = CapacityWait("room under the rate limit", policy.clock() + RATE_LIMITED_WAIT,
+                            interval=RATE_LIMITED_PAUSE, backoff=2.0, pause=self._pause)
+        return policy.wait_for_capacity(send, self.log, room)
 
     def send(self) -> None:
         self.hook.connection  # noqa: B018  (load and mask once, before the threads start)
