@@ -7,9 +7,12 @@ fsspec) and URLs (s3://, gs://, file://, memory://...) work the same everywhere.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import pathlib
 import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 TEMPORARY_SUFFIX = ".tmp"  # a file being written aside by ``write_whole``
@@ -74,3 +77,44 @@ def write_whole(path: Any, text: str) -> None:
     finally:
         if os.path.exists(aside):
             os.unlink(aside)
+
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    """What an upload sends: ``body`` (bytes, a binary file open at its start, or an iterator of bytes
+    chunks), its ``size`` in bytes where known, the file ``name`` a form gives, and a ``label`` for messages."""
+
+    body: Any
+    size: int | None
+    name: str
+    label: str
+
+
+@contextlib.contextmanager
+def open_upload(source: Any, default_name: str = "upload") -> Iterator[Upload]:
+    """The upload of a local path or an ``ObjectStoragePath`` / URL string (opened here, closed after),
+    an open binary file (sent from where it is, left open), bytes, or an iterable of bytes chunks."""
+    if isinstance(source, (bytes, bytearray)):
+        yield Upload(bytes(source), len(source), default_name, "the upload")
+    elif isinstance(source, (str, os.PathLike)) or hasattr(source, "protocol"):
+        path = as_storage_path(source)
+        with open_binary(path) as handle:
+            yield Upload(handle, int(path.stat().st_size), path.name or default_name, str(source))
+    elif hasattr(source, "read"):
+        name = str(getattr(source, "name", "") or "")
+        yield Upload(source, _remaining(source), os.path.basename(name) or default_name, name or "the upload")
+    elif isinstance(source, Iterable):
+        yield Upload(iter(source), None, default_name, "the upload")  # sent chunked, its size unknown
+    else:
+        raise TypeError(f"cannot upload a {type(source).__name__}: give a path, a URL, a binary file or bytes chunks")
+
+
+def _remaining(handle: Any) -> int | None:
+    """Bytes from the file's position to its end, or None where it cannot tell (a pipe)."""
+    try:
+        start = handle.tell()
+        end = handle.seek(0, os.SEEK_END)
+        handle.seek(start)
+        return end - start
+    except (AttributeError, OSError, ValueError):
+        return None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
 from airflow_provider_profiles.hooks.base import (
+    Call,
     JobNotCancellable,
     JobState,
     JobStatus,
@@ -30,26 +32,18 @@ class EchoHook(ProfilesHook):
     def auth_headers(self) -> dict[str, str]:
         return {"X-Api-Key": self.connection.password or ""}
 
+    def job_status_call(self, *, job_id: str) -> Call:
+        return Call("GET", f"/jobs/{job_id}", self._status)
+
     @staticmethod
-    def _status(body: dict[str, Any]) -> JobStatus:
+    def _status(response: Any) -> JobStatus:
+        body = response.json()
         return JobStatus(STATES[body["status"]], body["status"], body, body.get("message"))
 
-    def job_status(self, *, job_id: str) -> JobStatus:
-        return self._status(self.request("GET", f"/jobs/{job_id}").json())
-
-    async def ajob_status(self, *, job_id: str) -> JobStatus:
-        return self._status((await self.arequest("GET", f"/jobs/{job_id}")).json())
-
-    def cancel_job(self, *, job_id: str) -> None:
+    def cancel_job_call(self, *, job_id: str) -> Generator[Call, Any, None]:
         try:
-            self.request("POST", f"/jobs/{job_id}/cancel", idempotent=True)
+            yield Call("POST", f"/jobs/{job_id}/cancel", idempotent=True)
         except VendorValidationError as exc:  # 409: already finished
-            raise JobNotCancellable(str(exc)) from exc
-
-    async def acancel_job(self, *, job_id: str) -> None:
-        try:
-            await self.arequest("POST", f"/jobs/{job_id}/cancel", idempotent=True)
-        except VendorValidationError as exc:
             raise JobNotCancellable(str(exc)) from exc
 
 

@@ -13,12 +13,11 @@ import csv
 import dataclasses
 import hashlib
 import io
-import os
 import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -26,12 +25,13 @@ from airflow.providers.common.compat.sdk import mask_secret
 
 from airflow_provider_profiles.writers.apsis_one import KEYSPACES
 from airflow_provider_profiles.hooks.base import (
+    Call,
+    CapacityWait,
     JobState,
     JobStatus,
     ProfilesHook,
-    VendorRateLimitError,
 )
-from airflow_provider_profiles.storage import as_storage_path
+from airflow_provider_profiles.storage import Upload, open_upload
 from airflow_provider_profiles.vendors import VENDORS
 
 MAX_FILE_BYTES: int = VENDORS["apsis_one"].upload_limit  # type: ignore[assignment]  # 50 MB, a hard limit
@@ -181,10 +181,6 @@ class ImportSpec:
 
 
 # --- files ----------------------------------------------------------------------------------------
-def file_size(path: Any) -> int:
-    return int(path.stat().st_size)
-
-
 def read_header(path: Any) -> list[str]:
     """The CSV header of a file, reading only its first line."""
     with path.open("rb") as handle:
@@ -195,7 +191,7 @@ def read_header(path: Any) -> list[str]:
 
 def check_import_file(path: Any, spec: ImportSpec) -> int:
     """Refuse a file over 50 MB or whose header lacks a mapped column; return its size in bytes."""
-    size = file_size(path)
+    size = int(path.stat().st_size)
     if size > MAX_FILE_BYTES:
         raise FileTooLargeError(
             f"{path}: {size / 1e6:.1f} MB is over Apsis One's 50 MB import limit; split it first "
@@ -208,7 +204,7 @@ def check_import_file(path: Any, spec: ImportSpec) -> int:
 
 
 class MultipartFileStream:
-    """A multipart/form-data body that reads the file in chunks as it is sent (never whole in memory).
+    """A multipart/form-data body that reads the upload in chunks as it is sent (never whole in memory).
 
     It has a length (so the upload carries Content-Length, which presigned POSTs require) and can be
     rewound (so the shared retry policy may resend it).
@@ -216,7 +212,10 @@ class MultipartFileStream:
 
     chunk_size = 1024 * 1024
 
-    def __init__(self, fields: Mapping[str, str], path: Any, filename: str, content_type: str = "text/csv"):
+    def __init__(self, fields: Mapping[str, str], upload: Upload, content_type: str = "text/csv"):
+        if upload.size is None or not hasattr(upload.body, "seek"):
+            raise ImportSpecError(f"{upload.label}: an Apsis One upload needs a file (a path, a URL or an open "
+                                  "binary file), to send its length and resend it whole")
         self.boundary = f"apsis-{uuid.uuid4().hex}"
         self.content_type = f"multipart/form-data; boundary={self.boundary}"
         parts = [
@@ -224,15 +223,13 @@ class MultipartFileStream:
             for name, value in fields.items()
         ]
         parts.append(
-            f'--{self.boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            f'--{self.boundary}\r\nContent-Disposition: form-data; name="file"; filename="{upload.name}"\r\n'
             f"Content-Type: {content_type}\r\n\r\n".encode()
         )
         self._head = b"".join(parts)
         self._tail = f"\r\n--{self.boundary}--\r\n".encode()
-        self._path = path
-        self._size = file_size(path)
-        self._length = len(self._head) + self._size + len(self._tail)
-        self._handle: Any = None
+        self._upload, self._start = upload, upload.body.tell()
+        self._length = len(self._head) + upload.size + len(self._tail)
         self._position = 0
 
     def __len__(self) -> int:
@@ -247,7 +244,7 @@ class MultipartFileStream:
         if whence == 2:
             self._position = self._length  # requests asks for the end to learn the length
             return self._position
-        self.close()
+        self._upload.body.seek(self._start)
         self._position = 0
         return 0
 
@@ -257,27 +254,19 @@ class MultipartFileStream:
         out = bytearray()
         while len(out) < size and self._position < self._length:
             want = size - len(out)
-            head_end, file_end = len(self._head), len(self._head) + self._size
+            head_end, file_end = len(self._head), len(self._head) + self._upload.size
             if self._position < head_end:
                 chunk = self._head[self._position:self._position + want]
             elif self._position < file_end:
-                if self._handle is None:
-                    self._handle = self._path.open("rb")
-                    self._handle.seek(self._position - head_end)
-                chunk = self._handle.read(min(want, self.chunk_size))
+                chunk = self._upload.body.read(min(want, self.chunk_size, file_end - self._position))
                 if not chunk:
-                    raise OSError(f"{self._path} shrank while it was being uploaded")
+                    raise OSError(f"{self._upload.label} shrank while it was being uploaded")
             else:
                 start = self._position - file_end
                 chunk = self._tail[start:start + want]
             out += chunk
             self._position += len(chunk)
         return bytes(out)
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
 
 
 def _parse_time(value: str) -> float:
@@ -357,25 +346,27 @@ class ApsisOneHook(ProfilesHook):
         self._token: str | None = None  # the token this hook last sent
 
     # auth --------------------------------------------------------------------------------------
-    def _token_request(self) -> dict[str, Any]:
+    def _token_call(self) -> Call:
         conn = self.connection
         if not conn.login or not conn.password:
             raise ValueError(f"connection {self.conn_id!r}: set the client id as login and the client secret as password")
-        return {"grant_type": "client_credentials", "client_id": conn.login, "client_secret": conn.password}
+        body = {"grant_type": "client_credentials", "client_id": conn.login, "client_secret": conn.password}
+        return Call("POST", "/oauth/token", lambda response: self._keep_token(response.json()), json=body,
+                    authenticate=False, idempotent=True, route="token")
 
     def _token_key(self) -> tuple[str, ...]:
         conn = self.connection
         secret = hashlib.sha256((conn.password or "").encode()).hexdigest()  # rotated secret: new token
         return (self.conn_id, self.base_url, conn.login or "", secret)
 
-    def _keep_token(self, key: tuple[str, ...], payload: Any) -> str:
+    def _keep_token(self, payload: Any) -> str:
         token = (payload or {}).get("access_token")
         if not token:
             raise ValueError("the Apsis One token endpoint answered without an access_token")
         mask_secret(token)
         ttl = float(payload.get("expires_in") or 3600)
         margin = min(self.token_refresh_margin, ttl / 10)
-        _TOKENS.keep(key, token, time.monotonic() + ttl - margin)
+        _TOKENS.keep(self._token_key(), token, time.monotonic() + ttl - margin)
         return token
 
     def access_token(self) -> str:
@@ -384,11 +375,7 @@ class ApsisOneHook(ProfilesHook):
         token = _TOKENS.fresh(key)
         if token is None:
             with _TOKENS.lock(key):
-                token = _TOKENS.fresh(key)
-                if token is None:
-                    response = self.request("POST", "/oauth/token", json=self._token_request(),
-                                            authenticate=False, idempotent=True, route="token")
-                    token = self._keep_token(key, response.json())
+                token = _TOKENS.fresh(key) or self.call(self._token_call())
         self._token = token
         return token
 
@@ -398,11 +385,7 @@ class ApsisOneHook(ProfilesHook):
         token = _TOKENS.fresh(key)
         if token is None:
             async with _TOKENS.alock(key):  # the triggers of one triggerer wait for one fetch
-                token = _TOKENS.fresh(key)
-                if token is None:
-                    response = await self.arequest("POST", "/oauth/token", json=self._token_request(),
-                                                   authenticate=False, idempotent=True, route="token")
-                    token = self._keep_token(key, response.json())
+                token = _TOKENS.fresh(key) or await self.acall(self._token_call())
         self._token = token
         return token
 
@@ -540,18 +523,11 @@ class ApsisOneHook(ProfilesHook):
         ``wait_for_slot_until`` (epoch seconds; None: do not wait beyond the policy).
         """
         body = self.build_import_body(section, spec) if isinstance(spec, ImportSpec) else dict(spec)
-        while True:
-            try:
-                response = self.request("POST", f"/v2/audience/sections/{section}/imports", json=body, route="imports")
-                break
-            except VendorRateLimitError as busy:
-                remaining = (wait_for_slot_until or 0) - time.time()
-                if remaining <= 0:
-                    raise
-                interval = float(self.extras.get("slot_wait_interval", self.slot_wait_interval))
-                pause = min(remaining, max(busy.retry_after or 0, interval))
-                self.log.info("Apsis One is running its 3 simultaneous imports; waiting %.0fs for a free slot", pause)
-                time.sleep(pause)
+        self.connection  # noqa: B018  (extras)
+        slot = CapacityWait("free import slot (Apsis One runs 3 per account)", wait_for_slot_until,
+                            float(self.extras.get("slot_wait_interval", self.slot_wait_interval)))
+        response = self.request("POST", f"/v2/audience/sections/{section}/imports", json=body, route="imports",
+                                wait_for_capacity=slot)
         ticket = response.json()
         fields = ticket.get("file_upload_body") or {}
         for secret in (fields.get("x-amz-signature"), fields.get("policy")):  # they grant the upload
@@ -562,32 +538,29 @@ class ApsisOneHook(ProfilesHook):
 
     def upload_import_file(self, ticket: Mapping[str, Any], file: Any) -> None:
         """POST the file to the ticket's presigned form: every issued field, then the file (streamed)."""
-        path = as_storage_path(file)
         expires = ticket.get("file_upload_url_expires_at")
         if expires and _parse_time(expires) <= time.time():
             raise ImportSpecError(f"the upload URL of import {ticket.get('import_id')} expired at {expires}; "
                                   "create a new import")
-        size = file_size(path)
-        if size > MAX_FILE_BYTES:
-            raise FileTooLargeError(f"{path}: {size} bytes is over Apsis One's 50 MB limit; split it first")
         fields = dict(ticket["file_upload_body"])
         content_type = fields.get("content-type") or fields.get("Content-Type") or "text/csv"
-        stream = MultipartFileStream(fields, path, filename=os.path.basename(str(path)) or "profiles.csv",
-                                     content_type=content_type)
-        try:
+        with open_upload(file, "profiles.csv") as upload:
+            if upload.size is not None and upload.size > MAX_FILE_BYTES:
+                raise FileTooLargeError(f"{upload.label}: {upload.size} bytes is over Apsis One's 50 MB limit; "
+                                        "split it first")
+            stream = MultipartFileStream(fields, upload, content_type)
             # presigned: the URL and fields are the credentials; it is on another host in production,
             # so it is checked before the profile file goes there
             self.fetch_supplied_url("POST", ticket["file_upload_url"], data=stream, idempotent=True,
                                     route="upload", headers={"Content-Type": stream.content_type})
-        finally:
-            stream.close()
-        self.log.info("Uploaded %s (%d bytes) for Apsis One import %s", path, size, ticket.get("import_id"))
+        self.log.info("Uploaded %s (%d bytes) for Apsis One import %s", upload.label, upload.size,
+                      ticket.get("import_id"))
+
+    def import_status_call(self, section: str, import_id: str) -> Call:
+        return Call("GET", f"/audience/sections/{section}/imports/{import_id}")
 
     def get_import_status(self, section: str, import_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/audience/sections/{section}/imports/{import_id}").json()
-
-    async def aget_import_status(self, section: str, import_id: str) -> dict[str, Any]:
-        return (await self.arequest("GET", f"/audience/sections/{section}/imports/{import_id}")).json()
+        return self.call(self.import_status_call(section, import_id))
 
     @staticmethod
     def to_job_status(payload: Mapping[str, Any]) -> JobStatus:
@@ -601,11 +574,8 @@ class ApsisOneHook(ProfilesHook):
             return JobStatus(JobState.FAILED, status, result, f"the import ended in error: {detail or 'no detail given'}")
         return JobStatus(JobState.RUNNING, status, result)
 
-    def job_status(self, *, section: str, import_id: str, **_: Any) -> JobStatus:
-        return self.to_job_status(self.get_import_status(section, import_id))
-
-    async def ajob_status(self, *, section: str, import_id: str, **_: Any) -> JobStatus:
-        return self.to_job_status(await self.aget_import_status(section, import_id))
+    def job_status_call(self, *, section: str, import_id: str, **_: Any) -> Generator[Call, Any, JobStatus]:
+        return self.to_job_status((yield self.import_status_call(section, import_id)))
 
     # --- erasure ----------------------------------------------------------------------------------
     def delete_profile(self, keyspace: str, profile_key: str) -> bool:

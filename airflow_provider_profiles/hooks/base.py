@@ -1,14 +1,15 @@
 """Shared HTTP core of every vendor hook: connection, session, retry policy, rate limits, errors, secrets.
 
 Sync calls (operators, sensors in poke mode) go through ``requests``; async calls (triggers) through
-``httpx.AsyncClient``. Both use the same retry policy, rate limiter and error classification, so a
-vendor hook describes endpoints and payloads only.
+``httpx.AsyncClient``. Both use the same retry policy, rate limiter and error classification, and a
+request declared once (``Call``) runs on either, so a vendor hook describes endpoints and payloads only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import dataclasses
 import enum
@@ -21,7 +22,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 from urllib.parse import urljoin, urlsplit
@@ -65,7 +66,7 @@ class VendorAPIError(Exception):
         self.status, self.method, self.path, self.payload = status, method, path, payload
         self.vendor_message = redact(message)
         self.retryable, self.retry_after = retryable, retry_after
-        self.attempts = 1
+        self.vendor, self.attempts = vendor, 1
         where = f"{method} {path}".strip()
         code = f"HTTP {status}" if status is not None else "no response"
         super().__init__(f"{vendor or 'vendor'} API {where} -> {code}: {self.vendor_message}")
@@ -161,11 +162,12 @@ class RetryPolicy:
     retry_after_cap: float = 120.0
     sleep: Callable[[float], None] = dataclasses.field(default=time.sleep, repr=False)
     asleep: Callable[[float], Any] = dataclasses.field(default=asyncio.sleep, repr=False)
+    clock: Callable[[], float] = dataclasses.field(default=time.time, repr=False)  # for capacity deadlines
 
     @classmethod
     def from_extras(cls, extras: Mapping[str, Any]) -> RetryPolicy:
         """Policy settings from connection extras (``max_attempts``, ``backoff_max``, ``retry_after_cap``...)."""
-        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("sleep", "asleep")]
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("sleep", "asleep", "clock")]
         return cls(**{n: (int if n == "max_attempts" else float)(extras[n]) for n in names if n in extras})
 
     def wait_seconds(self, retry_state: tenacity.RetryCallState) -> float:
@@ -211,6 +213,73 @@ class RetryPolicy:
         except VendorAPIError as error:
             error.attempts = retrying.statistics.get("attempt_number", 1)
             raise
+
+    def wait_for_capacity(self, call: Callable[[], Any], log: Any, capacity: CapacityWait | None) -> Any:
+        """Run ``call`` (a request under this policy); while the vendor still answers 429 after it, wait
+        for capacity as ``capacity`` says, then raise the 429 naming what was waited for."""
+        if capacity is None:
+            return call()
+        growth, attempts = 1.0, 0
+        while True:
+            held = capacity.pause.until - self.clock()
+            if held > 0:
+                self.sleep(held)
+            try:
+                return call()
+            except VendorRateLimitError as busy:
+                attempts += busy.attempts
+                now, until = self.clock(), capacity.until
+                if until is None or now >= until:
+                    raise capacity.gave_up(busy, attempts, "none came by the deadline") from None
+                if busy.retry_after is not None and now + busy.retry_after > until:
+                    raise capacity.gave_up(busy, attempts, f"Retry-After {busy.retry_after:g}s ends past the "
+                                                           "deadline") from None
+                pause = min(capacity.pause_after(busy.retry_after, growth), until - now)
+                capacity.pause.until = max(capacity.pause.until, now + pause)  # a lost race only shortens it
+                log.info("%s: no %s yet; trying again in %.1fs (waiting until %s at most)", busy.vendor or "vendor",
+                         capacity.what, pause, _utc(until))
+                growth *= capacity.backoff
+
+
+@dataclasses.dataclass
+class SharedPause:
+    """The time before which callers sharing it send nothing (the threads of a pool, after a 429)."""
+
+    until: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CapacityWait:
+    """Waiting for room at the vendor once the retry policy gave up on its 429s (a free import slot,
+    the next hour's uploads): try again after the answer's Retry-After (at least ``min_interval``), or
+    ``interval`` seconds when it has none, both times ``backoff`` after each refusal, until ``until``
+    (epoch seconds; None: no waiting); then raise the 429 naming ``what``. A Retry-After that ends past
+    ``until`` gives up at once. Callers that share a ``pause`` (a thread pool) wait together: a refusal
+    one of them meets holds the others off too."""
+
+    what: str
+    until: float | None
+    interval: float = 15.0
+    min_interval: float | None = None  # default: interval
+    backoff: float = 1.0
+    pause: SharedPause = dataclasses.field(default_factory=SharedPause)
+
+    def pause_after(self, retry_after: float | None, growth: float) -> float:
+        if retry_after is None:
+            return self.interval * growth
+        return max(retry_after, (self.interval if self.min_interval is None else self.min_interval) * growth)
+
+    def gave_up(self, busy: VendorRateLimitError, attempts: int, why: str) -> VendorRateLimitError:
+        waited = "no wait was allowed" if self.until is None else f"waited until {_utc(self.until)}: {why}"
+        error = VendorRateLimitError(
+            f"{busy.vendor_message}; still no {self.what} ({waited})", status=busy.status,
+            method=busy.method, path=busy.path, payload=busy.payload, retry_after=busy.retry_after, vendor=busy.vendor)
+        error.attempts = attempts
+        return error
+
+
+def _utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 # --- client-side rate limit -----------------------------------------------------------------------
@@ -288,6 +357,19 @@ class JobNotCancellable(Exception):
     """The vendor offers no cancel for this job, or not in its current status."""
 
 
+class Call:
+    """One API request declared once: ``hook.call(it)`` sends it with requests, ``await hook.acall(it)``
+    with httpx. ``parse`` makes the result of the response (default: the hook's ``parse_response``);
+    ``options`` go to ``request``; a ``supplied_url`` came in a vendor's answer (``fetch_supplied_url``).
+    A result that takes several requests is a plan: a generator that yields Calls, gets each one's
+    result (or its ``VendorAPIError`` raised at the yield) and returns the outcome."""
+
+    def __init__(self, method: str, path: str, parse: Callable[[Any], Any] | None = None, *,
+                 supplied_url: bool = False, **options: Any):
+        self.method, self.path, self.parse = method, path, parse
+        self.supplied_url, self.options = supplied_url, options
+
+
 # --- the hook -------------------------------------------------------------------------------------
 class _Body:
     """Remembers where streamed request bodies start, so a retry resends them whole."""
@@ -321,6 +403,7 @@ class _Send:
     stream: bool
     max_body_bytes: int | None
     kwargs: dict[str, Any]
+    refreshed: bool = False  # credentials were renewed once for this request
 
 
 @dataclasses.dataclass
@@ -478,6 +561,46 @@ class ProfilesHook(BaseHook):
                     return str(payload[key])
         return text[:500] or "(empty body)"
 
+    def parse_response(self, response: Any, call: Call) -> Any:
+        """The result of a declared call whose ``parse`` is not given: the JSON body."""
+        return response.json()
+
+    # declared calls: one declaration, a sync and an async run -------------------------------------
+    def call(self, plan: Call | Generator[Call, Any, Any]) -> Any:
+        """Send a declared ``Call`` (or run a plan of them) with the sync client."""
+        if isinstance(plan, Call):
+            send = self.fetch_supplied_url if plan.supplied_url else self.request
+            return self._parsed(plan, send(plan.method, plan.path, **plan.options))
+        result, error = None, None
+        while True:
+            try:
+                step = plan.send(result) if error is None else plan.throw(error)
+            except StopIteration as done:
+                return done.value
+            try:
+                result, error = self.call(step), None
+            except VendorAPIError as failed:
+                result, error = None, failed
+
+    async def acall(self, plan: Call | Generator[Call, Any, Any]) -> Any:
+        """The same declaration sent with the async client: never blocks the event loop."""
+        if isinstance(plan, Call):
+            send = self.afetch_supplied_url if plan.supplied_url else self.arequest
+            return self._parsed(plan, await send(plan.method, plan.path, **plan.options))
+        result, error = None, None
+        while True:
+            try:
+                step = plan.send(result) if error is None else plan.throw(error)
+            except StopIteration as done:
+                return done.value
+            try:
+                result, error = await self.acall(step), None
+            except VendorAPIError as failed:
+                result, error = None, failed
+
+    def _parsed(self, call: Call, response: Any) -> Any:
+        return call.parse(response) if call.parse else self.parse_response(response, call)
+
     # requests -----------------------------------------------------------------------------------
     @property
     def session(self) -> requests.Session:
@@ -503,6 +626,7 @@ class ProfilesHook(BaseHook):
         route: str = "default",
         idempotent: bool | None = None,
         authenticate: bool = True,
+        wait_for_capacity: CapacityWait | None = None,
         **kwargs: Any,
     ) -> requests.Response:
         """Send a request with the retry policy and rate limit; return the response or raise ``VendorAPIError``.
@@ -510,29 +634,24 @@ class ProfilesHook(BaseHook):
         ``kwargs`` go to ``requests`` (params, json, data, files, headers, timeout, stream). Stream bodies
         (file objects) are rewound before a retry; bodies that cannot be rewound are never retried.
         ``max_body_bytes`` keeps at most that much of the answer. Credentials go to the connection's own
-        host only; redirects are followed only for a GET/HEAD within that host.
+        host only; redirects are followed only for a GET/HEAD within that host. ``wait_for_capacity``
+        keeps trying past the policy's 429s until its deadline (see ``CapacityWait``).
         """
         self.connection  # noqa: B018  (loads and masks the connection once)
         send = self._prepare(method, path, idempotent, authenticate, kwargs)
         limiter = self.limiter(route)
-        refreshed = False
 
         def attempt() -> requests.Response:
-            nonlocal refreshed
             send.body.rewind()
             if limiter:
                 self._waited_for_limiter(limiter.acquire())
-            deadline = self._send_deadline()
             headers = {**(self.auth_headers() if send.authenticate else {}), **send.headers}
-            basic = self.auth() if send.authenticate else None
-            response = self._send(send, headers, basic, deadline)
-            if response.status_code >= 400:
-                reauthenticated = self._reauthenticate(response.status_code, send, refreshed)
-                refreshed = refreshed or reauthenticated
-                raise self._response_error(response, send.method, send.path, send.idempotent, send.body, reauthenticated)
-            return response
+            return self._answer(send, self._send(send, headers, self._basic(send), self._send_deadline()))
 
-        return self._within_call(lambda deadline: self.policy.call(attempt, self.log, deadline), attempt)
+        def call() -> requests.Response:  # each try for capacity has a call budget of its own
+            return self._within_call(lambda deadline: self.policy.call(attempt, self.log, deadline), attempt)
+
+        return self.policy.wait_for_capacity(call, self.log, wait_for_capacity)
 
     def delete_if_exists(self, path: str, **kwargs: Any) -> bool:
         """DELETE ``path``: True when deleted, False when the vendor has no such thing (404)."""
@@ -561,7 +680,7 @@ class ProfilesHook(BaseHook):
                 if _WATCHDOG.fired():
                     raise self._deadline_error(send) from None
                 not_sent = isinstance(exc, requests.RequestException) and _sent_nothing(exc)
-                raise self._transport_error(exc, not_sent, send.method, send.path, send.idempotent, send.body) from None
+                raise self._transport_error(exc, not_sent, send) from None
             finally:
                 _WATCHDOG.done()
             url = self._redirect_target(response, send, url)
@@ -598,21 +717,13 @@ class ProfilesHook(BaseHook):
         send = self._prepare(method, path, idempotent, authenticate, kwargs)
         send.body = _Body({})
         limiter = self.limiter(route)
-        refreshed = False
 
         async def attempt() -> httpx.Response:
-            nonlocal refreshed
             if limiter:
                 self._waited_for_limiter(await limiter.aacquire())
-            deadline = self._send_deadline()
             headers = {**(await self.aauth_headers() if send.authenticate else {}), **send.headers}
-            basic = self.auth() if send.authenticate else None
-            response = await self._asend(client, send, headers, basic, deadline)
-            if response.status_code >= 400:
-                reauthenticated = self._reauthenticate(response.status_code, send, refreshed)
-                refreshed = refreshed or reauthenticated
-                raise self._response_error(response, send.method, send.path, send.idempotent, send.body, reauthenticated)
-            return response
+            response = await self._asend(client, send, headers, self._basic(send), self._send_deadline())
+            return self._answer(send, response)
 
         return await self._awithin_call(lambda deadline: self.policy.acall(attempt, self.log, deadline), attempt)
 
@@ -635,7 +746,7 @@ class ProfilesHook(BaseHook):
                 raise self._deadline_error(send) from None
             except httpx.HTTPError as exc:
                 not_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-                raise self._transport_error(exc, not_sent, send.method, send.path, send.idempotent, send.body) from None
+                raise self._transport_error(exc, not_sent, send) from None
             url = self._redirect_target(response, send, url)
             if url is None:
                 return response
@@ -673,20 +784,21 @@ class ProfilesHook(BaseHook):
         the caller's deadline, and its failure is the caller's attempt failing (the caller's policy retries)."""
         if _active_call.get() is not None:
             return attempt()
-        call = _Call(time.monotonic() + self.call_deadline)
-        token = _active_call.set(call)
-        try:
-            return run(lambda: call.deadline)
-        finally:
-            _active_call.reset(token)
+        with self._call_budget() as deadline:
+            return run(deadline)
 
     async def _awithin_call(self, run: Callable[[float], Any], attempt: Callable[[], Any]) -> Any:
         if _active_call.get() is not None:
             return await attempt()
+        with self._call_budget() as deadline:
+            return await run(deadline)
+
+    @contextlib.contextmanager
+    def _call_budget(self) -> Any:
         call = _Call(time.monotonic() + self.call_deadline)
         token = _active_call.set(call)
         try:
-            return await run(lambda: call.deadline)
+            yield lambda: call.deadline
         finally:
             _active_call.reset(token)
 
@@ -698,9 +810,18 @@ class ProfilesHook(BaseHook):
         if call is not None and seconds:
             call.deadline += seconds
 
-    def _reauthenticate(self, status: int, send: _Send, refreshed: bool) -> bool:
-        """A 401 or 403 is retried once, at once, if the hook could refresh its credentials."""
-        return status in (401, 403) and send.authenticate and not refreshed and self.on_unauthorized()
+    def _basic(self, send: _Send) -> Any:
+        return self.auth() if send.authenticate else None
+
+    def _answer(self, send: _Send, response: Any) -> Any:
+        """The response, or the error it is. A 401 or 403 is retried once, at once, if the hook could
+        refresh its credentials."""
+        if response.status_code < 400:
+            return response
+        reauthenticated = (response.status_code in (401, 403) and send.authenticate and not send.refreshed
+                           and self.on_unauthorized())
+        send.refreshed = send.refreshed or reauthenticated
+        raise self._response_error(response, send, reauthenticated)
 
     def _redirect_target(self, response: Any, send: _Send, url: str) -> str | None:
         """None for a final answer; the next URL for a GET/HEAD redirect within the same host; else an error."""
@@ -741,10 +862,9 @@ class ProfilesHook(BaseHook):
         host = self._supplied_url_host(url)
         if host is not None:
             try:
-                addresses = [info[4][0] for info in socket.getaddrinfo(host, None)]
+                self._check_public(url, socket.getaddrinfo(host, None))
             except OSError:
-                addresses = []
-            self._check_public(url, addresses)
+                pass  # see _check_public
         return self.request(method, url, authenticate=False, **kwargs)
 
     async def afetch_supplied_url(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -752,10 +872,9 @@ class ProfilesHook(BaseHook):
         host = self._supplied_url_host(url)
         if host is not None:
             try:
-                addresses = [info[4][0] for info in await asyncio.get_running_loop().getaddrinfo(host, None)]
+                self._check_public(url, await asyncio.get_running_loop().getaddrinfo(host, None))
             except OSError:
-                addresses = []
-            self._check_public(url, addresses)
+                pass
         return await self.arequest(method, url, authenticate=False, **kwargs)
 
     def _supplied_url_host(self, url: str) -> str | None:
@@ -770,10 +889,10 @@ class ProfilesHook(BaseHook):
             raise self._untrusted(url, "plain http is used only for the connection's own host")
         return host
 
-    def _check_public(self, url: str, addresses: list[str]) -> None:
+    def _check_public(self, url: str, resolved: list[tuple]) -> None:
         # A name this machine cannot resolve is left to the network: without a proxy the request
         # fails to connect anyway; behind one (workers without outside DNS), the proxy resolves it.
-        for address in addresses:
+        for *_, (address, *_) in resolved:
             if not ipaddress.ip_address(address.split("%")[0]).is_global:
                 raise self._untrusted(url, "its host is not a public address")
 
@@ -796,8 +915,8 @@ class ProfilesHook(BaseHook):
             self._session = None
 
     # classification ------------------------------------------------------------------------------
-    def _response_error(self, response: requests.Response | httpx.Response, method: str, path: str,
-                        idempotent: bool, body: _Body, force_retry: bool = False) -> VendorAPIError:
+    def _response_error(self, response: requests.Response | httpx.Response, send: _Send,
+                        force_retry: bool = False) -> VendorAPIError:
         status, payload = response.status_code, _json(response)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if force_retry:
@@ -805,34 +924,40 @@ class ProfilesHook(BaseHook):
         elif status == 429:
             retryable = True
         else:
-            retryable = status in RETRYABLE_SERVER_STATUSES and idempotent
+            retryable = status in RETRYABLE_SERVER_STATUSES and send.idempotent
         return error_class_for(status)(
-            self.error_message(payload, response.text), status=status, method=method, path=path, payload=payload,
-            retryable=retryable and body.rewindable, retry_after=retry_after,
-            vendor=self.hook_name,
-        )
+            self.error_message(payload, response.text), status=status, method=send.method, path=send.path,
+            payload=payload, retryable=retryable and send.body.rewindable, retry_after=retry_after,
+            vendor=self.hook_name)
 
-    def _transport_error(self, exc: Exception, not_sent: bool, method: str, path: str, idempotent: bool,
-                         body: _Body) -> VendorConnectionError:
+    def _transport_error(self, exc: Exception, not_sent: bool, send: _Send) -> VendorConnectionError:
         # The exception text of requests/httpx carries the full URL; keep only its type and reason.
-        reason = type(exc).__name__
+        what = "could not connect" if not_sent else "the connection failed before a full response"
         return VendorConnectionError(
-            f"{reason}: {'could not connect' if not_sent else 'the connection failed before a full response'}",
-            method=method, path=path, retryable=(not_sent or idempotent) and body.rewindable, vendor=self.hook_name,
-        )
+            f"{type(exc).__name__}: {what}",
+            method=send.method, path=send.path, retryable=(not_sent or send.idempotent) and send.body.rewindable,
+            vendor=self.hook_name)
 
-    # jobs (vendors with remote jobs implement these) -------------------------------------------
-    def job_status(self, **job: Any) -> JobStatus:
+    # jobs: vendors with remote jobs declare the status (and cancel) calls; both clients run them ------
+    def job_status_call(self, **job: Any) -> Call | Generator[Call, Any, JobStatus]:
         raise NotImplementedError(f"{type(self).__name__} has no remote jobs")
+
+    def cancel_job_call(self, **job: Any) -> Call | Generator[Call, Any, Any]:
+        raise JobNotCancellable(f"{self.hook_name} jobs cannot be cancelled")
+
+    def job_status(self, **job: Any) -> JobStatus:
+        return self.call(self.job_status_call(**job))
 
     async def ajob_status(self, **job: Any) -> JobStatus:
-        raise NotImplementedError(f"{type(self).__name__} has no remote jobs")
+        await self.aconnection()  # a declaration may read the connection: never the blocking lookup
+        return await self.acall(self.job_status_call(**job))
 
     def cancel_job(self, **job: Any) -> None:
-        raise JobNotCancellable(f"{self.hook_name} jobs cannot be cancelled")
+        self.call(self.cancel_job_call(**job))
 
     async def acancel_job(self, **job: Any) -> None:
-        raise JobNotCancellable(f"{self.hook_name} jobs cannot be cancelled")
+        await self.aconnection()
+        await self.acall(self.cancel_job_call(**job))
 
 
 @functools.cache
@@ -945,18 +1070,19 @@ _WATCHDOG = _Watchdog()
 os.register_at_fork(after_in_child=_WATCHDOG.reset_after_fork)
 
 
-class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+class _Watched:
     def _get_conn(self, timeout: float | None = None) -> Any:
         connection = super()._get_conn(timeout)
         _WATCHDOG.using(connection)
         return connection
 
 
-class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
-    def _get_conn(self, timeout: float | None = None) -> Any:
-        connection = super()._get_conn(timeout)
-        _WATCHDOG.using(connection)
-        return connection
+class _WatchedHTTPPool(_Watched, urllib3.HTTPConnectionPool):
+    pass
+
+
+class _WatchedHTTPSPool(_Watched, urllib3.HTTPSConnectionPool):
+    pass
 
 
 def _read_body(response: requests.Response, deadline: float, limit: int | None) -> None:

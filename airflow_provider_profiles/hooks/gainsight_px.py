@@ -266,11 +266,7 @@ class GainsightPXHook(ProfilesHook):
         if not record.get(id_field):
             raise ValueError(f"a new {entity} needs {id_field!r}")
         body = self._with_product_key(entity, record)
-        response = self.request("POST", path, json=body)
-        try:
-            return response.json()
-        except ValueError:  # a 201 without a (JSON) body
-            return body
+        return _json_or(self.request("POST", path, json=body), body)
 
     def update(self, entity: str, record_id: str, record: Mapping[str, Any]) -> None:
         """PUT changes to an existing record (204 or 200); ``VendorNotFoundError`` if it does not exist."""
@@ -352,11 +348,7 @@ class GainsightPXHook(ProfilesHook):
                 raise ValueError(f"a custom event needs the product key: set the extra 'product_key' on "
                                  f"connection {self.conn_id!r}")
             body["propertyKey"] = self.product_key
-        response = self.request("POST", "events/custom", json=body)
-        try:
-            return response.json()
-        except ValueError:
-            return body
+        return _json_or(self.request("POST", "events/custom", json=body), body)
 
     def get_user(self, identify_id: str) -> dict | None:
         return self.get("USER", identify_id)
@@ -435,6 +427,14 @@ class GainsightPXHook(ProfilesHook):
 
     def iter_accounts(self, filters: Any = None, **kwargs: Any) -> Iterator[dict]:
         return self.iter_records("ACCOUNT", filters, **kwargs)
+
+
+def _json_or(response: Any, sent: dict) -> dict:
+    """The created record as answered, or as sent when the 201 has no (JSON) body."""
+    try:
+        return response.json()
+    except ValueError:
+        return sent
 
 
 class _CountingLimiter:

@@ -12,23 +12,21 @@ Remote jobs are ``{"kind": "profiles" | "audiences", "activity_id": ...}``; Loca
 from __future__ import annotations
 
 import json
-import os
-import time
-from collections.abc import Mapping
-from contextlib import contextmanager
-from typing import Any, BinaryIO
+from collections.abc import Generator, Mapping
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from airflow.providers.common.compat.sdk import mask_secret
 
 from airflow_provider_profiles.hooks.base import (
+    Call,
+    CapacityWait,
     JobState,
     JobStatus,
     ProfilesHook,
     VendorAPIError,
-    VendorRateLimitError,
 )
-from airflow_provider_profiles.storage import as_storage_path, open_binary
+from airflow_provider_profiles.storage import open_upload
 
 PROFILES = "profiles"
 AUDIENCES = "audiences"
@@ -92,18 +90,21 @@ class LocalyticsHook(ProfilesHook):
         if format not in PROFILE_FORMATS:
             raise ValueError(f"format must be one of {', '.join(PROFILE_FORMATS)}, got {format!r}")
         content_type = "text/csv" if format == "csv" else "application/json"
-        with _open_binary(file) as (name, handle):
-            start = handle.tell()
-
-            def upload() -> Any:
-                handle.seek(start)  # a wait-and-retry sends the whole file again
-                return self.request("POST", "imports/profiles/upload", route="upload",
-                                    data={**scope, "format": format}, files={"file": (name, handle, content_type)})
-
-            response = self._wait_for_slot("profile upload (10 per hour)", upload)
-        activity_id = _activity_id(response)
-        self.log.info("Localytics profile import %s created for %s from %s", activity_id, scope, name)
+        self.connection  # noqa: B018  (extras)
+        slot = CapacityWait("profile upload slot (Localytics takes 10 per hour)",
+                            self.policy.clock() + float(self.extras.get("upload_max_wait", DEFAULT_UPLOAD_MAX_WAIT)),
+                            interval=60.0, min_interval=1.0)  # the answer's Retry-After tells when the hour moves on
+        activity_id = self._send_file("POST", "imports/profiles/upload", file, content_type, route="upload",
+                                      wait_for_capacity=slot, data={**scope, "format": format})
+        self.log.info("Localytics profile import %s created for %s from %s", activity_id, scope, file)
         return activity_id
+
+    def _send_file(self, method: str, path: str, file: Any, content_type: str = "application/json",
+                   **options: Any) -> str:
+        """Send ``file`` as the form's ``file`` field; return the activity id of the 202 answer."""
+        with open_upload(file, "upload.json") as upload:
+            files = {"file": (upload.name, upload.body, content_type)}
+            return _activity_id(self.request(method, path, files=files, **options))
 
     def profile_scope(self, *, org_id: str | int | None = None, app_id: str | None = None) -> dict[str, str]:
         """Exactly one of org_id / app_id (falling back to the connection's org_id)."""
@@ -118,68 +119,53 @@ class LocalyticsHook(ProfilesHook):
             raise ValueError(f"no scope: pass org_id or app_id, or set extra org_id on connection {self.conn_id!r}")
         return {"org_id": str(org_id)}
 
-    def get_profile_import_status(self, activity_id: str) -> dict[str, Any]:
+    def profile_status_call(self, activity_id: str) -> Call:
         """The vendor's status body, with ``upload_statistics`` counts as integers."""
-        response = self.request("GET", f"imports/profiles/status/{_segment(activity_id)}", route="status")
-        return _normalized(response.json())
+        return Call("GET", f"imports/profiles/status/{_segment(activity_id)}", _status_body, route="status")
 
-    async def aget_profile_import_status(self, activity_id: str) -> dict[str, Any]:
-        response = await self.arequest("GET", f"imports/profiles/status/{_segment(activity_id)}", route="status")
-        return _normalized(response.json())
+    def get_profile_import_status(self, activity_id: str) -> dict[str, Any]:
+        return self.call(self.profile_status_call(activity_id))
 
-    def get_error_log(self, url: str, limit: int | None = FIRST_ERRORS) -> list[Any]:
+    def error_log_call(self, url: str, limit: int | None = FIRST_ERRORS) -> Call:
         """The first ``limit`` entries of a job's error log (all with ``limit=None``), as structured fields.
 
         The URL comes from the status answer: it is fetched only over https from a public host, or from
         the connection's own host or a ``trusted_hosts`` one, without credentials, and at most
         ``ERROR_LOG_MAX_BYTES`` of it are read.
         """
-        response = self.fetch_supplied_url("GET", _absolute(url), route="error_log", max_body_bytes=ERROR_LOG_MAX_BYTES)
-        return _error_entries(response.text, limit)
+        return Call("GET", _absolute(url), lambda response: _error_entries(response.text, limit), supplied_url=True,
+                    route="error_log", max_body_bytes=ERROR_LOG_MAX_BYTES)
 
-    async def aget_error_log(self, url: str, limit: int | None = FIRST_ERRORS) -> list[Any]:
-        response = await self.afetch_supplied_url("GET", _absolute(url), route="error_log",
-                                                  max_body_bytes=ERROR_LOG_MAX_BYTES)
-        return _error_entries(response.text, limit)
+    def get_error_log(self, url: str, limit: int | None = FIRST_ERRORS) -> list[Any]:
+        return self.call(self.error_log_call(url, limit))
 
     # audience imports ---------------------------------------------------------------------------
     def create_audience(self, *, app_id: str, audience_name: str, file: Any) -> str:
         """Create an audience list from a file of ``{"customer_id": ...}`` lines; return the activity id."""
         _require(app_id=app_id, audience_name=audience_name)
-        with _open_binary(file) as (name, handle):
-            response = self.request(
-                "POST", "imports/audiences/list/", route="audiences",
-                data={"app_id": str(app_id), "audience_name": audience_name, "identifier_type": "customer_id"},
-                files={"file": (name, handle, "application/json")},
-            )
-        activity_id = _activity_id(response)
+        activity_id = self._send_file("POST", "imports/audiences/list/", file, route="audiences", data={
+            "app_id": str(app_id), "audience_name": audience_name, "identifier_type": "customer_id"})
         self.log.info("Localytics audience %r import %s created in app %s", audience_name, activity_id, app_id)
         return activity_id
 
     def replace_audience(self, audience_list_id: str | int, *, app_id: str, file: Any) -> str:
         """Replace an audience list's members with a file's customer ids; return the activity id."""
         _require(audience_list_id=audience_list_id, app_id=app_id)
-        with _open_binary(file) as (name, handle):
-            response = self.request(
-                "PUT", f"imports/audiences/list/{_segment(audience_list_id)}", route="audiences",
-                data={"app_id": str(app_id), "identifier_type": "customer_id",
-                      "audience_list_id": str(audience_list_id)},
-                files={"file": (name, handle, "application/json")},
-            )
-        activity_id = _activity_id(response)
+        activity_id = self._send_file("PUT", f"imports/audiences/list/{_segment(audience_list_id)}", file,
+                                      route="audiences", data={"app_id": str(app_id), "identifier_type": "customer_id",
+                                                               "audience_list_id": str(audience_list_id)})
         self.log.info("Localytics audience list %s replacement %s created", audience_list_id, activity_id)
         return activity_id
 
     def rename_audience(self, audience_list_id: str | int, name: str) -> dict[str, Any]:
         _require(audience_list_id=audience_list_id, name=name)
-        response = self.request("PUT", f"imports/audiences/list/{_segment(audience_list_id)}/name",
-                                route="audiences", params={"name": name})
-        return _json_or_empty(response)
+        return self.call(Call("PUT", f"imports/audiences/list/{_segment(audience_list_id)}/name", _json_or_empty,
+                              route="audiences", params={"name": name}))
 
     def delete_audience(self, audience_list_id: str | int) -> dict[str, Any]:
         _require(audience_list_id=audience_list_id)
-        response = self.request("DELETE", f"imports/audiences/list/{_segment(audience_list_id)}", route="audiences")
-        return _json_or_empty(response)
+        return self.call(Call("DELETE", f"imports/audiences/list/{_segment(audience_list_id)}", _json_or_empty,
+                              route="audiences"))
 
     def list_audiences(self, app_id: str) -> list[dict[str, Any]]:
         _require(app_id=app_id)
@@ -192,69 +178,25 @@ class LocalyticsHook(ProfilesHook):
         matches = [a for a in self.list_audiences(app_id) if a.get("name") == name]
         return max(matches, key=lambda a: str(a.get("updated_at") or ""), default=None)
 
-    def get_audience_import_status(self, activity_id: str) -> dict[str, Any]:
-        response = self.request("GET", f"imports/audiences/list/status/{_segment(activity_id)}", route="audiences")
-        return _normalized(response.json())
+    def audience_status_call(self, activity_id: str) -> Call:
+        return Call("GET", f"imports/audiences/list/status/{_segment(activity_id)}", _status_body, route="audiences")
 
-    async def aget_audience_import_status(self, activity_id: str) -> dict[str, Any]:
-        response = await self.arequest("GET", f"imports/audiences/list/status/{_segment(activity_id)}",
-                                       route="audiences")
-        return _normalized(response.json())
+    def get_audience_import_status(self, activity_id: str) -> dict[str, Any]:
+        return self.call(self.audience_status_call(activity_id))
 
     # job protocol ---------------------------------------------------------------------------------
-    def job_status(self, *, kind: str, activity_id: str, **_: Any) -> JobStatus:
+    def job_status_call(self, *, kind: str, activity_id: str, **_: Any) -> Generator[Call, Any, JobStatus]:
         _check_kind(kind)
-        if kind == PROFILES:
-            body = self.get_profile_import_status(activity_id)
-            errors = self._first_errors(body, self.get_error_log)
-        else:
-            body, errors = self.get_audience_import_status(activity_id), []
-        return _job_status(kind, activity_id, body, errors)
-
-    async def ajob_status(self, *, kind: str, activity_id: str, **_: Any) -> JobStatus:
-        _check_kind(kind)
-        if kind == PROFILES:
-            body = await self.aget_profile_import_status(activity_id)
-            errors = []
-            if _wants_error_log(body):
-                errors = await self._afirst_errors(body)
-        else:
-            body, errors = await self.aget_audience_import_status(activity_id), []
-        return _job_status(kind, activity_id, body, errors)
-
-    def _first_errors(self, body: dict[str, Any], fetch: Any) -> list[Any]:
-        if not _wants_error_log(body):
-            return []
-        try:
-            return fetch(body["error_log"])
-        except VendorAPIError as error:  # the counts still tell the story; the log is a bonus
-            self.log.warning("could not read the error log: %s", error)
-            return [f"(error log unavailable: {error})"]
-
-    async def _afirst_errors(self, body: dict[str, Any]) -> list[Any]:
-        try:
-            return await self.aget_error_log(body["error_log"])
-        except VendorAPIError as error:
-            self.log.warning("could not read the error log: %s", error)
-            return [f"(error log unavailable: {error})"]
-
-    # waiting on the hourly upload limit -------------------------------------------------------------
-    def _wait_for_slot(self, what: str, call: Any) -> Any:
-        """Run ``call``; while the vendor answers 429 past the retry policy, wait its Retry-After and retry."""
-        self.connection  # noqa: B018  (extras)
-        deadline = time.monotonic() + float(self.extras.get("upload_max_wait", DEFAULT_UPLOAD_MAX_WAIT))
-        while True:
+        if kind == AUDIENCES:
+            return _job_status(kind, activity_id, (yield self.audience_status_call(activity_id)), [])
+        body, errors = (yield self.profile_status_call(activity_id)), []
+        if _wants_error_log(body):
             try:
-                return call()
-            except VendorRateLimitError as error:
-                wait = error.retry_after if error.retry_after is not None else 60.0
-                if time.monotonic() + wait > deadline:
-                    raise
-                self.log.info("Localytics %s limit reached; waiting %.0fs for a slot", what, wait)
-                time.sleep(wait)
-
-
-# --- helpers ----------------------------------------------------------------------------------------
+                errors = yield self.error_log_call(body["error_log"])
+            except VendorAPIError as error:  # the counts still tell the story; the log is a bonus
+                self.log.warning("could not read the error log: %s", error)
+                errors = [f"(error log unavailable: {error})"]
+        return _job_status(kind, activity_id, body, errors)
 
     # --- erasure through the Profile API (help.uplandsoftware.com/localytics/dev/profile-api.html) --
     def profile_api_base_url(self) -> str:
@@ -280,6 +222,9 @@ class LocalyticsHook(ProfilesHook):
         scope = f"apps/{_segment(app_id)}/" if app_id else ""
         url = f"{self.profile_api_base_url()}/{scope}profiles/{_segment(customer_id)}"
         return self.delete_if_exists(url, route="profile_api")
+
+
+# --- helpers ----------------------------------------------------------------------------------------
 
 
 def _check_kind(kind: str) -> None:
@@ -315,6 +260,10 @@ def _to_int(value: Any) -> Any:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
     return value
+
+
+def _status_body(response: Any) -> dict[str, Any]:
+    return _normalized(response.json())
 
 
 def _normalized(body: Any) -> dict[str, Any]:
@@ -417,21 +366,6 @@ def _job_status(kind: str, activity_id: str, body: dict[str, Any], errors: list[
 def _short(entry: Any) -> str:
     text = entry if isinstance(entry, str) else json.dumps(entry, ensure_ascii=False)
     return text if len(text) <= 300 else text[:297] + "..."
-
-
-@contextmanager
-def _open_binary(file: Any):
-    """(file name, binary handle) for a local path, an ``ObjectStoragePath`` or URL string, or an open file."""
-    if hasattr(file, "read"):
-        yield os.path.basename(getattr(file, "name", "") or "upload.json"), file
-        return
-    file = as_storage_path(file)
-    name = getattr(file, "name", None) or os.path.basename(str(file))
-    handle: BinaryIO = open_binary(file)
-    try:
-        yield name, handle
-    finally:
-        handle.close()
 
 
 __all__ = ["AUDIENCES", "KINDS", "PROFILES", "LocalyticsHook", "statistics"]

@@ -2,19 +2,18 @@
 
 Connection: password = API token (sent as ``Authorization: <token>``), extra ``datamart_id`` = the
 default datamart; host only to point elsewhere (an emulator). Every response's ``{"status": "ok",
-"data": ...}`` envelope is unwrapped in ``call``; list calls are iterators over ``first_result`` /
+"data": ...}`` envelope is unwrapped by ``parse_response``; list calls are iterators over ``first_result`` /
 ``max_results`` pages.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
-from collections.abc import Iterable, Iterator
-from typing import IO, Any
+from collections.abc import Generator, Iterator
+from typing import Any
 
 from airflow_provider_profiles.hooks.base import (
+    Call,
     JobNotCancellable,
     JobState,
     JobStatus,
@@ -22,7 +21,7 @@ from airflow_provider_profiles.hooks.base import (
     VendorAPIError,
     VendorValidationError,
 )
-from airflow_provider_profiles.storage import as_storage_path, open_binary
+from airflow_provider_profiles.storage import open_upload
 from airflow_provider_profiles.vendors import VENDORS
 
 # The documented 100 MB per file (vendors.py cites it) is a recommendation for performance: the split
@@ -70,25 +69,20 @@ class MediarithmicsHook(ProfilesHook):
             return f"{message} (error_id {payload['error_id']})" if payload.get("error_id") else str(message)
         return super().error_message(payload, text)
 
-    def _unwrap(self, body: Any, method: str, path: str) -> dict[str, Any]:
+    def _body(self, response: Any, method: str, path: str) -> dict[str, Any]:
+        """The ``{"status": "ok", ...}`` envelope; anything else is an error naming what came."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = f"a non-JSON body: {response.text[:200]!r}"
         if not isinstance(body, dict) or body.get("status") != "ok":
             message = self.error_message(body, "") if isinstance(body, dict) else f"unexpected response: {str(body)[:300]}"
             raise VendorAPIError(message, method=method, path=path, payload=body, vendor=self.hook_name)
         return body
 
-    def _body(self, response: Any, method: str, path: str) -> dict[str, Any]:
-        try:
-            body = response.json()
-        except ValueError:
-            body = f"a non-JSON body: {response.text[:200]!r}"
-        return self._unwrap(body, method, path)
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        """One API call; returns the envelope's ``data``."""
-        return self._body(self.request(method, path, **kwargs), method, path)["data"]
-
-    async def acall(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._body(await self.arequest(method, path, **kwargs), method, path)["data"]
+    def parse_response(self, response: Any, call: Call) -> Any:
+        """A declared call's result: the envelope's ``data``."""
+        return self._body(response, call.method, call.path)["data"]
 
     def paginate(self, path: str, page_size: int = 100, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """Every item of a list call, fetching ``page_size`` at a time."""
@@ -137,19 +131,19 @@ class MediarithmicsHook(ProfilesHook):
         body = {"document_type": document_type, "mime_type": mime_type, "encoding": encoding, "name": name}
         if priority:
             body["priority"] = priority
-        return self.call("POST", self._imports_path(datamart_id), json=body)
+        return self.call(Call("POST", self._imports_path(datamart_id), json=body))
 
     def list_document_imports(self, datamart_id: str | int | None = None, page_size: int = 100) -> Iterator[dict[str, Any]]:
         return self.paginate(self._imports_path(datamart_id), page_size)
 
     def get_document_import(self, document_import_id: str | int, datamart_id: str | int | None = None) -> dict[str, Any]:
-        return self.call("GET", self._imports_path(datamart_id, document_import_id))
+        return self.call(Call("GET", self._imports_path(datamart_id, document_import_id)))
 
     def update_document_import(self, document_import_id: str | int, datamart_id: str | int | None = None, **fields: Any) -> dict[str, Any]:
-        return self.call("PUT", self._imports_path(datamart_id, document_import_id), json=fields)
+        return self.call(Call("PUT", self._imports_path(datamart_id, document_import_id), json=fields))
 
     def delete_document_import(self, document_import_id: str | int, datamart_id: str | int | None = None) -> Any:
-        return self.call("DELETE", self._imports_path(datamart_id, document_import_id))
+        return self.call(Call("DELETE", self._imports_path(datamart_id, document_import_id)))
 
     # --- executions ---------------------------------------------------------------------------
     def create_execution(
@@ -167,7 +161,8 @@ class MediarithmicsHook(ProfilesHook):
         ``content_type`` defaults to the document import's mime type. A file over the documented
         recommendation (100 MB) is sent with a warning; ``max_file_bytes`` sets a hard limit of your own."""
         path = self._executions_path(datamart_id, document_import_id)
-        with _open_body(file) as (body, size, label):
+        with open_upload(file) as upload:
+            body, size, label = upload.body, upload.size, upload.label
             if max_file_bytes is not None and size is not None and size > max_file_bytes:
                 raise FileTooLarge(
                     f"{label} is {size / 1e6:.1f} MB, over max_file_bytes={max_file_bytes}: split it into "
@@ -182,36 +177,21 @@ class MediarithmicsHook(ProfilesHook):
                 mime_type = self.get_document_import(document_import_id, datamart_id)["mime_type"]
                 content_type = CONTENT_TYPES[mime_type]
             # a generator cannot be rewound, so the base never retries it; a POST is not retried on 5xx either
-            return self.call("POST", path, data=body, headers={"Content-Type": content_type}, idempotent=False)
+            return self.call(Call("POST", path, data=body, headers={"Content-Type": content_type}, idempotent=False))
 
     def list_executions(self, document_import_id: str | int, datamart_id: str | int | None = None, page_size: int = 100) -> Iterator[dict[str, Any]]:
         return self.paginate(self._executions_path(datamart_id, document_import_id), page_size)
 
+    def execution_call(self, document_import_id: Any, execution_id: Any, datamart_id: Any = None) -> Call:
+        return Call("GET", self._executions_path(datamart_id, document_import_id, execution_id))
+
     def get_execution(self, document_import_id: str | int, execution_id: str | int, datamart_id: str | int | None = None) -> dict[str, Any]:
-        return self.call("GET", self._executions_path(datamart_id, document_import_id, execution_id))
+        return self.call(self.execution_call(document_import_id, execution_id, datamart_id))
 
-    async def aget_execution(self, document_import_id: Any, execution_id: Any, datamart_id: Any = None) -> dict[str, Any]:
-        await self.aconnection()  # datamart() may read the connection's extra
-        return await self.acall("GET", self._executions_path(datamart_id, document_import_id, execution_id))
-
-    def cancel_execution(self, document_import_id: str | int, execution_id: str | int, datamart_id: str | int | None = None) -> dict[str, Any]:
+    def cancel_execution(self, document_import_id: Any, execution_id: Any, datamart_id: Any = None) -> dict[str, Any]:
         """Cancel a PENDING execution; ``JobNotCancellable`` naming its status otherwise."""
-        execution = self.get_execution(document_import_id, execution_id, datamart_id)
-        _check_cancellable(execution)
-        path = self._executions_path(datamart_id, document_import_id, execution_id) + "/action"
-        try:
-            return self.call("POST", path, json={"action": "CANCEL"}, idempotent=False)
-        except VendorValidationError as error:  # it left PENDING between our two calls
-            raise JobNotCancellable(f"execution {execution_id} could not be canceled: {error.vendor_message}") from None
-
-    async def acancel_execution(self, document_import_id: Any, execution_id: Any, datamart_id: Any = None) -> dict[str, Any]:
-        execution = await self.aget_execution(document_import_id, execution_id, datamart_id)
-        _check_cancellable(execution)
-        path = self._executions_path(datamart_id, document_import_id, execution_id) + "/action"
-        try:
-            return await self.acall("POST", path, json={"action": "CANCEL"}, idempotent=False)
-        except VendorValidationError as error:
-            raise JobNotCancellable(f"execution {execution_id} could not be canceled: {error.vendor_message}") from None
+        return self.call(self.cancel_job_call(datamart_id=datamart_id, document_import_id=document_import_id,
+                                              execution_id=execution_id))
 
     def error_lines(self, error_file_uri: str, limit: int = 20) -> list[str]:
         """The first ``limit`` lines of an execution's error file (``result.error_file_uri``)."""
@@ -229,11 +209,20 @@ class MediarithmicsHook(ProfilesHook):
         return lines
 
     # --- job protocol (operator, sensor, trigger) ---------------------------------------------
-    def job_status(self, *, datamart_id: Any, document_import_id: Any, execution_id: Any) -> JobStatus:
-        return self._bounded(execution_status(self.get_execution(document_import_id, execution_id, datamart_id)))
+    def job_status_call(self, *, datamart_id: Any, document_import_id: Any,
+                        execution_id: Any) -> Generator[Call, Any, JobStatus]:
+        execution = yield self.execution_call(document_import_id, execution_id, datamart_id)
+        return self._bounded(execution_status(execution))
 
-    async def ajob_status(self, *, datamart_id: Any, document_import_id: Any, execution_id: Any) -> JobStatus:
-        return self._bounded(execution_status(await self.aget_execution(document_import_id, execution_id, datamart_id)))
+    def cancel_job_call(self, *, datamart_id: Any, document_import_id: Any,
+                        execution_id: Any) -> Generator[Call, Any, Any]:
+        execution = yield self.execution_call(document_import_id, execution_id, datamart_id)
+        _check_cancellable(execution)
+        path = self._executions_path(datamart_id, document_import_id, execution_id) + "/action"
+        try:
+            return (yield Call("POST", path, json={"action": "CANCEL"}, idempotent=False))
+        except VendorValidationError as error:  # it left PENDING between our two calls
+            raise JobNotCancellable(f"execution {execution_id} could not be canceled: {error.vendor_message}") from None
 
     def _bounded(self, status: JobStatus) -> JobStatus:
         """A status we do not know is waited on for ``unknown_status_timeout`` seconds (connection extra,
@@ -252,13 +241,6 @@ class MediarithmicsHook(ProfilesHook):
             f"execution {key} has the status {status.vendor_status!r}, unknown to this provider, for over "
             f"unknown_status_timeout={limit:g}s: check it in the navigator",
         )
-
-    def cancel_job(self, *, datamart_id: Any, document_import_id: Any, execution_id: Any) -> None:
-        self.cancel_execution(document_import_id, execution_id, datamart_id)
-
-    async def acancel_job(self, *, datamart_id: Any, document_import_id: Any, execution_id: Any) -> None:
-        await self.acancel_execution(document_import_id, execution_id, datamart_id)
-
 
 def execution_status(execution: dict[str, Any]) -> JobStatus:
     """An execution mapped to the job protocol: PENDING/RUNNING run, SUCCEEDED/SUCCESS succeed,
@@ -283,32 +265,3 @@ def _check_cancellable(execution: dict[str, Any]) -> None:
             f"execution {execution.get('id')} is {execution.get('status')}: mediarithmics cancels only PENDING executions"
         )
 
-
-@contextlib.contextmanager
-def _open_body(file: Any) -> Iterator[tuple[Any, int | None, str]]:
-    """(body for requests, size in bytes if known, label for messages); paths are opened and closed here."""
-    if isinstance(file, (bytes, bytearray)):
-        yield bytes(file), len(file), "the upload"
-        return
-    if isinstance(file, (str, os.PathLike)) or hasattr(file, "protocol"):
-        location = as_storage_path(file)
-        with open_binary(location) as handle:
-            yield handle, location.stat().st_size, str(file)
-        return
-    if hasattr(file, "read"):
-        yield file, _remaining(file), getattr(file, "name", "the upload")
-        return
-    if isinstance(file, Iterable):
-        yield iter(file), None, "the upload"  # sent chunked; the server enforces the limit
-        return
-    raise TypeError(f"cannot upload a {type(file).__name__}: give a path, a URI, a binary file or bytes chunks")
-
-
-def _remaining(handle: IO[bytes]) -> int | None:
-    try:
-        start = handle.tell()
-        end = handle.seek(0, os.SEEK_END)
-        handle.seek(start)
-        return end - start
-    except (AttributeError, OSError, ValueError):
-        return None

@@ -36,9 +36,10 @@ from airflow_provider_profiles.prepare.lines import LinesOutOfStep, RecordLines
 from airflow_provider_profiles.prepare import sql
 from airflow_provider_profiles.prepare.source import open_source
 from airflow_provider_profiles.hooks.base import (
+    CapacityWait,
+    SharedPause,
     VendorAPIError,
     VendorAuthError,
-    VendorRateLimitError,
 )
 from airflow_provider_profiles.hooks.gainsight_px import GainsightPXHook, Outcome, RequestBudgetExhausted
 from airflow_provider_profiles.storage import (
@@ -55,9 +56,10 @@ SUMMARY_KEYS = ("rows_read", "updated", "inserted", "unchanged_or_skipped", "rej
 READ_BATCH_ROWS = 10_000  # small batches: the pool sends ~200 rows/s, there is no gain in reading ahead
 DATAFRAME_BATCH_ROWS = 10_000
 MAX_LOGGED_REJECTS = 100  # a bad file must not flood the task log; the rejects file has them all
-# A row still rate-limited after the shared retry policy gets more rounds of it. Between rounds the
-# whole pool pauses (0.5, 1, 2, 4 s at least), so a 429 storm makes the loader wait, not lose rows.
-RATE_LIMITED_ROUNDS = 5
+# A row still rate-limited after the shared retry policy keeps trying for up to RATE_LIMITED_WAIT
+# seconds from its first send. Between tries the whole pool pauses (0.5, 1, 2, 4... s at least), so a
+# 429 storm makes the loader wait, not lose rows.
+RATE_LIMITED_WAIT = 60.0
 RATE_LIMITED_PAUSE = 0.5
 
 
@@ -385,8 +387,7 @@ class _LoadRun:
         self.rejects: RejectsFile | None = None
         self.started = time.monotonic()
         self._last_progress = self.started
-        self._pause_until = 0.0  # monotonic time before which no thread sends (after a 429 storm)
-        self._pause_lock = threading.Lock()
+        self._pause = SharedPause()  # no thread sends before its end (after a 429 storm)
         self._auth_error = ""
         self._budget_reached = False
 
@@ -455,24 +456,16 @@ class _LoadRun:
 
     # --- sending ------------------------------------------------------------------------------------
     def _send_one(self, record: dict[str, Any]) -> Outcome:
-        for round_ in range(1, RATE_LIMITED_ROUNDS + 1):
-            pause = self._pause_until - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-            try:
-                if self.format.entity == "CUSTOM_EVENT":
-                    self.hook.create_custom_event(record)
-                    return Outcome.INSERTED
-                return self.hook.upsert(self.format.entity, record, self.operator.insert_missing)
-            except VendorRateLimitError as error:
-                if round_ == RATE_LIMITED_ROUNDS:
-                    raise
-                wait = max(error.retry_after or 0.0, RATE_LIMITED_PAUSE * 2.0 ** (round_ - 1))
-                with self._pause_lock:
-                    self._pause_until = max(self._pause_until, time.monotonic() + wait)
-                self.log.warning("still rate-limited after %d attempts; pausing all requests for %.1fs",
-                                 error.attempts, wait)
-        raise AssertionError("unreachable")
+        def send() -> Outcome:
+            if self.format.entity == "CUSTOM_EVENT":
+                self.hook.create_custom_event(record)
+                return Outcome.INSERTED
+            return self.hook.upsert(self.format.entity, record, self.operator.insert_missing)
+
+        policy = self.hook.policy
+        room = CapacityWait("room under the rate limit", policy.clock() + RATE_LIMITED_WAIT,
+                            interval=RATE_LIMITED_PAUSE, backoff=2.0, pause=self._pause)
+        return policy.wait_for_capacity(send, self.log, room)
 
     def send(self) -> None:
         self.hook.connection  # noqa: B018  (load and mask once, before the threads start)

@@ -76,7 +76,7 @@ def test_hooks_and_triggers_of_one_connection_share_one_token(apsis, tmp_path):
     async def many_triggers():
         hooks = [ApsisOneHook() for _ in range(5)]
         try:
-            await asyncio.gather(*(hook.aget_import_status(SECTION, "nope") for hook in hooks), return_exceptions=True)
+            await asyncio.gather(*(hook.acall(hook.import_status_call(SECTION, "nope")) for hook in hooks), return_exceptions=True)
         finally:
             for hook in hooks:
                 await hook.aclose()

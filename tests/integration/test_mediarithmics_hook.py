@@ -10,6 +10,7 @@ import time
 import pytest
 
 from airflow_provider_profiles.hooks.base import (
+    Call,
     JobNotCancellable,
     JobState,
     VendorAPIError,
@@ -89,8 +90,8 @@ def test_csv_is_refused_for_other_types_by_hook_and_platform(mics):
         hook.create_document_import("USER_PROFILE", "TEXT_CSV", "x")
     # the emulator refuses it too (a hook bypassing the check gets a clear 400)
     with pytest.raises(VendorValidationError, match="TEXT_CSV is only allowed for USER_SEGMENT"):
-        hook.call("POST", "/datamarts/1000/document_imports",
-                  json={"document_type": "USER_ACTIVITY", "mime_type": "TEXT_CSV", "encoding": "utf-8", "name": "x"})
+        hook.call(Call("POST", "/datamarts/1000/document_imports",
+                       json={"document_type": "USER_ACTIVITY", "mime_type": "TEXT_CSV", "encoding": "utf-8", "name": "x"}))
 
 
 def test_wrong_token_is_an_auth_error_that_never_shows_the_token(emulator, airflow_connection):
@@ -184,8 +185,8 @@ def test_platform_refuses_cancel_after_pending(mics):
     import_id = hook.create_document_import("USER_PROFILE", "APPLICATION_X_NDJSON", "CRM")["id"]
     execution = hook.create_execution(import_id, PROFILE_LINE)
     with pytest.raises(VendorValidationError, match="only a PENDING execution can be canceled"):
-        hook.call("POST", f"/datamarts/1000/document_imports/{import_id}/executions/{execution['id']}/action",
-                  json={"action": "CANCEL"})
+        hook.call(Call("POST", f"/datamarts/1000/document_imports/{import_id}/executions/{execution['id']}/action",
+                       json={"action": "CANCEL"}))
 
 
 def test_async_status_and_cancel(mics):

@@ -19,6 +19,7 @@ from airflow_provider_profiles.hooks.apsis_one import (
     read_header,
 )
 from airflow_provider_profiles.hooks.base import JobState
+from airflow_provider_profiles.storage import open_upload
 
 
 def spec(**overrides) -> ImportSpec:
@@ -126,22 +127,22 @@ def test_multipart_stream_has_every_field_then_the_file(tmp_path):
     content = b"email\n" + b"".join(f"user{i}@example.com\n".encode() for i in range(50_000))
     data.write_bytes(content)
     fields = {"key": "1/abc.csv", "policy": "cG9saWN5", "content-type": "text/csv", "x-amz-signature": "ff"}
-    stream = MultipartFileStream(fields, data, filename="p.csv")
-    stream.chunk_size = 4096  # the file is read in pieces
-    total = len(stream)
-    parts = parse_multipart(stream)
-    assert [p[0] for p in parts] == ["key", "policy", "content-type", "x-amz-signature", "file"]
-    assert parts[-1][1] == "p.csv" and parts[-1][2] == content
-    assert stream.tell() == total
-    stream.seek(0)  # a retry resends the whole body
-    chunks = iter(lambda: stream.read(8192), b"")
-    assert sum(len(c) for c in chunks) == total
-    stream.close()
+    with open_upload(data) as upload:
+        stream = MultipartFileStream(fields, upload)
+        stream.chunk_size = 4096  # the file is read in pieces
+        total = len(stream)
+        parts = parse_multipart(stream)
+        assert [p[0] for p in parts] == ["key", "policy", "content-type", "x-amz-signature", "file"]
+        assert parts[-1][1] == "p.csv" and parts[-1][2] == content
+        assert stream.tell() == total
+        stream.seek(0)  # a retry resends the whole body
+        chunks = iter(lambda: stream.read(8192), b"")
+        assert sum(len(c) for c in chunks) == total
 
 
 def test_multipart_stream_only_rewinds():
     stream = MultipartFileStream.__new__(MultipartFileStream)
-    stream._position, stream._length, stream._handle = 5, 10, None
+    stream._position, stream._length = 5, 10
     with pytest.raises(io.UnsupportedOperation):
         stream.seek(3)
 
