@@ -14,11 +14,13 @@ check and how to clear the intent.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
 import time
 from functools import cached_property
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from airflow.providers.common.compat.sdk import (
@@ -183,6 +185,10 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
 
     def execute(self, context: Any) -> Any:
         self._context = context
+        with _ledger_settled_on_error(context, self.log):
+            return self._execute(context)
+
+    def _execute(self, context: Any) -> Any:
         job = self._reattach(context) or self._submit(context)
         if not self.wait_for_completion:
             _ledger_clear(context)  # created and handed over: this task is done with it
@@ -202,7 +208,8 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         self._context = context
         self._job = event["job"]
-        return self._finish(context, self._job, self.status_from_trigger(self._job, event))
+        with _ledger_settled_on_error(context, self.log):
+            return self._finish(context, self._job, self.status_from_trigger(self._job, event))
 
     def on_kill(self) -> None:
         if self._job is not None and self.cancel(self._job) and self._context is not None:
@@ -328,3 +335,25 @@ def _ledger_clear(context: Any) -> None:
 def _last_try(context: Any) -> bool:
     ti = context["ti"]
     return ti.try_number > getattr(ti, "max_tries", 0)
+
+
+@contextlib.contextmanager
+def _ledger_settled_on_error(context: Any, log: Any) -> Iterator[None]:
+    """A try that fails for good removes its ledger entry: no retry will reattach to it.
+
+    It stays while a retry follows (the retry reattaches to the job, or checks the intent), and when
+    it records a creating request whose answer was lost (an intent, no job): then it is what makes
+    a cleared task check before sending again, and the log names it. Deferral is not a failure.
+    """
+    try:
+        yield
+    except (Exception, AirflowTaskTimeout) as error:
+        if isinstance(error, AirflowFailException) or _last_try(context):
+            entry = _ledger_get(context)
+            if entry is not None and "job" not in entry and "intent" in entry:
+                log.warning("kept the retry ledger %s: an earlier request's outcome is unknown (%s). Delete it "
+                            "(`airflow variables delete %s`) once you know whether it was created",
+                            _ledger_key(context), entry["intent"].get("action"), _ledger_key(context))
+            elif entry is not None:
+                _ledger_clear(context)
+        raise
