@@ -41,6 +41,7 @@ from airflow_provider_profiles.hooks.base import (
     VendorConnectionError,
     VendorServerError,
 )
+from airflow_provider_profiles.operators.result import records_result
 from airflow_provider_profiles.triggers.base import (
     FAILED,
     SUCCESS,
@@ -154,6 +155,11 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
         """The task's return value once the job succeeded (logged and pushed to XCom)."""
         return status.payload
 
+    def handed_over(self, job: dict[str, Any]) -> Any:
+        """The return value without waiting (``wait_for_completion=False``): the job's ids in ``details``;
+        the file went whole (nothing rejected or skipped here), and the vendor has counted nothing yet."""
+        return records_result(rejected=0, skipped=0, details={"job": job, "handed_over": True})
+
     def failed_ratio(self, status: JobStatus) -> float | None:
         """Failed records / all records as the vendor reports them, or None if it does not."""
         return None
@@ -192,7 +198,7 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
         job = self._reattach(context) or self._submit(context)
         if not self.wait_for_completion:
             _ledger_clear(context)  # created and handed over: this task is done with it
-            return job
+            return self.handed_over(job)
         status = self.hook.job_status(**job)  # it may already be done: no need to defer
         if not status.terminal:
             deadline = time.time() + self.job_timeout

@@ -23,6 +23,7 @@ from typing import Any
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseHook, BaseOperator
 
 from airflow_provider_profiles.writers import DEFAULT_MAX_BYTES, get_writer
+from airflow_provider_profiles.operators.result import results_of
 from airflow_provider_profiles.prepare.mapping import FieldMapping
 from airflow_provider_profiles.prepare.engine import PrepareResult, prepare
 from airflow_provider_profiles.prepare.split import split_file
@@ -312,22 +313,14 @@ class SplitFileOperator(BaseOperator):
         return chunks
 
 
-# What upload operators report as records the vendor did not take, by result key: Localytics and
-# Gainsight PX "failed", Apsis One "profiles_failed", mediarithmics "total_failure", and Gainsight
-# PX "rejected" (records its loader refused before sending).
-VENDOR_FAILURE_KEYS = ("failed", "profiles_failed", "total_failure", "rejected")
-
-
-def vendor_failures(results: Any) -> int:
-    """Records the upload results report as failed: ``results`` is one result dict, or the
-    results of several (mapped) upload tasks."""
-    if results is None:
-        return 0
-    if isinstance(results, dict):
-        return sum(int(results.get(key) or 0) for key in VENDOR_FAILURE_KEYS)
-    if isinstance(results, (str, bytes)):
-        raise TypeError(f"upload_results must be the upload tasks' results (dicts), got {results!r}")
-    return sum(vendor_failures(result) for result in results)
+def vendor_failures(results: Any) -> tuple[int, int]:
+    """(records not taken, records sent whose outcome no vendor reported) over the upload results:
+    one result of ``operators.result`` or the results of several (mapped) upload tasks. Not taken:
+    rejected before sending, or failed at the vendor."""
+    found = results_of(results, "upload_results")
+    not_taken = sum((result["rejected"] or 0) + (result["vendor_failed"] or 0) for result in found)
+    unreported = sum(result["sent"] or 0 for result in found if result["vendor_failed"] is None)
+    return not_taken, unreported
 
 
 class CommitSyncStateOperator(BaseOperator):
@@ -339,10 +332,10 @@ class CommitSyncStateOperator(BaseOperator):
     before the committed one's (a backfill; unless ``allow_older=True``). Running it again after it
     succeeded changes nothing.
 
-    :param upload_results: the upload tasks' results (e.g. ``upload.output``, mapped or not). When
-        they report records the vendor failed, the commit is refused: those rows would otherwise
-        count as sent and not be sent again until they change. ``accept_vendor_failures=True``
-        commits anyway.
+    :param upload_results: the upload tasks' results (e.g. ``upload.output``, mapped or not; the
+        shared result of ``operators.result``). When they report records rejected before sending or
+        failed at the vendor, the commit is refused: those rows would otherwise count as sent and
+        not be sent again until they change. ``accept_vendor_failures=True`` commits anyway.
     """
 
     template_fields: Sequence[str] = ("sync_state_path", "sync_run_key", "upload_results")
@@ -371,7 +364,9 @@ class CommitSyncStateOperator(BaseOperator):
 
     def execute(self, context) -> dict[str, Any]:
         state = SyncState(_storage_path(self.sync_state_path, self.storage_conn_id))
-        failures = vendor_failures(self.upload_results)
+        failures, unreported = vendor_failures(self.upload_results)
+        if unreported:
+            self.log.warning("the vendor reported no outcome for %d record(s) sent; they count as taken", unreported)
         try:
             if failures and not self.accept_vendor_failures:
                 reason = (
