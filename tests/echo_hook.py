@@ -111,3 +111,11 @@ class GoneWhileDeferredOperator(EchoJobOperator):
 
     def defer_to_trigger(self, job: dict[str, Any], deadline: float) -> None:
         super().defer_to_trigger({"job_id": f"{job['job_id']}-gone"}, deadline)
+
+
+class IntentEchoJobOperator(EchoJobOperator):
+    """Records what it is about to create before sending, as the vendor operators do."""
+
+    def submit(self, context: Any) -> dict[str, Any]:
+        self.record_intent(context, f"created an echo job of {self.duration}s")
+        return super().submit(context)

@@ -121,3 +121,22 @@ def test_a_failed_try_with_retries_left_keeps_the_ledger_for_the_retry(ledger_ou
     # Each task creates one job, the ones with a retry too: their second try found the first try's job
     # in the ledger (and failed on it) instead of creating another.
     assert emulator.counters["POST /jobs"] == 7
+
+
+def test_a_lost_create_answer_on_the_last_try_keeps_its_intent_and_names_it(airflow_db, capsys, monkeypatch):
+    """The job may exist: the entry is what makes a cleared task check before sending again, so it
+    stays, and the log says how to remove it."""
+    server = serve(create("echo", api_key=SECRET))
+    monkeypatch.setenv("AIRFLOW_CONN_ECHO_DEFAULT", json.dumps(
+        {"conn_type": "echo", "password": SECRET, "extra": {"base_url": server.url, "max_attempts": 1}}))
+    server.emulator.inject("drop_after", match="POST /jobs")  # created, then the answer is lost
+    try:
+        dag_run, states = run_dag_file(Path(__file__).parents[1] / "dags" / "echo_lost_answer.py")
+    finally:
+        server.stop()
+    assert states == {"lost_answer_on_last_try": "failed"}
+    assert ledger_variables("echo_lost_answer") == [ledger_key_of(dag_run, "lost_answer_on_last_try")]
+    assert f"airflow variables delete {ledger_key_of(dag_run, 'lost_answer_on_last_try')}" in capsys.readouterr().out
+    from airflow.models import Variable as VariableModel
+
+    VariableModel.delete(ledger_key_of(dag_run, "lost_answer_on_last_try"))  # the test leaves no state behind
