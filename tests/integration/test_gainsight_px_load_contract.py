@@ -99,6 +99,9 @@ def test_max_requests_stops_cleanly_and_reports_the_rows_not_sent(gpx, tmp_path)
     assert (summary["details"]["updated"], summary["rejected"], summary["skipped"], summary["vendor_failed"]) == \
         (4, 6, 0, 0)
     assert summary["details"]["over_budget"] == 6 and summary["sent"] == 4
+    from airflow_provider_profiles.operators.prepare import vendor_failures
+
+    assert vendor_failures(summary) == (6, 0)  # what CommitSyncStateOperator reads: it refuses the commit
     rejects = rejects_of(summary)
     assert sorted(rejects) == list(range(6, 12))
     assert all("max_requests" in row["reason"] for row in rejects.values())
