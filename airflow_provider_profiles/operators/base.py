@@ -19,8 +19,8 @@ import datetime
 import hashlib
 import json
 import time
-from functools import cached_property
 from collections.abc import Iterator
+from functools import cached_property
 from typing import Any, ClassVar
 
 from airflow.providers.common.compat.sdk import (

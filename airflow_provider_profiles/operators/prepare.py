@@ -314,13 +314,12 @@ class SplitFileOperator(BaseOperator):
 
 
 def vendor_failures(results: Any) -> tuple[int, int]:
-    """(records not taken, records sent whose outcome no vendor reported) over the upload results:
-    one result of ``operators.result`` or the results of several (mapped) upload tasks. Not taken:
-    rejected before sending, or failed at the vendor."""
+    """(records not taken, results without the vendor's outcome) over the upload results: one result
+    of ``operators.result`` or the results of several (mapped) upload tasks. Not taken: rejected
+    before sending, or failed at the vendor."""
     found = results_of(results, "upload_results")
     not_taken = sum((result["rejected"] or 0) + (result["vendor_failed"] or 0) for result in found)
-    unreported = sum(result["sent"] or 0 for result in found if result["vendor_failed"] is None)
-    return not_taken, unreported
+    return not_taken, sum(result["vendor_failed"] is None for result in found)
 
 
 class CommitSyncStateOperator(BaseOperator):
@@ -366,7 +365,8 @@ class CommitSyncStateOperator(BaseOperator):
         state = SyncState(_storage_path(self.sync_state_path, self.storage_conn_id))
         failures, unreported = vendor_failures(self.upload_results)
         if unreported:
-            self.log.warning("the vendor reported no outcome for %d record(s) sent; they count as taken", unreported)
+            self.log.warning("%d upload result(s) carry no vendor outcome (not reported, or handed over without "
+                             "waiting): their records count as taken", unreported)
         try:
             if failures and not self.accept_vendor_failures:
                 reason = (
