@@ -54,8 +54,9 @@ class ApsisOneProfileImportOperator(RemoteJobOperator):
     ``clear_existing_attributes`` and ``extra_spec``. The file's header is checked against it before
     any request. Creating the import waits for one of the account's 3 import slots, at most until
     ``execution_timeout`` (else ``job_timeout``). Returns the shared result (``operators.result``):
-    ``vendor_succeeded`` / ``vendor_failed`` are Apsis One's ``profiles_processed`` / ``profiles_failed``,
-    its raw counters and the import's ids in ``details``; an import that ends in ``error`` fails the task. Other arguments: see
+    Apsis One's ``profiles_processed`` / ``profiles_failed`` as ``vendor_succeeded`` /
+    ``vendor_failed``, its raw counters and the import's ids in ``details``; an import that ends in
+    ``error`` fails the task. Other arguments: see
     ``RemoteJobOperator`` (``conn_id``, ``wait_for_completion``, ``deferrable``, ``poll_interval``,
     ``job_timeout``, ``max_failed_ratio``).
     """

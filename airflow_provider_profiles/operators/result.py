@@ -93,6 +93,8 @@ def vendor_counts(total: int | None, succeeded: int | None, failed: int | None) 
     fixes the missing one."""
     if succeeded is not None and failed is not None:
         return {"sent": None, "vendor_succeeded": succeeded, "vendor_failed": failed}
+    if total is not None and (succeeded or 0) + (failed or 0) > total:
+        total = None  # the vendor's counters contradict each other: the total is not used to fill in
     return {"sent": total, "vendor_succeeded": succeeded, "vendor_failed": failed}
 
 
