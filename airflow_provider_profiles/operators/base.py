@@ -355,11 +355,18 @@ def _ledger_settled_on_error(context: Any, log: Any) -> Iterator[None]:
         yield
     except (Exception, AirflowTaskTimeout) as error:
         if isinstance(error, AirflowFailException) or _last_try(context):
-            entry = _ledger_get(context)
-            if entry is not None and "job" not in entry and "intent" in entry:
-                log.warning("kept the retry ledger %s: an earlier request's outcome is unknown (%s). Delete it "
-                            "(`airflow variables delete %s`) once you know whether it was created",
-                            _ledger_key(context), entry["intent"].get("action"), _ledger_key(context))
-            elif entry is not None:
-                _ledger_clear(context)
+            try:
+                _settle_ledger(context, log)
+            except Exception as ledger_error:  # the task's own error is the one to report
+                log.warning("could not remove the retry ledger %s: %s", _ledger_key(context), ledger_error)
         raise
+
+
+def _settle_ledger(context: Any, log: Any) -> None:
+    entry = _ledger_get(context)
+    if entry is not None and "job" not in entry and "intent" in entry:
+        log.warning("kept the retry ledger %s: an earlier request's outcome is unknown (%s). Delete it "
+                    "(`airflow variables delete %s`) once you know whether it was created",
+                    _ledger_key(context), entry["intent"].get("action"), _ledger_key(context))
+    elif entry is not None:
+        _ledger_clear(context)
