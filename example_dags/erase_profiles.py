@@ -5,7 +5,9 @@ The ids come from a CSV/NDJSON file (local path or object storage URL; ``ids_fil
 ``sql_conn_id`` is set, from two queries on that database (``user_ids_sql``: the CRM user id, which
 is the Gainsight PX identifyId, the Localytics customer id and the mediarithmics user account id;
 ``emails_sql``: the Apsis One email key). Each platform's task returns (or, when an id failed,
-fails and pushes to XCom ``erasure_report``) a report: ``read = erased + not_found + failed``.
+fails and pushes to XCom ``erasure_report``) the shared result of ``operators.result``: ids erased
+are ``vendor_succeeded``, ids the platform does not know ``skipped``, ids it failed ``vendor_failed``
+(with the reasons in ``details["failures"]``), and ``read = skipped + vendor_succeeded + vendor_failed``.
 
 - Gainsight PX: users deleted with ``hardDelete``.
 - Apsis One: profiles deleted from the email keyspace.
@@ -69,7 +71,7 @@ with DAG(
             report = ti.xcom_pull(task_ids=erasure.task_id) or ti.xcom_pull(task_ids=erasure.task_id,
                                                                             key="erasure_report")
             reports[erasure.task_id] = report or {"error": "the task failed before erasing (see its log)"}
-        print("erasure summary:", {vendor: {k: v for k, v in r.items() if not isinstance(v, list)}
+        print("erasure summary:", {vendor: {k: v for k, v in r.items() if k != "details"}
                                    for vendor, r in reports.items()})
         return reports
 

@@ -72,7 +72,7 @@ with DAG(
     wait_for_import = LocalyticsImportSensor(
         task_id="wait_for_import",
         kind="audiences",
-        activity_id="{{ ti.xcom_pull(task_ids='start_import')['activity_id'] }}",  # survives a retry's reattach
+        activity_id="{{ ti.xcom_pull(task_ids='start_import', key='activity_id') }}",  # survives a retry's reattach
         deferrable=True,
         poke_interval=10,
         timeout=3600,

@@ -92,12 +92,15 @@ with DAG(
     @task
     def report(prepared: dict, uploaded: list[dict]) -> dict:
         """Every input row is sent and imported, sent and failed, or rejected before sending."""
-        imported = sum(u["succeeded"] or 0 for u in uploaded)
-        failed = sum(u["failed"] or 0 for u in uploaded)
+        from airflow_provider_profiles.operators.result import results_of, total
+
+        uploaded = results_of(uploaded)  # the shared result of every upload task
+        imported, failed = total(uploaded, "vendor_succeeded"), total(uploaded, "vendor_failed")
         summary = {"read": prepared["read"], "rejected_before_upload": prepared["rejected"],
                    "sent": prepared["written"], "imported": imported, "failed_at_localytics": failed,
-                   "rejects_file": prepared["rejects"], "activity_ids": [u["activity_id"] for u in uploaded]}
-        if imported + failed != prepared["written"]:
+                   "rejects_file": prepared["rejects"],
+                   "activity_ids": [u["details"]["activity_id"] for u in uploaded]}
+        if imported is None or imported + failed != prepared["written"]:
             raise ValueError(f"Localytics counted {imported + failed} lines but {prepared['written']} were sent")
         print(summary)
         return summary

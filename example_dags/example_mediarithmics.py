@@ -89,13 +89,15 @@ with DAG(
     @task
     def report(prepared: dict, uploaded: list[dict]) -> dict:
         """Every input row is imported, failed at mediarithmics, or rejected before sending."""
-        imported = sum(u["total_success"] for u in uploaded)
-        failed = sum(u["total_failure"] for u in uploaded)
+        from airflow_provider_profiles.operators.result import results_of, total
+
+        uploaded = results_of(uploaded)  # the shared result of every upload task
+        imported, failed = total(uploaded, "vendor_succeeded"), total(uploaded, "vendor_failed")
         summary = {"read": prepared["read"], "rejected_before_upload": prepared["rejected"], "sent": prepared["written"],
                    "imported": imported, "failed_at_mediarithmics": failed, "rejects_file": prepared["rejects"],
-                   "executions": [u["execution_id"] for u in uploaded],
-                   "error_files": [u["error_file_uri"] for u in uploaded if u["error_file_uri"]]}
-        if imported + failed != prepared["written"]:
+                   "executions": [u["details"]["execution_id"] for u in uploaded],
+                   "error_files": [u["details"]["error_file_uri"] for u in uploaded if u["details"]["error_file_uri"]]}
+        if imported is None or imported + failed != prepared["written"]:
             raise ValueError(f"mediarithmics counted {imported + failed} lines, {prepared['written']} were sent: {summary}")
         print(summary)
         return summary

@@ -152,32 +152,37 @@ with DAG(
     localytics_prepared >> localytics_imported
 
     @task
-    def report(gpx_prep: dict, gpx: dict, apsis_prep: dict, apsis: list[dict], loc_prep: dict, loc: dict,
-               mics_prep: dict, mics: list[dict]) -> dict:
-        """Per vendor: rows read, rejected before sending, sent, and what the vendor says of them."""
-        summary = {
-            "gainsight_px": {"read": gpx_prep["read"], "rejected_before_send": gpx_prep["rejected"] + gpx["rejected"],
-                             "sent": gpx["rows_read"] - gpx["rejected"],
-                             "vendor_succeeded": gpx["inserted"] + gpx["updated"], "vendor_failed": gpx["failed"],
-                             "vendor_skipped": gpx["unchanged_or_skipped"]},
-            "apsis_one": {"read": apsis_prep["read"], "rejected_before_send": apsis_prep["rejected"],
-                          "sent": apsis_prep["written"],
-                          "vendor_succeeded": sum(a["profiles_processed"] for a in apsis),
-                          "vendor_failed": sum(a["profiles_failed"] for a in apsis)},
-            "localytics": {"read": loc_prep["read"], "rejected_before_send": loc_prep["rejected"],
-                           "sent": loc_prep["written"], "vendor_succeeded": loc["succeeded"],
-                           "vendor_failed": loc["failed"]},
-            "mediarithmics": {"read": mics_prep["read"], "rejected_before_send": mics_prep["rejected"],
-                              "sent": mics_prep["written"],
-                              "vendor_succeeded": sum(m["total_success"] for m in mics),
-                              "vendor_failed": sum(m["total_failure"] for m in mics)},
-        }
-        for vendor, counts in summary.items():
-            answered = counts["vendor_succeeded"] + counts["vendor_failed"] + counts.get("vendor_skipped", 0)
-            if counts["read"] != counts["sent"] + counts["rejected_before_send"] or counts["sent"] != answered:
-                raise ValueError(f"{vendor}: counts do not reconcile: {counts}")
+    def report(prepared: dict, uploaded: dict) -> dict:
+        """Per vendor: rows read, rejected before sending, unchanged, sent, and what the vendor says of
+        them. Every upload, load or erase task returns the same result (``operators.result``), so
+        this is one code path for every vendor."""
+        from airflow_provider_profiles.operators.result import results_of, total
+
+        summary = {}
+        for vendor, prep in prepared.items():
+            results = results_of(uploaded[vendor], vendor)  # one result, or one per mapped chunk
+            counts = {
+                "read": prep["read"],
+                "rejected": prep["rejected"] + total(results, "rejected"),
+                "skipped": prep["unchanged"] + total(results, "skipped"),
+                "sent": total(results, "sent"),
+                "vendor_succeeded": total(results, "vendor_succeeded"),
+                "vendor_failed": total(results, "vendor_failed"),
+            }
+            # what the prepare task wrote is what its upload tasks read (for a file: the vendor counted)
+            handed_on = total(results, "read")
+            if handed_on != prep["written"] or \
+                    counts["read"] != counts["rejected"] + counts["skipped"] + counts["sent"] or \
+                    counts["sent"] != counts["vendor_succeeded"] + counts["vendor_failed"]:
+                raise ValueError(f"{vendor}: counts do not reconcile ({prep['written']} written, {handed_on} "
+                                 f"read by the uploads): {counts}")
             print(f"{vendor:<14} {counts}")
+            summary[vendor] = counts
         return summary
 
-    report(gpx_prepared.output, gpx_loaded.output, apsis_prepared.output, apsis_imported.output,
-           localytics_prepared.output, localytics_imported.output, mics_prepared.output, mics_uploaded.output)
+    report(
+        prepared={"gainsight_px": gpx_prepared.output, "apsis_one": apsis_prepared.output,
+                  "localytics": localytics_prepared.output, "mediarithmics": mics_prepared.output},
+        uploaded={"gainsight_px": gpx_loaded.output, "apsis_one": apsis_imported.output,
+                  "localytics": localytics_imported.output, "mediarithmics": mics_uploaded.output},
+    )

@@ -88,3 +88,28 @@ class CrashAfterSubmitOperator(EchoJobOperator):
     def execute(self, context):
         self._ti_try_number = context["ti"].try_number
         return super().execute(context)
+
+
+class JobGoneOperator(EchoJobOperator):
+    """Creates its job, then finds the vendor no longer knows it (404 on every status check), as when
+    a vendor purges a job: the task fails with the job's ids in its retry ledger."""
+
+    def submit(self, context: Any) -> dict[str, Any]:
+        job = super().submit(context)
+        return {"job_id": f"{job['job_id']}-gone"}
+
+
+class GoneWhileDeferredOperator(EchoJobOperator):
+    """Defers on a running job whose status the trigger then cannot read (404): the trigger yields an
+    error event and ``execute_complete`` raises."""
+
+    def defer_to_trigger(self, job: dict[str, Any], deadline: float) -> None:
+        super().defer_to_trigger({"job_id": f"{job['job_id']}-gone"}, deadline)
+
+
+class IntentEchoJobOperator(EchoJobOperator):
+    """Records what it is about to create before sending, as the vendor operators do."""
+
+    def submit(self, context: Any) -> dict[str, Any]:
+        self.record_intent(context, f"created an echo job of {self.duration}s")
+        return super().submit(context)

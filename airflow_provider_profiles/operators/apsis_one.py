@@ -21,6 +21,7 @@ from airflow_provider_profiles.hooks.base import (
     VendorServerError,
 )
 from airflow_provider_profiles.operators.base import RemoteJobOperator
+from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
 from airflow_provider_profiles.storage import as_storage_path
 from airflow_provider_profiles.triggers.apsis_one import ApsisOneImportTrigger
 from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
@@ -52,8 +53,10 @@ class ApsisOneProfileImportOperator(RemoteJobOperator):
     ``consents`` (dicts of ``ConsentMapping`` fields), ``merge_profiles``, ``update_existing_profiles``,
     ``clear_existing_attributes`` and ``extra_spec``. The file's header is checked against it before
     any request. Creating the import waits for one of the account's 3 import slots, at most until
-    ``execution_timeout`` (else ``job_timeout``). Returns ``{profiles_found, profiles_processed,
-    profiles_failed}``; an import that ends in ``error`` fails the task. Other arguments: see
+    ``execution_timeout`` (else ``job_timeout``). Returns the shared result (``operators.result``):
+    Apsis One's ``profiles_processed`` / ``profiles_failed`` as ``vendor_succeeded`` /
+    ``vendor_failed``, its raw counters and the import's ids in ``details``; an import that ends in
+    ``error`` fails the task. Other arguments: see
     ``RemoteJobOperator`` (``conn_id``, ``wait_for_completion``, ``deferrable``, ``poll_interval``,
     ``job_timeout``, ``max_failed_ratio``).
     """
@@ -166,8 +169,16 @@ class ApsisOneProfileImportOperator(RemoteJobOperator):
         self.log.info("Apsis One import %s: uploaded %d bytes from %s", ticket["import_id"], size, path)
         return {"section": self.section, "import_id": ticket["import_id"]}
 
-    def on_success(self, context: Any, status: JobStatus) -> dict[str, int]:
-        return {key: int(status.payload.get(key) or 0) for key in RESULT_KEYS}
+    def on_success(self, context: Any, status: JobStatus) -> dict[str, Any]:
+        found, processed, failed = (count_or_none(status.payload.get(key)) for key in RESULT_KEYS)
+        if None not in (found, processed, failed) and found != processed + failed:
+            self.log.warning("Apsis One found %s profiles in the file but reports %s processed and %s failed",
+                             found, processed, failed)
+        return records_result(
+            rejected=0, skipped=0, **vendor_counts(found, processed, failed),
+            details={"job": self._job, "status": status.vendor_status,
+                     **{key: status.payload.get(key) for key in RESULT_KEYS}},
+        )
 
     def failed_ratio(self, status: JobStatus) -> float | None:
         found = int(status.payload.get("profiles_found") or 0)

@@ -14,10 +14,12 @@ check and how to clear the intent.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -39,6 +41,7 @@ from airflow_provider_profiles.hooks.base import (
     VendorConnectionError,
     VendorServerError,
 )
+from airflow_provider_profiles.operators.result import records_result
 from airflow_provider_profiles.triggers.base import (
     FAILED,
     SUCCESS,
@@ -152,6 +155,11 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
         """The task's return value once the job succeeded (logged and pushed to XCom)."""
         return status.payload
 
+    def handed_over(self, job: dict[str, Any]) -> Any:
+        """The return value without waiting (``wait_for_completion=False``): the job's ids in ``details``;
+        the file went whole (nothing rejected or skipped here), and the vendor has counted nothing yet."""
+        return records_result(rejected=0, skipped=0, details={"job": job, "handed_over": True})
+
     def failed_ratio(self, status: JobStatus) -> float | None:
         """Failed records / all records as the vendor reports them, or None if it does not."""
         return None
@@ -183,10 +191,14 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
 
     def execute(self, context: Any) -> Any:
         self._context = context
+        with _ledger_settled_on_error(context, self.log):
+            return self._execute(context)
+
+    def _execute(self, context: Any) -> Any:
         job = self._reattach(context) or self._submit(context)
         if not self.wait_for_completion:
             _ledger_clear(context)  # created and handed over: this task is done with it
-            return job
+            return self.handed_over(job)
         status = self.hook.job_status(**job)  # it may already be done: no need to defer
         if not status.terminal:
             deadline = time.time() + self.job_timeout
@@ -202,7 +214,8 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         self._context = context
         self._job = event["job"]
-        return self._finish(context, self._job, self.status_from_trigger(self._job, event))
+        with _ledger_settled_on_error(context, self.log):
+            return self._finish(context, self._job, self.status_from_trigger(self._job, event))
 
     def on_kill(self) -> None:
         if self._job is not None and self.cancel(self._job) and self._context is not None:
@@ -328,3 +341,32 @@ def _ledger_clear(context: Any) -> None:
 def _last_try(context: Any) -> bool:
     ti = context["ti"]
     return ti.try_number > getattr(ti, "max_tries", 0)
+
+
+@contextlib.contextmanager
+def _ledger_settled_on_error(context: Any, log: Any) -> Iterator[None]:
+    """A try that fails for good removes its ledger entry: no retry will reattach to it.
+
+    It stays while a retry follows (the retry reattaches to the job, or checks the intent), and when
+    it records a creating request whose answer was lost (an intent, no job): then it is what makes
+    a cleared task check before sending again, and the log names it. Deferral is not a failure.
+    """
+    try:
+        yield
+    except (Exception, AirflowTaskTimeout) as error:
+        if isinstance(error, AirflowFailException) or _last_try(context):
+            try:
+                _settle_ledger(context, log)
+            except Exception as ledger_error:  # the task's own error is the one to report
+                log.warning("could not remove the retry ledger %s: %s", _ledger_key(context), ledger_error)
+        raise
+
+
+def _settle_ledger(context: Any, log: Any) -> None:
+    entry = _ledger_get(context)
+    if entry is not None and "job" not in entry and "intent" in entry:
+        log.warning("kept the retry ledger %s: an earlier request's outcome is unknown (%s). Delete it "
+                    "(`airflow variables delete %s`) once you know whether it was created",
+                    _ledger_key(context), entry["intent"].get("action"), _ledger_key(context))
+    elif entry is not None:
+        _ledger_clear(context)

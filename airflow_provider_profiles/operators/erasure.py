@@ -2,13 +2,14 @@
 
 The shared part reads the ids once (a CSV column or NDJSON key of a local or object-storage file, or
 the first column of a SQL query through common-sql), checks them before anything is sent, and
-builds the report every erase task returns::
+builds the report every erase task returns, the shared result of ``operators.result``::
 
-    {"vendor": ..., "read": 12, "erased": 10, "not_found": 1, "failed": 1,
-     "failures": [{"id": "u7", "reason": "..."}], "not_found_ids": ["u9"]}
+    {"read": 12, "rejected": 0, "skipped": 1, "sent": 11, "vendor_succeeded": 10, "vendor_failed": 1,
+     "details": {"vendor": ..., "failures": [{"id": "u7", "reason": "..."}], "not_found_ids": ["u9"]}}
 
-where ``read == erased + not_found + failed`` (ids repeated in the input are erased once and
-counted once). A vendor part only says how to erase one id (``erase_one``: True erased, False not
+where erased ids are ``vendor_succeeded``, ids the vendor does not know ``skipped`` (nothing to
+erase), ids it failed ``vendor_failed``: ``read == skipped + vendor_succeeded + vendor_failed``
+(ids repeated in the input are erased once and counted once). A vendor part only says how to erase one id (``erase_one``: True erased, False not
 found, ``VendorAPIError`` failed) or, for a bulk vendor, how to submit the whole list. The task
 fails after the report is pushed to XCom (key ``erasure_report``) when an id failed, unless
 ``fail_on_error=False``, in which case the report is its return value either way.
@@ -27,6 +28,7 @@ from typing import Any, ClassVar
 from airflow.providers.common.compat.sdk import AirflowException, BaseOperator
 
 from airflow_provider_profiles.hooks.base import ProfilesHook, VendorAPIError, VendorAuthError
+from airflow_provider_profiles.operators.result import records_result
 from airflow_provider_profiles.storage import as_storage_path, open_binary
 
 LISTED = 1000  # ids listed per outcome in a report (the counts are always complete)
@@ -91,20 +93,16 @@ def _unique(ids: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def erasure_report(vendor: str, read: int, erased: int, not_found: list[str], failures: list[dict[str, str]]) -> dict[str, Any]:
-    """The report every erase task returns; ``read == erased + not_found + failed``."""
+def erasure_report(vendor: str, read: int, erased: int, not_found: list[str], failures: list[dict[str, str]],
+                   details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report every erase task returns (the shared result); ``read == erased + not_found + failed``."""
     if erased + len(not_found) + len(failures) != read:
         raise AssertionError(f"erasure counts do not add up: {read} read, {erased} erased, "
                              f"{len(not_found)} not found, {len(failures)} failed")
-    return {
-        "vendor": vendor,
-        "read": read,
-        "erased": erased,
-        "not_found": len(not_found),
-        "failed": len(failures),
-        "failures": failures[:LISTED],
-        "not_found_ids": not_found[:LISTED],
-    }
+    return records_result(
+        read=read, rejected=0, skipped=len(not_found), vendor_succeeded=erased, vendor_failed=len(failures),
+        details={"vendor": vendor, **(details or {}), "failures": failures[:LISTED], "not_found_ids": not_found[:LISTED]},
+    )
 
 
 # --- the operators -------------------------------------------------------------------------------------
@@ -141,11 +139,11 @@ class EraseIdsMixin:
         return ids_from_file(self.ids_file, self.id_column)
 
     def finish(self, context: Any, report: dict[str, Any]) -> dict[str, Any]:
-        self.log.info("%s erasure: %s", self.vendor, {k: v for k, v in report.items() if not isinstance(v, list)})  # type: ignore[attr-defined]
-        if report["failed"] and self.fail_on_error:
+        self.log.info("%s erasure: %s", self.vendor, {k: v for k, v in report.items() if k != "details"})  # type: ignore[attr-defined]
+        if report["vendor_failed"] and self.fail_on_error:
             context["ti"].xcom_push(key="erasure_report", value=report)
-            first = "; ".join(f"{f['id']}: {f['reason']}" for f in report["failures"][:5])
-            raise AirflowException(f"{report['failed']} of {report['read']} ids could not be erased from "
+            first = "; ".join(f"{f['id']}: {f['reason']}" for f in report["details"]["failures"][:5])
+            raise AirflowException(f"{report['vendor_failed']} of {report['read']} ids could not be erased from "
                                    f"{self.vendor} (report in XCom 'erasure_report'): {first}")
         return report
 

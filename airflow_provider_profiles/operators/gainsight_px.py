@@ -49,10 +49,13 @@ from airflow_provider_profiles.storage import (
     open_binary,
 )
 from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
+from airflow_provider_profiles.operators.result import records_result
 
 log = logging.getLogger(__name__)
 
-SUMMARY_KEYS = ("rows_read", "updated", "inserted", "unchanged_or_skipped", "rejected", "failed")
+# What became of each row read: written (updated, inserted), not there to update (missing: update only),
+# only written to the dry-run file, left unsent at the request budget, rejected before sending, failed.
+SUMMARY_KEYS = ("rows_read", "updated", "inserted", "missing", "dry_run", "over_budget", "rejected", "failed")
 READ_BATCH_ROWS = 10_000  # small batches: the pool sends ~200 rows/s, there is no gain in reading ahead
 DATAFRAME_BATCH_ROWS = 10_000
 MAX_LOGGED_REJECTS = 100  # a bad file must not flood the task log; the rejects file has them all
@@ -224,14 +227,20 @@ class GainsightPXLoadOperator(BaseOperator):
     :param rejects_path: CSV of rejected and failed rows (line, identifier, reason, http_status);
         default beside the source (``users.rejects.csv``), or a temp folder for a DataFrame.
     :param dry_run_path: NDJSON of the would-be requests; default beside the source (``users.dry_run.ndjson``).
-    :param max_failed_ratio: fail the task at the end when (rejected + failed) / rows_read exceeds it.
+    :param max_failed_ratio: fail the task at the end when the rows rejected for their data or failed at
+        the vendor exceed this share of the rows read (the result goes to XCom ``summary`` first).
     :param max_concurrency: requests in flight at once (threads sharing one pooled session).
     :param requests_per_second: client-side rate limit (default ~195/s, under the vendor's ~200/s).
     :param progress_interval: seconds between progress lines in the log.
     :param max_requests: at most this many API requests in the run (retries and the model read included),
         to stay inside the vendor's daily quota (about 1M requests a day per subscription); rows left
-        when it is reached are skipped, listed in the rejects file with the reason. The summary's
-        ``requests`` says how many were sent.
+        when it is reached are not sent: counted as rejected, listed in the rejects file with the reason.
+        ``details["requests"]`` says how many were sent.
+
+    Returns the shared result (``operators.result``): rows updated or inserted are ``vendor_succeeded``,
+    requests the vendor refused ``vendor_failed``, rows it does not have (update only) and dry-run rows
+    ``skipped``; ``details`` has ``updated``, ``inserted``, ``missing``, ``over_budget``, ``requests``,
+    ``rejects_path`` and ``dry_run_path``.
     """
 
     template_fields = ("source", "entity", "field_mapping", "field_types", "rejects_path", "dry_run_path")
@@ -358,19 +367,20 @@ class GainsightPXLoadOperator(BaseOperator):
                         run.send()
                 finally:
                     hook.close()
-        summary = {**run.summary(), "requests": hook.requests_sent}
+        details: dict[str, Any] = {"entity": record_format.entity, "requests": hook.requests_sent}
         if rejects.count:
-            summary["rejects_path"] = str(rejects_path)
+            details["rejects_path"] = str(rejects_path)
         if dry_run_path is not None:
-            summary["dry_run_path"] = str(dry_run_path)
+            details["dry_run_path"] = str(dry_run_path)
+        summary = run.summary(details)
         self.log.info("Gainsight PX %s load done in %.1fs: %s", record_format.entity, run.elapsed(), summary)
-        failed = summary["rejected"] + summary["failed"]
-        ratio = failed / summary["rows_read"] if summary["rows_read"] else 0.0
+        failed = run.counts["rejected"] + run.counts["failed"]
+        ratio = failed / summary["read"] if summary["read"] else 0.0
         if self.max_failed_ratio is not None and ratio > self.max_failed_ratio:
             context["ti"].xcom_push(key="summary", value=summary)
             raise AirflowException(
-                f"{failed} of {summary['rows_read']} rows were rejected or failed ({ratio:.2%}), more than "
-                f"max_failed_ratio={self.max_failed_ratio:.2%}; see {summary.get('rejects_path')}"
+                f"{failed} of {summary['read']} rows were rejected or failed ({ratio:.2%}), more than "
+                f"max_failed_ratio={self.max_failed_ratio:.2%}; see {details.get('rejects_path')}"
             )
         return summary
 
@@ -394,12 +404,19 @@ class _LoadRun:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, details: dict[str, Any]) -> dict[str, Any]:
+        """The shared result: rows left unsent at the request budget are rejected (listed in the rejects
+        file with the reason), records the vendor does not have (update only) and dry-run rows skipped."""
         counts = dict(self.counts)
         outcomes = sum(counts[key] for key in SUMMARY_KEYS[1:])
         if outcomes != counts["rows_read"]:  # a bug, not a data problem: say so loudly
             raise AirflowException(f"counts do not reconcile: {counts}")
-        return counts
+        return records_result(
+            read=counts["rows_read"], rejected=counts["rejected"] + counts["over_budget"],
+            skipped=counts["missing"] + counts["dry_run"], vendor_succeeded=counts["updated"] + counts["inserted"],
+            vendor_failed=counts["failed"],
+            details={key: counts[key] for key in ("updated", "inserted", "missing", "over_budget")} | details,
+        )
 
     def _rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
         """(line, record) of every valid row; invalid ones go to the rejects file on the way."""
@@ -437,8 +454,8 @@ class _LoadRun:
                       ", ".join(f"{key} {self.counts[key]}" for key in SUMMARY_KEYS[1:]))
 
     def _skip(self, line: int, identifier: str | None, reason: str) -> None:
-        """A row not sent: counted as skipped and listed in the rejects file, so it can be sent later."""
-        self.counts["unchanged_or_skipped"] += 1
+        """A row not sent for the request budget: listed in the rejects file, so it can be sent later."""
+        self.counts["over_budget"] += 1
         self.rejects.add(line, identifier, reason, None)
 
     # --- dry run ----------------------------------------------------------------------------------
@@ -449,7 +466,7 @@ class _LoadRun:
         for line, record in self._rows():
             out.write(json.dumps({"line": line, "action": action, "entity": self.format.entity,
                                   "id": record[self.format.id_field], "body": record}, ensure_ascii=False) + "\n")
-            self.counts["unchanged_or_skipped"] += 1
+            self.counts["dry_run"] += 1
             if self.operator.verbose:
                 self.log.info("line %d: would %s %s %s", line, action, self.format.entity, record[self.format.id_field])
             self._progress()
@@ -505,7 +522,7 @@ class _LoadRun:
             for line, record in rows:
                 self._skip(line, str(record[self.format.id_field]), self._budget_reason())
             self.log.warning("max_requests=%d reached: %d rows were not sent; they are listed in %s",
-                             self.operator.max_requests, self.counts["unchanged_or_skipped"], self.rejects.path)
+                             self.operator.max_requests, self.counts["over_budget"], self.rejects.path)
         self._progress(force=True)
         if abort.is_set():
             raise AirflowException(f"Gainsight PX refused the API key ({self._auth_error}); stopped after "
@@ -518,7 +535,7 @@ class _LoadRun:
         error = future.exception()
         if error is None:
             outcome = future.result()
-            key = {Outcome.UPDATED: "updated", Outcome.INSERTED: "inserted"}.get(outcome, "unchanged_or_skipped")
+            key = {Outcome.UPDATED: "updated", Outcome.INSERTED: "inserted"}.get(outcome, "missing")
             self.counts[key] += 1
             if self.operator.verbose:
                 self.log.info("line %d: %s %s %s", line, self.format.entity, record_id, outcome.value)

@@ -21,6 +21,7 @@ from airflow_provider_profiles.hooks.localytics import (
     LocalyticsHook,
 )
 from airflow_provider_profiles.operators.base import RemoteJobOperator
+from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
 from airflow_provider_profiles.storage import as_storage_path, open_binary
 from airflow_provider_profiles.triggers.localytics import LocalyticsImportTrigger
 from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
@@ -51,18 +52,19 @@ class _LocalyticsImportOperator(RemoteJobOperator):
 
     def on_success(self, context: Any, status: JobStatus) -> dict[str, Any]:
         payload = status.payload
-        result = {"activity_id": payload.get("activity_id"), "status": status.vendor_status,
-                  **payload.get("statistics", {})}
-        if payload.get("audience_list_id") is not None:
-            result["audience_list_id"] = payload["audience_list_id"]
-        errors = payload.get("first_errors")
-        if errors:
-            result["first_errors"] = errors
-            self.log.warning("Localytics reported %s failed record(s); first errors:\n%s", result.get("failed"),
-                             "\n".join(map(str, errors)))
-        self.log.info("Localytics %s import %s: %s of %s succeeded, %s failed", self.kind, result["activity_id"],
-                      result.get("succeeded"), result.get("total"), result.get("failed"))
-        return result
+        stats = payload.get("statistics") or {}
+        total, succeeded, failed = (count_or_none(stats.get(key)) for key in ("total", "succeeded", "failed"))
+        details = {"job": self._job, "activity_id": payload.get("activity_id"), "status": status.vendor_status,
+                   "upload_statistics": payload.get("upload_statistics")}
+        for key in ("audience_list_id", "error_log", "first_errors"):
+            if payload.get(key) is not None:
+                details[key] = payload[key]
+        if payload.get("first_errors"):
+            self.log.warning("Localytics reported %s failed record(s); first errors:\n%s", failed,
+                             "\n".join(map(str, payload["first_errors"])))
+        self.log.info("Localytics %s import %s: %s of %s succeeded, %s failed", self.kind, details["activity_id"],
+                      succeeded, total, failed)
+        return records_result(rejected=0, skipped=0, **vendor_counts(total, succeeded, failed), details=details)
 
     def failed_ratio(self, status: JobStatus) -> float | None:
         stats = status.payload.get("statistics") or {}
@@ -80,7 +82,9 @@ class LocalyticsProfileImportOperator(_LocalyticsImportOperator):
     :param app_id: for one app; exactly one of the two (default: the connection's extra ``org_id``).
     :param format: ``json`` (JSON lines) or ``csv``.
 
-    Returns ``{activity_id, status, total, succeeded, failed[, first_errors]}``. An import that ends
+    Returns the shared result (``operators.result``): Localytics' successful and failed imports as
+    ``vendor_succeeded`` / ``vendor_failed``; ``details`` holds ``activity_id``, the vendor's
+    ``upload_statistics`` and the error log's address and first lines. An import that ends
     ``Failed``, or whose failed share exceeds ``max_failed_ratio``, fails the task with the first lines
     of the error log. A retry after an upload whose answer was lost sends the file again only when
     its ops apply the same twice (no ``increment``); otherwise it fails saying what to check.
@@ -140,8 +144,10 @@ class LocalyticsAudienceImportOperator(_LocalyticsImportOperator):
     - ``rename``: ``audience_list_id``, ``audience_name`` (the new name) -> done at once;
     - ``delete``: ``audience_list_id`` -> done at once.
 
-    Jobs return ``{activity_id, status, audience_list_id, total, succeeded, failed}``; rename and delete
-    return the vendor's answer. Other arguments: see ``RemoteJobOperator``.
+    Every action returns the shared result (``operators.result``): for a job, the vendor's counts of
+    lines, with ``activity_id`` and ``audience_list_id`` in ``details``; rename and delete send no
+    records (every count 0) and keep the vendor's answer in ``details["response"]``. Other arguments:
+    see ``RemoteJobOperator``.
     """
 
     template_fields: Sequence[str] = ("action", "app_id", "audience_name", "audience_list_id", "file", "conn_id")
@@ -189,12 +195,16 @@ class LocalyticsAudienceImportOperator(_LocalyticsImportOperator):
         if self.action == "rename":
             result = self.hook.rename_audience(self.audience_list_id, self.audience_name)
             self.log.info("renamed Localytics audience list %s to %r", self.audience_list_id, self.audience_name)
-            return result
+            return self._no_records(result)
         if self.action == "delete":
             result = self.hook.delete_audience(self.audience_list_id)
             self.log.info("deleted Localytics audience list %s", self.audience_list_id)
-            return result
+            return self._no_records(result)
         return super().execute(context)
+
+    def _no_records(self, response: Any) -> dict[str, Any]:
+        return records_result(read=0, rejected=0, skipped=0, vendor_succeeded=0, vendor_failed=0, details={
+            "action": self.action, "audience_list_id": self.audience_list_id, "response": response})
 
     def submit(self, context: Any) -> dict[str, Any]:
         self.record_intent(context, f"sent the audience {self.action} of {self.audience_name or self.audience_list_id}"

@@ -19,6 +19,7 @@ from airflow_provider_profiles.hooks.mediarithmics import (
     execution_status,
 )
 from airflow_provider_profiles.operators.base import RemoteJobOperator
+from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
 from airflow_provider_profiles.storage import as_storage_path
 from airflow_provider_profiles.triggers.mediarithmics import (
     MediarithmicsExecutionTrigger,
@@ -107,7 +108,9 @@ class MediarithmicsUploadOperator(RemoteJobOperator):
     The file streams from a local path or an object-storage URI (``s3://``, ``gs://``...), never read
     whole. Files over 100 MB are refused before anything is sent: split them first. The job ids
     (``datamart_id``, ``document_import_id``, ``execution_id``) go to XCom (key ``job``, and the id
-    alone under ``execution_id``) before waiting. SUCCEEDED returns the totals; FAILED or CANCELED
+    alone under ``execution_id``) before waiting. SUCCEEDED returns the shared result
+    (``operators.result``: ``total_success`` / ``total_failure`` as ``vendor_succeeded`` /
+    ``vendor_failed``, the error file's URI in ``details``); FAILED or CANCELED
     fails the task with the platform's error; a timeout or a killed task cancels the execution while
     it is still PENDING. Map it over the chunk list: ``.partial(...).expand(file=chunks)``. A retry
     after an upload whose answer was lost reattaches to the execution it created (found in the
@@ -181,16 +184,15 @@ class MediarithmicsUploadOperator(RemoteJobOperator):
 
     def on_success(self, context: Any, status: JobStatus) -> dict[str, Any]:
         result = status.payload.get("result") or {}
-        totals = {
-            "execution_id": str(status.payload.get("id")),
-            "status": status.vendor_status,
-            "total_success": int(result.get("total_success") or 0),
-            "total_failure": int(result.get("total_failure") or 0),
-            "error_file_uri": result.get("error_file_uri"),
-        }
-        if totals["total_failure"]:
+        success, failure = count_or_none(result.get("total_success")), count_or_none(result.get("total_failure"))
+        if failure:
             self._log_first_errors(status)
-        return totals
+        return records_result(
+            rejected=0, skipped=0, **vendor_counts(None, success, failure),
+            details={"job": self._job, "execution_id": str(status.payload.get("id")), "status": status.vendor_status,
+                     "total_success": result.get("total_success"), "total_failure": result.get("total_failure"),
+                     "error_file_uri": result.get("error_file_uri")},
+        )
 
     def raise_if_failed(self, job: dict[str, Any], status: JobStatus) -> None:
         if status.vendor_status == "FAILED":
@@ -300,10 +302,12 @@ class MediarithmicsEraseOperator(EraseIdsMixin, RemoteJobOperator):
         if int(result.get("total_failure") or 0) and result.get("error_file_uri"):
             for entry in self.hook.error_lines(result["error_file_uri"], limit=len(ids)):  # type: ignore[attr-defined]
                 failures.append(_failed_line(entry, ids))
-        failed = int(result.get("total_failure") or 0)
+        failed = int(result.get("total_failure") or 0)  # no failure reported: every line was taken
         failures += [{"id": "(not listed in the error file)", "reason": "failed"}] * (failed - len(failures))
-        report = erasure_report(self.vendor, len(ids), len(ids) - failed, [], failures)
-        report["execution_id"] = str(status.payload.get("id"))
+        report = erasure_report(self.vendor, len(ids), len(ids) - failed, [], failures, details={
+            "job": self._job, "execution_id": str(status.payload.get("id")), "status": status.vendor_status,
+            "total_success": result.get("total_success"), "total_failure": result.get("total_failure"),
+            "error_file_uri": result.get("error_file_uri")})
         return self.finish(context, report)
 
 

@@ -24,6 +24,7 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 
 from airflow_provider_profiles.vendors import vendor as vendor_spec
 from airflow_provider_profiles.writers import get_writer, upload_limit
+from airflow_provider_profiles.operators.result import results_of
 from airflow_provider_profiles.prepare.mapping import FieldMapping
 from airflow_provider_profiles.prepare.engine import PrepareResult, prepare
 from airflow_provider_profiles.prepare.split import split_file
@@ -316,22 +317,13 @@ class SplitFileOperator(BaseOperator):
         return chunks
 
 
-# What upload operators report as records the vendor did not take, by result key: Localytics and
-# Gainsight PX "failed", Apsis One "profiles_failed", mediarithmics "total_failure", and Gainsight
-# PX "rejected" (records its loader refused before sending).
-VENDOR_FAILURE_KEYS = ("failed", "profiles_failed", "total_failure", "rejected")
-
-
-def vendor_failures(results: Any) -> int:
-    """Records the upload results report as failed: ``results`` is one result dict, or the
-    results of several (mapped) upload tasks."""
-    if results is None:
-        return 0
-    if isinstance(results, dict):
-        return sum(int(results.get(key) or 0) for key in VENDOR_FAILURE_KEYS)
-    if isinstance(results, (str, bytes)):
-        raise TypeError(f"upload_results must be the upload tasks' results (dicts), got {results!r}")
-    return sum(vendor_failures(result) for result in results)
+def vendor_failures(results: Any) -> tuple[int, int]:
+    """(records not taken, results without the vendor's outcome) over the upload results: one result
+    of ``operators.result`` or the results of several (mapped) upload tasks. Not taken: rejected
+    before sending, or failed at the vendor."""
+    found = results_of(results, "upload_results")
+    not_taken = sum((result["rejected"] or 0) + (result["vendor_failed"] or 0) for result in found)
+    return not_taken, sum(result["vendor_failed"] is None for result in found)
 
 
 class CommitSyncStateOperator(BaseOperator):
@@ -343,10 +335,10 @@ class CommitSyncStateOperator(BaseOperator):
     before the committed one's (a backfill; unless ``allow_older=True``). Running it again after it
     succeeded changes nothing.
 
-    :param upload_results: the upload tasks' results (e.g. ``upload.output``, mapped or not). When
-        they report records the vendor failed, the commit is refused: those rows would otherwise
-        count as sent and not be sent again until they change. ``accept_vendor_failures=True``
-        commits anyway.
+    :param upload_results: the upload tasks' results (e.g. ``upload.output``, mapped or not; the
+        shared result of ``operators.result``). When they report records rejected before sending or
+        failed at the vendor, the commit is refused: those rows would otherwise count as sent and
+        not be sent again until they change. ``accept_vendor_failures=True`` commits anyway.
     """
 
     template_fields: Sequence[str] = ("sync_state_path", "sync_run_key", "upload_results")
@@ -375,7 +367,10 @@ class CommitSyncStateOperator(BaseOperator):
 
     def execute(self, context) -> dict[str, Any]:
         state = SyncState(_storage_path(self.sync_state_path, self.storage_conn_id))
-        failures = vendor_failures(self.upload_results)
+        failures, unreported = vendor_failures(self.upload_results)
+        if unreported:
+            self.log.warning("%d upload result(s) carry no vendor outcome (not reported, or handed over without "
+                             "waiting): their records count as taken", unreported)
         try:
             if failures and not self.accept_vendor_failures:
                 reason = (

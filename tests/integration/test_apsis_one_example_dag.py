@@ -26,7 +26,9 @@ def test_example_dag(emulator, run_dag, monkeypatch, tmp_path):
                                                  key="return_value").one()
         report = XComModel.deserialize_value(row)
     counts = {"profiles_found": 10, "profiles_processed": 9, "profiles_failed": 1}
-    assert report["import_profiles"] == counts
+    imported = report["import_profiles"]
+    assert (imported["read"], imported["sent"], imported["vendor_succeeded"], imported["vendor_failed"]) == (10, 10, 9, 1)
+    assert {k: imported["details"][k] for k in counts} == counts
     assert {k: report["wait_for_import"][k] for k in counts} == counts
     summary = server.emulator.summary()
     assert summary["imports"] == {"completed": 2} and summary["profiles_stored"] == 9

@@ -77,8 +77,8 @@ def test_apsis_delete_profile_and_erase_operator(emulator, airflow_connection, t
     assert ApsisOneHook().delete_profile("email", "a@example.com") is False  # already gone
     operator = ApsisOneEraseOperator(task_id="erase", ids_file=ids_csv(tmp_path, "b@example.com", "c@example.com"))
     report = operator.execute({"ti": TI()})
-    assert (report["read"], report["erased"], report["not_found"], report["failed"]) == (2, 1, 1, 0)
-    assert report["not_found_ids"] == ["c@example.com"]
+    assert (report["read"], report["vendor_succeeded"], report["skipped"], report["vendor_failed"]) == (2, 1, 1, 0)
+    assert report["details"]["not_found_ids"] == ["c@example.com"] and report["sent"] == 1
     assert all(not store for store in server.emulator.snapshot()["profiles"].values())
 
 
@@ -101,7 +101,7 @@ def test_localytics_delete_profile_org_and_app_level(emulator, airflow_connectio
     assert hook.delete_profile("c1", app_id="app-1") is True
     assert hook.delete_profile("c1", app_id="app-1") is False
     report = LocalyticsEraseOperator(task_id="erase", ids_file=ids_csv(tmp_path, "c1", "c2", "c3")).execute({"ti": TI()})
-    assert (report["read"], report["erased"], report["not_found"], report["failed"]) == (3, 2, 1, 0)
+    assert (report["read"], report["vendor_succeeded"], report["skipped"], report["vendor_failed"]) == (3, 2, 1, 0)
     assert server.emulator.snapshot()["profiles"] == {"org_id:60": {}, "app_id:app-1": {}}
 
 
@@ -129,8 +129,8 @@ def test_a_failing_id_is_reported_with_its_reason_and_fails_the_task(emulator, a
     with pytest.raises(AirflowException, match="1 of 2 ids could not be erased from localytics"):
         operator.execute({"ti": ti})
     report = ti.pushed["erasure_report"]
-    assert (report["erased"], report["failed"]) == (1, 1) and report["failures"][0]["id"] == "c1"
-    assert "customer id refused" in report["failures"][0]["reason"] and server.emulator.api_secret not in json.dumps(report)
+    assert (report["vendor_succeeded"], report["vendor_failed"]) == (1, 1) and report["details"]["failures"][0]["id"] == "c1"
+    assert "customer id refused" in report["details"]["failures"][0]["reason"] and server.emulator.api_secret not in json.dumps(report)
 
 
 # --- Gainsight PX --------------------------------------------------------------------------------------
@@ -140,10 +140,10 @@ def test_gainsight_erase_calls_delete_user_with_hard_delete(emulator, airflow_co
     server.emulator.store["users"]["u1"] = {"identifyId": "u1"}
     server.emulator.store["accounts"]["a1"] = {"id": "a1"}
     report = GainsightPXEraseOperator(task_id="erase", ids_file=ids_csv(tmp_path, "u1", "u2")).execute({"ti": TI()})
-    assert (report["read"], report["erased"], report["not_found"], report["failed"]) == (2, 1, 1, 0)
+    assert (report["read"], report["vendor_succeeded"], report["skipped"], report["vendor_failed"]) == (2, 1, 1, 0)
     accounts = GainsightPXEraseOperator(task_id="erase_accounts", entity="account", hard_delete=False,
                                         ids_file=ids_csv(tmp_path, "a1")).execute({"ti": TI()})
-    assert accounts["erased"] == 1
+    assert accounts["vendor_succeeded"] == 1
     assert server.emulator.snapshot()["users"] == {} and server.emulator.snapshot()["accounts"] == {}
     assert server.emulator.deletions == [("users", "u1", True), ("accounts", "a1", False)]
 
@@ -170,5 +170,6 @@ def test_mediarithmics_erasure_names_the_ids_of_failed_lines(emulator, airflow_c
     status = JobStatus(JobState.SUCCESS, "SUCCEEDED", {"id": "9", "result": {
         "total_success": 2, "total_failure": 1, "error_file_uri": "mics://errors/1"}})
     report = operator.on_success({"ti": TI()}, status)
-    assert (report["read"], report["erased"], report["failed"]) == (3, 2, 1)
-    assert report["failures"] == [{"id": "u2", "reason": "unknown compartment"}]
+    assert (report["read"], report["sent"], report["vendor_succeeded"], report["vendor_failed"]) == (3, 3, 2, 1)
+    assert report["details"]["failures"] == [{"id": "u2", "reason": "unknown compartment"}]
+    assert report["details"]["total_failure"] == 1  # the platform's own counter

@@ -57,7 +57,7 @@ def test_csv_export_round_trips_into_the_loader(gpx, tmp_path):
                        "customAttributes.plan": "customAttributes.plan"},
         rejects_path=str(tmp_path / "rejects.csv"),
     ).execute({"ti": FakeTI()})
-    assert summary["updated"] == 3
+    assert summary["details"]["updated"] == 3
     user = gpx.emulator.snapshot()["users"]["u05"]
     assert user["signUpDate"] == 1546300800005 and user["location"]["city"] == "Leeds, West"
 

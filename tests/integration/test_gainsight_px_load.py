@@ -10,7 +10,6 @@ from airflow.providers.common.compat.sdk import AirflowException
 
 from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.operators.gainsight_px import (
-    SUMMARY_KEYS,
     GainsightPXLoadOperator,
 )
 
@@ -49,12 +48,13 @@ def run(ti=None, **kwargs):
     operator = GainsightPXLoadOperator(task_id="load", **kwargs)
     ti = ti or FakeTI()
     summary = operator.execute({"ti": ti})
-    assert summary["rows_read"] == sum(summary[key] for key in SUMMARY_KEYS[1:])
+    assert summary["read"] == summary["rejected"] + summary["skipped"] + summary["sent"]
+    assert summary["sent"] == summary["vendor_succeeded"] + summary["vendor_failed"]
     return summary
 
 
 def rejects_of(summary):
-    with open(summary["rejects_path"], newline="") as handle:
+    with open(summary["details"]["rejects_path"], newline="") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -67,8 +67,10 @@ def test_update_only_skips_missing_records(gpx, tmp_path):
     source = write_csv(tmp_path / "users.csv", ["id", "email", "title"],
                        [["u1", "a@x.com", "new"], ["u2", "", ""], ["u3", "c@x.com", "x"]])
     summary = run(source=source)
-    assert summary == {"rows_read": 3, "updated": 2, "inserted": 0, "unchanged_or_skipped": 1, "rejected": 0, "failed": 0,
-                       "requests": 4}  # the attribute model, then one PUT per row
+    # u3 is not there to update: skipped (its PUT answered 404, nothing written)
+    assert summary == {"read": 3, "rejected": 0, "skipped": 1, "sent": 2, "vendor_succeeded": 2, "vendor_failed": 0,
+                       "details": {"entity": "USER", "updated": 2, "inserted": 0, "missing": 1, "over_budget": 0,
+                                   "requests": 4}}  # the attribute model, then one PUT per row
     users = gpx.emulator.snapshot()["users"]
     assert users["u1"]["title"] == "new" and users["u1"]["email"] == "a@x.com"
     assert "u3" not in users
@@ -79,7 +81,7 @@ def test_insert_missing_creates_with_product_key(gpx, tmp_path):
     gpx.emulator.seed(users=[{"identifyId": "u1"}])
     source = write_csv(tmp_path / "users.csv", ["id", "email", "title"], [["u1", "a@x.com", "t"], ["u2", "b@x.com", "t"]])
     summary = run(source=source, insert_missing=True)
-    assert (summary["updated"], summary["inserted"]) == (1, 1)
+    assert (summary["details"]["updated"], summary["details"]["inserted"]) == (1, 1)
     assert gpx.emulator.snapshot()["users"]["u2"]["propertyKeys"] == [gpx.emulator.product_key]
 
 
@@ -87,12 +89,12 @@ def test_dry_run_writes_nothing(gpx, tmp_path):
     source = write_csv(tmp_path / "users.csv", ["id", "email", "title"],
                        [["u1", "a@x.com", "t"], ["u2", "not-an-email", "t"], ["u3", "", ""]])
     summary = run(source=source, dry_run=True, insert_missing=True, verbose=True)
-    assert summary["rows_read"] == 3 and summary["unchanged_or_skipped"] == 2 and summary["rejected"] == 1
+    assert summary["read"] == 3 and summary["skipped"] == 2 and summary["rejected"] == 1
     assert dict(gpx.emulator.counters) == {"GET /v1/admin/model/user/attributes": 1}  # the model, no writes
-    planned = [json.loads(line) for line in open(summary["dry_run_path"])]
+    planned = [json.loads(line) for line in open(summary["details"]["dry_run_path"])]
     assert [(p["line"], p["id"], p["action"]) for p in planned] == [(2, "u1", "update_or_insert"), (4, "u3", "update_or_insert")]
     assert planned[0]["body"] == {"identifyId": "u1", "email": "a@x.com", "title": "t"}
-    assert summary["dry_run_path"] == str(tmp_path / "users.dry_run.ndjson")
+    assert summary["details"]["dry_run_path"] == str(tmp_path / "users.dry_run.ndjson")
 
 
 def test_nested_mapping_and_quoted_commas(gpx, tmp_path):
@@ -129,8 +131,8 @@ def test_rejects_and_failures_reconcile(gpx, tmp_path):
         "u6,f@x.com,refused\n"        # line 7: failed, 400
     )
     summary = run(source=str(source))
-    assert summary["rows_read"] == 6
-    assert (summary["updated"], summary["rejected"], summary["failed"]) == (1, 3, 2)
+    assert summary["read"] == 6
+    assert (summary["details"]["updated"], summary["rejected"], summary["vendor_failed"]) == (1, 3, 2)
     rows = {int(r["line"]): r for r in rejects_of(summary)}
     assert sorted(rows) == [3, 4, 5, 6, 7]
     assert "identifier is empty" in rows[3]["reason"] and rows[3]["http_status"] == ""
@@ -146,7 +148,7 @@ def test_max_failed_ratio_fails_the_task_after_the_run(gpx, tmp_path):
     ti = FakeTI()
     with pytest.raises(AirflowException, match="max_failed_ratio"):
         run(ti=ti, source=source, max_failed_ratio=0.25)
-    assert ti.xcoms["summary"]["updated"] == 1 and ti.xcoms["summary"]["rejected"] == 1
+    assert ti.xcoms["summary"]["details"]["updated"] == 1 and ti.xcoms["summary"]["rejected"] == 1
     assert run(source=source, max_failed_ratio=0.5)["rejected"] == 1
 
 
@@ -189,7 +191,7 @@ def test_429_storm_nothing_lost_or_duplicated(gpx, tmp_path, monkeypatch):
     gpx.emulator.inject("status", match=r"^(PUT|POST) /v1/users", count=120, status=429, retry_after=0.01)
     source = write_csv(tmp_path / "users.csv", ["id", "email", "title"], [[f"u{i:03d}", "", f"t{i}"] for i in range(300)])
     summary = run(source=source, insert_missing=True, max_concurrency=8)
-    assert (summary["updated"], summary["inserted"], summary["failed"]) == (150, 150, 0)
+    assert (summary["details"]["updated"], summary["details"]["inserted"], summary["vendor_failed"]) == (150, 150, 0)
     assert gpx.emulator.faults_served["status"] == 120
     assert set(gpx.emulator.writes.values()) == {1} and len(gpx.emulator.writes) == 300
     users = gpx.emulator.snapshot()["users"]
@@ -200,7 +202,7 @@ def test_repeated_ids_are_applied_in_input_order(gpx, tmp_path):
     rows = [["dup", "", f"v{i}"] for i in range(10)] + [[f"o{i}", "", "x"] for i in range(20)]
     source = write_csv(tmp_path / "users.csv", ["id", "email", "title"], rows)
     summary = run(source=source, insert_missing=True, max_concurrency=8)
-    assert (summary["inserted"], summary["updated"]) == (21, 9)
+    assert (summary["details"]["inserted"], summary["details"]["updated"]) == (21, 9)
     assert gpx.emulator.snapshot()["users"]["dup"]["title"] == "v9"
     assert gpx.emulator.counters["POST /v1/users"] == 21  # one create for "dup", never a duplicate
 
@@ -214,7 +216,7 @@ def test_ndjson_source(gpx, tmp_path):
     )
     summary = run(source=str(source), entity="ACCOUNT", insert_missing=True,
                   field_mapping={"id": "account_id", "name": "name", "numberOfEmployees": "employees"})
-    assert (summary["inserted"], summary["rejected"]) == (2, 1)
+    assert (summary["details"]["inserted"], summary["rejected"]) == (2, 1)
     assert rejects_of(summary)[0]["line"] == "2"
     assert gpx.emulator.snapshot()["accounts"]["a1"]["numberOfEmployees"] == 12
 
@@ -232,11 +234,11 @@ def test_dataframe_source(gpx, tmp_path, monkeypatch):
     })
     summary = run(source=frame, insert_missing=True,
                   field_mapping={"identifyId": "id", "signUpDate": "signup", "score": "score"})
-    assert (summary["inserted"], summary["rejected"]) == (2, 1)
+    assert (summary["details"]["inserted"], summary["rejected"]) == (2, 1)
     users = gpx.emulator.snapshot()["users"]
     assert users["u1"]["signUpDate"] == 1546300800000 and users["u1"]["score"] == 1.5
     assert "signUpDate" not in users["u2"] and "score" not in users["u2"]
-    assert summary["rejects_path"].startswith(str(tmp_path)) and rejects_of(summary)[0]["line"] == "3"
+    assert summary["details"]["rejects_path"].startswith(str(tmp_path)) and rejects_of(summary)[0]["line"] == "3"
 
 
 def test_template_fields_cover_run_dependent_values():
@@ -256,8 +258,8 @@ def test_lines_follow_the_file_past_quoted_line_ends_and_blank_lines(gpx, tmp_pa
         b"u4,d@x.com,t"                    # line 7, no line end
     )
     summary = run(source=str(source), dry_run=True, insert_missing=True)
-    assert (summary["rows_read"], summary["rejected"], summary["unchanged_or_skipped"]) == (4, 2, 2)
-    planned = [json.loads(line) for line in open(summary["dry_run_path"])]
+    assert (summary["read"], summary["rejected"], summary["skipped"]) == (4, 2, 2)
+    planned = [json.loads(line) for line in open(summary["details"]["dry_run_path"])]
     assert [(p["line"], p["id"]) for p in planned] == [(2, "u1"), (7, "u4")]
     assert planned[0]["body"]["title"] == "two\r\nlines"
     rejects = {int(r["line"]): r for r in rejects_of(summary)}
@@ -270,7 +272,7 @@ def test_latin1_csv(gpx, tmp_path):
     source = tmp_path / "users.csv"
     source.write_bytes("id,email,title\nu1,a@x.com,\"Gérant\nde café\"\nu2,b@x.com,Ça va,x\nu3,c@x.com,é\n".encode("latin-1"))
     summary = run(source=str(source), dry_run=True, encoding="latin-1")
-    planned = [json.loads(line) for line in open(summary["dry_run_path"])]
+    planned = [json.loads(line) for line in open(summary["details"]["dry_run_path"])]
     assert [(p["line"], p["body"]["title"]) for p in planned] == [(2, "Gérant\nde café"), (5, "é")]
     assert [(r["line"], r["identifier"]) for r in rejects_of(summary)] == [("4", "u2")]
 
@@ -287,7 +289,7 @@ def test_nested_ndjson_maps_by_dotted_paths(gpx, tmp_path):
     mapping = {"identifyId": "id", "location.city": "location.city",
                "location.coordinates.latitude": "location.coordinates.latitude", "customAttributes.plan": "plan"}
     summary = run(source=str(source), dry_run=True, field_mapping=mapping)
-    planned = {p["line"]: p["body"] for p in map(json.loads, open(summary["dry_run_path"]))}
+    planned = {p["line"]: p["body"] for p in map(json.loads, open(summary["details"]["dry_run_path"]))}
     assert planned == {
         1: {"identifyId": "u1", "location": {"city": "Oslo", "coordinates": {"latitude": 59.9}}, "customAttributes": {"plan": "pro"}},
         4: {"identifyId": "u2", "customAttributes": {"plan": "3"}},
@@ -305,7 +307,7 @@ def test_parquet_rows_are_numbered(gpx, tmp_path):
     source = tmp_path / "users.parquet"
     pq.write_table(pa.table({"id": ["u1", "u2", "u3"], "email": ["a@x.com", "bad", None], "title": ["t", "t", "t"]}), source)
     summary = run(source=str(source), dry_run=True)
-    assert [json.loads(line)["line"] for line in open(summary["dry_run_path"])] == [1, 3]
+    assert [json.loads(line)["line"] for line in open(summary["details"]["dry_run_path"])] == [1, 3]
     assert [(r["line"], r["identifier"]) for r in rejects_of(summary)] == [("2", "u2")]
 
 
@@ -334,7 +336,7 @@ def test_rows_are_numbered_by_record_if_lines_cannot_be_found(gpx, tmp_path, mon
     source = tmp_path / "users.csv"
     source.write_text('id,email,title\nu1,a@x.com,"a\nb"\nu2,b@x.com,t,x\nu3,c@x.com,t\n')
     summary = run(source=str(source), dry_run=True)
-    assert [json.loads(line)["line"] for line in open(summary["dry_run_path"])] == [1, 2]
+    assert [json.loads(line)["line"] for line in open(summary["details"]["dry_run_path"])] == [1, 2]
     assert [(r["line"], r["reason"][:10]) for r in rejects_of(summary)] == [("4", "ragged row")]
 
 

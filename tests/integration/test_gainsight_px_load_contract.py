@@ -7,7 +7,7 @@ import csv
 import pytest
 from airflow.providers.common.compat.sdk import AirflowException
 
-from airflow_provider_profiles.operators.gainsight_px import SUMMARY_KEYS, GainsightPXLoadOperator
+from airflow_provider_profiles.operators.gainsight_px import GainsightPXLoadOperator
 
 SECRET = "gpx-S3CRET-0b1c2d3e"
 
@@ -37,12 +37,13 @@ def write_csv(path, header, rows):
 
 def run(**kwargs):
     summary = GainsightPXLoadOperator(task_id="load", **kwargs).execute({"ti": FakeTI()})
-    assert summary["rows_read"] == sum(summary[key] for key in SUMMARY_KEYS[1:])
+    assert summary["read"] == summary["rejected"] + summary["skipped"] + summary["sent"]
+    assert summary["sent"] == summary["vendor_succeeded"] + summary["vendor_failed"]
     return summary
 
 
 def rejects_of(summary):
-    with open(summary["rejects_path"], newline="") as handle:
+    with open(summary["details"]["rejects_path"], newline="") as handle:
         return {int(row["line"]): row for row in csv.DictReader(handle)}
 
 
@@ -68,7 +69,7 @@ def test_custom_attributes_typed_by_the_model(gpx, tmp_path):
     summary = run(source=source, insert_missing=True, field_mapping={
         "identifyId": "id", "customAttributes.acceptDate": "accept", "customAttributes.seats": "seats",
         "customAttributes.beta": "beta", "customAttributes.plan": "plan"})
-    assert (summary["updated"], summary["inserted"], summary["rejected"], summary["failed"]) == (1, 1, 3, 0)
+    assert (summary["details"]["updated"], summary["details"]["inserted"], summary["rejected"], summary["vendor_failed"]) == (1, 1, 3, 0)
     users = gpx.emulator.snapshot()["users"]
     assert users["u1"]["customAttributes"] == {"acceptDate": 1548700000000, "seats": 12, "beta": True, "plan": "pro"}
     assert users["u2"]["customAttributes"] == {"acceptDate": 1548700000000, "seats": 3.5, "beta": False, "plan": "7"}
@@ -87,25 +88,31 @@ def test_attribute_not_in_the_model_is_a_configuration_error(gpx, tmp_path):
     assert sum(n for key, n in gpx.emulator.counters.items() if not key.startswith("GET")) == 0
 
 
-def test_max_requests_stops_cleanly_and_reports_skipped_rows(gpx, tmp_path):
+def test_max_requests_stops_cleanly_and_reports_the_rows_not_sent(gpx, tmp_path):
     gpx.emulator.seed(users=[{"identifyId": f"u{i}"} for i in range(10)])
     source = write_csv(tmp_path / "users.csv", ["id", "title"], [[f"u{i}", f"t{i}"] for i in range(10)])
     summary = run(source=source, field_mapping={"identifyId": "id", "title": "title"}, max_requests=5,
                   max_concurrency=1)
     # one request reads the model, four update rows; the other six rows are not attempted
-    assert summary["requests"] == 5 and sum(gpx.emulator.counters.values()) == 5
-    assert (summary["updated"], summary["unchanged_or_skipped"], summary["failed"]) == (4, 6, 0)
+    assert summary["details"]["requests"] == 5 and sum(gpx.emulator.counters.values()) == 5
+    # the six are not sent: rejected (listed with the reason), so a sync commit after it is refused
+    assert (summary["details"]["updated"], summary["rejected"], summary["skipped"], summary["vendor_failed"]) == \
+        (4, 6, 0, 0)
+    assert summary["details"]["over_budget"] == 6 and summary["sent"] == 4
+    from airflow_provider_profiles.operators.prepare import vendor_failures
+
+    assert vendor_failures(summary) == (6, 0)  # what CommitSyncStateOperator reads: it refuses the commit
     rejects = rejects_of(summary)
     assert sorted(rejects) == list(range(6, 12))
     assert all("max_requests" in row["reason"] for row in rejects.values())
-    assert run(source=source, field_mapping={"identifyId": "id", "title": "title"})["requests"] == 11
+    assert run(source=source, field_mapping={"identifyId": "id", "title": "title"})["details"]["requests"] == 11
 
 
 def test_ids_that_cannot_go_in_a_path(gpx, tmp_path):
     gpx.emulator.seed(users=[{"identifyId": "team/alice"}])
     source = write_csv(tmp_path / "users.csv", ["id", "title"], [["team/alice", "a"], ["50%", "b"], ["..", "c"]])
     summary = run(source=source, insert_missing=True, field_mapping={"identifyId": "id", "title": "title"})
-    assert (summary["updated"], summary["inserted"], summary["failed"]) == (1, 2, 0)
+    assert (summary["details"]["updated"], summary["details"]["inserted"], summary["vendor_failed"]) == (1, 2, 0)
     assert {k: v["title"] for k, v in gpx.emulator.snapshot()["users"].items()} == {"team/alice": "a", "50%": "b", "..": "c"}
 
 
@@ -120,7 +127,7 @@ def test_custom_events_from_a_file(gpx, tmp_path):
     summary = run(source=source, entity="CUSTOM_EVENT", field_mapping={
         "identifyId": "User ID", "accountId": "Account ID", "eventName": "Event Name",
         "date": "Event Date UTC-MS", "attributes.Source": "Source"})
-    assert (summary["inserted"], summary["rejected"], summary["failed"]) == (2, 3, 0)
+    assert (summary["details"]["inserted"], summary["rejected"], summary["vendor_failed"]) == (2, 3, 0)
     assert "eventName" in rejects_of(summary)[6]["reason"]
     events = gpx.emulator.snapshot()["events"]
     assert [e["date"] for e in events] == [1560499354771, 1560499354000]

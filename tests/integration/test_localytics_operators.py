@@ -97,9 +97,11 @@ def test_profile_import_returns_statistics(localytics, tmp_path, deferrable):
     """, conn_id=conn_id, file=file, deferrable=deferrable)
     state, result, activity_id = results["import"]
     assert state == "success"
-    assert activity_id and result["activity_id"] == activity_id
-    assert (result["total"], result["succeeded"], result["failed"]) == (3, 2, 1)
-    assert result["first_errors"][0]["line"] == 2
+    assert activity_id and result["details"]["activity_id"] == activity_id
+    assert {key: value for key, value in result.items() if key != "details"} == {
+        "read": 3, "rejected": 0, "skipped": 0, "sent": 3, "vendor_succeeded": 2, "vendor_failed": 1}
+    assert result["details"]["upload_statistics"]["total_number_of_imports"] == 3  # the vendor's own counters
+    assert result["details"]["first_errors"][0]["line"] == 2
     assert server.emulator.snapshot()["profiles"]["org_id:60"].keys() == {"a", "c"}
     # checked once right after the upload (still Pending), then polled by the worker or the trigger
     assert server.emulator.counters[f"GET /v1/imports/profiles/status/{activity_id}"] >= 2
@@ -152,12 +154,15 @@ def test_audience_actions_in_one_dag(localytics, tmp_path):
                                                    deferrable=True, poll_interval=0.1)
         rename = LocalyticsAudienceImportOperator(
             task_id="rename", conn_id={conn_id}, action="rename", audience_name="vip-renamed",
-            audience_list_id="{{{{ ti.xcom_pull(task_ids='create')['audience_list_id'] }}}}")
+            audience_list_id="{{{{ ti.xcom_pull(task_ids='create')['details']['audience_list_id'] }}}}")
         create >> replace >> rename
     """, conn_id=conn_id, first=first, second=second)
     assert {task: r[0] for task, r in results.items()} == {"create": "success", "replace": "success", "rename": "success"}
-    list_id = results["create"][1]["audience_list_id"]
-    assert results["replace"][1]["audience_list_id"] == list_id
+    list_id = results["create"][1]["details"]["audience_list_id"]
+    assert results["replace"][1]["details"]["audience_list_id"] == list_id
+    assert (results["create"][1]["vendor_succeeded"], results["replace"][1]["vendor_succeeded"]) == (2, 1)
+    renamed = results["rename"][1]  # no records: true zeros, and the vendor's answer in details
+    assert (renamed["sent"], renamed["details"]["action"]) == (0, "rename")
     audience = server.emulator.snapshot()["audiences"][str(list_id)]
     assert (audience["name"], audience["version"], audience["record_count"]) == ("vip-renamed", 2, 1)
 
@@ -239,7 +244,7 @@ def test_retry_reattaches_instead_of_uploading_again(localytics, tmp_path, capsy
     logs = capsys.readouterr().out
     assert "worker lost while waiting" in logs and "reattaching to job" in logs  # the first try did crash
     assert server.emulator.counters["POST /v1/imports/profiles/upload"] == 1
-    assert result["activity_id"] in server.emulator.jobs
+    assert result["details"]["activity_id"] in server.emulator.jobs
 
 
 INCREMENT = '{"customer_id":"%s","changes":[{"op":"increment","attr":"visits","value":1}]}\n'
@@ -268,7 +273,7 @@ def test_lost_upload_answer_of_a_repeatable_file_is_sent_again(localytics, tmp_p
     server.emulator.inject("status_after", match="POST /v1/imports/profiles/upload", status=502)
     results = run(tmp_path, LOST_ANSWER_TASK.replace("{extra}", ""), conn_id=conn_id, file=file)
     state, result, activity_id = results["import"]
-    assert state == "success" and result["succeeded"] == 2
+    assert state == "success" and result["vendor_succeeded"] == 2
     assert server.emulator.counters["POST /v1/imports/profiles/upload"] == 2  # sent once more, as it is safe
     assert {k: v["plan"] for k, v in server.emulator.snapshot()["profiles"]["org_id:60"].items()} == {
         "a": "gold", "b": "gold"}

@@ -108,10 +108,16 @@ def test_new_import_then_mapped_uploads_over_chunks(mics, airflow_db, tmp_path, 
     assert sorted(e["status"] for e in snapshot["executions"].values()) == ["SUCCEEDED"] * 4
     result = json.loads(report.read_text())
     # the sensor waited for the execution that upload_only started and returned its final state
-    assert result["watched"]["id"] == result["started"]["execution_id"] and result["watched"]["status"] == "SUCCEEDED"
-    assert [(t["total_success"], t["total_failure"]) for t in result["totals"]] == [(3, 1), (4, 1), (5, 1)]
+    started = result["started"]  # handed over: the job's ids, and no count the platform has not reported yet
+    assert started["details"]["handed_over"] and (started["sent"], started["vendor_succeeded"]) == (None, None)
+    assert result["watched"]["id"] == started["details"]["job"]["execution_id"]
+    assert result["watched"]["status"] == "SUCCEEDED"
+    assert [(t["read"], t["sent"], t["vendor_succeeded"], t["vendor_failed"]) for t in result["totals"]] == \
+        [(4, 4, 3, 1), (5, 5, 4, 1), (6, 6, 5, 1)]
+    assert [t["details"]["total_failure"] for t in result["totals"]] == [1, 1, 1]  # the platform's own counter
     assert result["job"] == {"datamart_id": "1000", "document_import_id": definition["id"],
-                             "execution_id": result["totals"][0]["execution_id"]}
+                             "execution_id": result["totals"][0]["details"]["execution_id"]}
+    assert result["totals"][0]["details"]["job"] == result["job"]
     assert ledger_entries(f"mics_mapped_{deferrable}") == []  # upload_only too: it does not wait, nor retry
 
 
@@ -208,7 +214,7 @@ def test_trigger_runs_for_real_and_round_trips(mics):
     assert event.payload["result"]["result"]["total_failure"] == 1
     upload = MediarithmicsUploadOperator(task_id="u", document_import_id=import_id, file="x")
     totals = upload.on_success({}, status_from_event(event.payload))
-    assert (totals["total_success"], totals["total_failure"]) == (1, 1)
+    assert (totals["sent"], totals["vendor_succeeded"], totals["vendor_failed"]) == (2, 1, 1)
 
 
 def test_create_reuses_its_definition_on_retry_only(mics):
@@ -244,8 +250,8 @@ def test_a_retry_reattaches_to_its_execution_instead_of_uploading_again(mics, ai
     assert ti.try_number == 2
     [execution_id] = server.emulator.snapshot()["executions"]  # one upload across both tries
     result = json.loads(report.read_text())
-    assert result["totals"]["execution_id"] == result["execution_id"] == execution_id
-    assert result["totals"]["total_success"] == 3
+    assert result["totals"]["details"]["execution_id"] == result["execution_id"] == execution_id
+    assert result["totals"]["vendor_succeeded"] == 3
 
 
 def test_a_failed_execution_fails_with_its_error_and_logs_the_first_bad_lines(mics, caplog, capsys):
@@ -304,7 +310,7 @@ def test_unknown_outcome_with_nothing_created_uploads_and_with_two_candidates_st
     upload = MediarithmicsUploadOperator(task_id="u", document_import_id=import_id, file=str(file), poll_interval=0.1)
     lost = {"intent": {"action": "uploaded it", "at": time.time(), "size": file.stat().st_size}}
     ledger["entry"] = dict(lost)  # the earlier try's request never reached the platform
-    assert upload.execute(context)["total_success"] == 2
+    assert upload.execute(context)["vendor_succeeded"] == 2
     assert len(server.emulator.snapshot()["executions"]) == 1 and ledger == {}
     hook.create_execution(import_id, file.read_bytes())  # another upload of the same size since
     ledger["entry"] = dict(lost)

@@ -127,14 +127,21 @@ def test_rows_the_vendor_failed_are_not_committed_as_sent(sync_dag):
     assert states["commit"] == "success" and prepared["written"] == 0, states
 
 
-def test_vendor_failures_are_read_from_every_vendor_result():
+def test_vendor_failures_are_read_from_the_shared_result_of_every_vendor():
     from airflow_provider_profiles.operators.prepare import vendor_failures
+    from airflow_provider_profiles.operators.result import records_result
 
-    assert vendor_failures(None) == 0
-    assert vendor_failures({"total": 3, "succeeded": 3, "failed": 0}) == 0
-    mapped = [{"profiles_found": 2, "profiles_processed": 1, "profiles_failed": 1}, {"total_success": 5, "total_failure": 2}]
-    assert vendor_failures(mapped) == 3
-    assert vendor_failures({"rows_read": 4, "updated": 1, "inserted": 1, "rejected": 1, "failed": 1}) == 2
+    assert vendor_failures(None) == (0, 0)
+    assert vendor_failures(records_result(rejected=0, skipped=0, vendor_succeeded=3, vendor_failed=0)) == (0, 0)
+    mapped = [records_result(rejected=0, skipped=0, vendor_succeeded=1, vendor_failed=1),
+              records_result(rejected=0, skipped=0, vendor_succeeded=5, vendor_failed=2)]
+    assert vendor_failures(mapped) == (3, 0)
+    loaded = records_result(read=5, rejected=1, skipped=1, vendor_succeeded=2, vendor_failed=1)  # a loader's
+    assert vendor_failures(loaded) == (2, 0)  # rejected before sending counts as not taken too
+    unreported = records_result(rejected=0, skipped=0, sent=4)  # the vendor gave no per-record outcome
+    assert vendor_failures([unreported, mapped[0]]) == (1, 1)
+    with pytest.raises(TypeError, match="not a result of an upload, load or erase task"):
+        vendor_failures([{"total_success": 5, "total_failure": 2}])  # an old dialect is not guessed at
 
 
 def test_accumulating_changes_are_refused_with_only_changed_when_the_dag_is_parsed():
