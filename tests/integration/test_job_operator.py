@@ -81,7 +81,7 @@ def ledger_variables(dag_id: str) -> list[str]:
 @pytest.fixture(scope="module")
 def ledger_outcome(airflow_db):
     """Run the echo_ledger DAG once: (task states, the run, the emulator, ledger Variables left)."""
-    server = serve(create("echo", api_key=SECRET))
+    server = serve(EchoEmulator(api_key=SECRET))
     earlier = os.environ.get("AIRFLOW_CONN_ECHO_DEFAULT")  # the other module fixture's, if it ran first
     os.environ["AIRFLOW_CONN_ECHO_DEFAULT"] = json.dumps(
         {"conn_type": "echo", "password": SECRET, "extra": {"base_url": server.url, "max_attempts": 1}})
@@ -127,7 +127,7 @@ def test_a_failed_try_with_retries_left_keeps_the_ledger_for_the_retry(ledger_ou
 def test_a_lost_create_answer_on_the_last_try_keeps_its_intent_and_names_it(airflow_db, capsys, monkeypatch):
     """The job may exist: the entry is what makes a cleared task check before sending again, so it
     stays, and the log says how to remove it."""
-    server = serve(create("echo", api_key=SECRET))
+    server = serve(EchoEmulator(api_key=SECRET))
     monkeypatch.setenv("AIRFLOW_CONN_ECHO_DEFAULT", json.dumps(
         {"conn_type": "echo", "password": SECRET, "extra": {"base_url": server.url, "max_attempts": 1}}))
     server.emulator.inject("drop_after", match="POST /jobs")  # created, then the answer is lost
