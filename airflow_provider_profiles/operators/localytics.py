@@ -7,13 +7,15 @@ workers stay under the limit together; the hook waits for a slot rather than fai
 
 from __future__ import annotations
 
+import datetime
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowException
 
-from airflow_provider_profiles.hooks.base import JobStatus
+from airflow_provider_profiles.hooks.base import JobStatus, VendorRateLimitError
 from airflow_provider_profiles.hooks.localytics import (
     AUDIENCES,
     PROFILE_FORMATS,
@@ -21,12 +23,23 @@ from airflow_provider_profiles.hooks.localytics import (
     LocalyticsHook,
 )
 from airflow_provider_profiles.operators.base import RemoteJobOperator
+from airflow_provider_profiles.operators.inputs import FileInputMixin
 from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
 from airflow_provider_profiles.storage import as_storage_path, open_binary
 from airflow_provider_profiles.triggers.localytics import LocalyticsImportTrigger
 from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
 
 AUDIENCE_ACTIONS = ("create", "replace", "rename", "delete")
+SLOT_RETRY_SECONDS = 60.0  # a 429 without Retry-After: look again in a minute
+
+
+class UploadSlotBusy(VendorRateLimitError):
+    """No profile upload slot now (nothing was created): a deferrable task comes back at ``free_at``."""
+
+    def __init__(self, free_at: float, reason: str, refusal: VendorRateLimitError | None = None):
+        super().__init__(f"no profile upload slot until {free_at:.0f} ({reason})", status=429, vendor="Localytics",
+                         retry_after=max(0.0, free_at - time.time()))
+        self.free_at, self.reason, self.refusal = free_at, reason, refusal or self
 # Change ops whose second application leaves the profile as the first left it: a value assigned or
 # deleted, a member added to or removed from a set (a set holds a member once). increment adds again.
 REPEATABLE_OPS = frozenset({"assign", "delete", "set-add", "set-remove"})
@@ -40,7 +53,7 @@ def _given(value: Any) -> bool:
     return value not in (None, "")
 
 
-class _LocalyticsImportOperator(RemoteJobOperator):
+class _LocalyticsImportOperator(FileInputMixin, RemoteJobOperator):
     """What both import operators share: the activity id in XCom, the statistics as the result."""
 
     hook_class = LocalyticsHook
@@ -77,7 +90,11 @@ class _LocalyticsImportOperator(RemoteJobOperator):
 class LocalyticsProfileImportOperator(_LocalyticsImportOperator):
     """Upload a profile change file (JSON lines from ``ProfileChangesWriter``, or CSV) to Localytics.
 
-    :param file: local path, ``ObjectStoragePath`` or object storage URL (templated).
+    :param file: local path, ``ObjectStoragePath`` or object storage URL (templated), or the upstream
+        task's output as is: a prepare task's result (``prepared.output``) or a one-chunk list.
+        Nothing to send (no record in it) succeeds with every count 0, without a request.
+    :param storage_conn_id: the Airflow connection of the object storage holding ``file``
+        (default: the one its URL implies).
     :param org_id: import for the whole organization, or
     :param app_id: for one app; exactly one of the two (default: the connection's extra ``org_id``).
     :param format: ``json`` (JSON lines) or ``csv``.
@@ -103,9 +120,11 @@ class LocalyticsProfileImportOperator(_LocalyticsImportOperator):
         org_id: str | int | None = None,
         app_id: str | None = None,
         format: str = "json",  # noqa: A002  (the vendor's parameter name)
+        storage_conn_id: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.storage_conn_id = storage_conn_id
         if _given(org_id) and _given(app_id):
             raise ValueError(f"{self.task_id}: give org_id or app_id, not both")
         if not _templated(format) and format not in PROFILE_FORMATS:
@@ -115,9 +134,47 @@ class LocalyticsProfileImportOperator(_LocalyticsImportOperator):
         self.app_id = app_id
         self.format = format
 
+    @property
+    def input_format(self) -> str:  # type: ignore[override]
+        return "csv" if self.format == "csv" else "ndjson"
+
+    def execute(self, context: Any) -> Any:
+        try:
+            return super().execute(context)
+        except UploadSlotBusy as busy:  # deferrable: the triggerer waits for the slot, not a worker
+            self._defer_until_slot(context, busy, deadline=time.time() + self.hook.upload_max_wait())
+
+    def resume_after_slot_wait(self, context: Any, event: Any = None, deadline: float | None = None) -> Any:
+        try:
+            return super().execute(context)
+        except UploadSlotBusy as busy:
+            self._defer_until_slot(context, busy, deadline=deadline or time.time())
+
+    def _defer_until_slot(self, context: Any, busy: UploadSlotBusy, deadline: float) -> None:
+        if busy.free_at > deadline:
+            raise busy.refusal from None  # no slot before upload_max_wait runs out: fail as the worker wait would
+        moment = datetime.datetime.fromtimestamp(busy.free_at, datetime.timezone.utc)
+        self.log.info("no Localytics upload slot free (%s): deferring until %s", busy.reason,
+                      moment.isoformat(timespec="seconds"))
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+        self.defer(trigger=DateTimeTrigger(moment=moment), method_name="resume_after_slot_wait",
+                   kwargs={"deadline": deadline})
+
     def submit(self, context: Any) -> dict[str, Any]:
+        """Upload the file. Deferrable, a full hour of uploads (this process's own count, or the
+        vendor's 429) raises ``UploadSlotBusy`` before anything is created, for ``execute`` to defer."""
+        if self.deferrable and (free_in := self.hook.upload_slot_free_in()) > 0:
+            raise UploadSlotBusy(time.time() + free_in, "this worker's 10 uploads of the hour are used")
         self.record_intent(context, f"uploaded the profile import {self.file}")
-        activity_id = self.hook.upload_profiles(self.file, org_id=self.org_id, app_id=self.app_id, format=self.format)
+        try:
+            activity_id = self.hook.upload_profiles(self.file, org_id=self.org_id, app_id=self.app_id,
+                                                    format=self.format, wait_for_slot=not self.deferrable)
+        except VendorRateLimitError as refused:
+            if not self.deferrable:
+                raise
+            raise UploadSlotBusy(time.time() + (refused.retry_after or SLOT_RETRY_SECONDS),
+                                 "Localytics answered 429", refused) from None
         return self.job_for(activity_id)
 
     def find_lost_job(self, context: Any, intent: dict[str, Any]) -> dict[str, Any] | None:
@@ -162,9 +219,11 @@ class LocalyticsAudienceImportOperator(_LocalyticsImportOperator):
         audience_name: str | None = None,
         audience_list_id: str | int | None = None,
         file: Any = None,
+        storage_conn_id: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.storage_conn_id = storage_conn_id
         self.action = action
         self.app_id = app_id
         self.audience_name = audience_name
