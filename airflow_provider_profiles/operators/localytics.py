@@ -2,7 +2,8 @@
 
 Localytics allows 10 profile uploads per hour per API key: give the operator one file per run
 (split only past what one upload can carry) and run the uploads through an Airflow pool so several
-workers stay under the limit together; the hook waits for a slot rather than failing on a 429.
+workers stay under the limit together. Without a free slot the upload waits for one rather than
+failing on a 429: in the worker, or, when deferrable, in the triggerer (a timer to the slot's time).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """mediarithmics operators: create a document import for the run, upload each file as an execution.
 
     create = MediarithmicsCreateDocumentImportOperator(
-        task_id="new_import", document_type="USER_PROFILE", name="CRM profiles {{ ds }}")
+        task_id="new_import", document_type="USER_PROFILE", name="CRM profiles {{ run_id }}",
+        files=chunks.output)
     MediarithmicsUploadOperator.partial(task_id="upload", document_import_id=create.output,
-                                        deferrable=True).expand(file=chunks)
+                                        deferrable=True).expand(file=chunks.output)
 """
 
 from __future__ import annotations

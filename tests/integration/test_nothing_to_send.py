@@ -251,3 +251,23 @@ def test_a_deferrable_localytics_upload_waits_for_its_slot_in_the_triggerer(
     assert "no Localytics upload slot free (Localytics answered 429): deferring until" in capfd.readouterr().out
     assert server.emulator.counters["POST /v1/imports/profiles/upload"] == 2  # refused once, then sent once
     assert server.emulator.snapshot()["profiles"]["org_id:60"]["a"] == {"visits": 1}
+
+
+def test_upload_operators_read_the_file_through_a_named_storage_connection(
+        tmp_path, emulator, airflow_connection, airflow_db):
+    """``storage_conn_id`` is the connection ``ObjectStoragePath`` opens the file with."""
+    from airflow_provider_profiles.operators.inputs import input_file
+
+    server = emulator("localytics", time_scale=50)
+    conn_id = airflow_connection(f"loc_{uuid.uuid4().hex[:6]}", "localytics", login="localytics-key",
+                                 password="localytics-secret", host=server.url, extra={"org_id": "60"})
+    airflow_connection("profile_files", "fs")
+    changes = tmp_path / "changes.ndjson"
+    changes.write_text('{"customer_id":"a","changes":[{"op":"assign","attr":"plan","value":"gold"}]}\n')
+    assert input_file(changes.as_uri(), "profile_files").conn_id == "profile_files"
+    states, returned = run(tmp_path, """
+    LocalyticsProfileImportOperator(task_id="upload", conn_id={conn_id}, file={file}, storage_conn_id="profile_files",
+                                    poll_interval=0.1)
+    """, conn_id=conn_id, file=changes.as_uri())
+    assert states == {"upload": "success"}, states
+    assert returned["upload"]["vendor_succeeded"] == 1
