@@ -3,7 +3,7 @@
 An operator that takes a file accepts the upstream task's output directly (an ``XComArg``, so the
 dependency is kept): a path or URL, a list of chunk paths (``SplitFileOperator``), or the dict a
 prepare operator returns (``prepared.output``; its ``output`` is the file). Nothing to send (an empty
-chunk list, a prepare result that wrote no row, a file without a record) is not an error: it resolves
+chunk list, a prepare result that wrote no row nor deletion, a file without a record) is not an error: it resolves
 to None and the operator succeeds without a request to the vendor.
 """
 
@@ -28,7 +28,7 @@ def input_file(value: Any, storage_conn_id: str | None = None, *, what: str = "f
         if "output" not in value:
             raise TypeError(f"{what}: a dict is taken as a prepare task's result and needs its 'output', "
                             f"got keys {sorted(value)}")
-        if value.get("written") == 0:
+        if value.get("written") == 0 and not value.get("deleted"):  # deletions are lines to send too
             return None
         value = value["output"]
     if isinstance(value, (list, tuple)):

@@ -186,6 +186,7 @@ def test_one_task_given_several_chunks_says_to_map_it(tmp_path):
     second.write_text("\n")
     assert str(input_file([str(first)])) == str(first)
     assert input_file({"output": str(first), "written": 0}) is None
+    assert str(input_file({"output": str(first), "written": 0, "deleted": 1})) == str(first)
     assert input_file({"output": str(second), "written": 1}) is None  # what the file holds decides
     assert input_file([]) is None
     with pytest.raises(ValueError, match=r"map the task over them"):
