@@ -24,26 +24,31 @@ def input_file(value: Any, storage_conn_id: str | None = None, *, what: str = "f
                file_format: str | None = None) -> Any | None:
     """The file ``value`` names (a storage path, opened with ``storage_conn_id`` when given), or None
     when there is nothing to send. Several chunks for one task is an error: map the task over them."""
+    if isinstance(value, Mapping) and value.get("written") == 0 and not value.get("deleted"):
+        return None  # a prepare result that wrote nothing (deletions are lines to send too)
+    if isinstance(value, (list, tuple)) and not value:
+        return None
+    path = as_storage_path(input_path(value, what), storage_conn_id)
+    return path if has_records(path, file_format) else None
+
+
+def input_path(value: Any, what: str = "file") -> Any:
+    """The one path ``value`` names: itself, a prepare result's ``output``, a one-chunk list's chunk."""
     if isinstance(value, Mapping):
         if "output" not in value:
             raise TypeError(f"{what}: a dict is taken as a prepare task's result and needs its 'output', "
                             f"got keys {sorted(value)}")
-        if value.get("written") == 0 and not value.get("deleted"):  # deletions are lines to send too
-            return None
         value = value["output"]
     if isinstance(value, (list, tuple)):
-        if not value:
-            return None
-        if len(value) > 1:
+        if len(value) != 1:
             raise ValueError(f"{what}: {len(value)} chunks given to one task; map the task over them "
-                             f"(.partial(...).expand({what}=chunks.output)): {list(value)[:3]}...")
-        return input_file(value[0], storage_conn_id, what=what, file_format=file_format)
+                             f"(.partial(...).expand({what}=chunks.output)): {list(value)[:3]}")
+        value = value[0]
     if value is None or value == "":
         raise ValueError(f"{what}: no file given")
     if not isinstance(value, (str, os.PathLike)) and not hasattr(value, "protocol"):
         raise TypeError(f"{what}: expected a path, a list of chunk paths or a prepare result, got {value!r}")
-    path = as_storage_path(value, storage_conn_id)
-    return path if has_records(path, file_format) else None
+    return value
 
 
 def has_records(path: Any, file_format: str | None = None) -> bool:

@@ -33,17 +33,19 @@ from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
 AUDIENCE_ACTIONS = ("create", "replace", "rename", "delete")
 SLOT_RETRY_SECONDS = 60.0  # a 429 without Retry-After: look again in a minute
 
+# Change ops whose second application leaves the profile as the first left it: a value assigned or
+# deleted, a member added to or removed from a set (a set holds a member once). increment adds again.
+REPEATABLE_OPS = frozenset({"assign", "delete", "set-add", "set-remove"})
+
 
 class UploadSlotBusy(VendorRateLimitError):
     """No profile upload slot now (nothing was created): a deferrable task comes back at ``free_at``."""
 
     def __init__(self, free_at: float, reason: str, refusal: VendorRateLimitError | None = None):
-        super().__init__(f"no profile upload slot until {free_at:.0f} ({reason})", status=429, vendor="Localytics",
+        super().__init__(f"no profile upload slot until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(free_at))} "
+                         f"({reason})", status=429, vendor="Localytics",
                          retry_after=max(0.0, free_at - time.time()))
         self.free_at, self.reason, self.refusal = free_at, reason, refusal or self
-# Change ops whose second application leaves the profile as the first left it: a value assigned or
-# deleted, a member added to or removed from a set (a set holds a member once). increment adds again.
-REPEATABLE_OPS = frozenset({"assign", "delete", "set-add", "set-remove"})
 
 
 def _templated(value: Any) -> bool:
@@ -106,6 +108,9 @@ class LocalyticsProfileImportOperator(_LocalyticsImportOperator):
     ``Failed``, or whose failed share exceeds ``max_failed_ratio``, fails the task with the first lines
     of the error log. A retry after an upload whose answer was lost sends the file again only when
     its ops apply the same twice (no ``increment``); otherwise it fails saying what to check.
+    Without a free upload slot (10 an hour), a deferrable task defers to a timer at the time the
+    limiter or the answer's Retry-After gives, then uploads; else it waits in the worker. Either way
+    for at most the connection's ``upload_max_wait``.
     Other arguments: see ``RemoteJobOperator`` (``conn_id``, ``wait_for_completion``,
     ``deferrable``, ``poll_interval``, ``job_timeout``, ``max_failed_ratio``).
     """
@@ -166,7 +171,7 @@ class LocalyticsProfileImportOperator(_LocalyticsImportOperator):
         """Upload the file. Deferrable, a full hour of uploads (this process's own count, or the
         vendor's 429) raises ``UploadSlotBusy`` before anything is created, for ``execute`` to defer."""
         if self.deferrable and (free_in := self.hook.upload_slot_free_in()) > 0:
-            raise UploadSlotBusy(time.time() + free_in, "this worker's 10 uploads of the hour are used")
+            raise UploadSlotBusy(time.time() + free_in, "this process's 10 uploads of the hour are used")
         self.record_intent(context, f"uploaded the profile import {self.file}")
         try:
             activity_id = self.hook.upload_profiles(self.file, org_id=self.org_id, app_id=self.app_id,

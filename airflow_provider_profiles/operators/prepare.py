@@ -33,6 +33,7 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 
 from airflow_provider_profiles.vendors import vendor as vendor_spec
 from airflow_provider_profiles.writers import get_writer, upload_limit
+from airflow_provider_profiles.operators.inputs import input_path
 from airflow_provider_profiles.operators.result import results_of
 from airflow_provider_profiles.prepare.mapping import FieldMapping
 from airflow_provider_profiles.prepare.engine import PrepareResult, prepare
@@ -338,7 +339,7 @@ class SplitFileOperator(BaseOperator):
         self.storage_conn_id = storage_conn_id
 
     def execute(self, context) -> list[str]:
-        source = self.source_path["output"] if isinstance(self.source_path, dict) else self.source_path
+        source = input_path(self.source_path, "source_path")
         max_bytes = self.max_bytes if self.max_bytes is not None else self.default_max_bytes
         chunks = split_file(
             _storage_path(source, self.storage_conn_id),
