@@ -60,7 +60,7 @@ with DAG(
         LocalyticsEraseOperator(task_id="localytics", **by_user_id),
         MediarithmicsEraseOperator(task_id="mediarithmics", document_type="USER_POINTS_DELETION",
                                    id_type="user_account_id", deferrable=True, poll_interval=5,
-                                   name="GDPR erasure {{ ds }}", **by_user_id),
+                                   name="GDPR erasure {{ run_id }}", **by_user_id),
     ]
 
     @task(trigger_rule="all_done")

@@ -305,6 +305,13 @@ class RateLimiter:
             self._sends.append(at)
             return at - now
 
+    def free_in(self) -> float:
+        """How long the next send would wait, without booking it."""
+        with self._lock:
+            if len(self._sends) < self.requests:
+                return 0.0
+            return max(0.0, self._sends[0] + self.per_seconds - self._clock())
+
     def acquire(self) -> float:
         wait = self.reserve()
         if wait:

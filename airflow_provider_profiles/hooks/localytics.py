@@ -81,10 +81,14 @@ class LocalyticsHook(ProfilesHook):
         org_id: str | int | None = None,
         app_id: str | None = None,
         format: str = "json",  # noqa: A002  (the vendor's parameter name)
+        wait_for_slot: bool = True,
     ) -> str:
         """Upload a profile change file (JSON lines, or CSV) for one org or one app; return the activity id.
 
-        Without ``org_id`` and ``app_id``, the connection extra ``org_id`` is the scope.
+        Without ``org_id`` and ``app_id``, the connection extra ``org_id`` is the scope. With
+        ``wait_for_slot=False`` a refusal for want of an upload slot raises ``VendorRateLimitError``
+        (its ``retry_after`` says when to come back) instead of waiting here (a deferrable task
+        waits in the triggerer instead).
         """
         scope = self.profile_scope(org_id=org_id, app_id=app_id)
         if format not in PROFILE_FORMATS:
@@ -92,12 +96,23 @@ class LocalyticsHook(ProfilesHook):
         content_type = "text/csv" if format == "csv" else "application/json"
         self.connection  # noqa: B018  (extras)
         slot = CapacityWait("profile upload slot (Localytics takes 10 per hour)",
-                            self.policy.clock() + float(self.extras.get("upload_max_wait", DEFAULT_UPLOAD_MAX_WAIT)),
+                            self.policy.clock() + self.upload_max_wait() if wait_for_slot else None,
                             interval=60.0, min_interval=1.0)  # the answer's Retry-After tells when the hour moves on
         activity_id = self._send_file("POST", "imports/profiles/upload", file, content_type, route="upload",
                                       wait_for_capacity=slot, data={**scope, "format": format})
         self.log.info("Localytics profile import %s created for %s from %s", activity_id, scope, file)
         return activity_id
+
+    def upload_max_wait(self) -> float:
+        """Seconds an upload may wait for a slot (extra ``upload_max_wait``, default 2 hours)."""
+        self.connection  # noqa: B018  (extras)
+        return float(self.extras.get("upload_max_wait", DEFAULT_UPLOAD_MAX_WAIT))
+
+    def upload_slot_free_in(self) -> float:
+        """Seconds until this process's own limiter lets the next profile upload go (0: now)."""
+        self.connection  # noqa: B018  (extras: rate_limits)
+        limiter = self.limiter("upload")
+        return limiter.free_in() if limiter else 0.0
 
     def _send_file(self, method: str, path: str, file: Any, content_type: str = "application/json",
                    **options: Any) -> str:

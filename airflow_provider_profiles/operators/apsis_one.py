@@ -21,6 +21,7 @@ from airflow_provider_profiles.hooks.base import (
     VendorServerError,
 )
 from airflow_provider_profiles.operators.base import RemoteJobOperator
+from airflow_provider_profiles.operators.inputs import FileInputMixin
 from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
 from airflow_provider_profiles.storage import as_storage_path
 from airflow_provider_profiles.triggers.apsis_one import ApsisOneImportTrigger
@@ -45,8 +46,12 @@ def _expired(ticket: Mapping[str, Any]) -> bool:
     return datetime.datetime.fromisoformat(str(expires).replace("Z", "+00:00")).timestamp() <= time.time()
 
 
-class ApsisOneProfileImportOperator(RemoteJobOperator):
+class ApsisOneProfileImportOperator(FileInputMixin, RemoteJobOperator):
     """Import ``file`` (local path or object storage URL, CSV of at most 50 MB) into ``section``.
+
+    ``file`` may also be the upstream task's output as is (a prepare task's result, ``prepared.output``,
+    or a one-chunk list); ``storage_conn_id`` names the object storage connection holding it. A file
+    without a record sends nothing, creates no import and returns every count 0.
 
     The spec is built from plain arguments (see ``ImportSpec``): ``keyspace`` and ``keyspace_column``,
     ``attributes`` (column -> attribute name/discriminator), ``tags`` (column -> tag), ``static_tags``,
@@ -68,6 +73,7 @@ class ApsisOneProfileImportOperator(RemoteJobOperator):
         "extra_spec", "conn_id",
     )
     ui_color = "#e8f4ff"
+    input_format = "csv"
 
     def __init__(
         self,
@@ -84,9 +90,11 @@ class ApsisOneProfileImportOperator(RemoteJobOperator):
         update_existing_profiles: bool = True,
         clear_existing_attributes: bool = False,
         extra_spec: Mapping[str, Any] | None = None,
+        storage_conn_id: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.storage_conn_id = storage_conn_id
         self.section = section
         self.file = file
         self.keyspace = keyspace

@@ -164,6 +164,10 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
         """Failed records / all records as the vendor reports them, or None if it does not."""
         return None
 
+    def nothing_to_send(self, context: Any) -> Any | None:
+        """The task's result when its input holds nothing to send (then no request is made), else None."""
+        return None
+
     def find_lost_job(self, context: Any, intent: dict[str, Any]) -> dict[str, Any] | None:
         """An earlier try sent the creating request ``intent`` describes and lost the answer.
 
@@ -191,6 +195,9 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
 
     def execute(self, context: Any) -> Any:
         self._context = context
+        nothing = self.nothing_to_send(context)
+        if nothing is not None:  # a success that creates nothing remote: downstream tasks run as usual
+            return nothing
         with _ledger_settled_on_error(context, self.log):
             return self._execute(context)
 

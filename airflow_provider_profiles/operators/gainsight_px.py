@@ -49,6 +49,7 @@ from airflow_provider_profiles.storage import (
     open_binary,
 )
 from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
+from airflow_provider_profiles.operators.inputs import input_file, nothing_sent
 from airflow_provider_profiles.operators.result import records_result
 
 log = logging.getLogger(__name__)
@@ -213,8 +214,11 @@ class GainsightPXLoadOperator(BaseOperator):
     attribute model (read once per run): dates go as epoch milliseconds, custom attributes included,
     and a value that does not fit its attribute rejects the row before anything is sent.
 
-    :param source: a local path or object-storage URI (CSV or NDJSON, see ``input_format``) or a pandas
-        DataFrame. CSV values may be quoted to contain commas; dates are milliseconds since the epoch.
+    :param source: a local path or object-storage URI (CSV or NDJSON, see ``input_format``), the upstream
+        task's output as is (a prepare task's result, ``prepared.output``, or a one-chunk list) or a
+        pandas DataFrame. CSV values may be quoted to contain commas; dates are milliseconds since the
+        epoch. An input without a record sends no request and returns every count 0.
+    :param storage_conn_id: the object storage connection holding ``source`` (default: its URL's).
     :param entity: ``USER``, ``ACCOUNT`` or ``CUSTOM_EVENT`` (events are always inserted: map ``identifyId``
         and ``eventName``; ``date``, ``accountId``, ``attributes.<name>``... as the vendor's loader does).
     :param field_mapping: ``{px_field: input_column}``; dots nest fields (``location.city``,
@@ -268,9 +272,11 @@ class GainsightPXLoadOperator(BaseOperator):
         requests_per_second: float | None = None,
         progress_interval: float = 5.0,
         max_requests: int | None = None,
+        storage_conn_id: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.storage_conn_id = storage_conn_id
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
         if max_requests is not None and max_requests < 1:
@@ -334,6 +340,16 @@ class GainsightPXLoadOperator(BaseOperator):
     # --- run --------------------------------------------------------------------------------------------
     def execute(self, context: Any) -> dict[str, Any]:
         record_format = GainsightPXRecordFormat(self.entity, self.field_mapping, self.field_types)
+        given = self.source
+        if self._is_dataframe():
+            empty = len(self.source) == 0
+        else:
+            self.source = input_file(self.source, self.storage_conn_id, what="source", file_format=self.input_format)
+            empty = self.source is None
+        if empty:
+            self.log.info("nothing to send in %s: no request sent to Gainsight PX", "a DataFrame" if
+                          self._is_dataframe() else given)
+            return nothing_sent("DataFrame" if self._is_dataframe() else given)
         hook = GainsightPXHook(self.conn_id, requests_per_second=self.requests_per_second,
                                pool_size=self.max_concurrency, max_requests=self.max_requests)
         if not self.dry_run and not hook.product_key:

@@ -2,18 +2,21 @@
 
 Localytics allows 10 profile uploads per hour per API key: give the operator one file per run
 (split only past what one upload can carry) and run the uploads through an Airflow pool so several
-workers stay under the limit together; the hook waits for a slot rather than failing on a 429.
+workers stay under the limit together. Without a free slot the upload waits for one rather than
+failing on a 429: in the worker, or, when deferrable, in the triggerer (a timer to the slot's time).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowException
 
-from airflow_provider_profiles.hooks.base import JobStatus
+from airflow_provider_profiles.hooks.base import JobStatus, VendorRateLimitError
 from airflow_provider_profiles.hooks.localytics import (
     AUDIENCES,
     PROFILE_FORMATS,
@@ -21,15 +24,28 @@ from airflow_provider_profiles.hooks.localytics import (
     LocalyticsHook,
 )
 from airflow_provider_profiles.operators.base import RemoteJobOperator
+from airflow_provider_profiles.operators.inputs import FileInputMixin
 from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
 from airflow_provider_profiles.storage import as_storage_path, open_binary
 from airflow_provider_profiles.triggers.localytics import LocalyticsImportTrigger
 from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
 
 AUDIENCE_ACTIONS = ("create", "replace", "rename", "delete")
+SLOT_RETRY_SECONDS = 60.0  # a 429 without Retry-After: look again in a minute
+
 # Change ops whose second application leaves the profile as the first left it: a value assigned or
 # deleted, a member added to or removed from a set (a set holds a member once). increment adds again.
 REPEATABLE_OPS = frozenset({"assign", "delete", "set-add", "set-remove"})
+
+
+class UploadSlotBusy(VendorRateLimitError):
+    """No profile upload slot now (nothing was created): a deferrable task comes back at ``free_at``."""
+
+    def __init__(self, free_at: float, reason: str, refusal: VendorRateLimitError | None = None):
+        super().__init__(f"no profile upload slot until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(free_at))} "
+                         f"({reason})", status=429, vendor="Localytics",
+                         retry_after=max(0.0, free_at - time.time()))
+        self.free_at, self.reason, self.refusal = free_at, reason, refusal or self
 
 
 def _templated(value: Any) -> bool:
@@ -40,7 +56,7 @@ def _given(value: Any) -> bool:
     return value not in (None, "")
 
 
-class _LocalyticsImportOperator(RemoteJobOperator):
+class _LocalyticsImportOperator(FileInputMixin, RemoteJobOperator):
     """What both import operators share: the activity id in XCom, the statistics as the result."""
 
     hook_class = LocalyticsHook
@@ -77,7 +93,11 @@ class _LocalyticsImportOperator(RemoteJobOperator):
 class LocalyticsProfileImportOperator(_LocalyticsImportOperator):
     """Upload a profile change file (JSON lines from ``ProfileChangesWriter``, or CSV) to Localytics.
 
-    :param file: local path, ``ObjectStoragePath`` or object storage URL (templated).
+    :param file: local path, ``ObjectStoragePath`` or object storage URL (templated), or the upstream
+        task's output as is: a prepare task's result (``prepared.output``) or a one-chunk list.
+        Nothing to send (no record in it) succeeds with every count 0, without a request.
+    :param storage_conn_id: the Airflow connection of the object storage holding ``file``
+        (default: the one its URL implies).
     :param org_id: import for the whole organization, or
     :param app_id: for one app; exactly one of the two (default: the connection's extra ``org_id``).
     :param format: ``json`` (JSON lines) or ``csv``.
@@ -88,6 +108,9 @@ class LocalyticsProfileImportOperator(_LocalyticsImportOperator):
     ``Failed``, or whose failed share exceeds ``max_failed_ratio``, fails the task with the first lines
     of the error log. A retry after an upload whose answer was lost sends the file again only when
     its ops apply the same twice (no ``increment``); otherwise it fails saying what to check.
+    Without a free upload slot (10 an hour), a deferrable task defers to a timer at the time the
+    limiter or the answer's Retry-After gives, then uploads; else it waits in the worker. Either way
+    for at most the connection's ``upload_max_wait``.
     Other arguments: see ``RemoteJobOperator`` (``conn_id``, ``wait_for_completion``,
     ``deferrable``, ``poll_interval``, ``job_timeout``, ``max_failed_ratio``).
     """
@@ -103,9 +126,11 @@ class LocalyticsProfileImportOperator(_LocalyticsImportOperator):
         org_id: str | int | None = None,
         app_id: str | None = None,
         format: str = "json",  # noqa: A002  (the vendor's parameter name)
+        storage_conn_id: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.storage_conn_id = storage_conn_id
         if _given(org_id) and _given(app_id):
             raise ValueError(f"{self.task_id}: give org_id or app_id, not both")
         if not _templated(format) and format not in PROFILE_FORMATS:
@@ -115,9 +140,47 @@ class LocalyticsProfileImportOperator(_LocalyticsImportOperator):
         self.app_id = app_id
         self.format = format
 
+    @property
+    def input_format(self) -> str:  # type: ignore[override]
+        return "csv" if self.format == "csv" else "ndjson"
+
+    def execute(self, context: Any) -> Any:
+        try:
+            return super().execute(context)
+        except UploadSlotBusy as busy:  # deferrable: the triggerer waits for the slot, not a worker
+            self._defer_until_slot(context, busy, deadline=time.time() + self.hook.upload_max_wait())
+
+    def resume_after_slot_wait(self, context: Any, event: Any = None, deadline: float | None = None) -> Any:
+        try:
+            return super().execute(context)
+        except UploadSlotBusy as busy:
+            self._defer_until_slot(context, busy, deadline=deadline or time.time())
+
+    def _defer_until_slot(self, context: Any, busy: UploadSlotBusy, deadline: float) -> None:
+        if busy.free_at > deadline:
+            raise busy.refusal from None  # no slot before upload_max_wait runs out: fail as the worker wait would
+        moment = datetime.datetime.fromtimestamp(busy.free_at, datetime.timezone.utc)
+        self.log.info("no Localytics upload slot free (%s): deferring until %s", busy.reason,
+                      moment.isoformat(timespec="seconds"))
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+        self.defer(trigger=DateTimeTrigger(moment=moment), method_name="resume_after_slot_wait",
+                   kwargs={"deadline": deadline})
+
     def submit(self, context: Any) -> dict[str, Any]:
+        """Upload the file. Deferrable, a full hour of uploads (this process's own count, or the
+        vendor's 429) raises ``UploadSlotBusy`` before anything is created, for ``execute`` to defer."""
+        if self.deferrable and (free_in := self.hook.upload_slot_free_in()) > 0:
+            raise UploadSlotBusy(time.time() + free_in, "this process's 10 uploads of the hour are used")
         self.record_intent(context, f"uploaded the profile import {self.file}")
-        activity_id = self.hook.upload_profiles(self.file, org_id=self.org_id, app_id=self.app_id, format=self.format)
+        try:
+            activity_id = self.hook.upload_profiles(self.file, org_id=self.org_id, app_id=self.app_id,
+                                                    format=self.format, wait_for_slot=not self.deferrable)
+        except VendorRateLimitError as refused:
+            if not self.deferrable:
+                raise
+            raise UploadSlotBusy(time.time() + (refused.retry_after or SLOT_RETRY_SECONDS),
+                                 "Localytics answered 429", refused) from None
         return self.job_for(activity_id)
 
     def find_lost_job(self, context: Any, intent: dict[str, Any]) -> dict[str, Any] | None:
@@ -162,9 +225,11 @@ class LocalyticsAudienceImportOperator(_LocalyticsImportOperator):
         audience_name: str | None = None,
         audience_list_id: str | int | None = None,
         file: Any = None,
+        storage_conn_id: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.storage_conn_id = storage_conn_id
         self.action = action
         self.app_id = app_id
         self.audience_name = audience_name

@@ -1,9 +1,10 @@
 """mediarithmics operators: create a document import for the run, upload each file as an execution.
 
     create = MediarithmicsCreateDocumentImportOperator(
-        task_id="new_import", document_type="USER_PROFILE", name="CRM profiles {{ ds }}")
+        task_id="new_import", document_type="USER_PROFILE", name="CRM profiles {{ run_id }}",
+        files=chunks.output)
     MediarithmicsUploadOperator.partial(task_id="upload", document_import_id=create.output,
-                                        deferrable=True).expand(file=chunks)
+                                        deferrable=True).expand(file=chunks.output)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from airflow_provider_profiles.hooks.mediarithmics import (
     execution_status,
 )
 from airflow_provider_profiles.operators.base import RemoteJobOperator
+from airflow_provider_profiles.operators.inputs import FileInputMixin, input_file
 from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
 from airflow_provider_profiles.storage import as_storage_path
 from airflow_provider_profiles.triggers.mediarithmics import (
@@ -50,8 +52,11 @@ class MediarithmicsCreateDocumentImportOperator(BaseOperator):
     """Create a document import definition and return its id.
 
     The mediarithmics guide recommends a new document import per batch of files (e.g. one per nightly
-    run), so template ``name`` with the run, e.g. ``"CRM profiles {{ ds }}"``. A retry of this task
+    run), so template ``name`` with the run, e.g. ``"CRM profiles {{ run_id }}"``. A retry of this task
     reuses the definition an earlier try created under the same name instead of adding a second one.
+    Given ``files`` (the chunks or prepare result the uploads will send, e.g. ``chunks.output``), it
+    creates nothing and returns None when they hold no record: a run with nothing to send leaves no
+    empty document import behind, and the uploads return every count 0.
 
     :param document_type: USER_PROFILE, USER_SEGMENT, USER_ACTIVITY, USER_CHOICE,
         USER_IDENTIFIERS_ASSOCIATION_DECLARATIONS or USER_IDENTIFIERS_DELETION.
@@ -60,9 +65,11 @@ class MediarithmicsCreateDocumentImportOperator(BaseOperator):
     :param datamart_id: defaults to the connection's ``datamart_id`` extra.
     :param encoding: of the files to upload.
     :param priority: LOW, MEDIUM or HIGH (the platform's default when not given).
+    :param files: what the uploads will send (a path, a list of chunk paths or a prepare result).
+    :param storage_conn_id: the object storage connection holding ``files``.
     """
 
-    template_fields = ("datamart_id", "document_type", "mime_type", "name", "conn_id")
+    template_fields = ("datamart_id", "document_type", "mime_type", "name", "conn_id", "files")
 
     def __init__(
         self,
@@ -74,9 +81,12 @@ class MediarithmicsCreateDocumentImportOperator(BaseOperator):
         encoding: str = "utf-8",
         priority: str | None = None,
         conn_id: str = MediarithmicsHook.default_conn_name,
+        files: Any = None,
+        storage_conn_id: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.files, self.storage_conn_id = files, storage_conn_id
         self.document_type = document_type
         self.name = name
         self.mime_type = mime_type
@@ -85,7 +95,10 @@ class MediarithmicsCreateDocumentImportOperator(BaseOperator):
         self.priority = priority
         self.conn_id = conn_id
 
-    def execute(self, context: Any) -> str:
+    def execute(self, context: Any) -> str | None:
+        if self.files is not None and not self._anything_to_send():
+            self.log.info("nothing to send in %s: no document import created", self.files)
+            return None
         hook = MediarithmicsHook(self.conn_id)
         if context["ti"].try_number > 1:
             for existing in hook.list_document_imports(self.datamart_id):
@@ -101,8 +114,14 @@ class MediarithmicsCreateDocumentImportOperator(BaseOperator):
         self.log.info("created %s document import %s %r", self.document_type, created["id"], self.name)
         return str(created["id"])
 
+    def _anything_to_send(self) -> bool:
+        csv = "csv" if self.mime_type == "TEXT_CSV" else None
+        chunks = self.files if isinstance(self.files, (list, tuple)) else [self.files]
+        return any(input_file(chunk, self.storage_conn_id, what="files", file_format=csv) is not None
+                   for chunk in chunks)
 
-class MediarithmicsUploadOperator(RemoteJobOperator):
+
+class MediarithmicsUploadOperator(FileInputMixin, RemoteJobOperator):
     """Upload one file to a document import (one execution), then wait for it unless told not to.
 
     The file streams from a local path or an object-storage URI (``s3://``, ``gs://``...), never read
@@ -117,7 +136,11 @@ class MediarithmicsUploadOperator(RemoteJobOperator):
     document import's executions) rather than importing the file twice.
 
     :param document_import_id: the definition to upload to (templated; e.g. the create task's output).
-    :param file: path or URI of the file (templated).
+    :param file: path or URI of the file (templated), or the upstream task's output as is (a prepare
+        task's result, ``prepared.output``, or a one-chunk list). A file without a record sends
+        nothing and returns every count 0 (``document_import_id`` may then be None: see
+        ``MediarithmicsCreateDocumentImportOperator``'s ``files``).
+    :param storage_conn_id: the object storage connection holding ``file`` (default: its URL's).
     :param datamart_id: defaults to the connection's ``datamart_id`` extra.
     :param content_type: ``application/x-ndjson`` or ``text/csv``; defaults to the definition's.
     See ``RemoteJobOperator`` for ``wait_for_completion``, ``deferrable``, ``poll_interval``,
@@ -131,17 +154,23 @@ class MediarithmicsUploadOperator(RemoteJobOperator):
     def __init__(
         self,
         *,
-        document_import_id: str | int,
+        document_import_id: str | int | None,
         file: Any,
         datamart_id: str | int | None = None,
         content_type: str | None = None,
+        storage_conn_id: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.storage_conn_id = storage_conn_id
         self.document_import_id = document_import_id
         self.file = file
         self.datamart_id = datamart_id
         self.content_type = content_type
+
+    @property
+    def input_format(self) -> str | None:  # type: ignore[override]
+        return "csv" if self.content_type == "text/csv" else None
 
     def submit(self, context: Any) -> dict[str, Any]:
         hook: MediarithmicsHook = self.hook  # type: ignore[assignment]

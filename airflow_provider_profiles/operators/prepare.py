@@ -6,13 +6,19 @@
         output_path="s3://bucket/out/{{ run_id }}/users.ndjson", only_changed=True,
         sync_state_path="s3://bucket/state/localytics-users",
     )
-    chunks = SplitFileOperator(task_id="split", source_path=prepared.output["output"], vendor="localytics")
+    chunks = SplitFileOperator(task_id="split", source_path=prepared.output, vendor="localytics")
     upload = LocalyticsProfileImportOperator.partial(task_id="upload").expand(file=chunks.output)
     commit = CommitSyncStateOperator(task_id="commit", sync_state_path="s3://bucket/state/localytics-users",
                                      upload_results=upload.output)
 
 The prepare operators return the ``PrepareResult`` counts (read = written + rejected + unchanged)
 with the output and rejects paths; the split operator returns the chunk paths for ``.expand()``.
+Pass a task's output on as it is (``prepared.output``, ``chunks.output``): every operator that takes a
+file accepts a path, a list of chunk paths or a prepare result, and the dependency follows the XComArg.
+(``prepared.output["output"]`` would pull an XCom *key* "output", which does not exist.)
+
+Nothing to send is a success: a file without a record still gives one chunk, and the uploads return
+every count 0 without a request, so the commit and any report downstream run as on any other day.
 """
 
 from __future__ import annotations
@@ -20,16 +26,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import csv
+import io
+
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseHook, BaseOperator
 
 from airflow_provider_profiles.vendors import vendor as vendor_spec
 from airflow_provider_profiles.writers import get_writer, upload_limit
+from airflow_provider_profiles.operators.inputs import input_path
 from airflow_provider_profiles.operators.result import results_of
 from airflow_provider_profiles.prepare.mapping import FieldMapping
 from airflow_provider_profiles.prepare.engine import PrepareResult, prepare
 from airflow_provider_profiles.prepare.split import split_file
 from airflow_provider_profiles.prepare.sync import SyncConflict, SyncState
-from airflow_provider_profiles.storage import as_storage_path
+from airflow_provider_profiles.storage import as_storage_path, open_binary
+
+DEFAULT_MAX_REJECTED_RATIO = 0.1
 
 
 def _storage_path(path: Any, conn_id: str | None):
@@ -62,6 +74,10 @@ class _PrepareOperator(BaseOperator):
     ``sync_state_path`` (see ``CommitSyncStateOperator``). A run whose data is older than the
     committed sync's (by the end of its data interval: a backfill) fails before writing anything,
     unless ``sync_allow_older=True``.
+
+    ``max_rejected_ratio`` (default 0.1; None: no ceiling): when more than this share of the rows read
+    is rejected, the task fails with the count, the ratio and the first reasons, so nothing of a
+    run whose data is mostly refused goes on to the vendor.
     """
 
     template_fields: Sequence[str] = (
@@ -85,7 +101,7 @@ class _PrepareOperator(BaseOperator):
         keep_unmapped: bool = False,
         rejects_path: str | None = None,
         duplicates: str | None = None,
-        max_rejected_ratio: float | None = None,
+        max_rejected_ratio: float | None = DEFAULT_MAX_REJECTED_RATIO,
         only_changed: bool = False,
         sync_state_path: str | None = None,
         sync_run_key: str = "{{ run_id }}",
@@ -160,11 +176,26 @@ class _PrepareOperator(BaseOperator):
         for note in result.notes:
             self.log.info("%s", note)
         if self.max_rejected_ratio is not None and result.read and result.rejected / result.read > self.max_rejected_ratio:
-            raise AirflowException(
-                f"{result.rejected} of {result.read} rows rejected (more than {self.max_rejected_ratio:.0%}); "
-                f"see {result.rejects}"
+            raise AirflowFailException(
+                f"{result.rejected} of {result.read} rows rejected ({result.rejected / result.read:.1%}, more than "
+                f"max_rejected_ratio={self.max_rejected_ratio:g}); first reasons: {_first_rejects(result.rejects)}; "
+                f"all of them in {result.rejects} (max_rejected_ratio=None lets such a run through)"
             )
         return result.to_dict()
+
+
+def _first_rejects(rejects: Any, count: int = 5) -> str:
+    """The first rows of a rejects file as ``record N (id): reason``, for an error message."""
+    if not rejects:
+        return "(no rejects file)"
+    try:
+        with open_binary(as_storage_path(rejects)) as handle:
+            reader = csv.DictReader(io.TextIOWrapper(handle, encoding="utf-8", newline=""))
+            found = [f"record {row.get('record')} ({row.get('identifier')}): {row.get('reason')}"
+                     for row, _ in zip(reader, range(count))]
+    except (OSError, ValueError, csv.Error) as error:
+        return f"(rejects file not readable: {error})"
+    return "; ".join(found) or "(none listed)"
 
 
 class ProfilesFileTransformOperator(_PrepareOperator):
@@ -276,7 +307,11 @@ class SplitFileOperator(BaseOperator):
 
     ``max_bytes`` defaults to the vendor's upload limit (mediarithmics 100 MB, Apsis One 50 MB);
     Localytics files are split only on request, as each upload uses one of 10 an hour.
-    ``source_path`` may also be the dict a prepare operator returned.
+    ``source_path`` may also be the dict a prepare operator returned (``prepared.output``).
+
+    A file without a record gives one chunk without a record, for every vendor, never ``[]``: the
+    uploads mapped over it run once, send nothing and return 0 (a task mapped over an empty list
+    would be skipped, and the commit and report after it with it).
     """
 
     template_fields: Sequence[str] = ("source_path", "output_dir", "max_bytes", "max_rows")
@@ -304,7 +339,7 @@ class SplitFileOperator(BaseOperator):
         self.storage_conn_id = storage_conn_id
 
     def execute(self, context) -> list[str]:
-        source = self.source_path["output"] if isinstance(self.source_path, dict) else self.source_path
+        source = input_path(self.source_path, "source_path")
         max_bytes = self.max_bytes if self.max_bytes is not None else self.default_max_bytes
         chunks = split_file(
             _storage_path(source, self.storage_conn_id),

@@ -75,7 +75,8 @@ def split_file(
     """Cut ``source`` into chunks of at most ``max_bytes`` (header included) and/or ``max_rows``.
 
     Returns the chunk paths in order, as strings (ready for ``.expand()``). With neither limit the
-    file is returned as is. CSV (``file_format="csv"``, or guessed from the name) repeats its
+    file is returned as is. A file without a record gives one chunk without a record (never an empty
+    list: a task mapped over an empty list is skipped, and so are the tasks after it). CSV (``file_format="csv"``, or guessed from the name) repeats its
     header; NDJSON has none. A CSV whose last quoted value is never closed is an ``InputError``
     at the line of that quote.
     """
@@ -117,6 +118,8 @@ def split_file(
                 f"{source}: the record at line {line} is larger than max_bytes={max_bytes} minus the "
                 "header; no cut can keep it whole"
             ) from None
+    if not ranges:  # no record: still one chunk (the header alone), so a mapped upload runs once and reports 0
+        ranges = [(len(head), len(head))]
     chunks = []
     for index, (start, end) in enumerate(ranges):
         target = output_dir / chunk_name(stem, index, suffix)

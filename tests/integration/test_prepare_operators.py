@@ -120,7 +120,7 @@ def test_file_transform_operator_with_mapping_and_rejects(tmp_path):
         writer_options={"columns": ["email", "first_name", "joined"], "keyspace_field": "email",
                         "keyspace": "com.apsis1.keyspaces.email"},
         mapping={"email": "mail", "first_name": "first", "joined": {"source": "joined", "type": "date"}},
-        output_path=str(tmp_path / "out" / "apsis.csv"),
+        output_path=str(tmp_path / "out" / "apsis.csv"), max_rejected_ratio=None,  # the rejects are the point here
     )
     result = operator.execute({})
     assert (result["read"], result["written"], result["rejected"]) == (3, 1, 2)

@@ -249,3 +249,13 @@ def test_record_ends_agree_with_a_character_walk():
         expected = csv_record_ends(block, start, end, complete=False)
         assert last_record_end(block, start, end) == (expected[-1] if expected else start), (block, end)
         assert first_record_end(block[start:end]) == (expected[0] - start if expected else None), (block, end)
+
+
+@pytest.mark.parametrize("name,text", [("empty.ndjson", ""), ("header.csv", "id,name\n")])
+@pytest.mark.parametrize("limits", [{}, {"max_bytes": 100}, {"max_rows": 1}], ids=["whole", "bytes", "rows"])
+def test_a_file_without_records_gives_one_chunk_without_records(tmp_path, name, text, limits):
+    """Never []: a task mapped over an empty list is skipped, and with it the commit and report after it."""
+    source = tmp_path / name
+    source.write_text(text)
+    (chunk,) = split_file(source, tmp_path / "chunks" if limits else None, **limits)
+    assert open(chunk).read() == text
