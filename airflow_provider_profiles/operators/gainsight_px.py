@@ -50,6 +50,7 @@ from airflow_provider_profiles.storage import (
 )
 from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
 from airflow_provider_profiles.operators.result import records_result
+from airflow_provider_profiles.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +397,10 @@ class _LoadRun:
         self.counts = dict.fromkeys(SUMMARY_KEYS, 0)
         self.rejects: RejectsFile | None = None
         self.started = time.monotonic()
-        self._last_progress = self.started
+        self.progress = Progress(
+            self.total, operator.progress_interval, label="Gainsight PX load progress", doing="loading",
+            done_verb="loaded", log=operator.log,
+            detail=lambda: ", ".join(f"{key} {self.counts[key]}" for key in SUMMARY_KEYS[1:]))
         self._pause = SharedPause()  # no thread sends before its end (after a 429 storm)
         self._auth_error = ""
         self._budget_reached = False
@@ -443,15 +447,10 @@ class _LoadRun:
                              "every one is in %s", self.rejects.path)
 
     def _progress(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_progress < self.operator.progress_interval:
-            return
-        self._last_progress = now
-        done = self.counts["rows_read"]
-        rate = done / max(now - self.started, 1e-9)
-        self.log.info("progress: %d of %d rows (%.0f%%), %.0f rows/s; %s", done, self.total,
-                      100.0 * done / self.total if self.total else 100.0, rate,
-                      ", ".join(f"{key} {self.counts[key]}" for key in SUMMARY_KEYS[1:]))
+        """Rows read so far, rate and ETA at the operator's interval; ``force``: the closing line."""
+        self.progress.advance(self.counts["rows_read"] - self.progress.done)
+        if force:
+            self.progress.finish()
 
     def _skip(self, line: int, identifier: str | None, reason: str) -> None:
         """A row not sent for the request budget: listed in the rejects file, so it can be sent later."""
