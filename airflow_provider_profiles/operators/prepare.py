@@ -22,6 +22,7 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseHook, BaseOperator
 
+from airflow_provider_profiles.lineage import Dataset, LineageMixin, file_dataset
 from airflow_provider_profiles.vendors import vendor as vendor_spec
 from airflow_provider_profiles.writers import get_writer, upload_limit
 from airflow_provider_profiles.operators.result import results_of
@@ -55,7 +56,7 @@ def _data_as_of(context: Any):
     return context.get("data_interval_end") or context.get("logical_date")
 
 
-class _PrepareOperator(BaseOperator):
+class _PrepareOperator(LineageMixin, BaseOperator):
     """Shared by the prepare operators: writer, mapping, rejects, incremental sync, counts.
 
     ``only_changed=True`` writes only rows new or changed since the sync committed in
@@ -150,6 +151,9 @@ class _PrepareOperator(BaseOperator):
             )
         return options
 
+    def lineage_outputs(self) -> list[Dataset]:
+        return [file_dataset(self.output_path)]
+
     def _report(self, result: PrepareResult) -> dict[str, Any]:
         self.log.info(
             "read %d rows: %d written, %d rejected, %d unchanged since the last sync, %d deletions; output %s",
@@ -189,6 +193,9 @@ class ProfilesFileTransformOperator(_PrepareOperator):
         self.encoding = encoding
         self.allow_empty = allow_empty
 
+    def lineage_inputs(self) -> list[Dataset]:
+        return [file_dataset(self.source_path)]
+
     def execute(self, context) -> dict[str, Any]:
         options = self._options(context)
         writer, output = options.pop("writer"), options.pop("output")
@@ -226,6 +233,24 @@ class SqlToProfilesFileOperator(_PrepareOperator):
         self.parameters = parameters
         self.batch_rows = batch_rows
         self.allow_empty = allow_empty
+
+    def lineage_inputs(self) -> list[Dataset]:
+        """The tables the query reads, as the OpenLineage provider's SQL parser finds them: named by the
+        hook's database info where it gives one (common-sql), else ``<conn type>://<host>``."""
+        from airflow.providers.openlineage.sqlparser import SQLParser
+
+        hook = self.get_db_hook()
+        connection = hook.get_connection(self.conn_id)
+        dialect = getattr(hook, "get_openlineage_database_dialect", lambda _conn: "generic")(connection)
+        info = getattr(hook, "get_openlineage_database_info", lambda _conn: None)(connection)
+        if info is not None:
+            parser = SQLParser(dialect=dialect, default_schema=hook.get_openlineage_default_schema())
+            found = parser.generate_openlineage_metadata_from_sql(sql=self.sql, hook=hook, database_info=info,
+                                                                  use_connection=False)
+            return [(dataset.namespace, dataset.name) for dataset in found.inputs]
+        parsed = SQLParser(dialect=dialect).parse(self.sql)  # tables as the query names them
+        namespace = f"{connection.conn_type}://{connection.host or ''}".rstrip("/")
+        return [(namespace, table.qualified_name) for table in (parsed.in_tables if parsed else [])]
 
     def get_db_hook(self):
         hook = BaseHook.get_connection(self.conn_id).get_hook()

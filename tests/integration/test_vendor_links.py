@@ -1,0 +1,75 @@
+"""Links to the vendor on the task page: stored in XCom while the task runs, read back the way Airflow's
+API server renders them (``XComOperatorLink`` over the serialized operator), under real ``dag.test()``."""
+
+from __future__ import annotations
+
+import pytest
+from airflow.sdk import DAG
+
+from airflow_provider_profiles.operators.apsis_one import APSIS_ONE_APP
+from airflow_provider_profiles.operators.links import console_or_api, public_url, storage_url
+from airflow_provider_profiles.operators.mediarithmics import (
+    MediarithmicsCreateDocumentImportOperator,
+    MediarithmicsUploadOperator,
+)
+from airflow_provider_profiles.hooks.apsis_one import ApsisOneHook
+from tests.integration.test_mediarithmics_operators import chunks, mics, run_inline_dag  # noqa: F401 (fixture)
+
+TOKEN = "tok-links-secret"
+
+
+def rendered_links(dag, dag_run, task_id: str, map_index: int = -1) -> dict[str, str]:
+    """What the task page shows: the serialized operator's links (``XComOperatorLink``), read from the DB."""
+    from airflow.models.taskinstancekey import TaskInstanceKey
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    task = DagSerialization.from_dict(DagSerialization.to_dict(dag)).get_task(task_id)
+    key = TaskInstanceKey(dag_run.dag_id, task_id, dag_run.run_id, 1, map_index)
+    return {link.name: link.get_link(task, ti_key=key) for link in task.operator_extra_links}
+
+
+def test_mediarithmics_links_are_stored_and_rendered_after_a_deferred_upload(mics, airflow_db, tmp_path):
+    server = mics(token=TOKEN, pending_seconds=0.2, running_seconds=0.2)
+    [file] = chunks(tmp_path, [3], bad=1)
+    with DAG("links_mics", schedule=None, catchup=False) as dag:
+        create = MediarithmicsCreateDocumentImportOperator(task_id="create", document_type="USER_PROFILE",
+                                                           name="links {{ run_id }}")
+        MediarithmicsUploadOperator(task_id="upload", document_import_id=create.output, file=file,
+                                    deferrable=True, poll_interval=0.2)
+    dag_run = run_inline_dag(dag)
+    execution_id = dag_run.get_task_instance("upload").xcom_pull(task_ids="upload", key="execution_id")
+    import_id = dag_run.get_task_instance("create").xcom_pull(task_ids="create")
+    links = rendered_links(dag, dag_run, "upload")
+    imports = f"{server.url}/v1/datamarts/1000/document_imports/{import_id}"
+    assert links["mediarithmics document import"] == imports
+    assert links["mediarithmics execution"] == f"{imports}/executions/{execution_id}"
+    assert links["mediarithmics error file"].startswith(f"{server.url}/v1/data_file/data?uri=")  # one bad line
+    assert rendered_links(dag, dag_run, "create") == {"mediarithmics document import": imports}
+    assert not any(TOKEN in url for url in links.values())
+
+
+def test_a_link_is_the_console_only_for_the_vendors_production_hosts():
+    status = "audience/sections/s1/imports/i1"
+    assert console_or_api("https://api.apsis.one", ApsisOneHook, APSIS_ONE_APP, status) == APSIS_ONE_APP
+    assert console_or_api("https://api-apac.apsis.one", ApsisOneHook, APSIS_ONE_APP, status) == APSIS_ONE_APP
+    # an emulator or a private deployment: the resource on that host, never production
+    assert console_or_api("http://127.0.0.1:8081", ApsisOneHook, APSIS_ONE_APP, status) == \
+        "http://127.0.0.1:8081/audience/sections/s1/imports/i1"
+    assert console_or_api("http://127.0.0.1:8081", ApsisOneHook, APSIS_ONE_APP, None) is None
+
+
+@pytest.mark.parametrize("url", [
+    "https://user:pass@api.example.com/x",  # credentials in the URL
+    "https://bucket.s3.amazonaws.com/errors.json?X-Amz-Signature=abc&X-Amz-Credential=k",  # presigned
+    "file:///etc/passwd", "javascript:alert(1)", "errors.example.com/no-scheme.json", "",
+])
+def test_urls_with_secrets_or_odd_schemes_are_not_stored(url):
+    assert public_url(url) is None
+
+
+def test_files_link_where_their_storage_has_an_address():
+    assert storage_url("s3://bucket/out/users.rejects.csv") == \
+        "https://s3.console.aws.amazon.com/s3/object/bucket?prefix=out/users.rejects.csv"
+    assert storage_url("gs://bucket/a b.csv") == "https://console.cloud.google.com/storage/browser/_details/bucket/a%20b.csv"
+    assert storage_url("https://files.example.com/r.csv") == "https://files.example.com/r.csv"
+    assert storage_url("/tmp/users.rejects.csv") is None and storage_url("memory://bucket/x.csv") is None
