@@ -134,3 +134,51 @@ def _serialize(*dags) -> None:
         update_dag_parsing_results_in_db("dags-folder", None, [LazyDeserializedDAG.from_dag(dag) for dag in dags], {}, None,
                                          set(),
                                          session=session)
+
+
+OL_DAG = """
+import sys
+from airflow.sdk import DAG
+from airflow_provider_profiles.operators.mediarithmics import MediarithmicsUploadOperator
+from airflow_provider_profiles.operators.prepare import ProfilesFileTransformOperator
+from tests.integration.test_lineage_assets import _serialize
+
+source, output, import_id = sys.argv[1:4]
+with DAG("ol_events", schedule=None, catchup=False) as dag:
+    prepare = ProfilesFileTransformOperator(
+        task_id="prepare", source_path=source, vendor="mediarithmics", writer_format="USER_PROFILE",
+        mapping={"user_account_id": "id", "name": "name"}, output_path=output)
+    upload = MediarithmicsUploadOperator(task_id="upload", document_import_id=import_id, file=output, poll_interval=0.1)
+    prepare >> upload
+_serialize(dag)
+print("dag run state:", dag.test().state)
+"""
+
+
+def test_the_openlineage_listener_emits_our_datasets_under_dag_test(mics, airflow_db, tmp_path):
+    """The provider's own listener (file transport) in a separate process: what a user's backend receives."""
+    import json
+    import os
+    import subprocess
+
+    server = mics()
+    source = tmp_path / "crm.csv"
+    source.write_text("id,name\n1,Ann\n2,Bo\n")
+    events = tmp_path / "events.jsonl"
+    env = {**os.environ, "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+        {"type": "file", "log_file_path": str(events), "append": True}), "PYTHONPATH": os.getcwd()}
+    done = subprocess.run([sys.executable, "-c", OL_DAG, str(source), str(tmp_path / "out.ndjson"),
+                           _new_import(server)], env=env, capture_output=True, text=True, timeout=300)
+    assert "dag run state: success" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    complete = {}
+    for line in events.read_text().splitlines():
+        event = json.loads(line)
+        if event["eventType"] == "COMPLETE" and "." in event["job"]["name"]:
+            complete[event["job"]["name"]] = (
+                [(d["namespace"], d["name"]) for d in event["inputs"]], [(d["namespace"], d["name"]) for d in event["outputs"]])
+    host = server.url.split("://")[1]
+    assert complete == {
+        "ol_events.prepare": ([("file", str(source))], [("file", str(tmp_path / "out.ndjson"))]),
+        "ol_events.upload": ([("file", str(tmp_path / "out.ndjson"))], [(f"mediarithmics://{host}", "datamart/1000")]),
+    }
+    assert "tok-operators" not in events.read_text()  # the connection's token is in no event
