@@ -106,20 +106,27 @@ class LineageMixin:
         return OperatorLineage(inputs=datasets(self.lineage_inputs()), outputs=datasets(self.lineage_outputs()))
 
 
-class ProfilesOutputMixin(LineageMixin):
+def _base_operator() -> type:
+    from airflow.providers.common.compat.sdk import BaseOperator
+
+    return BaseOperator
+
+
+class ProfilesOutputMixin(LineageMixin, _base_operator()):  # type: ignore[misc]
     """An upload or load into a vendor: lineage (the file in, the vendor scope out) and its Asset.
 
     :param asset: emit the Asset of the scope this task updated (``profiles_asset``) once it succeeded,
         through the alias ``profiles-<vendor>`` added to its outlets; an Asset among ``outlets`` with the
         same URI gets the task's counts as its event's ``extra`` either way.
 
-    Operators set ``vendor`` and implement ``lineage_scope()`` and ``lineage_base_url()``.
+    Operators set ``vendor`` and implement ``lineage_scope()``. A ``BaseOperator`` itself, so that
+    ``asset`` is one of the arguments ``.partial()`` accepts (Airflow checks them class by class).
     """
 
     vendor: str
 
-    def __init__(self, *args: Any, asset: bool = False, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *, asset: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
         self.asset = asset
         if asset:
             self.outlets = [*self.outlets, profiles_asset_alias(self.vendor)]

@@ -81,7 +81,7 @@ def test_prepare_operators_read_the_file_or_the_tables_and_write_the_prepared_fi
     assert outputs == [("s3://bucket", "out/users.ndjson")]
 
 
-@pytest.mark.parametrize("declared", ["asset=True", "outlets"])
+@pytest.mark.parametrize("declared", ["asset=True", "outlets", "mapped asset=True"])
 def test_a_downstream_dag_scheduled_on_the_asset_sees_the_upload(mics, airflow_db, tmp_path, declared):
     from airflow.models.asset import AssetDagRunQueue, AssetEvent, AssetModel
     from airflow.utils.session import create_session
@@ -92,10 +92,14 @@ def test_a_downstream_dag_scheduled_on_the_asset_sees_the_upload(mics, airflow_d
     suffix = uuid.uuid4().hex[:8]
     with DAG(f"on_profiles_{suffix}", schedule=[landed], catchup=False) as downstream:
         pass
-    options = {"asset": True} if declared == "asset=True" else {"outlets": [landed]}
+    options = {"outlets": [landed]} if declared == "outlets" else {"asset": True}
     with DAG(f"asset_upload_{suffix}", schedule=None, catchup=False) as dag:
-        MediarithmicsUploadOperator(task_id="upload", document_import_id=_new_import(server), file=file,
-                                    poll_interval=0.1, **options)
+        if declared.startswith("mapped"):
+            MediarithmicsUploadOperator.partial(task_id="upload", document_import_id=_new_import(server),
+                                                poll_interval=0.1, **options).expand(file=[file])
+        else:
+            MediarithmicsUploadOperator(task_id="upload", document_import_id=_new_import(server), file=file,
+                                        poll_interval=0.1, **options)
     _serialize(downstream, dag)
     _unpause(downstream.dag_id)  # a new DAG starts paused, and paused DAGs are not queued
     dag_run = dag.test()
