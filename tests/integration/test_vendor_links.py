@@ -73,3 +73,22 @@ def test_files_link_where_their_storage_has_an_address():
     assert storage_url("gs://bucket/a b.csv") == "https://console.cloud.google.com/storage/browser/_details/bucket/a%20b.csv"
     assert storage_url("https://files.example.com/r.csv") == "https://files.example.com/r.csv"
     assert storage_url("/tmp/users.rejects.csv") is None and storage_url("memory://bucket/x.csv") is None
+
+
+def test_a_localytics_import_links_to_its_status_on_the_emulator_not_to_production(emulator, airflow_connection,
+                                                                                    airflow_db, tmp_path):
+    from airflow_provider_profiles.operators.localytics import LocalyticsProfileImportOperator
+
+    server = emulator("localytics", time_scale=20)
+    airflow_connection("localytics_links", "localytics", login="localytics-key", password="localytics-secret", host=server.url,
+                       extra={"org_id": "60"})
+    file = tmp_path / "changes.ndjson"
+    file.write_text('{"customer_id":"c1","changes":[{"op":"assign","attr":"plan","value":"gold"}]}\n')
+    with DAG("links_localytics", schedule=None, catchup=False) as dag:
+        LocalyticsProfileImportOperator(task_id="upload", file=str(file), conn_id="localytics_links",
+                                        poll_interval=0.2)
+    dag_run = run_inline_dag(dag)
+    activity_id = dag_run.get_task_instance("upload").xcom_pull(task_ids="upload", key="activity_id")
+    links = rendered_links(dag, dag_run, "upload")
+    assert links["Localytics dashboard"] == f"{server.url}/v1/imports/profiles/status/{activity_id}"
+    assert "localytics.com" not in links["Localytics dashboard"] and "localytics-secret" not in str(links)
