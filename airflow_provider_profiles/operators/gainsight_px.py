@@ -50,7 +50,13 @@ from airflow_provider_profiles.storage import (
     open_binary,
 )
 from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
-from airflow_provider_profiles.operators.links import StoredLink, console_or_api, storage_url, store_links
+from airflow_provider_profiles.operators.links import (
+    REJECTS_LINK,
+    StoredLink,
+    console_or_api,
+    storage_url,
+    store_links,
+)
 from airflow_provider_profiles.operators.result import records_result
 from airflow_provider_profiles.lineage import ProfilesOutputMixin
 from airflow_provider_profiles.progress import Progress
@@ -74,7 +80,6 @@ RATE_LIMITED_PAUSE = 0.5
 # center links there; other hosts (an emulator) get no console link.
 PX_APP = "https://app.aptrinsic.com/"
 PX_LINK = StoredLink(name="Gainsight PX", key="gainsight_px_app")
-REJECTS_LINK = StoredLink(name="rejects file", key="profiles_rejects")
 
 
 @dataclass

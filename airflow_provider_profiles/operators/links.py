@@ -42,6 +42,9 @@ class StoredLink(BaseOperatorLink):
         return XCom.get_value(key=self.xcom_key, ti_key=ti_key) or ""
 
 
+REJECTS_LINK = StoredLink(name="rejects file", key="profiles_rejects")  # rows refused, with their reasons
+
+
 def store_links(context: Any, links: Mapping[StoredLink, str | None], log: Any = None) -> None:
     """Push each link's URL to XCom; URLs that are missing or not safe to show are left out."""
     for link, url in links.items():

@@ -23,6 +23,7 @@ from typing import Any
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseHook, BaseOperator
 
 from airflow_provider_profiles.lineage import Dataset, LineageMixin, file_dataset
+from airflow_provider_profiles.operators.links import REJECTS_LINK, storage_url, store_links
 from airflow_provider_profiles.vendors import vendor as vendor_spec
 from airflow_provider_profiles.writers import get_writer, upload_limit
 from airflow_provider_profiles.operators.result import results_of
@@ -74,6 +75,7 @@ class _PrepareOperator(LineageMixin, BaseOperator):
         "sync_run_key",
     )
     ui_color = "#e8f4ea"
+    operator_extra_links = (REJECTS_LINK,)
 
     def __init__(
         self,
@@ -154,13 +156,15 @@ class _PrepareOperator(LineageMixin, BaseOperator):
     def lineage_outputs(self) -> list[Dataset]:
         return [file_dataset(self.output_path)]
 
-    def _report(self, result: PrepareResult) -> dict[str, Any]:
+    def _report(self, result: PrepareResult, context: Any = None) -> dict[str, Any]:
         self.log.info(
             "read %d rows: %d written, %d rejected, %d unchanged since the last sync, %d deletions; output %s",
             result.read, result.written, result.rejected, result.unchanged, result.deleted, result.output,
         )
         if result.rejected:
             self.log.warning("%d rows rejected, with record number and reason, in %s", result.rejected, result.rejects)
+            if context is not None:
+                store_links(context, {REJECTS_LINK: storage_url(result.rejects)}, self.log)
         for note in result.notes:
             self.log.info("%s", note)
         if self.max_rejected_ratio is not None and result.read and result.rejected / result.read > self.max_rejected_ratio:
@@ -204,7 +208,7 @@ class ProfilesFileTransformOperator(_PrepareOperator):
             source, writer, output, input_format=self.input_format, delimiter=self.delimiter,
             encoding=self.encoding, allow_empty=self.allow_empty, **options,
         )
-        return self._report(result)
+        return self._report(result, context)
 
 
 class SqlToProfilesFileOperator(_PrepareOperator):
@@ -273,7 +277,7 @@ class SqlToProfilesFileOperator(_PrepareOperator):
                              allow_empty=self.allow_empty, **options)
         finally:
             connection.close()
-        return self._report(result)
+        return self._report(result, context)
 
 
 def _streaming_cursor(hook, connection):

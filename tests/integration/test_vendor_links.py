@@ -92,3 +92,20 @@ def test_a_localytics_import_links_to_its_status_on_the_emulator_not_to_producti
     links = rendered_links(dag, dag_run, "upload")
     assert links["Localytics dashboard"] == f"{server.url}/v1/imports/profiles/status/{activity_id}"
     assert "localytics.com" not in links["Localytics dashboard"] and "localytics-secret" not in str(links)
+
+
+def test_the_gainsight_px_loader_links_its_app_only_in_production(emulator, airflow_connection, tmp_path):
+    from tests.integration.test_gainsight_px_load import SECRET, FakeTI, write_csv
+    from airflow_provider_profiles.operators.gainsight_px import PX_APP, GainsightPXLoadOperator
+    from airflow_provider_profiles.hooks.gainsight_px import GainsightPXHook
+
+    server = emulator("gainsight_px", api_key=SECRET, rate_limit=None)
+    airflow_connection("gainsight_px_default", "gainsight_px", host=server.url, password=SECRET,
+                       extra={"product_key": server.emulator.product_key})
+    source = write_csv(tmp_path / "users.csv", ["id", "email"], [("u1", "a@x.com"), ("", "no-id@x.com")])
+    ti = FakeTI()
+    GainsightPXLoadOperator(task_id="load", source=source, field_mapping={"identifyId": "id", "email": "email"},
+                            dry_run=True).execute({"ti": ti})
+    # an emulator has no app to open; a local rejects file has no address to link
+    assert not [key for key in ti.xcoms if key.startswith("_link_")]
+    assert console_or_api("https://api-eu.aptrinsic.com/v1", GainsightPXHook, PX_APP, None) == PX_APP
