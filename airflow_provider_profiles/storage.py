@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 TEMPORARY_SUFFIX = ".tmp"  # a file being written aside by ``write_whole``
+UPLOAD_PROGRESS_INTERVAL = 15.0  # seconds between an upload's progress lines in the task log
 
 
 def is_local(path: Any) -> bool:
@@ -91,9 +92,30 @@ class Upload:
 
 
 @contextlib.contextmanager
-def open_upload(source: Any, default_name: str = "upload") -> Iterator[Upload]:
+def open_upload(source: Any, default_name: str = "upload", *, progress_interval: float | None = None,
+                clock: Any = None) -> Iterator[Upload]:
     """The upload of a local path or an ``ObjectStoragePath`` / URL string (opened here, closed after),
-    an open binary file (sent from where it is, left open), bytes, or an iterable of bytes chunks."""
+    an open binary file (sent from where it is, left open), bytes, or an iterable of bytes chunks.
+
+    A streamed body logs its progress as the HTTP client reads it: bytes sent, rate and ETA every
+    ``progress_interval`` seconds (default ``UPLOAD_PROGRESS_INTERVAL``), then a closing line."""
+    with _opened_upload(source, default_name) as upload:
+        if isinstance(upload.body, bytes):  # in memory, sent in one go: nothing to follow
+            yield upload
+            return
+        from airflow_provider_profiles.progress import CountingReader, Progress, counted_chunks
+
+        interval = UPLOAD_PROGRESS_INTERVAL if progress_interval is None else progress_interval
+        progress = Progress(upload.size, interval, unit="bytes", label=f"upload progress of {upload.label}",
+                            doing="sending", done_verb="sent", **({"clock": clock} if clock else {}))
+        body = (CountingReader(upload.body, progress) if hasattr(upload.body, "read")
+                else counted_chunks(upload.body, progress))
+        with progress:
+            yield dataclasses.replace(upload, body=body)
+
+
+@contextlib.contextmanager
+def _opened_upload(source: Any, default_name: str) -> Iterator[Upload]:
     if isinstance(source, (bytes, bytearray)):
         yield Upload(bytes(source), len(source), default_name, "the upload")
     elif isinstance(source, (str, os.PathLike)) or hasattr(source, "protocol"):

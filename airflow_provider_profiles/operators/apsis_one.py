@@ -20,14 +20,21 @@ from airflow_provider_profiles.hooks.base import (
     VendorConnectionError,
     VendorServerError,
 )
+from airflow_provider_profiles.lineage import ProfilesOutputMixin
 from airflow_provider_profiles.operators.base import RemoteJobOperator
 from airflow_provider_profiles.operators.inputs import FileInputMixin
+from airflow_provider_profiles.operators.links import StoredLink, console_or_api
 from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
 from airflow_provider_profiles.storage import as_storage_path
 from airflow_provider_profiles.triggers.apsis_one import ApsisOneImportTrigger
 from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
 
 RESULT_KEYS = ("profiles_found", "profiles_processed", "profiles_failed")
+# The app's address (help.apsis.one/en/articles/7857752, "First time logging in": app.apsis.one, for every
+# region); no public address pattern of an import's page was found, so production links open the app.
+# Other hosts (an emulator, a private deployment) link to the import's status resource on that host.
+APSIS_ONE_APP = "https://app.apsis.one/"
+IMPORT_LINK = StoredLink(name="Apsis One import", key="apsis_one_import")
 WAITING_FOR_FILE = ("queued", "waiting_for_file")
 
 
@@ -46,7 +53,7 @@ def _expired(ticket: Mapping[str, Any]) -> bool:
     return datetime.datetime.fromisoformat(str(expires).replace("Z", "+00:00")).timestamp() <= time.time()
 
 
-class ApsisOneProfileImportOperator(FileInputMixin, RemoteJobOperator):
+class ApsisOneProfileImportOperator(FileInputMixin, ProfilesOutputMixin, RemoteJobOperator):
     """Import ``file`` (local path or object storage URL, CSV of at most 50 MB) into ``section``.
 
     ``file`` may also be the upstream task's output as is (a prepare task's result, ``prepared.output``,
@@ -74,6 +81,8 @@ class ApsisOneProfileImportOperator(FileInputMixin, RemoteJobOperator):
     )
     ui_color = "#e8f4ff"
     input_format = "csv"
+    operator_extra_links = (IMPORT_LINK,)
+    vendor = "apsis_one"
 
     def __init__(
         self,
@@ -138,6 +147,13 @@ class ApsisOneProfileImportOperator(FileInputMixin, RemoteJobOperator):
         self.record_intent(context, f"created Apsis One import {ticket['import_id']} and uploaded {path}",
                            ticket=ticket)
         return self._upload(ticket, path, size)
+
+    def lineage_scope(self) -> dict[str, Any]:
+        return {"section": self.section}
+
+    def job_links(self, job: dict[str, Any]) -> dict[StoredLink, str | None]:
+        status = f"audience/sections/{job['section']}/imports/{job['import_id']}"
+        return {IMPORT_LINK: console_or_api(self.hook.base_url, ApsisOneHook, APSIS_ONE_APP, status)}
 
     def find_lost_job(self, context: Any, intent: dict[str, Any]) -> dict[str, Any] | None:
         """Upload to the import an earlier try created while it still waits for its file; else create anew."""

@@ -41,6 +41,7 @@ from airflow_provider_profiles.hooks.base import (
     VendorConnectionError,
     VendorServerError,
 )
+from airflow_provider_profiles.operators.links import StoredLink, store_links
 from airflow_provider_profiles.operators.result import records_result
 from airflow_provider_profiles.triggers.base import (
     FAILED,
@@ -167,6 +168,13 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
     def nothing_to_send(self, context: Any) -> Any | None:
         """The task's result when its input holds nothing to send (then no request is made), else None."""
         return None
+    def job_links(self, job: dict[str, Any]) -> dict[StoredLink, str | None]:
+        """URLs of this operator's ``operator_extra_links`` for the job (stored in XCom at once)."""
+        return {}
+
+    def result_links(self, result: Any) -> dict[StoredLink, str | None]:
+        """URLs known once the job ended (an error file...)."""
+        return {}
 
     def find_lost_job(self, context: Any, intent: dict[str, Any]) -> dict[str, Any] | None:
         """An earlier try sent the creating request ``intent`` describes and lost the answer.
@@ -299,17 +307,19 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
                              intent["action"], job)
         return job
 
-    @staticmethod
-    def _publish(context: Any, job: dict[str, Any]) -> None:
-        """XCom ``job`` (all ids) and each id under its own key (``import_id``, ``execution_id``...)."""
+    def _publish(self, context: Any, job: dict[str, Any]) -> None:
+        """XCom ``job`` (all ids) and each id under its own key (``import_id``, ``execution_id``...),
+        and the job's links for the task page."""
         context["ti"].xcom_push(key="job", value=job)
         for key, value in job.items():
             context["ti"].xcom_push(key=key, value=value)
+        store_links(context, self.job_links(job), self.log)
 
     def _finish(self, context: Any, job: dict[str, Any], status: JobStatus) -> Any:
         _ledger_clear(context)  # the job ended: a retry after a failure creates a new one anyway
         self.raise_if_failed(job, status)
         result = self.on_success(context, status)
+        store_links(context, self.result_links(result), self.log)
         self.log.info("%s job %s %s: %s", self.hook.hook_name, job, status.vendor_status, result)
         ratio = self.failed_ratio(status)
         if self.max_failed_ratio is not None and ratio is not None and ratio > self.max_failed_ratio:

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from functools import cached_property
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +51,16 @@ from airflow_provider_profiles.storage import (
 )
 from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
 from airflow_provider_profiles.operators.inputs import input_file, nothing_sent
+from airflow_provider_profiles.operators.links import (
+    REJECTS_LINK,
+    StoredLink,
+    console_or_api,
+    storage_url,
+    store_links,
+)
 from airflow_provider_profiles.operators.result import records_result
+from airflow_provider_profiles.lineage import ProfilesOutputMixin
+from airflow_provider_profiles.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +75,12 @@ MAX_LOGGED_REJECTS = 100  # a bad file must not flood the task log; the rejects 
 # 429 storm makes the loader wait, not lose rows.
 RATE_LIMITED_WAIT = 60.0
 RATE_LIMITED_PAUSE = 0.5
+# Sign-in address of the app: app.aptrinsic.com ("Sign in to your Gainsight PX account at app.aptrinsic.com
+# (or your organization's PX URL)", docs.nexla.com/user-guides/connectors/gainsight_px_api/
+# gainsight_px_api_auth). No address per data center or per record is public: every production data
+# center links there; other hosts (an emulator) get no console link.
+PX_APP = "https://app.aptrinsic.com/"
+PX_LINK = StoredLink(name="Gainsight PX", key="gainsight_px_app")
 
 
 @dataclass
@@ -204,7 +220,7 @@ def _prepare_output(path: Any) -> Any:
     return path
 
 
-class GainsightPXLoadOperator(BaseOperator):
+class GainsightPXLoadOperator(ProfilesOutputMixin, BaseOperator):
     """Update (and optionally insert) Gainsight PX users or accounts, or add custom events, from a
     CSV/NDJSON file or a DataFrame.
 
@@ -250,6 +266,8 @@ class GainsightPXLoadOperator(BaseOperator):
     template_fields = ("source", "entity", "field_mapping", "field_types", "rejects_path", "dry_run_path")
     template_fields_renderers = {"field_mapping": "json", "field_types": "json"}
     ui_color = "#d9f2e6"
+    operator_extra_links = (PX_LINK, REJECTS_LINK)
+    vendor = "gainsight_px"
 
     def __init__(
         self,
@@ -301,6 +319,20 @@ class GainsightPXLoadOperator(BaseOperator):
         self.requests_per_second = requests_per_second
         self.progress_interval = progress_interval
         self.max_requests = max_requests
+
+    # --- lineage and asset: the file in, the subscription's records of the entity out --------------
+    def lineage_source(self) -> Any:
+        return None if self._is_dataframe() else self.source
+
+    def lineage_scope(self) -> dict[str, Any]:
+        product = self.hook.product_key
+        entity = {"entity": str(self.entity).lower()}
+        return {"product": product, **entity} if product else entity
+
+    @cached_property
+    def hook(self) -> GainsightPXHook:
+        """The connection's hook for lineage (the load itself uses one sized for its pool)."""
+        return GainsightPXHook(self.conn_id)
 
     # --- input --------------------------------------------------------------------------------------
     def _is_dataframe(self) -> bool:
@@ -357,6 +389,8 @@ class GainsightPXLoadOperator(BaseOperator):
                 f"every Gainsight PX write carries the product key (propertyKeys): set the extra 'product_key' "
                 f"(AP-XXXXXXXXXXXX-2) on connection {self.conn_id!r}"
             )
+        hook.connection  # noqa: B018  (read now: its base URL decides the link)
+        store_links(context, {PX_LINK: console_or_api(hook.base_url, GainsightPXHook, PX_APP, None)}, self.log)
         with self._input() as source:
             total = self._check_input(record_format, source)
             if record_format.entity != "CUSTOM_EVENT":  # events have no model
@@ -386,6 +420,7 @@ class GainsightPXLoadOperator(BaseOperator):
         details: dict[str, Any] = {"entity": record_format.entity, "requests": hook.requests_sent}
         if rejects.count:
             details["rejects_path"] = str(rejects_path)
+            store_links(context, {REJECTS_LINK: storage_url(rejects_path)}, self.log)
         if dry_run_path is not None:
             details["dry_run_path"] = str(dry_run_path)
         summary = run.summary(details)
@@ -398,6 +433,8 @@ class GainsightPXLoadOperator(BaseOperator):
                 f"{failed} of {summary['read']} rows were rejected or failed ({ratio:.2%}), more than "
                 f"max_failed_ratio={self.max_failed_ratio:.2%}; see {details.get('rejects_path')}"
             )
+        if not self.dry_run:  # a dry run lands nothing
+            self.emit_assets(context, summary)
         return summary
 
 
@@ -412,7 +449,10 @@ class _LoadRun:
         self.counts = dict.fromkeys(SUMMARY_KEYS, 0)
         self.rejects: RejectsFile | None = None
         self.started = time.monotonic()
-        self._last_progress = self.started
+        self.progress = Progress(
+            self.total, operator.progress_interval, label="Gainsight PX load progress", doing="loading",
+            done_verb="loaded", log=operator.log,
+            detail=lambda: ", ".join(f"{key} {self.counts[key]}" for key in SUMMARY_KEYS[1:]))
         self._pause = SharedPause()  # no thread sends before its end (after a 429 storm)
         self._auth_error = ""
         self._budget_reached = False
@@ -459,15 +499,10 @@ class _LoadRun:
                              "every one is in %s", self.rejects.path)
 
     def _progress(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_progress < self.operator.progress_interval:
-            return
-        self._last_progress = now
-        done = self.counts["rows_read"]
-        rate = done / max(now - self.started, 1e-9)
-        self.log.info("progress: %d of %d rows (%.0f%%), %.0f rows/s; %s", done, self.total,
-                      100.0 * done / self.total if self.total else 100.0, rate,
-                      ", ".join(f"{key} {self.counts[key]}" for key in SUMMARY_KEYS[1:]))
+        """Rows read so far, rate and ETA at the operator's interval; ``force``: the closing line."""
+        self.progress.advance(self.counts["rows_read"] - self.progress.done)
+        if force:
+            self.progress.finish()
 
     def _skip(self, line: int, identifier: str | None, reason: str) -> None:
         """A row not sent for the request budget: listed in the rejects file, so it can be sent later."""

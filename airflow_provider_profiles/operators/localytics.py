@@ -23,8 +23,10 @@ from airflow_provider_profiles.hooks.localytics import (
     PROFILES,
     LocalyticsHook,
 )
+from airflow_provider_profiles.lineage import ProfilesOutputMixin
 from airflow_provider_profiles.operators.base import RemoteJobOperator
 from airflow_provider_profiles.operators.inputs import FileInputMixin
+from airflow_provider_profiles.operators.links import StoredLink, console_or_api
 from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
 from airflow_provider_profiles.storage import as_storage_path, open_binary
 from airflow_provider_profiles.triggers.localytics import LocalyticsImportTrigger
@@ -33,6 +35,13 @@ from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
 AUDIENCE_ACTIONS = ("create", "replace", "rename", "delete")
 SLOT_RETRY_SECONDS = 60.0  # a 429 without Retry-After: look again in a minute
 
+# The dashboard's address is not in Localytics' public pages, and neither is a page per import: for the
+# production API the link opens the documented guide to the Profiles dashboard (the page closest to an
+# import's outcome); other hosts (an emulator) link to the import's status resource on that host.
+DASHBOARD_GUIDE = "https://docs.localytics.com/docs/marketing/profiles-usage"
+DASHBOARD_LINK = StoredLink(name="Localytics dashboard", key="localytics_dashboard")
+ERROR_LOG_LINK = StoredLink(name="Localytics error log", key="localytics_error_log")
+STATUS_PATHS = {PROFILES: "imports/profiles/status", AUDIENCES: "imports/audiences/list/status"}
 # Change ops whose second application leaves the profile as the first left it: a value assigned or
 # deleted, a member added to or removed from a set (a set holds a member once). increment adds again.
 REPEATABLE_OPS = frozenset({"assign", "delete", "set-add", "set-remove"})
@@ -56,15 +65,24 @@ def _given(value: Any) -> bool:
     return value not in (None, "")
 
 
-class _LocalyticsImportOperator(FileInputMixin, RemoteJobOperator):
+class _LocalyticsImportOperator(FileInputMixin, ProfilesOutputMixin, RemoteJobOperator):
     """What both import operators share: the activity id in XCom, the statistics as the result."""
 
     hook_class = LocalyticsHook
     trigger_class = LocalyticsImportTrigger
+    operator_extra_links = (DASHBOARD_LINK, ERROR_LOG_LINK)
+    vendor = "localytics"
     kind: str
 
     def job_for(self, activity_id: str) -> dict[str, Any]:
         return {"kind": self.kind, "activity_id": activity_id}
+
+    def job_links(self, job: dict[str, Any]) -> dict[StoredLink, str | None]:
+        status = f"{STATUS_PATHS[job['kind']]}/{job['activity_id']}"
+        return {DASHBOARD_LINK: console_or_api(self.hook.base_url, LocalyticsHook, DASHBOARD_GUIDE, status)}
+
+    def result_links(self, result: Any) -> dict[StoredLink, str | None]:
+        return {ERROR_LOG_LINK: (result.get("details") or {}).get("error_log")}
 
     def on_success(self, context: Any, status: JobStatus) -> dict[str, Any]:
         payload = status.payload
@@ -166,6 +184,9 @@ class LocalyticsProfileImportOperator(_LocalyticsImportOperator):
 
         self.defer(trigger=DateTimeTrigger(moment=moment), method_name="resume_after_slot_wait",
                    kwargs={"deadline": deadline})
+    def lineage_scope(self) -> dict[str, Any]:
+        scope = self.hook.profile_scope(org_id=self.org_id, app_id=self.app_id)  # type: ignore[attr-defined]
+        return {"app": scope["app_id"]} if "app_id" in scope else {"org": scope["org_id"]}
 
     def submit(self, context: Any) -> dict[str, Any]:
         """Upload the file. Deferrable, a full hour of uploads (this process's own count, or the
@@ -266,6 +287,9 @@ class LocalyticsAudienceImportOperator(_LocalyticsImportOperator):
             self.log.info("deleted Localytics audience list %s", self.audience_list_id)
             return self._no_records(result)
         return super().execute(context)
+
+    def lineage_scope(self) -> dict[str, Any]:
+        return {"app": self.app_id, "audience": self.audience_list_id or self.audience_name}
 
     def _no_records(self, response: Any) -> dict[str, Any]:
         return records_result(read=0, rejected=0, skipped=0, vendor_succeeded=0, vendor_failed=0, details={

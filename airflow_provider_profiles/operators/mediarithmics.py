@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
 
@@ -19,14 +20,29 @@ from airflow_provider_profiles.hooks.mediarithmics import (
     MediarithmicsHook,
     execution_status,
 )
+from airflow_provider_profiles.lineage import ProfilesOutputMixin
 from airflow_provider_profiles.operators.base import RemoteJobOperator
 from airflow_provider_profiles.operators.inputs import FileInputMixin, input_file
+from airflow_provider_profiles.operators.links import StoredLink, console_or_api, store_links
 from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
 from airflow_provider_profiles.storage import as_storage_path
 from airflow_provider_profiles.triggers.mediarithmics import (
     MediarithmicsExecutionTrigger,
 )
 from airflow_provider_profiles.operators.erasure import EraseIdsMixin, erasure_report
+
+
+# No public address pattern of the navigator's pages for a document import or an execution was found, so
+# the links open the resources of the documented API (developer.mediarithmics.io/data-ingestion/
+# bulk-processing: GET .../document_imports/{id}, .../executions/{id}, GET /data_file/data?uri= for the
+# error file) on the connection's own host; they answer with the token in the Authorization header.
+EXECUTION_LINK = StoredLink(name="mediarithmics execution", key="mediarithmics_execution")
+DOCUMENT_IMPORT_LINK = StoredLink(name="mediarithmics document import", key="mediarithmics_document_import")
+ERROR_FILE_LINK = StoredLink(name="mediarithmics error file", key="mediarithmics_error_file")
+
+
+def _api_link(hook: MediarithmicsHook, path: str) -> str | None:
+    return console_or_api(hook.base_url, MediarithmicsHook, None, path)
 
 
 # The platform stamps creation_date with its own clock: an execution created a little "before" the
@@ -70,6 +86,7 @@ class MediarithmicsCreateDocumentImportOperator(BaseOperator):
     """
 
     template_fields = ("datamart_id", "document_type", "mime_type", "name", "conn_id", "files")
+    operator_extra_links = (DOCUMENT_IMPORT_LINK,)
 
     def __init__(
         self,
@@ -106,13 +123,18 @@ class MediarithmicsCreateDocumentImportOperator(BaseOperator):
                     self.name, self.document_type, self.mime_type
                 ):
                     self.log.info("reusing document import %s %r created by an earlier try", existing["id"], self.name)
-                    return str(existing["id"])
+                    return self._linked(context, hook, str(existing["id"]))
         created = hook.create_document_import(
             self.document_type, self.mime_type, self.name,
             encoding=self.encoding, priority=self.priority, datamart_id=self.datamart_id,
         )
         self.log.info("created %s document import %s %r", self.document_type, created["id"], self.name)
-        return str(created["id"])
+        return self._linked(context, hook, str(created["id"]))
+
+    def _linked(self, context: Any, hook: MediarithmicsHook, document_import_id: str) -> str:
+        path = f"datamarts/{hook.datamart(self.datamart_id)}/document_imports/{document_import_id}"
+        store_links(context, {DOCUMENT_IMPORT_LINK: _api_link(hook, path)}, self.log)
+        return document_import_id
 
     def _anything_to_send(self) -> bool:
         csv = "csv" if self.mime_type == "TEXT_CSV" else None
@@ -121,7 +143,7 @@ class MediarithmicsCreateDocumentImportOperator(BaseOperator):
                    for chunk in chunks)
 
 
-class MediarithmicsUploadOperator(FileInputMixin, RemoteJobOperator):
+class MediarithmicsUploadOperator(FileInputMixin, ProfilesOutputMixin, RemoteJobOperator):
     """Upload one file to a document import (one execution), then wait for it unless told not to.
 
     The file streams from a local path or an object-storage URI (``s3://``, ``gs://``...), never read
@@ -143,6 +165,8 @@ class MediarithmicsUploadOperator(FileInputMixin, RemoteJobOperator):
     :param storage_conn_id: the object storage connection holding ``file`` (default: its URL's).
     :param datamart_id: defaults to the connection's ``datamart_id`` extra.
     :param content_type: ``application/x-ndjson`` or ``text/csv``; defaults to the definition's.
+    :param asset: emit the Asset ``profiles_asset("mediarithmics", datamart=...)`` on success (see
+        ``lineage.ProfilesOutputMixin``); lineage: the file in, ``mediarithmics://<host>/datamart/<id>`` out.
     See ``RemoteJobOperator`` for ``wait_for_completion``, ``deferrable``, ``poll_interval``,
     ``job_timeout`` and ``max_failed_ratio`` (failed lines / all lines).
     """
@@ -150,6 +174,8 @@ class MediarithmicsUploadOperator(FileInputMixin, RemoteJobOperator):
     template_fields = ("datamart_id", "document_import_id", "file", "conn_id")
     hook_class = MediarithmicsHook
     trigger_class = MediarithmicsExecutionTrigger
+    operator_extra_links = (EXECUTION_LINK, DOCUMENT_IMPORT_LINK, ERROR_FILE_LINK)
+    vendor = "mediarithmics"
 
     def __init__(
         self,
@@ -188,6 +214,18 @@ class MediarithmicsUploadOperator(FileInputMixin, RemoteJobOperator):
             "document_import_id": str(self.document_import_id),
             "execution_id": str(execution["id"]),
         }
+
+    def lineage_scope(self) -> dict[str, Any]:
+        return {"datamart": self.hook.datamart(self.datamart_id)}  # type: ignore[attr-defined]
+
+    def job_links(self, job: dict[str, Any]) -> dict[StoredLink, str | None]:
+        imports = f"datamarts/{job['datamart_id']}/document_imports/{job['document_import_id']}"
+        return {DOCUMENT_IMPORT_LINK: _api_link(self.hook, imports),
+                EXECUTION_LINK: _api_link(self.hook, f"{imports}/executions/{job['execution_id']}")}
+
+    def result_links(self, result: Any) -> dict[StoredLink, str | None]:
+        uri = (result.get("details") or {}).get("error_file_uri")
+        return {ERROR_FILE_LINK: _api_link(self.hook, f"data_file/data?uri={quote(str(uri), safe='')}")} if uri else {}
 
     def find_lost_job(self, context: Any, intent: dict[str, Any]) -> dict[str, Any] | None:
         """The execution the lost upload created: listed under the document import since the upload began."""

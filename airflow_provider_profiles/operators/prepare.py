@@ -31,6 +31,8 @@ import io
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseHook, BaseOperator
 
+from airflow_provider_profiles.lineage import Dataset, LineageMixin, file_dataset
+from airflow_provider_profiles.operators.links import REJECTS_LINK, storage_url, store_links
 from airflow_provider_profiles.vendors import vendor as vendor_spec
 from airflow_provider_profiles.writers import get_writer, upload_limit
 from airflow_provider_profiles.operators.inputs import input_path
@@ -67,7 +69,7 @@ def _data_as_of(context: Any):
     return context.get("data_interval_end") or context.get("logical_date")
 
 
-class _PrepareOperator(BaseOperator):
+class _PrepareOperator(LineageMixin, BaseOperator):
     """Shared by the prepare operators: writer, mapping, rejects, incremental sync, counts.
 
     ``only_changed=True`` writes only rows new or changed since the sync committed in
@@ -89,6 +91,7 @@ class _PrepareOperator(BaseOperator):
         "sync_run_key",
     )
     ui_color = "#e8f4ea"
+    operator_extra_links = (REJECTS_LINK,)
 
     def __init__(
         self,
@@ -166,13 +169,18 @@ class _PrepareOperator(BaseOperator):
             )
         return options
 
-    def _report(self, result: PrepareResult) -> dict[str, Any]:
+    def lineage_outputs(self) -> list[Dataset]:
+        return [file_dataset(self.output_path)]
+
+    def _report(self, result: PrepareResult, context: Any = None) -> dict[str, Any]:
         self.log.info(
             "read %d rows: %d written, %d rejected, %d unchanged since the last sync, %d deletions; output %s",
             result.read, result.written, result.rejected, result.unchanged, result.deleted, result.output,
         )
         if result.rejected:
             self.log.warning("%d rows rejected, with record number and reason, in %s", result.rejected, result.rejects)
+            if context is not None:
+                store_links(context, {REJECTS_LINK: storage_url(result.rejects)}, self.log)
         for note in result.notes:
             self.log.info("%s", note)
         if self.max_rejected_ratio is not None and result.read and result.rejected / result.read > self.max_rejected_ratio:
@@ -220,6 +228,9 @@ class ProfilesFileTransformOperator(_PrepareOperator):
         self.encoding = encoding
         self.allow_empty = allow_empty
 
+    def lineage_inputs(self) -> list[Dataset]:
+        return [file_dataset(self.source_path)]
+
     def execute(self, context) -> dict[str, Any]:
         options = self._options(context)
         writer, output = options.pop("writer"), options.pop("output")
@@ -228,7 +239,7 @@ class ProfilesFileTransformOperator(_PrepareOperator):
             source, writer, output, input_format=self.input_format, delimiter=self.delimiter,
             encoding=self.encoding, allow_empty=self.allow_empty, **options,
         )
-        return self._report(result)
+        return self._report(result, context)
 
 
 class SqlToProfilesFileOperator(_PrepareOperator):
@@ -258,6 +269,24 @@ class SqlToProfilesFileOperator(_PrepareOperator):
         self.batch_rows = batch_rows
         self.allow_empty = allow_empty
 
+    def lineage_inputs(self) -> list[Dataset]:
+        """The tables the query reads, as the OpenLineage provider's SQL parser finds them: named by the
+        hook's database info where it gives one (common-sql), else ``<conn type>://<host>``."""
+        from airflow.providers.openlineage.sqlparser import SQLParser
+
+        hook = self.get_db_hook()
+        connection = hook.get_connection(self.conn_id)
+        dialect = getattr(hook, "get_openlineage_database_dialect", lambda _conn: "generic")(connection)
+        info = getattr(hook, "get_openlineage_database_info", lambda _conn: None)(connection)
+        if info is not None:
+            parser = SQLParser(dialect=dialect, default_schema=hook.get_openlineage_default_schema())
+            found = parser.generate_openlineage_metadata_from_sql(sql=self.sql, hook=hook, database_info=info,
+                                                                  use_connection=False)
+            return [(dataset.namespace, dataset.name) for dataset in found.inputs]
+        parsed = SQLParser(dialect=dialect).parse(self.sql)  # tables as the query names them
+        namespace = f"{connection.conn_type}://{connection.host or ''}".rstrip("/")
+        return [(namespace, table.qualified_name) for table in (parsed.in_tables if parsed else [])]
+
     def get_db_hook(self):
         hook = BaseHook.get_connection(self.conn_id).get_hook()
         if not hasattr(hook, "get_conn") or not hasattr(hook, "run"):
@@ -279,7 +308,7 @@ class SqlToProfilesFileOperator(_PrepareOperator):
                              allow_empty=self.allow_empty, **options)
         finally:
             connection.close()
-        return self._report(result)
+        return self._report(result, context)
 
 
 def _streaming_cursor(hook, connection):

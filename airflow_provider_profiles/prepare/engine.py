@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import hashlib
 import json
 import logging
 import os
 import re
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -38,6 +36,7 @@ from airflow_provider_profiles.prepare import sql
 from airflow_provider_profiles.prepare import sync as sync_files
 from airflow_provider_profiles.prepare.source import Source, cursor_error, open_cursor, open_source
 from airflow_provider_profiles.prepare.sql_mapping import compile_mapping
+from airflow_provider_profiles.progress import Progress
 from airflow_provider_profiles.prepare.sync import delete_column
 from airflow_provider_profiles.storage import as_storage_path, is_local, local_path, open_binary
 
@@ -135,7 +134,7 @@ def prepare(
         try:
             if cursor is not None:
                 opened = _materialised(connection, opened)
-            with Progress.of_statements(connection, "reading and mapping", progress_interval):
+            with Progress.of_statements(connection, "reading and mapping", progress_interval, log=log):
                 if step is not None:  # only the rows not unchanged since the last sync are mapped
                     opened = step.compare(connection, opened)
                 table = MappedTable(connection, opened, writer, mapping)
@@ -153,7 +152,7 @@ def prepare(
         result = PrepareResult(output=str(output), read=rows + table.unreadable)
         if step is not None:
             step.settle(table, result)
-        with Progress(table.rows, progress_interval) as progress, \
+        with Progress(table.rows, progress_interval, label="prepare progress", log=log) as progress, \
                 (step.rejects_writer(rejects) if step else RejectsWriter(rejects)) as rejected:
             rejected.add_unreadable(table)
             if step is not None:
@@ -417,67 +416,6 @@ def _spreadsheet_safe(cells: pa.Array) -> pa.Array:
     """``base.spreadsheet_safe`` on a column: a cell a spreadsheet would run as a formula gets a quote."""
     formula = pc.match_substring_regex(cells, "^[" + re.escape("".join(FORMULA_STARTS)) + "]")
     return pc.if_else(formula, pc.binary_join_element_wise("'", cells, ""), cells)
-
-
-class Progress:
-    """Progress lines in the task log every ``interval`` seconds (None: none): rows written, rate
-    and ETA while writing; before that, DuckDB's own estimate of the statement running."""
-
-    def __init__(self, total: int, interval: float | None):
-        self.total, self.interval, self.done = total, interval, 0
-        self.started = self.last = time.monotonic()
-
-    def advance(self, rows: int) -> None:
-        self.done += rows
-        now = time.monotonic()
-        if self.interval is None or now - self.last < self.interval:
-            return
-        self.last = now
-        rate = self.done / max(now - self.started, 1e-9)
-        eta = (self.total - self.done) / rate if rate else 0.0
-        log.info("prepare progress: writing, %s of %s rows (%.0f%%), %s rows/s, ETA %s", f"{self.done:,}",
-                 f"{self.total:,}", 100 * self.done / max(self.total, 1), f"{rate:,.0f}", _duration(eta))
-
-    @staticmethod
-    @contextlib.contextmanager
-    def of_statements(connection: Any, what: str, interval: float | None) -> Iterator[None]:
-        """Logs DuckDB's progress of the statements run meanwhile (``query_progress``) from a thread."""
-        if interval is None:
-            yield
-            return
-        import threading
-
-        stop, started = threading.Event(), time.monotonic()
-
-        def watch() -> None:
-            while not stop.wait(max(interval, 0.5)):
-                share = connection.query_progress()
-                if share is None or share < 0:
-                    continue
-                elapsed = time.monotonic() - started
-                eta = elapsed * (100 - share) / share if share > 0 else None
-                log.info("prepare progress: %s, %.0f%% of the statement running, ETA %s", what, share,
-                         _duration(eta) if eta is not None else "unknown")
-
-        watcher = threading.Thread(target=watch, name="prepare-progress", daemon=True)
-        watcher.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            watcher.join()
-
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.interval is not None and self.done:
-            elapsed = max(time.monotonic() - self.started, 1e-9)
-            log.info("prepare progress: wrote %s rows (100%%), %s rows/s", f"{self.done:,}", f"{self.done / elapsed:,.0f}")
-
-
-def _duration(seconds: float) -> str:
-    return str(dt.timedelta(seconds=round(seconds)))
 
 
 # --- an incremental sync's part of a prepare ---------------------------------------------------------

@@ -221,9 +221,12 @@ def test_create_reuses_its_definition_on_retry_only(mics):
     server = mics()
     create = MediarithmicsCreateDocumentImportOperator(task_id="c", document_type="USER_SEGMENT",
                                                        mime_type="TEXT_CSV", name="VIP 2024-05-01")
-    first = create.execute({"ti": SimpleNamespace(try_number=1)})
-    assert create.execute({"ti": SimpleNamespace(try_number=2)}) == first  # the retry finds it by name
-    assert create.execute({"ti": SimpleNamespace(try_number=1)}) != first  # a new run's first try creates
+    def ti(try_number):  # the task instance's parts the operator uses (the link goes to XCom)
+        return SimpleNamespace(try_number=try_number, xcom_push=lambda key, value: None)
+
+    first = create.execute({"ti": ti(1)})
+    assert create.execute({"ti": ti(2)}) == first  # the retry finds it by name
+    assert create.execute({"ti": ti(1)}) != first  # a new run's first try creates
     assert len(server.emulator.snapshot()["document_imports"]) == 2
 
 
