@@ -32,7 +32,7 @@ import requests
 import tenacity
 import urllib3
 from airflow.providers.common.compat.sdk import mask_secret, redact
-from airflow.sdk import BaseHook
+from airflow.providers.common.compat.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
