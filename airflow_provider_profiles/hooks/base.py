@@ -32,7 +32,7 @@ import httpx
 import requests
 import tenacity
 import urllib3
-from airflow.providers.common.compat.sdk import mask_secret, redact
+from airflow.providers.common.compat.sdk import AirflowNotFoundException, mask_secret, redact
 from airflow.providers.common.compat.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
@@ -883,6 +883,8 @@ class ProfilesHook(BaseHook):
         where, vendor = self._shown_base_url(), self.hook_name
         if isinstance(error, (ConnectionConfigError, ValueError)):
             return f"the connection's settings cannot be used: {error}"
+        if isinstance(error, AirflowNotFoundException):  # Airflow < 3.2 also says so of unreadable extras
+            return f"{error}: define it, or check that its extra field is a JSON object"
         if not isinstance(error, VendorAPIError):
             return f"{type(error).__name__}: {error}"
         said = f"HTTP {error.status} on {error.method} {error.path}: {error.vendor_message}"

@@ -164,8 +164,11 @@ def test_vendor_down_says_try_later(emulator, airflow_connection, vendor):
 def test_unreadable_extras_are_settings(airflow_connection, vendor):
     define(airflow_connection, vendor, password=SECRET, extra="{not json")
     ok, message = pressed(vendor)
-    assert not ok
-    assert message.startswith("the connection's settings cannot be used") and "not valid JSON" in message, message
+    assert not ok and CONN_ID in message and SECRET not in message, message
+    # Airflow >= 3.2 hands the hook the text, which names the fault; older Airflow refuses an
+    # environment connection with such extras itself, as not defined
+    assert ("the connection's settings cannot be used" in message and "not valid JSON" in message) or \
+        "check that its extra field is a JSON object" in message, message
 
 
 def test_mediarithmics_datamart_missing_or_unknown(emulator, airflow_connection):

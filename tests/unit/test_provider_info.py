@@ -47,6 +47,7 @@ def test_hook_class_matches_its_connection_type(conn_type):
 def test_airflow_discovers_the_provider_and_its_hooks():
     listed = subprocess.run([sys.executable, "-m", "airflow", "providers", "hooks", "--output", "json"],
                             capture_output=True, text=True, check=True)
-    hooks = {h["connection_type"]: h for h in json.loads(listed.stdout)}
+    # Airflow < 3.2 may print a log line before the JSON: the list is the last line
+    hooks = {h["connection_type"]: h for h in json.loads(listed.stdout.strip().splitlines()[-1])}
     for conn_type in CONN_TYPES:
         assert hooks[conn_type]["package_name"] == "airflow-provider-profiles", hooks.get(conn_type)
