@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test e2e bench clean
+.PHONY: install demo test test-oldest e2e bench clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,17 @@ test: install
 e2e: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m e2e
 
+# The oldest Airflow setup.cfg allows (its floor is the only place the version is written), in a
+# second virtualenv made from scratch: the unit and integration suites must pass there too.
+OLDEST_AIRFLOW := $(shell sed -n 's/^ *apache-airflow>=\([0-9.]*\).*/\1/p' setup.cfg)
+OLDEST_VENV ?= .venv-oldest
+
+test-oldest: install
+	rm -rf $(OLDEST_VENV)
+	$(BIN)/uv venv --quiet --python $(PYTHON) $(OLDEST_VENV)
+	$(BIN)/uv pip install --quiet --python $(OLDEST_VENV)/bin/python -e ".[test]" "apache-airflow==$(OLDEST_AIRFLOW)"
+	$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit tests/integration
+
 # Benchmarks print figures and ratios against a baseline measured in the same run (benchmarks/README.md).
 bench: install
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[test,bench]"
@@ -36,4 +47,4 @@ bench: install
 	$(BIN)/python benchmarks/deferred_waits.py
 
 clean:
-	rm -rf $(VENV) .demo build *.egg-info
+	rm -rf $(VENV) $(OLDEST_VENV) .demo build *.egg-info

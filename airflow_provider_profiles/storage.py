@@ -27,6 +27,22 @@ def local_path(path: Any) -> str:
     return getattr(path, "path", None) or str(path)
 
 
+def path_text(path: Any) -> str:
+    """The text a path is handed on as (return values, XCom, ``.expand()``): the plain path for a
+    local file, the URL otherwise, in the same form on every supported Airflow.
+
+    ``ObjectStoragePath`` on universal-pathlib < 0.3 (Airflow < 3.2) writes ``memory:///bucket/x``
+    where newer releases, and universal-pathlib's own memory path, write ``memory://bucket/x``; the
+    memory filesystem reads both as the same object, so the newer form is the one handed on.
+    """
+    if is_local(path):
+        return local_path(path)
+    text = str(path)
+    if getattr(path, "protocol", "") == "memory" and text.startswith("memory:///"):
+        text = "memory://" + text[len("memory:///"):]
+    return text
+
+
 def as_storage_path(path: Any, conn_id: str | None = None):
     """``ObjectStoragePath`` for URLs (or any path when ``conn_id`` names the storage connection),
     ``pathlib.Path`` for plain local paths (no need to import Airflow's I/O layer for those)."""

@@ -416,15 +416,20 @@ class ApsisOneHook(ProfilesHook):
     def get_conn(self) -> Any:
         return self.session
 
-    def test_connection(self) -> tuple[bool, str]:
-        """For the connection form's Test button: get a new token (testing the credentials, not a cached
-        token) and list the sections."""
+    def probe(self) -> str:
+        # a new token (POST /oauth/token, developer.apsis.com/reference/authentication-1) tests the
+        # client id and secret, not a cached token; then the cheapest lookup, GET /audience/sections
+        # (github.com/ApsisInternational/module-one, Service/Api/ClientApi.php)
+        _TOKENS.drop(self._token_key(), None)
+        self._token_call()  # missing credentials: a settings error, said as such
         try:
-            _TOKENS.drop(self._token_key(), None)
-            sections = self.list_sections()
-        except Exception as error:  # the form shows the message; the secret is masked in it
-            return False, str(error)
-        return True, f"connected; {len(sections)} section(s) visible"
+            self.access_token()
+        except (ValueError, TypeError, AttributeError):  # a 2xx answer that holds no usable token
+            raise self.unexpected_answer("POST", "/oauth/token", "not a token") from None
+        body = self.probe_json("GET", "/audience/sections")
+        if not isinstance(body, list) and not (isinstance(body, dict) and isinstance(body.get("items"), list)):
+            raise self.unexpected_answer("GET", "/audience/sections", "not a list of sections")
+        return f"{len(_items(body))} section(s) visible"
 
     # lookups -------------------------------------------------------------------------------------
     def _get_items(self, path: str) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ request declared once (``Call``) runs on either, so a vendor hook describes endp
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import contextvars
@@ -32,8 +33,8 @@ import httpx
 import requests
 import tenacity
 import urllib3
-from airflow.providers.common.compat.sdk import mask_secret, redact
-from airflow.sdk import BaseHook
+from airflow.providers.common.compat.sdk import AirflowNotFoundException, mask_secret, redact
+from airflow.providers.common.compat.sdk import BaseHook
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
@@ -45,6 +46,10 @@ RETRYABLE_SERVER_STATUSES = frozenset({500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_SAME_HOST_REDIRECTS = 5
 USER_AGENT = f"airflow-provider-profiles/{__version__}"
+# the Test button's budget per request and per call, seconds; credentials shorter than
+# MIN_SCRUBBED_LENGTH are not searched for in its message (they would match ordinary words)
+TEST_SECONDS = 20.0
+MIN_SCRUBBED_LENGTH = 4
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -965,6 +970,100 @@ class ProfilesHook(BaseHook):
     async def acancel_job(self, **job: Any) -> None:
         await self.aconnection()
         await self.acall(self.cancel_job_call(**job))
+
+    # the connection form's Test button -----------------------------------------------------------
+    def probe(self) -> str:
+        """The vendor's cheapest authenticated read, for ``test_connection``: says what it saw
+        ("3 sections visible"). Raises the hook's errors; ``VendorResponseError`` for an answer not
+        shaped like the vendor's, ``ConnectionConfigError`` for a setting the vendor refused."""
+        raise NotImplementedError(f"{type(self).__name__} declares no probe")
+
+    def probe_json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """For probes: the answer's JSON; an empty 2xx body is not the vendor's answer either."""
+        answer = self.request(method, path, **kwargs)
+        try:
+            return answer.json()
+        except ValueError:  # a non-JSON body raised VendorResponseError already; this is an empty one
+            raise self.unexpected_answer(method, path, "an empty body") from None
+
+    def unexpected_answer(self, method: str, path: str, what: str) -> VendorResponseError:
+        """A probe's 2xx answer that is not shaped like the vendor's (``what`` it was instead)."""
+        return VendorResponseError(f"the answer is {what}", status=200, method=method.upper(),
+                                   path=_display_path(path), vendor=self.hook_name)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """``(ok, message)`` for Airflow's Test button and ``airflow connections test``: one probe, a
+        short budget (a button should answer in seconds), and a message that says what is wrong
+        (settings, host, credentials, permission, not the vendor) and never a secret."""
+        saved = None
+        try:
+            self.connection  # noqa: B018  (settings errors are reported like any other)
+            saved = (self.policy, self.timeout, self.request_deadline, self.call_deadline)
+            # one immediate retry: a fresh token after a 401, or a blip; never a long wait
+            self.policy = RetryPolicy(max_attempts=2, backoff_initial=0.0, backoff_max=0.0, jitter=0.0,
+                                      retry_after_cap=0.0)
+            self.timeout = (min(self.timeout[0], TEST_SECONDS), min(self.timeout[1], TEST_SECONDS))
+            self.request_deadline = self.call_deadline = TEST_SECONDS
+            ok, message = True, f"connected to {self.hook_name} at {self._shown_base_url()}: {self.probe()}"
+        except Exception as error:  # the form shows the message; the task that needs the hook raises itself
+            ok, message = False, self._test_failure(error)
+        finally:
+            if saved is not None:
+                self.policy, self.timeout, self.request_deadline, self.call_deadline = saved
+        return ok, self._without_secrets(message)
+
+    def _test_failure(self, error: Exception) -> str:
+        where, vendor = self._shown_base_url(), self.hook_name
+        if isinstance(error, (ConnectionConfigError, ValueError)):
+            return f"the connection's settings cannot be used: {error}"
+        if isinstance(error, AirflowNotFoundException):  # Airflow < 3.2 also says so of unreadable extras
+            return f"{error}: define it, or check that its extra field is a JSON object"
+        if not isinstance(error, VendorAPIError):
+            return f"{type(error).__name__}: {error}"
+        said = f"HTTP {error.status} on {error.method} {error.path}: {error.vendor_message}"
+        if isinstance(error, VendorAuthError) and error.status == 403:
+            return (f"{vendor} refused access ({said}): the credentials are wrong, or lack the permission "
+                    f"to read {error.path}")
+        if isinstance(error, VendorAuthError):
+            return f"{vendor} refused the credentials ({said}): check the connection's login and password"
+        if isinstance(error, VendorConnectionError):
+            return (f"cannot reach {where} ({error.vendor_message}): check the host, port and network, or "
+                    "that the server is up")
+        if isinstance(error, (VendorResponseError, VendorRedirectError, VendorNotFoundError, UntrustedURLError)):
+            answer = f"HTTP {error.status}: {error.vendor_message}" if error.status else error.vendor_message
+            return (f"the server at {where} does not answer like the {vendor} API ({error.method} {error.path} -> "
+                    f"{answer}): check the host and the base_url extra")
+        if isinstance(error, VendorRateLimitError):
+            return f"{vendor} is limiting this connection's requests ({said}): try again later"
+        if isinstance(error, VendorServerError):
+            return f"{vendor} at {where} failed ({said}): the service may be down, try again later"
+        return f"{vendor} refused the test request ({said})"
+
+    def _shown_base_url(self) -> str:
+        """The base URL as a message may show it: no user:password, no query."""
+        parts = urlsplit(self.base_url)
+        if not parts.hostname:
+            return "(no base URL)"
+        try:
+            port = f":{parts.port}" if parts.port else ""
+        except ValueError:
+            port = ""
+        return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+
+    def _without_secrets(self, text: str) -> str:
+        """``text`` without the connection's credentials, even when a server echoed them back: masked
+        values through Airflow's masker, and the login, password and secret extras replaced here too
+        (the masker skips short values and may not run in the process that serves the Test button)."""
+        text = str(redact(text))
+        conn = self._conn
+        if conn is not None:
+            values = [conn.login, conn.password, *(self.extras.get(name) for name in self.secret_extras)]
+            if conn.login and conn.password:  # HTTP Basic's header value, as a server may echo it
+                values.append(base64.b64encode(f"{conn.login}:{conn.password}".encode()).decode())
+            for value in sorted({str(v) for v in values if v}, key=len, reverse=True):
+                if len(value) >= MIN_SCRUBBED_LENGTH:
+                    text = text.replace(value, "***")
+        return text
 
 
 @functools.cache

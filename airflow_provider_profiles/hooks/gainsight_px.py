@@ -221,6 +221,15 @@ class GainsightPXHook(ProfilesHook):
         ]
         return f"{message} ({'; '.join(details)})" if details else message
 
+    def probe(self) -> str:
+        # GET /users?pageSize=1, "Get list of all users (/users)" with pageSize (Gainsight PX help
+        # center, "Working with the Aptrinsic REST API"; px-apidocs.gainsight.com): one short page
+        body = self.probe_json("GET", "users", params={"pageSize": 1})
+        if not isinstance(body, dict) or not isinstance(body.get("users"), list):
+            raise self.unexpected_answer("GET", "users", "not a page of users")
+        total = body.get("totalHits")
+        return f"the API key reads users ({total} in total)" if isinstance(total, int) else "the API key reads users"
+
     @property
     def product_key(self) -> str | None:
         return self.connection.extra_dejson.get("product_key") or None

@@ -73,6 +73,16 @@ class LocalyticsHook(ProfilesHook):
                     return str(payload[key])
         return super().error_message(payload, text)
 
+    def probe(self) -> str:
+        # GET /v1/apps, the apps the API key and secret may query (Localytics Query API,
+        # help.uplandsoftware.com/localytics/dev/query-api.html): the import APIs have no read without
+        # an id. HAL JSON with the apps under "results" (a bare list is accepted too)
+        body = self.probe_json("GET", "apps")
+        apps = body.get("results") if isinstance(body, dict) else body
+        if not isinstance(apps, list):
+            raise self.unexpected_answer("GET", "apps", "not a list of apps")
+        return f"{len(apps)} app(s) visible"
+
     # profile imports ------------------------------------------------------------------------------
     def upload_profiles(
         self,

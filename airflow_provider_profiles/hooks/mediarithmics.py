@@ -14,11 +14,13 @@ from typing import Any
 
 from airflow_provider_profiles.hooks.base import (
     Call,
+    ConnectionConfigError,
     JobNotCancellable,
     JobState,
     JobStatus,
     ProfilesHook,
     VendorAPIError,
+    VendorNotFoundError,
     VendorValidationError,
 )
 from airflow_provider_profiles.storage import open_upload
@@ -98,6 +100,22 @@ class MediarithmicsHook(ProfilesHook):
             # stop on an empty or short page, or when the reported total is reached
             if not items or len(items) < min(page_size, served) or (total is not None and first >= int(total)):
                 return
+
+    def probe(self) -> str:
+        # GET /v1/datamarts/{id}/document_imports, "List document imports", one item
+        # (developer.mediarithmics.io/data-ingestion/bulk-processing): the token and the datamart_id extra
+        path = self._imports_path(None)
+        try:
+            body = self.probe_json("GET", path, params={"first_result": 0, "max_results": 1})
+        except VendorNotFoundError as error:
+            if not (isinstance(error.payload, dict) and error.payload.get("status") == "error"):
+                raise  # not mediarithmics' error envelope: another server
+            raise ConnectionConfigError(f"connection {self.conn_id!r}: datamart_id {self.datamart(None)} is not "
+                                        f"found or not visible to this token ({error.vendor_message})") from None
+        if not isinstance(body, dict) or body.get("status") != "ok" or not isinstance(body.get("data"), list):
+            raise self.unexpected_answer("GET", path, "not a mediarithmics list envelope")
+        total = body.get("total")
+        return f"datamart {self.datamart(None)}: {total if isinstance(total, int) else len(body['data'])} document import(s)"
 
     # --- paths --------------------------------------------------------------------------------
     def datamart(self, datamart_id: str | int | None) -> str:

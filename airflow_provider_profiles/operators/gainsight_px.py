@@ -48,6 +48,7 @@ from airflow_provider_profiles.storage import (
     is_local,
     local_path,
     open_binary,
+    path_text,
 )
 from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
 from airflow_provider_profiles.operators.inputs import input_file, nothing_sent
@@ -673,7 +674,7 @@ class GainsightPXExportOperator(BaseOperator):
         finally:
             hook.close()
         self.log.info("exported %d Gainsight PX %s records to %s", count, str(self.entity).upper(), path)
-        return {"path": str(path), "count": count}
+        return {"path": path_text(path), "count": count}
 
     def _write_csv(self, out: Any, records: Iterator[dict]) -> int:
         first_page: list[dict] = []

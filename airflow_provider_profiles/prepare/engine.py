@@ -38,7 +38,7 @@ from airflow_provider_profiles.prepare.source import Source, cursor_error, open_
 from airflow_provider_profiles.prepare.sql_mapping import compile_mapping
 from airflow_provider_profiles.progress import Progress
 from airflow_provider_profiles.prepare.sync import delete_column
-from airflow_provider_profiles.storage import as_storage_path, is_local, local_path, open_binary
+from airflow_provider_profiles.storage import as_storage_path, is_local, local_path, open_binary, path_text
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def prepare(
             raise InputError(source, f"{empty}; pass allow_empty=True if that is expected")
         if duplicates == "reject":
             table.reject_repeats()
-        result = PrepareResult(output=str(output), read=rows + table.unreadable)
+        result = PrepareResult(output=path_text(output), read=rows + table.unreadable)
         if step is not None:
             step.settle(table, result)
         with Progress(table.rows, progress_interval, label="prepare progress", log=log) as progress, \
@@ -160,7 +160,7 @@ def prepare(
             result.written, result.bytes_written = table.write(
                 output, rejected, progress, after=step.deletion_writer(table, result) if step else None)
         result.rejected = rejected.count
-        result.rejects = str(rejects) if rejects is not None and rejected.count else None
+        result.rejects = path_text(rejects) if rejects is not None and rejected.count else None
         if step is not None:
             step.write_snapshot(table, rejected.records, result)
     if result.read != result.written + result.rejected + result.unchanged:

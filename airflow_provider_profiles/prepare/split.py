@@ -29,8 +29,8 @@ from airflow_provider_profiles.prepare.errors import InputError, guess_format, o
 from airflow_provider_profiles.storage import (
     as_storage_path,
     is_local,
-    local_path,
     open_binary,
+    path_text,
 )
 
 BLOCK_BYTES = 16 << 20
@@ -85,7 +85,7 @@ def split_file(
     quoted = file_format == "csv"
     header = quoted if header is None else header
     if max_bytes is None and max_rows is None:
-        return [str(source)]
+        return [path_text(source)]
     if max_bytes is not None and max_bytes <= 0 or max_rows is not None and max_rows <= 0:
         raise ValueError("max_bytes and max_rows must be positive")
     output_dir = as_storage_path(output_dir) if output_dir is not None else source.parent / f"{source.stem}.chunks"
@@ -124,7 +124,7 @@ def split_file(
     for index, (start, end) in enumerate(ranges):
         target = output_dir / chunk_name(stem, index, suffix)
         _copy_range(source, target, head, start, end)
-        chunks.append(local_path(target) if is_local(target) else str(target))
+        chunks.append(path_text(target))
     _remove_stale(output_dir, stem, suffix, len(chunks))
     return chunks
 

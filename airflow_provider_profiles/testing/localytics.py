@@ -14,6 +14,8 @@ is enforced; what the pages leave open is accepted (lenient) and marked "no sour
   ``PUT .../list/{id}/name?name=``; ``DELETE .../list/{id}``; ``GET .../list/app/{app_id}``.
   Audience imports 60 requests per minute per key, their status endpoint another 60 per minute;
   at most 500 lists per key.
+- ``GET /v1/apps`` (Query API, help.uplandsoftware.com/localytics/dev/query-api.html): the apps the
+  key may query, for a connection test.
 
 Jobs go Pending -> Running -> Completed (or Failed when no line could be imported) on emulated
 time (``pending_seconds``, ``running_seconds``). Each line of an import file is validated; failed
@@ -122,6 +124,9 @@ class LocalyticsEmulator(Emulator):
             # in production, here on the same host
             Route("/v1/profiles/{customer_id}", self._delete_profile, methods=["DELETE"]),
             Route("/v1/apps/{app_id}/profiles/{customer_id}", self._delete_profile, methods=["DELETE"]),
+            # Query API (help.uplandsoftware.com/localytics/dev/query-api.html): the apps the key may
+            # query, with the same Basic auth (401 when wrong); the hook's Test button reads it
+            Route("/v1/apps", self._list_apps, methods=["GET"]),
         ]
 
     def connection(self) -> dict[str, Any]:
@@ -358,6 +363,14 @@ class LocalyticsEmulator(Emulator):
             audience["name"] = name
             audience["updated_at"] = self._iso_now()
             return JSONResponse(self._list_view(list_id))
+
+    async def _list_apps(self, request: Request) -> Response:
+        if not self._authenticated(request):
+            return JSONResponse({"error": "The provided authentication parameters were not valid."}, status_code=401)
+        # the page shows no app list body: "results" of app_id and name is our guess (no source), and
+        # the hook accepts a bare list too; the Query API's rate limits are not emulated (lenient)
+        apps = [{"app_id": app_id, "name": app_id} for app_id in sorted(self.app_ids)]
+        return JSONResponse({"results": apps, "_links": {"self": {"href": "/v1/apps"}}})
 
     async def _list_audiences(self, request: Request) -> Response:
         denied = self._check(request, "audiences")

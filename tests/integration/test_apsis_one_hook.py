@@ -100,7 +100,7 @@ def test_expired_token_on_the_server_side_is_replaced(apsis):
 
 def test_connection_test_button(apsis):
     server = apsis()
-    assert ApsisOneHook().test_connection() == (True, "connected; 1 section(s) visible")
+    assert ApsisOneHook().test_connection() == (True, f"connected to Apsis One at {server.url}: 1 section(s) visible")
     server.emulator.client_secret = "rotated"
     ok, message = ApsisOneHook().test_connection()
     assert not ok and "invalid client credentials" in message

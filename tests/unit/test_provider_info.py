@@ -128,6 +128,7 @@ def test_provider_info_imports_no_hook_writer_or_airflow():
 def test_airflow_discovers_the_provider_and_its_hooks():
     listed = subprocess.run([sys.executable, "-m", "airflow", "providers", "hooks", "--output", "json"],
                             capture_output=True, text=True, check=True)
-    hooks = {h["connection_type"]: h for h in json.loads(listed.stdout)}
+    # Airflow < 3.2 may print a log line before the JSON: the list is the last line
+    hooks = {h["connection_type"]: h for h in json.loads(listed.stdout.strip().splitlines()[-1])}
     for spec in VENDORS.values():
         assert hooks[spec.connection_type]["package_name"] == "airflow-provider-profiles", hooks.get(spec.connection_type)
