@@ -351,7 +351,7 @@ def test_ndjson_object_of_varying_shape_maps_by_dotted_paths(gpx, tmp_path):
     )
     summary = run(source=str(source), dry_run=True,
                   field_mapping={"identifyId": "user.id", "title": "profile.plan"})
-    planned = {p["line"]: p["body"] for p in map(json.loads, open(summary["dry_run_path"]))}
+    planned = {p["line"]: p["body"] for p in map(json.loads, open(summary["details"]["dry_run_path"]))}
     assert planned == {1: {"identifyId": "u1", "title": "pro"}, 2: {"identifyId": "u2"},
                        3: {"identifyId": "u3", "title": '["a"]'}}
     assert summary["rejected"] == 0
