@@ -246,8 +246,9 @@ class _Checkpoints:
     removed once the input is complete.
     """
 
-    def __init__(self, operator: GainsightPXLoadOperator, context: Any, fingerprint: dict[str, Any]):
-        self.log, self.fingerprint = operator.log, fingerprint
+    def __init__(self, operator: GainsightPXLoadOperator, context: Any, fingerprint: dict[str, Any],
+                 across_runs: bool = True):
+        self.log, self.fingerprint, self.across_runs = operator.log, fingerprint, across_runs
         self.state = task_state(context)
         ti = context["ti"]
         identity = json.dumps([ti.dag_id, ti.task_id, ti.map_index])
@@ -277,6 +278,8 @@ class _Checkpoints:
         return self.state.get(CHECKPOINT_KEY)
 
     def _read_next_run(self) -> Any:
+        if not self.across_runs:
+            return None
         value = Variable.get(self.next_run_variable, default=None)
         return json.loads(value) if value else None
 
@@ -489,7 +492,9 @@ class GainsightPXLoadOperator(BaseOperator):
                           record_format.entity, mode, self.max_concurrency)
             checkpoints = saved = None
             if not self.dry_run:
-                checkpoints = _Checkpoints(self, context, self._fingerprint(record_format, source))
+                # a DataFrame has no name to tell one run's from the next: it resumes within a run only
+                checkpoints = _Checkpoints(self, context, self._fingerprint(record_format, source),
+                                           across_runs=not self._is_dataframe())
                 saved = checkpoints.load()
             run = _LoadRun(self, hook, record_format, source, saved)
             with RejectsFile(rejects_path) as rejects:
@@ -510,7 +515,7 @@ class GainsightPXLoadOperator(BaseOperator):
                         except BaseException:
                             run.checkpoint()  # a retry resumes here
                             raise
-                        if run.counts["over_budget"]:
+                        if run.counts["over_budget"] and checkpoints.across_runs:
                             checkpoints.save(run.confirmed, rejects_path, for_next_run=True)
                         else:
                             checkpoints.clear()  # the input is complete
@@ -546,6 +551,7 @@ class _LoadRun:
         # what earlier tries answered is counted once, from their checkpoint, and not sent again
         self.confirmed = _Confirmed(saved)
         self.counts = dict(self.confirmed.counts)
+        self._resumed_rows = self.counts["rows_read"]
         self.checkpoint: Any = None  # saves self.confirmed (set when sending)
         self._last_checkpoint = time.monotonic()
         self._held_skips: list[tuple[int, str | None, str]] | None = None
@@ -612,7 +618,7 @@ class _LoadRun:
             return
         self._last_progress = now
         done = self.counts["rows_read"]
-        rate = done / max(now - self.started, 1e-9)
+        rate = (done - self._resumed_rows) / max(now - self.started, 1e-9)  # this try's rows
         self.log.info("progress: %d of %d rows (%.0f%%), %.0f rows/s; %s", done, self.total,
                       100.0 * done / self.total if self.total else 100.0, rate,
                       ", ".join(f"{key} {self.counts[key]}" for key in SUMMARY_KEYS[1:]))
