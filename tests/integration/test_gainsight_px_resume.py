@@ -5,6 +5,7 @@ written once at the emulator, and the result covers the whole input with counts 
 from __future__ import annotations
 
 import csv
+import json
 import uuid
 
 import pytest
@@ -115,3 +116,63 @@ def test_a_load_stopped_by_max_requests_resumes_in_the_next_run(gpx, tmp_path):
     writes = gpx.emulator.snapshot()["writes"]
     assert len(writes) == 10 and set(writes.values()) == {1}
     assert checkpoints_left(dag_id) == []
+
+
+class MemoryStateStore:
+    """Stands for Airflow's task state store: JSON values by key, kept as a list of every write."""
+
+    def __init__(self):
+        self.values, self.writes = {}, []
+
+    def get(self, key, default=None):
+        return json.loads(self.values[key]) if key in self.values else default
+
+    def set(self, key, value, retention=None):
+        self.values[key] = json.dumps(value)
+        self.writes.append(json.loads(self.values[key]))
+
+    def delete(self, key):
+        self.values.pop(key, None)
+
+
+class FakeTI:
+    dag_id, run_id, task_id, map_index, try_number = "dag", "manual__2026-01-01T00:00:00+00:00", "load", -1, 1
+
+    def xcom_push(self, key, value):
+        pass
+
+
+def test_checkpoints_during_a_load_let_a_killed_worker_resume_from_the_last_one(gpx, tmp_path):
+    """A worker killed outright saves nothing on its way out: the retry resumes from the last interval
+    checkpoint, sends only what came after it, and still returns counts for the whole input."""
+    from airflow_provider_profiles.operators.gainsight_px import GainsightPXLoadOperator
+
+    ids = [f"u{n:03d}" for n in range(30)]
+    ids[3] = ""  # rejected before sending
+    source = users_csv(tmp_path, ids)
+    store = MemoryStateStore()
+    load = GainsightPXLoadOperator(task_id="load", source=source, field_mapping={"identifyId": "id", "email": "email"},
+                                   insert_missing=True, max_concurrency=4, checkpoint_interval=0)
+    assert load.execute({"ti": FakeTI(), "task_state_store": store})["vendor_succeeded"] == 29
+    assert store.values == {}  # the input is complete: no checkpoint left
+    positions = [saved["position"] for saved in store.writes]
+    assert positions == sorted(positions) and len(positions) > 2
+    for saved in store.writes:  # each checkpoint's counts are those of the records it covers
+        counts = saved["counts"]
+        assert counts["rows_read"] == saved["position"] + len(saved["ahead"])
+        assert counts["rows_read"] == sum(counts[key] for key in counts if key != "rows_read")
+        assert saved["rejects_rows"] == counts["rejected"]
+    # the worker "dies" after a mid-run checkpoint: the retry starts from it
+    killed_at = next(saved for saved in store.writes if 5 <= saved["position"] < 25)
+    store.values["load"] = json.dumps(killed_at)
+    before = dict(gpx.emulator.snapshot()["writes"])
+    retry = FakeTI()
+    retry.try_number = 2
+    result = load.execute({"ti": retry, "task_state_store": store})
+    assert (result["read"], result["rejected"], result["vendor_succeeded"]) == (30, 1, 29)
+    again = {key for key, n in gpx.emulator.snapshot()["writes"].items() if n > before.get(key, 0)}
+    covered = {f"users/{ids[p]}" for p in range(killed_at["position"])} | {
+        f"users/{ids[int(p)]}" for p in killed_at["ahead"]}
+    assert again == {f"users/{user}" for user in ids if user} - covered  # only what came after it
+    with open(result["details"]["rejects_path"], newline="") as handle:
+        assert [row["line"] for row in csv.DictReader(handle)] == ["5"]  # carried, not lost
