@@ -29,13 +29,14 @@ class Progress:
     :param label: what the lines start with, e.g. ``"prepare progress"``.
     :param doing: the verb while running (``writing``); ``done_verb`` the closing one (``wrote``).
     :param detail: extra text for each line (e.g. counts by outcome), called when a line is logged.
+    :param already: the amount an earlier try did (a resumed load): counted as done, not in the rate.
     """
 
     def __init__(self, total: int | None, interval: float | None, *, unit: str = "rows",
                  label: str = "progress", doing: str = "writing", done_verb: str = "wrote",
                  detail: Callable[[], str] | None = None, log: logging.Logger | logging.LoggerAdapter | Any = log,
-                 clock: Callable[[], float] = time.monotonic):
-        self.total, self.interval, self.done = total, interval, 0
+                 clock: Callable[[], float] = time.monotonic, already: int = 0):
+        self.total, self.interval, self.done, self.already = total, interval, already, already
         self.unit, self.label, self.doing, self.done_verb = unit, label, doing, done_verb
         self.detail, self.log, self.clock = detail, log, clock
         self.started = self.last = clock()
@@ -51,7 +52,7 @@ class Progress:
         self._line(now)
 
     def _line(self, now: float) -> None:
-        rate = self.done / max(now - self.started, 1e-9)
+        rate = (self.done - self.already) / max(now - self.started, 1e-9)
         extra = f"; {self.detail()}" if self.detail else ""
         if self.total is None:
             self.log.info("%s: %s, %s %s, %s %s/s%s", self.label, self.doing, f"{self.done:,}", self.unit,
@@ -66,9 +67,10 @@ class Progress:
         """The closing line (once something was done and lines are wanted)."""
         if self.interval is not None and self.done:
             elapsed = max(self.clock() - self.started, 1e-9)
+            rate = (self.done - self.already) / elapsed
             extra = f"; {self.detail()}" if self.detail else ""
             self.log.info("%s: %s %s %s (100%%), %s %s/s%s", self.label, self.done_verb, f"{self.done:,}", self.unit,
-                          f"{self.done / elapsed:,.0f}", self.unit, extra)
+                          f"{rate:,.0f}", self.unit, extra)
 
     def __enter__(self) -> Progress:
         return self

@@ -113,3 +113,32 @@ class IntentEchoJobOperator(EchoJobOperator):
     def submit(self, context: Any) -> dict[str, Any]:
         self.record_intent(context, f"created an echo job of {self.duration}s")
         return super().submit(context)
+
+
+class CrashBeforeDeferOperator(EchoJobOperator):
+    """Dies between creating its job and deferring on the first try: the retry must check the job
+    (reattach) before deferring, not create another."""
+
+    def defer_to_trigger(self, job: dict[str, Any], deadline: float) -> None:
+        if self._ti_try_number == 1:
+            raise RuntimeError("worker lost before deferring")
+        super().defer_to_trigger(job, deadline)
+
+    def execute(self, context):
+        self._ti_try_number = context["ti"].try_number
+        return super().execute(context)
+
+
+class FailedJobThenCrashOperator(EchoJobOperator):
+    """The first try dies right after creating a job that fails: the retry finds the failed job and
+    creates a new one (the first job's outcome is ``failed``, the second's ``done``)."""
+
+    def submit(self, context: Any) -> dict[str, Any]:
+        self.outcome = "failed" if context["ti"].try_number == 1 else "done"
+        return super().submit(context)
+
+    def _submit(self, context: Any) -> dict[str, Any]:
+        job = super()._submit(context)
+        if context["ti"].try_number == 1:
+            raise RuntimeError("worker lost after the job was created")
+        return job

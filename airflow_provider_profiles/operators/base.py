@@ -53,6 +53,12 @@ from airflow_provider_profiles.triggers.base import (
 
 DEFAULT_JOB_TIMEOUT = datetime.timedelta(hours=12)
 UNKNOWN_OUTCOME_CHOICES = ("check", "resend")
+# Airflow 3.3 can mark a deferred task failed when its trigger fires soon after it deferred
+# (apache/airflow#71580, #72716), after the vendor's job succeeded. A retry reattaches to that job, so
+# job operators and sensors retry once unless the task or its default_args say otherwise (a signature
+# default: Airflow fills it from default_args, and .partial() reads it for mapped tasks).
+DEFAULT_JOB_RETRIES = 1
+DEFAULT_JOB_RETRY_DELAY = datetime.timedelta(seconds=30)
 
 
 def default_deferrable() -> bool:
@@ -131,9 +137,11 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
         job_timeout: float | datetime.timedelta = DEFAULT_JOB_TIMEOUT,
         max_failed_ratio: float | None = None,
         on_unknown_outcome: str = "check",
+        retries: int | None = DEFAULT_JOB_RETRIES,
+        retry_delay: datetime.timedelta | float = DEFAULT_JOB_RETRY_DELAY,
         **kwargs: Any,
     ):
-        super().__init__(**kwargs)
+        super().__init__(retries=retries, retry_delay=retry_delay, **kwargs)
         self.conn_id = conn_id or self.hook_class.default_conn_name
         self.wait_for_completion = wait_for_completion
         self.deferrable = deferrable
@@ -195,9 +203,8 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
         sent = datetime.datetime.fromtimestamp(intent["at"], datetime.timezone.utc).isoformat(timespec="seconds")
         return AirflowFailException(
             f"an earlier try {intent['action']} at {sent} and lost the answer, so it may have been created: {why}. "
-            f"Check in {self.hook.hook_name} whether it exists. Then, to send it again, delete the Airflow "
-            f"Variable {_ledger_key(context)} (Admin > Variables, or `airflow variables delete "
-            f"{_ledger_key(context)}`) and clear this task, or set on_unknown_outcome='resend'; if it was "
+            f"Check in {self.hook.hook_name} whether it exists. Then, to send it again, delete "
+            f"{_ledger_hint(context)} and clear this task, or set on_unknown_outcome='resend'; if it was "
             "created, mark this task success instead."
         )
 
@@ -328,31 +335,118 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
         return result
 
 
+# --- task state: what a task instance's tries share ----------------------------------------------
+# Airflow clears a task's XComs when a new try starts, so what a retry must find (the job to reattach
+# to, a loader's checkpoint) is kept where tries share it: Airflow's task state store (3.3+), scoped to
+# the task instance and removed with its DAG run, or on older Airflow a Variable per task instance.
+class TaskState:
+    """A few JSON values a task instance's tries share, by key: ``get``, ``set``, ``clear``."""
+
+    def get(self, key: str) -> Any:
+        raise NotImplementedError
+
+    def set(self, key: str, value: Any, description: str = "") -> None:
+        raise NotImplementedError
+
+    def clear(self, key: str) -> None:
+        raise NotImplementedError
+
+    def removal_hint(self, key: str) -> str:
+        """How a person removes the value of ``key`` (for messages that ask them to)."""
+        raise NotImplementedError
+
+
+class StoreTaskState(TaskState):
+    """Airflow's ``task_state_store`` from the task context (Airflow 3.3+)."""
+
+    def __init__(self, store: Any, context: Any):
+        self.store, self.ti = store, context["ti"]
+
+    def get(self, key: str) -> Any:
+        return self.store.get(key)
+
+    def set(self, key: str, value: Any, description: str = "") -> None:
+        self.store.set(key, value)
+
+    def clear(self, key: str) -> None:
+        self.store.delete(key)
+
+    def removal_hint(self, key: str) -> str:
+        ti = self.ti
+        mapped = f"?map_index={ti.map_index}" if ti.map_index is not None and ti.map_index >= 0 else ""
+        return (f"the task state key {key!r} of this task instance (REST API: DELETE /api/v2/dags/{ti.dag_id}/dagRuns/"
+                f"{ti.run_id}/taskInstances/{ti.task_id}/state-store/{key}{mapped})")
+
+
+class VariableTaskState(TaskState):
+    """A Variable per task instance and key, ``profiles_<key>_<hash>`` (Airflow before 3.3)."""
+
+    def __init__(self, context: Any):
+        self.context = context
+
+    def variable(self, key: str) -> str:
+        ti = self.context["ti"]
+        identity = json.dumps([ti.dag_id, ti.run_id, ti.task_id, ti.map_index])
+        return f"profiles_{key}_{hashlib.sha256(identity.encode()).hexdigest()[:32]}"
+
+    def get(self, key: str) -> Any:
+        value = Variable.get(self.variable(key), default=None)
+        return json.loads(value) if value else None
+
+    def set(self, key: str, value: Any, description: str = "") -> None:
+        Variable.set(self.variable(key), json.dumps(value), description=description or None)
+
+    def clear(self, key: str) -> None:
+        Variable.delete(self.variable(key))
+
+    def removal_hint(self, key: str) -> str:
+        name = self.variable(key)
+        return f"the Airflow Variable {name} (Admin > Variables, or `airflow variables delete {name}`)"
+
+
+def airflow_task_state_store(context: Any) -> Any:
+    """The task context's ``task_state_store`` (Airflow 3.3+), or None on older Airflow."""
+    return context.get("task_state_store")
+
+
+def task_state(context: Any) -> TaskState:
+    """Where this task instance's tries share state: Airflow's task state store where the running
+    Airflow provides one, else Variables."""
+    store = airflow_task_state_store(context)
+    return VariableTaskState(context) if store is None else StoreTaskState(store, context)
+
+
 # --- retry ledger ---------------------------------------------------------------------------------
-# Airflow clears a task's XComs when a new try starts, so the ids a retry must reattach to are kept
-# in a Variable named after the task instance, removed once the job has been seen through.
+# The ids a retry must reattach to, in the task state under LEDGER_KEY, removed once the job has been
+# seen through.
+LEDGER_KEY = "job"
+
+
 def _ledger_key(context: Any) -> str:
-    ti = context["ti"]
-    identity = json.dumps([ti.dag_id, ti.run_id, ti.task_id, ti.map_index])
-    return f"profiles_job_{hashlib.sha256(identity.encode()).hexdigest()[:32]}"
+    """The fallback Variable's name (``profiles_job_<hash>``)."""
+    return VariableTaskState(context).variable(LEDGER_KEY)
+
+
+def _ledger_hint(context: Any) -> str:
+    return task_state(context).removal_hint(LEDGER_KEY)
 
 
 def _ledger_get(context: Any) -> dict[str, Any] | None:
     """``{"job": ids}`` once created, or ``{"intent": ...}`` while a creating request's outcome is unknown."""
-    value = Variable.get(_ledger_key(context), default=None)
-    return json.loads(value) if value else None
+    return task_state(context).get(LEDGER_KEY) or None
 
 
 def _ledger_set(context: Any, entry: dict[str, Any]) -> None:
     ti = context["ti"]
-    Variable.set(_ledger_key(context), json.dumps({**entry, "try_number": ti.try_number}),
-                 description=f"vendor job of {ti.dag_id}.{ti.task_id}[{ti.map_index}] in {ti.run_id} (or the request "
-                             "creating it, while its answer is unknown); kept for a retry to reattach, removed "
-                             "when the job ends")
+    task_state(context).set(
+        LEDGER_KEY, {**entry, "try_number": ti.try_number},
+        description=f"vendor job of {ti.dag_id}.{ti.task_id}[{ti.map_index}] in {ti.run_id} (or the request "
+                    "creating it, while its answer is unknown); kept for a retry to reattach, removed "
+                    "when the job ends")
 
 
 def _ledger_clear(context: Any) -> None:
-    Variable.delete(_ledger_key(context))
+    task_state(context).clear(LEDGER_KEY)
 
 
 def _last_try(context: Any) -> bool:
@@ -375,15 +469,14 @@ def _ledger_settled_on_error(context: Any, log: Any) -> Iterator[None]:
             try:
                 _settle_ledger(context, log)
             except Exception as ledger_error:  # the task's own error is the one to report
-                log.warning("could not remove the retry ledger %s: %s", _ledger_key(context), ledger_error)
+                log.warning("could not remove the retry ledger (%s): %s", _ledger_hint(context), ledger_error)
         raise
 
 
 def _settle_ledger(context: Any, log: Any) -> None:
     entry = _ledger_get(context)
     if entry is not None and "job" not in entry and "intent" in entry:
-        log.warning("kept the retry ledger %s: an earlier request's outcome is unknown (%s). Delete it "
-                    "(`airflow variables delete %s`) once you know whether it was created",
-                    _ledger_key(context), entry["intent"].get("action"), _ledger_key(context))
+        log.warning("kept the retry ledger: an earlier request's outcome is unknown (%s). Delete %s once you "
+                    "know whether it was created", entry["intent"].get("action"), _ledger_hint(context))
     elif entry is not None:
         _ledger_clear(context)

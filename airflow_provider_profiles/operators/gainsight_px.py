@@ -9,6 +9,8 @@ the input is streamed so memory does not grow with its size.
 from __future__ import annotations
 
 import contextlib
+import csv
+import hashlib
 import io
 import itertools
 import json
@@ -23,7 +25,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow.providers.common.compat.sdk import AirflowException, BaseOperator
+from airflow.providers.common.compat.sdk import AirflowException, BaseOperator, Variable
 
 from airflow_provider_profiles.prepare.writer import RejectsFile, RowRejected, csv_line
 from airflow_provider_profiles.prepare.values import to_text
@@ -50,6 +52,7 @@ from airflow_provider_profiles.storage import (
     open_binary,
     path_text,
 )
+from airflow_provider_profiles.operators.base import task_state
 from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
 from airflow_provider_profiles.operators.inputs import input_file, nothing_sent
 from airflow_provider_profiles.operators.links import (
@@ -82,6 +85,7 @@ RATE_LIMITED_PAUSE = 0.5
 # center links there; other hosts (an emulator) get no console link.
 PX_APP = "https://app.aptrinsic.com/"
 PX_LINK = StoredLink(name="Gainsight PX", key="gainsight_px_app")
+CHECKPOINT_KEY = "load"  # the task state key of a load's checkpoint (a retry resumes from it)
 
 
 @dataclass
@@ -221,6 +225,122 @@ def _prepare_output(path: Any) -> Any:
     return path
 
 
+class _Confirmed:
+    """The input records answered so far (sent and answered, rejected, or failed at the vendor), as a
+    checkpoint: every record before ``position`` (0-based, in input order) and those in ``ahead``,
+    answered before a slower one; ``counts`` are theirs, ``rejects_rows`` their rows in the rejects file."""
+
+    def __init__(self, saved: Mapping[str, Any] | None = None):
+        saved = saved or {}
+        self.position = int(saved.get("position", 0))
+        self.ahead = {int(position): key for position, key in saved.get("ahead", {}).items()}
+        self.counts = dict.fromkeys(SUMMARY_KEYS, 0) | dict(saved.get("counts", {}))
+        self.rejects_rows = int(saved.get("rejects_rows", 0))
+
+    def covers(self, position: int) -> bool:
+        return position < self.position or position in self.ahead
+
+    def answer(self, position: int, key: str, rejects_row: bool = False) -> None:
+        self.counts["rows_read"] += 1
+        self.counts[key] += 1
+        self.rejects_rows += rejects_row
+        self.ahead[position] = key
+        while self.position in self.ahead:
+            del self.ahead[self.position]
+            self.position += 1
+
+    def saved(self) -> dict[str, Any]:
+        return {"position": self.position, "ahead": {str(position): key for position, key in self.ahead.items()},
+                "counts": dict(self.counts), "rejects_rows": self.rejects_rows}
+
+
+class _Checkpoints:
+    """Where a load's checkpoint is kept between tries and runs (best effort: a failed write is logged).
+
+    A retry finds it in the task instance's task state (Airflow's task state store, or a Variable on
+    older Airflow). A run stopped by ``max_requests`` leaves it for the next run of the DAG in a
+    Variable named after the DAG, task and map index (``profiles_load_next_<hash>``): the task state
+    store is scoped to one DAG run. Either is used only for the same input, entity and mapping, and
+    removed once the input is complete.
+    """
+
+    def __init__(self, operator: GainsightPXLoadOperator, context: Any, fingerprint: dict[str, Any],
+                 across_runs: bool = True):
+        self.log, self.fingerprint, self.across_runs = operator.log, fingerprint, across_runs
+        self.state = task_state(context)
+        ti = context["ti"]
+        identity = json.dumps([ti.dag_id, ti.task_id, ti.map_index])
+        self.next_run_variable = f"profiles_load_next_{hashlib.sha256(identity.encode()).hexdigest()[:32]}"
+        self.description = (f"where the Gainsight PX load {ti.dag_id}.{ti.task_id}[{ti.map_index}] stopped at "
+                            "max_requests; the next run resumes from it")
+
+    def load(self) -> dict[str, Any] | None:
+        """The checkpoint of an earlier try of this run, else of an earlier run stopped by the budget."""
+        for where, read in (("an earlier try", self._read_task_state), ("an earlier run", self._read_next_run)):
+            try:
+                saved = read()
+            except Exception as error:  # resuming is an optimisation: never the reason a load fails
+                self.log.warning("could not read the load checkpoint of %s: %s", where, error)
+                continue
+            if not saved:
+                continue
+            if saved.get("fingerprint") == self.fingerprint:
+                return saved
+            self.log.warning("the checkpoint of %s is for another input or mapping (%s); this load starts from "
+                             "the first record and drops it", where, saved.get("fingerprint"))
+            self.clear()
+            return None
+        return None
+
+    def _read_task_state(self) -> Any:
+        return self.state.get(CHECKPOINT_KEY)
+
+    def _read_next_run(self) -> Any:
+        if not self.across_runs:
+            return None
+        value = Variable.get(self.next_run_variable, default=None)
+        return json.loads(value) if value else None
+
+    def save(self, confirmed: _Confirmed, rejects_path: Any, for_next_run: bool = False) -> None:
+        value = {"fingerprint": self.fingerprint, "rejects_path": str(rejects_path), **confirmed.saved()}
+        try:
+            if for_next_run:
+                Variable.set(self.next_run_variable, json.dumps(value), description=self.description)
+                self.state.clear(CHECKPOINT_KEY)
+            else:
+                self.state.set(CHECKPOINT_KEY, value, description=self.description.replace(
+                    "stopped at max_requests; the next run", "has confirmed so far; a retry"))
+        except Exception as error:
+            self.log.warning("could not save the load checkpoint (record %d): %s", confirmed.position, error)
+
+    def clear(self) -> None:
+        for remove in (lambda: self.state.clear(CHECKPOINT_KEY), lambda: Variable.delete(self.next_run_variable)):
+            try:
+                remove()
+            except Exception as error:
+                self.log.warning("could not remove a load checkpoint: %s", error)
+
+
+def _carry_rejects(saved: Mapping[str, Any], rejects: RejectsFile, log: Any) -> None:
+    """Copy the earlier tries' rejects rows (the first ``rejects_rows`` of their file) into this try's."""
+    wanted = int(saved.get("rejects_rows", 0))
+    if not wanted:
+        return
+    rows: list[list[str]] = []
+    try:
+        with open_binary(as_storage_path(saved["rejects_path"]), "rb") as raw, \
+                io.TextIOWrapper(raw, encoding="utf-8", newline="") as handle:
+            for row in itertools.islice(csv.reader(handle), 1, wanted + 1):
+                rows.append(row)
+    except FileNotFoundError:
+        pass
+    if len(rows) < wanted:
+        log.warning("the earlier tries' rejects file %s has %d of its %d rows; the rest are lost",
+                    saved["rejects_path"], len(rows), wanted)
+    for line, identifier, reason, status in rows:
+        rejects.add(line, identifier or None, reason, status or None)
+
+
 class GainsightPXLoadOperator(ProfilesOutputMixin, BaseOperator):
     """Update (and optionally insert) Gainsight PX users or accounts, or add custom events, from a
     CSV/NDJSON file or a DataFrame.
@@ -256,7 +376,12 @@ class GainsightPXLoadOperator(ProfilesOutputMixin, BaseOperator):
     :param max_requests: at most this many API requests in the run (retries and the model read included),
         to stay inside the vendor's daily quota (about 1M requests a day per subscription); rows left
         when it is reached are not sent: counted as rejected, listed in the rejects file with the reason.
-        ``details["requests"]`` says how many were sent.
+        ``details["requests"]`` says how many were sent. The next run of the DAG resumes where this one
+        stopped (same input, entity and mapping), its result covering the whole input.
+    :param checkpoint_interval: seconds between checkpoints of the records answered so far (in the task
+        state, see ``operators.base.task_state``): a retry resumes from the last one and sends no record
+        the earlier tries had answered; its result covers the whole input, the earlier tries' rejects
+        rows included.
 
     Returns the shared result (``operators.result``): rows updated or inserted are ``vendor_succeeded``,
     requests the vendor refused ``vendor_failed``, rows it does not have (update only) and dry-run rows
@@ -292,6 +417,7 @@ class GainsightPXLoadOperator(ProfilesOutputMixin, BaseOperator):
         progress_interval: float = 5.0,
         max_requests: int | None = None,
         storage_conn_id: str | None = None,
+        checkpoint_interval: float = 30.0,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -320,6 +446,7 @@ class GainsightPXLoadOperator(ProfilesOutputMixin, BaseOperator):
         self.requests_per_second = requests_per_second
         self.progress_interval = progress_interval
         self.max_requests = max_requests
+        self.checkpoint_interval = checkpoint_interval
 
     # --- lineage and asset: the file in, the subscription's records of the entity out --------------
     def lineage_source(self) -> Any:
@@ -362,6 +489,13 @@ class GainsightPXLoadOperator(ProfilesOutputMixin, BaseOperator):
                 column=missing[0],
             )
         return source.total
+
+    def _fingerprint(self, record_format: GainsightPXRecordFormat, source: Any) -> dict[str, Any]:
+        """What a checkpoint is valid for: the same input (name and record count) loaded the same way."""
+        how = json.dumps([record_format.entity, dict(self.field_mapping), dict(self.field_types or {}),
+                          self.insert_missing], sort_keys=True, default=str)
+        return {"source": source.label, "records": source.total,
+                "load": hashlib.sha256(how.encode()).hexdigest()[:16]}
 
     def _default_output(self, context: Any, suffix: str) -> Any:
         if not self._is_dataframe():
@@ -407,7 +541,13 @@ class GainsightPXLoadOperator(ProfilesOutputMixin, BaseOperator):
             mode = "dry run" if self.dry_run else ("update or insert" if self.insert_missing else "update only")
             self.log.info("loading %d %s rows into Gainsight PX (%s, %d in flight at most)", total,
                           record_format.entity, mode, self.max_concurrency)
-            run = _LoadRun(self, hook, record_format, source)
+            checkpoints = saved = None
+            if not self.dry_run:
+                # a DataFrame has no name to tell one run's from the next: it resumes within a run only
+                checkpoints = _Checkpoints(self, context, self._fingerprint(record_format, source),
+                                           across_runs=not self._is_dataframe())
+                saved = checkpoints.load()
+            run = _LoadRun(self, hook, record_format, source, saved)
             with RejectsFile(rejects_path) as rejects:
                 run.rejects = rejects
                 try:
@@ -415,7 +555,21 @@ class GainsightPXLoadOperator(ProfilesOutputMixin, BaseOperator):
                         with open_binary(dry_run_path, "wb") as raw, io.TextIOWrapper(raw, encoding="utf-8") as out:
                             run.dry_run(out)
                     else:
-                        run.send()
+                        if saved:
+                            _carry_rejects(saved, rejects, self.log)
+                            self.log.info("resuming after record %d of %d: earlier tries answered %d rows (%s)",
+                                          run.confirmed.position, total, run.confirmed.counts["rows_read"],
+                                          saved["counts"])
+                        run.checkpoint = lambda: checkpoints.save(run.confirmed, rejects_path)
+                        try:
+                            run.send()
+                        except BaseException:
+                            run.checkpoint()  # a retry resumes here
+                            raise
+                        if run.counts["over_budget"] and checkpoints.across_runs:
+                            checkpoints.save(run.confirmed, rejects_path, for_next_run=True)
+                        else:
+                            checkpoints.clear()  # the input is complete
                 finally:
                     hook.close()
         details: dict[str, Any] = {"entity": record_format.entity, "requests": hook.requests_sent}
@@ -443,16 +597,22 @@ class _LoadRun:
     """One execution of the loader: counts, the pool, the rejects file."""
 
     def __init__(self, operator: GainsightPXLoadOperator, hook: GainsightPXHook,
-                 record_format: GainsightPXRecordFormat, source: _DataFrameInput | _FileInput):
+                 record_format: GainsightPXRecordFormat, source: _DataFrameInput | _FileInput,
+                 saved: Mapping[str, Any] | None = None):
         self.operator, self.hook, self.format, self.source = operator, hook, record_format, source
         self.total = source.total
         self.log = operator.log
-        self.counts = dict.fromkeys(SUMMARY_KEYS, 0)
+        # what earlier tries answered is counted once, from their checkpoint, and not sent again
+        self.confirmed = _Confirmed(saved)
+        self.counts = dict(self.confirmed.counts)
+        self.checkpoint: Any = None  # saves self.confirmed (set when sending)
+        self._last_checkpoint = time.monotonic()
+        self._held_skips: list[tuple[int, str | None, str]] | None = None
         self.rejects: RejectsFile | None = None
         self.started = time.monotonic()
         self.progress = Progress(
             self.total, operator.progress_interval, label="Gainsight PX load progress", doing="loading",
-            done_verb="loaded", log=operator.log,
+            done_verb="loaded", log=operator.log, already=self.counts["rows_read"],  # resumed: this try's rate
             detail=lambda: ", ".join(f"{key} {self.counts[key]}" for key in SUMMARY_KEYS[1:]))
         self._pause = SharedPause()  # no thread sends before its end (after a 429 storm)
         self._auth_error = ""
@@ -475,18 +635,27 @@ class _LoadRun:
             details={key: counts[key] for key in ("updated", "inserted", "missing", "over_budget")} | details,
         )
 
-    def _rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(line, record) of every valid row; invalid ones go to the rejects file on the way."""
+    def _rows(self) -> Iterator[tuple[int, int, dict[str, Any]]]:
+        """(position, line, record) of every valid row not answered by an earlier try; invalid ones go
+        to the rejects file on the way."""
+        position = -1
         for batch in self.source.batches():
             for line, identifier, reason in batch.rejected:
-                self.counts["rows_read"] += 1
-                self._reject(line, identifier, reason)
+                position += 1
+                if not self.confirmed.covers(position):
+                    self.counts["rows_read"] += 1
+                    self._reject(line, identifier, reason)
+                    self.confirmed.answer(position, "rejected", rejects_row=True)
             for line, row in zip(batch.lines, batch.rows):
+                position += 1
+                if self.confirmed.covers(position):
+                    continue
                 self.counts["rows_read"] += 1
                 try:
-                    yield line, self.format.build(row)
+                    yield position, line, self.format.build(row)
                 except RowRejected as rejected:
                     self._reject(line, self.format.record_id(row), rejected.reason)
+                    self.confirmed.answer(position, "rejected", rejects_row=True)
 
     def _reject(self, line: int, identifier: str | None, reason: str, status: int | None = None,
                 key: str = "rejected") -> None:
@@ -506,16 +675,31 @@ class _LoadRun:
             self.progress.finish()
 
     def _skip(self, line: int, identifier: str | None, reason: str) -> None:
-        """A row not sent for the request budget: listed in the rejects file, so it can be sent later."""
+        """A row not sent for the request budget: listed in the rejects file, so it can be sent later.
+        While requests are in flight these rows are held back, so that the rows of answered records
+        come first in the file (the checkpoint counts those)."""
         self.counts["over_budget"] += 1
-        self.rejects.add(line, identifier, reason, None)
+        if self._held_skips is not None:
+            self._held_skips.append((line, identifier, reason))
+        else:
+            self.rejects.add(line, identifier, reason, None)
+
+    def _maybe_checkpoint(self) -> None:
+        now = time.monotonic()
+        if self.checkpoint is None or now - self._last_checkpoint < self.operator.checkpoint_interval:
+            return
+        self._last_checkpoint = now
+        handle = getattr(self.rejects, "_handle", None)
+        if handle is not None:
+            handle.flush()  # the rows the checkpoint counts are in the file before it says so
+        self.checkpoint()
 
     # --- dry run ----------------------------------------------------------------------------------
     def dry_run(self, out: Any) -> None:
         action = "update_or_insert" if self.operator.insert_missing else "update"
         if self.format.entity == "CUSTOM_EVENT":
             action = "insert"
-        for line, record in self._rows():
+        for _, line, record in self._rows():
             out.write(json.dumps({"line": line, "action": action, "entity": self.format.entity,
                                   "id": record[self.format.id_field], "body": record}, ensure_ascii=False) + "\n")
             self.counts["dry_run"] += 1
@@ -539,7 +723,7 @@ class _LoadRun:
     def send(self) -> None:
         self.hook.connection  # noqa: B018  (load and mask once, before the threads start)
         window = 2 * self.operator.max_concurrency  # enough queued to keep every thread busy, no more
-        pending: dict[Future, tuple[int, str]] = {}
+        pending: dict[Future, tuple[int, int, str]] = {}
         in_flight: set[str] = set()
         abort = threading.Event()
         executor = ThreadPoolExecutor(max_workers=self.operator.max_concurrency, thread_name_prefix="gainsight_px")
@@ -547,14 +731,16 @@ class _LoadRun:
         def collect() -> None:
             done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
             for future in done:
-                line, record_id = pending.pop(future)
+                position, line, record_id = pending.pop(future)
                 in_flight.discard(record_id)
-                self._settle(future, line, record_id, abort)
+                self._settle(future, position, line, record_id, abort)
             self._progress()
+            self._maybe_checkpoint()
 
         rows = self._rows()
+        self._held_skips = []
         try:
-            for line, record in rows:
+            for position, line, record in rows:
                 record_id = str(record[self.format.id_field])
                 # rows for the same id go in input order, one at a time: the last row wins, as in the file
                 while pending and (len(pending) >= window or record_id in in_flight):
@@ -564,14 +750,17 @@ class _LoadRun:
                 if self._budget_reached:
                     self._skip(line, record_id, self._budget_reason())
                     break
-                pending[executor.submit(self._send_one, record)] = (line, record_id)
+                pending[executor.submit(self._send_one, record)] = (position, line, record_id)
                 in_flight.add(record_id)
             while pending:
                 collect()
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
+            held, self._held_skips = self._held_skips, None
+            for line, record_id, reason in held:
+                self.rejects.add(line, record_id, reason, None)
         if self._budget_reached:  # the rest of the input is read, checked and listed, not sent
-            for line, record in rows:
+            for _, line, record in rows:
                 self._skip(line, str(record[self.format.id_field]), self._budget_reason())
             self.log.warning("max_requests=%d reached: %d rows were not sent; they are listed in %s",
                              self.operator.max_requests, self.counts["over_budget"], self.rejects.path)
@@ -583,12 +772,13 @@ class _LoadRun:
     def _budget_reason(self) -> str:
         return f"not sent: max_requests={self.operator.max_requests} reached in this run"
 
-    def _settle(self, future: Future, line: int, record_id: str, abort: threading.Event) -> None:
+    def _settle(self, future: Future, position: int, line: int, record_id: str, abort: threading.Event) -> None:
         error = future.exception()
         if error is None:
             outcome = future.result()
             key = {Outcome.UPDATED: "updated", Outcome.INSERTED: "inserted"}.get(outcome, "missing")
             self.counts[key] += 1
+            self.confirmed.answer(position, key)
             if self.operator.verbose:
                 self.log.info("line %d: %s %s %s", line, self.format.entity, record_id, outcome.value)
             return
@@ -599,12 +789,15 @@ class _LoadRun:
         if not isinstance(error, VendorAPIError):
             raise error
         if isinstance(error, VendorAuthError):
+            # the key was refused, not the record: it stays unanswered, so a retry sends it
             self._auth_error = str(error)
             abort.set()
+            return
         reason = f"{type(error).__name__}: {error.vendor_message}"
         if error.attempts > 1:
             reason += f" (after {error.attempts} attempts)"
         self._reject(line, record_id, reason, error.status, key="failed")
+        self.confirmed.answer(position, "failed", rejects_row=True)
 
 
 class GainsightPXExportOperator(BaseOperator):

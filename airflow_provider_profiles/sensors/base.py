@@ -11,7 +11,12 @@ from airflow.providers.common.compat.sdk import (
     PokeReturnValue,
 )
 
-from airflow_provider_profiles.operators.base import JobWaitMixin, default_deferrable
+from airflow_provider_profiles.operators.base import (
+    DEFAULT_JOB_RETRIES,
+    DEFAULT_JOB_RETRY_DELAY,
+    JobWaitMixin,
+    default_deferrable,
+)
 
 
 class JobSensor(JobWaitMixin, BaseSensorOperator):
@@ -22,8 +27,9 @@ class JobSensor(JobWaitMixin, BaseSensorOperator):
     as the deadline; nothing holds a worker slot meanwhile.
     """
 
-    def __init__(self, *, conn_id: str | None = None, deferrable: bool = default_deferrable(), **kwargs: Any):
-        super().__init__(**kwargs)
+    def __init__(self, *, conn_id: str | None = None, deferrable: bool = default_deferrable(),
+                 retries: int | None = DEFAULT_JOB_RETRIES, retry_delay: Any = DEFAULT_JOB_RETRY_DELAY, **kwargs: Any):
+        super().__init__(retries=retries, retry_delay=retry_delay, **kwargs)  # why: see DEFAULT_JOB_RETRIES
         self.conn_id = conn_id or self.hook_class.default_conn_name
         self.deferrable = deferrable
 

@@ -7,7 +7,9 @@ from airflow.sdk import DAG
 
 from tests.echo_hook import CrashAfterSubmitOperator, EchoJobOperator, EchoJobSensor
 
-with DAG("echo_jobs", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False) as dag:
+# one try each (job tasks retry once by default) but for the task that tests the retry
+with DAG("echo_jobs", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False,
+         default_args={"retries": 0}) as dag:
     EchoJobOperator(task_id="wait_in_worker", duration=0.6, poll_interval=0.2)
     EchoJobOperator(task_id="deferred", duration=1.0, poll_interval=0.2, deferrable=True)
     EchoJobOperator(task_id="deferred_fails", duration=0.4, outcome="failed", poll_interval=0.2, deferrable=True)

@@ -6,4 +6,4 @@ from airflow.sdk import DAG
 from tests.echo_hook import IntentEchoJobOperator
 
 with DAG("echo_lost_answer", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False) as dag:
-    IntentEchoJobOperator(task_id="lost_answer_on_last_try", duration=0.2, poll_interval=0.1)
+    IntentEchoJobOperator(task_id="lost_answer_on_last_try", duration=0.2, poll_interval=0.1, retries=0)

@@ -59,7 +59,7 @@ def test_import_completes_and_returns_counts(apsis, tmp_path, deferrable, capfd)
 def test_import_in_error_fails_the_task_with_details(apsis, tmp_path, deferrable, capfd):
     server = apsis(fail_imports=True)
     data = write_csv(tmp_path / "profiles.csv", PROFILES)
-    run, tis = run_dag(tmp_path, "ApsisOneProfileImportOperator(task_id='imp', file=FILE, deferrable=DEFER, **KW)",
+    run, tis = run_dag(tmp_path, "ApsisOneProfileImportOperator(task_id='imp', file=FILE, deferrable=DEFER, retries=0, **KW)",
                        FILE=str(data), DEFER=deferrable, KW=IMPORT_KWARGS)
     assert tis["imp"].state == FAILED
     assert "the import failed while processing" in "".join(capfd.readouterr())
