@@ -509,7 +509,11 @@ class ApsisOneEmulator(Emulator):
             imp = self.imports.get(request.path_params["import_id"])
             if imp is None or imp["section"] != request.path_params["section"]:
                 return problem(404, "Not Found", f"import {request.path_params['import_id']!r} does not exist")
-            return JSONResponse(self._view(imp))
+            view = self._view(imp)
+            if imp["uploaded_at"] is not None and view["result"]["status"] in ("completed", "error") \
+                    and self.hold_end(imp["import_id"]):
+                view = {"import_id": imp["import_id"], "result": {"status": "in_progress"}}
+            return JSONResponse(view)
 
     # --- presigned upload -------------------------------------------------------------------------
     async def _upload(self, request: Request) -> Response:

@@ -7,6 +7,8 @@ Every emulator gets, for free:
   status: the lost response after a create that retries must not repeat (a test-only control);
 - request counters per ``METHOD path``;
 - a clock that can run faster than real time or be advanced, so hour-long vendor limits are testable;
+- ``hold_ended_jobs``: a job's status route reports an ended job still running for that many reads, so
+  a task's one check before it defers never sees the end, however slow the machine (``hold_end``);
 - control routes under ``/_emulator/`` (faults, counters, state, clock, reset) for out-of-process use.
 """
 
@@ -93,9 +95,11 @@ class Emulator:
 
     name: ClassVar[str] = "emulator"
 
-    def __init__(self, *, time_scale: float = 1.0, latency: float = 0.0):
+    def __init__(self, *, time_scale: float = 1.0, latency: float = 0.0, hold_ended_jobs: int = 0):
         self.clock = Clock(time_scale)
         self.latency = latency  # seconds added to every vendor request
+        self.hold_ended_jobs = hold_ended_jobs  # a test control, no vendor rule: see hold_end
+        self._held_reads: collections.Counter[str] = collections.Counter()
         self.lock = threading.RLock()  # vendor state is shared between the server thread and tests
         self.faults: list[Fault] = []
         self.counters: collections.Counter[str] = collections.Counter()
@@ -128,6 +132,21 @@ class Emulator:
             self.faults.clear()
             self.counters.clear()
             self.faults_served.clear()
+            self._held_reads.clear()
+
+    def hold_end(self, job_key: str) -> bool:
+        """Called by a job's status route when the job has ended: True while the route must still
+        report it running, for the first ``hold_ended_jobs`` such reads of ``job_key``.
+
+        Test control, no vendor rule. An operator or sensor checks its job once before it defers, so
+        with 1 the end is first reported to its trigger: a test that requires every wait to defer does
+        not depend on the machine being fast enough to check before a job's duration runs out.
+        """
+        with self.lock:
+            if self._held_reads[job_key] >= self.hold_ended_jobs:
+                return False
+            self._held_reads[job_key] += 1
+            return True
 
     # --- faults -------------------------------------------------------------------------------
     def inject(self, kind: str, match: str = ".*", count: int = 1, **kwargs: Any) -> Fault:

@@ -233,6 +233,8 @@ class LocalyticsEmulator(Emulator):
                 # 404: the audience code table's "Parameter not found"; the profile table names no code for
                 # an unknown activity id, 404 is inferred from it
                 return self._error(404, f"Unknown activity id {activity_id}.")
+            if self._status(job) in ("Completed", "Failed") and self.hold_end(activity_id):
+                return JSONResponse(self._public_job(activity_id, status="Running"))
             self._settle(activity_id)
             return JSONResponse(self._public_job(activity_id))
 
@@ -426,9 +428,9 @@ class LocalyticsEmulator(Emulator):
         for activity_id in self.jobs:
             self._settle(activity_id)
 
-    def _public_job(self, activity_id: str) -> dict[str, Any]:
+    def _public_job(self, activity_id: str, status: str | None = None) -> dict[str, Any]:
         job = self.jobs[activity_id]
-        status = self._status(job)
+        status = status or self._status(job)
         done = status in ("Completed", "Failed")
         failed = len(job["errors"])
         if job["kind"] == "profiles":

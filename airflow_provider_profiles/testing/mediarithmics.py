@@ -321,9 +321,9 @@ class MediarithmicsEmulator(Emulator):
         # for executions (developer.mediarithmics.io API reference, execution resource; DESIGN.md "corrected")
         return self.end_status or "SUCCEEDED"
 
-    def _execution_view(self, execution_id: str) -> dict[str, Any]:
+    def _execution_view(self, execution_id: str, status: str | None = None) -> dict[str, Any]:
         record = self.executions[execution_id]
-        status = self._status(record)
+        status = status or self._status(record)
         created_ms = int(record["created"] * 1000)
         view: dict[str, Any] = {
             "id": execution_id,
@@ -359,6 +359,8 @@ class MediarithmicsEmulator(Emulator):
             record = self._find_execution(request)
             if record is None:
                 return self._error(404, f"execution {request.path_params['execution_id']} not found")
+            if self._status(record) not in ("PENDING", "RUNNING", "CANCELED") and self.hold_end(record["id"]):
+                return self._ok(self._execution_view(record["id"], status="RUNNING"))
             return self._ok(self._execution_view(record["id"]))
 
     def _find_execution(self, request: Request) -> dict[str, Any] | None:
