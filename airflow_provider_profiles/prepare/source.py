@@ -437,6 +437,11 @@ def _remove(name: str) -> None:
 # --- NDJSON -------------------------------------------------------------------------------------
 
 
+# A line holding one JSON object: valid JSON that starts with "{" needs no second parse for its type.
+_OBJECT = ("(CASE WHEN starts_with(line, '{') THEN json_valid(line) "
+           "ELSE json_valid(line) AND json_type(line) = 'OBJECT' END)")
+
+
 def _open_ndjson(connection, path, encoding: str) -> Source:
     location = _location(connection, path)
     if not _utf8(encoding):
@@ -447,20 +452,7 @@ def _open_ndjson(connection, path, encoding: str) -> Source:
              "columns={'line': 'VARCHAR'}, header=false, auto_detect=false, delim='\\0', quote='', escape='', "
              "strict_mode=false, encoding='utf-8'))")
     try:
-        table = _unique("unreadable")
-        connection.execute(
-            f"CREATE TEMP TABLE {table} AS SELECT line_number AS line, line AS text FROM {lines} "
-            "WHERE trim(line) <> '' AND NOT (CASE WHEN json_valid(line) THEN json_type(line) = 'OBJECT' ELSE false END) ORDER BY line_number")
-        bad = connection.execute(f"SELECT line, text FROM {table}").fetchall()
-        connection.execute(f"DROP TABLE {table}; CREATE TEMP TABLE {table} (line BIGINT, reason VARCHAR)")
-        _insert(connection, table, [(line, _json_problem(text)) for line, text in bad])
-        objects = (f"(SELECT line, line_number FROM {lines} WHERE trim(line) <> '' "
-                   "AND (CASE WHEN json_valid(line) THEN json_type(line) = 'OBJECT' ELSE false END))")
-        # json_group_structure keeps every line in memory: one line per distinct structure does
-        # (their merge is the merge of all), in the order first seen
-        structure = connection.execute(
-            "SELECT json_structure(to_json(list(example::JSON ORDER BY first))) FROM (SELECT arg_min(line, line_number) "
-            f"AS example, min(line_number) AS first FROM {objects} GROUP BY json_structure(line))").fetchall()[0][0]
+        table, structure = _ndjson_shapes(connection, lines)
     except duckdb.Error as error:
         raise _ndjson_error(path, error) from None
     fields = json.loads(structure)[0] if structure and structure.startswith("[{") else {}
@@ -471,12 +463,33 @@ def _open_ndjson(connection, path, encoding: str) -> Source:
     shape = json.dumps(_no_null_types(fields))
     columns = ", ".join(f"value.{sql.ident(name)} AS {sql.ident(name)}" for name in names)
     relation = (f"(SELECT {columns}, row_number() OVER () AS __record FROM "
-                f"(SELECT json_transform(line, {sql.literal(shape)}) AS value FROM {objects}))")
+                f"(SELECT json_transform(line, {sql.literal(shape)}) AS value FROM {lines} "
+                f"WHERE trim(line) <> '' AND {_OBJECT}))")
     try:
         types = _types(connection, relation)
     except duckdb.Error as error:
         raise _ndjson_error(path, error) from None
     return Source(relation, names, types, table, description)
+
+
+def _ndjson_shapes(connection, lines: str) -> tuple[str, str | None]:
+    """One pass over the lines: the unreadable ones as a temporary table (line, reason), and the
+    JSON structure of all the objects. json_group_structure would keep every line in memory: one
+    line per distinct structure does (their merge is the merge of all), in the order first seen;
+    a line that is not an object is a group of its own."""
+    shapes = _unique("shapes")
+    connection.execute(
+        f"CREATE TEMP TABLE {shapes} AS SELECT bool_and(object) AS object, arg_min(line, line_number) AS example, "
+        f"min(line_number) AS first FROM (SELECT line, line_number, {_OBJECT} AS object FROM {lines} WHERE trim(line) <> '') "
+        "GROUP BY CASE WHEN object THEN CAST(json_structure(line) AS VARCHAR) ELSE 'line ' || line_number END")
+    bad = connection.execute(f"SELECT first, example FROM {shapes} WHERE NOT object ORDER BY first").fetchall()
+    table = _unique("unreadable")
+    connection.execute(f"CREATE TEMP TABLE {table} (line BIGINT, reason VARCHAR)")
+    _insert(connection, table, [(line, _json_problem(text)) for line, text in bad])
+    structure = connection.execute(f"SELECT json_structure(to_json(list(example::JSON ORDER BY first))) FROM {shapes} "
+                                   "WHERE object").fetchall()[0][0]
+    connection.execute(f"DROP TABLE {shapes}")
+    return table, structure
 
 
 def _ndjson_error(path, error: Exception) -> InputError:
