@@ -119,7 +119,7 @@ def prepare(
         if cursor is not None:
             opened = open_cursor(connection, cursor, batch_rows)
         else:
-            opened = open_source(connection, source, input_format, delimiter=delimiter, encoding=encoding)
+            opened = open_source(connection, source, input_format, delimiter=delimiter, encoding=encoding, read_once=True)
         check_columns(source, opened.names, writer, mapping)
         table = _mapped(connection, opened, writer, mapping, step, from_cursor=cursor is not None,
                         progress_interval=progress_interval)
@@ -152,6 +152,7 @@ def _sync_step(sync: Any, run_key: str | None, writer: FormatWriter, mapping: Fi
 def _mapped(connection: Any, opened: Source, writer: FormatWriter, mapping: FieldMapping | None, step: Any, *,
             from_cursor: bool, progress_interval: float | None) -> MappedTable:
     """Reads and maps the input into the ``mapped`` table (in a sync, only the rows not unchanged)."""
+    settle = opened.settle
     try:
         if from_cursor:
             opened = _materialised(connection, opened)
@@ -160,7 +161,9 @@ def _mapped(connection: Any, opened: Source, writer: FormatWriter, mapping: Fiel
                 opened = step.compare(connection, opened)
             return MappedTable(connection, opened, writer, mapping)
     except Exception as error:
-        raised = cursor_error(error)  # the error the cursor raised (bad rows, a lost connection), wrapped by DuckDB
+        # the error the cursor raised (bad rows, a lost connection), wrapped by DuckDB; or the
+        # file's, as a whole
+        raised = cursor_error(error) or (settle.failure(error) if settle is not None else None)
         if raised is None:
             raise
         raise raised from None
@@ -250,6 +253,8 @@ class MappedTable:
         if key is None:
             self._python_keys()
         self.rows = connection.execute("SELECT count(*) FROM mapped").fetchall()[0][0]
+        if opened.settle is not None:  # the read found its unreadable records: now they are known
+            opened.settle.after_read()
         self.unreadable_sql = opened.unreadable
         self.unreadable = connection.execute(f"SELECT count(*) FROM {opened.unreadable}").fetchall()[0][0] if opened.unreadable else 0
 

@@ -50,6 +50,9 @@ class Source:
     types: dict[str, str]
     unreadable: str | None
     description: str
+    # a read that finds its unreadable records itself (``ReadRejects``): ``unreadable`` is known
+    # once ``settle.after_read()`` ran, after the relation was read
+    settle: ReadRejects | None = None
 
 
 def _unique(prefix: str) -> str:
@@ -62,12 +65,17 @@ def _types(connection, relation: str) -> dict[str, str]:
 
 
 def open_source(connection, source, input_format: str | None = None, *, delimiter: str = ",",
-                encoding: str = "utf-8") -> Source:
-    """Open ``source`` (a local path, an ``ObjectStoragePath`` or an fsspec URL) on ``connection``."""
+                encoding: str = "utf-8", read_once: bool = False) -> Source:
+    """Open ``source`` (a local path, an ``ObjectStoragePath`` or an fsspec URL) on ``connection``.
+
+    ``read_once``: a CSV that needs no rewriting is not read ahead for its unreadable records:
+    the relation's read finds them, and ``Source.settle`` says so after it (the caller runs
+    ``settle.after_read()`` once the relation has been read, and asks ``settle.failure(error)``
+    about an error the read raised)."""
     path = as_storage_path(source)
     input_format = (input_format or guess_format(path)).lower()
     if input_format == "csv":
-        return _open_csv(connection, path, delimiter, encoding)
+        return _open_csv(connection, path, delimiter, encoding, read_once)
     if input_format in ("ndjson", "jsonl", "json"):
         return _open_ndjson(connection, path, encoding)
     if input_format == "parquet":
@@ -97,21 +105,53 @@ def _utf8(encoding: str) -> bool:
 # --- CSV ----------------------------------------------------------------------------------------
 
 
-def _open_csv(connection, path, delimiter: str, encoding: str) -> Source:
+def _open_csv(connection, path, delimiter: str, encoding: str, read_once: bool = False) -> Source:
     if len(delimiter) != 1 or delimiter in '"\r\n':
         raise ValueError(f"the delimiter must be one character other than a quote or a line end, not {delimiter!r}")
     names, blank_lines, mixed = _csv_header(path, delimiter, encoding)
     description = f"csv|{delimiter}|{codecs.lookup(encoding).name}|{json.dumps(names)}"
     if not names:  # an empty file: no rows (the engine says what that means)
         return Source("(SELECT NULL::BIGINT AS __record WHERE false)", [], {}, None, description)
-    # Anything DuckDB cannot read as strict UTF-8 CSV is rewritten first: another encoding, or
-    # line ends of more than one kind (DuckDB's strict parser wants one kind per file).
+    types = {name: "VARCHAR" for name in names}
+    location = _location(connection, path)
+    if read_once and _utf8(encoding) and not mixed and _lf_only(location):
+        # nothing to rewrite and no line end of another kind to retry with: the main read stores
+        # what it cannot read (every column read, so every value's UTF-8 is checked)
+        settle = ReadRejects(connection, path, location, names, delimiter)
+        every_column = " + ".join(f"strlen({sql.ident(name)})" for name in names)
+        relation = (f"(SELECT * FROM {_csv_relation(location, names, delimiter, blank_lines, settle.tables)} "
+                    f"WHERE {every_column} >= 0)")
+        return Source(relation, names, types, settle.table, description, settle)
+    location, rejects = _scan_until_readable(connection, path, location, names, delimiter, encoding, blank_lines, mixed)
+    unreadable = _csv_unreadable(connection, path, location, names, delimiter, rejects)
+    return Source(_csv_relation(location, names, delimiter, blank_lines), names, types, unreadable, description)
+
+
+def _csv_relation(location: str, names: list[str], delimiter: str, blank_lines: int,
+                  rejects: tuple[str, str] | None = None) -> str:
+    columns = ", ".join(f"coalesce({sql.ident(name)}, '') AS {sql.ident(name)}" for name in names)
+    return f"(SELECT {columns}, row_number() OVER () AS __record FROM {_read_csv(location, names, delimiter, blank_lines, rejects)})"
+
+
+def _lf_only(location: str) -> bool:
+    """A local file without a CR: its line ends are of one kind (LF)."""
+    if not (os.path.isabs(location) and os.path.exists(location)):
+        return False
+    with open(location, "rb") as stream:
+        while data := stream.read(CHUNK_BYTES):
+            if b"\r" in data:
+                return False
+    return True
+
+
+def _scan_until_readable(connection, path, location: str, names: list[str], delimiter: str, encoding: str,
+                         blank_lines: int, mixed: bool) -> tuple[str, list[tuple]]:
+    """What DuckDB reads (a rewritten copy where it cannot read the file as strict UTF-8 CSV:
+    another encoding, or line ends of more than one kind) and its rejects, found by one read."""
     if mixed:  # seen at the start (DuckDB would take the rest of the file for the header)
         location = _transcoded(connection, path, encoding, delimiter, line_ends=True)
     elif not _utf8(encoding):
         location = _transcoded(connection, path, encoding, delimiter)
-    else:
-        location = _location(connection, path)
     for line_ends_made_one in (mixed, True):
         try:
             rejects = _scan_csv(connection, location, names, delimiter, blank_lines)
@@ -123,10 +163,36 @@ def _open_csv(connection, path, delimiter: str, encoding: str) -> Source:
             if line_ends_made_one or not any(reject[3] == "UNQUOTED VALUE" for reject in rejects):
                 break
         location = _transcoded(connection, path, encoding, delimiter, line_ends=True)
-    unreadable = _csv_unreadable(connection, path, location, names, delimiter, rejects)
-    columns = ", ".join(f"coalesce({sql.ident(name)}, '') AS {sql.ident(name)}" for name in names)
-    relation = f"(SELECT {columns}, row_number() OVER () AS __record FROM {_read_csv(location, names, delimiter, blank_lines)})"
-    return Source(relation, names, {name: "VARCHAR" for name in names}, unreadable, description)
+    return location, rejects
+
+
+class ReadRejects:
+    """The rejects a CSV read stores (``store_rejects``), turned into ``Source.unreadable`` once the
+    relation has been read: the read that maps the rows finds the unreadable ones too."""
+
+    def __init__(self, connection, path, location: str, names: list[str], delimiter: str):
+        self.connection, self.path, self.location, self.names, self.delimiter = connection, path, location, names, delimiter
+        self.tables = (_unique("csv_rejects"), _unique("csv_scans"))
+        self.table = _unique("unreadable")
+
+    def after_read(self) -> None:
+        """Fills the unreadable table (InputError for a problem of the whole file); the rejects of
+        the last read only (a relation read twice stores them twice)."""
+        rejects, scans = self.tables
+        try:
+            found = self.connection.execute(
+                f"SELECT line_byte_position, column_idx, column_name, error_type, csv_line, error_message FROM {rejects} "
+                f"WHERE scan_id = (SELECT max(scan_id) FROM {rejects}) ORDER BY line_byte_position, column_idx").fetchall()
+            self.connection.execute(f"DROP TABLE IF EXISTS {rejects}; DROP TABLE IF EXISTS {scans}")
+        except duckdb.CatalogException:  # no reject at all: DuckDB made no table
+            found = []
+        _csv_unreadable(self.connection, self.path, self.location, self.names, self.delimiter, found, self.table)
+
+    def failure(self, error: BaseException) -> InputError | None:
+        """The InputError for a read that stopped on the file as a whole, or None."""
+        if isinstance(error, duckdb.InvalidInputException) and "invalid state" in str(error):
+            return InputError(self.path, f"not readable as CSV: {_first_line(error)}")
+        return None
 
 
 def _first_line(error: Exception) -> str:
@@ -250,10 +316,11 @@ _COUNT = re.compile(r"Found: (\d+)")
 _RAGGED = ("MISSING COLUMNS", "TOO MANY COLUMNS")
 
 
-def _csv_unreadable(connection, path, location: str, names: list[str], delimiter: str, rejects: list[tuple]) -> str:
+def _csv_unreadable(connection, path, location: str, names: list[str], delimiter: str, rejects: list[tuple],
+                    table: str | None = None) -> str:
     """The unreadable records as a temporary table (line, reason); raises for the problems that
     make the file as a whole unreadable."""
-    table = _unique("unreadable")
+    table = table or _unique("unreadable")
     connection.execute(f"CREATE TEMP TABLE {table} (line BIGINT, reason VARCHAR)")
     if not rejects:
         return table
