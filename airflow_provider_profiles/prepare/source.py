@@ -520,6 +520,7 @@ def _open_ndjson(connection, path, encoding: str) -> Source:
              "strict_mode=false, encoding='utf-8'))")
     try:
         table, structure = _ndjson_shapes(connection, lines)
+        every_line_an_object = not connection.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
     except duckdb.Error as error:
         raise _ndjson_error(path, error) from None
     fields = json.loads(structure)[0] if structure and structure.startswith("[{") else {}
@@ -531,7 +532,7 @@ def _open_ndjson(connection, path, encoding: str) -> Source:
     columns = ", ".join(f"value.{sql.ident(name)} AS {sql.ident(name)}" for name in names)
     relation = (f"(SELECT {columns}, row_number() OVER () AS __record FROM "
                 f"(SELECT json_transform(line, {sql.literal(shape)}) AS value FROM {lines} "
-                f"WHERE trim(line) <> '' AND {_OBJECT}))")
+                f"WHERE trim(line) <> ''{'' if every_line_an_object else ' AND ' + _OBJECT}))")
     try:
         types = _types(connection, relation)
     except duckdb.Error as error:
