@@ -6,7 +6,9 @@ Every relation carries ``__record``, the 1-based number of each readable record 
 row numbers, a cursor's are counted as its batches come). Records that cannot be parsed go to
 ``Source.unreadable`` with their physical line; input that would be read wrongly as a whole (a
 quote never closed, bytes not in the declared encoding) stops the run with an ``InputError``
-naming file, line and column.
+naming file, line and column. A CSV is read ahead for those, unless the read that uses the
+relation can find them itself (``read_once``: then ``Source.settle`` turns its findings into
+``Source.unreadable`` after that read).
 
 CSV rules (those of Python's csv module, which the provider has always followed): every value is
 text, an empty value is "" (never NULL); a quote opens a value only at the start of a field, so
