@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -29,15 +28,12 @@ import pyarrow.compute as pc
 
 from airflow_provider_profiles.prepare.writer import FORMULA_STARTS, FormatWriter, RowRejected
 from airflow_provider_profiles.prepare.mapping import FieldMapping
-from airflow_provider_profiles.prepare.values import set_path
 from airflow_provider_profiles.prepare.errors import InputError
-from airflow_provider_profiles.prepare.values import EpochMillis
+from airflow_provider_profiles.prepare.values import EpochMillis, set_path
 from airflow_provider_profiles.prepare import sql
-from airflow_provider_profiles.prepare import sync as sync_files
 from airflow_provider_profiles.prepare.source import Source, cursor_error, open_cursor, open_source
 from airflow_provider_profiles.prepare.sql_mapping import compile_mapping
 from airflow_provider_profiles.progress import Progress
-from airflow_provider_profiles.prepare.sync import delete_column
 from airflow_provider_profiles.storage import as_storage_path, is_local, local_path, open_binary, path_text
 
 log = logging.getLogger(__name__)
@@ -68,6 +64,14 @@ class PrepareResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def check_counts(self) -> None:
+        """Every row read is written, rejected or (in a sync) unchanged: else the run fails."""
+        if self.read != self.written + self.rejected + self.unchanged:
+            raise RuntimeError(
+                f"counts do not reconcile: read {self.read} != written {self.written} + rejected "
+                f"{self.rejected} + unchanged {self.unchanged}"
+            )
+
 
 @contextlib.contextmanager
 def connected(near: Any, memory_limit: str = MEMORY_LIMIT, threads: int = THREADS) -> Iterator[Any]:
@@ -91,86 +95,104 @@ def connected(near: Any, memory_limit: str = MEMORY_LIMIT, threads: int = THREAD
 
 
 def prepare(
-    source: Any,
-    writer: FormatWriter,
-    output: Any,
-    *,
-    mapping: FieldMapping | None = None,
-    rejects: Any = None,
-    duplicates: str | None = None,
-    input_format: str | None = None,
-    delimiter: str = ",",
-    encoding: str = "utf-8",
-    cursor: Any = None,
-    batch_rows: int = 50_000,
-    allow_empty: bool = False,
-    progress_interval: float | None = 15.0,
-    memory_limit: str = MEMORY_LIMIT,
-    sync: Any = None,
-    sync_run_key: str | None = None,
-    deletions: bool = False,
-    delete_columns: list[str] | None = None,
+    source: Any, writer: FormatWriter, output: Any, *,
+    mapping: FieldMapping | None = None, rejects: Any = None, duplicates: str | None = None,
+    input_format: str | None = None, delimiter: str = ",", encoding: str = "utf-8",
+    cursor: Any = None, batch_rows: int = 50_000,
+    allow_empty: bool = False, progress_interval: float | None = 15.0, memory_limit: str = MEMORY_LIMIT,
+    sync: Any = None, sync_run_key: str | None = None, deletions: bool = False, delete_columns: list[str] | None = None,
 ) -> PrepareResult:
     """Read ``source`` (a file, local or in object storage) and write ``output``.
 
     With a DB-API ``cursor`` (executed), its rows are read instead, ``batch_rows`` at a time, and
     ``source`` only names them in messages. With ``sync`` (a ``prepare.sync.SyncState``) and
     ``sync_run_key``, an incremental sync: only rows new or changed since the committed snapshot
-    are written (see ``SyncStep``); with ``deletions``, ids gone since then become the writer's
+    are written (see ``sync.SyncStep``); with ``deletions``, ids gone since then become the writer's
     deletion lines.
     """
     duplicates = duplicates or writer.default_duplicates(syncing=sync is not None)
     if duplicates not in ("reject", "keep"):
         raise ValueError("duplicates must be 'reject' or 'keep'")
-    step = SyncStep(sync, sync_run_key, writer, mapping, duplicates, deletions, delete_columns) if sync is not None else None
-    if step is None and deletions:
-        raise ValueError("deletions of vanished ids need only_changed=True (an incremental sync)")
+    step = _sync_step(sync, sync_run_key, writer, mapping, duplicates, deletions, delete_columns)
     with connected(output, memory_limit) as connection:
         if cursor is not None:
             opened = open_cursor(connection, cursor, batch_rows)
         else:
-            opened = open_source(connection, source, input_format, delimiter=delimiter, encoding=encoding)
+            opened = open_source(connection, source, input_format, delimiter=delimiter, encoding=encoding, read_once=True)
         check_columns(source, opened.names, writer, mapping)
-        try:
-            if cursor is not None:
-                opened = _materialised(connection, opened)
-            with Progress.of_statements(connection, "reading and mapping", progress_interval, log=log):
-                if step is not None:  # only the rows not unchanged since the last sync are mapped
-                    opened = step.compare(connection, opened)
-                table = MappedTable(connection, opened, writer, mapping)
-        except Exception as error:
-            raised = cursor_error(error)  # the error the cursor raised (bad rows, a lost connection), wrapped by DuckDB
-            if raised is None:
-                raise
-            raise raised from None
-        rows = table.rows + (step.unchanged_rows if step else 0)
-        if rows == 0 and not allow_empty and table.unreadable == 0:
-            empty = "the query returned no rows" if cursor is not None else "no data rows (a header only, or an empty file)"
-            raise InputError(source, f"{empty}; pass allow_empty=True if that is expected")
+        table = _mapped(connection, opened, writer, mapping, step, from_cursor=cursor is not None,
+                        progress_interval=progress_interval)
+        result = PrepareResult(output=path_text(output), read=_rows_read(table, step, source, cursor, allow_empty))
         if duplicates == "reject":
             table.reject_repeats()
-        result = PrepareResult(output=path_text(output), read=rows + table.unreadable)
         if step is not None:
             step.settle(table, result)
-        with Progress(table.rows, progress_interval, label="prepare progress", log=log) as progress, \
-                (step.rejects_writer(rejects) if step else RejectsWriter(rejects)) as rejected:
-            rejected.add_unreadable(table)
-            if step is not None:
-                step.add_rejects(rejected)
-            result.written, result.bytes_written = table.write(
-                output, rejected, progress, after=step.deletion_writer(table, result) if step else None)
-        result.rejected = rejected.count
-        result.rejects = path_text(rejects) if rejects is not None and rejected.count else None
+        rejected_records = _write(table, output, rejects, step, result, progress_interval)
         if step is not None:
-            step.write_snapshot(table, rejected.records, result)
-    if result.read != result.written + result.rejected + result.unchanged:
-        raise RuntimeError(
-            f"counts do not reconcile: read {result.read} != written {result.written} + rejected "
-            f"{result.rejected} + unchanged {result.unchanged}"
-        )
+            step.write_snapshot(table, rejected_records, result)
+    result.check_counts()
     if step is not None:
         step.record_pending(result)
     return result
+
+
+def _sync_step(sync: Any, run_key: str | None, writer: FormatWriter, mapping: FieldMapping | None, duplicates: str,
+               deletions: bool, delete_columns: list[str] | None) -> Any:
+    """The incremental sync's part of the prepare (``prepare.sync.SyncStep``), or None without one."""
+    if sync is None:
+        if deletions:
+            raise ValueError("deletions of vanished ids need only_changed=True (an incremental sync)")
+        return None
+    from airflow_provider_profiles.prepare.sync import SyncStep  # (sync builds on this module)
+
+    return SyncStep(sync, run_key, writer, mapping, duplicates, deletions, delete_columns)
+
+
+def _mapped(connection: Any, opened: Source, writer: FormatWriter, mapping: FieldMapping | None, step: Any, *,
+            from_cursor: bool, progress_interval: float | None) -> MappedTable:
+    """Reads and maps the input into the ``mapped`` table (in a sync, only the rows not unchanged)."""
+    settle = opened.settle
+    try:
+        if from_cursor:
+            opened = _materialised(connection, opened)
+        with Progress.of_statements(connection, "reading and mapping", progress_interval, log=log):
+            if step is not None:
+                opened = step.compare(connection, opened)
+            return MappedTable(connection, opened, writer, mapping)
+    except Exception as error:
+        # the error the cursor raised (bad rows, a lost connection), wrapped by DuckDB; or the
+        # file's, as a whole
+        raised = cursor_error(error) or (settle.failure(error) if settle is not None else None)
+        if raised is None:
+            raise
+        raise raised from None
+
+
+def _rows_read(table: MappedTable, step: Any, source: Any, cursor: Any, allow_empty: bool) -> int:
+    """Input records read (unchanged and unreadable ones included); InputError for no rows at all,
+    unless ``allow_empty``."""
+    rows = table.rows + (step.unchanged_rows if step else 0)
+    if rows == 0 and not allow_empty and table.unreadable == 0:
+        empty = "the query returned no rows" if cursor is not None else "no data rows (a header only, or an empty file)"
+        raise InputError(source, f"{empty}; pass allow_empty=True if that is expected")
+    return rows + table.unreadable
+
+
+def _write(table: MappedTable, output: Any, rejects: Any, step: Any, result: PrepareResult,
+           progress_interval: float | None) -> pa.Array | None:
+    """Writes the output and the rejects file, counting both into ``result``; returns the input
+    records rejected (in a sync: they stay out of its snapshot)."""
+    with Progress(table.rows, progress_interval, label="prepare progress", log=log) as progress, \
+            (step.rejects_writer(rejects) if step else RejectsWriter(rejects)) as rejected:
+        rejected.add_unreadable(table)
+        after = None
+        if step is not None:
+            step.add_rejects(rejected)
+            after = step.deletion_writer(table, result)
+        result.written, result.bytes_written = table.write(output, rejected, progress, after=after)
+    result.rejected = rejected.count
+    result.rejects = path_text(rejects) if rejects is not None and rejected.count else None
+    return rejected.records if step is not None else None
 
 
 def _materialised(connection: Any, opened: Source) -> Source:
@@ -230,6 +252,8 @@ class MappedTable:
         if key is None:
             self._python_keys()
         self.rows = connection.execute("SELECT count(*) FROM mapped").fetchall()[0][0]
+        if opened.settle is not None:  # the read found its unreadable records: now they are known
+            opened.settle.after_read()
         self.unreadable_sql = opened.unreadable
         self.unreadable = connection.execute(f"SELECT count(*) FROM {opened.unreadable}").fetchall()[0][0] if opened.unreadable else 0
 
@@ -418,231 +442,3 @@ def _spreadsheet_safe(cells: pa.Array) -> pa.Array:
     return pc.if_else(formula, pc.binary_join_element_wise("'", cells, ""), cells)
 
 
-# --- an incremental sync's part of a prepare ---------------------------------------------------------
-
-
-def writer_fingerprint(writer: FormatWriter) -> str:
-    """The writer's class and public settings: a sync whose writer changed sends every row again."""
-    public = {k: v for k, v in vars(writer).items() if not k.startswith("_")}
-    return f"{type(writer).__module__}.{type(writer).__qualname__}:" + json.dumps(public, sort_keys=True, default=repr)
-
-
-class _RecordingRejects(RejectsWriter):
-    """The rejects file, also noting the input record of each reject (a sync leaves those rows
-    out of its snapshot: the vendor was not sent them)."""
-
-    def __init__(self, path: Any):
-        super().__init__(path)
-        self._records: list[pa.Array] = []
-
-    def add(self, records: pa.Array, identifiers: pa.Array, reasons: pa.Array) -> None:
-        self._records.append(records.cast(pa.int64()).drop_null())
-        super().add(records, identifiers, reasons)
-
-    @property
-    def records(self) -> pa.Array:
-        return pa.concat_arrays(self._records) if self._records else pa.array([], pa.int64())
-
-
-class SyncStep:
-    """An incremental sync's part of a prepare, in the prepare's DuckDB connection.
-
-    ``compare``: each input row gets the hash of its values as read (``sync_source``); a row
-    whose hash the committed snapshot holds, under a key CURRENT does not list to be sent again,
-    is unchanged: the same input row under the same fingerprint (mapping, writer, input layout)
-    maps to the same line, so only the other rows are mapped. ``settle``: the
-    duplicate check across both (the first row of a key wins, mapped or unchanged).
-    ``deletion_writer``: keys of the snapshot that no row of the input has become the writer's
-    deletion lines, after the rows. ``write_snapshot``: the attempt's snapshot is every row written
-    or unchanged, and, for keys still in the input whose row is rejected now, the committed row
-    (what the vendor still holds); its sent file the keys written or deleted.
-    """
-
-    def __init__(self, state: Any, run_key: str | None, writer: FormatWriter, mapping: FieldMapping | None,
-                 duplicates: str, deletions: bool, delete_columns: list[str] | None):
-        if duplicates != "reject":
-            raise ValueError(
-                "an incremental sync compares one row per identifier: it needs duplicates='reject' "
-                f"(and a format with one line per identifier, not {type(writer).__name__})"
-            )
-        refusal = writer.sync_refusal()
-        if refusal:
-            raise ValueError(refusal)
-        if not run_key:
-            raise ValueError("an incremental sync needs a run key (e.g. the run_id)")
-        if deletions and not writer.deletion_columns:
-            raise ValueError(f"{type(writer).__name__} cannot express a deletion; deletions need a format "
-                             "whose writer has deletion_columns and deletion_row")
-        self.state, self.run_key, self.writer, self.deletions = state, run_key, writer, deletions
-        # the columns the snapshot keeps for deletion lines (for every row: turning deletions on
-        # later needs no full resend)
-        self.delete_columns = list(delete_columns or writer.deletion_columns)
-        self.described = f"{sync_format()}|" + (mapping.fingerprint() if mapping else "-") + "|" + writer_fingerprint(writer)
-        self.previous = None
-        self.notes: list[str] = []
-        self.unchanged_rows = 0  # input rows found in the snapshot (repeats of one included)
-        self.deleted_keys = False  # deletion lines written: their keys go to the sent file
-        self.keep_vanished = False  # deletions skipped: the vanished rows stay in the snapshot
-        self.fingerprint = ""
-        self.rows = 0
-
-    def compare(self, connection: Any, opened: Source) -> Source:
-        """Finds the unchanged rows in one pass over the input (``sync_source``: each row's hash,
-        and the committed key and delete columns where the snapshot holds that hash, or else the
-        row's values); returns the source of the rows left to map."""
-        self.connection = connection
-        self.fingerprint = hashlib.sha256(f"{self.described}|{opened.description}".encode()).hexdigest()[:16]
-        self.previous = self.state.previous(self.fingerprint)  # SyncConflict here for older data
-        row_hash = stable_row_hash(opened.names, opened.types)
-        kept = "".join(f", NULL::VARCHAR AS {delete_column(name)}" for name in self.delete_columns)
-        if self.previous is None:
-            self.notes.append(self.state.why_no_previous())
-            connection.execute(f"CREATE TEMP TABLE previous AS SELECT NULL::VARCHAR AS key, NULL::UBIGINT AS row_hash{kept} LIMIT 0")
-            connection.execute("CREATE TEMP TABLE resend_keys (key VARCHAR)")
-            self.previous_columns = []
-            connection.execute(f"""CREATE TEMP TABLE sync_source AS SELECT __record, {row_hash} AS __row_hash,
-                                   NULL::VARCHAR AS __sync_key FROM {opened.relation}""")
-            return opened  # every row is mapped
-        self.previous_columns = self.previous.load(connection, "previous", "resend_keys")
-        theirs = "".join(f", found.{delete_column(name)} AS {delete_column('__' + name)}" for name in self.previous_columns)
-        values = "".join(f", CASE WHEN found.key IS NULL THEN rows.{sql.ident(name)} END AS {sql.ident(name)}"
-                         for name in opened.names)
-        connection.execute(f"""CREATE TEMP TABLE sync_source AS
-                               SELECT rows.__record, rows.__row_hash, found.key AS __sync_key{theirs}{values}
-                               FROM (SELECT *, {row_hash} AS __row_hash FROM {opened.relation}) AS rows
-                               LEFT JOIN (SELECT * FROM previous WHERE key NOT IN (SELECT key FROM resend_keys)) AS found
-                                 ON found.row_hash = rows.__row_hash""")
-        self.unchanged_rows = connection.execute("SELECT count(__sync_key) FROM sync_source").fetchall()[0][0]
-        # the rows left, in input order (a join does not keep it)
-        names = ", ".join(sql.ident(name) for name in opened.names)
-        connection.execute(f"""CREATE TEMP VIEW sync_changed_rows AS SELECT __record, {names} FROM sync_source
-                               WHERE __sync_key IS NULL ORDER BY __record""")
-        return dataclasses.replace(opened, relation="sync_changed_rows")
-
-    def settle(self, table: MappedTable, result: PrepareResult) -> None:
-        """The duplicate check between mapped rows and unchanged ones: the first row of a key wins
-        (``table.reject_repeats`` ran among the mapped rows already; two unchanged rows of one key
-        are one row twice, byte for byte)."""
-        result.sync_run_key, result.sync_state = self.run_key, str(self.state.directory)
-        result.notes.extend(self.notes)
-        connection = table.connection
-        # one unchanged row twice has its hash twice (grouped by the hash: an integer, cheaper)
-        connection.execute("""CREATE TEMP TABLE unchanged_first AS SELECT __row_hash AS row_hash, min(__record) AS first
-                              FROM sync_source WHERE __sync_key IS NOT NULL GROUP BY __row_hash HAVING count(*) > 1""")
-        # a key has one accepted mapped row at most: its clash is with the key's first unchanged row
-        connection.execute("""CREATE TEMP TABLE clashes AS
-                              SELECT mapped.__record AS mapped_record, min(sync_source.__record) AS unchanged_record
-                              FROM mapped JOIN sync_source ON sync_source.__sync_key = mapped.__key
-                              WHERE mapped.__reason IS NULL GROUP BY mapped.__record""")
-        connection.execute(f"""UPDATE mapped SET __reason = {sql.literal(DUPLICATE)} WHERE __record IN
-                               (SELECT mapped_record FROM clashes WHERE mapped_record > unchanged_record)""")
-        connection.execute("""CREATE TEMP TABLE unchanged_repeats AS
-                              SELECT sync_source.__record, sync_source.__sync_key AS key FROM sync_source JOIN unchanged_first
-                                ON unchanged_first.row_hash = sync_source.__row_hash AND sync_source.__record > unchanged_first.first
-                              WHERE sync_source.__sync_key IS NOT NULL
-                              UNION ALL
-                              SELECT __record, __sync_key FROM sync_source WHERE __record IN
-                                (SELECT unchanged_record FROM clashes WHERE unchanged_record > mapped_record)""")
-        repeats = connection.execute("SELECT count(*) FROM unchanged_repeats").fetchall()[0][0]
-        result.unchanged = self.unchanged_rows - repeats
-
-    def rejects_writer(self, path: Any) -> _RecordingRejects:
-        return _RecordingRejects(path)
-
-    def add_rejects(self, rejected: RejectsWriter) -> None:
-        """Unchanged rows that repeat an earlier row's key (rare: they come before the others)."""
-        repeats = self.connection.sql("SELECT __record, key FROM unchanged_repeats ORDER BY __record").to_arrow_table()
-        if repeats.num_rows:
-            rejected.add(repeats.column(0).combine_chunks(), repeats.column(1).combine_chunks(),
-                         pa.array([DUPLICATE] * repeats.num_rows, pa.string()))
-
-    def deletion_writer(self, table: MappedTable, result: PrepareResult) -> Any:
-        """The writer of the deletion lines that ``MappedTable.write`` calls after the rows, or None."""
-        if not self.deletions or self.previous is None:
-            return None
-        connection = table.connection
-        # keys of the snapshot that no row of the input has (mapped, or found unchanged)
-        connection.execute("""CREATE TEMP TABLE vanished AS SELECT * FROM previous
-                              WHERE key NOT IN (SELECT __sync_key FROM sync_source WHERE __sync_key IS NOT NULL)
-                                AND key NOT IN (SELECT __key FROM mapped WHERE __key IS NOT NULL)""")
-        if table.unreadable:
-            self.keep_vanished = True
-            result.notes.append(f"deletions skipped: {table.unreadable} record(s) of the input could not be read, so "
-                                "which ids are gone is not certain; they are kept for the next run")
-            return None
-        names = [name for name in self.delete_columns if name in self.previous_columns]
-
-        def write(stream) -> None:
-            columns = ", ".join(delete_column(name) for name in names) or "NULL"
-            cursor = connection.execute(f"SELECT {columns} FROM vanished ORDER BY key")
-            while rows := cursor.fetchmany(BATCH_ROWS):
-                lines = []
-                for row in rows:
-                    values = {name: value for name, value in zip(names, row) if value not in (None, "")}
-                    try:
-                        lines.append(self.writer.encode(self.writer.deletion_row(values)))
-                    except RowRejected as error:
-                        result.notes.append(f"cannot delete {values}: {error.reason}")
-                stream.write("".join(lines).encode("utf-8"))
-                result.deleted += len(lines)
-            self.deleted_keys = True
-
-        return write
-
-    def write_snapshot(self, table: MappedTable, rejected_records: pa.Array, result: PrepareResult) -> None:
-        connection = table.connection
-        connection.register("rejected_now", pa.table({"record": rejected_records}))
-        mine = "".join(f", CAST({table.column(name)} AS VARCHAR)" for name in self.delete_columns)
-        theirs = "".join(f", {delete_column(name) if name in self.previous_columns else 'NULL::VARCHAR'} AS {delete_column(name)}"
-                         for name in self.delete_columns)
-        names = "key, row_hash" + "".join(f", {delete_column(name)}" for name in self.delete_columns)
-        found = "".join(f", {delete_column('__' + name) if name in self.previous_columns else 'NULL::VARCHAR'} "
-                        f"AS {delete_column(name)}" for name in self.delete_columns)
-        connection.execute(f"""CREATE TEMP TABLE sent_now AS
-                               SELECT mapped.__key AS key, sync_source.__row_hash AS row_hash{mine}
-                               FROM mapped JOIN sync_source ON sync_source.__record = mapped.__record
-                               WHERE mapped.__reason IS NULL AND mapped.__key IS NOT NULL
-                                 AND mapped.__record NOT IN (SELECT record FROM rejected_now)""")
-        connection.execute(f"""CREATE TEMP TABLE next_snapshot AS
-                               SELECT __sync_key AS key, __row_hash AS row_hash{found} FROM sync_source
-                               WHERE __sync_key IS NOT NULL AND __record NOT IN (SELECT __record FROM unchanged_repeats)
-                               UNION ALL SELECT * FROM sent_now""")
-        # a key still in the input whose row is rejected now: the vendor keeps the committed row
-        # (unless CURRENT says it may hold another one: then it is sent again when it is valid)
-        # (the mapped keys are few: the snapshot's rows are only searched for those)
-        connection.execute("""CREATE TEMP TABLE sync_rejected_keys AS SELECT DISTINCT __key AS key FROM mapped
-                              WHERE __key IS NOT NULL AND __key NOT IN (SELECT key FROM sent_now)""")
-        connection.execute(f"""INSERT INTO next_snapshot SELECT key, row_hash{theirs} FROM previous
-                               WHERE key IN (SELECT key FROM sync_rejected_keys)
-                                 AND key NOT IN (SELECT __sync_key FROM sync_source WHERE __sync_key IN (SELECT key FROM sync_rejected_keys)
-                                                 AND __record NOT IN (SELECT __record FROM unchanged_repeats))
-                                 AND key NOT IN (SELECT key FROM resend_keys)""")
-        if self.keep_vanished:
-            connection.execute(f"""INSERT INTO next_snapshot SELECT key, row_hash{theirs} FROM vanished
-                                   WHERE key NOT IN (SELECT key FROM resend_keys)""")
-        self.rows = connection.execute("SELECT count(*) FROM next_snapshot").fetchall()[0][0]
-        files = self.state.writer(self.run_key, self.delete_columns, self.previous)
-        sync_files.write_parquet(connection, f"SELECT {names} FROM next_snapshot", files.snapshot)
-        if self.previous is not None:  # without one, every row was sent: the snapshot says which
-            sent = "SELECT key FROM sent_now" + (" UNION ALL SELECT key FROM vanished" if self.deleted_keys else "")
-            sync_files.write_parquet(connection, sent, files.sent)
-        connection.unregister("rejected_now")
-
-    def record_pending(self, result: PrepareResult) -> None:
-        self.state.record_pending(self.run_key, self.fingerprint, self.rows, result.to_dict())
-
-
-def stable_row_hash(names: list[str], types: dict[str, str]) -> str:
-    """SQL for 64 bits of the MD5 of a row's values as JSON: stable across DuckDB versions (unlike
-    ``hash()``). Text columns go in a JSON array (cheaper), other types in an object."""
-    if not names:
-        return "0::UBIGINT"
-    if all(types.get(name) == "VARCHAR" for name in names):
-        values = "[" + ", ".join(sql.ident(name) for name in names) + "]"
-    else:
-        values = "{" + ", ".join(f"{sql.literal(name)}: {sql.ident(name)}" for name in names) + "}"
-    return f"CAST(md5_number(to_json({values})) >> 64 AS UBIGINT)"
-
-
-def sync_format() -> str:
-    return sync_files.SNAPSHOT_FORMAT

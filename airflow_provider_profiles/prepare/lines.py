@@ -1,4 +1,5 @@
-"""The input line where each record of a CSV or NDJSON source starts, in step with DuckDB's rows.
+"""Line numbers of an input: the line ends before given byte offsets (``lines_before``), and the
+input line where each record of a CSV or NDJSON source starts, in step with DuckDB's rows.
 
 DuckDB numbers the records it reads (``__record`` of ``prepare.source``) and lists the unreadable
 ones with their line, but does not say on which line a readable record starts (a quoted value may
@@ -17,11 +18,30 @@ from typing import Any
 
 import numpy as np
 
-from airflow_provider_profiles.prepare.records import scan
+from airflow_provider_profiles.prepare.records import count_lines, scan
 from airflow_provider_profiles.storage import open_binary
 
 BLOCK_BYTES = 1 << 20
 CR = 13
+
+
+def lines_before(stream, offsets: list[int]) -> list[int]:
+    """Line ends (LF, CR, CRLF) between the stream's position and each of ``offsets`` (in any
+    order), in one pass, each byte counted once; a CR just before an offset counts."""
+    order = iter(sorted(range(len(offsets)), key=offsets.__getitem__))
+    counts, index = [0] * len(offsets), next(order, None)
+    lines, base, after_cr = 0, 0, False  # line ends before ``base``; whether the byte before it is a CR
+    while index is not None:
+        data, at = stream.read(BLOCK_BYTES), 0
+        while index is not None and (offsets[index] <= base + len(data) or not data):
+            upto = max(at, min(offsets[index] - base, len(data)))
+            lines += count_lines(data, at, upto, after_cr=data[at - 1] == CR if at else after_cr)
+            at, counts[index], index = upto, lines, next(order, None)
+        if not data:
+            break
+        lines += count_lines(data, at, len(data), after_cr=data[at - 1] == CR if at else after_cr)
+        base, after_cr = base + len(data), data.endswith(b"\r")
+    return counts
 
 
 class RecordLines:

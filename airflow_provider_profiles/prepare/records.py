@@ -129,13 +129,15 @@ def record_ends(block, start: int = 0, end: int | None = None, quoted: bool = Tr
     return scan(block, start, end, quoted, delimiter, complete=True).ends + start + 1
 
 
-def count_lines(block, start: int = 0, end: int | None = None) -> int:
-    """Line ends (LF, CR, CRLF) in block[start:end]; a CR at ``end`` counts."""
+def count_lines(block, start: int = 0, end: int | None = None, after_cr: bool = False) -> int:
+    """Line ends (LF, CR, CRLF) in block[start:end] (bytes or text); a CR at ``end`` counts, and an
+    LF at ``start`` right after a CR (``after_cr``) does not: that CR ended its line."""
     end = len(block) if end is None else end
-    lines = block.count(b"\n", start, end)
-    if block.find(b"\r", start, end) >= 0:
-        lines += block.count(b"\r", start, end) - block.count(b"\r\n", start, end)
-    return lines
+    lf, cr = ("\n", "\r") if isinstance(block, str) else (b"\n", b"\r")
+    lines = block.count(lf, start, end)
+    if block.find(cr, start, end) >= 0:
+        lines += block.count(cr, start, end) - block.count(cr + lf, start, end)
+    return lines - 1 if after_cr and start < end and block[start:start + 1] == lf else lines
 
 
 def describe_open_quote(block, offset: int, delimiter: str = ",") -> tuple[int, int, int, int]:

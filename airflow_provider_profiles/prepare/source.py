@@ -6,7 +6,9 @@ Every relation carries ``__record``, the 1-based number of each readable record 
 row numbers, a cursor's are counted as its batches come). Records that cannot be parsed go to
 ``Source.unreadable`` with their physical line; input that would be read wrongly as a whole (a
 quote never closed, bytes not in the declared encoding) stops the run with an ``InputError``
-naming file, line and column.
+naming file, line and column. A CSV is read ahead for those, unless the read that uses the
+relation can find them itself (``read_once``: then ``Source.settle`` turns its findings into
+``Source.unreadable`` after that read).
 
 CSV rules (those of Python's csv module, which the provider has always followed): every value is
 text, an empty value is "" (never NULL); a quote opens a value only at the start of a field, so
@@ -29,9 +31,12 @@ import weakref
 from dataclasses import dataclass
 
 import duckdb
+import pyarrow as pa
 
 from airflow_provider_profiles.prepare import sql
 from airflow_provider_profiles.prepare.errors import InputError, guess_format, open_quote_message
+from airflow_provider_profiles.prepare.lines import lines_before
+from airflow_provider_profiles.prepare.records import count_lines
 from airflow_provider_profiles.storage import as_storage_path, is_local, local_path, open_binary
 
 CHUNK_BYTES = 4 << 20
@@ -47,6 +52,9 @@ class Source:
     types: dict[str, str]
     unreadable: str | None
     description: str
+    # a read that finds its unreadable records itself (``ReadRejects``): ``unreadable`` is known
+    # once ``settle.after_read()`` ran, after the relation was read
+    settle: ReadRejects | None = None
 
 
 def _unique(prefix: str) -> str:
@@ -59,12 +67,17 @@ def _types(connection, relation: str) -> dict[str, str]:
 
 
 def open_source(connection, source, input_format: str | None = None, *, delimiter: str = ",",
-                encoding: str = "utf-8") -> Source:
-    """Open ``source`` (a local path, an ``ObjectStoragePath`` or an fsspec URL) on ``connection``."""
+                encoding: str = "utf-8", read_once: bool = False) -> Source:
+    """Open ``source`` (a local path, an ``ObjectStoragePath`` or an fsspec URL) on ``connection``.
+
+    ``read_once``: a CSV that needs no rewriting is not read ahead for its unreadable records:
+    the relation's read finds them, and ``Source.settle`` says so after it (the caller runs
+    ``settle.after_read()`` once the relation has been read, and asks ``settle.failure(error)``
+    about an error the read raised)."""
     path = as_storage_path(source)
     input_format = (input_format or guess_format(path)).lower()
     if input_format == "csv":
-        return _open_csv(connection, path, delimiter, encoding)
+        return _open_csv(connection, path, delimiter, encoding, read_once)
     if input_format in ("ndjson", "jsonl", "json"):
         return _open_ndjson(connection, path, encoding)
     if input_format == "parquet":
@@ -94,21 +107,53 @@ def _utf8(encoding: str) -> bool:
 # --- CSV ----------------------------------------------------------------------------------------
 
 
-def _open_csv(connection, path, delimiter: str, encoding: str) -> Source:
+def _open_csv(connection, path, delimiter: str, encoding: str, read_once: bool = False) -> Source:
     if len(delimiter) != 1 or delimiter in '"\r\n':
         raise ValueError(f"the delimiter must be one character other than a quote or a line end, not {delimiter!r}")
     names, blank_lines, mixed = _csv_header(path, delimiter, encoding)
     description = f"csv|{delimiter}|{codecs.lookup(encoding).name}|{json.dumps(names)}"
     if not names:  # an empty file: no rows (the engine says what that means)
         return Source("(SELECT NULL::BIGINT AS __record WHERE false)", [], {}, None, description)
-    # Anything DuckDB cannot read as strict UTF-8 CSV is rewritten first: another encoding, or
-    # line ends of more than one kind (DuckDB's strict parser wants one kind per file).
+    types = {name: "VARCHAR" for name in names}
+    location = _location(connection, path)
+    if read_once and _utf8(encoding) and not mixed and _lf_only(location):
+        # nothing to rewrite and no line end of another kind to retry with: the main read stores
+        # what it cannot read (every column read, so every value's UTF-8 is checked)
+        settle = ReadRejects(connection, path, location, names, delimiter)
+        every_column = " + ".join(f"strlen({sql.ident(name)})" for name in names)
+        relation = (f"(SELECT * FROM {_csv_relation(location, names, delimiter, blank_lines, settle.tables)} "
+                    f"WHERE {every_column} >= 0)")
+        return Source(relation, names, types, settle.table, description, settle)
+    location, rejects = _scan_until_readable(connection, path, location, names, delimiter, encoding, blank_lines, mixed)
+    unreadable = _csv_unreadable(connection, path, location, names, delimiter, rejects)
+    return Source(_csv_relation(location, names, delimiter, blank_lines), names, types, unreadable, description)
+
+
+def _csv_relation(location: str, names: list[str], delimiter: str, blank_lines: int,
+                  rejects: tuple[str, str] | None = None) -> str:
+    columns = ", ".join(f"coalesce({sql.ident(name)}, '') AS {sql.ident(name)}" for name in names)
+    return f"(SELECT {columns}, row_number() OVER () AS __record FROM {_read_csv(location, names, delimiter, blank_lines, rejects)})"
+
+
+def _lf_only(location: str) -> bool:
+    """A local file without a CR: its line ends are of one kind (LF)."""
+    if not (os.path.isabs(location) and os.path.exists(location)):
+        return False
+    with open(location, "rb") as stream:
+        while data := stream.read(CHUNK_BYTES):
+            if b"\r" in data:
+                return False
+    return True
+
+
+def _scan_until_readable(connection, path, location: str, names: list[str], delimiter: str, encoding: str,
+                         blank_lines: int, mixed: bool) -> tuple[str, list[tuple]]:
+    """What DuckDB reads (a rewritten copy where it cannot read the file as strict UTF-8 CSV:
+    another encoding, or line ends of more than one kind) and its rejects, found by one read."""
     if mixed:  # seen at the start (DuckDB would take the rest of the file for the header)
         location = _transcoded(connection, path, encoding, delimiter, line_ends=True)
     elif not _utf8(encoding):
         location = _transcoded(connection, path, encoding, delimiter)
-    else:
-        location = _location(connection, path)
     for line_ends_made_one in (mixed, True):
         try:
             rejects = _scan_csv(connection, location, names, delimiter, blank_lines)
@@ -120,10 +165,36 @@ def _open_csv(connection, path, delimiter: str, encoding: str) -> Source:
             if line_ends_made_one or not any(reject[3] == "UNQUOTED VALUE" for reject in rejects):
                 break
         location = _transcoded(connection, path, encoding, delimiter, line_ends=True)
-    unreadable = _csv_unreadable(connection, path, location, names, delimiter, rejects)
-    columns = ", ".join(f"coalesce({sql.ident(name)}, '') AS {sql.ident(name)}" for name in names)
-    relation = f"(SELECT {columns}, row_number() OVER () AS __record FROM {_read_csv(location, names, delimiter, blank_lines)})"
-    return Source(relation, names, {name: "VARCHAR" for name in names}, unreadable, description)
+    return location, rejects
+
+
+class ReadRejects:
+    """The rejects a CSV read stores (``store_rejects``), turned into ``Source.unreadable`` once the
+    relation has been read: the read that maps the rows finds the unreadable ones too."""
+
+    def __init__(self, connection, path, location: str, names: list[str], delimiter: str):
+        self.connection, self.path, self.location, self.names, self.delimiter = connection, path, location, names, delimiter
+        self.tables = (_unique("csv_rejects"), _unique("csv_scans"))
+        self.table = _unique("unreadable")
+
+    def after_read(self) -> None:
+        """Fills the unreadable table (InputError for a problem of the whole file); the rejects of
+        the last read only (a relation read twice stores them twice)."""
+        rejects, scans = self.tables
+        try:
+            found = self.connection.execute(
+                f"SELECT line_byte_position, column_idx, column_name, error_type, csv_line, error_message FROM {rejects} "
+                f"WHERE scan_id = (SELECT max(scan_id) FROM {rejects}) ORDER BY line_byte_position, column_idx").fetchall()
+            self.connection.execute(f"DROP TABLE IF EXISTS {rejects}; DROP TABLE IF EXISTS {scans}")
+        except duckdb.CatalogException:  # no reject at all: DuckDB made no table
+            found = []
+        _csv_unreadable(self.connection, self.path, self.location, self.names, self.delimiter, found, self.table)
+
+    def failure(self, error: BaseException) -> InputError | None:
+        """The InputError for a read that stopped on the file as a whole, or None."""
+        if isinstance(error, duckdb.InvalidInputException) and "invalid state" in str(error):
+            return InputError(self.path, f"not readable as CSV: {_first_line(error)}")
+        return None
 
 
 def _first_line(error: Exception) -> str:
@@ -175,7 +246,7 @@ def _csv_header(path, delimiter: str, encoding: str) -> tuple[list[str], int, bo
     mixed = sum(1 for count in (crlf, unquoted.count("\r") - crlf, unquoted.count("\n") - crlf) if count) > 1
     stripped = text.lstrip("\r\n")
     blank = text[: len(text) - len(stripped)].encode()
-    blank_lines = _line_ends_between(blank, 0, len(blank), False)
+    blank_lines = count_lines(blank)
     text = stripped
     end = _first_record_end(text, delimiter)
     if end is None:
@@ -244,59 +315,73 @@ def _open_quote(text: str, delimiter: str) -> int | None:
 _COUNT = re.compile(r"Found: (\d+)")
 
 
-def _csv_unreadable(connection, path, location: str, names: list[str], delimiter: str, rejects: list[tuple]) -> str:
+_RAGGED = ("MISSING COLUMNS", "TOO MANY COLUMNS")
+
+
+def _csv_unreadable(connection, path, location: str, names: list[str], delimiter: str, rejects: list[tuple],
+                    table: str | None = None) -> str:
     """The unreadable records as a temporary table (line, reason); raises for the problems that
     make the file as a whole unreadable."""
-    table = _unique("unreadable")
+    table = table or _unique("unreadable")
     connection.execute(f"CREATE TEMP TABLE {table} (line BIGINT, reason VARCHAR)")
     if not rejects:
         return table
     opener = _opener(path, location)
     starts, texts = _record_starts(opener, rejects)
-    order = sorted(range(len(starts)), key=starts.__getitem__)
-    lines = [0] * len(starts)
-    for index, count in zip(order, _lines_before(opener, [starts[index] for index in order])):
-        lines[index] = count
+    with opener() as stream:
+        lines = [count + 1 for count in lines_before(stream, starts)]
     rows, ragged = [], set()
-    for (start, column_index, column, kind, _, message), text, line in zip(rejects, texts, lines):
-        line += 1
-        if kind in ("MISSING COLUMNS", "TOO MANY COLUMNS") and start in ragged:
+    for reject, text, line in zip(rejects, texts, lines):
+        start, kind = reject[0], reject[3]
+        if kind in _RAGGED and start in ragged:
             continue  # DuckDB rejects a short record once per missing column: the first says its count
-        column = names[column_index - 1] if column_index and column_index <= len(names) else column
-        if kind == "UNQUOTED VALUE":
-            fields = list(_fields(text, delimiter))
-            index = column_index - 1 if column_index else 0
-            quote, closed = fields[min(index, len(fields) - 1)]
-            # Always an error, never a reject: after such a quote DuckDB's recovery is not to be
-            # trusted (2.0.1 drops the next record when it ends the file: 1,"a"b,c then 2,x,y
-            # reads no row at all).
-            if closed is None:  # not where csv sees a quoted value: DuckDB's word for it
-                raise InputError(path, f"{message} Check the quotes of this record", line=line, column=column)
-            if closed == -1 or len(text) >= REJECT_TEXT_CHARS or "\n" in text[quote:closed] or "\r" in text[quote:closed]:
-                # a quote left open: csv would make the rest of the file (or a long stretch of
-                # lines) one value, so the file cannot be read as its author meant
-                before = text[:quote]
-                line_start = max(before.rfind("\n"), before.rfind("\r")) + 1
-                quote_line = line + len(re.findall(r"\r\n|\r|\n", before))
-                raise InputError(path, open_quote_message(quote - line_start + 1), line=quote_line, column=column)
-            raise InputError(path, "text after the closing quote of this value: quote the whole value, and write a "
-                             'quote inside it as ""', line=line, column=column)
-        elif kind == "INVALID ENCODING":
-            raise InputError(path, "not valid UTF-8; pass encoding='latin-1' (or the file's encoding) if the file "
-                             "is not UTF-8", line=line, column=column)
-        elif kind in ("MISSING COLUMNS", "TOO MANY COLUMNS"):
-            fields = list(_fields(text, delimiter)) if text and len(text) < REJECT_TEXT_CHARS else []
-            found = _COUNT.search(message)
-            if fields and fields[-1][1] != -1:  # the whole record: its fields, and its end
-                count = str(len(fields) - 1)  # (DuckDB says 'Found: n + 1' for any longer record)
-            else:
-                count = found.group(1) if found else "a different number of"
+        if kind in _RAGGED:
             ragged.add(start)
-            rows.append((line, f"ragged row: expected {len(names)} fields, found {count}"))
-        else:
-            rows.append((line, f"{message} (column {column!r})" if column else message))
+        rows.append((line, _unreadable_reason(path, reject, text, line, names, delimiter)))
     _insert(connection, table, rows)
     return table
+
+
+def _unreadable_reason(path, reject: tuple, text: str, line: int, names: list[str], delimiter: str) -> str:
+    """Why DuckDB's reject is unreadable, in the reader's words; an InputError for a problem that
+    makes the file as a whole unreadable (a quote, the encoding)."""
+    _, column_index, column, kind, _, message = reject
+    column = names[column_index - 1] if column_index and column_index <= len(names) else column
+    if kind == "UNQUOTED VALUE":
+        raise _quote_error(path, text, column_index, line, column, message, delimiter)
+    if kind == "INVALID ENCODING":
+        raise InputError(path, "not valid UTF-8; pass encoding='latin-1' (or the file's encoding) if the file "
+                         "is not UTF-8", line=line, column=column)
+    if kind in _RAGGED:
+        return f"ragged row: expected {len(names)} fields, found {_fields_found(text, message, delimiter)}"
+    return f"{message} (column {column!r})" if column else message
+
+
+def _quote_error(path, text: str, column_index: int | None, line: int, column: str | None, message: str,
+                 delimiter: str) -> InputError:
+    """Always an error, never a reject: after such a quote DuckDB's recovery is not to be trusted
+    (2.0.1 drops the next record when it ends the file: 1,"a"b,c then 2,x,y reads no row at all)."""
+    fields = list(_fields(text, delimiter))
+    quote, closed = fields[min(column_index - 1 if column_index else 0, len(fields) - 1)]
+    if closed is None:  # not where csv sees a quoted value: DuckDB's word for it
+        return InputError(path, f"{message} Check the quotes of this record", line=line, column=column)
+    if closed == -1 or len(text) >= REJECT_TEXT_CHARS or "\n" in text[quote:closed] or "\r" in text[quote:closed]:
+        # a quote left open: csv would make the rest of the file (or a long stretch of lines) one
+        # value, so the file cannot be read as its author meant
+        before = text[:quote]
+        line_start = max(before.rfind("\n"), before.rfind("\r")) + 1
+        return InputError(path, open_quote_message(quote - line_start + 1), line=line + count_lines(before), column=column)
+    return InputError(path, "text after the closing quote of this value: quote the whole value, and write a "
+                      'quote inside it as ""', line=line, column=column)
+
+
+def _fields_found(text: str, message: str, delimiter: str) -> str:
+    """How many fields a ragged record has: counted in its text when DuckDB gave it whole."""
+    fields = list(_fields(text, delimiter)) if text and len(text) < REJECT_TEXT_CHARS else []
+    if fields and fields[-1][1] != -1:  # the whole record: its fields, and its end
+        return str(len(fields) - 1)  # (DuckDB says 'Found: n + 1' for any longer record)
+    found = _COUNT.search(message)
+    return found.group(1) if found else "a different number of"
 
 
 def _insert(connection, table: str, rows: list[tuple[int, str]]) -> None:
@@ -340,33 +425,6 @@ def _record_starts(opener, rejects: list[tuple]) -> tuple[list[int], list[str]]:
             starts.append(start)
             texts.append(text)
     return starts, texts
-
-
-def _lines_before(opener, offsets: list[int]) -> list[int]:
-    """Line ends (LF, CR, CRLF) before each of the sorted ``offsets``, in one pass over the file,
-    each byte counted once."""
-    counts, lines, base, previous_cr = [], 0, 0, False
-    with opener() as stream:
-        while len(counts) < len(offsets):
-            data = stream.read(CHUNK_BYTES)
-            at = 0
-            while len(counts) < len(offsets) and (offsets[len(counts)] < base + len(data) or not data):
-                upto = min(offsets[len(counts)] - base, len(data))
-                lines += _line_ends_between(data, at, upto, data[at - 1] == 13 if at else previous_cr)
-                at = upto
-                counts.append(lines)
-            if not data:
-                break
-            lines += _line_ends_between(data, at, len(data), data[at - 1] == 13 if at else previous_cr)
-            previous_cr, base = data.endswith(b"\r"), base + len(data)
-    return counts
-
-
-def _line_ends_between(data: bytes, start: int, end: int, after_cr: bool) -> int:
-    """Line ends in data[start:end]; an LF at ``start`` right after a CR (``after_cr``) ends the
-    line that CR already ended."""
-    count = data.count(b"\n", start, end) + data.count(b"\r", start, end) - data.count(b"\r\n", start, end)
-    return count - 1 if after_cr and start < end and data[start] == 10 else count
 
 
 def _quoted_values(delimiter: str, text: bool) -> re.Pattern:
@@ -418,7 +476,7 @@ def _transcoded(connection, path, encoding: str, delimiter: str, line_ends: bool
                 try:
                     data = decoder.decode(data, final=not data)
                 except UnicodeDecodeError as error:
-                    at = lines + _line_ends_between(error.object, 0, error.start, False) + 1
+                    at = lines + count_lines(error.object, 0, error.start) + 1
                     raise InputError(path, f"not valid {encoding} ({error.reason}); pass encoding= with the "
                                      "file's encoding", line=at) from None
                 data = data.lstrip("\ufeff") if first else data
@@ -430,7 +488,7 @@ def _transcoded(connection, path, encoding: str, delimiter: str, line_ends: bool
                 # a record longer than 64 MB (a quote left open) is written as it is: DuckDB then says so
                 part, carry = _one_line_end(carry + data, quoted, final=not data or len(carry) > (64 << 20))
             if decode:
-                lines += part.count("\n") + part.count("\r") - part.count("\r\n")
+                lines += count_lines(part)
                 part = part.encode("utf-8")
             output.write(part)
             if not data:
@@ -448,6 +506,11 @@ def _remove(name: str) -> None:
 # --- NDJSON -------------------------------------------------------------------------------------
 
 
+# A line holding one JSON object: valid JSON that starts with "{" needs no second parse for its type.
+_OBJECT = ("(CASE WHEN starts_with(line, '{') THEN json_valid(line) "
+           "ELSE json_valid(line) AND json_type(line) = 'OBJECT' END)")
+
+
 def _open_ndjson(connection, path, encoding: str) -> Source:
     location = _location(connection, path)
     if not _utf8(encoding):
@@ -458,20 +521,8 @@ def _open_ndjson(connection, path, encoding: str) -> Source:
              "columns={'line': 'VARCHAR'}, header=false, auto_detect=false, delim='\\0', quote='', escape='', "
              "strict_mode=false, encoding='utf-8'))")
     try:
-        table = _unique("unreadable")
-        connection.execute(
-            f"CREATE TEMP TABLE {table} AS SELECT line_number AS line, line AS text FROM {lines} "
-            "WHERE trim(line) <> '' AND NOT (CASE WHEN json_valid(line) THEN json_type(line) = 'OBJECT' ELSE false END) ORDER BY line_number")
-        bad = connection.execute(f"SELECT line, text FROM {table}").fetchall()
-        connection.execute(f"DROP TABLE {table}; CREATE TEMP TABLE {table} (line BIGINT, reason VARCHAR)")
-        _insert(connection, table, [(line, _json_problem(text)) for line, text in bad])
-        objects = (f"(SELECT line, line_number FROM {lines} WHERE trim(line) <> '' "
-                   "AND (CASE WHEN json_valid(line) THEN json_type(line) = 'OBJECT' ELSE false END))")
-        # json_group_structure keeps every line in memory: one line per distinct structure does
-        # (their merge is the merge of all), in the order first seen
-        structure = connection.execute(
-            "SELECT json_structure(to_json(list(example::JSON ORDER BY first))) FROM (SELECT arg_min(line, line_number) "
-            f"AS example, min(line_number) AS first FROM {objects} GROUP BY json_structure(line))").fetchall()[0][0]
+        table, structure = _ndjson_shapes(connection, lines)
+        every_line_an_object = not connection.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
     except duckdb.Error as error:
         raise _ndjson_error(path, error) from None
     fields = json.loads(structure)[0] if structure and structure.startswith("[{") else {}
@@ -482,12 +533,33 @@ def _open_ndjson(connection, path, encoding: str) -> Source:
     shape = json.dumps(_no_null_types(fields))
     columns = ", ".join(f"value.{sql.ident(name)} AS {sql.ident(name)}" for name in names)
     relation = (f"(SELECT {columns}, row_number() OVER () AS __record FROM "
-                f"(SELECT json_transform(line, {sql.literal(shape)}) AS value FROM {objects}))")
+                f"(SELECT json_transform(line, {sql.literal(shape)}) AS value FROM {lines} "
+                f"WHERE trim(line) <> ''{'' if every_line_an_object else ' AND ' + _OBJECT}))")
     try:
         types = _types(connection, relation)
     except duckdb.Error as error:
         raise _ndjson_error(path, error) from None
     return Source(relation, names, types, table, description)
+
+
+def _ndjson_shapes(connection, lines: str) -> tuple[str, str | None]:
+    """One pass over the lines: the unreadable ones as a temporary table (line, reason), and the
+    JSON structure of all the objects. json_group_structure would keep every line in memory: one
+    line per distinct structure does (their merge is the merge of all), in the order first seen;
+    a line that is not an object is a group of its own."""
+    shapes = _unique("shapes")
+    connection.execute(
+        f"CREATE TEMP TABLE {shapes} AS SELECT bool_and(object) AS object, arg_min(line, line_number) AS example, "
+        f"min(line_number) AS first FROM (SELECT line, line_number, {_OBJECT} AS object FROM {lines} WHERE trim(line) <> '') "
+        "GROUP BY CASE WHEN object THEN CAST(json_structure(line) AS VARCHAR) ELSE 'line ' || line_number END")
+    bad = connection.execute(f"SELECT first, example FROM {shapes} WHERE NOT object ORDER BY first").fetchall()
+    table = _unique("unreadable")
+    connection.execute(f"CREATE TEMP TABLE {table} (line BIGINT, reason VARCHAR)")
+    _insert(connection, table, [(line, _json_problem(text)) for line, text in bad])
+    structure = connection.execute(f"SELECT json_structure(to_json(list(example::JSON ORDER BY first))) FROM {shapes} "
+                                   "WHERE object").fetchall()[0][0]
+    connection.execute(f"DROP TABLE {shapes}")
+    return table, structure
 
 
 def _ndjson_error(path, error: Exception) -> InputError:
@@ -552,55 +624,51 @@ def open_cursor(connection, cursor, batch_rows: int = 50_000) -> Source:
     each value), so no value is coerced into a type it does not have. A later value that does not
     fit its column's type stops the scan with an InputError naming column and record.
     """
-    import pyarrow as pa
+    rows = _CursorRows(cursor, batch_rows, view=_unique("cursor"))
+    connection.register(rows.view, pa.RecordBatchReader.from_batches(rows.schema, rows.batches()))
+    return Source(rows.view, rows.names, _types(connection, rows.view), None, f"sql|||{json.dumps(rows.names)}")
 
-    first = cursor.fetchmany(batch_rows)
-    names = [column[0] for column in cursor.description or ()]
-    as_text = set()
-    arrays = []
-    for index, name in enumerate(names):
-        values = [row[index] for row in first]
-        kinds = {type(value) for value in values if value is not None}
-        if len(kinds) != 1:
-            as_text.add(index)
-            arrays.append(pa.array([_text(value) for value in values], pa.string()))
-        else:
-            arrays.append(pa.array(values))
-    schema = pa.schema([pa.field(name, array.type) for name, array in zip(names, arrays)] + [pa.field("__record", pa.int64())])
 
-    def batch(rows, start: int) -> pa.RecordBatch:
-        columns = []
-        for index, field in enumerate(schema.names[:-1]):
-            values = [row[index] for row in rows]
-            if index in as_text:
-                columns.append(pa.array([_text(value) for value in values], pa.string()))
-                continue
-            try:
-                columns.append(pa.array(values, schema.field(index).type))
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as error:
-                bad = next((i for i, value in enumerate(values) if not _fits(value, schema.field(index).type)), 0)
-                raise InputError("the SQL query", f"a value of type {type(values[bad]).__name__} after values of type "
-                                 f"{schema.field(index).type}: cast the column in the query ({error})",
-                                 line=start + bad, column=field) from None
-        columns.append(pa.array(range(start, start + len(rows)), pa.int64()))
-        return pa.RecordBatch.from_arrays(columns, schema=schema)
+class _CursorRows:
+    """A cursor's rows as Arrow batches with ``__record``, typed by the first batch (``open_cursor``)."""
 
-    view = _unique("cursor")
+    def __init__(self, cursor, batch_rows: int, view: str):
+        self.cursor, self.batch_rows, self.view = cursor, batch_rows, view
+        self.first = cursor.fetchmany(batch_rows)
+        self.names = [column[0] for column in cursor.description or ()]
+        self.as_text = {index for index in range(len(self.names))
+                        if len({type(row[index]) for row in self.first if row[index] is not None}) != 1}
+        types = [pa.string() if index in self.as_text else pa.array([row[index] for row in self.first]).type
+                 for index in range(len(self.names))]
+        self.schema = pa.schema([*map(pa.field, self.names, types), pa.field("__record", pa.int64())])
 
-    def batches():
-        rows, start = first, 1
+    def batches(self):
+        rows, start = self.first, 1
         while rows:
             try:
-                yield batch(rows, start)
+                yield self._batch(rows, start)
                 start += len(rows)
-                rows = cursor.fetchmany(batch_rows)
+                rows = self.cursor.fetchmany(self.batch_rows)
             except Exception as error:  # a bad value, or the driver's own error (a lost connection)
-                _stream_errors[view] = error  # DuckDB hands it on wrapped: see ``cursor_error``
+                _stream_errors[self.view] = error  # DuckDB hands it on wrapped: see ``cursor_error``
                 raise
 
-    connection.register(view, pa.RecordBatchReader.from_batches(schema, batches()))
-    types = _types(connection, view)
-    return Source(view, names, types, None, f"sql|||{json.dumps(names)}")
+    def _batch(self, rows, start: int) -> pa.RecordBatch:
+        columns = [self._column(index, [row[index] for row in rows], start) for index in range(len(self.names))]
+        columns.append(pa.array(range(start, start + len(rows)), pa.int64()))
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+
+    def _column(self, index: int, values: list, start: int) -> pa.Array:
+        if index in self.as_text:
+            return pa.array([_text(value) for value in values], pa.string())
+        kind = self.schema.field(index).type
+        try:
+            return pa.array(values, kind)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as error:
+            bad = next((i for i, value in enumerate(values) if not _fits(value, kind)), 0)
+            raise InputError("the SQL query", f"a value of type {type(values[bad]).__name__} after values of type "
+                             f"{kind}: cast the column in the query ({error})",
+                             line=start + bad, column=self.names[index]) from None
 
 
 _stream_errors: dict[str, Exception] = {}
@@ -625,8 +693,6 @@ def _text(value) -> str | None:
 
 
 def _fits(value, arrow_type) -> bool:
-    import pyarrow as pa
-
     try:
         pa.array([value], arrow_type)
         return True

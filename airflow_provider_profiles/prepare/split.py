@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from airflow_provider_profiles.prepare.records import (
-    count_lines,
     describe_open_quote,
     first_record_end,
     last_record_end,
@@ -26,6 +25,7 @@ from airflow_provider_profiles.prepare.records import (
     scan,
 )
 from airflow_provider_profiles.prepare.errors import InputError, guess_format, open_quote_message
+from airflow_provider_profiles.prepare.lines import lines_before
 from airflow_provider_profiles.storage import (
     as_storage_path,
     is_local,
@@ -92,32 +92,7 @@ def split_file(
     stem, suffix = source.stem, source.suffix
 
     with open_binary(source) as stream:
-        try:
-            head, pending = _read_header(stream, quoted, delimiter) if header else (b"", b"")
-        except _OpenQuote as error:
-            raise _open_quote_error(source, stream, error, b"", delimiter) from None
-        limit = (max_bytes - len(head)) if max_bytes is not None else None
-        if limit is not None and limit <= 0:
-            raise RecordTooLarge(f"max_bytes={max_bytes} does not even hold the {len(head)}-byte header")
-        try:
-            if not quoted and max_rows is None and not pending:
-                ranges = _plan_by_seeking(stream, len(head), limit)
-            else:
-                ranges = _plan_by_scanning(stream, len(head), pending, limit, max_rows, quoted, block_bytes, delimiter)
-        except _OpenQuote as error:
-            raise _open_quote_error(source, stream, error, head, delimiter) from None
-        except _TooLarge as error:
-            stream.seek(0)
-            line = 1 + _count_lines(stream, error.offset)
-            if limit is None:
-                raise RecordTooLarge(
-                    f"{source}: the record at line {line} runs over {MAX_RECORD_BYTES / 2**20:.1f} MB: "
-                    "is a quote left open?"
-                ) from None
-            raise RecordTooLarge(
-                f"{source}: the record at line {line} is larger than max_bytes={max_bytes} minus the "
-                "header; no cut can keep it whole"
-            ) from None
+        head, ranges = _plan(source, stream, max_bytes, max_rows, quoted, header, block_bytes, delimiter)
     if not ranges:  # no record: still one chunk (the header alone), so a mapped upload runs once and reports 0
         ranges = [(len(head), len(head))]
     chunks = []
@@ -127,6 +102,33 @@ def split_file(
         chunks.append(path_text(target))
     _remove_stale(output_dir, stem, suffix, len(chunks))
     return chunks
+
+
+def _plan(source, stream, max_bytes, max_rows, quoted: bool, header: bool, block_bytes: int,
+          delimiter: str) -> tuple[bytes, list[tuple[int, int]]]:
+    """The header to repeat and the chunks' byte ranges; ``InputError`` for a quote left open,
+    ``RecordTooLarge`` for a record no chunk can hold."""
+    try:
+        head, pending = _read_header(stream, quoted, delimiter) if header else (b"", b"")
+    except _OpenQuote as error:
+        raise _open_quote_error(source, stream, error, b"", delimiter) from None
+    limit = (max_bytes - len(head)) if max_bytes is not None else None
+    if limit is not None and limit <= 0:
+        raise RecordTooLarge(f"max_bytes={max_bytes} does not even hold the {len(head)}-byte header")
+    try:
+        if not quoted and max_rows is None and not pending:
+            return head, _plan_by_seeking(stream, len(head), limit)
+        return head, _plan_by_scanning(stream, len(head), pending, limit, max_rows, quoted, block_bytes, delimiter)
+    except _OpenQuote as error:
+        raise _open_quote_error(source, stream, error, head, delimiter) from None
+    except _TooLarge as error:
+        stream.seek(0)
+        line = 1 + lines_before(stream, [error.offset])[0]
+        if limit is None:
+            raise RecordTooLarge(f"{source}: the record at line {line} runs over {MAX_RECORD_BYTES / 2**20:.1f} MB: "
+                                 "is a quote left open?") from None
+        raise RecordTooLarge(f"{source}: the record at line {line} is larger than max_bytes={max_bytes} minus the "
+                             "header; no cut can keep it whole") from None
 
 
 class _TooLarge(Exception):
@@ -153,23 +155,10 @@ def _check_closed(block, block_start: int, quoted: bool, delimiter: str) -> None
 def _open_quote_error(source, stream, error: _OpenQuote, head: bytes, delimiter: str) -> InputError:
     lines, _, field, character = describe_open_quote(error.block, error.offset, delimiter)
     stream.seek(0)
-    line = 1 + _count_lines(stream, error.block_start) + lines
+    line = 1 + lines_before(stream, [error.block_start])[0] + lines
     names = next(csv.reader(io.StringIO(head.decode("utf-8", errors="replace"), newline=""), delimiter=delimiter), [])
     column = names[field] if 0 <= field < len(names) else None
     return InputError(source, open_quote_message(character), line=line, column=column)
-
-
-def _count_lines(stream, end: int) -> int:
-    """Line ends (LF, CR, CRLF) in the first ``end`` bytes of ``stream``."""
-    count, position, last = 0, 0, b""
-    while position < end:
-        data = stream.read(min(BLOCK_BYTES, end - position))
-        if not data:
-            break
-        count += count_lines(data) - (last == b"\r" and data[:1] == b"\n")  # a CRLF cut in two
-        last = data[-1:]
-        position += len(data)
-    return count
 
 
 def _plan_by_seeking(stream, start: int, limit: int) -> list[tuple[int, int]]:
@@ -233,34 +222,37 @@ def _plan_by_scanning(stream, start: int, pending: bytes, limit, max_rows, quote
             _check_closed(block, block_start, quoted, delimiter)
         # block[:usable] holds complete records; the rest waits for more data
         usable = len(block) if at_end else last_record_end(block, 0, len(block), quoted, delimiter)
-        if usable <= 0:
-            if at_end:
-                break
+        if usable <= 0 and not at_end:
             # a record that cannot fit a chunk (or, without a byte limit, an unclosed quote):
             # said now, rather than once the rest of the file is held as one record
             if len(block) > (limit if limit is not None else MAX_RECORD_BYTES):
                 raise _TooLarge(block_start)
             pending = block
             continue
-        position = 0
-        while position < usable:
-            cut = _next_cut(block, position, usable, plan, limit, max_rows, quoted, delimiter)
-            if cut <= position:
-                if plan.bytes == 0:
-                    raise _TooLarge(block_start + position)
-                plan.close()
-                continue
-            rows = _count_records(block, position, cut, quoted, delimiter) if max_rows else None
-            plan.take(block_start + position, block_start + cut, rows)
-            position = cut
-            if (limit is not None and plan.bytes >= limit) or (max_rows is not None and plan.rows >= max_rows):
-                plan.close()
+        _cut_block(plan, block, block_start, usable, limit, max_rows, quoted, delimiter)
         pending = block[usable:]
         block_start += usable
         if at_end:
             break
     plan.close()
     return plan.ranges
+
+
+def _cut_block(plan: _Planner, block: bytes, block_start: int, usable: int, limit, max_rows, quoted, delimiter) -> None:
+    """Adds block[:usable] (whole records) to the plan, closing a chunk wherever a limit is reached."""
+    position = 0
+    while position < usable:
+        cut = _next_cut(block, position, usable, plan, limit, max_rows, quoted, delimiter)
+        if cut <= position:
+            if plan.bytes == 0:
+                raise _TooLarge(block_start + position)
+            plan.close()
+            continue
+        rows = _count_records(block, position, cut, quoted, delimiter) if max_rows else None
+        plan.take(block_start + position, block_start + cut, rows)
+        position = cut
+        if (limit is not None and plan.bytes >= limit) or (max_rows is not None and plan.rows >= max_rows):
+            plan.close()
 
 
 def _copy_range(source, target, head: bytes, start: int, end: int) -> None:

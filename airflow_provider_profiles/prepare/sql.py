@@ -130,20 +130,21 @@ def strip(expression: str) -> str:
     """``str.strip()`` in SQL: trim() with a set of characters is slow, so it runs only where an end
     may be whitespace (most values start and end with a visible ASCII character)."""
     untrimmed = literal(f"[^{SPACE_CLASS}](?s:.*[^{SPACE_CLASS}])?")
-    return (f"CASE WHEN {visible_ascii(f'left({expression}, 1)')} AND {visible_ascii(f'right({expression}, 1)')} "
+    return (f"CASE WHEN {visible_ascii(expression)} AND {visible_ascii(f'right({expression}, 1)')} "
             f"THEN {expression} WHEN regexp_full_match({expression}, {untrimmed}) THEN {expression} "
             f"ELSE trim({expression}, {SPACES}) END")
 
 
 def is_blank(expression: str) -> str:
     """Only whitespace (or nothing); the first character tells, mostly."""
-    return (f"CASE WHEN {visible_ascii(f'left({expression}, 1)')} THEN FALSE "
+    return (f"CASE WHEN {visible_ascii(expression)} THEN FALSE "
             f"ELSE NOT regexp_matches({expression}, {literal('[^' + SPACE_CLASS + ']')}) END")
 
 
-def visible_ascii(character: str) -> str:
-    """The one character is printable ASCII other than space: not whitespace, in any sense."""
-    return f"ord({character}) BETWEEN 33 AND 126"
+def visible_ascii(text: str) -> str:
+    """The text's first character is printable ASCII other than space: not whitespace, in any
+    sense (``ord`` reads the first character only, without cutting it out: -1 for '')."""
+    return f"ord({text}) BETWEEN 33 AND 126"
 
 
 def stripped_text(expression: str) -> str:

@@ -22,23 +22,32 @@ across DuckDB versions, unlike ``hash()``. The snapshot format, the mapping, the
 input's layout make the fingerprint: under one fingerprint the same input row always makes the
 same line, so rows found in the snapshot are not even mapped; a snapshot made under another one
 is not compared with (every row is sent once, with a note).
+
+``SyncStep`` is a sync's part of a prepare, in the prepare's DuckDB connection; a commit's own
+bookkeeping opens one the same way (``engine.connected``).
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import datetime as dt
+import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
+from airflow_provider_profiles.prepare import engine
+from airflow_provider_profiles.prepare.source import Source
+from airflow_provider_profiles.prepare.mapping import FieldMapping
 from airflow_provider_profiles.prepare.sql import ident, literal
+from airflow_provider_profiles.prepare.writer import FormatWriter, RowRejected
 from airflow_provider_profiles.storage import TEMPORARY_SUFFIX, as_storage_path, is_local, local_path, open_binary, write_whole
 
 CURRENT = "CURRENT.json"
@@ -120,19 +129,6 @@ def write_parquet(connection: Any, query: str, path: Any) -> None:
     finally:
         if os.path.exists(aside):
             os.unlink(aside)
-
-
-@contextlib.contextmanager
-def _connection() -> Iterator[Any]:
-    """A small DuckDB connection for the state's own work (a commit's bookkeeping)."""
-    import duckdb
-
-    with tempfile.TemporaryDirectory(prefix=".sync-") as spill:
-        connection = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "threads": 1, "temp_directory": spill})
-        try:
-            yield connection
-        finally:
-            connection.close()
 
 
 def _first_line(error: BaseException) -> str:
@@ -359,7 +355,18 @@ class SyncState:
             self._unlink(self._pointer_path(attempt))
             return current
         when = _instant(as_of) or self.as_of or _instant(meta.get("as_of"))
-        allow_older = self.allow_older if allow_older is None else allow_older
+        self._check_committable(key, attempt, meta, current, when, self.allow_older if allow_older is None else allow_older)
+        write_whole(self._file(CURRENT), json.dumps(self._committed(key, attempt, meta, current, when, keep)))
+        self._unlink(self._pointer_path(attempt))
+        self._retire_others(key, found["started_at"])
+        committed = self.current()
+        self._prune(committed)
+        return committed
+
+    def _check_committable(self, key: str, attempt: str, meta: dict[str, Any], current: dict[str, Any] | None,
+                           when: dt.datetime | None, allow_older: bool) -> None:
+        """Refuses (and retires) an attempt whose base is no longer CURRENT or whose data is older
+        than CURRENT's; ``SyncStateError`` when its snapshot is gone."""
         if meta.get("base") != _attempt_of(current):
             reason = (
                 f"run {key!r} compared its rows with snapshot {meta.get('base') or '(none)'}, which is no longer "
@@ -377,8 +384,13 @@ class SyncState:
         if not self._path(attempt, SNAPSHOT_SUFFIX).exists():
             raise SyncStateError(f"{self._path(attempt, SNAPSHOT_SUFFIX)}, run {key!r}'s pending snapshot, is missing: "
                                  "run the prepare step again before committing.")
+
+    @staticmethod
+    def _committed(key: str, attempt: str, meta: dict[str, Any], current: dict[str, Any] | None,
+                   when: dt.datetime | None, keep: int) -> dict[str, Any]:
+        """The CURRENT that commits ``attempt``."""
         history = [_attempt_of(current), *current.get("history", [])] if current else []
-        committed = {
+        return {
             "snapshot": f"snapshots/{attempt}{SNAPSHOT_SUFFIX}",
             "attempt": attempt,
             "run_key": key,
@@ -390,13 +402,17 @@ class SyncState:
             "history": [name for name in history if name != attempt][: max(keep - 1, 0)],
             "committed_at": _now().isoformat(timespec="seconds"),
         }
-        write_whole(self._file(CURRENT), json.dumps(committed))
-        self._unlink(self._pointer_path(attempt))
-        for pointer in self._pointers():  # finished attempts of other runs can no longer commit
-            if not pointer.get("retired") and pointer["run_key"] == key and pointer["started_at"] < found["started_at"] \
-                    and not self._path(pointer["attempt"], META_SUFFIX).exists():
+
+    def _retire_others(self, key: str, started_at: str) -> None:
+        """After run ``key``'s commit: finished attempts of other runs can no longer commit, and this
+        run's earlier tries that died are forgotten."""
+        for pointer in self._pointers():
+            finished = self._path(pointer["attempt"], META_SUFFIX).exists()
+            if pointer.get("retired"):
+                continue
+            if pointer["run_key"] == key and pointer["started_at"] < started_at and not finished:
                 self._unlink(self._pointer_path(pointer["attempt"]))  # an earlier try of this run's prepare died
-            elif not pointer.get("retired") and self._path(pointer["attempt"], META_SUFFIX).exists():
+            elif finished:
                 other = self._read_json(self._path(pointer["attempt"], META_SUFFIX), "a pending snapshot's record",
                                         "Delete it and the files named like it.")
                 self._retire(pointer["attempt"], other, (
@@ -404,9 +420,6 @@ class SyncState:
                     "compared with is no longer current. Not committed; what it sent will be sent again next time."))
                 if pointer["run_key"] == key:  # an earlier attempt of this run: nothing to tell
                     self._unlink(self._pointer_path(pointer["attempt"]))
-        committed = self.current()
-        self._prune(committed)
-        return committed
 
     def refuse(self, run_key: str, reason: str) -> None:
         """Does not commit the run's last finished attempt, and has its sent keys sent again."""
@@ -463,7 +476,7 @@ class SyncState:
         every key)."""
         sent_path = self._path(attempt, SENT_SUFFIX)
         try:
-            with _connection() as connection:
+            with engine.connected(self._file(CURRENT), MEMORY_LIMIT, threads=1) as connection:
                 mine = readable(connection, self._path(attempt, SNAPSHOT_SUFFIX))
                 connection.execute(f"CREATE TABLE mine AS SELECT key, row_hash FROM read_parquet({literal(mine)})")
                 sent = "SELECT key FROM mine" if meta.get("sent_all") else \
@@ -523,3 +536,231 @@ class SyncState:
 def delete_column(name: str) -> str:
     """The snapshot column that keeps a delete column's value."""
     return ident(DELETE_PREFIX + name)
+
+
+# --- an incremental sync's part of a prepare, in the prepare's connection ---------------------------
+
+
+def writer_fingerprint(writer: FormatWriter) -> str:
+    """The writer's class and public settings: a sync whose writer changed sends every row again."""
+    public = {k: v for k, v in vars(writer).items() if not k.startswith("_")}
+    return f"{type(writer).__module__}.{type(writer).__qualname__}:" + json.dumps(public, sort_keys=True, default=repr)
+
+
+class _RecordingRejects(engine.RejectsWriter):
+    """The rejects file, also noting the input record of each reject (a sync leaves those rows
+    out of its snapshot: the vendor was not sent them)."""
+
+    def __init__(self, path: Any):
+        super().__init__(path)
+        self._records: list[pa.Array] = []
+
+    def add(self, records: pa.Array, identifiers: pa.Array, reasons: pa.Array) -> None:
+        self._records.append(records.cast(pa.int64()).drop_null())
+        super().add(records, identifiers, reasons)
+
+    @property
+    def records(self) -> pa.Array:
+        return pa.concat_arrays(self._records) if self._records else pa.array([], pa.int64())
+
+
+class SyncStep:
+    """An incremental sync's part of a prepare, in the prepare's DuckDB connection.
+
+    ``compare``: each input row gets the hash of its values as read (``sync_source``); a row
+    whose hash the committed snapshot holds, under a key CURRENT does not list to be sent again,
+    is unchanged: the same input row under the same fingerprint (mapping, writer, input layout)
+    maps to the same line, so only the other rows are mapped. ``settle``: the
+    duplicate check across both (the first row of a key wins, mapped or unchanged).
+    ``deletion_writer``: keys of the snapshot that no row of the input has become the writer's
+    deletion lines, after the rows. ``write_snapshot``: the attempt's snapshot is every row written
+    or unchanged, and, for keys still in the input whose row is rejected now, the committed row
+    (what the vendor still holds); its sent file the keys written or deleted.
+    """
+
+    def __init__(self, state: Any, run_key: str | None, writer: FormatWriter, mapping: FieldMapping | None,
+                 duplicates: str, deletions: bool, delete_columns: list[str] | None):
+        if duplicates != "reject":
+            raise ValueError(
+                "an incremental sync compares one row per identifier: it needs duplicates='reject' "
+                f"(and a format with one line per identifier, not {type(writer).__name__})"
+            )
+        refusal = writer.sync_refusal()
+        if refusal:
+            raise ValueError(refusal)
+        if not run_key:
+            raise ValueError("an incremental sync needs a run key (e.g. the run_id)")
+        if deletions and not writer.deletion_columns:
+            raise ValueError(f"{type(writer).__name__} cannot express a deletion; deletions need a format "
+                             "whose writer has deletion_columns and deletion_row")
+        self.state, self.run_key, self.writer, self.deletions = state, run_key, writer, deletions
+        # the columns the snapshot keeps for deletion lines (for every row: turning deletions on
+        # later needs no full resend)
+        self.delete_columns = list(delete_columns or writer.deletion_columns)
+        self.described = f"{SNAPSHOT_FORMAT}|" + (mapping.fingerprint() if mapping else "-") + "|" + writer_fingerprint(writer)
+        self.previous = None
+        self.notes: list[str] = []
+        self.unchanged_rows = 0  # input rows found in the snapshot (repeats of one included)
+        self.deleted_keys = False  # deletion lines written: their keys go to the sent file
+        self.keep_vanished = False  # deletions skipped: the vanished rows stay in the snapshot
+        self.fingerprint = ""
+        self.rows = 0
+
+    def compare(self, connection: Any, opened: Source) -> Source:
+        """Finds the unchanged rows in one pass over the input (``sync_source``: each row's hash,
+        and the committed key and delete columns where the snapshot holds that hash, or else the
+        row's values); returns the source of the rows left to map."""
+        self.connection = connection
+        self.fingerprint = hashlib.sha256(f"{self.described}|{opened.description}".encode()).hexdigest()[:16]
+        self.previous = self.state.previous(self.fingerprint)  # SyncConflict here for older data
+        row_hash = stable_row_hash(opened.names, opened.types)
+        kept = "".join(f", NULL::VARCHAR AS {delete_column(name)}" for name in self.delete_columns)
+        if self.previous is None:
+            self.notes.append(self.state.why_no_previous())
+            connection.execute(f"CREATE TEMP TABLE previous AS SELECT NULL::VARCHAR AS key, NULL::UBIGINT AS row_hash{kept} LIMIT 0")
+            connection.execute("CREATE TEMP TABLE resend_keys (key VARCHAR)")
+            self.previous_columns = []
+            connection.execute(f"""CREATE TEMP TABLE sync_source AS SELECT __record, {row_hash} AS __row_hash,
+                                   NULL::VARCHAR AS __sync_key FROM {opened.relation}""")
+            return opened  # every row is mapped
+        self.previous_columns = self.previous.load(connection, "previous", "resend_keys")
+        theirs = "".join(f", found.{delete_column(name)} AS {delete_column('__' + name)}" for name in self.previous_columns)
+        values = "".join(f", CASE WHEN found.key IS NULL THEN rows.{ident(name)} END AS {ident(name)}"
+                         for name in opened.names)
+        connection.execute(f"""CREATE TEMP TABLE sync_source AS
+                               SELECT rows.__record, rows.__row_hash, found.key AS __sync_key{theirs}{values}
+                               FROM (SELECT *, {row_hash} AS __row_hash FROM {opened.relation}) AS rows
+                               LEFT JOIN (SELECT * FROM previous WHERE key NOT IN (SELECT key FROM resend_keys)) AS found
+                                 ON found.row_hash = rows.__row_hash""")
+        self.unchanged_rows = connection.execute("SELECT count(__sync_key) FROM sync_source").fetchall()[0][0]
+        # the rows left, in input order (a join does not keep it)
+        names = ", ".join(ident(name) for name in opened.names)
+        connection.execute(f"""CREATE TEMP VIEW sync_changed_rows AS SELECT __record, {names} FROM sync_source
+                               WHERE __sync_key IS NULL ORDER BY __record""")
+        return dataclasses.replace(opened, relation="sync_changed_rows")
+
+    def settle(self, table: engine.MappedTable, result: engine.PrepareResult) -> None:
+        """The duplicate check between mapped rows and unchanged ones: the first row of a key wins
+        (``table.reject_repeats`` ran among the mapped rows already; two unchanged rows of one key
+        are one row twice, byte for byte)."""
+        result.sync_run_key, result.sync_state = self.run_key, str(self.state.directory)
+        result.notes.extend(self.notes)
+        connection = table.connection
+        # one unchanged row twice has its hash twice (grouped by the hash: an integer, cheaper)
+        connection.execute("""CREATE TEMP TABLE unchanged_first AS SELECT __row_hash AS row_hash, min(__record) AS first
+                              FROM sync_source WHERE __sync_key IS NOT NULL GROUP BY __row_hash HAVING count(*) > 1""")
+        # a key has one accepted mapped row at most: its clash is with the key's first unchanged row
+        connection.execute("""CREATE TEMP TABLE clashes AS
+                              SELECT mapped.__record AS mapped_record, min(sync_source.__record) AS unchanged_record
+                              FROM mapped JOIN sync_source ON sync_source.__sync_key = mapped.__key
+                              WHERE mapped.__reason IS NULL GROUP BY mapped.__record""")
+        connection.execute(f"""UPDATE mapped SET __reason = {literal(engine.DUPLICATE)} WHERE __record IN
+                               (SELECT mapped_record FROM clashes WHERE mapped_record > unchanged_record)""")
+        connection.execute("""CREATE TEMP TABLE unchanged_repeats AS
+                              SELECT sync_source.__record, sync_source.__sync_key AS key FROM sync_source JOIN unchanged_first
+                                ON unchanged_first.row_hash = sync_source.__row_hash AND sync_source.__record > unchanged_first.first
+                              WHERE sync_source.__sync_key IS NOT NULL
+                              UNION ALL
+                              SELECT __record, __sync_key FROM sync_source WHERE __record IN
+                                (SELECT unchanged_record FROM clashes WHERE unchanged_record > mapped_record)""")
+        repeats = connection.execute("SELECT count(*) FROM unchanged_repeats").fetchall()[0][0]
+        result.unchanged = self.unchanged_rows - repeats
+
+    def rejects_writer(self, path: Any) -> _RecordingRejects:
+        return _RecordingRejects(path)
+
+    def add_rejects(self, rejected: engine.RejectsWriter) -> None:
+        """Unchanged rows that repeat an earlier row's key (rare: they come before the others)."""
+        repeats = self.connection.sql("SELECT __record, key FROM unchanged_repeats ORDER BY __record").to_arrow_table()
+        if repeats.num_rows:
+            rejected.add(repeats.column(0).combine_chunks(), repeats.column(1).combine_chunks(),
+                         pa.array([engine.DUPLICATE] * repeats.num_rows, pa.string()))
+
+    def deletion_writer(self, table: engine.MappedTable, result: engine.PrepareResult) -> Any:
+        """The writer of the deletion lines that ``engine.MappedTable.write`` calls after the rows, or None."""
+        if not self.deletions or self.previous is None:
+            return None
+        connection = table.connection
+        # keys of the snapshot that no row of the input has (mapped, or found unchanged)
+        connection.execute("""CREATE TEMP TABLE vanished AS SELECT * FROM previous
+                              WHERE key NOT IN (SELECT __sync_key FROM sync_source WHERE __sync_key IS NOT NULL)
+                                AND key NOT IN (SELECT __key FROM mapped WHERE __key IS NOT NULL)""")
+        if table.unreadable:
+            self.keep_vanished = True
+            result.notes.append(f"deletions skipped: {table.unreadable} record(s) of the input could not be read, so "
+                                "which ids are gone is not certain; they are kept for the next run")
+            return None
+        names = [name for name in self.delete_columns if name in self.previous_columns]
+
+        def write(stream) -> None:
+            columns = ", ".join(delete_column(name) for name in names) or "NULL"
+            cursor = connection.execute(f"SELECT {columns} FROM vanished ORDER BY key")
+            while rows := cursor.fetchmany(engine.BATCH_ROWS):
+                lines = []
+                for row in rows:
+                    values = {name: value for name, value in zip(names, row) if value not in (None, "")}
+                    try:
+                        lines.append(self.writer.encode(self.writer.deletion_row(values)))
+                    except RowRejected as error:
+                        result.notes.append(f"cannot delete {values}: {error.reason}")
+                stream.write("".join(lines).encode("utf-8"))
+                result.deleted += len(lines)
+            self.deleted_keys = True
+
+        return write
+
+    def write_snapshot(self, table: engine.MappedTable, rejected_records: pa.Array, result: engine.PrepareResult) -> None:
+        connection = table.connection
+        connection.register("rejected_now", pa.table({"record": rejected_records}))
+        mine = "".join(f", CAST({table.column(name)} AS VARCHAR)" for name in self.delete_columns)
+        theirs = "".join(f", {delete_column(name) if name in self.previous_columns else 'NULL::VARCHAR'} AS {delete_column(name)}"
+                         for name in self.delete_columns)
+        names = "key, row_hash" + "".join(f", {delete_column(name)}" for name in self.delete_columns)
+        found = "".join(f", {delete_column('__' + name) if name in self.previous_columns else 'NULL::VARCHAR'} "
+                        f"AS {delete_column(name)}" for name in self.delete_columns)
+        connection.execute(f"""CREATE TEMP TABLE sent_now AS
+                               SELECT mapped.__key AS key, sync_source.__row_hash AS row_hash{mine}
+                               FROM mapped JOIN sync_source ON sync_source.__record = mapped.__record
+                               WHERE mapped.__reason IS NULL AND mapped.__key IS NOT NULL
+                                 AND mapped.__record NOT IN (SELECT record FROM rejected_now)""")
+        connection.execute(f"""CREATE TEMP TABLE next_snapshot AS
+                               SELECT __sync_key AS key, __row_hash AS row_hash{found} FROM sync_source
+                               WHERE __sync_key IS NOT NULL AND __record NOT IN (SELECT __record FROM unchanged_repeats)
+                               UNION ALL SELECT * FROM sent_now""")
+        # a key still in the input whose row is rejected now: the vendor keeps the committed row
+        # (unless CURRENT says it may hold another one: then it is sent again when it is valid)
+        # (the mapped keys are few: the snapshot's rows are only searched for those)
+        connection.execute("""CREATE TEMP TABLE sync_rejected_keys AS SELECT DISTINCT __key AS key FROM mapped
+                              WHERE __key IS NOT NULL AND __key NOT IN (SELECT key FROM sent_now)""")
+        connection.execute(f"""INSERT INTO next_snapshot SELECT key, row_hash{theirs} FROM previous
+                               WHERE key IN (SELECT key FROM sync_rejected_keys)
+                                 AND key NOT IN (SELECT __sync_key FROM sync_source WHERE __sync_key IN (SELECT key FROM sync_rejected_keys)
+                                                 AND __record NOT IN (SELECT __record FROM unchanged_repeats))
+                                 AND key NOT IN (SELECT key FROM resend_keys)""")
+        if self.keep_vanished:
+            connection.execute(f"""INSERT INTO next_snapshot SELECT key, row_hash{theirs} FROM vanished
+                                   WHERE key NOT IN (SELECT key FROM resend_keys)""")
+        self.rows = connection.execute("SELECT count(*) FROM next_snapshot").fetchall()[0][0]
+        files = self.state.writer(self.run_key, self.delete_columns, self.previous)
+        write_parquet(connection, f"SELECT {names} FROM next_snapshot", files.snapshot)
+        if self.previous is not None:  # without one, every row was sent: the snapshot says which
+            sent = "SELECT key FROM sent_now" + (" UNION ALL SELECT key FROM vanished" if self.deleted_keys else "")
+            write_parquet(connection, sent, files.sent)
+        connection.unregister("rejected_now")
+
+    def record_pending(self, result: engine.PrepareResult) -> None:
+        self.state.record_pending(self.run_key, self.fingerprint, self.rows, result.to_dict())
+
+
+def stable_row_hash(names: list[str], types: dict[str, str]) -> str:
+    """SQL for 64 bits of the MD5 of a row's values as JSON: stable across DuckDB versions (unlike
+    ``hash()``). Text columns go in a JSON array (cheaper), other types in an object."""
+    if not names:
+        return "0::UBIGINT"
+    if all(types.get(name) == "VARCHAR" for name in names):
+        values = "[" + ", ".join(ident(name) for name in names) + "]"
+    else:
+        values = "{" + ", ".join(f"{literal(name)}: {ident(name)}" for name in names) + "}"
+    return f"CAST(md5_number(to_json({values})) >> 64 AS UBIGINT)"
+
+
