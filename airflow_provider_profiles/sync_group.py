@@ -270,8 +270,9 @@ def _now() -> float:
 def _clock_start(context: Any) -> None:
     """Before execute (and again when a deferred task resumes): first start, then resumes."""
     ti = context["ti"]
-    started = ti.xcom_pull(task_ids=ti.task_id, key="sync_started", map_indexes=ti.map_index)
-    ti.xcom_push(key="sync_resumed" if started else "sync_started", value=_now())
+    # a deferred task resuming runs with the method to resume in (the task runner's context)
+    resumed = getattr(getattr(ti, "_ti_context_from_server", None), "next_method", None)
+    ti.xcom_push(key="sync_resumed" if resumed else "sync_started", value=_now())
 
 
 def _clock_end(context: Any, result: Any = None) -> None:
