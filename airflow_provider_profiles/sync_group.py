@@ -365,9 +365,9 @@ def _key_breakdown(state_path: str, prepared: Mapping[str, Any], sample: int, co
     state = as_storage_path(state_path, conn_id)
     current = SyncState(state).current()
     key = run_key_of(prepared["sync_run_key"])
-    attempts = sorted((path for path in (state / "snapshots").iterdir() if path.name.startswith(f"{key}.")
-                       and path.name.endswith(SENT_SUFFIX)), key=lambda path: path.stat().st_mtime) \
-        if (state / "snapshots").exists() else []
+    attempts = [path for path in sorted(((state / "snapshots").iterdir() if (state / "snapshots").exists() else []),
+                                        key=lambda path: path.stat().st_mtime)
+                if path.name.startswith(f"{key}.") and path.name.endswith(SENT_SUFFIX)]
     with connected(prepared["output"]) as connection:
         def table(name: str, path: Any) -> None:
             if path is None:
@@ -375,10 +375,15 @@ def _key_breakdown(state_path: str, prepared: Mapping[str, Any], sample: int, co
             else:
                 connection.execute(f"CREATE TEMP TABLE {name} AS SELECT key FROM read_parquet({literal(readable(connection, path))})")
 
+        snapshots = sorted((path for path in (state / "snapshots").iterdir() if path.name.startswith(f"{key}.")
+                            and path.name.endswith(SNAPSHOT_SUFFIX) and not path.name.endswith(SENT_SUFFIX)),
+                           key=lambda path: path.stat().st_mtime) if (state / "snapshots").exists() else []
         table("old", state / current["snapshot"] if current else None)
-        table("sent", attempts[-1] if attempts else None)
-        snapshot = str(attempts[-1]).replace(SENT_SUFFIX, SNAPSHOT_SUFFIX) if attempts else None
-        table("now", as_storage_path(snapshot, conn_id) if snapshot else None)
+        table("now", snapshots[-1] if snapshots else None)
+        if attempts:
+            table("sent", attempts[-1])
+        else:  # nothing to compare with: every row of the snapshot is sent
+            connection.execute("CREATE TEMP TABLE sent AS SELECT key FROM now")
 
         def keys(query: str) -> tuple[int, list[str]]:
             count = connection.execute(f"SELECT count(*) FROM ({query})").fetchone()[0]
@@ -416,7 +421,8 @@ def _rejects_rows(path: str | None, conn_id: str | None) -> list[dict[str, str]]
     if not target.exists():
         return []
     with target.open("r", encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle))
+        # the prepare engine numbers input records ("record"); the loaders' rejects say "line"
+        return [{**row, "line": row.get("line") or row.get("record")} for row in csv.DictReader(handle)]
 
 
 # --- the report -----------------------------------------------------------------------------------
