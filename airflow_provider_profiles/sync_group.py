@@ -501,9 +501,9 @@ class SyncReportOperator(BaseOperator):
         report["invalid_reasons"] = [row["reason"] for row in not_sent if row["stage"] != "vendor"][:SAMPLE]
         report["vendor_failed_reasons"] = self._vendor_reasons(uploads, not_sent)
         report["not_sent_file"] = self._write_not_sent(not_sent)
+        problems = report["reconcile_problems"] = self._reconcile(prepared, uploads, report)
         self.log.info("sync report:\n%s", _report_table(report))
-
-        problems = self._reconcile(prepared, uploads, report)
+        ti.xcom_push(key="sync_report", value=report)  # readable by callbacks and notifiers when this task fails
         if problems:
             raise AirflowFailException("counts do not reconcile: " + "; ".join(problems))
         missing = self._upload_shortfall(uploads)
@@ -596,7 +596,7 @@ class SyncReportOperator(BaseOperator):
         reasons = [row["reason"] for row in not_sent if row["stage"] == "vendor"]
         for result in uploads:
             details = result["details"]
-            for name in ("error_log", "errors", "error_lines", "error_file_uri"):
+            for name in ("first_errors", "error_log", "error_file_uri"):
                 value = details.get(name)
                 if value and result["vendor_failed"]:
                     reasons.append(f"{name}: {value}" if not isinstance(value, list) else f"{name}: {value[:SAMPLE]}")

@@ -108,7 +108,7 @@ with DAG(
     seeded >> list(groups.values())
 
     @task
-    def report(**reports: dict) -> dict:
+    def report(reports: dict) -> dict:
         """The four groups' reports side by side, in the shared result's words (rejected: invalid
         before sending; skipped: unchanged since the last sync, or skipped by the vendor)."""
         summary = {}
@@ -123,4 +123,4 @@ with DAG(
             print(f"{vendor:<14} {summary[vendor]}")
         return summary
 
-    report(**{vendor: dag.get_task(f"{vendor}.report").output for vendor in groups})
+    report({vendor: dag.get_task(f"{vendor}.report").output for vendor in groups})

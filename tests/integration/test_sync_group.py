@@ -90,11 +90,13 @@ def sync(tmp_path, emulator, airflow_connection, run_dag):
                 airflow_connection(conn_id, **server.emulator.connection())
         return servers[vendor]
 
-    def run(vendor, rows, preview=False, mode="upsert", extra=None, source=None):
+    def run(vendor, rows, preview=False, mode="upsert", extra=None, source=None, status_answer=None):
         from airflow.models.xcom import XComModel
         from airflow.utils.session import create_session
 
         server = start(vendor)
+        if status_answer is not None:  # Localytics' first status answer for the import
+            server.emulator.inject("status", match="GET /v1/imports/profiles/status/", status=200, body=status_answer)
         spec = VENDORS[vendor]
         data = tmp_path / "users.csv"
         with data.open("w", newline="") as handle:
@@ -112,6 +114,9 @@ def sync(tmp_path, emulator, airflow_connection, run_dag):
         with create_session() as session:
             row = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_id, task_ids=last,
                                                      map_indexes=-1, key="return_value")).first()
+            if row is None and not preview:  # a failed report still pushed what it found
+                row = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_id, task_ids=last,
+                                                         map_indexes=-1, key="sync_report")).first()
             result = XComModel.deserialize_value(row) if row is not None else None
         return states, result, server.emulator.snapshot()
 
@@ -209,6 +214,29 @@ def test_rows_that_did_not_make_it_are_listed_in_one_csv(sync):
     assert all(row["reason"] for row in rows) and report["invalid_reasons"]
     states, report, _ = sync("localytics", users(count=30, bad=(4, 5)), extra=extra)
     assert states["sync.report"] == "failed", states
+
+
+def statistics(successful: int, failed: int, total: int) -> dict:
+    return {"status": "Completed", "error_log": None, "upload_statistics": {
+        "successful_imports": successful, "parsed_imports": successful, "failed_imports": failed,
+        "total_number_of_imports": total}}
+
+
+def test_vendor_failures_cross_their_threshold_and_are_not_committed(sync):
+    states, report, _ = sync("localytics", users(count=30), extra=", max_vendor_failed_ratio=0.01",
+                             status_answer=statistics(29, 1, 30))
+    assert states["sync.upload[0]"] == "success" and states["sync.commit"] == "failed", states
+    assert states["sync.report"] == "failed"
+    assert (report["sent"], report["vendor_succeeded"], report["vendor_failed"], report["committed"]) == (30, 29, 1, False)
+
+
+def test_a_stage_that_lost_rows_fails_the_report_naming_it(sync):
+    """The vendor counted 29 records in a file of 30 lines: lost between prepare and the vendor."""
+    states, report, _ = sync("localytics", users(count=30), status_answer=statistics(29, 0, 29),
+                             extra=', commit_options={"accept_vendor_failures": True}')
+    assert states["sync.report"] == "failed", states
+    assert report["sent"] == 29 and report["written"] == 30
+    assert report["reconcile_problems"] == ["split/upload: prepare wrote 30 line(s), the uploads read 29"]
 
 
 def declare(**changes):
