@@ -666,7 +666,7 @@ def _validate(group_id: str, source: Any, destination: Any, mapping: Any, mode: 
         raise refuse("source", f"expected SqlSource(conn_id, sql) or FileSource(path), got {source!r}")
     if isinstance(source, FileSource):
         if not isinstance(source.path, str) or not source.path:
-            raise refuse("source.path", f"expected a path or URL, got {source.path!r}")
+            raise refuse("source.path", f"expected one file's path or URL (one file per sync), got {source.path!r}")
         if source.format not in INPUT_FORMATS:
             raise refuse("source.format", f"unknown format {source.format!r}; choose from csv, ndjson, parquet")
     elif not source.conn_id or not source.sql:
@@ -760,6 +760,10 @@ def ProfilesSync(  # noqa: N802 (a task group, named like a class as TaskGroup i
     adapter, options, plan = _validate(group_id, source, destination, mapping, mode, only_changed, work_folder)
     if on_threshold not in ("fail", "warn"):
         raise SyncDeclarationError(group_id, "on_threshold", f"'fail' or 'warn', not {on_threshold!r}")
+    for name, value in (("max_invalid_ratio", max_invalid_ratio), ("max_vendor_failed_ratio", max_vendor_failed_ratio),
+                        ("max_row_count_change", max_row_count_change)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise SyncDeclarationError(group_id, name, f"a ratio >= 0 (0.05 for 5%), not {value!r}")
     base = f"{work_folder.rstrip('/')}/{group_id}"
     run_folder = f"{base}/{'preview-' if preview else ''}{RUN_FOLDER}"
     state_path = f"{base}/state"
@@ -768,23 +772,30 @@ def ProfilesSync(  # noqa: N802 (a task group, named like a class as TaskGroup i
     storage = {"storage_conn_id": storage_conn_id} if storage_conn_id else {}
 
     with TaskGroup(group_id=group_id, **group_kwargs) as group:
-        prepare_kwargs: dict[str, Any] = dict(
+        def build(options_field: str, make: Any, defaults: dict[str, Any], options: Mapping[str, Any] | None) -> Any:
+            """An operator from the group's defaults and the declaration's passthrough options (which win);
+            what it refuses is named by the declaration's field."""
+            try:
+                return make(**{**defaults, **(options or {})})
+            except (TypeError, ValueError) as error:
+                raise SyncDeclarationError(group_id, options_field, str(error)) from None
+
+        prepare_defaults: dict[str, Any] = dict(
             task_id="prepare", vendor=destination.vendor, writer_format=plan.writer_format,
             writer_options=plan.writer_options, mapping=plan.mapping,
             output_path=f"{run_folder}/prepared.{writer.extension}", only_changed=only_changed,
             sync_state_path=(f"{run_folder}/state" if preview else state_path) if only_changed else None,
-            include_deletions=plan.deletions, **storage, **clocked, **(prepare_options or {}),
+            include_deletions=plan.deletions, **storage, **clocked,
         )
-        try:
-            if isinstance(source, SqlSource):
-                prepared = SqlToProfilesFileOperator(conn_id=source.conn_id, sql=source.sql, parameters=source.parameters,
-                                                     **prepare_kwargs)
-            else:
-                prepared = ProfilesFileTransformOperator(
-                    source_path=source.path, input_format=source.format, delimiter=source.delimiter,
-                    encoding=source.encoding, **prepare_kwargs)
-        except (TypeError, ValueError) as error:
-            raise SyncDeclarationError(group_id, "prepare_options", str(error)) from None
+        if isinstance(source, SqlSource):
+            prepared = build("prepare_options", SqlToProfilesFileOperator, {
+                **prepare_defaults, "conn_id": source.conn_id, "sql": source.sql, "parameters": source.parameters,
+            }, prepare_options)
+        else:
+            prepared = build("prepare_options", ProfilesFileTransformOperator, {
+                **prepare_defaults, "source_path": source.path, "input_format": source.format,
+                "delimiter": source.delimiter, "encoding": source.encoding,
+            }, prepare_options)
 
         if preview:
             copied = SyncStateCopyOperator(task_id="preview_state", sync_state_path=state_path,
@@ -797,9 +808,9 @@ def ProfilesSync(  # noqa: N802 (a task group, named like a class as TaskGroup i
 
         stages: dict[str, list[str]] = {"prepare": [prepared.task_id]}
         if plan.files:
-            chunks = SplitFileOperator(task_id="split", source_path=prepared.output, vendor=destination.vendor,
-                                       output_dir=f"{run_folder}/chunks", **storage, **clocked,
-                                       **(split_options or {}))
+            chunks = build("split_options", SplitFileOperator, {
+                "task_id": "split", "source_path": prepared.output, "vendor": destination.vendor,
+                "output_dir": f"{run_folder}/chunks", **storage, **clocked}, split_options)
             stages["split"] = [chunks.task_id]
             files = chunks.output
         else:
@@ -817,20 +828,19 @@ def ProfilesSync(  # noqa: N802 (a task group, named like a class as TaskGroup i
         last = upload_task
         commit_task_id = None
         if only_changed:
-            committed = CommitSyncStateOperator(task_id="commit", sync_state_path=state_path,
-                                                upload_results=uploaded.output if hasattr(uploaded, "output") else uploaded,
-                                                **storage, **clocked, **(commit_options or {}))
+            committed = build("commit_options", CommitSyncStateOperator, {
+                "task_id": "commit", "sync_state_path": state_path, "upload_results": uploaded.output,
+                **storage, **clocked}, commit_options)
             upload_task >> committed
             stages["commit"] = [committed.task_id]
             commit_task_id = committed.task_id
             last = committed
-        report = SyncReportOperator(
+        report = build("report_options", SyncReportOperator, dict(
             task_id="report", stages=stages, prepare_task_id=prepared.task_id, upload_task_id=upload_task.task_id,
             commit_task_id=commit_task_id, not_sent_path=f"{run_folder}/not_sent.csv",
             last_run_path=f"{base}/last_run.json", max_invalid_ratio=max_invalid_ratio,
             max_vendor_failed_ratio=max_vendor_failed_ratio, max_row_count_change=max_row_count_change,
-            on_threshold=on_threshold, **storage, **(report_options or {}),
-        )
+            on_threshold=on_threshold, **storage), report_options)
         [prepared, upload_task, last] >> report
         if "split" in stages:
             chunks >> report
