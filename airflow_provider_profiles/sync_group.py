@@ -116,6 +116,7 @@ class _Adapter:
 
     options: dict[str, Any] = {}
     modes: dict[str, str] = {}  # mode -> why it is refused, "" when it is served
+    format_option = "destination"  # the option that names the vendor format, for errors
 
     def plan(self, options: dict[str, Any], mapping: dict[str, Any], mode: str) -> _Plan:
         raise NotImplementedError
@@ -228,6 +229,7 @@ class _Localytics(_Adapter):
 
 
 class _Mediarithmics(_Adapter):
+    format_option = "destination.document_type"
     options = {"document_type": "USER_PROFILE", "datamart_id": None, "writer_options": None,
                "document_import_name": "{{ dag.dag_id }} {{ run_id }}"}
     modes = {"upsert": "", "update": "mediarithmics imports create the users they do not find", "mirror": ""}
@@ -506,9 +508,9 @@ class SyncReportOperator(BaseOperator):
         ti.xcom_push(key="sync_report", value=report)  # readable by callbacks and notifiers when this task fails
         if problems:
             raise AirflowFailException("counts do not reconcile: " + "; ".join(problems))
-        missing = self._upload_shortfall(uploads)
-        if missing:
-            raise AirflowFailException(missing)
+        unfinished = self._unfinished_stage()
+        if unfinished:
+            raise AirflowFailException(unfinished)
         self._check_thresholds(report)
         return report
 
@@ -548,18 +550,16 @@ class SyncReportOperator(BaseOperator):
             problems.append(f"vendor: sent {sent} != succeeded {succeeded} + failed {failed}")
         return problems
 
-    def _upload_shortfall(self, uploads: list[Mapping[str, Any]]) -> str | None:
-        """An upload task that failed left no result: say so rather than report a partial run green."""
+    def _unfinished_stage(self) -> str | None:
+        """A task that started and did not finish (it failed) left no result: say so rather than
+        report a partial run green."""
         for stage in ("upload", "commit"):
             for task_id in self.stages.get(stage, []):
-                ended = self._pull_raw(task_id, "sync_ended")
-                started = self._pull_raw(task_id, "sync_started")
+                ended = self._pull(self._ti, task_id, "sync_ended")
+                started = self._pull(self._ti, task_id, "sync_started")
                 if len(started) > len(ended):
                     return f"{stage} ({task_id}): {len(started) - len(ended)} task(s) did not finish; see their logs"
         return None
-
-    def _pull_raw(self, task_id: str, key: str) -> list[Any]:
-        return self._pull(self._ti, task_id, key)
 
     # stage seconds
     def _seconds(self, ti: Any) -> dict[str, float | None]:
@@ -704,8 +704,7 @@ def _validate(group_id: str, source: Any, destination: Any, mapping: Any, mode: 
     try:
         writer_cls = writer_class(destination.vendor, plan.writer_format)
     except ValueError as error:
-        raise refuse("destination.document_type" if destination.vendor == "mediarithmics" else "destination",
-                     str(error)) from None
+        raise refuse(adapter.format_option, str(error)) from None
     try:
         writer = writer_cls(**plan.writer_options)
     except (TypeError, ValueError) as error:
