@@ -43,25 +43,25 @@ def users(count: int = ROWS, changed: tuple[int, ...] = (), bad: tuple[int, ...]
 
 VENDORS = {
     "gainsight_px": dict(
-        destination='Destination("gainsight_px", conn_id="sync_gpx", entity="USER")',
+        destination='Destination("gainsight_px", conn_id="{conn}", entity="USER")',
         mapping={"identifyId": "id", "email": "email", "firstName": "name", "location.city": "city"},
         upload="load",
     ),
     "apsis_one": dict(
-        destination=('Destination("apsis_one", conn_id="sync_apsis", section="com.apsis1.sections.default", '
+        destination=('Destination("apsis_one", conn_id="{conn}", section="com.apsis1.sections.default", '
                      'keyspace="email", attributes={"first_name": "First name", "city": "City"})'),
         mapping={"email": "email", "first_name": "name", "city": "city"},
         upload="upload",
         extra=', upload_options={"poll_interval": 0.2}',
     ),
     "localytics": dict(
-        destination='Destination("localytics", conn_id="sync_localytics", org_id="60")',
+        destination='Destination("localytics", conn_id="{conn}", org_id="60")',
         mapping={"customer_id": "id", "name": "name", "city": "city"},
         upload="upload",
         extra=', upload_options={"poll_interval": 0.2}',
     ),
     "mediarithmics": dict(
-        destination='Destination("mediarithmics", conn_id="sync_mics", document_type="USER_PROFILE")',
+        destination='Destination("mediarithmics", conn_id="{conn}", document_type="USER_PROFILE")',
         mapping={"user_account_id": "id", "compartment_id": {"const": "1600"}, "name": "name", "city": "city"},
         upload="upload",
         extra=', upload_options={"poll_interval": 0.2}',
@@ -73,7 +73,7 @@ VENDORS = {
 def sync(tmp_path, emulator, airflow_connection, run_dag):
     """``sync(vendor, rows, preview=False, mode="upsert", extra="")`` runs the declared sync once;
     returns (task states, the report or preview, the emulator's snapshot)."""
-    servers = {}
+    servers, conn_ids = {}, {}
 
     def start(vendor):
         if vendor not in servers:
@@ -81,8 +81,9 @@ def sync(tmp_path, emulator, airflow_connection, run_dag):
                       "localytics": {"time_scale": 50},
                       "mediarithmics": {"pending_seconds": 0, "running_seconds": 0}}[vendor]
             server = servers[vendor] = emulator(vendor, **config)
-            conn_id = {"gainsight_px": "sync_gpx", "apsis_one": "sync_apsis", "localytics": "sync_localytics",
-                       "mediarithmics": "sync_mics"}[vendor]
+            # a connection of its own per test: the hooks' client-side limits (Localytics' 10 uploads an
+            # hour) are shared per connection id within the process
+            conn_id = conn_ids[vendor] = f"sync_{vendor}_{uuid.uuid4().hex[:6]}"
             if vendor == "localytics":
                 airflow_connection(conn_id, "localytics", login="localytics-key", password="localytics-secret",
                                    host=server.url, extra={"org_id": "60"})
@@ -106,7 +107,8 @@ def sync(tmp_path, emulator, airflow_connection, run_dag):
         dag_id = f"{DAG_ID}_{uuid.uuid4().hex[:6]}"
         dag_file = tmp_path / f"{dag_id}.py"
         dag_file.write_text(textwrap.dedent(DAG.format(
-            dag_id=dag_id, source=source or f"FileSource({str(data)!r})", destination=spec["destination"],
+            dag_id=dag_id, source=source or f"FileSource({str(data)!r})",
+            destination=spec["destination"].replace("{conn}", conn_ids[vendor]),
             mapping=spec["mapping"], mode=mode, work=str(tmp_path / "work"), preview=preview,
             extra=spec.get("extra", "") + (extra or ""))))
         dag_run, states = run_dag(dag_file)
