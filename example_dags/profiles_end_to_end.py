@@ -1,10 +1,13 @@
-"""One warehouse table of users, pushed to all four platforms on a schedule.
+"""One warehouse table of users, pushed to all four platforms on a schedule: four declared syncs.
 
-    seed_source (demo only) -> prepare_<vendor> (SQL -> vendor format, rejects file)
-        -> split to the vendor's limits -> upload each chunk (.expand, deferred) -> report
+    seed_source (demo only) -> <vendor>.prepare -> <vendor>.split -> <vendor>.upload[...] (deferred)
+        -> <vendor>.commit -> <vendor>.report                       (Gainsight PX: prepare -> load)
+    -> report (the four reports side by side)
 
-Every user row ends up sent, rejected before sending (rejects file, with line and reason), or
-reported failed by the vendor; ``report`` checks that the counts add up for each vendor.
+Each ``ProfilesSync`` is a task group (``airflow_provider_profiles.sync_group``): only the rows new
+or changed since the last committed run are sent, and each group's ``report`` task returns read,
+invalid (with reasons), sent, what the vendor says of them, seconds per stage, and writes one CSV of
+the rows that did not make it beside the run's files.
 
 Connections: ``profiles_source`` (any SQL connection; SQLite in the demo) and the vendors' defaults
 ``gainsight_px_default``, ``apsis_one_default``, ``localytics_default``, ``mediarithmics_default``.
@@ -21,23 +24,17 @@ import tempfile
 
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_profiles.operators.apsis_one import ApsisOneProfileImportOperator
-from airflow_provider_profiles.operators.gainsight_px import GainsightPXLoadOperator
-from airflow_provider_profiles.operators.localytics import LocalyticsProfileImportOperator
-from airflow_provider_profiles.operators.mediarithmics import (
-    MediarithmicsCreateDocumentImportOperator,
-    MediarithmicsUploadOperator,
-)
-from airflow_provider_profiles.operators.prepare import SplitFileOperator, SqlToProfilesFileOperator
+from airflow_provider_profiles.sync_group import Destination, ProfilesSync, SqlSource
 
-# Prepared files go to object storage (s3://...) when tasks run on several workers; PROFILES_DATA_DIR
-# or a temp folder when everything runs on one machine (the demo).
+# Files and sync state go to object storage (s3://...) when tasks run on several workers;
+# PROFILES_DATA_DIR or a temp folder when everything runs on one machine (the demo).
 WORK_DIR = os.environ.get("PROFILES_DATA_DIR") or os.path.join(tempfile.gettempdir(), "profiles-examples")
-RUN_DIR = "{{ params.work_dir }}/{{ run_id | replace(':', '_') | replace('+', '_') }}"
 SOURCE_CONN_ID = "profiles_source"
-
-GPX_FIELDS = {"identifyId": "user_id", "email": "email", "firstName": "first_name", "location.city": "city",
-              "customAttributes.plan": "plan"}
+USERS = "SELECT user_id, email, first_name, city, plan, vip, newsletter, score FROM users"
+# the same options for every group: the folder, small chunks so the demo fans out, alert thresholds
+COMMON = dict(work_folder="{{ params.work_dir }}", max_invalid_ratio=0.05, max_vendor_failed_ratio=0.05,
+              split_options={"max_rows": "{{ params.chunk_rows }}"})
+WAIT = {"poll_interval": 5, "max_failed_ratio": 0.05}
 
 with DAG(
     dag_id="profiles_end_to_end",
@@ -77,112 +74,53 @@ with DAG(
 
     seeded = seed_source()
 
-    # --- Gainsight PX: records, then the pooled, rate-limited loader (no bulk-file API) -----------
-    gpx_prepared = SqlToProfilesFileOperator(
-        task_id="prepare_gainsight_px", conn_id=SOURCE_CONN_ID,
-        sql="SELECT user_id, email, first_name, city, plan FROM users",
-        vendor="gainsight_px", writer_options={"entity": "USER", "field_mapping": GPX_FIELDS},
-        output_path=f"{RUN_DIR}/gainsight_px/users.ndjson",
+    gainsight_px = ProfilesSync(
+        group_id="gainsight_px", source=SqlSource(SOURCE_CONN_ID, USERS),
+        destination=Destination("gainsight_px", entity="USER"),
+        mapping={"identifyId": "user_id", "email": "email", "firstName": "first_name", "location.city": "city",
+                 "customAttributes.plan": "plan"},
+        mode="upsert", upload_options={"max_failed_ratio": 0.05}, **{**COMMON, "split_options": None},
     )
-    gpx_loaded = GainsightPXLoadOperator(
-        task_id="load_gainsight_px", source="{{ ti.xcom_pull(task_ids='prepare_gainsight_px')['output'] }}",
-        input_format="ndjson", entity="USER", field_mapping={field: field for field in GPX_FIELDS},
-        insert_missing=True, max_failed_ratio=0.05,
+    apsis_one = ProfilesSync(
+        group_id="apsis_one", source=SqlSource(SOURCE_CONN_ID, USERS),
+        destination=Destination("apsis_one", section="com.apsis1.sections.default", keyspace="email",
+                                attributes={"first_name": "First name", "city": "City"}),
+        mapping={"email": "email", "first_name": "first_name", "city": "city", "vip": "vip", "newsletter": "newsletter"},
+        upload_options={**WAIT, "tags": {"vip": "VIP"}, "consents": [
+            {"column": "newsletter", "topic": "usercreated.topics.news-0k9d", "channel": "email", "type": "opt-in"}]},
+        **COMMON,
     )
-
-    # --- Apsis One: CSV, split under 50 MB, one import per chunk (3 at a time: the hook waits) ---
-    apsis_prepared = SqlToProfilesFileOperator(
-        task_id="prepare_apsis_one", conn_id=SOURCE_CONN_ID,
-        sql="SELECT email, first_name, city, vip, newsletter FROM users",
-        vendor="apsis_one",
-        writer_options={"columns": ["email", "first_name", "city", "vip", "newsletter"], "keyspace_field": "email",
-                        "keyspace": "email"},
-        output_path=f"{RUN_DIR}/apsis_one/profiles.csv",
+    localytics = ProfilesSync(
+        group_id="localytics", source=SqlSource(SOURCE_CONN_ID, USERS),
+        destination=Destination("localytics", customer_id="user_id"),
+        mapping={"user_id": "user_id", "first_name": "first_name", "city": "city", "plan": "plan"},
+        upload_options=WAIT, **{**COMMON, "split_options": None},  # 10 uploads an hour: one file
     )
-    apsis_chunks = SplitFileOperator(
-        task_id="split_apsis_one", source_path=apsis_prepared.output, vendor="apsis_one",
-        output_dir=f"{RUN_DIR}/apsis_one/chunks", max_rows="{{ params.chunk_rows }}",
+    mediarithmics = ProfilesSync(
+        group_id="mediarithmics", source=SqlSource(SOURCE_CONN_ID, USERS),
+        destination=Destination("mediarithmics", document_type="USER_PROFILE"),
+        mapping={"user_account_id": "user_id", "compartment_id": {"const": 1600, "type": "int"}, "plan": "plan",
+                 "city": "city", "score": {"source": "score", "type": "int"}},
+        upload_options=WAIT, **COMMON,
     )
-    apsis_imported = ApsisOneProfileImportOperator.partial(
-        task_id="import_apsis_one", section="com.apsis1.sections.default",
-        keyspace="email", keyspace_column="email",
-        attributes={"first_name": "First name", "city": "City"}, tags={"vip": "VIP"},
-        consents=[{"column": "newsletter", "topic": "usercreated.topics.news-0k9d", "channel": "email",
-                   "type": "opt-in"}],
-        deferrable=True, poll_interval=5, max_failed_ratio=0.05,
-    ).expand(file=apsis_chunks.output)
-
-    # --- Localytics: change lines in one upload (10 uploads an hour: split only when needed) -----
-    localytics_prepared = SqlToProfilesFileOperator(
-        task_id="prepare_localytics", conn_id=SOURCE_CONN_ID,
-        sql="SELECT user_id, first_name, city, plan FROM users",
-        vendor="localytics", writer_format="changes",
-        writer_options={"customer_id": "user_id", "attributes": {"first_name": "first_name", "city": "city",
-                                                                 "plan": "plan"}},
-        output_path=f"{RUN_DIR}/localytics/profiles.ndjson",
-    )
-    localytics_imported = LocalyticsProfileImportOperator(
-        task_id="import_localytics", file="{{ ti.xcom_pull(task_ids='prepare_localytics')['output'] }}",
-        deferrable=True, poll_interval=5, max_failed_ratio=0.05, pool="default_pool",
-    )
-
-    # --- mediarithmics: a new document import per run, one execution per chunk -------------------
-    mics_prepared = SqlToProfilesFileOperator(
-        task_id="prepare_mediarithmics", conn_id=SOURCE_CONN_ID,
-        sql="SELECT user_id AS user_account_id, 1600 AS compartment_id, plan, city, score FROM users",
-        vendor="mediarithmics", writer_format="USER_PROFILE",
-        output_path=f"{RUN_DIR}/mediarithmics/profiles.ndjson",
-    )
-    mics_chunks = SplitFileOperator(
-        task_id="split_mediarithmics", source_path=mics_prepared.output, vendor="mediarithmics",
-        output_dir=f"{RUN_DIR}/mediarithmics/chunks", max_rows="{{ params.chunk_rows }}",
-    )
-    mics_import = MediarithmicsCreateDocumentImportOperator(
-        task_id="create_mediarithmics_import", document_type="USER_PROFILE", mime_type="APPLICATION_X_NDJSON",
-        name="User profiles from the warehouse - {{ dag_run.run_after | ds }}",
-    )
-    mics_uploaded = MediarithmicsUploadOperator.partial(
-        task_id="upload_mediarithmics", document_import_id=mics_import.output,
-        deferrable=True, poll_interval=5, max_failed_ratio=0.05,
-    ).expand(file=mics_chunks.output)
-
-    seeded >> [gpx_prepared, apsis_prepared, localytics_prepared, mics_prepared]
-    # these two read the prepared file's path from a template, so the dependency is stated
-    gpx_prepared >> gpx_loaded
-    localytics_prepared >> localytics_imported
+    groups = {"gainsight_px": gainsight_px, "apsis_one": apsis_one, "localytics": localytics,
+              "mediarithmics": mediarithmics}
+    seeded >> list(groups.values())
 
     @task
-    def report(prepared: dict, uploaded: dict) -> dict:
-        """Per vendor: rows read, rejected before sending, unchanged, sent, and what the vendor says of
-        them. Every upload, load or erase task returns the same result (``operators.result``), so
-        this is one code path for every vendor."""
-        from airflow_provider_profiles.operators.result import results_of, total
-
+    def report(reports: dict) -> dict:
+        """The four groups' reports side by side, in the shared result's words (rejected: invalid
+        before sending; skipped: unchanged since the last sync, or skipped by the vendor)."""
         summary = {}
-        for vendor, prep in prepared.items():
-            results = results_of(uploaded[vendor], vendor)  # one result, or one per mapped chunk
-            counts = {
-                "read": prep["read"],
-                "rejected": prep["rejected"] + total(results, "rejected"),
-                "skipped": prep["unchanged"] + total(results, "skipped"),
-                "sent": total(results, "sent"),
-                "vendor_succeeded": total(results, "vendor_succeeded"),
-                "vendor_failed": total(results, "vendor_failed"),
+        for vendor, counts in reports.items():
+            summary[vendor] = {
+                "read": counts["read"], "rejected": counts["invalid"],
+                "skipped": counts["unchanged"] + (counts["skipped"] or 0), "sent": counts["sent"],
+                "vendor_succeeded": counts["vendor_succeeded"], "vendor_failed": counts["vendor_failed"],
+                "seconds": counts["seconds"], "bottleneck": counts["bottleneck"],
+                "not_sent_file": counts["not_sent_file"],
             }
-            # what the prepare task wrote is what its upload tasks read (for a file: the vendor counted)
-            handed_on = total(results, "read")
-            if handed_on != prep["written"] or \
-                    counts["read"] != counts["rejected"] + counts["skipped"] + counts["sent"] or \
-                    counts["sent"] != counts["vendor_succeeded"] + counts["vendor_failed"]:
-                raise ValueError(f"{vendor}: counts do not reconcile ({prep['written']} written, {handed_on} "
-                                 f"read by the uploads): {counts}")
-            print(f"{vendor:<14} {counts}")
-            summary[vendor] = counts
+            print(f"{vendor:<14} {summary[vendor]}")
         return summary
 
-    report(
-        prepared={"gainsight_px": gpx_prepared.output, "apsis_one": apsis_prepared.output,
-                  "localytics": localytics_prepared.output, "mediarithmics": mics_prepared.output},
-        uploaded={"gainsight_px": gpx_loaded.output, "apsis_one": apsis_imported.output,
-                  "localytics": localytics_imported.output, "mediarithmics": mics_uploaded.output},
-    )
+    report({vendor: dag.get_task(f"{vendor}.report").output for vendor in groups})

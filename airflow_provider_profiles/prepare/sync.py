@@ -544,7 +544,14 @@ def delete_column(name: str) -> str:
 def writer_fingerprint(writer: FormatWriter) -> str:
     """The writer's class and public settings: a sync whose writer changed sends every row again."""
     public = {k: v for k, v in vars(writer).items() if not k.startswith("_")}
-    return f"{type(writer).__module__}.{type(writer).__qualname__}:" + json.dumps(public, sort_keys=True, default=repr)
+    return f"{type(writer).__module__}.{type(writer).__qualname__}:" + json.dumps(public, sort_keys=True, default=_stable)
+
+
+def _stable(value: Any) -> str:
+    """A setting's text for the fingerprint: its own fingerprint where it has one (a ``FieldMapping``),
+    as a default ``repr`` holds a memory address and would differ on every run."""
+    fingerprint = getattr(value, "fingerprint", None)
+    return fingerprint() if callable(fingerprint) else repr(value)
 
 
 class _RecordingRejects(engine.RejectsWriter):

@@ -204,8 +204,8 @@ def test_profiles_end_to_end(cluster, end_to_end_run):
     check_task_states(cluster, phase, END_TO_END_DAG)
     deferred = cluster.deferred_tries(END_TO_END_DAG, phase.runs[END_TO_END_DAG])
     mapped = {task for task in cluster.task_states(END_TO_END_DAG, phase.runs[END_TO_END_DAG])
-              if task.startswith(("import_apsis_one[", "upload_mediarithmics["))}
-    assert set(deferred) == mapped | {"import_localytics"}, deferred
+              if task.startswith(("apsis_one.upload[", "mediarithmics.upload[", "localytics.upload["))}
+    assert set(deferred) == mapped, deferred
     report = xcom(cluster, END_TO_END_DAG, phase.runs[END_TO_END_DAG], "report")
     assert set(report) == {"gainsight_px", "apsis_one", "localytics", "mediarithmics"}
     for vendor, counts in report.items():
@@ -219,7 +219,7 @@ def test_profiles_end_to_end(cluster, end_to_end_run):
     assert len(snapshots["gainsight_px"]["users"]) == report["gainsight_px"]["vendor_succeeded"]
     assert set(snapshots["gainsight_px"]["writes"].values()) == {1}
     apsis_imports = snapshots["apsis_one"]["imports"].values()
-    assert len(apsis_imports) == len([t for t in mapped if t.startswith("import_apsis_one[")])
+    assert len(apsis_imports) == len([t for t in mapped if t.startswith("apsis_one.upload[")])
     assert all(i["uploads"] == 1 and i["result"]["status"] == "completed" for i in apsis_imports)
     assert sum(i["result"]["profiles_found"] for i in apsis_imports) == report["apsis_one"]["sent"]
     localytics_jobs = list(snapshots["localytics"]["jobs"].values())
@@ -227,7 +227,7 @@ def test_profiles_end_to_end(cluster, end_to_end_run):
     assert len(snapshots["localytics"]["profiles"]["org_id:60"]) == report["localytics"]["vendor_succeeded"]
     executions = snapshots["mediarithmics"]["executions"].values()
     assert len(snapshots["mediarithmics"]["document_imports"]) == 1
-    assert len(executions) == len([t for t in mapped if t.startswith("upload_mediarithmics[")])
+    assert len(executions) == len([t for t in mapped if t.startswith("mediarithmics.upload[")])
     assert sum(e["parameters"]["number_of_lines"] for e in executions) == report["mediarithmics"]["sent"]
     # what the vendors hold from the seeded table: each sent profile exactly once
     assert (len(snapshots["gainsight_px"]["users"]),

@@ -1,0 +1,850 @@
+"""A sync declared once: source, destination, mapping and mode in, an Airflow task group out.
+
+    from airflow_provider_profiles.sync_group import Destination, ProfilesSync, SqlSource
+
+    ProfilesSync(
+        group_id="crm_to_localytics",
+        source=SqlSource("warehouse", "SELECT id, plan, city FROM users"),
+        destination=Destination("localytics", customer_id="id", org_id="60"),
+        mapping={"id": "id", "plan": "plan", "city": "city"},
+        mode="upsert", only_changed=True,
+        work_folder="s3://bucket/profiles",
+        max_invalid_ratio=0.05, max_row_count_change=0.5,
+    )
+
+expands into ``prepare -> split -> upload (mapped, deferrable) -> commit -> report`` (Gainsight PX:
+``prepare -> load -> commit -> report``, its pooled loader takes records, not files), and with
+``preview=True`` into ``preview_state -> prepare -> preview``: what a run would send, nothing sent
+and no sync state committed. Everything is checked when the DAG is parsed: a wrong vendor, option,
+format, mapping or mode is a ``ValueError`` naming the field.
+
+``mapping`` is ``{destination field: input column or spec}`` (see ``prepare.mapping``); what a
+vendor does with it and with its ``Destination`` options is its adapter's business (``_ADAPTERS``).
+Every option of the individual operators stays reachable through ``prepare_options``,
+``split_options``, ``upload_options``, ``commit_options`` and ``report_options``.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator
+
+from airflow_provider_profiles.operators.result import results_of, total
+from airflow_provider_profiles.prepare.mapping import FieldMapping
+from airflow_provider_profiles.vendors import vendor as vendor_spec
+from airflow_provider_profiles.writers import writer_class
+
+MODES = ("upsert", "update", "mirror")
+RUN_FOLDER = "{{ run_id | replace(':', '_') | replace('+', '_') }}"  # defined for every run, manual ones too
+SAMPLE = 5
+STAGES = ("prepare", "split", "upload", "vendor wait", "commit")
+
+
+class SyncDeclarationError(ValueError):
+    """A declaration that cannot run; the message names the field."""
+
+    def __init__(self, group_id: str, field_name: str, problem: str):
+        self.field = field_name
+        super().__init__(f"ProfilesSync {group_id!r}: {field_name}: {problem}")
+
+
+# --- the declaration -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SqlSource:
+    """Rows from a query on any common-sql connection."""
+
+    conn_id: str
+    sql: str
+    parameters: Any = None
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """A CSV, NDJSON or Parquet file, local or in object storage (``format`` None: by its suffix)."""
+
+    path: str
+    format: str | None = None
+    delimiter: str = ","
+    encoding: str = "utf-8"
+
+
+INPUT_FORMATS = (None, "csv", "ndjson", "parquet")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A vendor, its connection and its options (each vendor's are listed in its adapter)."""
+
+    vendor: str
+    conn_id: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, vendor: str, conn_id: str | None = None, **options: Any):
+        object.__setattr__(self, "vendor", vendor)
+        object.__setattr__(self, "conn_id", conn_id)
+        object.__setattr__(self, "options", options)
+
+
+# --- what each vendor does with a declaration -------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """A vendor's reading of a declaration: how to prepare, and how to upload."""
+
+    writer_format: str | None
+    writer_options: dict[str, Any]
+    mapping: dict[str, Any] | None
+    files: bool = True  # uploads files (split, then one mapped upload per chunk)
+    deletions: bool = False
+
+
+class _Adapter:
+    """Turns a declaration into one vendor's tasks. ``options``: the Destination options it takes,
+    with their defaults (``REQUIRED``: no default); ``modes``: the modes it can express."""
+
+    options: dict[str, Any] = {}
+    modes: dict[str, str] = {}  # mode -> why it is refused, "" when it is served
+    format_option = "destination"  # the option that names the vendor format, for errors
+
+    def plan(self, options: dict[str, Any], mapping: dict[str, Any], mode: str) -> _Plan:
+        raise NotImplementedError
+
+    def upload(self, group_id: str, options: dict[str, Any], conn_id: str | None, plan: _Plan, mode: str,
+               files: Any, extra: dict[str, Any]) -> Any:
+        """The upload task(s); returns the operator whose output is the upload result(s)."""
+        raise NotImplementedError
+
+
+REQUIRED = object()
+
+
+def _conn(conn_id: str | None) -> dict[str, Any]:
+    return {"conn_id": conn_id} if conn_id else {}
+
+
+def _column(target: str, spec: Any) -> str:
+    return spec if isinstance(spec, str) else spec.get("source") if isinstance(spec, Mapping) else None
+
+
+class _GainsightPX(_Adapter):
+    options = {"entity": "USER", "field_types": None}
+    modes = {"upsert": "", "update": "",
+             "mirror": "the loader writes records one request each and the writer has no deletion line"}
+    _types = {"string": "string", "int": "integer", "number": "number", "bool": "boolean", "date": "date",
+              "datetime": "date", "epoch_ms": "date"}
+
+    def plan(self, options, mapping, mode):
+        field_mapping, field_types = {}, dict(options["field_types"] or {})
+        for target, spec in mapping.items():
+            column = _column(target, spec)
+            if not column:
+                raise ValueError(f"mapping[{target!r}]: Gainsight PX fields take an input column (or a dict with 'source')")
+            field_mapping[target] = column
+            if isinstance(spec, Mapping) and "type" in spec:
+                if spec["type"] not in self._types:
+                    raise ValueError(f"mapping[{target!r}]: type {spec['type']!r} is not one Gainsight PX takes; "
+                                     f"use one of {', '.join(self._types)}")
+                field_types[target] = self._types[spec["type"]]
+        writer_options = {"entity": options["entity"], "field_mapping": field_mapping, "field_types": field_types or None}
+        try:
+            writer_class("gainsight_px", "records")(**writer_options)
+        except ValueError as error:
+            problem = str(error)
+            raise ValueError(problem if problem.startswith("entity") else f"mapping: {problem}") from None
+        return _Plan("records", writer_options, None, files=False)
+
+    def upload(self, group_id, options, conn_id, plan, mode, files, extra):
+        from airflow_provider_profiles.operators.gainsight_px import GainsightPXLoadOperator
+
+        return GainsightPXLoadOperator(
+            task_id="load", source=files, input_format="ndjson", entity=options["entity"],
+            field_mapping={target: target for target in plan.writer_options["field_mapping"]},
+            field_types=plan.writer_options["field_types"], insert_missing=mode == "upsert",
+            **_conn(conn_id), **extra,
+        )
+
+
+class _ApsisOne(_Adapter):
+    options = {"section": REQUIRED, "keyspace": REQUIRED, "key": None, "attributes": None}
+    modes = {"upsert": "",
+             "update": "an Apsis One import creates the profiles it does not find; it cannot update existing ones only",
+             "mirror": "the CSV import has no deletion line (erase with ApsisOneEraseOperator)"}
+
+    def plan(self, options, mapping, mode):
+        key = options["key"] or options["keyspace"]
+        if key not in mapping:
+            raise ValueError(f"key: the keyspace column {key!r} must be one of the mapped fields {sorted(mapping)}")
+        return _Plan("csv", {"columns": list(mapping), "keyspace_field": key, "keyspace": options["keyspace"]},
+                     dict(mapping))
+
+    def upload(self, group_id, options, conn_id, plan, mode, files, extra):
+        from airflow_provider_profiles.operators.apsis_one import ApsisOneProfileImportOperator
+
+        key = plan.writer_options["keyspace_field"]
+        attributes = options["attributes"] or {column: column for column in plan.writer_options["columns"] if column != key}
+        extra = {"deferrable": True, **extra}
+        return ApsisOneProfileImportOperator.partial(
+            task_id="upload", section=options["section"], keyspace=options["keyspace"], keyspace_column=key,
+            attributes=attributes, **_conn(conn_id), **extra,
+        ).expand(file=files)
+
+
+class _Localytics(_Adapter):
+    options = {"customer_id": "customer_id", "org_id": None, "app_id": None, "format": "json"}
+    modes = {"upsert": "",
+             "update": "a Localytics profile import creates the profiles it does not find",
+             "mirror": "a profile import has no deletion line (erase with LocalyticsEraseOperator)"}
+
+    def plan(self, options, mapping, mode):
+        if options["format"] != "json":
+            raise ValueError(f"format: the sync writes Localytics change lines (json), not {options['format']!r}")
+        if options["org_id"] is not None and options["app_id"] is not None:
+            raise ValueError("org_id / app_id: give one scope, not both")
+        customer_id = options["customer_id"]
+        if customer_id not in mapping:
+            raise ValueError(f"customer_id: {customer_id!r} must be one of the mapped fields {sorted(mapping)}")
+        attributes = {target: target for target in mapping if target != customer_id}
+        return _Plan("changes", {"customer_id": customer_id, "attributes": attributes}, dict(mapping))
+
+    def upload(self, group_id, options, conn_id, plan, mode, files, extra):
+        from airflow_provider_profiles.operators.localytics import LocalyticsProfileImportOperator
+
+        extra = {"deferrable": True, **extra}
+        return LocalyticsProfileImportOperator.partial(
+            task_id="upload", org_id=options["org_id"], app_id=options["app_id"], format=options["format"],
+            **_conn(conn_id), **extra,
+        ).expand(file=files)
+
+
+class _Mediarithmics(_Adapter):
+    format_option = "destination.document_type"
+    options = {"document_type": "USER_PROFILE", "datamart_id": None, "writer_options": None,
+               "document_import_name": "{{ dag.dag_id }} {{ run_id }}"}
+    modes = {"upsert": "", "update": "mediarithmics imports create the users they do not find", "mirror": ""}
+
+    def plan(self, options, mapping, mode):
+        return _Plan(options["document_type"], dict(options["writer_options"] or {}), dict(mapping),
+                     deletions=mode == "mirror")
+
+    def upload(self, group_id, options, conn_id, plan, mode, files, extra):
+        from airflow_provider_profiles.operators.mediarithmics import (
+            MediarithmicsCreateDocumentImportOperator,
+            MediarithmicsUploadOperator,
+        )
+
+        writer = writer_class("mediarithmics", plan.writer_format)
+        created = MediarithmicsCreateDocumentImportOperator(
+            task_id="create_import", document_type=plan.writer_format, mime_type=writer.mime_type,
+            datamart_id=options["datamart_id"], name=options["document_import_name"], **_conn(conn_id),
+        )
+        extra = {"deferrable": True, **extra}
+        return MediarithmicsUploadOperator.partial(
+            task_id="upload", document_import_id=created.output, datamart_id=options["datamart_id"],
+            **_conn(conn_id), **extra,
+        ).expand(file=files)
+
+
+_ADAPTERS: dict[str, _Adapter] = {
+    "gainsight_px": _GainsightPX(), "apsis_one": _ApsisOne(), "localytics": _Localytics(),
+    "mediarithmics": _Mediarithmics(),
+}
+
+
+# --- stage clocks: each task of the group notes when it ran, for the report --------------------------
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _clock_start(context: Any) -> None:
+    """Before execute (and again when a deferred task resumes): first start, then resumes."""
+    ti = context["ti"]
+    # a deferred task resuming runs with the method to resume in (the task runner's context)
+    resumed = getattr(getattr(ti, "_ti_context_from_server", None), "next_method", None)
+    ti.xcom_push(key="sync_resumed" if resumed else "sync_started", value=_now())
+
+
+def _clock_end(context: Any, result: Any = None) -> None:
+    context["ti"].xcom_push(key="sync_ended", value=_now())
+
+
+# --- preview ------------------------------------------------------------------------------------------
+
+
+class SyncStateCopyOperator(BaseOperator):
+    """Copies the committed sync state (CURRENT and the files it names) for a preview to use, so a
+    preview compares with the real state and leaves it untouched."""
+
+    template_fields: Sequence[str] = ("sync_state_path", "copy_path")
+
+    def __init__(self, *, sync_state_path: str, copy_path: str, storage_conn_id: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.sync_state_path, self.copy_path, self.storage_conn_id = sync_state_path, copy_path, storage_conn_id
+
+    def execute(self, context: Any) -> str | None:
+        from airflow_provider_profiles.prepare.sync import CURRENT, SENT_SUFFIX, SyncState
+        from airflow_provider_profiles.storage import as_storage_path, open_binary, write_whole
+
+        source = as_storage_path(self.sync_state_path, self.storage_conn_id)
+        target = as_storage_path(self.copy_path, self.storage_conn_id)
+        current = SyncState(source).current()
+        if current is None:
+            self.log.info("no committed sync in %s: the preview sends every row", source)
+            return None
+        names = [current["snapshot"], *(f"snapshots/{attempt}{SENT_SUFFIX}" for attempt in current.get("resend", [])
+                                        if attempt != "*")]
+        for name in names:
+            if (source / name).exists():
+                with (source / name).open("rb") as data, open_binary(target / name, "wb") as copy:
+                    shutil.copyfileobj(data, copy)
+        write_whole(target / CURRENT, json.dumps(current))
+        return str(target)
+
+
+class SyncPreviewOperator(BaseOperator):
+    """What the sync would do: new, changed, unchanged, deleted and invalid rows, with a sample of each.
+
+    Reads what the prepare task wrote against a copy of the sync state; sends nothing, commits nothing.
+    """
+
+    template_fields: Sequence[str] = ("state_copy_path", "sync_state_path")
+
+    def __init__(self, *, prepare_task_id: str, state_copy_path: str, sync_state_path: str | None,
+                 sample: int = SAMPLE, storage_conn_id: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.prepare_task_id, self.state_copy_path, self.sync_state_path = prepare_task_id, state_copy_path, sync_state_path
+        self.sample, self.storage_conn_id = sample, storage_conn_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        prepared = context["ti"].xcom_pull(task_ids=self.prepare_task_id)
+        keys = _key_breakdown(self.state_copy_path, prepared, self.sample, self.storage_conn_id) \
+            if self.sync_state_path else None
+        lines = _first_lines(prepared["output"], self.sample, self.storage_conn_id)
+        invalid = _rejects_rows(prepared.get("rejects"), self.storage_conn_id)
+        written = prepared["written"]
+        preview = {
+            "read": prepared["read"],
+            "new": keys["new"] if keys else written,
+            "changed": keys["changed"] if keys else 0,
+            "unchanged": prepared["unchanged"],
+            "deleted": prepared["deleted"],
+            "invalid": prepared["rejected"],
+            "to_send": written + prepared["deleted"],
+            "samples": {
+                **({name: keys["samples"][name] for name in keys["samples"]} if keys else {}),
+                "lines": lines,
+                "invalid": [{"line": row["line"], "id": row["identifier"], "reason": row["reason"]}
+                            for row in invalid[: self.sample]],
+            },
+            "output": prepared["output"],
+        }
+        table = [(name, preview[name]) for name in ("read", "new", "changed", "unchanged", "deleted", "invalid", "to_send")]
+        self.log.info("preview (nothing sent, nothing committed):\n%s\nsamples: %s", _table(table),
+                      json.dumps(preview["samples"], indent=1, default=str))
+        return preview
+
+
+def _key_breakdown(state_path: str, prepared: Mapping[str, Any], sample: int, conn_id: str | None) -> dict[str, Any]:
+    """New / changed / unchanged / deleted keys: this attempt's snapshot and sent keys against CURRENT's."""
+    from airflow_provider_profiles.prepare.engine import connected
+    from airflow_provider_profiles.prepare.sql import literal
+    from airflow_provider_profiles.prepare.sync import SENT_SUFFIX, SNAPSHOT_SUFFIX, SyncState, readable, run_key_of
+    from airflow_provider_profiles.storage import as_storage_path
+
+    state = as_storage_path(state_path, conn_id)
+    current = SyncState(state).current()
+    key = run_key_of(prepared["sync_run_key"])
+    attempts = [path for path in sorted(((state / "snapshots").iterdir() if (state / "snapshots").exists() else []),
+                                        key=lambda path: path.stat().st_mtime)
+                if path.name.startswith(f"{key}.") and path.name.endswith(SENT_SUFFIX)]
+    with connected(prepared["output"]) as connection:
+        def table(name: str, path: Any) -> None:
+            if path is None:
+                connection.execute(f"CREATE TEMP TABLE {name} (key VARCHAR)")
+            else:
+                connection.execute(f"CREATE TEMP TABLE {name} AS SELECT key FROM read_parquet({literal(readable(connection, path))})")
+
+        snapshots = sorted((path for path in (state / "snapshots").iterdir() if path.name.startswith(f"{key}.")
+                            and path.name.endswith(SNAPSHOT_SUFFIX) and not path.name.endswith(SENT_SUFFIX)),
+                           key=lambda path: path.stat().st_mtime) if (state / "snapshots").exists() else []
+        table("old", state / current["snapshot"] if current else None)
+        table("now", snapshots[-1] if snapshots else None)
+        if attempts:
+            table("sent", attempts[-1])
+        else:  # nothing to compare with: every row of the snapshot is sent
+            connection.execute("CREATE TEMP TABLE sent AS SELECT key FROM now")
+
+        def keys(query: str) -> tuple[int, list[str]]:
+            count = connection.execute(f"SELECT count(*) FROM ({query})").fetchone()[0]
+            found = [row[0] for row in connection.execute(f"SELECT key FROM ({query}) ORDER BY key LIMIT {int(sample)}").fetchall()]
+            return count, found
+
+        breakdown = {
+            "new": keys("SELECT key FROM sent WHERE key IN (SELECT key FROM now) AND key NOT IN (SELECT key FROM old)"),
+            "changed": keys("SELECT key FROM sent WHERE key IN (SELECT key FROM now) AND key IN (SELECT key FROM old)"),
+            "unchanged": keys("SELECT key FROM now WHERE key NOT IN (SELECT key FROM sent)"),
+            "deleted": keys("SELECT key FROM sent WHERE key NOT IN (SELECT key FROM now)"),
+        }
+    return {"new": breakdown["new"][0], "changed": breakdown["changed"][0],
+            "samples": {name: found for name, (_, found) in breakdown.items()}}
+
+
+def _first_lines(path: str, count: int, conn_id: str | None) -> list[str]:
+    from airflow_provider_profiles.storage import as_storage_path
+
+    lines = []
+    with as_storage_path(path, conn_id).open("r", encoding="utf-8") as handle:
+        for line in handle:
+            lines.append(line.rstrip("\n"))
+            if len(lines) > count:
+                break
+    return lines
+
+
+def _rejects_rows(path: str | None, conn_id: str | None) -> list[dict[str, str]]:
+    from airflow_provider_profiles.storage import as_storage_path
+
+    if not path:
+        return []
+    target = as_storage_path(path, conn_id)
+    if not target.exists():
+        return []
+    with target.open("r", encoding="utf-8", newline="") as handle:
+        # the prepare engine numbers input records ("record"); the loaders' rejects say "line"
+        return [{**row, "line": row.get("line") or row.get("record")} for row in csv.DictReader(handle)]
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+
+class SyncThresholdExceeded(AirflowException):
+    """A sync's counts crossed a threshold the declaration set."""
+
+
+class SyncReportOperator(BaseOperator):
+    """One report per run: counts from every stage, reconciled; seconds per stage and the bottleneck;
+    one CSV of every record that did not make it; the thresholds checked.
+
+    Runs whatever happened upstream (``all_done``), so a failed upload is reported too, and then
+    fails the report. The counts must reconcile: ``read = invalid + unchanged + written`` at prepare,
+    the uploads read what prepare wrote (deletion lines included), ``read = rejected + skipped + sent``
+    and ``sent = vendor_succeeded + vendor_failed`` at the vendor; otherwise the report fails naming
+    the stage that lost rows.
+    """
+
+    template_fields: Sequence[str] = ("not_sent_path", "last_run_path")
+
+    def __init__(
+        self,
+        *,
+        stages: Mapping[str, Sequence[str]],
+        prepare_task_id: str,
+        upload_task_id: str,
+        commit_task_id: str | None,
+        not_sent_path: str,
+        last_run_path: str,
+        max_invalid_ratio: float | None = None,
+        max_vendor_failed_ratio: float | None = None,
+        max_row_count_change: float | None = None,
+        on_threshold: str = "fail",
+        storage_conn_id: str | None = None,
+        **kwargs: Any,
+    ):
+        kwargs.setdefault("trigger_rule", "all_done")
+        super().__init__(**kwargs)
+        if on_threshold not in ("fail", "warn"):
+            raise ValueError(f"on_threshold must be 'fail' or 'warn', got {on_threshold!r}")
+        for name, value in (("max_invalid_ratio", max_invalid_ratio), ("max_vendor_failed_ratio", max_vendor_failed_ratio),
+                            ("max_row_count_change", max_row_count_change)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise ValueError(f"{name} must be a ratio >= 0 (0.05 for 5%), got {value!r}")
+        self.stages = {name: list(ids) for name, ids in stages.items()}
+        self.prepare_task_id, self.upload_task_id, self.commit_task_id = prepare_task_id, upload_task_id, commit_task_id
+        self.not_sent_path, self.last_run_path = not_sent_path, last_run_path
+        self.max_invalid_ratio, self.max_vendor_failed_ratio = max_invalid_ratio, max_vendor_failed_ratio
+        self.max_row_count_change, self.on_threshold = max_row_count_change, on_threshold
+        self.storage_conn_id = storage_conn_id
+
+    def _pull(self, ti: Any, task_id: str, key: str = "return_value") -> list[Any]:
+        value = ti.xcom_pull(task_ids=task_id, key=key)
+        if value is None:
+            return []
+        if isinstance(value, (Mapping, str, int, float)):
+            return [value]
+        return [item for item in value if item is not None]
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        ti = self._ti = context["ti"]
+        prepared = (self._pull(ti, self.prepare_task_id) or [None])[0]
+        uploads = results_of(self._pull(ti, self.upload_task_id), "upload results")
+        committed = (self._pull(ti, self.commit_task_id) or [None])[0] if self.commit_task_id else None
+        if prepared is None:
+            raise AirflowFailException(f"prepare ({self.prepare_task_id}) returned nothing: it failed, so nothing was sent")
+
+        report = self._counts(prepared, uploads)
+        report["committed"] = committed is not None
+        report["seconds"] = self._seconds(ti)
+        timed = {stage: seconds for stage, seconds in report["seconds"].items() if seconds is not None}
+        report["bottleneck"] = max(timed, key=timed.get) if timed else None
+        not_sent = self._not_sent(prepared, uploads)
+        report["invalid_reasons"] = [row["reason"] for row in not_sent if row["stage"] != "vendor"][:SAMPLE]
+        report["vendor_failed_reasons"] = self._vendor_reasons(uploads, not_sent)
+        report["not_sent_file"] = self._write_not_sent(not_sent)
+        problems = report["reconcile_problems"] = self._reconcile(prepared, uploads, report)
+        self.log.info("sync report:\n%s", _report_table(report))
+        ti.xcom_push(key="sync_report", value=report)  # readable by callbacks and notifiers when this task fails
+        if problems:
+            raise AirflowFailException("counts do not reconcile: " + "; ".join(problems))
+        unfinished = self._unfinished_stage()
+        if unfinished:
+            raise AirflowFailException(unfinished)
+        self._check_thresholds(report)
+        return report
+
+    # counts
+    def _counts(self, prepared: Mapping[str, Any], uploads: list[Mapping[str, Any]]) -> dict[str, Any]:
+        upload = {name: total(uploads, name) if uploads else None
+                  for name in ("read", "rejected", "skipped", "sent", "vendor_succeeded", "vendor_failed")}
+        return {
+            "read": prepared["read"],
+            "invalid": prepared["rejected"] + (upload["rejected"] or 0),
+            "unchanged": prepared["unchanged"],
+            "deleted": prepared.get("deleted", 0),
+            "written": prepared["written"],
+            "skipped": upload["skipped"],
+            "sent": upload["sent"],
+            "vendor_succeeded": upload["vendor_succeeded"],
+            "vendor_failed": upload["vendor_failed"],
+            "uploads": len(uploads),
+        }
+
+    def _reconcile(self, prepared: Mapping[str, Any], uploads: list[Mapping[str, Any]], report: dict[str, Any]) -> list[str]:
+        problems = []
+        if prepared["read"] != prepared["written"] + prepared["rejected"] + prepared["unchanged"]:
+            problems.append(f"prepare lost {prepared['read'] - prepared['written'] - prepared['rejected'] - prepared['unchanged']} "
+                            f"row(s): read {prepared['read']} != written + rejected + unchanged")
+        lines = prepared["written"] + prepared.get("deleted", 0)
+        handed_on = total(uploads, "read") if uploads else 0
+        if handed_on is not None and handed_on != lines:
+            problems.append(f"split/upload: prepare wrote {lines} line(s), the uploads read {handed_on}")
+        for name in ("rejected", "skipped", "sent"):
+            if uploads and total(uploads, name) is None:
+                return problems  # a vendor count nobody reported: nothing more to reconcile
+        if uploads and handed_on is not None and handed_on != total(uploads, "rejected") + total(uploads, "skipped") + total(uploads, "sent"):
+            problems.append(f"upload: read {handed_on} != rejected + skipped + sent")
+        sent, succeeded, failed = report["sent"], report["vendor_succeeded"], report["vendor_failed"]
+        if None not in (sent, succeeded, failed) and sent != succeeded + failed:
+            problems.append(f"vendor: sent {sent} != succeeded {succeeded} + failed {failed}")
+        return problems
+
+    def _unfinished_stage(self) -> str | None:
+        """A task that started and did not finish (it failed) left no result: say so rather than
+        report a partial run green."""
+        for stage in ("upload", "commit"):
+            for task_id in self.stages.get(stage, []):
+                ended = self._pull(self._ti, task_id, "sync_ended")
+                started = self._pull(self._ti, task_id, "sync_started")
+                if len(started) > len(ended):
+                    return f"{stage} ({task_id}): {len(started) - len(ended)} task(s) did not finish; see their logs"
+        return None
+
+    # stage seconds
+    def _seconds(self, ti: Any) -> dict[str, float | None]:
+        seconds: dict[str, float | None] = {}
+        for stage in STAGES:
+            if stage == "vendor wait":
+                continue
+            starts = [value for task_id in self.stages.get(stage, []) for value in self._pull(ti, task_id, "sync_started")]
+            ends = [value for task_id in self.stages.get(stage, []) for value in self._pull(ti, task_id, "sync_ended")]
+            seconds[stage] = round(max(ends) - min(starts), 3) if starts and ends else None
+        waits = []
+        for task_id in self.stages.get("upload", []):
+            resumed = self._pull(ti, task_id, "sync_resumed")
+            started = self._pull(ti, task_id, "sync_started")
+            if resumed and started:
+                waits.append(max(resumed) - min(started))
+        seconds["vendor wait"] = round(max(waits), 3) if waits else None
+        if seconds.get("upload") is not None and seconds["vendor wait"] is not None:
+            seconds["upload"] = round(max(seconds["upload"] - seconds["vendor wait"], 0.0), 3)
+        return {stage: seconds.get(stage) for stage in STAGES}
+
+    # what did not make it
+    def _not_sent(self, prepared: Mapping[str, Any], uploads: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        rows = [{"line": row["line"], "id": row["identifier"], "stage": "prepare", "reason": row["reason"]}
+                for row in _rejects_rows(prepared.get("rejects"), self.storage_conn_id)]
+        for result in uploads:
+            path = result["details"].get("rejects_path")
+            for row in _rejects_rows(path, self.storage_conn_id):
+                stage = "vendor" if row.get("http_status") else "upload"
+                rows.append({"line": row["line"], "id": row["identifier"], "stage": stage, "reason": row["reason"]})
+        return rows
+
+    def _vendor_reasons(self, uploads: list[Mapping[str, Any]], not_sent: list[dict[str, Any]]) -> list[str]:
+        reasons = [row["reason"] for row in not_sent if row["stage"] == "vendor"]
+        for result in uploads:
+            details = result["details"]
+            for name in ("first_errors", "error_log", "error_file_uri"):
+                value = details.get(name)
+                if value and result["vendor_failed"]:
+                    reasons.append(f"{name}: {value}" if not isinstance(value, list) else f"{name}: {value[:SAMPLE]}")
+        return reasons[:SAMPLE]
+
+    def _write_not_sent(self, rows: list[dict[str, Any]]) -> str:
+        from airflow_provider_profiles.storage import as_storage_path, write_whole
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=("line", "id", "stage", "reason"), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        target = as_storage_path(self.not_sent_path, self.storage_conn_id)
+        write_whole(target, buffer.getvalue())
+        return str(target)
+
+    # alerts
+    def _check_thresholds(self, report: dict[str, Any]) -> None:
+        from airflow_provider_profiles.storage import as_storage_path, write_whole
+
+        crossed = []
+        read = report["read"]
+        if self.max_invalid_ratio is not None and read and report["invalid"] / read > self.max_invalid_ratio:
+            crossed.append(f"invalid ratio {report['invalid'] / read:.2%} > max_invalid_ratio {self.max_invalid_ratio:.2%}")
+        sent = report["sent"]
+        if self.max_vendor_failed_ratio is not None and sent and (report["vendor_failed"] or 0) / sent > self.max_vendor_failed_ratio:
+            crossed.append(f"vendor failed ratio {report['vendor_failed'] / sent:.2%} > "
+                           f"max_vendor_failed_ratio {self.max_vendor_failed_ratio:.2%}")
+        last_run = as_storage_path(self.last_run_path, self.storage_conn_id)
+        last = json.loads(last_run.read_text()) if last_run.exists() else None
+        report["last_read"] = last["read"] if last else None
+        if self.max_row_count_change is not None and last and last.get("read"):
+            change = abs(read - last["read"]) / last["read"]
+            if change > self.max_row_count_change:
+                crossed.append(f"read {read} rows, {change:.0%} away from the last successful run's {last['read']} "
+                               f"(max_row_count_change {self.max_row_count_change:.0%})")
+        report["thresholds_crossed"] = crossed
+        if crossed and self.on_threshold == "fail":
+            raise SyncThresholdExceeded("; ".join(crossed))
+        for message in crossed:
+            self.log.warning("threshold crossed: %s", message)
+        write_whole(last_run, json.dumps({"read": read, "at": dt.datetime.now(dt.timezone.utc).isoformat()}))
+
+
+def _table(rows: Sequence[tuple[str, Any]]) -> str:
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"  {name:<{width}}  {'-' if value is None else value}" for name, value in rows)
+
+
+def _report_table(report: Mapping[str, Any]) -> str:
+    counts = [(name, report[name]) for name in ("read", "invalid", "unchanged", "deleted", "sent", "vendor_succeeded",
+                                                "vendor_failed", "skipped")]
+    seconds = [(f"{stage} (s)", report["seconds"][stage]) for stage in STAGES]
+    return _table([*counts, *seconds, ("bottleneck", report["bottleneck"]),
+                   ("not sent (CSV)", report["not_sent_file"])])
+
+
+# --- the declaration, checked and expanded ----------------------------------------------------------
+
+
+def _validate(group_id: str, source: Any, destination: Any, mapping: Any, mode: str, only_changed: bool,
+              work_folder: Any) -> tuple[_Adapter, dict[str, Any], _Plan]:
+    def refuse(field_name: str, problem: str) -> SyncDeclarationError:
+        return SyncDeclarationError(group_id, field_name, problem)
+
+    if not isinstance(source, (SqlSource, FileSource)):
+        raise refuse("source", f"expected SqlSource(conn_id, sql) or FileSource(path), got {source!r}")
+    if isinstance(source, FileSource):
+        if not isinstance(source.path, str) or not source.path:
+            raise refuse("source.path", f"expected one file's path or URL (one file per sync), got {source.path!r}")
+        if source.format not in INPUT_FORMATS:
+            raise refuse("source.format", f"unknown format {source.format!r}; choose from csv, ndjson, parquet")
+    elif not source.conn_id or not source.sql:
+        raise refuse("source", "SqlSource needs a conn_id and a sql query")
+    if not isinstance(destination, Destination):
+        raise refuse("destination", f"expected Destination(vendor, conn_id, **options), got {destination!r}")
+    try:
+        vendor_spec(destination.vendor)
+    except ValueError as error:
+        raise refuse("destination.vendor", str(error)) from None
+    adapter = _ADAPTERS[destination.vendor]
+    unknown = sorted(set(destination.options) - set(adapter.options))
+    if unknown:
+        raise refuse(f"destination.{unknown[0]}", f"not an option of {destination.vendor}; "
+                     f"it takes {', '.join(adapter.options)}")
+    options = {name: destination.options.get(name, default) for name, default in adapter.options.items()}
+    missing = [name for name, value in options.items() if value is REQUIRED]
+    if missing:
+        raise refuse(f"destination.{missing[0]}", f"{destination.vendor} needs it")
+    if mode not in MODES:
+        raise refuse("mode", f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    if adapter.modes.get(mode):
+        raise refuse("mode", f"{destination.vendor} cannot {mode}: {adapter.modes[mode]}")
+    if not isinstance(mapping, Mapping) or not mapping:
+        raise refuse("mapping", "map at least the identifier: {destination field: input column or spec}")
+    if not isinstance(work_folder, str) or not work_folder:
+        raise refuse("work_folder", "give a folder (a path, file:///... or s3://...) for files and sync state")
+    if mode == "mirror" and not only_changed:
+        raise refuse("only_changed", "mirror deletes the ids gone since the last sync: it needs only_changed=True")
+    try:
+        plan = adapter.plan(options, dict(mapping), mode)
+    except ValueError as error:
+        name = str(error).split(":", 1)[0]
+        raise refuse("mapping" if name.startswith("mapping") else f"destination.{name}", str(error)) from None
+    try:
+        writer_cls = writer_class(destination.vendor, plan.writer_format)
+    except ValueError as error:
+        raise refuse(adapter.format_option, str(error)) from None
+    try:
+        writer = writer_cls(**plan.writer_options)
+    except (TypeError, ValueError) as error:
+        raise refuse("destination.writer_options", f"{writer_cls.__name__}: {error}") from None
+    if mode == "mirror" and not writer.deletion_columns:
+        raise refuse("mode", f"{destination.vendor} {plan.writer_format} has no deletion line: it cannot mirror")
+    if only_changed and (refusal := writer.sync_refusal()):
+        raise refuse("only_changed", refusal)
+    if plan.mapping is not None:
+        try:
+            FieldMapping(plan.mapping, representation=writer.representation)
+        except (TypeError, ValueError) as error:
+            message = str(error)
+            raise refuse("mapping", message) from None
+    return adapter, options, plan
+
+
+def ProfilesSync(  # noqa: N802 (a task group, named like a class as TaskGroup is)
+    *,
+    group_id: str,
+    source: SqlSource | FileSource,
+    destination: Destination,
+    mapping: Mapping[str, Any],
+    mode: str = "upsert",
+    only_changed: bool = True,
+    work_folder: str,
+    preview: bool = False,
+    storage_conn_id: str | None = None,
+    max_invalid_ratio: float | None = None,
+    max_vendor_failed_ratio: float | None = None,
+    max_row_count_change: float | None = None,
+    on_threshold: str = "fail",
+    prepare_options: Mapping[str, Any] | None = None,
+    split_options: Mapping[str, Any] | None = None,
+    upload_options: Mapping[str, Any] | None = None,
+    commit_options: Mapping[str, Any] | None = None,
+    report_options: Mapping[str, Any] | None = None,
+    **group_kwargs: Any,
+):
+    """The task group of one declared sync (see the module docstring). Returns the ``TaskGroup``;
+    its last task is ``<group_id>.report`` (``<group_id>.preview`` with ``preview=True``), whose
+    return value is the run's report."""
+    from airflow.sdk import TaskGroup
+
+    from airflow_provider_profiles.operators.prepare import (
+        CommitSyncStateOperator,
+        ProfilesFileTransformOperator,
+        SplitFileOperator,
+        SqlToProfilesFileOperator,
+    )
+
+    adapter, options, plan = _validate(group_id, source, destination, mapping, mode, only_changed, work_folder)
+    if on_threshold not in ("fail", "warn"):
+        raise SyncDeclarationError(group_id, "on_threshold", f"'fail' or 'warn', not {on_threshold!r}")
+    for name, value in (("max_invalid_ratio", max_invalid_ratio), ("max_vendor_failed_ratio", max_vendor_failed_ratio),
+                        ("max_row_count_change", max_row_count_change)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise SyncDeclarationError(group_id, name, f"a ratio >= 0 (0.05 for 5%), not {value!r}")
+    base = f"{work_folder.rstrip('/')}/{group_id}"
+    run_folder = f"{base}/{'preview-' if preview else ''}{RUN_FOLDER}"
+    state_path = f"{base}/state"
+    writer = writer_class(destination.vendor, plan.writer_format)
+    clocked = {"pre_execute": _clock_start, "post_execute": _clock_end}
+    storage = {"storage_conn_id": storage_conn_id} if storage_conn_id else {}
+
+    with TaskGroup(group_id=group_id, **group_kwargs) as group:
+        def build(options_field: str, make: Any, defaults: dict[str, Any], options: Mapping[str, Any] | None) -> Any:
+            """An operator from the group's defaults and the declaration's passthrough options (which win);
+            what it refuses is named by the declaration's field."""
+            try:
+                return make(**{**defaults, **(options or {})})
+            except (TypeError, ValueError) as error:
+                raise SyncDeclarationError(group_id, options_field, str(error)) from None
+
+        prepare_defaults: dict[str, Any] = dict(
+            task_id="prepare", vendor=destination.vendor, writer_format=plan.writer_format,
+            writer_options=plan.writer_options, mapping=plan.mapping,
+            output_path=f"{run_folder}/prepared.{writer.extension}", only_changed=only_changed,
+            sync_state_path=(f"{run_folder}/state" if preview else state_path) if only_changed else None,
+            include_deletions=plan.deletions, **storage, **clocked,
+        )
+        if isinstance(source, SqlSource):
+            prepared = build("prepare_options", SqlToProfilesFileOperator, {
+                **prepare_defaults, "conn_id": source.conn_id, "sql": source.sql, "parameters": source.parameters,
+            }, prepare_options)
+        else:
+            prepared = build("prepare_options", ProfilesFileTransformOperator, {
+                **prepare_defaults, "source_path": source.path, "input_format": source.format,
+                "delimiter": source.delimiter, "encoding": source.encoding,
+            }, prepare_options)
+
+        if preview:
+            copied = SyncStateCopyOperator(task_id="preview_state", sync_state_path=state_path,
+                                           copy_path=f"{run_folder}/state", **storage)
+            shown = SyncPreviewOperator(task_id="preview", prepare_task_id=prepared.task_id,
+                                        state_copy_path=f"{run_folder}/state",
+                                        sync_state_path=state_path if only_changed else None, **storage)
+            copied >> prepared >> shown
+            return group
+
+        stages: dict[str, list[str]] = {"prepare": [prepared.task_id]}
+        if plan.files:
+            chunks = build("split_options", SplitFileOperator, {
+                "task_id": "split", "source_path": prepared.output, "vendor": destination.vendor,
+                "output_dir": f"{run_folder}/chunks", **storage, **clocked}, split_options)
+            stages["split"] = [chunks.task_id]
+            files = chunks.output
+        else:
+            # the loader takes a path today, not the prepare result: the path by template, the dependency stated
+            files = f"{{{{ ti.xcom_pull(task_ids='{prepared.task_id}')['output'] }}}}"
+        try:
+            uploaded = adapter.upload(group_id, options, destination.conn_id, plan, mode, files,
+                                      {**clocked, **(upload_options or {})})
+        except (TypeError, ValueError) as error:
+            raise SyncDeclarationError(group_id, "upload_options", str(error)) from None
+        upload_task = getattr(uploaded, "operator", uploaded)
+        stages["upload"] = [upload_task.task_id]
+        if not plan.files:
+            prepared >> upload_task
+        last = upload_task
+        commit_task_id = None
+        if only_changed:
+            committed = build("commit_options", CommitSyncStateOperator, {
+                "task_id": "commit", "sync_state_path": state_path, "upload_results": uploaded.output,
+                **storage, **clocked}, commit_options)
+            upload_task >> committed
+            stages["commit"] = [committed.task_id]
+            commit_task_id = committed.task_id
+            last = committed
+        report = build("report_options", SyncReportOperator, dict(
+            task_id="report", stages=stages, prepare_task_id=prepared.task_id, upload_task_id=upload_task.task_id,
+            commit_task_id=commit_task_id, not_sent_path=f"{run_folder}/not_sent.csv",
+            last_run_path=f"{base}/last_run.json", max_invalid_ratio=max_invalid_ratio,
+            max_vendor_failed_ratio=max_vendor_failed_ratio, max_row_count_change=max_row_count_change,
+            on_threshold=on_threshold, **storage), report_options)
+        [prepared, upload_task, last] >> report
+        if "split" in stages:
+            chunks >> report
+    return group
+
+
+__all__ = ["Destination", "FileSource", "ProfilesSync", "SqlSource", "SyncDeclarationError", "SyncPreviewOperator",
+           "SyncReportOperator", "SyncStateCopyOperator", "SyncThresholdExceeded"]
