@@ -5,7 +5,7 @@
 The mediarithmics emulator runs in its own process with ``--waits`` executions that stay PENDING for
 ``--job-seconds`` and then succeed. Then, in this process:
 
-- deferred: ``--waits`` ``MediarithmicsExecutionTrigger``s run in one asyncio loop, exactly as the
+- deferred: ``--waits`` ``JobTrigger``s (vendor ``mediarithmics``) run in one asyncio loop, exactly as the
   triggerer runs them, next to a probe that measures event-loop lag. Worker slots held: none (a
   deferred task has no worker process); the loop's own CPU, poll rate and lag are measured.
 - poke: the same waits as poke-mode sensors do them, one blocking ``poke`` loop per worker slot
@@ -73,7 +73,7 @@ def rss_mb() -> float:
 
 
 async def run_deferred(jobs: list[dict], poll_interval: float, deadline: float) -> dict:
-    from airflow_provider_profiles.triggers.mediarithmics import MediarithmicsExecutionTrigger
+    from airflow_provider_profiles.triggers.base import JobTrigger
 
     lags: list[float] = []
     done = asyncio.Event()
@@ -85,8 +85,8 @@ async def run_deferred(jobs: list[dict], poll_interval: float, deadline: float) 
             lags.append(time.perf_counter() - started - 0.1)
 
     async def wait(job: dict) -> str:
-        trigger = MediarithmicsExecutionTrigger(conn_id="mediarithmics_default", job=job, deadline=deadline,
-                                                poll_interval=poll_interval)
+        trigger = JobTrigger(vendor="mediarithmics", conn_id="mediarithmics_default", job=job, deadline=deadline,
+                             poll_interval=poll_interval)
         async for event in trigger.run():
             return event.payload["status"]
         return "no event"

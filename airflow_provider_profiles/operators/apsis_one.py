@@ -23,7 +23,6 @@ from airflow_provider_profiles.hooks.base import (
 from airflow_provider_profiles.operators.base import RemoteJobOperator
 from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
 from airflow_provider_profiles.storage import as_storage_path
-from airflow_provider_profiles.triggers.apsis_one import ApsisOneImportTrigger
 from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
 
 RESULT_KEYS = ("profiles_found", "profiles_processed", "profiles_failed")
@@ -62,7 +61,7 @@ class ApsisOneProfileImportOperator(RemoteJobOperator):
     """
 
     hook_class = ApsisOneHook
-    trigger_class = ApsisOneImportTrigger
+    vendor = "apsis_one"
     template_fields: Sequence[str] = (
         "section", "file", "keyspace", "keyspace_column", "attributes", "tags", "static_tags", "consents",
         "extra_spec", "conn_id",

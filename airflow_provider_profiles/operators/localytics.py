@@ -23,7 +23,6 @@ from airflow_provider_profiles.hooks.localytics import (
 from airflow_provider_profiles.operators.base import RemoteJobOperator
 from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
 from airflow_provider_profiles.storage import as_storage_path, open_binary
-from airflow_provider_profiles.triggers.localytics import LocalyticsImportTrigger
 from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
 
 AUDIENCE_ACTIONS = ("create", "replace", "rename", "delete")
@@ -44,7 +43,7 @@ class _LocalyticsImportOperator(RemoteJobOperator):
     """What both import operators share: the activity id in XCom, the statistics as the result."""
 
     hook_class = LocalyticsHook
-    trigger_class = LocalyticsImportTrigger
+    vendor = "localytics"
     kind: str
 
     def job_for(self, activity_id: str) -> dict[str, Any]:

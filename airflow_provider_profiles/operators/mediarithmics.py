@@ -21,9 +21,6 @@ from airflow_provider_profiles.hooks.mediarithmics import (
 from airflow_provider_profiles.operators.base import RemoteJobOperator
 from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
 from airflow_provider_profiles.storage import as_storage_path
-from airflow_provider_profiles.triggers.mediarithmics import (
-    MediarithmicsExecutionTrigger,
-)
 from airflow_provider_profiles.operators.erasure import EraseIdsMixin, erasure_report
 
 
@@ -126,7 +123,7 @@ class MediarithmicsUploadOperator(RemoteJobOperator):
 
     template_fields = ("datamart_id", "document_import_id", "file", "conn_id")
     hook_class = MediarithmicsHook
-    trigger_class = MediarithmicsExecutionTrigger
+    vendor = "mediarithmics"
 
     def __init__(
         self,
@@ -230,7 +227,6 @@ class MediarithmicsEraseOperator(EraseIdsMixin, RemoteJobOperator):
     """
 
     hook_class = MediarithmicsHook
-    trigger_class = MediarithmicsExecutionTrigger
     vendor = "mediarithmics"
     template_fields = (*EraseIdsMixin.erase_template_fields, "datamart_id", "compartment_id", "name")
 
