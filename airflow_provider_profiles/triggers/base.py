@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -150,7 +151,10 @@ class JobTrigger(BaseTrigger):
             while True:
                 remaining = self.deadline - time.time()
                 await asyncio.sleep(max(0.0, min(remaining, next_poll - time.monotonic())))
-                next_poll += self.poll_interval * max(1, -(-(time.monotonic() - next_poll) // self.poll_interval))
+                next_poll += self.poll_interval
+                behind = time.monotonic() - next_poll
+                if behind > 0 and self.poll_interval > 0:  # a slow poll skips its missed turns, keeping its phase
+                    next_poll += self.poll_interval * math.ceil(behind / self.poll_interval)
                 polls += 1
                 try:
                     status = await hook.ajob_status(**self.job)
