@@ -437,11 +437,12 @@ class ProfilesHook(BaseHook):
     request_deadline: ClassVar[float] = 600.0
     # one call with all its retries, waits and nested token fetches (extra ``call_deadline``)
     call_deadline: ClassVar[float] = 900.0
-    # the async client is shared by every hook (trigger) of a connection in an event loop: connections
-    # it may open at once (extra ``async_pool_size``), and how long an idle one is kept (extra
+    # the async client is shared by every hook (trigger) of a connection in an event loop: requests in
+    # flight at once, each on a connection of its own (extra ``async_pool_size``; the rest wait their
+    # turn in a semaphore: httpcore's pool spends time in the square of the requests queued in it), and how long an idle one is kept (extra
     # ``keepalive_expiry``): below the shortest idle timeout servers use (uvicorn's and Node's 5 s), so
     # we drop a connection before the server does rather than send on one it is closing
-    async_pool_size: ClassVar[int] = 100
+    async_pool_size: ClassVar[int] = 32
     keepalive_expiry: ClassVar[float] = 4.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -713,18 +714,23 @@ class ProfilesHook(BaseHook):
             lease.release()
         await self.aconnection()
         extras = self.extras
-        key = (self.conn_type, self.conn_id, self.base_url, self.timeout,
-               int(extras.get("async_pool_size", self.async_pool_size)),
-               float(extras.get("keepalive_expiry", self.keepalive_expiry)))
-        self._aclient_lease = _ClientLease.take(loop, key, lambda: httpx.AsyncClient(
+        slots = int(extras.get("async_pool_size", self.async_pool_size))
+        keepalive = float(extras.get("keepalive_expiry", self.keepalive_expiry))
+        key = (self.conn_type, self.conn_id, self.base_url, self.timeout, slots, keepalive)
+        self._aclient_lease = _ClientLease.take(loop, key, slots, lambda: httpx.AsyncClient(
             verify=_ssl_context(),
             timeout=httpx.Timeout(self.timeout[1], connect=self.timeout[0]),
-            limits=httpx.Limits(max_connections=key[4], max_keepalive_connections=key[4], keepalive_expiry=key[5]),
+            limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots, keepalive_expiry=keepalive),
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,
         ))
         self._aclient = self._aclient_lease.client
         return self._aclient
+
+    def _ain_flight(self) -> asyncio.Semaphore | contextlib.AbstractAsyncContextManager:
+        """The turn to send on the shared client (see ``async_pool_size``)."""
+        lease = self._aclient_lease
+        return lease.shared.in_flight if lease is not None else contextlib.nullcontext()
 
     async def arequest(
         self,
@@ -759,7 +765,7 @@ class ProfilesHook(BaseHook):
             if remaining <= 0:
                 raise self._deadline_error(send)
             try:
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(remaining), self._ain_flight():
                     request = client.build_request(send.method, url, headers=headers, **send.kwargs)
                     try:
                         response = await client.send(request, auth=basic or httpx.USE_CLIENT_DEFAULT, stream=True)
@@ -1006,12 +1012,13 @@ class _ClientLease:
         self.client = shared.client
 
     @classmethod
-    def take(cls, loop: asyncio.AbstractEventLoop, key: tuple, make: Callable[[], httpx.AsyncClient]) -> _ClientLease:
+    def take(cls, loop: asyncio.AbstractEventLoop, key: tuple, slots: int,
+             make: Callable[[], httpx.AsyncClient]) -> _ClientLease:
         # no await between the lookup and the count: coroutines of one loop cannot interleave here
         clients = cls._clients.setdefault(loop, {})
         shared = clients.get(key)
         if shared is None or shared.client.is_closed:
-            shared = clients[key] = _SharedClient(make())
+            shared = clients[key] = _SharedClient(make(), asyncio.Semaphore(slots))
         shared.users += 1
         return cls(loop, key, shared)
 
@@ -1040,6 +1047,7 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 @dataclasses.dataclass
 class _SharedClient:
     client: httpx.AsyncClient
+    in_flight: asyncio.Semaphore  # requests sent at once: at most the pool's connections
     users: int = 0
 
 
