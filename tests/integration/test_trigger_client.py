@@ -14,6 +14,8 @@ import pytest
 from airflow_provider_profiles.triggers.base import first_poll_fraction
 from tests.echo_hook import EchoHook, EchoTrigger
 
+SECRET = "trigger-log-secret-9f2c"
+
 
 class ClosesKeptAliveConnections:
     """A raw HTTP server on 127.0.0.1 whose idle timeout always wins the race: it answers the first
@@ -63,7 +65,7 @@ class ClosesKeptAliveConnections:
 def closing_server(airflow_connection):
     server = ClosesKeptAliveConnections(["running", "running", "done"])
     # max_attempts=1: the hook's retry policy does not hide a failed request; the trigger tolerates none
-    airflow_connection("echo_default", "echo", password="k", extra={"base_url": server.url, "max_attempts": 1})
+    airflow_connection("echo_default", "echo", password=SECRET, extra={"base_url": server.url, "max_attempts": 1})
     yield server
     server.close()
 
@@ -139,3 +141,19 @@ def test_first_polls_are_spread_over_the_interval_and_stable():
         assert 0 <= fraction < 1
         buckets[int(fraction * 10)] += 1
     assert min(buckets) > 50  # about 100 each; none empty or crowded
+
+
+async def test_a_trigger_logs_each_change_and_a_heartbeat_never_the_key(closing_server, monkeypatch, capsys, caplog):
+    from airflow_provider_profiles.triggers import base
+
+    monkeypatch.setattr(base, "HEARTBEAT_SECONDS", 0.0)  # every unchanged poll is due a heartbeat
+    trigger = EchoTrigger(vendor="echo", conn_id="echo_default", job={"job_id": "1"}, deadline=time.time() + 60,
+                          poll_interval=0.05, max_transient_errors=0)
+    events = [event.payload async for event in trigger.run()]
+    assert [e["status"] for e in events] == ["success"]
+    logged = capsys.readouterr().out + caplog.text
+    assert "waiting for echo job {'job_id': '1'}" in logged
+    assert "echo job {'job_id': '1'} is running" in logged
+    assert "still running after 2 status checks" in logged
+    assert "ended done: firing success" in logged
+    assert SECRET not in logged
