@@ -805,12 +805,21 @@ class ProfilesHook(BaseHook):
             method=method, url=url, path=_display_path(path),
             idempotent=method in IDEMPOTENT_METHODS if idempotent is None else idempotent,
             # credentials go to the vendor's API hosts only, whatever URL a caller passes
-            authenticate=authenticate and _origin(url) in {_origin(base) for base in self.api_base_urls()},
+            authenticate=authenticate and _origin(url) in self._api_origins(),
             body=_Body(kwargs), headers=kwargs.pop("headers", None) or {},
             timeout=timeout if isinstance(timeout, tuple) else (float(timeout), float(timeout)),
             stream=bool(kwargs.pop("stream", False)), max_body_bytes=kwargs.pop("max_body_bytes", None),
             kwargs=kwargs,
         )
+
+    def _api_origins(self) -> frozenset[tuple[str, str, int | None]]:
+        # the same for every request of a connection (base URL and extras): worked out once, not per poll
+        settings = (self.base_url, id(self.extras))
+        cached, origins = self.__dict__.get("_api_origins_of", (None, frozenset()))
+        if cached != settings:
+            origins = frozenset(_origin(base) for base in self.api_base_urls())
+            self.__dict__["_api_origins_of"] = (settings, origins)
+        return origins
 
     def _send_deadline(self) -> float:
         call = _active_call.get()
