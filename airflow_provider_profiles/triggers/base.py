@@ -144,13 +144,15 @@ class JobTrigger(BaseTrigger):
         # 3.3's scheduler for a state mismatch: apache/airflow#71580). Then one poll per interval.
         started = time.monotonic()
         next_poll = started + self.poll_interval * (0.1 + 0.9 * first_poll_fraction(self.conn_id, self.job))
-        self.log.info("waiting for %s job %s: a status check every %gs, the first in %.1fs, deadline %s",
-                      self.vendor, self.job, self.poll_interval, next_poll - started, _utc(self.deadline))
         failures_in_a_row, polls, seen, logged_at = 0, 0, None, started
         try:
             while True:
                 remaining = self.deadline - time.time()
                 await asyncio.sleep(max(0.0, min(remaining, next_poll - time.monotonic())))
+                if not polls:  # logged at the first poll, not at the start: a triggerer starting many
+                    # triggers at once would write all their lines in one turn of the event loop
+                    self.log.info("waiting for %s job %s: a status check every %gs until %s", self.vendor,
+                                  self.job, self.poll_interval, _utc(self.deadline))
                 next_poll += self.poll_interval
                 behind = time.monotonic() - next_poll
                 if behind > 0 and self.poll_interval > 0:  # a slow poll skips its missed turns, keeping its phase
