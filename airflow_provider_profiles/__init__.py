@@ -7,6 +7,8 @@ from airflow_provider_profiles.vendors import VENDORS, dotted
 __version__ = "0.1.0"
 
 PREPARATION = "Profiles data preparation"
+# what every vendor shares: the one trigger that waits for any vendor's jobs
+SHARED = "Profiles"
 
 
 def get_provider_info() -> dict:
@@ -23,14 +25,15 @@ def get_provider_info() -> dict:
             *({"integration-name": spec.display_name, "external-doc-url": spec.doc_url, "tags": ["service"]}
               for spec in vendors),
             {"integration-name": PREPARATION, "tags": ["software"]},
+            {"integration-name": SHARED, "tags": ["software"]},
         ],
         "hooks": [
             {"integration-name": spec.display_name, "python-modules": [spec.hook.partition(":")[0]]} for spec in vendors
         ],
-        **{
-            kind: [{"integration-name": spec.display_name, "python-modules": [spec.module(kind)]} for spec in with_jobs]
-            for kind in ("sensors", "triggers")
-        },
+        "sensors": [
+            {"integration-name": spec.display_name, "python-modules": [spec.module("sensors")]} for spec in with_jobs
+        ],
+        "triggers": [{"integration-name": SHARED, "python-modules": ["airflow_provider_profiles.triggers.base"]}],
         "operators": [
             *({"integration-name": spec.display_name, "python-modules": [spec.module("operators")]} for spec in vendors),
             {"integration-name": PREPARATION, "python-modules": ["airflow_provider_profiles.operators.prepare"]},

@@ -6,8 +6,9 @@ chunk size and the emulator table. Classes are named by ``"module:Class"`` strin
 when asked for (``load``), so Airflow reads the provider info without importing any hook.
 
 A new vendor is an entry here plus its modules: ``hooks/<key>.py``, ``writers/<key>.py``,
-``testing/<key>.py``, ``operators/<key>.py``, and ``sensors/<key>.py`` + ``triggers/<key>.py``
-when it runs remote jobs (``has_jobs``).
+``testing/<key>.py``, ``operators/<key>.py``, and ``sensors/<key>.py`` when it runs remote jobs
+(``has_jobs``): six files. Waiting for its jobs in the triggerer needs no module of its own: the one
+``triggers.base.JobTrigger`` finds the vendor's hook here by its key.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class VendorSpec:
     hook: str  # "module:Class"
     writers: dict[str, str]  # format name -> "module:Class"; the first is the default format
     upload_limit: int | None  # bytes per uploaded file (the split step's default chunk size); None: none
-    has_jobs: bool  # remote jobs to wait for: a sensor and a trigger
+    has_jobs: bool  # remote jobs to wait for: a sensor, and JobTrigger may poll them
     emulator: str  # "module:Class"
     default_conn_id: str = field(init=False)
 
@@ -44,7 +45,7 @@ class VendorSpec:
         return next(iter(self.writers))
 
     def module(self, kind: str) -> str:
-        """The vendor's module of a kind (``hooks``, ``operators``, ``sensors``, ``triggers``...)."""
+        """The vendor's module of a kind (``hooks``, ``operators``, ``sensors``...)."""
         return f"{PACKAGE}.{kind}.{self.key}"
 
     def writer_path(self, format: str | None = None) -> str:

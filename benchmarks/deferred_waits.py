@@ -5,13 +5,13 @@
 The mediarithmics emulator runs in its own process with ``--waits`` executions that stay PENDING for
 ``--job-seconds`` and then succeed. Then, in this process:
 
-- deferred: ``--waits`` ``MediarithmicsExecutionTrigger``s run in one asyncio loop, exactly as the
+- deferred: ``--waits`` ``JobTrigger``s (vendor ``mediarithmics``) run in one asyncio loop, exactly as the
   triggerer runs them, next to a probe that measures event-loop lag. Worker slots held: none (a
   deferred task has no worker process); the loop's own CPU, poll rate and lag are measured.
 - poke: the same waits as poke-mode sensors do them, one blocking ``poke`` loop per worker slot
   (threads stand in for the slots, which in Airflow are whole worker processes).
 
-Prints CPU (% of one core), achieved polls per wait per interval against the configured rate, event
+Prints CPU (% of one core, and per poll), the load average around the run, achieved polls per wait per interval against the configured rate, event
 loop lag, peak RSS growth, and the slots each mode holds while waiting.
 """
 
@@ -73,7 +73,7 @@ def rss_mb() -> float:
 
 
 async def run_deferred(jobs: list[dict], poll_interval: float, deadline: float) -> dict:
-    from airflow_provider_profiles.triggers.mediarithmics import MediarithmicsExecutionTrigger
+    from airflow_provider_profiles.triggers.base import JobTrigger
 
     lags: list[float] = []
     done = asyncio.Event()
@@ -85,8 +85,8 @@ async def run_deferred(jobs: list[dict], poll_interval: float, deadline: float) 
             lags.append(time.perf_counter() - started - 0.1)
 
     async def wait(job: dict) -> str:
-        trigger = MediarithmicsExecutionTrigger(conn_id="mediarithmics_default", job=job, deadline=deadline,
-                                                poll_interval=poll_interval)
+        trigger = JobTrigger(vendor="mediarithmics", conn_id="mediarithmics_default", job=job, deadline=deadline,
+                             poll_interval=poll_interval)
         async for event in trigger.run():
             return event.payload["status"]
         return "no event"
@@ -125,14 +125,21 @@ def run_poke(jobs: list[dict], poll_interval: float) -> list[str]:
 
 def measure(label: str, run, waits: int, poll_interval: float, url: str) -> dict:
     polls_before, cpu_before, rss_before = status_polls(url), cpu_seconds(), rss_mb()
+    load_before = os.getloadavg()[0]
     started = time.monotonic()
     result = run()
     wall = time.monotonic() - started
     polls = status_polls(url) - polls_before
+    cpu = cpu_seconds() - cpu_before
     return {
         "mode": label,
         "wall_s": round(wall, 1),
-        "cpu_pct_of_one_core": round(100 * (cpu_seconds() - cpu_before) / wall, 1),
+        "cpu_pct_of_one_core": round(100 * cpu / wall, 1),
+        # CPU per status poll: the figure least moved by other load on a shared machine
+        "cpu_ms_per_poll": round(1000 * cpu / max(polls, 1), 2),
+        # the machine's 1-minute load average before and after: lag and poll rate suffer when it is
+        # above the core count (a starved process is late however little it does)
+        "load_avg": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "polls": polls,
         # every wait should poll once per interval while its job runs: achieved / configured
         "poll_rate_ratio": round(polls / (waits * wall / poll_interval), 2),

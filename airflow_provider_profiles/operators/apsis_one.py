@@ -26,7 +26,6 @@ from airflow_provider_profiles.operators.inputs import FileInputMixin
 from airflow_provider_profiles.operators.links import StoredLink, console_or_api
 from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
 from airflow_provider_profiles.storage import as_storage_path
-from airflow_provider_profiles.triggers.apsis_one import ApsisOneImportTrigger
 from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
 
 RESULT_KEYS = ("profiles_found", "profiles_processed", "profiles_failed")
@@ -74,7 +73,7 @@ class ApsisOneProfileImportOperator(FileInputMixin, ProfilesOutputMixin, RemoteJ
     """
 
     hook_class = ApsisOneHook
-    trigger_class = ApsisOneImportTrigger
+    vendor = "apsis_one"
     template_fields: Sequence[str] = (
         "section", "file", "keyspace", "keyspace_column", "attributes", "tags", "static_tags", "consents",
         "extra_spec", "conn_id",

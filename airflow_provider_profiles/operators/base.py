@@ -66,10 +66,13 @@ def default_deferrable() -> bool:
 
 
 class JobWaitMixin:
-    """What an operator and a sensor share when they wait on a vendor job through ``trigger_class``."""
+    """What an operator and a sensor share when they wait on a vendor job through ``JobTrigger``.
+
+    ``vendor`` is the key of ``vendors.VENDORS`` the trigger finds the hook by."""
 
     hook_class: ClassVar[type[ProfilesHook]]
-    trigger_class: ClassVar[type[JobTrigger]]
+    vendor: ClassVar[str]
+    trigger_class: ClassVar[type[JobTrigger]] = JobTrigger
     conn_id: str
     poll_interval: float
 
@@ -79,7 +82,7 @@ class JobWaitMixin:
 
     def defer_to_trigger(self, job: dict[str, Any], deadline: float) -> None:
         self.defer(  # type: ignore[attr-defined]
-            trigger=self.trigger_class(conn_id=self.conn_id, job=job, deadline=deadline,
+            trigger=self.trigger_class(vendor=self.vendor, conn_id=self.conn_id, job=job, deadline=deadline,
                                        poll_interval=self.poll_interval),
             method_name="execute_complete",
         )

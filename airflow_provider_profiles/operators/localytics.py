@@ -29,7 +29,6 @@ from airflow_provider_profiles.operators.inputs import FileInputMixin
 from airflow_provider_profiles.operators.links import StoredLink, console_or_api
 from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
 from airflow_provider_profiles.storage import as_storage_path, open_binary
-from airflow_provider_profiles.triggers.localytics import LocalyticsImportTrigger
 from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
 
 AUDIENCE_ACTIONS = ("create", "replace", "rename", "delete")
@@ -69,7 +68,6 @@ class _LocalyticsImportOperator(FileInputMixin, ProfilesOutputMixin, RemoteJobOp
     """What both import operators share: the activity id in XCom, the statistics as the result."""
 
     hook_class = LocalyticsHook
-    trigger_class = LocalyticsImportTrigger
     operator_extra_links = (DASHBOARD_LINK, ERROR_LOG_LINK)
     vendor = "localytics"
     kind: str

@@ -26,9 +26,6 @@ from airflow_provider_profiles.operators.inputs import FileInputMixin, input_fil
 from airflow_provider_profiles.operators.links import StoredLink, console_or_api, store_links
 from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
 from airflow_provider_profiles.storage import as_storage_path
-from airflow_provider_profiles.triggers.mediarithmics import (
-    MediarithmicsExecutionTrigger,
-)
 from airflow_provider_profiles.operators.erasure import EraseIdsMixin, erasure_report
 
 
@@ -173,7 +170,6 @@ class MediarithmicsUploadOperator(FileInputMixin, ProfilesOutputMixin, RemoteJob
 
     template_fields = ("datamart_id", "document_import_id", "file", "conn_id")
     hook_class = MediarithmicsHook
-    trigger_class = MediarithmicsExecutionTrigger
     operator_extra_links = (EXECUTION_LINK, DOCUMENT_IMPORT_LINK, ERROR_FILE_LINK)
     vendor = "mediarithmics"
 
@@ -297,7 +293,6 @@ class MediarithmicsEraseOperator(EraseIdsMixin, RemoteJobOperator):
     """
 
     hook_class = MediarithmicsHook
-    trigger_class = MediarithmicsExecutionTrigger
     vendor = "mediarithmics"
     template_fields = (*EraseIdsMixin.erase_template_fields, "datamart_id", "compartment_id", "name")
 

@@ -7,7 +7,6 @@ from typing import Any
 
 from airflow_provider_profiles.hooks.apsis_one import ApsisOneHook
 from airflow_provider_profiles.sensors.base import JobSensor
-from airflow_provider_profiles.triggers.apsis_one import ApsisOneImportTrigger
 
 
 class ApsisOneImportSensor(JobSensor):
@@ -15,7 +14,7 @@ class ApsisOneImportSensor(JobSensor):
     fails when it ends in ``error``."""
 
     hook_class = ApsisOneHook
-    trigger_class = ApsisOneImportTrigger
+    vendor = "apsis_one"
     template_fields: Sequence[str] = ("section", "import_id", "conn_id")
 
     def __init__(self, *, section: str, import_id: str, poll_interval: float | None = None, **kwargs: Any):

@@ -20,7 +20,7 @@ from airflow_provider_profiles.operators.base import (
 
 
 class JobSensor(JobWaitMixin, BaseSensorOperator):
-    """Base of the vendor sensors. A subclass sets ``hook_class``/``trigger_class`` and implements ``job()``.
+    """Base of the vendor sensors. A subclass sets ``hook_class`` and ``vendor`` (its key in ``VENDORS``) and implements ``job()``.
 
     Succeeds with the vendor's final status payload as its XCom value, fails when the job fails.
     Deferrable mode checks once, then hands the wait to the trigger with the sensor's ``timeout``

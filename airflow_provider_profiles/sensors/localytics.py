@@ -6,7 +6,6 @@ from typing import Any
 
 from airflow_provider_profiles.hooks.localytics import KINDS, PROFILES, LocalyticsHook
 from airflow_provider_profiles.sensors.base import JobSensor
-from airflow_provider_profiles.triggers.localytics import LocalyticsImportTrigger
 
 
 class LocalyticsImportSensor(JobSensor):
@@ -19,7 +18,7 @@ class LocalyticsImportSensor(JobSensor):
     """
 
     hook_class = LocalyticsHook
-    trigger_class = LocalyticsImportTrigger
+    vendor = "localytics"
     template_fields = ("activity_id", "kind", "conn_id")
 
     def __init__(self, *, activity_id: str, kind: str = PROFILES, **kwargs: Any):

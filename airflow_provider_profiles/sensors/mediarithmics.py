@@ -6,9 +6,6 @@ from typing import Any
 
 from airflow_provider_profiles.hooks.mediarithmics import MediarithmicsHook
 from airflow_provider_profiles.sensors.base import JobSensor
-from airflow_provider_profiles.triggers.mediarithmics import (
-    MediarithmicsExecutionTrigger,
-)
 
 
 class MediarithmicsExecutionSensor(JobSensor):
@@ -22,7 +19,7 @@ class MediarithmicsExecutionSensor(JobSensor):
 
     template_fields = ("datamart_id", "document_import_id", "execution_id", "conn_id")
     hook_class = MediarithmicsHook
-    trigger_class = MediarithmicsExecutionTrigger
+    vendor = "mediarithmics"
 
     def __init__(
         self,

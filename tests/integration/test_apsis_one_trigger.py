@@ -1,4 +1,4 @@
-"""ApsisOneImportTrigger: serializes to its own class path and polls the emulator without blocking."""
+"""The job trigger on Apsis One imports: serializes to its class path with the vendor key and polls the emulator without blocking."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from airflow_provider_profiles.hooks.apsis_one import ApsisOneHook, ImportSpec
-from airflow_provider_profiles.triggers.apsis_one import ApsisOneImportTrigger
+from airflow_provider_profiles.triggers.base import JobTrigger
 from tests.integration.test_apsis_one_support import (
     FAST,
     PROFILES,
@@ -22,7 +22,7 @@ def started_import(hook: ApsisOneHook, tmp_path) -> str:
     return ticket["import_id"]
 
 
-def events(trigger: ApsisOneImportTrigger) -> list[dict]:
+def events(trigger: JobTrigger) -> list[dict]:
     async def collect():
         return [event.payload async for event in trigger.run()]
 
@@ -30,11 +30,11 @@ def events(trigger: ApsisOneImportTrigger) -> list[dict]:
 
 
 def test_serialize_round_trip():
-    trigger = ApsisOneImportTrigger(conn_id="apsis_one_default", job={"section": SECTION, "import_id": "i-1"},
+    trigger = JobTrigger(vendor="apsis_one", conn_id="apsis_one_default", job={"section": SECTION, "import_id": "i-1"},
                                     deadline=123.0, poll_interval=5)
     path, kwargs = trigger.serialize()
-    assert path == "airflow_provider_profiles.triggers.apsis_one.ApsisOneImportTrigger"
-    assert ApsisOneImportTrigger(**kwargs).serialize() == (path, kwargs)
+    assert path == "airflow_provider_profiles.triggers.base.JobTrigger"
+    assert JobTrigger(**kwargs).serialize() == (path, kwargs)
 
 
 def test_one_success_event_with_the_counts(emulator, monkeypatch, tmp_path):
@@ -42,7 +42,7 @@ def test_one_success_event_with_the_counts(emulator, monkeypatch, tmp_path):
     connect(monkeypatch, server)
     import_id = started_import(ApsisOneHook(), tmp_path)
     job = {"section": SECTION, "import_id": import_id}
-    (event,) = events(ApsisOneImportTrigger(conn_id="apsis_one_default", job=job, deadline=time.time() + 10,
+    (event,) = events(JobTrigger(vendor="apsis_one", conn_id="apsis_one_default", job=job, deadline=time.time() + 10,
                                             poll_interval=0.1))
     assert event["status"] == "success" and event["job"] == job
     assert event["result"] == {"status": "completed", "profiles_found": 3, "profiles_processed": 2, "profiles_failed": 1}
@@ -52,7 +52,7 @@ def test_timeout_event_at_the_deadline(emulator, monkeypatch, tmp_path):
     server = emulator("apsis_one", **{**FAST, "processing_seconds": 60})
     connect(monkeypatch, server)
     import_id = started_import(ApsisOneHook(), tmp_path)
-    (event,) = events(ApsisOneImportTrigger(conn_id="apsis_one_default", job={"section": SECTION, "import_id": import_id},
+    (event,) = events(JobTrigger(vendor="apsis_one", conn_id="apsis_one_default", job={"section": SECTION, "import_id": import_id},
                                             deadline=time.time() + 0.3, poll_interval=0.1))
     assert event["status"] == "timeout" and event["vendor_status"] == "in_progress"
 
@@ -60,6 +60,6 @@ def test_timeout_event_at_the_deadline(emulator, monkeypatch, tmp_path):
 def test_unknown_import_is_an_error_event(emulator, monkeypatch):
     server = emulator("apsis_one", **FAST)
     connect(monkeypatch, server)
-    (event,) = events(ApsisOneImportTrigger(conn_id="apsis_one_default", job={"section": SECTION, "import_id": "nope"},
+    (event,) = events(JobTrigger(vendor="apsis_one", conn_id="apsis_one_default", job={"section": SECTION, "import_id": "nope"},
                                             deadline=time.time() + 5, poll_interval=0.1))
     assert event["status"] == "error" and "does not exist" in event["message"]

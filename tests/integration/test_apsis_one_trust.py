@@ -17,7 +17,7 @@ from airflow_provider_profiles.hooks.base import (
     VendorRedirectError,
     VendorServerError,
 )
-from airflow_provider_profiles.triggers.apsis_one import ApsisOneImportTrigger
+from airflow_provider_profiles.triggers.base import JobTrigger
 from tests.integration.test_apsis_one_support import CLIENT_SECRET, FAST, SECTION, connect, write_csv
 from tests.misbehaving_server import response
 
@@ -156,7 +156,7 @@ def test_html_status_answers_end_the_trigger_with_one_error_event(servers, monke
         return response(200, "<html>Bad gateway page</html>", content_type="text/html")
 
     connect(monkeypatch, servers(answer))
-    trigger = ApsisOneImportTrigger(conn_id="apsis_one_default", job={"section": SECTION, "import_id": "i-1"},
+    trigger = JobTrigger(vendor="apsis_one", conn_id="apsis_one_default", job={"section": SECTION, "import_id": "i-1"},
                                     deadline=time.time() + 600, poll_interval=0, max_transient_errors=2)
 
     async def collect():

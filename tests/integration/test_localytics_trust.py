@@ -12,7 +12,7 @@ import pytest
 
 from airflow_provider_profiles.hooks.base import VendorRedirectError, VendorResponseError
 from airflow_provider_profiles.hooks.localytics import LocalyticsHook
-from airflow_provider_profiles.triggers.localytics import LocalyticsImportTrigger
+from airflow_provider_profiles.triggers.base import JobTrigger
 from tests.misbehaving_server import response
 
 KEY, SECRET = "localytics-key-trust", "localytics-secret-trust-8c1e"
@@ -91,7 +91,7 @@ def test_html_on_an_upload_is_a_typed_error(servers, connect, tmp_path):
 
 def test_html_status_answers_end_the_trigger_with_one_error_event(servers, connect):
     hook = connect(servers(lambda r: response(200, "<html>maintenance</html>", content_type="text/html")))
-    trigger = LocalyticsImportTrigger(conn_id=hook.conn_id, job={"kind": "profiles", "activity_id": "a-1"},
+    trigger = JobTrigger(vendor="localytics", conn_id=hook.conn_id, job={"kind": "profiles", "activity_id": "a-1"},
                                       deadline=time.time() + 600, poll_interval=0, max_transient_errors=2)
 
     async def collect():

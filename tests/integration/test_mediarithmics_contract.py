@@ -11,7 +11,7 @@ import pytest
 
 from airflow_provider_profiles.hooks.base import JobState
 from airflow_provider_profiles.hooks.mediarithmics import MediarithmicsHook
-from airflow_provider_profiles.triggers.mediarithmics import MediarithmicsExecutionTrigger
+from airflow_provider_profiles.triggers.base import JobTrigger
 
 TOKEN = "tok-contract-secret"
 LINE = b'{"operation":"UPSERT","email_hash":"h1","update_strategy":"PARTIAL_UPDATE","user_profile":{"plan":"pro"}}\n'
@@ -47,7 +47,7 @@ def test_an_execution_ending_success_is_a_success(mics):
 def test_success_reaches_the_trigger_as_a_success_event(mics):
     server, hook = mics(end_status="SUCCESS")
     job = ended_execution(server, hook)
-    trigger = MediarithmicsExecutionTrigger(conn_id="mediarithmics_default", job=job, deadline=time.time() + 20, poll_interval=0.05)
+    trigger = JobTrigger(vendor="mediarithmics", conn_id="mediarithmics_default", job=job, deadline=time.time() + 20, poll_interval=0.05)
 
     async def first_event():
         async for event in trigger.run():

@@ -22,9 +22,7 @@ from airflow_provider_profiles.operators.mediarithmics import (
 )
 from airflow_provider_profiles.sensors.mediarithmics import MediarithmicsExecutionSensor
 from airflow_provider_profiles.triggers.base import status_from_event
-from airflow_provider_profiles.triggers.mediarithmics import (
-    MediarithmicsExecutionTrigger,
-)
+from airflow_provider_profiles.triggers.base import JobTrigger
 
 GOOD = '{"operation":"UPSERT","email_hash":"h%d","user_profile":{"score":%d}}\n'
 BAD = '{"operation":"UPSERT","user_profile":{"score":1}}\n'
@@ -200,11 +198,11 @@ def test_trigger_runs_for_real_and_round_trips(mics):
     import_id = hook.create_document_import("USER_PROFILE", "APPLICATION_X_NDJSON", "trig")["id"]
     execution_id = hook.create_execution(import_id, (GOOD % (1, 1) + BAD).encode())["id"]
     job = {"datamart_id": "1000", "document_import_id": import_id, "execution_id": execution_id}
-    trigger = MediarithmicsExecutionTrigger(conn_id="mediarithmics_default", job=job, deadline=time.time() + 30,
+    trigger = JobTrigger(vendor="mediarithmics", conn_id="mediarithmics_default", job=job, deadline=time.time() + 30,
                                             poll_interval=0.1)
     path, kwargs = trigger.serialize()
-    assert path == "airflow_provider_profiles.triggers.mediarithmics.MediarithmicsExecutionTrigger"
-    revived = MediarithmicsExecutionTrigger(**kwargs)
+    assert path == "airflow_provider_profiles.triggers.base.JobTrigger"
+    revived = JobTrigger(**kwargs)
 
     async def first_event():
         return [event async for event in revived.run()]

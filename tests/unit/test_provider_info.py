@@ -46,23 +46,37 @@ def test_connection_types_come_from_the_vendor_forms():
         assert conn["hook-name"] and conn["ui-field-behaviour"]["relabeling"].get("password")
 
 
-def test_hooks_and_operators_for_every_vendor_sensors_and_triggers_only_with_jobs():
+def test_hooks_and_operators_for_every_vendor_sensors_only_with_jobs_and_one_trigger():
     info = get_provider_info()
     hooks = _names_and_modules(info["hooks"])
     assert hooks == {spec.display_name: [spec.hook.partition(":")[0]] for spec in VENDORS.values()}
     operators = _names_and_modules(info["operators"])
     assert all(operators[spec.display_name] == [spec.module("operators")] for spec in VENDORS.values())
-    for kind in ("sensors", "triggers"):
-        listed = _names_and_modules(info[kind])
-        assert listed == {VENDORS[key].display_name: [VENDORS[key].module(kind)] for key in WITH_JOBS}, kind
+    sensors = _names_and_modules(info["sensors"])
+    assert sensors == {VENDORS[key].display_name: [VENDORS[key].module("sensors")] for key in WITH_JOBS}
+    # one trigger for every vendor with jobs, listed once under the provider's own integration
+    assert info["triggers"] == [{"integration-name": "Profiles",
+                                 "python-modules": ["airflow_provider_profiles.triggers.base"]}]
     integrations = {i["integration-name"]: i for i in info["integrations"]}
+    assert "Profiles" in integrations
     assert all(integrations[spec.display_name]["external-doc-url"] == spec.doc_url for spec in VENDORS.values())
 
 
 @pytest.mark.parametrize("key", WITHOUT_JOBS)
-def test_a_vendor_without_jobs_has_no_sensor_or_trigger_module(key):
-    for kind in ("sensors", "triggers"):
-        assert find_spec(VENDORS[key].module(kind)) is None, f"{kind} module for {key}, which has no jobs"
+def test_a_vendor_without_jobs_has_no_sensor_module(key):
+    assert find_spec(VENDORS[key].module("sensors")) is None, f"a sensor module for {key}, which has no jobs"
+
+
+@pytest.mark.parametrize("key", sorted(VENDORS))
+def test_no_vendor_has_a_trigger_module(key):
+    assert find_spec(VENDORS[key].module("triggers")) is None, f"a trigger module for {key}: JobTrigger serves all"
+
+
+@pytest.mark.parametrize("key", WITH_JOBS)
+def test_the_trigger_finds_each_vendor_hook_by_its_key(key):
+    from airflow_provider_profiles.triggers.base import job_hook_class
+
+    assert job_hook_class(key) is load(VENDORS[key].hook)
 
 
 def test_every_listed_module_imports():
