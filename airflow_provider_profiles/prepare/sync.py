@@ -719,7 +719,9 @@ class SyncStep:
     def write_snapshot(self, table: engine.MappedTable, rejected_records: pa.Array, result: engine.PrepareResult) -> None:
         connection = table.connection
         connection.register("rejected_now", pa.table({"record": rejected_records}))
-        mine = "".join(f", CAST({table.column(name)} AS VARCHAR)" for name in self.delete_columns)
+        # qualified: the input joined below may have a column of the same name
+        mine = "".join(f", CAST({'mapped.' + table.column(name) if name in table.column else 'NULL'} AS VARCHAR)"
+                       for name in self.delete_columns)
         theirs = "".join(f", {delete_column(name) if name in self.previous_columns else 'NULL::VARCHAR'} AS {delete_column(name)}"
                          for name in self.delete_columns)
         names = "key, row_hash" + "".join(f", {delete_column(name)}" for name in self.delete_columns)

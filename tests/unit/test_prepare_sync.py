@@ -365,6 +365,21 @@ def test_vanished_ids_become_deletions_where_the_vendor_has_them(tmp_path):
     assert lines == [{"compartment_id": "9", "user_account_id": "2", "operation": "DELETE"}]
 
 
+def test_input_columns_named_as_the_delete_columns_sync_twice(tmp_path):
+    """The input may name its columns as the writer's delete columns (user_account_id, compartment_id):
+    the snapshot reads the mapped ones, not an ambiguous name from the join with the input."""
+    state = SyncState(tmp_path / "state")
+    mapping = FieldMapping({"user_account_id": "user_account_id",
+                            "compartment_id": {"source": "compartment_id", "type": "int"}, "plan": "plan"})
+    source = tmp_path / "users.csv"
+    source.write_text("user_account_id,compartment_id,plan\nu1,1600,free\nu2,1600,pro\n")
+    for run_key, written in (("a", 2), ("b", 0)):
+        result = prepare(str(source), get_writer("mediarithmics", "USER_PROFILE"), str(tmp_path / f"{run_key}.ndjson"),
+                         sync=state, sync_run_key=run_key, mapping=mapping, deletions=True)
+        assert (result.written, result.unchanged) == (written, 2 - written)
+        state.commit(run_key)
+
+
 def test_deletion_lines_come_after_the_rows_and_a_rejected_row_is_not_deleted(tmp_path):
     state = SyncState(tmp_path / "state")
     profiles(tmp_path, BASE[:4], "a", state)
