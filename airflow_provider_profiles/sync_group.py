@@ -19,7 +19,7 @@ and no sync state committed. Everything is checked when the DAG is parsed: a wro
 format, mapping or mode is a ``ValueError`` naming the field.
 
 ``mapping`` is ``{destination field: input column or spec}`` (see ``prepare.mapping``); what a
-vendor does with it and with its ``Destination`` options is its adapter's business (``_ADAPTERS``).
+vendor does with it and with its ``Destination`` options is its adapter's business (its ``VendorSpec.sync_adapter``).
 Every option of the individual operators stays reachable through ``prepare_options``,
 ``split_options``, ``upload_options``, ``commit_options`` and ``report_options``.
 """
@@ -39,8 +39,9 @@ from typing import Any
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator
 
 from airflow_provider_profiles.operators.result import results_of, total
+from airflow_provider_profiles.operators.sync_adapter import REQUIRED, SyncAdapter, SyncPlan
 from airflow_provider_profiles.prepare.mapping import FieldMapping
-from airflow_provider_profiles.vendors import vendor as vendor_spec
+from airflow_provider_profiles.vendors import load, vendor as vendor_spec
 from airflow_provider_profiles.writers import writer_class
 
 MODES = ("upsert", "update", "mirror")
@@ -97,169 +98,6 @@ class Destination:
 
 
 # --- what each vendor does with a declaration -------------------------------------------------------
-
-
-@dataclass
-class _Plan:
-    """A vendor's reading of a declaration: how to prepare, and how to upload."""
-
-    writer_format: str | None
-    writer_options: dict[str, Any]
-    mapping: dict[str, Any] | None
-    files: bool = True  # uploads files (split, then one mapped upload per chunk)
-    deletions: bool = False
-
-
-class _Adapter:
-    """Turns a declaration into one vendor's tasks. ``options``: the Destination options it takes,
-    with their defaults (``REQUIRED``: no default); ``modes``: the modes it can express."""
-
-    options: dict[str, Any] = {}
-    modes: dict[str, str] = {}  # mode -> why it is refused, "" when it is served
-    format_option = "destination"  # the option that names the vendor format, for errors
-
-    def plan(self, options: dict[str, Any], mapping: dict[str, Any], mode: str) -> _Plan:
-        raise NotImplementedError
-
-    def upload(self, group_id: str, options: dict[str, Any], conn_id: str | None, plan: _Plan, mode: str,
-               files: Any, extra: dict[str, Any]) -> Any:
-        """The upload task(s); returns the operator whose output is the upload result(s)."""
-        raise NotImplementedError
-
-
-REQUIRED = object()
-
-
-def _conn(conn_id: str | None) -> dict[str, Any]:
-    return {"conn_id": conn_id} if conn_id else {}
-
-
-def _column(target: str, spec: Any) -> str:
-    return spec if isinstance(spec, str) else spec.get("source") if isinstance(spec, Mapping) else None
-
-
-class _GainsightPX(_Adapter):
-    options = {"entity": "USER", "field_types": None}
-    modes = {"upsert": "", "update": "",
-             "mirror": "the loader writes records one request each and the writer has no deletion line"}
-    _types = {"string": "string", "int": "integer", "number": "number", "bool": "boolean", "date": "date",
-              "datetime": "date", "epoch_ms": "date"}
-
-    def plan(self, options, mapping, mode):
-        field_mapping, field_types = {}, dict(options["field_types"] or {})
-        for target, spec in mapping.items():
-            column = _column(target, spec)
-            if not column:
-                raise ValueError(f"mapping[{target!r}]: Gainsight PX fields take an input column (or a dict with 'source')")
-            field_mapping[target] = column
-            if isinstance(spec, Mapping) and "type" in spec:
-                if spec["type"] not in self._types:
-                    raise ValueError(f"mapping[{target!r}]: type {spec['type']!r} is not one Gainsight PX takes; "
-                                     f"use one of {', '.join(self._types)}")
-                field_types[target] = self._types[spec["type"]]
-        writer_options = {"entity": options["entity"], "field_mapping": field_mapping, "field_types": field_types or None}
-        try:
-            writer_class("gainsight_px", "records")(**writer_options)
-        except ValueError as error:
-            problem = str(error)
-            raise ValueError(problem if problem.startswith("entity") else f"mapping: {problem}") from None
-        return _Plan("records", writer_options, None, files=False)
-
-    def upload(self, group_id, options, conn_id, plan, mode, files, extra):
-        from airflow_provider_profiles.operators.gainsight_px import GainsightPXLoadOperator
-
-        return GainsightPXLoadOperator(
-            task_id="load", source=files, input_format="ndjson", entity=options["entity"],
-            field_mapping={target: target for target in plan.writer_options["field_mapping"]},
-            field_types=plan.writer_options["field_types"], insert_missing=mode == "upsert",
-            **_conn(conn_id), **extra,
-        )
-
-
-class _ApsisOne(_Adapter):
-    options = {"section": REQUIRED, "keyspace": REQUIRED, "key": None, "attributes": None}
-    modes = {"upsert": "",
-             "update": "an Apsis One import creates the profiles it does not find; it cannot update existing ones only",
-             "mirror": "the CSV import has no deletion line (erase with ApsisOneEraseOperator)"}
-
-    def plan(self, options, mapping, mode):
-        key = options["key"] or options["keyspace"]
-        if key not in mapping:
-            raise ValueError(f"key: the keyspace column {key!r} must be one of the mapped fields {sorted(mapping)}")
-        return _Plan("csv", {"columns": list(mapping), "keyspace_field": key, "keyspace": options["keyspace"]},
-                     dict(mapping))
-
-    def upload(self, group_id, options, conn_id, plan, mode, files, extra):
-        from airflow_provider_profiles.operators.apsis_one import ApsisOneProfileImportOperator
-
-        key = plan.writer_options["keyspace_field"]
-        attributes = options["attributes"] or {column: column for column in plan.writer_options["columns"] if column != key}
-        extra = {"deferrable": True, **extra}
-        return ApsisOneProfileImportOperator.partial(
-            task_id="upload", section=options["section"], keyspace=options["keyspace"], keyspace_column=key,
-            attributes=attributes, **_conn(conn_id), **extra,
-        ).expand(file=files)
-
-
-class _Localytics(_Adapter):
-    options = {"customer_id": "customer_id", "org_id": None, "app_id": None, "format": "json"}
-    modes = {"upsert": "",
-             "update": "a Localytics profile import creates the profiles it does not find",
-             "mirror": "a profile import has no deletion line (erase with LocalyticsEraseOperator)"}
-
-    def plan(self, options, mapping, mode):
-        if options["format"] != "json":
-            raise ValueError(f"format: the sync writes Localytics change lines (json), not {options['format']!r}")
-        if options["org_id"] is not None and options["app_id"] is not None:
-            raise ValueError("org_id / app_id: give one scope, not both")
-        customer_id = options["customer_id"]
-        if customer_id not in mapping:
-            raise ValueError(f"customer_id: {customer_id!r} must be one of the mapped fields {sorted(mapping)}")
-        attributes = {target: target for target in mapping if target != customer_id}
-        return _Plan("changes", {"customer_id": customer_id, "attributes": attributes}, dict(mapping))
-
-    def upload(self, group_id, options, conn_id, plan, mode, files, extra):
-        from airflow_provider_profiles.operators.localytics import LocalyticsProfileImportOperator
-
-        extra = {"deferrable": True, **extra}
-        return LocalyticsProfileImportOperator.partial(
-            task_id="upload", org_id=options["org_id"], app_id=options["app_id"], format=options["format"],
-            **_conn(conn_id), **extra,
-        ).expand(file=files)
-
-
-class _Mediarithmics(_Adapter):
-    format_option = "destination.document_type"
-    options = {"document_type": "USER_PROFILE", "datamart_id": None, "writer_options": None,
-               "document_import_name": "{{ dag.dag_id }} {{ run_id }}"}
-    modes = {"upsert": "", "update": "mediarithmics imports create the users they do not find", "mirror": ""}
-
-    def plan(self, options, mapping, mode):
-        return _Plan(options["document_type"], dict(options["writer_options"] or {}), dict(mapping),
-                     deletions=mode == "mirror")
-
-    def upload(self, group_id, options, conn_id, plan, mode, files, extra):
-        from airflow_provider_profiles.operators.mediarithmics import (
-            MediarithmicsCreateDocumentImportOperator,
-            MediarithmicsUploadOperator,
-        )
-
-        writer = writer_class("mediarithmics", plan.writer_format)
-        created = MediarithmicsCreateDocumentImportOperator(
-            task_id="create_import", document_type=plan.writer_format, mime_type=writer.mime_type,
-            datamart_id=options["datamart_id"], name=options["document_import_name"], **_conn(conn_id),
-        )
-        extra = {"deferrable": True, **extra}
-        return MediarithmicsUploadOperator.partial(
-            task_id="upload", document_import_id=created.output, datamart_id=options["datamart_id"],
-            **_conn(conn_id), **extra,
-        ).expand(file=files)
-
-
-_ADAPTERS: dict[str, _Adapter] = {
-    "gainsight_px": _GainsightPX(), "apsis_one": _ApsisOne(), "localytics": _Localytics(),
-    "mediarithmics": _Mediarithmics(),
-}
 
 
 # --- stage clocks: each task of the group notes when it ran, for the report --------------------------
@@ -658,7 +496,7 @@ def _report_table(report: Mapping[str, Any]) -> str:
 
 
 def _validate(group_id: str, source: Any, destination: Any, mapping: Any, mode: str, only_changed: bool,
-              work_folder: Any) -> tuple[_Adapter, dict[str, Any], _Plan]:
+              work_folder: Any) -> tuple[SyncAdapter, dict[str, Any], SyncPlan]:
     def refuse(field_name: str, problem: str) -> SyncDeclarationError:
         return SyncDeclarationError(group_id, field_name, problem)
 
@@ -677,7 +515,7 @@ def _validate(group_id: str, source: Any, destination: Any, mapping: Any, mode: 
         vendor_spec(destination.vendor)
     except ValueError as error:
         raise refuse("destination.vendor", str(error)) from None
-    adapter = _ADAPTERS[destination.vendor]
+    adapter = load(vendor_spec(destination.vendor).sync_adapter)()
     unknown = sorted(set(destination.options) - set(adapter.options))
     if unknown:
         raise refuse(f"destination.{unknown[0]}", f"not an option of {destination.vendor}; "

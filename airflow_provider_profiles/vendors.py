@@ -33,6 +33,7 @@ class VendorSpec:
     upload_limit: int | None  # bytes per uploaded file (the split step's default chunk size); None: none
     has_jobs: bool  # remote jobs to wait for: a sensor, and JobTrigger may poll them
     emulator: str  # "module:Class"
+    sync_adapter: str  # "module:Class": how a declared sync (sync_group) uploads to the vendor
     default_conn_id: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -86,6 +87,7 @@ def _spec(key: str, **fields: Any) -> VendorSpec:
         hook=f"{PACKAGE}.hooks.{key}:{fields.pop('hook')}",
         writers=writers,
         emulator=f"{PACKAGE}.testing.{key}:{fields.pop('emulator')}",
+        sync_adapter=f"{PACKAGE}.operators.{key}:{fields.pop('sync_adapter')}",
         **fields,
     )
 
@@ -120,6 +122,7 @@ _ALL = (
         upload_limit=None,  # one REST request per record: no files
         has_jobs=False,  # each record is written synchronously: nothing to wait for
         emulator="GainsightPXEmulator",
+        sync_adapter="GainsightPXSyncAdapter",
     ),
     _spec(
         "apsis_one",
@@ -151,6 +154,7 @@ _ALL = (
         upload_limit=50 * 1000 * 1000,
         has_jobs=True,
         emulator="ApsisOneEmulator",
+        sync_adapter="ApsisOneSyncAdapter",
     ),
     _spec(
         "localytics",
@@ -177,6 +181,7 @@ _ALL = (
         upload_limit=None,
         has_jobs=True,
         emulator="LocalyticsEmulator",
+        sync_adapter="LocalyticsSyncAdapter",
     ),
     _spec(
         "mediarithmics",
@@ -213,6 +218,7 @@ _ALL = (
         upload_limit=100 * 1000 * 1000,
         has_jobs=True,
         emulator="MediarithmicsEmulator",
+        sync_adapter="MediarithmicsSyncAdapter",
     ),
 )
 

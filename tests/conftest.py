@@ -55,10 +55,19 @@ def airflow_connection(monkeypatch):
 
 @pytest.fixture(scope="session")
 def airflow_db():
-    """A migrated metadata DB in the test AIRFLOW_HOME (needed to run DAGs with ``dag.test()``)."""
+    """A migrated metadata DB in the test AIRFLOW_HOME (needed to run DAGs with ``dag.test()``).
+
+    Under ``dag.test()`` a retry waits its ``retry_delay`` in wall-clock time (the job operators
+    default to one retry after 30 s): here a task up for retry is ready at once, as a test advances
+    an emulator's clock instead of sleeping. How many tries ran is unchanged."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.state import TaskInstanceState
+
     if not (_HOME / "airflow.db").exists():
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-    return _HOME
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TaskInstance, "ready_for_retry", lambda ti: ti.state == TaskInstanceState.UP_FOR_RETRY)
+        yield _HOME
 
 
 def run_dag_file(dag_file, dag_id: str | None = None, **test_kwargs):

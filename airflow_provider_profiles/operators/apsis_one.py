@@ -24,6 +24,7 @@ from airflow_provider_profiles.lineage import ProfilesOutputMixin
 from airflow_provider_profiles.operators.base import RemoteJobOperator
 from airflow_provider_profiles.operators.inputs import FileInputMixin
 from airflow_provider_profiles.operators.links import StoredLink, console_or_api
+from airflow_provider_profiles.operators.sync_adapter import REQUIRED, SyncAdapter, SyncPlan, conn_kwargs
 from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
 from airflow_provider_profiles.storage import as_storage_path
 from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
@@ -222,3 +223,29 @@ class ApsisOneEraseOperator(EraseOneByOneOperator):
 
     def erase_one(self, hook: Any, identifier: str) -> bool:
         return hook.delete_profile(self.keyspace, identifier)
+
+
+# --- a declared sync's upload to this vendor (sync_group.ProfilesSync) ---------------------------------
+
+
+class ApsisOneSyncAdapter(SyncAdapter):
+    options = {"section": REQUIRED, "keyspace": REQUIRED, "key": None, "attributes": None}
+    modes = {"upsert": "",
+             "update": "an Apsis One import creates the profiles it does not find; it cannot update existing ones only",
+             "mirror": "the CSV import has no deletion line (erase with ApsisOneEraseOperator)"}
+
+    def plan(self, options, mapping, mode):
+        key = options["key"] or options["keyspace"]
+        if key not in mapping:
+            raise ValueError(f"key: the keyspace column {key!r} must be one of the mapped fields {sorted(mapping)}")
+        return SyncPlan("csv", {"columns": list(mapping), "keyspace_field": key, "keyspace": options["keyspace"]},
+                     dict(mapping))
+
+    def upload(self, group_id, options, conn_id, plan, mode, files, extra):
+        key = plan.writer_options["keyspace_field"]
+        attributes = options["attributes"] or {column: column for column in plan.writer_options["columns"] if column != key}
+        extra = {"deferrable": True, **extra}
+        return ApsisOneProfileImportOperator.partial(
+            task_id="upload", section=options["section"], keyspace=options["keyspace"], keyspace_column=key,
+            attributes=attributes, **conn_kwargs(conn_id), **extra,
+        ).expand(file=files)

@@ -62,6 +62,8 @@ from airflow_provider_profiles.operators.links import (
     storage_url,
     store_links,
 )
+from airflow_provider_profiles.writers import writer_class
+from airflow_provider_profiles.operators.sync_adapter import SyncAdapter, SyncPlan, conn_kwargs, source_column
 from airflow_provider_profiles.operators.result import records_result
 from airflow_provider_profiles.lineage import ProfilesOutputMixin
 from airflow_provider_profiles.progress import Progress
@@ -918,3 +920,42 @@ class GainsightPXEraseOperator(EraseOneByOneOperator):
             return hook.delete_account(account_id, hard_delete=hard_delete)
         identify_id = identifier
         return hook.delete_user(identify_id, hard_delete=hard_delete)
+
+
+# --- a declared sync's upload to this vendor (sync_group.ProfilesSync) ---------------------------------
+
+
+class GainsightPXSyncAdapter(SyncAdapter):
+    options = {"entity": "USER", "field_types": None}
+    modes = {"upsert": "", "update": "",
+             "mirror": "the loader writes records one request each and the writer has no deletion line"}
+    _types = {"string": "string", "int": "integer", "number": "number", "bool": "boolean", "date": "date",
+              "datetime": "date", "epoch_ms": "date"}
+
+    def plan(self, options, mapping, mode):
+        field_mapping, field_types = {}, dict(options["field_types"] or {})
+        for target, spec in mapping.items():
+            column = source_column(target, spec)
+            if not column:
+                raise ValueError(f"mapping[{target!r}]: Gainsight PX fields take an input column (or a dict with 'source')")
+            field_mapping[target] = column
+            if isinstance(spec, Mapping) and "type" in spec:
+                if spec["type"] not in self._types:
+                    raise ValueError(f"mapping[{target!r}]: type {spec['type']!r} is not one Gainsight PX takes; "
+                                     f"use one of {', '.join(self._types)}")
+                field_types[target] = self._types[spec["type"]]
+        writer_options = {"entity": options["entity"], "field_mapping": field_mapping, "field_types": field_types or None}
+        try:
+            writer_class("gainsight_px", "records")(**writer_options)
+        except ValueError as error:
+            problem = str(error)
+            raise ValueError(problem if problem.startswith("entity") else f"mapping: {problem}") from None
+        return SyncPlan("records", writer_options, None, files=False)
+
+    def upload(self, group_id, options, conn_id, plan, mode, files, extra):
+        return GainsightPXLoadOperator(
+            task_id="load", source=files, input_format="ndjson", entity=options["entity"],
+            field_mapping={target: target for target in plan.writer_options["field_mapping"]},
+            field_types=plan.writer_options["field_types"], insert_missing=mode == "upsert",
+            **conn_kwargs(conn_id), **extra,
+        )

@@ -27,6 +27,7 @@ from airflow_provider_profiles.lineage import ProfilesOutputMixin
 from airflow_provider_profiles.operators.base import RemoteJobOperator
 from airflow_provider_profiles.operators.inputs import FileInputMixin
 from airflow_provider_profiles.operators.links import StoredLink, console_or_api
+from airflow_provider_profiles.operators.sync_adapter import SyncAdapter, SyncPlan, conn_kwargs
 from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
 from airflow_provider_profiles.storage import as_storage_path, open_binary
 from airflow_provider_profiles.operators.erasure import EraseOneByOneOperator
@@ -355,3 +356,31 @@ class LocalyticsEraseOperator(EraseOneByOneOperator):
 
     def erase_one(self, hook: Any, identifier: str) -> bool:
         return hook.delete_profile(identifier, app_id=self.app_id)
+
+
+# --- a declared sync's upload to this vendor (sync_group.ProfilesSync) ---------------------------------
+
+
+class LocalyticsSyncAdapter(SyncAdapter):
+    options = {"customer_id": "customer_id", "org_id": None, "app_id": None, "format": "json"}
+    modes = {"upsert": "",
+             "update": "a Localytics profile import creates the profiles it does not find",
+             "mirror": "a profile import has no deletion line (erase with LocalyticsEraseOperator)"}
+
+    def plan(self, options, mapping, mode):
+        if options["format"] != "json":
+            raise ValueError(f"format: the sync writes Localytics change lines (json), not {options['format']!r}")
+        if options["org_id"] is not None and options["app_id"] is not None:
+            raise ValueError("org_id / app_id: give one scope, not both")
+        customer_id = options["customer_id"]
+        if customer_id not in mapping:
+            raise ValueError(f"customer_id: {customer_id!r} must be one of the mapped fields {sorted(mapping)}")
+        attributes = {target: target for target in mapping if target != customer_id}
+        return SyncPlan("changes", {"customer_id": customer_id, "attributes": attributes}, dict(mapping))
+
+    def upload(self, group_id, options, conn_id, plan, mode, files, extra):
+        extra = {"deferrable": True, **extra}
+        return LocalyticsProfileImportOperator.partial(
+            task_id="upload", org_id=options["org_id"], app_id=options["app_id"], format=options["format"],
+            **conn_kwargs(conn_id), **extra,
+        ).expand(file=files)

@@ -24,6 +24,8 @@ from airflow_provider_profiles.lineage import ProfilesOutputMixin
 from airflow_provider_profiles.operators.base import RemoteJobOperator
 from airflow_provider_profiles.operators.inputs import FileInputMixin, input_file
 from airflow_provider_profiles.operators.links import StoredLink, console_or_api, store_links
+from airflow_provider_profiles.writers import writer_class
+from airflow_provider_profiles.operators.sync_adapter import SyncAdapter, SyncPlan, conn_kwargs
 from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
 from airflow_provider_profiles.storage import as_storage_path
 from airflow_provider_profiles.operators.erasure import EraseIdsMixin, erasure_report
@@ -385,3 +387,29 @@ def _failed_line(entry: str, ids: list[str]) -> dict[str, str]:
     identifier = ids[line - 1] if isinstance(line, int) and 0 < line <= len(ids) else "(unknown line)"
     reason = parsed.get("error") or parsed.get("message") or entry if isinstance(parsed, dict) else entry
     return {"id": identifier, "reason": str(reason)}
+
+
+# --- a declared sync's upload to this vendor (sync_group.ProfilesSync) ---------------------------------
+
+
+class MediarithmicsSyncAdapter(SyncAdapter):
+    format_option = "destination.document_type"
+    options = {"document_type": "USER_PROFILE", "datamart_id": None, "writer_options": None,
+               "document_import_name": "{{ dag.dag_id }} {{ run_id }}"}
+    modes = {"upsert": "", "update": "mediarithmics imports create the users they do not find", "mirror": ""}
+
+    def plan(self, options, mapping, mode):
+        return SyncPlan(options["document_type"], dict(options["writer_options"] or {}), dict(mapping),
+                        deletions=mode == "mirror")
+
+    def upload(self, group_id, options, conn_id, plan, mode, files, extra):
+        writer = writer_class("mediarithmics", plan.writer_format)
+        created = MediarithmicsCreateDocumentImportOperator(
+            task_id="create_import", document_type=plan.writer_format, mime_type=writer.mime_type,
+            datamart_id=options["datamart_id"], name=options["document_import_name"], **conn_kwargs(conn_id),
+        )
+        extra = {"deferrable": True, **extra}
+        return MediarithmicsUploadOperator.partial(
+            task_id="upload", document_import_id=created.output, datamart_id=options["datamart_id"],
+            **conn_kwargs(conn_id), **extra,
+        ).expand(file=files)

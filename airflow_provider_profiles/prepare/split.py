@@ -75,14 +75,13 @@ def split_file(
     """Cut ``source`` into chunks of at most ``max_bytes`` (header included) and/or ``max_rows``.
 
     Returns the chunk paths in order, as strings (ready for ``.expand()``). With neither limit the
-    file is returned as is. A file without a record gives one chunk without a record (never an empty
-    list: a task mapped over an empty list is skipped, and so are the tasks after it). CSV (``file_format="csv"``, or guessed from the name) repeats its
-    header; NDJSON has none. A CSV whose last quoted value is never closed is an ``InputError``
-    at the line of that quote.
+    file is returned as is; a file without a record gives one chunk without a record (an empty list
+    would skip a task mapped over it, and every task after it). CSV (``file_format="csv"``, or guessed
+    from the name) repeats its header; NDJSON has none. A quoted CSV value never closed is an
+    ``InputError`` at the line of that quote.
     """
     source = as_storage_path(source)
-    file_format = (file_format or guess_format(source)).lower()
-    quoted = file_format == "csv"
+    quoted = (file_format or guess_format(source)).lower() == "csv"
     header = quoted if header is None else header
     if max_bytes is None and max_rows is None:
         return [path_text(source)]

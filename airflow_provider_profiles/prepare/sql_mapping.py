@@ -178,17 +178,7 @@ class _FieldBuilder:
             missing_literal = _literal(missing_value, "JSON")
         src = self.column(1, "src", source)
         self.src = src
-        fallback = None
-        result = fast(src) if fast is not None else None
-        if result is None:  # checks or parse without an SQL form
-            fallback = f"no SQL rule for a {spec.type} ({spec.representation}) from {kind.split('@')[0]}" + (
-                " with its pattern / format" if spec.pattern is not None or spec.format else ""
-            )
-            ok, value, failure = "FALSE", "NULL", "NULL"
-        else:
-            ok, value, failure = result
-            if as_json:
-                value = f"to_json({value})"
+        rule, fallback = self._fast_rule(fast, src, kind, as_json)
         if as_json:
             sql_type = "JSON"
         missing = self.column(3, "m", _missing_sql(category, src))
@@ -197,6 +187,26 @@ class _FieldBuilder:
         self.functions[self.function] = (
             _field_function(spec, sql_type, to_row), [_udf_parameter(kind, category)], f"STRUCT(v {returns}, r VARCHAR)"
         )
+        value_sql, reason_sql = self._combined(rule, sql_type, missing, missing_literal, missing_reason, udf_arg)
+        return CompiledField(spec.target, spec.path, value_sql, reason_sql, sql_type, fallback)
+
+    def _fast_rule(self, fast: Any, src: str, kind: str, as_json: bool) -> tuple[tuple[str, str, str], str | None]:
+        """(ok, value, failure) of the field's SQL rule, or, where it has none, a rule that sends every
+        value to Python and the note saying why."""
+        result = fast(src) if fast is not None else None
+        if result is None:  # checks or parse without an SQL form
+            spec = self.spec
+            fallback = f"no SQL rule for a {spec.type} ({spec.representation}) from {kind.split('@')[0]}" + (
+                " with its pattern / format" if spec.pattern is not None or spec.format else ""
+            )
+            return ("FALSE", "NULL", "NULL"), fallback
+        ok, value, failure = result
+        return (ok, f"to_json({value})" if as_json else value, failure), None
+
+    def _combined(self, rule: tuple[str, str, str], sql_type: str, missing: str, missing_literal: str,
+                  missing_reason: str | None, udf_arg: str) -> tuple[str, str]:
+        """The field's value and reject reason: missing, else the SQL rule, else Python's answer."""
+        ok, value, failure = rule
         ok = self.column(5, "ok", f"coalesce({ok}, FALSE)") if ok != "FALSE" else "FALSE"
         fast_value = self.column(5, "v", value) if value != "NULL" else "NULL"
         # the reason of the common rejects, worded in SQL as Python words it (NULL: ask Python)
@@ -211,7 +221,7 @@ class _FieldBuilder:
         )
         reason_literal = "CAST(NULL AS VARCHAR)" if missing_reason is None else sql.literal(missing_reason)
         reason_sql = f"CASE WHEN {missing} THEN {reason_literal} WHEN {ok} THEN NULL ELSE coalesce({failure}, {python}.r) END"
-        return CompiledField(spec.target, spec.path, value_sql, reason_sql, sql_type, fallback)
+        return value_sql, reason_sql
 
     def source(self) -> tuple[str, str]:
         """The SQL of the source value (binaries decoded, struct fields read) and its type."""

@@ -83,6 +83,8 @@ class AirflowCluster:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            # tests read the public REST API (extra links) as the UI does, without a login
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             # The example DAGs retry; the default 300 s between tries would dominate the suite.
             "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "1",
             # Airflow 3.3 can fail a resumed deferred task on the stale "success" of its deferring process
@@ -156,6 +158,14 @@ class AirflowCluster:
         raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
     # DAG runs ---------------------------------------------------------------------------------------
+    def api_get(self, path: str, **params: Any) -> Any:
+        """GET on the api-server's public REST API (``/api/v2`` + ``path``), as JSON."""
+        import requests
+
+        response = requests.get(f"http://127.0.0.1:{self.api_port}/api/v2{path}", params=params, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
     def query(self, sql: str, *params: Any) -> list[tuple]:
         with sqlite3.connect(self.home / "airflow.db", timeout=30) as db:
             return db.execute(sql, params).fetchall()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import END_TO_END_DAG, EXAMPLE_DAGS, REPO, Phase, run_phase
+from tests.e2e.conftest import END_TO_END_DAG, EXAMPLE_DAGS, REPO, SECRETS, Phase, run_phase
 
 pytestmark = pytest.mark.e2e
 
@@ -251,3 +251,26 @@ def test_end_to_end_tasks_depend_on_the_tasks_whose_xcom_they_template():
 def test_mediarithmics_example_runs_when_triggered_without_logical_date(cluster, example_runs):
     runs = cluster.trigger_many(["example_mediarithmics"], logical_date=False)
     assert cluster.wait_runs(runs, timeout=240) == {"example_mediarithmics": "success"}
+
+
+def test_vendor_links_render_for_finished_tasks(cluster, end_to_end_run):
+    """The task page's extra links, read from the api-server as the UI reads them: each points at the
+    job on the host the connection names (the emulator here), never at production, and holds no secret."""
+    run_id = end_to_end_run.runs[END_TO_END_DAG]
+
+    def links(task_id: str, map_index: int = 0) -> dict:
+        found = cluster.api_get(f"/dags/{END_TO_END_DAG}/dagRuns/{run_id}/taskInstances/{task_id}/links",
+                                map_index=map_index)
+        return found["extra_links"]
+
+    mediarithmics = links("mediarithmics.upload")
+    execution = mediarithmics["mediarithmics execution"]
+    assert execution.startswith(cluster.emulators["mediarithmics"].url), mediarithmics
+    assert re.search(r"/executions/\w+$", execution), execution
+    assert mediarithmics["mediarithmics document import"].startswith(cluster.emulators["mediarithmics"].url)
+    apsis = links("apsis_one.upload")["Apsis One import"]
+    assert apsis and apsis.startswith(cluster.emulators["apsis_one"].url), apsis
+    localytics = links("localytics.upload")["Localytics dashboard"]
+    assert localytics and localytics.startswith(cluster.emulators["localytics"].url), localytics
+    shown = json.dumps([mediarithmics, apsis, localytics])
+    assert [secret for vendor in SECRETS.values() for secret in vendor.values() if secret in shown] == []
