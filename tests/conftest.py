@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -18,6 +19,15 @@ os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_HOME 
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(_HOME / "dags")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+
+
+# Airflow's task state store (3.3+) and the Variable fallback that serves before it
+HAS_TASK_STATE_STORE = importlib.util.find_spec("airflow.models.task_state_store") is not None
+TASK_STATE_BACKENDS = [
+    pytest.param("task_state_store", marks=pytest.mark.skipif(
+        not HAS_TASK_STATE_STORE, reason="Airflow before 3.3 has no task state store: the Variable fallback serves")),
+    "variable",
+]
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ import uuid
 
 import pytest
 
+from tests.conftest import HAS_TASK_STATE_STORE, TASK_STATE_BACKENDS
+
 SECRET = "gpx-S3CRET-resume-7f3a"
 DAG = '''
 import datetime
@@ -65,17 +67,20 @@ def run_load(dag_file):
 
 def checkpoints_left(dag_id):
     from airflow.models import Variable as VariableModel
-    from airflow.models.task_state_store import TaskStateStoreModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        rows = [row.key for row in session.query(TaskStateStoreModel).filter_by(dag_id=dag_id)]
+        rows = []
+        if HAS_TASK_STATE_STORE:
+            from airflow.models.task_state_store import TaskStateStoreModel
+
+            rows = [row.key for row in session.query(TaskStateStoreModel).filter_by(dag_id=dag_id)]
         variables = [v.key for v in session.query(VariableModel).all() if v.key.startswith("profiles_load")
                      and f"{dag_id}.load" in (v.description or "")]
     return rows + variables
 
 
-@pytest.mark.parametrize("backend", ["task_state_store", "variable"])
+@pytest.mark.parametrize("backend", TASK_STATE_BACKENDS)
 def test_a_retry_resumes_after_the_records_the_failed_try_answered(gpx, tmp_path, monkeypatch, backend):
     from airflow_provider_profiles.operators import base
 

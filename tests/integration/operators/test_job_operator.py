@@ -7,9 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
+from airflow import __version__ as airflow_version
+from packaging.version import Version
 
 from airflow_provider_profiles.testing import serve
-from tests.conftest import run_dag_file
+from tests.conftest import HAS_TASK_STATE_STORE, TASK_STATE_BACKENDS, run_dag_file
 from tests.echo_emulator import EchoEmulator
 
 DAG_FILE = Path(__file__).parents[2] / "dags" / "echo_jobs.py"
@@ -78,7 +80,7 @@ def ledger_variables(dag_id: str) -> list[str]:
                       if v.key.startswith("profiles_job_") and f"of {dag_id}." in (v.description or ""))
 
 
-@pytest.fixture(scope="module", params=["task_state_store", "variable"])
+@pytest.fixture(scope="module", params=TASK_STATE_BACKENDS)
 def ledger_outcome(airflow_db, request):
     """Run the echo_ledger DAG once per backend (Airflow's task state store; the Variable fallback, as
     on Airflow before 3.3): (task states, the run, the emulator, ledger entries left)."""
@@ -125,7 +127,7 @@ def test_a_failed_try_with_retries_left_keeps_the_ledger_for_the_retry(ledger_ou
     assert emulator.counters["POST /jobs"] == 7
 
 
-@pytest.mark.parametrize("backend", ["task_state_store", "variable"])
+@pytest.mark.parametrize("backend", TASK_STATE_BACKENDS)
 def test_a_lost_create_answer_on_the_last_try_keeps_its_intent_and_names_it(backend, airflow_db, capsys, monkeypatch):
     """The job may exist: the entry is what makes a cleared task check before sending again, so it
     stays, and the log says how to remove it."""
@@ -163,11 +165,16 @@ def test_a_lost_create_answer_on_the_last_try_keeps_its_intent_and_names_it(back
         session.query(TaskStateStoreModel).filter_by(dag_id="echo_lost_answer").delete()
 
 
+# .partial() takes an operator's own default retries on Airflow 3.3 (seen on 3.3.2), Airflow's on 3.1.8
+MAPPED_TASKS_READ_OPERATOR_DEFAULTS = Version(airflow_version) >= Version("3.3")
+
 RETRY_DAG_FILE = Path(__file__).parents[2] / "dags" / "echo_retry.py"
 
 
 def task_state_rows(dag_id: str) -> list[tuple[str, str]]:
     """(task_id, key) of the task state store rows the DAG's tasks left behind."""
+    if not HAS_TASK_STATE_STORE:
+        return []
     from airflow.models.task_state_store import TaskStateStoreModel
     from airflow.utils.session import create_session
 
@@ -175,7 +182,7 @@ def task_state_rows(dag_id: str) -> list[tuple[str, str]]:
         return sorted((row.task_id, row.key) for row in session.query(TaskStateStoreModel).filter_by(dag_id=dag_id))
 
 
-@pytest.mark.parametrize("backend", ["task_state_store", "variable"])
+@pytest.mark.parametrize("backend", TASK_STATE_BACKENDS)
 def test_a_retry_reattaches_through_the_task_state(backend, airflow_db, monkeypatch, capsys):
     """A try dies after its job was created: the next try finds the job through Airflow's task state
     store (the Variable fallback made unusable), or through the Variable when the context has no store
@@ -239,6 +246,9 @@ def test_a_job_task_dying_after_its_job_was_created_retries_by_default(airflow_d
         _, no_retry_states = run_dag_file(dag_file, dag_id="echo_no_retry_by_default_args")
     finally:
         server.stop()
-    assert states == {"default_retry": "success", "no_retry": "failed", "mapped_default_retry[0]": "success"}
     assert no_retry_states == {"no_retry_from_default_args": "failed"}
+    if MAPPED_TASKS_READ_OPERATOR_DEFAULTS:
+        assert states == {"default_retry": "success", "no_retry": "failed", "mapped_default_retry[0]": "success"}
+    else:  # Airflow before 3.3: .partial() takes Airflow's default retries, not the operator's
+        assert states == {"default_retry": "success", "no_retry": "failed", "mapped_default_retry[0]": "failed"}
     assert server.emulator.counters["POST /jobs"] == 4  # one job per task: the retries reattached

@@ -21,7 +21,10 @@ TOKEN = "tok-links-secret"
 def rendered_links(dag, dag_run, task_id: str, map_index: int = -1) -> dict[str, str]:
     """What the task page shows: the serialized operator's links (``XComOperatorLink``), read from the DB."""
     from airflow.models.taskinstancekey import TaskInstanceKey
-    from airflow.serialization.serialized_objects import DagSerialization
+    try:
+        from airflow.serialization.serialized_objects import DagSerialization
+    except ImportError:  # Airflow before 3.2
+        from airflow.serialization.serialized_objects import SerializedDAG as DagSerialization
 
     task = DagSerialization.from_dict(DagSerialization.to_dict(dag)).get_task(task_id)
     key = TaskInstanceKey(dag_run.dag_id, task_id, dag_run.run_id, 1, map_index)
