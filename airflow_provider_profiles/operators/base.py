@@ -81,6 +81,7 @@ class JobWaitMixin:
         return self.hook_class(self.conn_id)
 
     def defer_to_trigger(self, job: dict[str, Any], deadline: float) -> None:
+        self.log.info("job %s still running: deferring to the triggerer", job)  # type: ignore[attr-defined]
         self.defer(  # type: ignore[attr-defined]
             trigger=self.trigger_class(vendor=self.vendor, conn_id=self.conn_id, job=job, deadline=deadline,
                                        poll_interval=self.poll_interval),
