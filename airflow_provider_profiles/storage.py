@@ -137,7 +137,7 @@ def _opened_upload(source: Any, default_name: str) -> Iterator[Upload]:
     elif isinstance(source, (str, os.PathLike)) or hasattr(source, "protocol"):
         path = as_storage_path(source)
         with open_binary(path) as handle:
-            yield Upload(handle, int(path.stat().st_size), path.name or default_name, str(source))
+            yield Upload(handle, int(path.stat().st_size), path.name or default_name, path_text(path))
     elif hasattr(source, "read"):
         name = str(getattr(source, "name", "") or "")
         yield Upload(source, _remaining(source), os.path.basename(name) or default_name, name or "the upload")
