@@ -97,14 +97,7 @@ class Destination:
         object.__setattr__(self, "options", options)
 
 
-# --- what each vendor does with a declaration -------------------------------------------------------
-
-
 # --- stage clocks: each task of the group notes when it ran, for the report --------------------------
-
-
-def _now() -> float:
-    return time.time()
 
 
 def _clock_start(context: Any) -> None:
@@ -112,11 +105,11 @@ def _clock_start(context: Any) -> None:
     ti = context["ti"]
     # a deferred task resuming runs with the method to resume in (the task runner's context)
     resumed = getattr(getattr(ti, "_ti_context_from_server", None), "next_method", None)
-    ti.xcom_push(key="sync_resumed" if resumed else "sync_started", value=_now())
+    ti.xcom_push(key="sync_resumed" if resumed else "sync_started", value=time.time())
 
 
 def _clock_end(context: Any, result: Any = None) -> None:
-    context["ti"].xcom_push(key="sync_ended", value=_now())
+    context["ti"].xcom_push(key="sync_ended", value=time.time())
 
 
 # --- preview ------------------------------------------------------------------------------------------
