@@ -3,9 +3,15 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-oldest e2e bench clean
+.PHONY: install servers demo test test-oldest e2e bench clean
 
 install: $(VENV)/.installed
+
+# Debian's PostgreSQL and Redis: the tests start their own throwaway servers on 127.0.0.1 (tests/services.py).
+SERVER_PACKAGES := postgresql redis-server
+servers:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v redis-server >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SERVER_PACKAGES) >/dev/null; fi
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +26,12 @@ demo: install
 
 # Unit and emulator-backed integration tests: every test but the e2e tier. No test run is a failure too
 # (pytest's exit 5), so a collection that finds nothing cannot pass.
-test: install
+test: install servers
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not e2e"
 
 # The e2e tier (tests marked e2e): the example DAGs under a real api-server, scheduler, dag-processor and
 # triggerer on SQLite, against the emulators. Slow.
-e2e: install
+e2e: install servers
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m e2e
 
 # The oldest Airflow setup.cfg allows (its floor is the only place the version is written), in a
@@ -33,7 +39,7 @@ e2e: install
 OLDEST_AIRFLOW := $(shell sed -n 's/^ *apache-airflow>=\([0-9.]*\).*/\1/p' setup.cfg)
 OLDEST_VENV ?= .venv-oldest
 
-test-oldest: install
+test-oldest: install servers
 	rm -rf $(OLDEST_VENV)
 	$(BIN)/uv venv --quiet --python $(PYTHON) $(OLDEST_VENV)
 	$(BIN)/uv pip install --quiet --python $(OLDEST_VENV)/bin/python -e ".[test]" "apache-airflow==$(OLDEST_AIRFLOW)"
