@@ -421,6 +421,13 @@ class SyncState:
                 if pointer["run_key"] == key:  # an earlier attempt of this run: nothing to tell
                     self._unlink(self._pointer_path(pointer["attempt"]))
 
+    def pending_snapshot(self, run_key: str) -> Any:
+        """The snapshot of the run's last finished prepare (the keys it read: sent or unchanged),
+        not yet committed; ``SyncStateError``/``SyncConflict`` as ``commit`` would raise."""
+        key = run_key_of(run_key)
+        attempt, _ = self._finished(key, self._last_attempt(key))
+        return self._path(attempt, SNAPSHOT_SUFFIX)
+
     def refuse(self, run_key: str, reason: str) -> None:
         """Does not commit the run's last finished attempt, and has its sent keys sent again."""
         key = run_key_of(run_key)
