@@ -16,7 +16,8 @@ expands into ``prepare -> split -> upload (mapped, deferrable) -> commit -> repo
 ``prepare -> load -> commit -> report``, its pooled loader takes records, not files), and with
 ``preview=True`` into ``preview_state -> prepare -> preview``: what a run would send, nothing sent
 and no sync state committed. Everything is checked when the DAG is parsed: a wrong vendor, option,
-format, mapping or mode is a ``ValueError`` naming the field.
+format, mapping or mode is a ``ValueError`` naming the field. ``partitions=N`` runs N such pipelines
+side by side, each with its own sync state (see ``ProfilesSync``).
 
 ``mapping`` is ``{destination field: input column or spec}`` (see ``prepare.mapping``); what a
 vendor does with it and with its ``Destination`` options is its adapter's business (its ``VendorSpec.sync_adapter``).
@@ -304,7 +305,7 @@ class SyncReportOperator(BaseOperator):
         max_row_count_change: float | None = None,
         on_threshold: str = "fail",
         storage_conn_id: str | None = None,
-        partitions_task_id: str | None = None,
+        check_task_ids: Sequence[str] | None = None,
         **kwargs: Any,
     ):
         kwargs.setdefault("trigger_rule", "all_done")
@@ -321,8 +322,8 @@ class SyncReportOperator(BaseOperator):
         self.max_invalid_ratio, self.max_vendor_failed_ratio = max_invalid_ratio, max_vendor_failed_ratio
         self.max_row_count_change, self.on_threshold = max_row_count_change, on_threshold
         self.storage_conn_id = storage_conn_id
-        # a partitioned sync: a list of task ids per stage (one per partition) and the partitions' check
-        self.partitions_task_id = partitions_task_id
+        # a partitioned sync: a list of task ids per stage (one per partition), and the partitions' checks
+        self.check_task_ids = list(check_task_ids or [])
 
     def _pull(self, ti: Any, task_id: str, key: str = "return_value") -> list[Any]:
         value = ti.xcom_pull(task_ids=task_id, key=key)
@@ -346,12 +347,18 @@ class SyncReportOperator(BaseOperator):
     def _partitioned(self, ti: Any) -> dict[str, Any]:
         """A partitioned sync: the partitions' counts summed (each partition's too, under
         ``partitions``), committed when every partition committed."""
-        overlap = (self._pull(ti, self.partitions_task_id, "partition_overlap") or [None])[0] \
-            if self.partitions_task_id else None
+        overlap = None
+        for task_id in self.check_task_ids:
+            for found in self._pull(ti, task_id, "partition_overlap"):
+                overlap = overlap or {"count": 0, "ids": {}}
+                overlap["count"] = max(overlap["count"], found["count"])  # (the ids of the partition that found most)
+                for key, parts in found["ids"].items():
+                    overlap["ids"][key] = sorted({*overlap["ids"].get(key, []), *parts})
         if overlap:
             ti.xcom_push(key="sync_report", value={"overlap": overlap, "committed": False})
             ids = "; ".join(f"{key} in partitions {', '.join(map(str, parts))}" for key, parts in overlap["ids"].items())
-            raise AirflowFailException(f"{overlap['count']} id(s) in more than one partition, nothing sent: {ids}")
+            raise AirflowFailException(f"id(s) in more than one partition: {ids} (a partition that found one sent "
+                                       "nothing; see the part_<i>.check tasks)")
         commits = list(self.commit_task_id or [None] * len(self.prepare_task_id))
         found, missing = [], []
         for index, (prepare_id, upload_id, commit_id) in enumerate(zip(self.prepare_task_id, self.upload_task_id, commits)):
@@ -654,7 +661,7 @@ def _check_partitions(group_id: str, partitions: Any, source: Any, mode: str, on
         if missing and not source.sql.strip().endswith(".sql"):
             raise refuse("source.sql", "a partitioned query must keep only its partition's rows, by the identifier, "
                          "with {{ params.partition }} (0 to partitions-1) and {{ params.partitions }}; e.g. "
-                         "WHERE abs(hashtext(id)) % {{ params.partitions }} = {{ params.partition }} (PostgreSQL) or "
+                         "WHERE (hashtext(id::text) & 2147483647) % {{ params.partitions }} = {{ params.partition }} (PostgreSQL) or "
                          f"WHERE id % {{{{ params.partitions }}}} = {{{{ params.partition }}}}; it does not use "
                          f"{', '.join('params.' + name for name in missing)}")
     else:
@@ -670,43 +677,58 @@ def _check_partitions(group_id: str, partitions: Any, source: Any, mode: str, on
 
 
 class PartitionsDisjointOperator(BaseOperator):
-    """Before any partition uploads: no identifier is in two partitions of this run (a partition
-    filter that overlaps would send it twice). Reads each partition's prepared snapshot (the keys it
-    read); on an overlap pushes ``partition_overlap`` (count, ids with their partitions) and fails,
-    so no partition sends anything."""
+    """A partition's check before it uploads: none of its ids is in another partition of this run (a
+    partition filter that overlaps would send it twice). Compares the keys its prepare read with
+    those of every other partition whose prepare finished in this run (pending or committed).
+
+    No partition waits for another: the later of two overlapping partitions to check sees the
+    other's keys (a prepare writes them before its own check runs), so an id is sent by one of them
+    at most. On an overlap it pushes ``partition_overlap`` (count, ids with their partitions) and
+    fails: this partition sends nothing."""
 
     template_fields: Sequence[str] = ("sync_state_paths", "sync_run_key")
     SAMPLE_IDS = 20
 
-    def __init__(self, *, sync_state_paths: Sequence[str], sync_run_key: str = "{{ run_id }}",
+    def __init__(self, *, partition: int, sync_state_paths: Sequence[str], sync_run_key: str = "{{ run_id }}",
                  storage_conn_id: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        self.sync_state_paths, self.sync_run_key, self.storage_conn_id = list(sync_state_paths), sync_run_key, storage_conn_id
+        self.partition, self.sync_state_paths = partition, list(sync_state_paths)
+        self.sync_run_key, self.storage_conn_id = sync_run_key, storage_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_provider_profiles.prepare.engine import connected
         from airflow_provider_profiles.prepare.sql import literal
-        from airflow_provider_profiles.prepare.sync import SyncState, readable
+        from airflow_provider_profiles.prepare.sync import SyncState, SyncStateError, readable
         from airflow_provider_profiles.storage import as_storage_path
 
-        snapshots = [SyncState(as_storage_path(path, self.storage_conn_id)).pending_snapshot(self.sync_run_key)
-                     for path in self.sync_state_paths]
-        with connected(snapshots[0], threads=1) as connection:
-            keys = " UNION ALL ".join(f"SELECT key, {index} AS part FROM read_parquet({literal(readable(connection, path))})"
-                                      for index, path in enumerate(snapshots))
-            connection.execute(f"CREATE TABLE overlap AS SELECT key, list(part ORDER BY part) AS parts FROM ({keys}) "
-                               "GROUP BY key HAVING count(DISTINCT part) > 1")
+        snapshots = {index: SyncState(as_storage_path(path, self.storage_conn_id)).run_snapshot(self.sync_run_key)
+                     for index, path in enumerate(self.sync_state_paths)}
+        mine = snapshots.pop(self.partition)
+        if mine is None:
+            raise SyncStateError(f"partition {self.partition}: no prepared snapshot for this run in "
+                                 f"{self.sync_state_paths[self.partition]}: run its prepare again")
+        others = {index: path for index, path in snapshots.items() if path is not None}
+        if not others:
+            self.log.info("partition %d: no other partition prepared yet in this run", self.partition)
+            return {"partition": self.partition, "compared_with": [], "overlap": 0}
+        with connected(mine, threads=1) as connection:
+            theirs = " UNION ALL ".join(f"SELECT key, {index} AS part FROM read_parquet({literal(readable(connection, path))})"
+                                        for index, path in others.items())
+            connection.execute(f"""CREATE TABLE overlap AS SELECT mine.key, list(DISTINCT theirs.part ORDER BY theirs.part) AS parts
+                                   FROM read_parquet({literal(readable(connection, mine))}) AS mine
+                                   JOIN ({theirs}) AS theirs ON theirs.key = mine.key GROUP BY mine.key""")
             count = connection.execute("SELECT count(*) FROM overlap").fetchone()[0]
             found = connection.execute(f"SELECT key, parts FROM overlap ORDER BY key LIMIT {self.SAMPLE_IDS}").fetchall()
         if count:
-            overlap = {"count": count, "ids": {key: parts for key, parts in found}}
-            context["ti"].xcom_push(key="partition_overlap", value=overlap)
-            named = ", ".join(f"{key} (partitions {', '.join(map(str, parts))})" for key, parts in found)
+            ids = {key: sorted({self.partition, *parts}) for key, parts in found}
+            context["ti"].xcom_push(key="partition_overlap", value={"count": count, "ids": ids})
+            named = ", ".join(f"{key} (partitions {', '.join(map(str, parts))})" for key, parts in ids.items())
             raise AirflowFailException(
-                f"{count} id(s) are in more than one partition: {named}{' ...' if count > len(found) else ''}. Nothing "
-                "was sent: fix the partition filter so that each id is in exactly one partition.")
-        self.log.info("%d partitions, no id in two of them", len(snapshots))
-        return {"partitions": len(snapshots), "overlap": 0}
+                f"partition {self.partition}: {count} of its id(s) are in another partition too: {named}"
+                f"{' ...' if count > len(found) else ''}. This partition sent nothing: fix the partition filter so "
+                "that each id is in exactly one partition.")
+        self.log.info("partition %d: no id in partitions %s", self.partition, sorted(others))
+        return {"partition": self.partition, "compared_with": sorted(others), "overlap": 0}
 
 
 def ProfilesSync(  # noqa: N802 (a task group, named like a class as TaskGroup is)
@@ -740,12 +762,14 @@ def ProfilesSync(  # noqa: N802 (a task group, named like a class as TaskGroup i
     (``<group_id>.part_<i>.prepare``, ``.split``, ``.upload``, ``.commit``) and its own sync state
     (``<work_folder>/<group_id>/state/part-<i>``): a SqlSource's query keeps its partition's rows with
     ``{{ params.partition }}`` and ``{{ params.partitions }}``; a FileSource's files are dealt out
-    (file i to partition i mod N). ``<group_id>.check_partitions`` runs after every prepare and before
-    any upload: an id in two partitions fails it, and nothing is sent. Each partition commits its
-    own state once all its uploads succeeded; the report (run whatever happened) sums the partitions
-    and fails unless every partition committed. A failed partition is retried alone (its tasks
-    cleared, or Airflow's retries): the others' committed states are not touched, so nothing they
-    sent is sent again, and the next run sends what a partition did not commit."""
+    (file i to partition i mod N). ``<group_id>.part_<i>.check`` runs between a partition's prepare
+    and its uploads: an id that another partition of the run read too fails it (of two overlapping
+    partitions, the later to check fails), so no id is sent twice. Each partition commits its own
+    state once all its uploads succeeded; the report (run whatever happened) sums the partitions and
+    fails unless every partition committed. No task of a partition depends on another partition's,
+    so a failed partition is retried alone (Airflow's retries, or clearing its tasks): the others'
+    committed states are not touched, nothing they sent is sent again, and the next run sends what a
+    partition did not commit."""
     from airflow.sdk import TaskGroup
 
     from airflow_provider_profiles.operators.prepare import (
@@ -787,11 +811,12 @@ def ProfilesSync(  # noqa: N802 (a task group, named like a class as TaskGroup i
             include_deletions=plan.deletions, **storage, **clocked,
         )
         if isinstance(source, SqlSource):
-            partitioned = {} if partition is None else {"params": {"partition": partition, "partitions": parts}}
+            given = dict(prepare_options or {})
+            if partition is not None:  # the partition's values join any params the declaration passes
+                given["params"] = {**(given.get("params") or {}), "partition": partition, "partitions": parts}
             return build("prepare_options", SqlToProfilesFileOperator, {
                 **prepare_defaults, "conn_id": source.conn_id, "sql": source.sql, "parameters": source.parameters,
-                **partitioned,
-            }, prepare_options)
+            }, given)
         partitioned = {} if partition is None else {"partition": partition, "partitions": parts}
         return build("prepare_options", ProfilesFileTransformOperator, {
             **prepare_defaults, "source_path": source.path if isinstance(source.path, str) else list(source.path),
@@ -824,7 +849,7 @@ def ProfilesSync(  # noqa: N802 (a task group, named like a class as TaskGroup i
             upload_task >> tasks["commit"]
         return tasks
 
-    def report_task(prepares: list[Any], sent: list[dict[str, Any]], gate: Any) -> Any:
+    def report_task(prepares: list[Any], sent: list[dict[str, Any]], checks: list[Any] | None) -> Any:
         stages: dict[str, list[str]] = {"prepare": [task.task_id for task in prepares]}
         for stage in ("split", "upload", "commit"):
             if sent[0].get(stage) is not None:
@@ -835,28 +860,29 @@ def ProfilesSync(  # noqa: N802 (a task group, named like a class as TaskGroup i
             commit_task_id=ids.get("commit"), not_sent_path=f"{run_folder}/not_sent.csv",
             last_run_path=f"{base}/last_run.json", max_invalid_ratio=max_invalid_ratio,
             max_vendor_failed_ratio=max_vendor_failed_ratio, max_row_count_change=max_row_count_change,
-            on_threshold=on_threshold, **({"partitions_task_id": gate.task_id} if gate is not None else {}),
+            on_threshold=on_threshold, **({"check_task_ids": [check.task_id for check in checks]} if checks else {}),
             **storage), report_options)
         for prepared, tasks in zip(prepares, sent):
             [prepared, tasks["upload"], tasks.get("commit") or tasks["upload"]] >> report
             if "split" in tasks:
                 tasks["split"] >> report
-        if gate is not None:
-            gate >> report
+        for check in checks or []:
+            check >> report
         return report
 
     with TaskGroup(group_id=group_id, **group_kwargs) as group:
         if parts > 1:
-            prepares, sent, states = [], [], []
+            # no task of one partition depends on another partition's: each is retried (cleared) alone
+            prepares, sent, checks = [], [], []
+            states = [f"{state_path}/part-{index}" for index in range(parts)]
             for index in range(parts):
                 with TaskGroup(group_id=f"part_{index}"):
-                    states.append(f"{state_path}/part-{index}")
-                    prepares.append(prepare_task(f"{run_folder}/part-{index}", states[-1], index))
-                    sent.append(send(prepares[-1], f"{run_folder}/part-{index}", states[-1]))
-            gate = PartitionsDisjointOperator(task_id="check_partitions", sync_state_paths=states, **storage)
-            for prepared, tasks in zip(prepares, sent):
-                prepared >> gate >> tasks.get("split", tasks["upload"])
-            report_task(prepares, sent, gate)
+                    prepares.append(prepare_task(f"{run_folder}/part-{index}", states[index], index))
+                    checks.append(PartitionsDisjointOperator(task_id="check", partition=index, sync_state_paths=states,
+                                                             **storage))
+                    sent.append(send(prepares[-1], f"{run_folder}/part-{index}", states[index]))
+                    prepares[-1] >> checks[-1] >> sent[-1].get("split", sent[-1]["upload"])
+            report_task(prepares, sent, checks)
             return group
 
         prepared = prepare_task(run_folder, state_path, None)
