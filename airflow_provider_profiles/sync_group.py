@@ -651,8 +651,8 @@ def _check_partitions(group_id: str, partitions: Any, source: Any, mode: str, on
     if partitions == 1:
         return 1
     if preview:
-        raise refuse("preview", "a preview of a partitioned sync is not supported: preview it without partitions "
-                     "(same source, same counts), or run it")
+        raise refuse("preview", "a preview of a partitioned sync is not supported (it would have to read every "
+                     "partition's sync state); declare it without preview=True")
     if not only_changed:
         raise refuse("only_changed", "each partition keeps its own sync state, which is what lets a failed partition "
                      "be retried alone without resending the others: partitions need only_changed=True")
