@@ -295,3 +295,51 @@ def test_partitions_expand_into_a_pipeline_each_and_one_gives_todays_group():
     assert prepared.sync_state_path == "/tmp/w/g/state/part-2"
     group = declare(partitions=1, source=FileSource(["a.csv", "b.csv"]))
     assert sorted(group.children) == ["g.commit", "g.prepare", "g.report", "g.split", "g.upload"]
+
+
+class _Pushed:
+    """What a task instance is asked to push (the check's only use of its context)."""
+
+    def __init__(self):
+        self.pushed = {}
+
+    def xcom_push(self, key, value):
+        self.pushed[key] = value
+
+
+def test_the_later_of_two_overlapping_partitions_to_check_fails_and_the_first_may_commit(tmp_path):
+    """No partition waits for another: partition 0 prepares, checks (alone so far) and commits; then
+    partition 1, whose rows overlap, prepares and its check finds partition 0's committed ids."""
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    from airflow_provider_profiles.prepare.engine import prepare
+    from airflow_provider_profiles.prepare.sync import SyncState
+    from airflow_provider_profiles.sync_group import PartitionsDisjointOperator
+    from airflow_provider_profiles.writers import get_writer
+
+    states = [str(tmp_path / "state" / f"part-{index}") for index in range(2)]
+    writer = get_writer("localytics", "changes", attributes={"name": "name"}, customer_id="id")
+
+    def prepared(index, nums):
+        path = tmp_path / f"part-{index}.csv"
+        write_users(path, nums)
+        prepare(str(path), writer, str(tmp_path / f"part-{index}.ndjson"), sync=SyncState(states[index]),
+                sync_run_key="run-1")
+
+    def check(index):
+        ti = _Pushed()
+        operator = PartitionsDisjointOperator(task_id=f"check_{index}", partition=index, sync_state_paths=states,
+                                              sync_run_key="run-1")
+        try:
+            return operator.execute({"ti": ti}), ti.pushed
+        except AirflowFailException as refused:
+            return str(refused), ti.pushed
+
+    prepared(0, range(1, 11))
+    result, _ = check(0)
+    assert result["compared_with"] == []  # partition 1 has not prepared yet
+    SyncState(states[0]).commit("run-1")
+    prepared(1, range(9, 21))  # 9 and 10 are partition 0's too
+    refused, pushed = check(1)
+    assert "u0009 (partitions 0, 1), u0010 (partitions 0, 1)" in refused, refused
+    assert pushed["partition_overlap"] == {"count": 2, "ids": {"u0009": [0, 1], "u0010": [0, 1]}}
