@@ -16,7 +16,8 @@ expands into ``prepare -> split -> upload (mapped, deferrable) -> commit -> repo
 ``prepare -> load -> commit -> report``, its pooled loader takes records, not files), and with
 ``preview=True`` into ``preview_state -> prepare -> preview``: what a run would send, nothing sent
 and no sync state committed. Everything is checked when the DAG is parsed: a wrong vendor, option,
-format, mapping or mode is a ``ValueError`` naming the field.
+format, mapping or mode is a ``ValueError`` naming the field. ``partitions=N`` runs N such pipelines
+side by side, each with its own sync state (see ``ProfilesSync``).
 
 ``mapping`` is ``{destination field: input column or spec}`` (see ``prepare.mapping``); what a
 vendor does with it and with its ``Destination`` options is its adapter's business (its ``VendorSpec.sync_adapter``).
@@ -30,6 +31,7 @@ import csv
 import datetime as dt
 import io
 import json
+import re
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -72,12 +74,21 @@ class SqlSource:
 
 @dataclass(frozen=True)
 class FileSource:
-    """A CSV, NDJSON or Parquet file, local or in object storage (``format`` None: by its suffix)."""
+    """CSV, NDJSON or Parquet, local or in object storage (``format`` None: by the suffix).
 
-    path: str
+    ``path`` is one file, or a list of files and glob patterns (``s3://bucket/users/*.csv``) read as
+    one input: the same columns in each, a pattern's matches in name order, each reject named by its
+    file and its record number there. With ``ProfilesSync(partitions=N)`` the files are the
+    partitions: file i (in that order) goes to partition i mod N."""
+
+    path: str | Sequence[str]
     format: str | None = None
     delimiter: str = ","
     encoding: str = "utf-8"
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path] if isinstance(self.path, str) else list(self.path)
 
 
 INPUT_FORMATS = (None, "csv", "ndjson", "parquet")
@@ -254,8 +265,10 @@ def _rejects_rows(path: str | None, conn_id: str | None) -> list[dict[str, str]]
     if not target.exists():
         return []
     with target.open("r", encoding="utf-8", newline="") as handle:
-        # the prepare engine numbers input records ("record"); the loaders' rejects say "line"
-        return [{**row, "line": row.get("line") or row.get("record")} for row in csv.DictReader(handle)]
+        # the prepare engine numbers input records ("record", and "file" when it read several); the
+        # loaders' rejects say "line"
+        return [{**row, "line": row.get("line") or (f"{row['file']}:{row.get('record')}" if row.get("file")
+                                                    else row.get("record"))} for row in csv.DictReader(handle)]
 
 
 # --- the report -----------------------------------------------------------------------------------
@@ -282,9 +295,9 @@ class SyncReportOperator(BaseOperator):
         self,
         *,
         stages: Mapping[str, Sequence[str]],
-        prepare_task_id: str,
-        upload_task_id: str,
-        commit_task_id: str | None,
+        prepare_task_id: str | Sequence[str],
+        upload_task_id: str | Sequence[str],
+        commit_task_id: str | Sequence[str] | None,
         not_sent_path: str,
         last_run_path: str,
         max_invalid_ratio: float | None = None,
@@ -292,6 +305,7 @@ class SyncReportOperator(BaseOperator):
         max_row_count_change: float | None = None,
         on_threshold: str = "fail",
         storage_conn_id: str | None = None,
+        check_task_ids: Sequence[str] | None = None,
         **kwargs: Any,
     ):
         kwargs.setdefault("trigger_rule", "all_done")
@@ -308,6 +322,8 @@ class SyncReportOperator(BaseOperator):
         self.max_invalid_ratio, self.max_vendor_failed_ratio = max_invalid_ratio, max_vendor_failed_ratio
         self.max_row_count_change, self.on_threshold = max_row_count_change, on_threshold
         self.storage_conn_id = storage_conn_id
+        # a partitioned sync: a list of task ids per stage (one per partition), and the partitions' checks
+        self.check_task_ids = list(check_task_ids or [])
 
     def _pull(self, ti: Any, task_id: str, key: str = "return_value") -> list[Any]:
         value = ti.xcom_pull(task_ids=task_id, key=key)
@@ -319,14 +335,60 @@ class SyncReportOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         ti = self._ti = context["ti"]
+        if not isinstance(self.prepare_task_id, str):
+            return self._partitioned(ti)
         prepared = (self._pull(ti, self.prepare_task_id) or [None])[0]
         uploads = results_of(self._pull(ti, self.upload_task_id), "upload results")
         committed = (self._pull(ti, self.commit_task_id) or [None])[0] if self.commit_task_id else None
         if prepared is None:
             raise AirflowFailException(f"prepare ({self.prepare_task_id}) returned nothing: it failed, so nothing was sent")
+        return self._report(ti, prepared, uploads, committed is not None)
 
+    def _partitioned(self, ti: Any) -> dict[str, Any]:
+        """A partitioned sync: the partitions' counts summed (each partition's too, under
+        ``partitions``), committed when every partition committed."""
+        overlap = None
+        for task_id in self.check_task_ids:
+            for found in self._pull(ti, task_id, "partition_overlap"):
+                overlap = overlap or {"count": 0, "ids": {}}
+                overlap["count"] = max(overlap["count"], found["count"])  # (the ids of the partition that found most)
+                for key, parts in found["ids"].items():
+                    overlap["ids"][key] = sorted({*overlap["ids"].get(key, []), *parts})
+        if overlap:
+            ti.xcom_push(key="sync_report", value={"overlap": overlap, "committed": False})
+            ids = "; ".join(f"{key} in partitions {', '.join(map(str, parts))}" for key, parts in overlap["ids"].items())
+            raise AirflowFailException(f"id(s) in more than one partition: {ids} (a partition that found one sent "
+                                       "nothing; see the part_<i>.check tasks)")
+        commits = list(self.commit_task_id or [None] * len(self.prepare_task_id))
+        found, missing = [], []
+        for index, (prepare_id, upload_id, commit_id) in enumerate(zip(self.prepare_task_id, self.upload_task_id, commits)):
+            prepared = (self._pull(ti, prepare_id) or [None])[0]
+            if prepared is None:
+                missing.append(prepare_id)
+                continue
+            uploads = results_of(self._pull(ti, upload_id), "upload results")
+            committed = bool(self._pull(ti, commit_id)) if commit_id else False
+            found.append((index, prepared, uploads, committed))
+        if missing:
+            raise AirflowFailException(f"prepare ({', '.join(missing)}) returned nothing: it failed, so no partition sent anything")
+        prepared = {name: sum(result[name] for _, result, _, _ in found)
+                    for name in ("read", "written", "rejected", "unchanged", "deleted")}
+        prepared["rejects"] = [result["rejects"] for _, result, _, _ in found if result.get("rejects")]
+        uploads = [upload for _, _, partition_uploads, _ in found for upload in partition_uploads]
+        partitions = []
+        for index, result, partition_uploads, committed in found:
+            counts = self._counts(result, partition_uploads)
+            partitions.append({"partition": index, **{name: counts[name] for name in ("read", "invalid", "unchanged",
+                               "deleted", "written", "sent", "vendor_succeeded", "vendor_failed")}, "committed": committed})
+        return self._report(ti, prepared, uploads, all(part["committed"] for part in partitions), partitions)
+
+    def _report(self, ti: Any, prepared: Mapping[str, Any], uploads: list[Mapping[str, Any]], committed: bool,
+                partitions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         report = self._counts(prepared, uploads)
-        report["committed"] = committed is not None
+        report["committed"] = committed
+        if partitions is not None:
+            report["partitions"] = partitions
+            report["not_committed"] = [part["partition"] for part in partitions if not part["committed"]]
         report["seconds"] = self._seconds(ti)
         timed = {stage: seconds for stage, seconds in report["seconds"].items() if seconds is not None}
         report["bottleneck"] = max(timed, key=timed.get) if timed else None
@@ -337,6 +399,10 @@ class SyncReportOperator(BaseOperator):
         problems = report["reconcile_problems"] = self._reconcile(prepared, uploads, report)
         self.log.info("sync report:\n%s", _report_table(report))
         ti.xcom_push(key="sync_report", value=report)  # readable by callbacks and notifiers when this task fails
+        if partitions is not None and report["not_committed"]:
+            why = self._unfinished_stage() or "; ".join(problems) or "see their commit tasks"
+            raise AirflowFailException(f"partition(s) {', '.join(map(str, report['not_committed']))} not committed "
+                                       f"({why}); the others are. Clear the failed partition's tasks to retry it alone")
         if problems:
             raise AirflowFailException("counts do not reconcile: " + "; ".join(problems))
         unfinished = self._unfinished_stage()
@@ -414,8 +480,10 @@ class SyncReportOperator(BaseOperator):
 
     # what did not make it
     def _not_sent(self, prepared: Mapping[str, Any], uploads: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        rejects = prepared.get("rejects")
         rows = [{"line": row["line"], "id": row["identifier"], "stage": "prepare", "reason": row["reason"]}
-                for row in _rejects_rows(prepared.get("rejects"), self.storage_conn_id)]
+                for path in (rejects if isinstance(rejects, list) else [rejects])
+                for row in _rejects_rows(path, self.storage_conn_id)]
         for result in uploads:
             path = result["details"].get("rejects_path")
             for row in _rejects_rows(path, self.storage_conn_id):
@@ -496,10 +564,19 @@ def _validate(group_id: str, source: Any, destination: Any, mapping: Any, mode: 
     if not isinstance(source, (SqlSource, FileSource)):
         raise refuse("source", f"expected SqlSource(conn_id, sql) or FileSource(path), got {source!r}")
     if isinstance(source, FileSource):
-        if not isinstance(source.path, str) or not source.path:
-            raise refuse("source.path", f"expected one file's path or URL (one file per sync), got {source.path!r}")
+        paths = source.path if isinstance(source.path, (str, list, tuple)) else None
+        if not paths or any(not isinstance(path, str) or not path for path in source.paths):
+            raise refuse("source.path", "expected a file's path or URL, or a non-empty list of them (glob patterns "
+                         f"allowed), got {source.path!r}")
         if source.format not in INPUT_FORMATS:
             raise refuse("source.format", f"unknown format {source.format!r}; choose from csv, ndjson, parquet")
+        if source.format is None:
+            from airflow_provider_profiles.prepare.errors import guess_format
+
+            formats = {path: guess_format(path) for path in source.paths}
+            if len(set(formats.values())) > 1:
+                raise refuse("source.format", f"the files are read as one input, of one format: {formats}; "
+                             "give files of one format (or set format)")
     elif not source.conn_id or not source.sql:
         raise refuse("source", "SqlSource needs a conn_id and a sql query")
     if not isinstance(destination, Destination):
@@ -553,6 +630,107 @@ def _validate(group_id: str, source: Any, destination: Any, mapping: Any, mode: 
     return adapter, options, plan
 
 
+PARTITION_PARAMETERS = ("partition", "partitions")
+
+
+def _uses_parameter(sql: str, name: str) -> bool:
+    """True where the SQL's Jinja names ``params.<name>`` (or ``params['<name>']``)."""
+    return re.search(rf"params\s*(\.\s*{name}\b|\[\s*['\"]{name}['\"]\s*\])", sql) is not None
+
+
+def _check_partitions(group_id: str, partitions: Any, source: Any, mode: str, only_changed: bool, preview: bool) -> int:
+    """The number of partitions (1: not partitioned), or ``SyncDeclarationError``."""
+    def refuse(field_name: str, problem: str) -> SyncDeclarationError:
+        return SyncDeclarationError(group_id, field_name, problem)
+
+    if partitions is None:
+        return 1
+    if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+        raise refuse("partitions", f"a whole number >= 1 (a fixed number: the tasks are made when the DAG is parsed), "
+                     f"not {partitions!r}")
+    if partitions == 1:
+        return 1
+    if preview:
+        raise refuse("preview", "a preview of a partitioned sync is not supported (it would have to read every "
+                     "partition's sync state); declare it without preview=True")
+    if not only_changed:
+        raise refuse("only_changed", "each partition keeps its own sync state, which is what lets a failed partition "
+                     "be retried alone without resending the others: partitions need only_changed=True")
+    if isinstance(source, SqlSource):
+        missing = [name for name in PARTITION_PARAMETERS if not _uses_parameter(source.sql, name)]
+        if missing and not source.sql.strip().endswith(".sql"):
+            raise refuse("source.sql", "a partitioned query must keep only its partition's rows, by the identifier, "
+                         "with {{ params.partition }} (0 to partitions-1) and {{ params.partitions }}; e.g. "
+                         "WHERE (hashtext(id::text) & 2147483647) % {{ params.partitions }} = {{ params.partition }} (PostgreSQL) or "
+                         f"WHERE id % {{{{ params.partitions }}}} = {{{{ params.partition }}}}; it does not use "
+                         f"{', '.join('params.' + name for name in missing)}")
+    else:
+        from airflow_provider_profiles.operators.prepare import is_glob
+
+        if mode == "mirror":
+            raise refuse("mode", "a file-partitioned sync cannot mirror: an id that moves to a file of another "
+                         "partition would be deleted by one partition and sent by the other")
+        plain = [path for path in source.paths if not is_glob(path)]
+        if len(plain) == len(source.paths) and len(plain) < partitions:
+            raise refuse("partitions", f"the files are the partitions: {len(plain)} file(s) cannot make {partitions}")
+    return partitions
+
+
+class PartitionsDisjointOperator(BaseOperator):
+    """A partition's check before it uploads: none of its ids is in another partition of this run (a
+    partition filter that overlaps would send it twice). Compares the keys its prepare read with
+    those of every other partition whose prepare finished in this run (pending or committed).
+
+    No partition waits for another: the later of two overlapping partitions to check sees the
+    other's keys (a prepare writes them before its own check runs), so an id is sent by one of them
+    at most. On an overlap it pushes ``partition_overlap`` (count, ids with their partitions) and
+    fails: this partition sends nothing."""
+
+    template_fields: Sequence[str] = ("sync_state_paths", "sync_run_key")
+    SAMPLE_IDS = 20
+
+    def __init__(self, *, partition: int, sync_state_paths: Sequence[str], sync_run_key: str = "{{ run_id }}",
+                 storage_conn_id: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.partition, self.sync_state_paths = partition, list(sync_state_paths)
+        self.sync_run_key, self.storage_conn_id = sync_run_key, storage_conn_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_provider_profiles.prepare.engine import connected
+        from airflow_provider_profiles.prepare.sql import literal
+        from airflow_provider_profiles.prepare.sync import SyncState, SyncStateError, readable
+        from airflow_provider_profiles.storage import as_storage_path
+
+        snapshots = {index: SyncState(as_storage_path(path, self.storage_conn_id)).run_snapshot(self.sync_run_key)
+                     for index, path in enumerate(self.sync_state_paths)}
+        mine = snapshots.pop(self.partition)
+        if mine is None:
+            raise SyncStateError(f"partition {self.partition}: no prepared snapshot for this run in "
+                                 f"{self.sync_state_paths[self.partition]}: run its prepare again")
+        others = {index: path for index, path in snapshots.items() if path is not None}
+        if not others:
+            self.log.info("partition %d: no other partition prepared yet in this run", self.partition)
+            return {"partition": self.partition, "compared_with": [], "overlap": 0}
+        with connected(mine, threads=1) as connection:
+            theirs = " UNION ALL ".join(f"SELECT key, {index} AS part FROM read_parquet({literal(readable(connection, path))})"
+                                        for index, path in others.items())
+            connection.execute(f"""CREATE TABLE overlap AS SELECT mine.key, list(DISTINCT theirs.part ORDER BY theirs.part) AS parts
+                                   FROM read_parquet({literal(readable(connection, mine))}) AS mine
+                                   JOIN ({theirs}) AS theirs ON theirs.key = mine.key GROUP BY mine.key""")
+            count = connection.execute("SELECT count(*) FROM overlap").fetchone()[0]
+            found = connection.execute(f"SELECT key, parts FROM overlap ORDER BY key LIMIT {self.SAMPLE_IDS}").fetchall()
+        if count:
+            ids = {key: sorted({self.partition, *parts}) for key, parts in found}
+            context["ti"].xcom_push(key="partition_overlap", value={"count": count, "ids": ids})
+            named = ", ".join(f"{key} (partitions {', '.join(map(str, parts))})" for key, parts in ids.items())
+            raise AirflowFailException(
+                f"partition {self.partition}: {count} of its id(s) are in another partition too: {named}"
+                f"{' ...' if count > len(found) else ''}. This partition sent nothing: fix the partition filter so "
+                "that each id is in exactly one partition.")
+        self.log.info("partition %d: no id in partitions %s", self.partition, sorted(others))
+        return {"partition": self.partition, "compared_with": sorted(others), "overlap": 0}
+
+
 def ProfilesSync(  # noqa: N802 (a task group, named like a class as TaskGroup is)
     *,
     group_id: str,
@@ -563,6 +741,7 @@ def ProfilesSync(  # noqa: N802 (a task group, named like a class as TaskGroup i
     only_changed: bool = True,
     work_folder: str,
     preview: bool = False,
+    partitions: int | None = None,
     storage_conn_id: str | None = None,
     max_invalid_ratio: float | None = None,
     max_vendor_failed_ratio: float | None = None,
@@ -577,7 +756,20 @@ def ProfilesSync(  # noqa: N802 (a task group, named like a class as TaskGroup i
 ):
     """The task group of one declared sync (see the module docstring). Returns the ``TaskGroup``;
     its last task is ``<group_id>.report`` (``<group_id>.preview`` with ``preview=True``), whose
-    return value is the run's report."""
+    return value is the run's report.
+
+    ``partitions=N`` (N > 1) splits the source into N partitions, each with tasks of its own
+    (``<group_id>.part_<i>.prepare``, ``.split``, ``.upload``, ``.commit``) and its own sync state
+    (``<work_folder>/<group_id>/state/part-<i>``): a SqlSource's query keeps its partition's rows with
+    ``{{ params.partition }}`` and ``{{ params.partitions }}``; a FileSource's files are dealt out
+    (file i to partition i mod N). ``<group_id>.part_<i>.check`` runs between a partition's prepare
+    and its uploads: an id that another partition of the run read too fails it (of two overlapping
+    partitions, the later to check fails), so no id is sent twice. Each partition commits its own
+    state once all its uploads succeeded; the report (run whatever happened) sums the partitions and
+    fails unless every partition committed. No task of a partition depends on another partition's,
+    so a failed partition is retried alone (Airflow's retries, or clearing its tasks): the others'
+    committed states are not touched, nothing they sent is sent again, and the next run sends what a
+    partition did not commit."""
     from airflow.sdk import TaskGroup
 
     from airflow_provider_profiles.operators.prepare import (
@@ -588,6 +780,7 @@ def ProfilesSync(  # noqa: N802 (a task group, named like a class as TaskGroup i
     )
 
     adapter, options, plan = _validate(group_id, source, destination, mapping, mode, only_changed, work_folder)
+    parts = _check_partitions(group_id, partitions, source, mode, only_changed, preview)
     if on_threshold not in ("fail", "warn"):
         raise SyncDeclarationError(group_id, "on_threshold", f"'fail' or 'warn', not {on_threshold!r}")
     for name, value in (("max_invalid_ratio", max_invalid_ratio), ("max_vendor_failed_ratio", max_vendor_failed_ratio),
@@ -601,47 +794,42 @@ def ProfilesSync(  # noqa: N802 (a task group, named like a class as TaskGroup i
     clocked = {"pre_execute": _clock_start, "post_execute": _clock_end}
     storage = {"storage_conn_id": storage_conn_id} if storage_conn_id else {}
 
-    with TaskGroup(group_id=group_id, **group_kwargs) as group:
-        def build(options_field: str, make: Any, defaults: dict[str, Any], options: Mapping[str, Any] | None) -> Any:
-            """An operator from the group's defaults and the declaration's passthrough options (which win);
-            what it refuses is named by the declaration's field."""
-            try:
-                return make(**{**defaults, **(options or {})})
-            except (TypeError, ValueError) as error:
-                raise SyncDeclarationError(group_id, options_field, str(error)) from None
+    def build(options_field: str, make: Any, defaults: dict[str, Any], options: Mapping[str, Any] | None) -> Any:
+        """An operator from the group's defaults and the declaration's passthrough options (which win);
+        what it refuses is named by the declaration's field."""
+        try:
+            return make(**{**defaults, **(options or {})})
+        except (TypeError, ValueError) as error:
+            raise SyncDeclarationError(group_id, options_field, str(error)) from None
 
+    def prepare_task(folder: str, state: str, partition: int | None) -> Any:
         prepare_defaults: dict[str, Any] = dict(
             task_id="prepare", vendor=destination.vendor, writer_format=plan.writer_format,
             writer_options=plan.writer_options, mapping=plan.mapping,
-            output_path=f"{run_folder}/prepared.{writer.extension}", only_changed=only_changed,
-            sync_state_path=(f"{run_folder}/state" if preview else state_path) if only_changed else None,
+            output_path=f"{folder}/prepared.{writer.extension}", only_changed=only_changed,
+            sync_state_path=(f"{run_folder}/state" if preview else state) if only_changed else None,
             include_deletions=plan.deletions, **storage, **clocked,
         )
         if isinstance(source, SqlSource):
-            prepared = build("prepare_options", SqlToProfilesFileOperator, {
+            given = dict(prepare_options or {})
+            if partition is not None:  # the partition's values join any params the declaration passes
+                given["params"] = {**(given.get("params") or {}), "partition": partition, "partitions": parts}
+            return build("prepare_options", SqlToProfilesFileOperator, {
                 **prepare_defaults, "conn_id": source.conn_id, "sql": source.sql, "parameters": source.parameters,
-            }, prepare_options)
-        else:
-            prepared = build("prepare_options", ProfilesFileTransformOperator, {
-                **prepare_defaults, "source_path": source.path, "input_format": source.format,
-                "delimiter": source.delimiter, "encoding": source.encoding,
-            }, prepare_options)
+            }, given)
+        partitioned = {} if partition is None else {"partition": partition, "partitions": parts}
+        return build("prepare_options", ProfilesFileTransformOperator, {
+            **prepare_defaults, "source_path": source.path if isinstance(source.path, str) else list(source.path),
+            "input_format": source.format, "delimiter": source.delimiter, "encoding": source.encoding, **partitioned,
+        }, prepare_options)
 
-        if preview:
-            copied = SyncStateCopyOperator(task_id="preview_state", sync_state_path=state_path,
-                                           copy_path=f"{run_folder}/state", **storage)
-            shown = SyncPreviewOperator(task_id="preview", prepare_task_id=prepared.task_id,
-                                        state_copy_path=f"{run_folder}/state",
-                                        sync_state_path=state_path if only_changed else None, **storage)
-            copied >> prepared >> shown
-            return group
-
-        stages: dict[str, list[str]] = {"prepare": [prepared.task_id]}
+    def send(prepared: Any, folder: str, state: str) -> dict[str, Any]:
+        """split -> upload -> commit after ``prepared``; returns the tasks by stage."""
+        tasks: dict[str, Any] = {}
         if plan.files:
-            chunks = build("split_options", SplitFileOperator, {
+            chunks = tasks["split"] = build("split_options", SplitFileOperator, {
                 "task_id": "split", "source_path": prepared.output, "vendor": destination.vendor,
-                "output_dir": f"{run_folder}/chunks", **storage, **clocked}, split_options)
-            stages["split"] = [chunks.task_id]
+                "output_dir": f"{folder}/chunks", **storage, **clocked}, split_options)
             files = chunks.output
         else:
             # the loader takes a path today, not the prepare result: the path by template, the dependency stated
@@ -651,29 +839,62 @@ def ProfilesSync(  # noqa: N802 (a task group, named like a class as TaskGroup i
                                       {**clocked, **(upload_options or {})})
         except (TypeError, ValueError) as error:
             raise SyncDeclarationError(group_id, "upload_options", str(error)) from None
-        upload_task = getattr(uploaded, "operator", uploaded)
-        stages["upload"] = [upload_task.task_id]
+        upload_task = tasks["upload"] = getattr(uploaded, "operator", uploaded)
         if not plan.files:
             prepared >> upload_task
-        last = upload_task
-        commit_task_id = None
         if only_changed:
-            committed = build("commit_options", CommitSyncStateOperator, {
-                "task_id": "commit", "sync_state_path": state_path, "upload_results": uploaded.output,
+            tasks["commit"] = build("commit_options", CommitSyncStateOperator, {
+                "task_id": "commit", "sync_state_path": state, "upload_results": uploaded.output,
                 **storage, **clocked}, commit_options)
-            upload_task >> committed
-            stages["commit"] = [committed.task_id]
-            commit_task_id = committed.task_id
-            last = committed
+            upload_task >> tasks["commit"]
+        return tasks
+
+    def report_task(prepares: list[Any], sent: list[dict[str, Any]], checks: list[Any] | None) -> Any:
+        stages: dict[str, list[str]] = {"prepare": [task.task_id for task in prepares]}
+        for stage in ("split", "upload", "commit"):
+            if sent[0].get(stage) is not None:
+                stages[stage] = [tasks[stage].task_id for tasks in sent]
+        ids = {stage: names if parts > 1 else names[0] for stage, names in stages.items()}
         report = build("report_options", SyncReportOperator, dict(
-            task_id="report", stages=stages, prepare_task_id=prepared.task_id, upload_task_id=upload_task.task_id,
-            commit_task_id=commit_task_id, not_sent_path=f"{run_folder}/not_sent.csv",
+            task_id="report", stages=stages, prepare_task_id=ids["prepare"], upload_task_id=ids["upload"],
+            commit_task_id=ids.get("commit"), not_sent_path=f"{run_folder}/not_sent.csv",
             last_run_path=f"{base}/last_run.json", max_invalid_ratio=max_invalid_ratio,
             max_vendor_failed_ratio=max_vendor_failed_ratio, max_row_count_change=max_row_count_change,
-            on_threshold=on_threshold, **storage), report_options)
-        [prepared, upload_task, last] >> report
-        if "split" in stages:
-            chunks >> report
+            on_threshold=on_threshold, **({"check_task_ids": [check.task_id for check in checks]} if checks else {}),
+            **storage), report_options)
+        for prepared, tasks in zip(prepares, sent):
+            [prepared, tasks["upload"], tasks.get("commit") or tasks["upload"]] >> report
+            if "split" in tasks:
+                tasks["split"] >> report
+        for check in checks or []:
+            check >> report
+        return report
+
+    with TaskGroup(group_id=group_id, **group_kwargs) as group:
+        if parts > 1:
+            # no task of one partition depends on another partition's: each is retried (cleared) alone
+            prepares, sent, checks = [], [], []
+            states = [f"{state_path}/part-{index}" for index in range(parts)]
+            for index in range(parts):
+                with TaskGroup(group_id=f"part_{index}"):
+                    prepares.append(prepare_task(f"{run_folder}/part-{index}", states[index], index))
+                    checks.append(PartitionsDisjointOperator(task_id="check", partition=index, sync_state_paths=states,
+                                                             **storage))
+                    sent.append(send(prepares[-1], f"{run_folder}/part-{index}", states[index]))
+                    prepares[-1] >> checks[-1] >> sent[-1].get("split", sent[-1]["upload"])
+            report_task(prepares, sent, checks)
+            return group
+
+        prepared = prepare_task(run_folder, state_path, None)
+        if preview:
+            copied = SyncStateCopyOperator(task_id="preview_state", sync_state_path=state_path,
+                                           copy_path=f"{run_folder}/state", **storage)
+            shown = SyncPreviewOperator(task_id="preview", prepare_task_id=prepared.task_id,
+                                        state_copy_path=f"{run_folder}/state",
+                                        sync_state_path=state_path if only_changed else None, **storage)
+            copied >> prepared >> shown
+            return group
+        report_task([prepared], [send(prepared, run_folder, state_path)], None)
     return group
 
 

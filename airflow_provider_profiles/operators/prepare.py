@@ -199,42 +199,103 @@ def _first_rejects(rejects: Any, count: int = 5) -> str:
     try:
         with open_binary(as_storage_path(rejects)) as handle:
             reader = csv.DictReader(io.TextIOWrapper(handle, encoding="utf-8", newline=""))
-            found = [f"record {row.get('record')} ({row.get('identifier')}): {row.get('reason')}"
+            found = [f"{row['file'] + ', ' if row.get('file') else ''}record {row.get('record')} ({row.get('identifier')}): "
+                     f"{row.get('reason')}"
                      for row, _ in zip(reader, range(count))]
     except (OSError, ValueError, csv.Error) as error:
         return f"(rejects file not readable: {error})"
     return "; ".join(found) or "(none listed)"
 
 
+GLOB_CHARACTERS = "*?["
+
+
+def is_glob(path: str) -> bool:
+    return any(character in str(path) for character in GLOB_CHARACTERS)
+
+
+def source_files(paths: str | Sequence[str], conn_id: str | None = None) -> list[str]:
+    """The files a source names: each entry a path or a glob pattern (``*``, ``?``, ``[...]``, ``**``),
+    local or object storage; a pattern's matches sorted by name. A pattern that matches nothing
+    is an error (a missing input is not an empty one)."""
+    found: list[str] = []
+    for entry in [paths] if isinstance(paths, str) else list(paths):
+        entry = str(entry)
+        if not is_glob(entry):
+            found.append(entry)
+            continue
+        parts = entry.split("/")
+        fixed = next(index for index, part in enumerate(parts) if is_glob(part))
+        base, pattern = "/".join(parts[:fixed]) or ".", "/".join(parts[fixed:])
+        matches = sorted(str(path) for path in as_storage_path(base, conn_id).glob(pattern) if path.is_file())
+        if not matches:
+            raise AirflowFailException(f"{entry}: no file matches this pattern")
+        found.extend(matches)
+    return found
+
+
+def partition_files(files: list[str], partition: int, partitions: int) -> list[str]:
+    """Partition ``partition`` of ``partitions``' files: the file at position i (in the order given,
+    a pattern's matches sorted by name) goes to partition i mod ``partitions``."""
+    return files[partition::partitions]
+
+
 class ProfilesFileTransformOperator(_PrepareOperator):
-    """Reads CSV, NDJSON or Parquet (local or object storage) and writes the vendor's format."""
+    """Reads CSV, NDJSON or Parquet (local or object storage) and writes the vendor's format.
+
+    ``source_path`` is one file, or a list of files and glob patterns read as one input (same
+    columns in each; the rejects file says each reject's file and its record number there).
+    ``partition``/``partitions``: only the files of that partition (``partition_files``).
+    """
 
     template_fields: Sequence[str] = (*_PrepareOperator.template_fields, "source_path")
 
     def __init__(
         self,
         *,
-        source_path: str,
+        source_path: str | Sequence[str],
         input_format: str | None = None,
         delimiter: str = ",",
         encoding: str = "utf-8",
         allow_empty: bool = False,
+        partition: int | None = None,
+        partitions: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        if (partition is None) != (partitions is None) or (partitions is not None and not 0 <= partition < partitions):
+            raise ValueError(f"partition must be in 0..partitions-1, with both given; got {partition}, {partitions}")
         self.source_path = source_path
         self.input_format = input_format
         self.delimiter = delimiter
         self.encoding = encoding
         self.allow_empty = allow_empty
+        self.partition, self.partitions = partition, partitions
 
     def lineage_inputs(self) -> list[Dataset]:
-        return [file_dataset(self.source_path)]
+        paths = [self.source_path] if isinstance(self.source_path, str) else list(self.source_path)
+        return [file_dataset(path) for path in paths]
+
+    def _source(self) -> Any:
+        """One path (one file, as ever), or the list of files read as one."""
+        if isinstance(self.source_path, str) and not is_glob(self.source_path) and self.partitions is None:
+            return _storage_path(self.source_path, self.storage_conn_id)
+        files = source_files(self.source_path, self.storage_conn_id)
+        if self.partitions is not None:
+            mine = partition_files(files, self.partition, self.partitions)
+            if not mine:
+                raise AirflowFailException(
+                    f"partition {self.partition} of {self.partitions} has no file: the source names {len(files)} "
+                    f"file(s) ({', '.join(files)}); declare at most {len(files)} partitions")
+            self.log.info("partition %d of %d: %s", self.partition, self.partitions, ", ".join(mine))
+            files = mine
+        paths = [_storage_path(path, self.storage_conn_id) for path in files]
+        return paths[0] if len(paths) == 1 else paths
 
     def execute(self, context) -> dict[str, Any]:
         options = self._options(context)
         writer, output = options.pop("writer"), options.pop("output")
-        source = _storage_path(self.source_path, self.storage_conn_id)
+        source = self._source()
         result = prepare(
             source, writer, output, input_format=self.input_format, delimiter=self.delimiter,
             encoding=self.encoding, allow_empty=self.allow_empty, **options,

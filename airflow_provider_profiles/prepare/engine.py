@@ -31,7 +31,7 @@ from airflow_provider_profiles.prepare.mapping import FieldMapping
 from airflow_provider_profiles.prepare.errors import InputError
 from airflow_provider_profiles.prepare.values import EpochMillis, set_path
 from airflow_provider_profiles.prepare import sql
-from airflow_provider_profiles.prepare.source import Source, cursor_error, open_cursor, open_source
+from airflow_provider_profiles.prepare.source import Source, cursor_error, file_record, open_cursor, open_source, open_sources
 from airflow_provider_profiles.prepare.sql_mapping import compile_mapping
 from airflow_provider_profiles.progress import Progress
 from airflow_provider_profiles.storage import as_storage_path, is_local, local_path, open_binary, path_text
@@ -105,7 +105,8 @@ def prepare(
     """Read ``source`` (a file, local or in object storage) and write ``output``.
 
     With a DB-API ``cursor`` (executed), its rows are read instead, ``batch_rows`` at a time, and
-    ``source`` only names them in messages. With ``sync`` (a ``prepare.sync.SyncState``) and
+    ``source`` only names them in messages. ``source`` may be a list of files of one layout, read as
+    one input (their records numbered within each file: the rejects file says the file). With ``sync`` (a ``prepare.sync.SyncState``) and
     ``sync_run_key``, an incremental sync: only rows new or changed since the committed snapshot
     are written (see ``sync.SyncStep``); with ``deletions``, ids gone since then become the writer's
     deletion lines.
@@ -117,6 +118,9 @@ def prepare(
     with connected(output, memory_limit) as connection:
         if cursor is not None:
             opened = open_cursor(connection, cursor, batch_rows)
+        elif isinstance(source, (list, tuple)):
+            opened = open_sources(connection, source, input_format, delimiter=delimiter, encoding=encoding)
+            source = ", ".join(opened.files)
         else:
             opened = open_source(connection, source, input_format, delimiter=delimiter, encoding=encoding, read_once=True)
         check_columns(source, opened.names, writer, mapping)
@@ -184,6 +188,7 @@ def _write(table: MappedTable, output: Any, rejects: Any, step: Any, result: Pre
     records rejected (in a sync: they stay out of its snapshot)."""
     with Progress(table.rows, progress_interval, label="prepare progress", log=log) as progress, \
             (step.rejects_writer(rejects) if step else RejectsWriter(rejects)) as rejected:
+        rejected.files = table.files
         rejected.add_unreadable(table)
         after = None
         if step is not None:
@@ -237,6 +242,7 @@ class MappedTable:
 
     def __init__(self, connection: Any, opened: Source, writer: FormatWriter, mapping: FieldMapping | None):
         self.connection, self.writer = connection, writer
+        self.files = opened.files  # several files read as one: records say their file
         if mapping is None:
             select = sql.passthrough_select(opened)
         else:
@@ -399,11 +405,13 @@ def write_lines(stream, lines: pa.Array | pa.ChunkedArray) -> int:
 
 
 class RejectsWriter:
-    """The rejects file (record, identifier, reason), opened on the first reject; or only a count."""
+    """The rejects file (record, identifier, reason), opened on the first reject; or only a count.
+    Several files read as one (``files``): (record within its file, identifier, reason, file)."""
 
     def __init__(self, path: Any):
         self.path = path
         self.count = 0
+        self.files: list[str] | None = None
         self._stream = self._text = self._csv = None
 
     def add(self, records: pa.Array, identifiers: pa.Array, reasons: pa.Array) -> None:
@@ -417,10 +425,17 @@ class RejectsWriter:
             self._stream = open_binary(self.path, "wb")
             self._text = io.TextIOWrapper(self._stream, encoding="utf-8", newline="")
             self._csv = csv.writer(self._text)
-            self._csv.writerow(REJECTS_HEADER)
+            self._csv.writerow(REJECTS_HEADER + (("file",) if self.files else ()))
         columns = (records.cast(pa.int64()), _spreadsheet_safe(identifiers.cast(pa.string())),
                    _spreadsheet_safe(reasons.cast(pa.string())))
-        self._csv.writerows(zip(*(column.to_pylist() for column in columns)))
+        rows = zip(*(column.to_pylist() for column in columns))
+        if self.files:
+            rows = (self._in_its_file(*row) for row in rows)
+        self._csv.writerows(rows)
+
+    def _in_its_file(self, record: int | None, identifier: str | None, reason: str) -> tuple:
+        file, number = file_record(record, self.files) if record is not None else (None, None)
+        return number, identifier, reason, file
 
     def add_unreadable(self, table: MappedTable) -> None:
         if table.unreadable:

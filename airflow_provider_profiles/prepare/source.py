@@ -55,6 +55,21 @@ class Source:
     # a read that finds its unreadable records itself (``ReadRejects``): ``unreadable`` is known
     # once ``settle.after_read()`` ran, after the relation was read
     settle: ReadRejects | None = None
+    # several files read as one (``open_sources``): their names; ``__record`` is
+    # ``(file index << FILE_SHIFT) + record within the file`` (see ``file_record``)
+    files: list[str] | None = None
+
+
+# Several files read as one: each file's records are numbered from 1 within it, the file's index
+# in the upper bits, so input order is file after file and a record says its file and number.
+FILE_SHIFT = 40
+
+
+def file_record(record: int, files: list[str] | None) -> tuple[str | None, int]:
+    """(file, record within it) of a ``__record`` of ``open_sources``; (None, record) for one file."""
+    if not files:
+        return None, record
+    return files[record >> FILE_SHIFT], record & ((1 << FILE_SHIFT) - 1)
 
 
 def _unique(prefix: str) -> str:
@@ -83,6 +98,39 @@ def open_source(connection, source, input_format: str | None = None, *, delimite
     if input_format == "parquet":
         return _open_parquet(connection, path)
     raise ValueError(f"unknown input format {input_format!r}; use one of csv, ndjson, parquet")
+
+
+def open_sources(connection, sources, input_format: str | None = None, *, delimiter: str = ",",
+                 encoding: str = "utf-8") -> Source:
+    """Several files of one layout read as one input, file after file (``Source.files``): every
+    file must have the same columns (an ``InputError`` names the first that differs). Records are
+    numbered within their file; unreadable ones say their file."""
+    paths = [as_storage_path(source) for source in sources]
+    if not paths:
+        raise ValueError("open_sources needs at least one file")
+    opened = [open_source(connection, path, input_format, delimiter=delimiter, encoding=encoding) for path in paths]
+    names = opened[0].names
+    for path, one in zip(paths[1:], opened[1:]):
+        if sorted(one.names) != sorted(names):
+            raise InputError(path, f"its columns {one.names} differ from those of {paths[0]}, {names}: files read "
+                             "together need the same columns", line=1)
+    columns = ", ".join(sql.ident(name) for name in names)
+    relation = " UNION ALL BY NAME ".join(
+        f"(SELECT {columns}, __record + {index << FILE_SHIFT} AS __record FROM {one.relation})"
+        for index, one in enumerate(opened))
+    relation = f"(SELECT * FROM ({relation}))" if len(opened) > 1 else relation
+    unreadable = _unique("unreadable")
+    connection.execute(f"CREATE TEMP TABLE {unreadable} (line BIGINT, reason VARCHAR)")
+    for path, one in zip(paths, opened):
+        if one.unreadable:
+            named = sql.literal(f"{path}, ")
+            connection.execute(f"""INSERT INTO {unreadable} SELECT NULL, {named} || CASE WHEN line IS NULL THEN reason
+                                   ELSE 'line ' || line || ': ' || reason END FROM {one.unreadable}""")
+    descriptions = list(dict.fromkeys(one.description for one in opened))
+    # the layout, not the file names: a sync over files that come and go keeps its snapshot
+    description = descriptions[0] if len(descriptions) == 1 else "files|" + json.dumps(sorted(descriptions))
+    types = _types(connection, relation) if names else {}
+    return Source(relation, names, types, unreadable, description, files=[str(path) for path in paths])
 
 
 def _location(connection, path) -> str:

@@ -421,6 +421,18 @@ class SyncState:
                 if pointer["run_key"] == key:  # an earlier attempt of this run: nothing to tell
                     self._unlink(self._pointer_path(pointer["attempt"]))
 
+    def run_snapshot(self, run_key: str) -> Any:
+        """The snapshot (the keys read: sent or unchanged) of the run's last finished prepare, still
+        pending or committed since; None when the run has none here (yet)."""
+        key = run_key_of(run_key)
+        for pointer in reversed([pointer for pointer in self._pointers() if pointer["run_key"] == key]):
+            if not pointer.get("retired") and self._path(pointer["attempt"], META_SUFFIX).exists():
+                return self._path(pointer["attempt"], SNAPSHOT_SUFFIX)
+        current = self.current()
+        if current is not None and current.get("run_key") == key:
+            return self._file(current["snapshot"])
+        return None
+
     def refuse(self, run_key: str, reason: str) -> None:
         """Does not commit the run's last finished attempt, and has its sent keys sent again."""
         key = run_key_of(run_key)
