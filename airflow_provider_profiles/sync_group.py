@@ -424,12 +424,23 @@ class SyncReportOperator(BaseOperator):
         return rows
 
     def _vendor_reasons(self, uploads: list[Mapping[str, Any]], not_sent: list[dict[str, Any]]) -> list[str]:
+        """The first reasons the vendor gave for records it failed. Adds to ``not_sent`` every failed record
+        an upload listed (its ``vendor_failures_file``); where it could not list them, its note says why."""
         reasons = [row["reason"] for row in not_sent if row["stage"] == "vendor"]
+        listed = [row for result in uploads for row in _vendor_failure_rows(result, self.storage_conn_id)]
+        not_sent.extend(listed)
+        reasons += [f"{row['id']}: {row['reason']}" if row["id"] else row["reason"] for row in listed[:SAMPLE]]
         for result in uploads:
             details = result["details"]
+            if not result["vendor_failed"]:
+                continue
+            if details.get("vendor_failures_note"):
+                reasons.append(f"vendor failures not listed: {details['vendor_failures_note']}")
+            if details.get("vendor_failures_file"):
+                continue  # listed above, record by record
             for name in ("first_errors", "error_log", "error_file_uri"):
                 value = details.get(name)
-                if value and result["vendor_failed"]:
+                if value:
                     reasons.append(f"{name}: {value}" if not isinstance(value, list) else f"{name}: {value[:SAMPLE]}")
         return reasons[:SAMPLE]
 
@@ -470,6 +481,21 @@ class SyncReportOperator(BaseOperator):
         for message in crossed:
             self.log.warning("threshold crossed: %s", message)
         write_whole(last_run, json.dumps({"read": read, "at": dt.datetime.now(dt.timezone.utc).isoformat()}))
+
+
+def _vendor_failure_rows(result: Mapping[str, Any], conn_id: str | None) -> list[dict[str, Any]]:
+    """The records an upload lists as failed by the vendor (``details.vendor_failures_file``: line,
+    identifier, reason; the line is the uploaded file's), as rows of the not-sent CSV."""
+    path = result["details"].get("vendor_failures_file")
+    if not path:
+        return []
+    from airflow_provider_profiles.storage import as_storage_path
+
+    target = as_storage_path(path, conn_id)
+    name = target.name.removesuffix(".vendor_failures.csv") if hasattr(target, "name") else str(path)
+    with target.open("r", encoding="utf-8", newline="") as handle:
+        return [{"line": f"{name}:{row['line']}" if row.get("line") else "", "id": row.get("identifier") or "",
+                 "stage": "vendor", "reason": row.get("reason") or ""} for row in csv.DictReader(handle)]
 
 
 def _table(rows: Sequence[tuple[str, Any]]) -> str:
