@@ -47,7 +47,7 @@ from airflow_provider_profiles.writers import writer_class
 MODES = ("upsert", "update", "mirror")
 RUN_FOLDER = "{{ run_id | replace(':', '_') | replace('+', '_') }}"  # defined for every run, manual ones too
 SAMPLE = 5
-STAGES = ("prepare", "split", "upload", "vendor wait", "commit")
+STAGES = ("extract", "prepare", "split", "upload", "vendor wait", "commit")
 
 
 class SyncDeclarationError(ValueError):
@@ -396,21 +396,38 @@ class SyncReportOperator(BaseOperator):
     def _seconds(self, ti: Any) -> dict[str, float | None]:
         seconds: dict[str, float | None] = {}
         for stage in STAGES:
-            if stage == "vendor wait":
+            if stage in ("extract", "vendor wait"):
                 continue
             starts = [value for task_id in self.stages.get(stage, []) for value in self._pull(ti, task_id, "sync_started")]
             ends = [value for task_id in self.stages.get(stage, []) for value in self._pull(ti, task_id, "sync_ended")]
             seconds[stage] = round(max(ends) - min(starts), 3) if starts and ends else None
+        seconds["extract"] = _longest(self._extracts(ti))
+        if seconds.get("prepare") is not None and seconds["extract"] is not None:
+            seconds["prepare"] = round(max(seconds["prepare"] - seconds["extract"], 0.0), 3)
+        seconds["vendor wait"] = _longest(self._vendor_waits(ti))
+        if seconds.get("upload") is not None and seconds["vendor wait"] is not None:
+            seconds["upload"] = round(max(seconds["upload"] - seconds["vendor wait"], 0.0), 3)
+        return {stage: seconds.get(stage) for stage in STAGES}
+
+    def _extracts(self, ti: Any) -> list[float]:
+        """Seconds each prepare task spent reading its source (its result's ``extract_seconds``)."""
+        return [result["extract_seconds"] for task_id in self.stages.get("prepare", [])
+                for result in self._pull(ti, task_id)
+                if isinstance(result, Mapping) and isinstance(result.get("extract_seconds"), (int, float))]
+
+    def _vendor_waits(self, ti: Any) -> list[float]:
+        """Seconds each upload waited for the vendor's job: a deferred one from its start to its resume,
+        one that waited in the worker as it measured (``VENDOR_WAIT_KEY``)."""
+        from airflow_provider_profiles.operators.base import VENDOR_WAIT_KEY
+
         waits = []
         for task_id in self.stages.get("upload", []):
             resumed = self._pull(ti, task_id, "sync_resumed")
             started = self._pull(ti, task_id, "sync_started")
             if resumed and started:
                 waits.append(max(resumed) - min(started))
-        seconds["vendor wait"] = round(max(waits), 3) if waits else None
-        if seconds.get("upload") is not None and seconds["vendor wait"] is not None:
-            seconds["upload"] = round(max(seconds["upload"] - seconds["vendor wait"], 0.0), 3)
-        return {stage: seconds.get(stage) for stage in STAGES}
+            waits += [value for value in self._pull(ti, task_id, VENDOR_WAIT_KEY) if isinstance(value, (int, float))]
+        return waits
 
     # what did not make it
     def _not_sent(self, prepared: Mapping[str, Any], uploads: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -481,6 +498,11 @@ class SyncReportOperator(BaseOperator):
         for message in crossed:
             self.log.warning("threshold crossed: %s", message)
         write_whole(last_run, json.dumps({"read": read, "at": dt.datetime.now(dt.timezone.utc).isoformat()}))
+
+
+def _longest(values: list[float]) -> float | None:
+    """A stage's seconds from its tasks' (they run side by side): the longest, None when none was timed."""
+    return round(max(values), 3) if values else None
 
 
 def _vendor_failure_rows(result: Mapping[str, Any], conn_id: str | None) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
 """The declared sync's report, run for real (``dag.test``) against the emulators: the vendor's reasons for
-each record it failed (read from mediarithmics' error file, only where the supplied-URL policy allows).
+each record it failed (read from mediarithmics' error file, only where the supplied-URL policy allows),
+the extract stage timed apart from prepare, and the vendor wait of an upload that waited in the worker.
 """
 
 from __future__ import annotations
@@ -103,3 +104,23 @@ def test_a_hostile_error_file_address_is_not_fetched_and_the_report_says_why(mic
     assert not [row for row in not_sent(report) if row["stage"] == "vendor"]
     (reason,) = [r for r in report["vendor_failed_reasons"] if r.startswith("vendor failures not listed")]
     assert "error file not read" in reason and "refused the URL" in reason, reason
+
+
+def test_stage_seconds_time_the_extract_apart_from_prepare(mics_sync):
+    states, report, _ = mics_sync(users(count=20), {}, extra=', upload_options={"poll_interval": 0.2}')
+    assert all(state == "success" for state in states.values()), states
+    seconds = report["seconds"]
+    assert list(seconds) == ["extract", "prepare", "split", "upload", "vendor wait", "commit"], seconds
+    assert seconds["extract"] is not None and seconds["prepare"] is not None
+    assert report["bottleneck"] in seconds
+
+
+def test_vendor_wait_is_timed_when_the_upload_waited_in_the_worker(mics_sync):
+    # the execution reads as running for its first two status checks: the task polls in the worker
+    states, report, server = mics_sync(users(count=20), {"hold_ended_jobs": 2},
+                                       extra=', upload_options={"poll_interval": 0.01, "deferrable": False}')
+    assert all(state == "success" for state in states.values()), states
+    polls = sum(count for route, count in server.emulator.counters.items()
+                if route.startswith("GET ") and "/executions/" in route)
+    assert polls >= 3, server.emulator.counters  # the check before waiting, then polls in the worker
+    assert report["seconds"]["vendor wait"] is not None, report["seconds"]
