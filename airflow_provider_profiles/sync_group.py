@@ -514,10 +514,14 @@ def _vendor_failure_rows(result: Mapping[str, Any], conn_id: str | None) -> list
     from airflow_provider_profiles.storage import as_storage_path
 
     target = as_storage_path(path, conn_id)
-    name = target.name.removesuffix(".vendor_failures.csv") if hasattr(target, "name") else str(path)
-    with target.open("r", encoding="utf-8", newline="") as handle:
-        return [{"line": f"{name}:{row['line']}" if row.get("line") else "", "id": row.get("identifier") or "",
-                 "stage": "vendor", "reason": row.get("reason") or ""} for row in csv.DictReader(handle)]
+    name = target.name.removesuffix(".vendor_failures.csv")
+    try:
+        with target.open("r", encoding="utf-8", newline="") as handle:
+            return [{"line": f"{name}:{row['line']}" if row.get("line") else "", "id": row.get("identifier") or "",
+                     "stage": "vendor", "reason": row.get("reason") or ""} for row in csv.DictReader(handle)]
+    except OSError as error:  # e.g. a local file on another worker: say so rather than fail the report
+        return [{"line": "", "id": "", "stage": "vendor",
+                 "reason": f"(the failed records listed in {path} could not be read: {type(error).__name__})"}]
 
 
 def _table(rows: Sequence[tuple[str, Any]]) -> str:

@@ -63,11 +63,13 @@ REFUSED = "unknown compartment: the platform refused this line"
 ACCEPT = ', commit_options={"accept_vendor_failures": True}'
 
 
-def test_the_report_names_each_record_the_vendor_failed_with_its_reason(mics_sync):
+@pytest.mark.parametrize("held", [0, 1], ids=["done-at-the-first-check", "deferred"])
+def test_the_report_names_each_record_the_vendor_failed_with_its_reason(mics_sync, held):
     refused = {4, 9, 17}
     rows = users(count=30, changed=tuple(refused))  # the changed rows' names hold "-changed"
-    states, report, server = mics_sync(rows, {"refuse_lines": {"-changed": REFUSED}},
+    states, report, server = mics_sync(rows, {"refuse_lines": {"-changed": REFUSED}, "hold_ended_jobs": held},
                                        extra=', upload_options={"poll_interval": 0.2}' + ACCEPT)
+    assert (report["seconds"]["vendor wait"] is not None) and (held == 0 or report["seconds"]["upload"] is not None)
     assert all(state == "success" for state in states.values()), states
     assert (report["sent"], report["vendor_succeeded"], report["vendor_failed"]) == (30, 27, 3), report
     failed = [row for row in not_sent(report) if row["stage"] == "vendor"]
