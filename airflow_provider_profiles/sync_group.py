@@ -49,7 +49,7 @@ from airflow_provider_profiles.writers import writer_class
 MODES = ("upsert", "update", "mirror")
 RUN_FOLDER = "{{ run_id | replace(':', '_') | replace('+', '_') }}"  # defined for every run, manual ones too
 SAMPLE = 5
-STAGES = ("prepare", "split", "upload", "vendor wait", "commit")
+STAGES = ("extract", "prepare", "split", "upload", "vendor wait", "commit")
 
 
 class SyncDeclarationError(ValueError):
@@ -462,21 +462,38 @@ class SyncReportOperator(BaseOperator):
     def _seconds(self, ti: Any) -> dict[str, float | None]:
         seconds: dict[str, float | None] = {}
         for stage in STAGES:
-            if stage == "vendor wait":
+            if stage in ("extract", "vendor wait"):
                 continue
             starts = [value for task_id in self.stages.get(stage, []) for value in self._pull(ti, task_id, "sync_started")]
             ends = [value for task_id in self.stages.get(stage, []) for value in self._pull(ti, task_id, "sync_ended")]
             seconds[stage] = round(max(ends) - min(starts), 3) if starts and ends else None
+        seconds["extract"] = _longest(self._extracts(ti))
+        if seconds.get("prepare") is not None and seconds["extract"] is not None:
+            seconds["prepare"] = round(max(seconds["prepare"] - seconds["extract"], 0.0), 3)
+        seconds["vendor wait"] = _longest(self._vendor_waits(ti))
+        if seconds.get("upload") is not None and seconds["vendor wait"] is not None:
+            seconds["upload"] = round(max(seconds["upload"] - seconds["vendor wait"], 0.0), 3)
+        return {stage: seconds.get(stage) for stage in STAGES}
+
+    def _extracts(self, ti: Any) -> list[float]:
+        """Seconds each prepare task spent reading its source (its result's ``extract_seconds``)."""
+        return [result["extract_seconds"] for task_id in self.stages.get("prepare", [])
+                for result in self._pull(ti, task_id)
+                if isinstance(result, Mapping) and isinstance(result.get("extract_seconds"), (int, float))]
+
+    def _vendor_waits(self, ti: Any) -> list[float]:
+        """Seconds each upload waited for the vendor's job: a deferred one from its start to its resume,
+        one that waited in the worker as it measured (``VENDOR_WAIT_KEY``)."""
+        from airflow_provider_profiles.operators.base import VENDOR_WAIT_KEY
+
         waits = []
         for task_id in self.stages.get("upload", []):
             resumed = self._pull(ti, task_id, "sync_resumed")
             started = self._pull(ti, task_id, "sync_started")
             if resumed and started:
                 waits.append(max(resumed) - min(started))
-        seconds["vendor wait"] = round(max(waits), 3) if waits else None
-        if seconds.get("upload") is not None and seconds["vendor wait"] is not None:
-            seconds["upload"] = round(max(seconds["upload"] - seconds["vendor wait"], 0.0), 3)
-        return {stage: seconds.get(stage) for stage in STAGES}
+            waits += [value for value in self._pull(ti, task_id, VENDOR_WAIT_KEY) if isinstance(value, (int, float))]
+        return waits
 
     # what did not make it
     def _not_sent(self, prepared: Mapping[str, Any], uploads: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -492,12 +509,23 @@ class SyncReportOperator(BaseOperator):
         return rows
 
     def _vendor_reasons(self, uploads: list[Mapping[str, Any]], not_sent: list[dict[str, Any]]) -> list[str]:
+        """The first reasons the vendor gave for records it failed. Adds to ``not_sent`` every failed record
+        an upload listed (its ``vendor_failures_file``); where it could not list them, its note says why."""
         reasons = [row["reason"] for row in not_sent if row["stage"] == "vendor"]
+        listed = [row for result in uploads for row in _vendor_failure_rows(result, self.storage_conn_id)]
+        not_sent.extend(listed)
+        reasons += [f"{row['id']}: {row['reason']}" if row["id"] else row["reason"] for row in listed[:SAMPLE]]
         for result in uploads:
             details = result["details"]
+            if not result["vendor_failed"]:
+                continue
+            if details.get("vendor_failures_note"):
+                reasons.append(f"vendor failures not listed: {details['vendor_failures_note']}")
+            if details.get("vendor_failures_file"):
+                continue  # listed above, record by record
             for name in ("first_errors", "error_log", "error_file_uri"):
                 value = details.get(name)
-                if value and result["vendor_failed"]:
+                if value:
                     reasons.append(f"{name}: {value}" if not isinstance(value, list) else f"{name}: {value[:SAMPLE]}")
         return reasons[:SAMPLE]
 
@@ -538,6 +566,30 @@ class SyncReportOperator(BaseOperator):
         for message in crossed:
             self.log.warning("threshold crossed: %s", message)
         write_whole(last_run, json.dumps({"read": read, "at": dt.datetime.now(dt.timezone.utc).isoformat()}))
+
+
+def _longest(values: list[float]) -> float | None:
+    """A stage's seconds from its tasks' (they run side by side): the longest, None when none was timed."""
+    return round(max(values), 3) if values else None
+
+
+def _vendor_failure_rows(result: Mapping[str, Any], conn_id: str | None) -> list[dict[str, Any]]:
+    """The records an upload lists as failed by the vendor (``details.vendor_failures_file``: line,
+    identifier, reason; the line is the uploaded file's), as rows of the not-sent CSV."""
+    path = result["details"].get("vendor_failures_file")
+    if not path:
+        return []
+    from airflow_provider_profiles.storage import as_storage_path
+
+    target = as_storage_path(path, conn_id)
+    name = target.name.removesuffix(".vendor_failures.csv")
+    try:
+        with target.open("r", encoding="utf-8", newline="") as handle:
+            return [{"line": f"{name}:{row['line']}" if row.get("line") else "", "id": row.get("identifier") or "",
+                     "stage": "vendor", "reason": row.get("reason") or ""} for row in csv.DictReader(handle)]
+    except OSError as error:  # e.g. a local file on another worker: say so rather than fail the report
+        return [{"line": "", "id": "", "stage": "vendor",
+                 "reason": f"(the failed records listed in {path} could not be read: {type(error).__name__})"}]
 
 
 def _table(rows: Sequence[tuple[str, Any]]) -> str:

@@ -8,9 +8,11 @@ default datamart; host only to point elsewhere (an emulator). Every response's `
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Generator, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow_provider_profiles.hooks.base import (
     Call,
@@ -40,6 +42,13 @@ STATES = {
     "LOST": JobState.FAILED,
     "EXECUTOR_NOT_RESPONDING": JobState.FAILED,
 }
+# An execution's error file (``result.error_file_uri``): a platform data-file URI, read through
+# ``GET /data_file/data?uri=`` (developer.mediarithmics.io/data-ingestion/bulk-processing). What is kept of
+# it is bounded: it may list every line of a 100 MB file.
+DATA_FILE_SCHEME = "mics"
+ERROR_FILE_MAX_BYTES = 256 << 20
+ERROR_LINE_MAX_BYTES = 64 << 10
+ERROR_REASON_MAX_CHARS = 300
 UNKNOWN_STATUS_TIMEOUT = 900.0  # seconds a status we do not know may last before the execution counts as failed
 
 
@@ -212,8 +221,9 @@ class MediarithmicsHook(ProfilesHook):
                                               execution_id=execution_id))
 
     def error_lines(self, error_file_uri: str, limit: int = 20) -> list[str]:
-        """The first ``limit`` lines of an execution's error file (``result.error_file_uri``)."""
-        response = self.request("GET", "/data_file/data", params={"uri": error_file_uri}, stream=True)
+        """The first ``limit`` lines of an execution's error file (``result.error_file_uri``), as served:
+        for a person to read; ``error_file_entries`` gives them filtered, for results and logs."""
+        response = self._error_file(error_file_uri)
         response.encoding = response.encoding or "utf-8"  # NDJSON carries no charset: decode as the import's utf-8
         lines: list[str] = []
         try:
@@ -225,6 +235,36 @@ class MediarithmicsHook(ProfilesHook):
         finally:
             response.close()
         return lines
+
+    def error_file_entries(self, error_file_uri: str, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """An execution's error file, one ``{"line": int | None, "reason": str}`` per entry (at most
+        ``limit``), streamed: ``line`` is the failed line's number in the uploaded file where the entry
+        gives one. Only the entry's line number and its ``error`` / ``message`` text (cut to
+        ``ERROR_REASON_MAX_CHARS``) are kept; an entry that is not a JSON object, or is longer than
+        ``ERROR_LINE_MAX_BYTES``, stands as a note of its size. At most ``ERROR_FILE_MAX_BYTES`` are read.
+        ``UntrustedURLError`` (a ``VendorAPIError``) when the file's address is refused."""
+        response = self._error_file(error_file_uri)
+        count = 0
+        try:
+            for raw in _bounded_lines(response.iter_content(64 << 10), ERROR_LINE_MAX_BYTES, ERROR_FILE_MAX_BYTES):
+                if limit is not None and count >= limit:
+                    return
+                entry = _error_entry(raw)
+                if entry is not None:
+                    count += 1
+                    yield entry
+        finally:
+            response.close()
+
+    def _error_file(self, error_file_uri: str) -> Any:
+        """The error file's streamed response. A platform data-file URI (``mics://...``) is read through the
+        documented ``GET /data_file/data?uri=`` on the connection's own host, with the token. Any other
+        address is a URL the answer supplied: fetched without credentials and only where the shared
+        supplied-URL policy allows (https to a public host, or the connection's own or a trusted host)."""
+        scheme = urlsplit(str(error_file_uri)).scheme.lower()
+        if scheme in ("", DATA_FILE_SCHEME):
+            return self.request("GET", "/data_file/data", params={"uri": error_file_uri}, stream=True)
+        return self.fetch_supplied_url("GET", str(error_file_uri), stream=True)
 
     # --- job protocol (operator, sensor, trigger) ---------------------------------------------
     def job_status_call(self, *, datamart_id: Any, document_import_id: Any,
@@ -275,6 +315,59 @@ def execution_status(execution: dict[str, Any]) -> JobStatus:
     elif vendor_status == "CANCELED":
         message = f"execution {execution.get('id')} was CANCELED"
     return JobStatus(state, vendor_status, execution, message)
+
+
+def _bounded_lines(chunks: Iterator[bytes], max_line: int, max_total: int) -> Iterator[bytes | int]:
+    """The lines of a byte stream; a line longer than ``max_line`` comes as its length (an int),
+    never held whole. Reading stops after ``max_total`` bytes (the rest is not listed)."""
+    pending, too_long, total = bytearray(), None, 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > max_total:
+            return
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            piece = chunk[start:] if end < 0 else chunk[start:end]
+            if too_long is not None:
+                too_long += len(piece)
+            else:
+                pending += piece
+                if len(pending) > max_line:
+                    too_long = len(pending)
+                    pending.clear()
+            if end < 0:
+                break
+            yield bytes(pending) if too_long is None else too_long
+            pending.clear()
+            too_long, start = None, end + 1
+    if too_long is not None:
+        yield too_long
+    elif pending:
+        yield bytes(pending)
+
+
+def _error_entry(raw: bytes | int) -> dict[str, Any] | None:
+    """One error-file line as ``{"line", "reason"}`` (see ``error_file_entries``); None for a blank line."""
+    if isinstance(raw, int):
+        return {"line": None, "reason": f"(an error-file entry of {raw} bytes, too long to read)"}
+    text = raw.decode("utf-8", errors="replace").strip()
+    if not text:
+        return None
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        return {"line": None, "reason": f"(an error-file entry that is not a JSON object, {len(text)} characters)"}
+    line = parsed.get("line")
+    reason = parsed.get("error") if parsed.get("error") is not None else parsed.get("message")
+    if isinstance(reason, dict):
+        reason = reason.get("message")
+    reason = reason if isinstance(reason, str) and reason.strip() else "(no reason given)"
+    reason = " ".join(reason.split())  # one line: no control characters into logs or CSV rows
+    return {"line": line if isinstance(line, int) and not isinstance(line, bool) and line > 0 else None,
+            "reason": reason[:ERROR_REASON_MAX_CHARS]}
 
 
 def _check_cancellable(execution: dict[str, Any]) -> None:

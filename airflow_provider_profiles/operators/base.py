@@ -59,6 +59,9 @@ UNKNOWN_OUTCOME_CHOICES = ("check", "resend")
 # default: Airflow fills it from default_args, and .partial() reads it for mapped tasks).
 DEFAULT_JOB_RETRIES = 1
 DEFAULT_JOB_RETRY_DELAY = datetime.timedelta(seconds=30)
+# XCom key: seconds from the job's creation (or reattachment) to its end, for a task that waited in the
+# worker (a deferred wait is seen from outside: the task's start and resume)
+VENDOR_WAIT_KEY = "vendor_wait_seconds"
 
 
 def default_deferrable() -> bool:
@@ -225,6 +228,7 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
         if not self.wait_for_completion:
             _ledger_clear(context)  # created and handed over: this task is done with it
             return self.handed_over(job)
+        waiting = time.monotonic()
         status = self.hook.job_status(**job)  # it may already be done: no need to defer
         if not status.terminal:
             deadline = time.time() + self.job_timeout
@@ -235,6 +239,7 @@ class RemoteJobOperator(JobWaitMixin, BaseOperator):
             except AirflowTaskTimeout:  # execution_timeout hit while waiting: do not leave the job behind
                 self.cancel(job)
                 raise
+        context["ti"].xcom_push(key=VENDOR_WAIT_KEY, value=round(time.monotonic() - waiting, 3))
         return self._finish(context, job, status)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:

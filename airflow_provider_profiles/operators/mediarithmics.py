@@ -9,12 +9,16 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator
 
-from airflow_provider_profiles.hooks.base import JobState, JobStatus
+from airflow_provider_profiles.hooks.base import JobState, JobStatus, VendorAPIError
 from airflow_provider_profiles.hooks.mediarithmics import (
     FileTooLarge,
     MediarithmicsHook,
@@ -22,12 +26,12 @@ from airflow_provider_profiles.hooks.mediarithmics import (
 )
 from airflow_provider_profiles.lineage import ProfilesOutputMixin
 from airflow_provider_profiles.operators.base import RemoteJobOperator
-from airflow_provider_profiles.operators.inputs import FileInputMixin, input_file
+from airflow_provider_profiles.operators.inputs import FileInputMixin, input_file, input_path
 from airflow_provider_profiles.operators.links import StoredLink, console_or_api, store_links
 from airflow_provider_profiles.writers import writer_class
 from airflow_provider_profiles.operators.sync_adapter import SyncAdapter, SyncPlan, conn_kwargs
 from airflow_provider_profiles.operators.result import count_or_none, records_result, vendor_counts
-from airflow_provider_profiles.storage import as_storage_path
+from airflow_provider_profiles.storage import as_storage_path, open_binary, path_text
 from airflow_provider_profiles.operators.erasure import EraseIdsMixin, erasure_report
 
 
@@ -43,6 +47,12 @@ ERROR_FILE_LINK = StoredLink(name="mediarithmics error file", key="mediarithmics
 def _api_link(hook: MediarithmicsHook, path: str) -> str | None:
     return console_or_api(hook.base_url, MediarithmicsHook, None, path)
 
+
+# What an upload with failed lines keeps of the execution's error file (``vendor_failures``)
+VENDOR_FAILURES_SUFFIX = ".vendor_failures.csv"
+VENDOR_FAILURES_HEADER = ("line", "identifier", "reason")
+FIRST_FAILURES = 5
+IDENTIFIER_MAX_CHARS = 200
 
 # The platform stamps creation_date with its own clock: an execution created a little "before" the
 # upload began (as our clock reads) is still a candidate for the lost one.
@@ -250,36 +260,126 @@ class MediarithmicsUploadOperator(FileInputMixin, ProfilesOutputMixin, RemoteJob
     def on_success(self, context: Any, status: JobStatus) -> dict[str, Any]:
         result = status.payload.get("result") or {}
         success, failure = count_or_none(result.get("total_success")), count_or_none(result.get("total_failure"))
+        details = {"job": self._job, "execution_id": str(status.payload.get("id")), "status": status.vendor_status,
+                   "total_success": result.get("total_success"), "total_failure": result.get("total_failure"),
+                   "error_file_uri": result.get("error_file_uri")}
         if failure:
-            self._log_first_errors(status)
-        return records_result(
-            rejected=0, skipped=0, **vendor_counts(None, success, failure),
-            details={"job": self._job, "execution_id": str(status.payload.get("id")), "status": status.vendor_status,
-                     "total_success": result.get("total_success"), "total_failure": result.get("total_failure"),
-                     "error_file_uri": result.get("error_file_uri")},
-        )
+            details.update(self.vendor_failures(result, failure))
+        return records_result(rejected=0, skipped=0, **vendor_counts(None, success, failure), details=details)
 
     def raise_if_failed(self, job: dict[str, Any], status: JobStatus) -> None:
         if status.vendor_status == "FAILED":
             self._log_first_errors(status)
         super().raise_if_failed(job, status)
 
+    def vendor_failures(self, result: dict[str, Any], failed: int) -> dict[str, Any]:
+        """The failed lines with the platform's reasons, from the execution's error file: every one in a
+        CSV beside the uploaded file (``vendor_failures_file``: line, identifier, reason; the line is the
+        uploaded file's), the first ``FIRST_FAILURES`` in ``first_failures``; ``vendor_failures_note``
+        says why they are not (all) listed. Only filtered entries are kept (``error_file_entries``)."""
+        uri = result.get("error_file_uri")
+        if not uri:
+            return {"vendor_failures_note": "the platform gave no error file for the failed lines"}
+        uploaded = as_storage_path(input_path(self.file), self.storage_conn_id)
+        target = as_storage_path(f"{path_text(uploaded)}{VENDOR_FAILURES_SUFFIX}", self.storage_conn_id)
+        first: list[dict[str, Any]] = []
+        listed = 0
+        try:
+            entries = self.hook.error_file_entries(uri, limit=failed)  # type: ignore[attr-defined]
+            if not uploaded.exists():  # nothing to name the users by, nowhere expected to write
+                first = [{"line": entry["line"], "identifier": None, "reason": entry["reason"]}
+                         for entry, _ in zip(entries, range(FIRST_FAILURES))]
+                return {"first_failures": first, "vendor_failures_note": f"{path_text(uploaded)} is gone: the "
+                        "failed lines are not listed by identifier"}
+            with open_binary(target, "wb") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
+                writer = csv.DictWriter(text, fieldnames=VENDOR_FAILURES_HEADER, lineterminator="\n")
+                writer.writeheader()
+                csv_mode = self.content_type == "text/csv" or uploaded.name.endswith(".csv")
+                for row in _identified(entries, uploaded, csv_mode=csv_mode):
+                    writer.writerow(row)
+                    listed += 1
+                    if len(first) < FIRST_FAILURES:
+                        first.append(row)
+        except VendorAPIError as error:  # the counts still stand; the reasons could not be had
+            self.log.warning("the error file of %s was not read: %s", self.file, error)
+            return {"vendor_failures_note": f"error file not read: {error}"}
+        except OSError as error:
+            self.log.warning("the failed lines of %s could not be listed in %s: %s", self.file, target, error)
+            return {"vendor_failures_note": f"failed lines not listed: {type(error).__name__}: {error}"}
+        self.log.warning("%s line(s) of %s failed at the platform; first ones: %s; all in %s", failed, self.file,
+                         first, path_text(target))
+        found = {"vendor_failures_file": path_text(target), "first_failures": first}
+        if listed < failed:
+            found["vendor_failures_note"] = f"the error file listed {listed} of the {failed} failed line(s)"
+        return found
+
     def _log_first_errors(self, status: JobStatus) -> None:
         result = status.payload.get("result") or {}
         if not result.get("error_file_uri"):
             return
         try:
-            sample = self.hook.error_lines(result["error_file_uri"], limit=5)  # type: ignore[attr-defined]
+            sample = list(self.hook.error_file_entries(result["error_file_uri"], limit=FIRST_FAILURES))  # type: ignore[attr-defined]
         except Exception as error:  # the outcome matters more than the sample
             self.log.warning("error file of execution %s not readable: %s", status.payload.get("id"), error)
             return
-        self.log.warning("%s line(s) failed in %s; first errors:\n%s", result.get("total_failure"), self.file,
-                         "\n".join(sample))
+        self.log.warning("%s line(s) failed in %s; first errors: %s", result.get("total_failure"), self.file, sample)
 
     def failed_ratio(self, status: JobStatus) -> float | None:
         result = status.payload.get("result") or {}
         success, failure = int(result.get("total_success") or 0), int(result.get("total_failure") or 0)
         return failure / (success + failure) if success + failure else None
+
+
+def _identified(entries: Iterator[dict[str, Any]], uploaded: Any, *, csv_mode: bool,
+                batch: int = 50_000) -> Iterator[dict[str, Any]]:
+    """Error-file entries as (line, identifier, reason) rows: the identifier read from the uploaded file's
+    line the entry names, the file scanned once per ``batch`` entries (an error file need not be in order)."""
+    group: list[dict[str, Any]] = []
+    for entry in entries:
+        group.append(entry)
+        if len(group) >= batch:
+            yield from _with_identifiers(group, uploaded, csv_mode)
+            group = []
+    if group:
+        yield from _with_identifiers(group, uploaded, csv_mode)
+
+
+def _with_identifiers(group: list[dict[str, Any]], uploaded: Any, csv_mode: bool) -> Iterator[dict[str, Any]]:
+    wanted = {entry["line"] for entry in group if entry["line"] is not None}
+    found: dict[int, str | None] = {}
+    if wanted:
+        with open_binary(uploaded) as handle:
+            header = None
+            for number, raw in enumerate(handle, start=1):
+                if csv_mode and header is None:
+                    header = next(csv.reader([raw.decode("utf-8", errors="replace")]), [])
+                if number in wanted:
+                    found[number] = _identifier_of(raw.decode("utf-8", errors="replace"), header if csv_mode else None)
+                    if len(found) == len(wanted):
+                        break
+    for entry in group:
+        line = entry["line"]
+        yield {"line": line, "identifier": found.get(line) if line is not None else None, "reason": entry["reason"]}
+
+
+def _identifier_of(text: str, header: list[str] | None) -> str | None:
+    """The user a line of the uploaded file is about, named as the prepare step names it."""
+    from airflow_provider_profiles.prepare.writer import RowRejected
+    from airflow_provider_profiles.writers.mediarithmics import user_identifier, user_key
+
+    try:
+        command = dict(zip(header, next(csv.reader([text])))) if header is not None else json.loads(text)
+    except (ValueError, StopIteration, csv.Error):
+        return None
+    if not isinstance(command, dict):
+        return None
+    plain = {str(key).lstrip("$"): value for key, value in command.items()}  # activities prefix their fields
+    try:
+        return user_key(user_identifier(plain))[:IDENTIFIER_MAX_CHARS]
+    except RowRejected:
+        typed = [f"{key}={plain[key]}" for key in ("user_point_id", "user_account_id", "hash", "email_hash", "user_agent_id")
+                 if plain.get(key) not in (None, "")]
+        return ", ".join(typed)[:IDENTIFIER_MAX_CHARS] or None
 
 
 class MediarithmicsEraseOperator(EraseIdsMixin, RemoteJobOperator):
@@ -364,8 +464,8 @@ class MediarithmicsEraseOperator(EraseIdsMixin, RemoteJobOperator):
         result = status.payload.get("result") or {}
         failures = []
         if int(result.get("total_failure") or 0) and result.get("error_file_uri"):
-            for entry in self.hook.error_lines(result["error_file_uri"], limit=len(ids)):  # type: ignore[attr-defined]
-                failures.append(_failed_line(entry, ids))
+            for entry in self.hook.error_file_entries(result["error_file_uri"], limit=len(ids)):  # type: ignore[attr-defined]
+                failures.append(_failed_id(entry, ids))
         failed = int(result.get("total_failure") or 0)  # no failure reported: every line was taken
         failures += [{"id": "(not listed in the error file)", "reason": "failed"}] * (failed - len(failures))
         report = erasure_report(self.vendor, len(ids), len(ids) - failed, [], failures, details={
@@ -375,18 +475,11 @@ class MediarithmicsEraseOperator(EraseIdsMixin, RemoteJobOperator):
         return self.finish(context, report)
 
 
-def _failed_line(entry: str, ids: list[str]) -> dict[str, str]:
-    """One error-file line as a report failure, naming the id when the line number is given."""
-    import json
-
-    try:
-        parsed = json.loads(entry)
-    except ValueError:
-        return {"id": "(unknown line)", "reason": entry}
-    line = parsed.get("line") if isinstance(parsed, dict) else None
-    identifier = ids[line - 1] if isinstance(line, int) and 0 < line <= len(ids) else "(unknown line)"
-    reason = parsed.get("error") or parsed.get("message") or entry if isinstance(parsed, dict) else entry
-    return {"id": identifier, "reason": str(reason)}
+def _failed_id(entry: dict[str, Any], ids: list[str]) -> dict[str, str]:
+    """One error-file entry as a report failure, naming the id when the line number is given."""
+    line = entry["line"]
+    identifier = ids[line - 1] if line is not None and line <= len(ids) else "(unknown line)"
+    return {"id": identifier, "reason": entry["reason"]}
 
 
 # --- a declared sync's upload to this vendor (sync_group.ProfilesSync) ---------------------------------

@@ -11,7 +11,9 @@
 - ``sent``: handed to the vendor to apply;
 - ``vendor_succeeded`` / ``vendor_failed``: what the vendor reports of the records sent;
 - ``details``: vendor facts (job ids, the vendor's raw counters, error file or log links, the
-  rejects file), JSON only.
+  rejects file), JSON only. An upload that knows which records the vendor failed lists them in
+  ``vendor_failures_file`` (CSV: line, identifier, reason; the line is the uploaded file's) with the
+  first few in ``first_failures``; ``vendor_failures_note`` says why they are not (all) listed.
 
 ``read = rejected + skipped + sent`` and ``sent = vendor_succeeded + vendor_failed``. A count
 nobody reported is None, never 0: a task that hands a job over without waiting knows none of the

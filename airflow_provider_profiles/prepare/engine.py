@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -60,6 +61,8 @@ class PrepareResult:
     sync_run_key: str | None = None
     sync_state: str | None = None
     notes: list[str] = field(default_factory=list)
+    # seconds spent reading the source into the engine (see ``prepare``); the rest of the run prepares
+    extract_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +119,7 @@ def prepare(
         raise ValueError("duplicates must be 'reject' or 'keep'")
     step = _sync_step(sync, sync_run_key, writer, mapping, duplicates, deletions, delete_columns)
     with connected(output, memory_limit) as connection:
+        extract = _Extract()
         if cursor is not None:
             opened = open_cursor(connection, cursor, batch_rows)
         elif isinstance(source, (list, tuple)):
@@ -125,8 +129,9 @@ def prepare(
             opened = open_source(connection, source, input_format, delimiter=delimiter, encoding=encoding, read_once=True)
         check_columns(source, opened.names, writer, mapping)
         table = _mapped(connection, opened, writer, mapping, step, from_cursor=cursor is not None,
-                        progress_interval=progress_interval)
-        result = PrepareResult(output=path_text(output), read=_rows_read(table, step, source, cursor, allow_empty))
+                        progress_interval=progress_interval, extract=extract)
+        result = PrepareResult(output=path_text(output), read=_rows_read(table, step, source, cursor, allow_empty),
+                               extract_seconds=extract.seconds)
         if duplicates == "reject":
             table.reject_repeats()
         if step is not None:
@@ -152,17 +157,35 @@ def _sync_step(sync: Any, run_key: str | None, writer: FormatWriter, mapping: Fi
     return SyncStep(sync, run_key, writer, mapping, duplicates, deletions, delete_columns)
 
 
+class _Extract:
+    """The extract's clock: from opening the source until its rows are in the engine. A cursor's rows are
+    copied into a table first, so its extract ends there; a file is read in the one pass that maps it
+    (a copy first would cost more than the mapping), so its extract is that pass."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.seconds: float | None = None
+
+    def done(self) -> None:
+        if self.seconds is None:
+            self.seconds = round(time.perf_counter() - self.started, 3)
+
+
 def _mapped(connection: Any, opened: Source, writer: FormatWriter, mapping: FieldMapping | None, step: Any, *,
-            from_cursor: bool, progress_interval: float | None) -> MappedTable:
+            from_cursor: bool, progress_interval: float | None, extract: _Extract | None = None) -> MappedTable:
     """Reads and maps the input into the ``mapped`` table (in a sync, only the rows not unchanged)."""
     settle = opened.settle
+    extract = extract or _Extract()
     try:
         if from_cursor:
             opened = _materialised(connection, opened)
+            extract.done()
         with Progress.of_statements(connection, "reading and mapping", progress_interval, log=log):
             if step is not None:
                 opened = step.compare(connection, opened)
-            return MappedTable(connection, opened, writer, mapping)
+            table = MappedTable(connection, opened, writer, mapping)
+            extract.done()
+            return table
     except Exception as error:
         # the error the cursor raised (bad rows, a lost connection), wrapped by DuckDB; or the
         # file's, as a whole

@@ -63,9 +63,17 @@ class MediarithmicsEmulator(Emulator):
         end_status: str | None = None,
         default_max_results: int = 10,
         max_max_results: int = 1000,
+        refuse_lines: Mapping[str, str] | None = None,
+        error_file_uri: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        # Test controls, no vendor rule: ``refuse_lines`` {text: reason} fails every line containing the
+        # text with that reason (a refusal the platform makes that the provider cannot foresee, e.g. an
+        # unknown compartment); ``error_file_uri`` is the address handed out for every error file instead
+        # of the platform's data-file URI (a hostile address, for the client's URL policy).
+        self.refuse_lines = dict(refuse_lines or {})
+        self.error_file_uri = error_file_uri
         self.token = token
         self.datamart_ids = [str(d) for d in datamarts]
         self.pending_seconds = pending_seconds
@@ -277,7 +285,8 @@ class MediarithmicsEmulator(Emulator):
             )
         # No size limit: "ensure a maximum size for each file of 100M" is given "for maximum performance"
         # (developer.mediarithmics.io/data-ingestion/bulk-processing); no 413 is documented.
-        validator = _LineValidator(definition["document_type"], csv_mode=definition["mime_type"] == "TEXT_CSV")
+        validator = _LineValidator(definition["document_type"], csv_mode=definition["mime_type"] == "TEXT_CSV",
+                                   refuse=self.refuse_lines)
         received = 0
         async for chunk in request.stream():
             received += len(chunk)
@@ -289,6 +298,7 @@ class MediarithmicsEmulator(Emulator):
             if validator.errors:
                 error_uri = f"mics://data_file/tenants/1/datamarts/{definition['datamart_id']}/executions/{execution_id}/errors.ndjson"
                 self.error_files[error_uri] = validator.errors
+                error_uri = self.error_file_uri or error_uri
             self.executions[execution_id] = {
                 "id": execution_id,
                 "datamart_id": definition["datamart_id"],
@@ -536,8 +546,9 @@ _CHECKS = {
 class _LineValidator:
     """Validates a body fed in arbitrary chunks, one complete line at a time, keeping only counts."""
 
-    def __init__(self, document_type: str, csv_mode: bool):
+    def __init__(self, document_type: str, csv_mode: bool, refuse: Mapping[str, str] | None = None):
         self.check = _CHECKS[document_type]
+        self.refuse = dict(refuse or {})
         self.csv_mode = csv_mode
         self.header: list[str] | None = None
         self.lines = self.success = self.failure = 0
@@ -567,6 +578,9 @@ class _LineValidator:
         self.lines += 1
         try:
             self.check(self._parse(text))
+            for found, reason in self.refuse.items():
+                if found in text:
+                    raise _Invalid(reason)
         except _Invalid as exc:
             self.failure += 1
             if len(self.errors) < ERRORS_KEPT:

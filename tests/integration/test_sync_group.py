@@ -148,7 +148,7 @@ def test_a_declared_sync_runs_full_then_incremental(sync, vendor):
     assert report["vendor_succeeded"] + report["vendor_failed"] == ROWS
     assert report["committed"] and report["bottleneck"] in report["seconds"]
     assert report["seconds"]["prepare"] is not None and report["seconds"]["upload"] is not None
-    assert set(report["seconds"]) == {"prepare", "split", "upload", "vendor wait", "commit"}
+    assert set(report["seconds"]) == {"extract", "prepare", "split", "upload", "vendor wait", "commit"}
     first = vendor_state(vendor, snapshot)
 
     states, report, snapshot = sync(vendor, users(changed=changed))

@@ -194,3 +194,18 @@ def test_the_rejects_column_rule_is_the_cell_rule():
 
     cells = ["=1", "+1", "-1", "@x", "\tx", "\rx", "ok", "a=b", "\\x", "[x", "", None]
     assert _spreadsheet_safe(pa.array(cells, pa.string())).to_pylist() == [spreadsheet_safe(c) for c in cells]
+
+
+def test_the_extract_is_timed_for_a_file_and_for_a_cursor(tmp_path):
+    import sqlite3
+
+    source = write_csv(tmp_path / "in.csv", [("1", "Ann", "Paris"), ("2", "Bob", "Lyon")])
+    result = prepare(source, localytics(), tmp_path / "out.ndjson")
+    assert isinstance(result.extract_seconds, float) and result.extract_seconds >= 0
+    assert result.to_dict()["extract_seconds"] == result.extract_seconds  # handed on with the counts
+    database = sqlite3.connect(tmp_path / "db.sqlite", check_same_thread=False)
+    database.execute("CREATE TABLE users (id TEXT, name TEXT, city TEXT)")
+    database.executemany("INSERT INTO users VALUES (?, ?, ?)", [("1", "Ann", "Paris"), ("2", "Bob", "Lyon")])
+    cursor = database.execute("SELECT id, name, city FROM users")
+    result = prepare("the query", localytics(), tmp_path / "out2.ndjson", cursor=cursor)
+    assert result.written == 2 and isinstance(result.extract_seconds, float) and result.extract_seconds >= 0
