@@ -10,6 +10,8 @@ An uploaded file is streamed and validated line by line as it arrives (never kep
 line counts in ``total_success`` or ``total_failure``, failures are listed in an error file served
 at ``GET /v1/data_file/data?uri=<error_file_uri>``. No body size is refused: 100 MB per file is the
 documented recommendation for performance, not a limit.
+``keep_lines=True`` keeps each execution's lines as received (``received_lines()``), for tests that
+check what exactly was sent.
 An execution where no line could be imported ends FAILED with an error message.
 """
 
@@ -63,6 +65,7 @@ class MediarithmicsEmulator(Emulator):
         end_status: str | None = None,
         default_max_results: int = 10,
         max_max_results: int = 1000,
+        keep_lines: bool = False,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -73,12 +76,14 @@ class MediarithmicsEmulator(Emulator):
         self.end_status = end_status
         self.default_max_results = default_max_results
         self.max_max_results = max_max_results
+        self.keep_lines = keep_lines
         self._init_state()
 
     def _init_state(self) -> None:
         self.document_imports: dict[str, dict[str, Any]] = {}  # id -> definition
         self.executions: dict[str, dict[str, Any]] = {}  # id -> internal record
         self.error_files: dict[str, list[dict[str, Any]]] = {}  # uri -> error lines
+        self.lines_received: dict[str, list[str]] = {}  # execution id -> its lines (keep_lines only)
         self._ids = itertools.count(1)
 
     def reset(self) -> None:
@@ -127,6 +132,11 @@ class MediarithmicsEmulator(Emulator):
                 "document_imports": {k: dict(v) for k, v in self.document_imports.items()},
                 "executions": {k: self._execution_view(k) for k in self.executions},
             }
+
+    def received_lines(self) -> dict[str, list[str]]:
+        """{execution id: its lines as received} (``keep_lines=True``; else empty)."""
+        with self.lock:
+            return {execution_id: list(lines) for execution_id, lines in self.lines_received.items()}
 
     # --- envelope -----------------------------------------------------------------------------
     @staticmethod
@@ -277,7 +287,8 @@ class MediarithmicsEmulator(Emulator):
             )
         # No size limit: "ensure a maximum size for each file of 100M" is given "for maximum performance"
         # (developer.mediarithmics.io/data-ingestion/bulk-processing); no 413 is documented.
-        validator = _LineValidator(definition["document_type"], csv_mode=definition["mime_type"] == "TEXT_CSV")
+        validator = _LineValidator(definition["document_type"], csv_mode=definition["mime_type"] == "TEXT_CSV",
+                                   keep=self.keep_lines)
         received = 0
         async for chunk in request.stream():
             received += len(chunk)
@@ -303,6 +314,8 @@ class MediarithmicsEmulator(Emulator):
                 "error_file_uri": error_uri,
                 "canceled_at": None,
             }
+            if validator.kept is not None:
+                self.lines_received[execution_id] = validator.kept
             return self._ok(self._execution_view(execution_id))
 
     def _status(self, record: dict[str, Any]) -> str:
@@ -536,8 +549,9 @@ _CHECKS = {
 class _LineValidator:
     """Validates a body fed in arbitrary chunks, one complete line at a time, keeping only counts."""
 
-    def __init__(self, document_type: str, csv_mode: bool):
+    def __init__(self, document_type: str, csv_mode: bool, keep: bool = False):
         self.check = _CHECKS[document_type]
+        self.kept: list[str] | None = [] if keep else None  # every line as received, CSV header included
         self.csv_mode = csv_mode
         self.header: list[str] | None = None
         self.lines = self.success = self.failure = 0
@@ -561,6 +575,8 @@ class _LineValidator:
         text = raw.decode("utf-8", errors="replace").rstrip("\r")
         if not text.strip():
             return
+        if self.kept is not None:
+            self.kept.append(text)
         if self.csv_mode and self.header is None:
             self.header = next(csv.reader([text]))
             return
