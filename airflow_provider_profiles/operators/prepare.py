@@ -304,11 +304,17 @@ class SqlToProfilesFileOperator(_PrepareOperator):
                 cursor.execute(self.sql)
             else:
                 cursor.execute(self.sql, self.parameters)
-            result = prepare(f"query on {self.conn_id}", writer, output, cursor=cursor, batch_rows=self.batch_rows,
+            result = prepare(_query_name(self.conn_id, self.sql), writer, output, cursor=cursor, batch_rows=self.batch_rows,
                              allow_empty=self.allow_empty, **options)
         finally:
             connection.close()
         return self._report(result, context)
+
+
+def _query_name(conn_id: str, sql: str, width: int = 160) -> str:
+    """The query as errors name it: its connection and the start of its text."""
+    text = " ".join(str(sql).split())
+    return f"query on {conn_id} ({text if len(text) <= width else text[:width] + '...'})"
 
 
 def _streaming_cursor(hook, connection):

@@ -116,7 +116,7 @@ def prepare(
     step = _sync_step(sync, sync_run_key, writer, mapping, duplicates, deletions, delete_columns)
     with connected(output, memory_limit) as connection:
         if cursor is not None:
-            opened = open_cursor(connection, cursor, batch_rows)
+            opened = open_cursor(connection, cursor, batch_rows, name=str(source))
         else:
             opened = open_source(connection, source, input_format, delimiter=delimiter, encoding=encoding, read_once=True)
         check_columns(source, opened.names, writer, mapping)
@@ -165,7 +165,7 @@ def _mapped(connection: Any, opened: Source, writer: FormatWriter, mapping: Fiel
         raised = cursor_error(error) or (settle.failure(error) if settle is not None else None)
         if raised is None:
             raise
-        raise raised from None
+        raise raised from raised.__cause__  # (a QueryFailed keeps the driver's error as its cause)
 
 
 def _rows_read(table: MappedTable, step: Any, source: Any, cursor: Any, allow_empty: bool) -> int:

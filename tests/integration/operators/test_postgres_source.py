@@ -173,3 +173,85 @@ def test_a_sync_over_a_million_rows_sends_exactly_the_changed_ones(users_table, 
     assert upserts == changed and deletes == gone
     assert (report["read"], report["deleted"], report["sent"]) == (ROWS, 5, len(changed) + 5), report
     assert report["unchanged"] == ROWS - len(changed) and report["vendor_succeeded"] == report["sent"], report
+
+
+# --- what PostgreSQL gives that SQLite does not ---------------------------------------------------
+
+
+def prepared_lines(conn_id: str, sql: str, mapping: dict, tmp_path, batch_rows: int = 50) -> tuple[dict, list[dict]]:
+    """Runs the prepare operator on ``sql`` (``batch_rows`` at a time): its result and output lines."""
+    from airflow_provider_profiles.operators.prepare import SqlToProfilesFileOperator
+
+    output = tmp_path / f"{uuid.uuid4().hex[:6]}.ndjson"
+    prepare = SqlToProfilesFileOperator(task_id="prepare", conn_id=conn_id, sql=sql, batch_rows=batch_rows,
+                                        vendor="mediarithmics", writer_format="USER_PROFILE", output_path=str(output),
+                                        mapping={"user_account_id": "id", **mapping})
+    result = prepare.execute({})
+    with output.open() as lines:
+        return result, [json.loads(line) for line in lines]
+
+
+def test_numeric_values_of_any_scale_and_timestamptz_in_a_session_time_zone(postgres, airflow_connection, tmp_path):
+    """A ``numeric`` column keeps each value's own scale (0.5 in one row, 14.428571 in another, past the
+    first batch), and a ``timestamptz`` read in a Paris session across the DST change stays the same
+    instant."""
+    conn_id = airflow_connection("warehouse_paris", **postgres.airflow_connection(),
+                                 extra={"options": "-c TimeZone=Europe/Paris"})
+    table = "scores_" + uuid.uuid4().hex[:6]
+    postgres.psql(f"""CREATE TABLE {table} AS SELECT 'u' || i AS id,
+                        CASE WHEN i <= 50 THEN round(i / 2.0, 1) ELSE round(i / 7.0, 6) END AS score,
+                        timestamptz '2024-03-31 00:30:00+00' + i * interval '1 minute' AS seen
+                      FROM generate_series(1, 120) AS i""")
+    result, lines = prepared_lines(conn_id, f"SELECT id, score, seen FROM {table} ORDER BY seen",
+                                   {"score": {"source": "score", "type": "number"}, "raw": "score",
+                                    "seen": {"source": "seen", "type": "datetime"}}, tmp_path)
+    assert (result["read"], result["written"], result["rejected"]) == (120, 120, 0), result
+    import datetime as dt
+    from decimal import Decimal
+
+    by_id = {line["user_account_id"]: line["user_profile"] for line in lines}
+    for i in range(1, 121):
+        exact = round(Decimal(i) / 2, 1) if i <= 50 else round(Decimal(i) / 7, 6)
+        seen = dt.datetime(2024, 3, 31, 0, 30, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=i)
+        assert by_id[f"u{i}"] == {"score": float(exact), "raw": str(exact),
+                                  "seen": seen.strftime("%Y-%m-%dT%H:%M:%SZ")}, (i, by_id[f"u{i}"])
+
+
+def test_jsonb_documents_arrive_as_postgresql_holds_them(postgres, warehouse, tmp_path):
+    """``jsonb`` values whose keys differ from row to row (a key first seen after the first batch, a key
+    absent from a row) and a column without a value in the whole first batch: each row's document goes
+    out as it is (a ``json`` mapping), no key dropped, none added."""
+    table = "documents_" + uuid.uuid4().hex[:6]
+    postgres.psql(f"""CREATE TABLE {table} AS SELECT 'u' || lpad(i::text, 3, '0') AS id,
+                        CASE WHEN i % 3 = 0 THEN jsonb_build_object('plan', 'pro', 'seats', i)
+                             WHEN i > 60 THEN jsonb_build_object('tags', jsonb_build_array('a', i), 'vip', true)
+                             ELSE jsonb_build_object('plan', 'free') END AS attributes,
+                        CASE WHEN i > 50 THEN jsonb_build_object('newsletter', i % 2 = 0) END AS consents
+                      FROM generate_series(1, 120) AS i""")
+    expected = {row.split("|")[0]: (json.loads(row.split("|")[1]), json.loads(row.split("|")[2] or "null"))
+                for row in postgres.psql(f"SELECT id, attributes, consents FROM {table}").splitlines()}
+    result, lines = prepared_lines(warehouse, f"SELECT id, attributes, consents FROM {table} ORDER BY id",
+                                   {"attributes": {"source": "attributes", "type": "json"},
+                                    "consents": {"source": "consents", "type": "json"}}, tmp_path)
+    assert (result["read"], result["written"]) == (120, 120), result
+    found = {line["user_account_id"]: (line["user_profile"]["attributes"], line["user_profile"].get("consents"))
+             for line in lines}
+    assert found == expected
+
+
+def test_a_query_that_fails_half_way_names_its_connection_and_how_far_it_got(postgres, warehouse, tmp_path):
+    """PostgreSQL computes a server-side cursor's rows as they are fetched: the division by zero at row
+    2,500 comes after 2,000 rows were read. The error names the connection, the query and the rows read."""
+    from airflow_provider_profiles.operators.prepare import SqlToProfilesFileOperator
+
+    sql = "SELECT 'u' || i AS id, 100 / (2500 - i) AS score FROM generate_series(1, 3000) AS i"
+    prepare = SqlToProfilesFileOperator(task_id="prepare", conn_id=warehouse, sql=sql, batch_rows=1000,
+                                        vendor="mediarithmics", writer_format="USER_PROFILE",
+                                        output_path=str(tmp_path / "out.ndjson"),
+                                        mapping={"user_account_id": "id", "score": "score"})
+    with pytest.raises(Exception) as failed:
+        prepare.execute({})
+    message = str(failed.value)
+    assert "division by zero" in message and f"query on {warehouse}" in message, message
+    assert "SELECT 'u' || i AS id, 100 / (2500 - i)" in message and "after 2000 rows" in message, message
+    assert not (tmp_path / "out.ndjson").exists()
