@@ -40,6 +40,7 @@ from airflow_provider_profiles.operators.result import results_of
 from airflow_provider_profiles.prepare.mapping import FieldMapping
 from airflow_provider_profiles.prepare.engine import PrepareResult, prepare
 from airflow_provider_profiles.prepare.split import split_file
+from airflow_provider_profiles.prepare.source import QueryFailed
 from airflow_provider_profiles.prepare.sync import SyncConflict, SyncState
 from airflow_provider_profiles.storage import as_storage_path, open_binary
 
@@ -298,13 +299,18 @@ class SqlToProfilesFileOperator(_PrepareOperator):
         writer, output = options.pop("writer"), options.pop("output")
         hook = self.get_db_hook()
         connection = hook.get_conn()
+        name = _query_name(self.conn_id, self.sql)
         try:
             cursor = _streaming_cursor(hook, connection)
-            if self.parameters is None:
-                cursor.execute(self.sql)
-            else:
-                cursor.execute(self.sql, self.parameters)
-            result = prepare(_query_name(self.conn_id, self.sql), writer, output, cursor=cursor, batch_rows=self.batch_rows,
+            try:
+                if self.parameters is None:
+                    cursor.execute(self.sql)
+                else:
+                    cursor.execute(self.sql, self.parameters)
+            except Exception as error:  # the driver's: a syntax error, a missing table, no permission
+                raise QueryFailed(f"{name}: the database refused the query: {type(error).__name__}: "
+                                  f"{str(error).strip()}") from error
+            result = prepare(name, writer, output, cursor=cursor, batch_rows=self.batch_rows,
                              allow_empty=self.allow_empty, **options)
         finally:
             connection.close()

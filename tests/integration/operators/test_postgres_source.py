@@ -259,3 +259,16 @@ def test_a_query_that_fails_half_way_names_its_connection_and_how_far_it_got(pos
     assert "division by zero" in message and f"query on {warehouse}" in message, message
     assert "SELECT 'u' || i AS id, 100 / (2500 - i)" in message and "after 2000 rows" in message, message
     assert not (tmp_path / "out.ndjson").exists()
+
+
+def test_a_query_the_database_refuses_names_its_connection(postgres, warehouse, tmp_path):
+    from airflow_provider_profiles.operators.prepare import SqlToProfilesFileOperator
+
+    prepare = SqlToProfilesFileOperator(task_id="prepare", conn_id=warehouse, sql="SELECT id FROM no_such_users",
+                                        vendor="mediarithmics", writer_format="USER_PROFILE",
+                                        output_path=str(tmp_path / "out.ndjson"), mapping={"user_account_id": "id"})
+    with pytest.raises(Exception) as failed:
+        prepare.execute({})
+    message = str(failed.value)
+    assert f"query on {warehouse} (SELECT id FROM no_such_users): the database refused" in message, message
+    assert "no_such_users" in message.split("refused")[1] and not (tmp_path / "out.ndjson").exists(), message
