@@ -128,3 +128,14 @@ def servers():
     yield start
     for server in started:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL server (``tests.services.PostgresServer``) for the session: tests create
+    tables of their own names, so they do not collide. A machine without PostgreSQL fails here with the
+    error saying what to install; it is never skipped."""
+    from tests.services import PostgresServer
+
+    with PostgresServer() as server:
+        yield server

@@ -41,6 +41,7 @@ from airflow_provider_profiles.operators.result import results_of
 from airflow_provider_profiles.prepare.mapping import FieldMapping
 from airflow_provider_profiles.prepare.engine import PrepareResult, prepare
 from airflow_provider_profiles.prepare.split import split_file
+from airflow_provider_profiles.prepare.source import QueryFailed
 from airflow_provider_profiles.prepare.sync import SyncConflict, SyncState
 from airflow_provider_profiles.storage import as_storage_path, open_binary
 
@@ -360,21 +361,32 @@ class SqlToProfilesFileOperator(_PrepareOperator):
         writer, output = options.pop("writer"), options.pop("output")
         hook = self.get_db_hook()
         connection = hook.get_conn()
+        name = _query_name(self.conn_id, self.sql)
         try:
             cursor = _streaming_cursor(hook, connection)
-            querying = time.perf_counter()
-            if self.parameters is None:
-                cursor.execute(self.sql)
-            else:
-                cursor.execute(self.sql, self.parameters)
-            queried = time.perf_counter() - querying
-            result = prepare(f"query on {self.conn_id}", writer, output, cursor=cursor, batch_rows=self.batch_rows,
+            try:
+                querying = time.perf_counter()
+                if self.parameters is None:
+                    cursor.execute(self.sql)
+                else:
+                    cursor.execute(self.sql, self.parameters)
+                queried = time.perf_counter() - querying
+            except Exception as error:  # the driver's: a syntax error, a missing table, no permission
+                raise QueryFailed(f"{name}: the database refused the query: {type(error).__name__}: "
+                                  f"{str(error).strip()}") from error
+            result = prepare(name, writer, output, cursor=cursor, batch_rows=self.batch_rows,
                              allow_empty=self.allow_empty, **options)
             if result.extract_seconds is not None:  # the query's own run is part of the extract
                 result.extract_seconds = round(result.extract_seconds + queried, 3)
         finally:
             connection.close()
         return self._report(result, context)
+
+
+def _query_name(conn_id: str, sql: str, width: int = 160) -> str:
+    """The query as errors name it: its connection and the start of its text."""
+    text = " ".join(str(sql).split())
+    return f"query on {conn_id} ({text if len(text) <= width else text[:width] + '...'})"
 
 
 def _streaming_cursor(hook, connection):

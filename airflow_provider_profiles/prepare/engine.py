@@ -121,7 +121,7 @@ def prepare(
     with connected(output, memory_limit) as connection:
         extract = _Extract()
         if cursor is not None:
-            opened = open_cursor(connection, cursor, batch_rows)
+            opened = open_cursor(connection, cursor, batch_rows, name=str(source))
         elif isinstance(source, (list, tuple)):
             opened = open_sources(connection, source, input_format, delimiter=delimiter, encoding=encoding)
             source = ", ".join(opened.files)
@@ -192,7 +192,7 @@ def _mapped(connection: Any, opened: Source, writer: FormatWriter, mapping: Fiel
         raised = cursor_error(error) or (settle.failure(error) if settle is not None else None)
         if raised is None:
             raise
-        raise raised from None
+        raise raised from raised.__cause__  # (a QueryFailed keeps the driver's error as its cause)
 
 
 def _rows_read(table: MappedTable, step: Any, source: Any, cursor: Any, allow_empty: bool) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import decimal
 import io
 import json
 import os
@@ -662,33 +663,59 @@ def _open_parquet(connection, path) -> Source:
 # --- SQL cursor ---------------------------------------------------------------------------------
 
 
-def open_cursor(connection, cursor, batch_rows: int = 50_000) -> Source:
+def open_cursor(connection, cursor, batch_rows: int = 50_000, name: str = "the SQL query") -> Source:
     """An executed DB-API cursor, fetched ``batch_rows`` at a time as DuckDB scans the relation
     (once: the rows are not kept). DuckDB pulls from its own thread: open sqlite3 connections
-    with ``check_same_thread=False``.
+    with ``check_same_thread=False``. ``name`` names the query in errors.
 
     Column types come from the first batch: a column with one Python type there keeps it (int,
     float, str, bytes, dates...); a column with several, or only NULLs, is read as text (str of
-    each value), so no value is coerced into a type it does not have. A later value that does not
-    fit its column's type stops the scan with an InputError naming column and record.
+    each value), so no value is coerced into a type it does not have. Two kinds are read otherwise,
+    as their values vary row by row where a fixed Arrow type would not: JSON documents (dicts and
+    lists, as drivers give json/jsonb and arrays; their keys differ by row) become a JSON column,
+    and decimals (a ``numeric`` keeps each value's own scale) their exact text. A later value that
+    does not fit its column's type stops the scan with an InputError naming column and record; a
+    database error while fetching (a value it cannot compute, a lost connection) stops it with a
+    ``QueryFailed`` naming the query and the rows read before it.
     """
-    rows = _CursorRows(cursor, batch_rows, view=_unique("cursor"))
+    rows = _CursorRows(cursor, batch_rows, view=_unique("cursor"), name=name)
     connection.register(rows.view, pa.RecordBatchReader.from_batches(rows.schema, rows.batches()))
-    return Source(rows.view, rows.names, _types(connection, rows.view), None, f"sql|||{json.dumps(rows.names)}")
+    relation = rows.view
+    if rows.as_json:
+        documents = ", ".join(f"CAST({sql.ident(rows.names[index])} AS JSON) AS {sql.ident(rows.names[index])}"
+                              for index in sorted(rows.as_json))
+        relation = f"(SELECT * REPLACE ({documents}) FROM {rows.view})"
+    return Source(relation, rows.names, _types(connection, relation), None, f"sql|||{json.dumps(rows.names)}")
+
+
+class QueryFailed(RuntimeError):
+    """The database stopped a query while its rows were being fetched."""
 
 
 class _CursorRows:
     """A cursor's rows as Arrow batches with ``__record``, typed by the first batch (``open_cursor``)."""
 
-    def __init__(self, cursor, batch_rows: int, view: str):
-        self.cursor, self.batch_rows, self.view = cursor, batch_rows, view
-        self.first = cursor.fetchmany(batch_rows)
+    def __init__(self, cursor, batch_rows: int, view: str, name: str = "the SQL query"):
+        self.cursor, self.batch_rows, self.view, self.name = cursor, batch_rows, view, name
+        self.first = self._fetch(read=0)
         self.names = [column[0] for column in cursor.description or ()]
-        self.as_text = {index for index in range(len(self.names))
-                        if len({type(row[index]) for row in self.first if row[index] is not None}) != 1}
-        types = [pa.string() if index in self.as_text else pa.array([row[index] for row in self.first]).type
-                 for index in range(len(self.names))]
+        self.as_text, self.as_json, types = set(), set(), []
+        for index in range(len(self.names)):
+            values = [row[index] for row in self.first]
+            kind = _column_type([value for value in values if value is not None])
+            if kind == "json":
+                self.as_json.add(index)
+            elif kind is None:
+                self.as_text.add(index)
+            types.append(kind if isinstance(kind, pa.DataType) else pa.string())
         self.schema = pa.schema([*map(pa.field, self.names, types), pa.field("__record", pa.int64())])
+
+    def _fetch(self, read: int) -> list:
+        try:
+            return self.cursor.fetchmany(self.batch_rows)
+        except Exception as error:  # the driver's: a value the database cannot compute, a lost connection
+            raise QueryFailed(f"{self.name}: the database stopped the query after {read} rows were read: "
+                              f"{type(error).__name__}: {str(error).strip()}") from error
 
     def batches(self):
         rows, start = self.first, 1
@@ -696,8 +723,8 @@ class _CursorRows:
             try:
                 yield self._batch(rows, start)
                 start += len(rows)
-                rows = self.cursor.fetchmany(self.batch_rows)
-            except Exception as error:  # a bad value, or the driver's own error (a lost connection)
+                rows = self._fetch(read=start - 1)
+            except Exception as error:  # a bad value, or the database's own error
                 _stream_errors[self.view] = error  # DuckDB hands it on wrapped: see ``cursor_error``
                 raise
 
@@ -707,6 +734,8 @@ class _CursorRows:
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
     def _column(self, index: int, values: list, start: int) -> pa.Array:
+        if index in self.as_json:
+            return pa.array([None if value is None else _json(value) for value in values], pa.string())
         if index in self.as_text:
             return pa.array([_text(value) for value in values], pa.string())
         kind = self.schema.field(index).type
@@ -714,9 +743,27 @@ class _CursorRows:
             return pa.array(values, kind)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as error:
             bad = next((i for i, value in enumerate(values) if not _fits(value, kind)), 0)
-            raise InputError("the SQL query", f"a value of type {type(values[bad]).__name__} after values of type "
+            raise InputError(self.name, f"a value of type {type(values[bad]).__name__} after values of type "
                              f"{kind}: cast the column in the query ({error})",
                              line=start + bad, column=self.names[index]) from None
+
+
+def _column_type(values: list) -> pa.DataType | str | None:
+    """A column's type from its first batch's values (NULLs left out): "json" for JSON documents,
+    None for text, else the Arrow type they share."""
+    kinds = {type(value) for value in values}
+    if any(issubclass(kind, (dict, list)) for kind in kinds):
+        return "json"
+    if len(kinds) != 1 or issubclass(next(iter(kinds)), decimal.Decimal):
+        return None
+    try:
+        return pa.array(values).type
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, OverflowError):
+        return None  # a type Arrow does not know (a driver's own): its text
+
+
+def _json(value) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 _stream_errors: dict[str, Exception] = {}
@@ -735,6 +782,8 @@ def cursor_error(error: BaseException) -> Exception | None:
 def _text(value) -> str | None:
     if value is None or isinstance(value, str):
         return value
+    if isinstance(value, (dict, list)):  # a JSON document where the first batch had none: its JSON text
+        return _json(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).decode("utf-8", errors="replace")
     return str(value)

@@ -10,6 +10,8 @@ An uploaded file is streamed and validated line by line as it arrives (never kep
 line counts in ``total_success`` or ``total_failure``, failures are listed in an error file served
 at ``GET /v1/data_file/data?uri=<error_file_uri>``. No body size is refused: 100 MB per file is the
 documented recommendation for performance, not a limit.
+``keep_lines=True`` keeps each execution's lines as received (``received_lines()``), for tests that
+check what exactly was sent.
 An execution where no line could be imported ends FAILED with an error message.
 """
 
@@ -65,6 +67,7 @@ class MediarithmicsEmulator(Emulator):
         max_max_results: int = 1000,
         refuse_lines: Mapping[str, str] | None = None,
         error_file_uri: str | None = None,
+        keep_lines: bool = False,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -81,12 +84,14 @@ class MediarithmicsEmulator(Emulator):
         self.end_status = end_status
         self.default_max_results = default_max_results
         self.max_max_results = max_max_results
+        self.keep_lines = keep_lines
         self._init_state()
 
     def _init_state(self) -> None:
         self.document_imports: dict[str, dict[str, Any]] = {}  # id -> definition
         self.executions: dict[str, dict[str, Any]] = {}  # id -> internal record
         self.error_files: dict[str, list[dict[str, Any]]] = {}  # uri -> error lines
+        self.lines_received: dict[str, list[str]] = {}  # execution id -> its lines (keep_lines only)
         self._ids = itertools.count(1)
 
     def reset(self) -> None:
@@ -135,6 +140,11 @@ class MediarithmicsEmulator(Emulator):
                 "document_imports": {k: dict(v) for k, v in self.document_imports.items()},
                 "executions": {k: self._execution_view(k) for k in self.executions},
             }
+
+    def received_lines(self) -> dict[str, list[str]]:
+        """{execution id: its lines as received} (``keep_lines=True``; else empty)."""
+        with self.lock:
+            return {execution_id: list(lines) for execution_id, lines in self.lines_received.items()}
 
     # --- envelope -----------------------------------------------------------------------------
     @staticmethod
@@ -286,7 +296,7 @@ class MediarithmicsEmulator(Emulator):
         # No size limit: "ensure a maximum size for each file of 100M" is given "for maximum performance"
         # (developer.mediarithmics.io/data-ingestion/bulk-processing); no 413 is documented.
         validator = _LineValidator(definition["document_type"], csv_mode=definition["mime_type"] == "TEXT_CSV",
-                                   refuse=self.refuse_lines)
+                                   refuse=self.refuse_lines, keep=self.keep_lines)
         received = 0
         async for chunk in request.stream():
             received += len(chunk)
@@ -313,6 +323,8 @@ class MediarithmicsEmulator(Emulator):
                 "error_file_uri": error_uri,
                 "canceled_at": None,
             }
+            if validator.kept is not None:
+                self.lines_received[execution_id] = validator.kept
             return self._ok(self._execution_view(execution_id))
 
     def _status(self, record: dict[str, Any]) -> str:
@@ -546,9 +558,11 @@ _CHECKS = {
 class _LineValidator:
     """Validates a body fed in arbitrary chunks, one complete line at a time, keeping only counts."""
 
-    def __init__(self, document_type: str, csv_mode: bool, refuse: Mapping[str, str] | None = None):
+    def __init__(self, document_type: str, csv_mode: bool, refuse: Mapping[str, str] | None = None,
+                 keep: bool = False):
         self.check = _CHECKS[document_type]
         self.refuse = dict(refuse or {})
+        self.kept: list[str] | None = [] if keep else None  # every line as received, CSV header included
         self.csv_mode = csv_mode
         self.header: list[str] | None = None
         self.lines = self.success = self.failure = 0
@@ -572,6 +586,8 @@ class _LineValidator:
         text = raw.decode("utf-8", errors="replace").rstrip("\r")
         if not text.strip():
             return
+        if self.kept is not None:
+            self.kept.append(text)
         if self.csv_mode and self.header is None:
             self.header = next(csv.reader([text]))
             return

@@ -20,6 +20,7 @@ from airflow_provider_profiles.prepare.mapping import FieldMapping
 from airflow_provider_profiles.prepare import sync as sync_module
 from airflow_provider_profiles.prepare.engine import prepare
 from airflow_provider_profiles.prepare.sync import SyncConflict, SyncState, SyncStateError, run_key_of
+from airflow_provider_profiles.prepare.source import QueryFailed
 
 BASE = [(i, f"n{i}", f"c{i}") for i in range(1, 11)]
 DAY = dt.timedelta(days=1)
@@ -281,8 +282,9 @@ def test_a_rerun_whose_query_dies_part_way_leaves_the_committed_snapshot_alone(t
     state.commit("r1")
     with sqlite3.connect(database) as db:
         db.execute("UPDATE users SET city = 'moved' WHERE id = '9'")
-    with pytest.raises(ConnectionError, match="server closed the connection"):  # the driver's error, not DuckDB's
+    with pytest.raises(QueryFailed, match="query for r1: .* after 4 rows .*server closed the connection") as failed:
         prepare_from_query("r1", fail_after=3)
+    assert isinstance(failed.value.__cause__, ConnectionError)  # the driver's error, not DuckDB's
     result, later = prepare_from_query("r2")
     assert set(later) == {"9"} and result.unchanged == 9
     state.commit("r2")
