@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install servers demo test test-oldest e2e bench clean
+.PHONY: install servers demo test test-oldest e2e bench bench-throughput clean
 
 install: $(VENV)/.installed
 
@@ -51,6 +51,12 @@ bench: install
 	$(BIN)/python benchmarks/gainsight_px_load.py
 	$(BIN)/python benchmarks/prepare.py
 	$(BIN)/python benchmarks/deferred_waits.py
+
+# A declared sync per vendor from a 1,000,000-row PostgreSQL table to its emulator, against the floor the
+# vendor's limits allow (benchmarks/README.md); BENCH_ARGS="--rows 100000" for a quick run.
+bench-throughput: install servers
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[test,bench]"
+	$(BIN)/python benchmarks/throughput.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) .demo build *.egg-info

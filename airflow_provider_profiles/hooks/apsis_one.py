@@ -15,7 +15,6 @@ import hashlib
 import io
 import threading
 import time
-import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -31,6 +30,7 @@ from airflow_provider_profiles.hooks.base import (
     JobStatus,
     ProfilesHook,
 )
+from airflow_provider_profiles.hooks.multipart import MultipartFileStream as SharedMultipartFileStream, streamable
 from airflow_provider_profiles.storage import Upload, open_upload
 from airflow_provider_profiles.vendors import VENDORS
 
@@ -203,70 +203,14 @@ def check_import_file(path: Any, spec: ImportSpec) -> int:
     return size
 
 
-class MultipartFileStream:
-    """A multipart/form-data body that reads the upload in chunks as it is sent (never whole in memory).
-
-    It has a length (so the upload carries Content-Length, which presigned POSTs require) and can be
-    rewound (so the shared retry policy may resend it).
-    """
-
-    chunk_size = 1024 * 1024
+class MultipartFileStream(SharedMultipartFileStream):
+    """The presigned form's body, streamed (``hooks.multipart``); refuses what it cannot stream."""
 
     def __init__(self, fields: Mapping[str, str], upload: Upload, content_type: str = "text/csv"):
-        if upload.size is None or not hasattr(upload.body, "seek"):
+        if not streamable(upload):
             raise ImportSpecError(f"{upload.label}: an Apsis One upload needs a file (a path, a URL or an open "
                                   "binary file), to send its length and resend it whole")
-        self.boundary = f"apsis-{uuid.uuid4().hex}"
-        self.content_type = f"multipart/form-data; boundary={self.boundary}"
-        parts = [
-            f'--{self.boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-            for name, value in fields.items()
-        ]
-        parts.append(
-            f'--{self.boundary}\r\nContent-Disposition: form-data; name="file"; filename="{upload.name}"\r\n'
-            f"Content-Type: {content_type}\r\n\r\n".encode()
-        )
-        self._head = b"".join(parts)
-        self._tail = f"\r\n--{self.boundary}--\r\n".encode()
-        self._upload, self._start = upload, upload.body.tell()
-        self._length = len(self._head) + upload.size + len(self._tail)
-        self._position = 0
-
-    def __len__(self) -> int:
-        return self._length
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if (offset, whence) not in ((0, 0), (0, 2)):
-            raise io.UnsupportedOperation("the upload body can only be rewound")
-        if whence == 2:
-            self._position = self._length  # requests asks for the end to learn the length
-            return self._position
-        self._upload.body.seek(self._start)
-        self._position = 0
-        return 0
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            size = self._length
-        out = bytearray()
-        while len(out) < size and self._position < self._length:
-            want = size - len(out)
-            head_end, file_end = len(self._head), len(self._head) + self._upload.size
-            if self._position < head_end:
-                chunk = self._head[self._position:self._position + want]
-            elif self._position < file_end:
-                chunk = self._upload.body.read(min(want, self.chunk_size, file_end - self._position))
-                if not chunk:
-                    raise OSError(f"{self._upload.label} shrank while it was being uploaded")
-            else:
-                start = self._position - file_end
-                chunk = self._tail[start:start + want]
-            out += chunk
-            self._position += len(chunk)
-        return bytes(out)
+        super().__init__(fields, upload, content_type)
 
 
 def _parse_time(value: str) -> float:

@@ -26,6 +26,7 @@ from airflow_provider_profiles.hooks.base import (
     ProfilesHook,
     VendorAPIError,
 )
+from airflow_provider_profiles.hooks.multipart import MultipartFileStream, streamable
 from airflow_provider_profiles.storage import open_upload
 
 PROFILES = "profiles"
@@ -126,9 +127,15 @@ class LocalyticsHook(ProfilesHook):
 
     def _send_file(self, method: str, path: str, file: Any, content_type: str = "application/json",
                    **options: Any) -> str:
-        """Send ``file`` as the form's ``file`` field; return the activity id of the 202 answer."""
+        """Send ``file`` as the form's ``file`` field, after the ``data`` fields; return the activity id of
+        the 202 answer. A file is streamed (no size limit is documented: it grows with the table)."""
         with open_upload(file, "upload.json") as upload:
-            files = {"file": (upload.name, upload.body, content_type)}
+            if streamable(upload):
+                fields = {name: str(value) for name, value in (options.pop("data", None) or {}).items()}
+                body = MultipartFileStream(fields, upload, content_type)
+                options["headers"] = {**options.get("headers", {}), "Content-Type": body.content_type}
+                return _activity_id(self.request(method, path, data=body, **options))
+            files = {"file": (upload.name, upload.body, content_type)}  # bytes or chunks: requests encodes them
             return _activity_id(self.request(method, path, files=files, **options))
 
     def profile_scope(self, *, org_id: str | int | None = None, app_id: str | None = None) -> dict[str, str]:
