@@ -202,7 +202,7 @@ class GainsightPXRecordFormat(FormatWriter):
             required = field == self.id_field or field in REQUIRED_FIELDS.get(self.entity, ())
             exact.append(f"({value} IS NOT NULL AND {fits})" if required else f"({columns(column)} IS NULL OR ({fits}))")
             members.append((tuple(field.split(".")), value))
-        return sql.json_object(members) + " || chr(10)", "NULL::VARCHAR", " AND ".join(exact)
+        return f"concat({sql.json_object(members)}, chr(10))", "NULL::VARCHAR", " AND ".join(exact)
 
 
 # ISO 8601 dates and times that Python's fromisoformat and DuckDB's TIMESTAMPTZ read alike
