@@ -364,13 +364,7 @@ class MappedTable:
         A writer's SQL gives the line and reason of the rows it is exact for; the other rows (all
         of them for a writer without SQL) are encoded here in Python.
         """
-        line, reason, exact = self._line_sql()
-        targets = ", ".join(f"CASE WHEN NOT ({exact}) THEN {sql.ident(n)} END AS {sql.ident(n)}" for n in self.targets)
-        query = f"""SELECT __record, __key,
-                           CASE WHEN __reason IS NOT NULL THEN __reason WHEN {exact} THEN {reason} END AS reason,
-                           CASE WHEN __reason IS NULL AND {exact} THEN {line} END AS line
-                           {', ' + targets if exact != 'true' and targets else ''}
-                    FROM mapped"""
+        query = self._write_query()
         written = 0
         with open_binary(output, "wb") as stream:
             header = self.writer.header()
@@ -388,6 +382,20 @@ class MappedTable:
                 after(stream)
             size = stream.tell() if hasattr(stream, "tell") else None
         return written, size or 0
+
+    def _write_query(self) -> str:
+        """Each row's record, key, reason and line (and its targets, where the line is left to
+        ``encode``). The condition under which the SQL is exact is computed once per row, in a
+        subquery: it is used three times."""
+        line, reason, exact = self._line_sql()
+        rows = "mapped" if exact in ("true", "false") else f"(SELECT *, {exact} AS __exact FROM mapped)"
+        exact = exact if exact in ("true", "false") else "__exact"
+        targets = ", ".join(f"CASE WHEN NOT {exact} THEN {sql.ident(n)} END AS {sql.ident(n)}" for n in self.targets)
+        return f"""SELECT __record, __key,
+                          CASE WHEN __reason IS NOT NULL THEN __reason WHEN {exact} THEN {reason} END AS reason,
+                          CASE WHEN __reason IS NULL AND {exact} THEN {line} END AS line
+                          {', ' + targets if exact != 'true' and targets else ''}
+                   FROM {rows}"""
 
     def _line_sql(self) -> tuple[str, str, str]:
         given = self.writer.line_sql(self.column)

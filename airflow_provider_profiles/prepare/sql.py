@@ -58,11 +58,22 @@ def missing_as_null(name: str, kind: str, quoted: bool = False) -> str:
     return column
 
 
-def json_members(members: Iterable[tuple[str, str]]) -> str:
-    """``"name":value`` pairs joined by commas, each left out when its value is NULL."""
-    parts = [f"CASE WHEN {value} IS NOT NULL THEN {literal(json_key(name))} || to_json({value}) END"
-             for name, value in members]
+def json_members(members: Iterable[tuple[str, str] | tuple[str, str, str]]) -> str:
+    """``"name":value`` pairs joined by commas, each left out when its value is NULL; a member may
+    give its value's DuckDB type third (``json_value``)."""
+    parts = [json_member(*member) for member in members]
     return f"concat_ws(',', {', '.join(parts)})" if parts else "''"
+
+
+def json_member(name: str, value: str, kind: str = "") -> str:
+    """``"name":value``, NULL when the value is. (``concat`` builds a text in one go, where each
+    ``||`` makes a new one: lines are built with it.)"""
+    return f"CASE WHEN {value} IS NOT NULL THEN concat({literal(json_key(name))}, {json_value(value, kind)}) END"
+
+
+def json_value(value: str, kind: str = "") -> str:
+    """``to_json(value)``; an integer column's digits are the same text, without the JSON writer."""
+    return f"CAST({value} AS VARCHAR)" if kind in INTEGER_TYPES else f"to_json({value})"
 
 
 def json_object(members: Iterable[tuple[tuple[str, ...], str]]) -> str:
@@ -80,14 +91,14 @@ def json_object(members: Iterable[tuple[tuple[str, ...], str]]) -> str:
             if isinstance(child, dict):
                 inner, leaves = build(child)
                 any_set = " OR ".join(f"{leaf} IS NOT NULL" for leaf in leaves)
-                parts.append(f"CASE WHEN {any_set} THEN {literal(json_key(name) + '{')} || {inner} || '}}' END")
+                parts.append(f"CASE WHEN {any_set} THEN concat({literal(json_key(name) + '{')}, {inner}, '}}') END")
                 values += leaves
             else:
-                parts.append(f"CASE WHEN {child} IS NOT NULL THEN {literal(json_key(name))} || to_json({child}) END")
+                parts.append(json_member(name, child))
                 values.append(child)
         return f"concat_ws(',', {', '.join(parts)})", values
 
-    return "'{' || " + build(tree)[0] + " || '}'"
+    return f"concat('{{', {build(tree)[0]}, '}}')"
 
 
 def json_key(name: str) -> str:
@@ -96,10 +107,13 @@ def json_key(name: str) -> str:
     return json.dumps(name, ensure_ascii=False) + ":"
 
 
-def csv_cell(expression: str) -> str:
-    """An RFC 4180 cell: quoted when it holds a delimiter, quote or line break."""
-    return (f"CASE WHEN {expression} IS NULL THEN '' WHEN regexp_matches({expression}, '[,\"\\r\\n]') "
-            f"THEN '\"' || replace({expression}, '\"', '\"\"') || '\"' ELSE {expression} END")
+def csv_cell(expression: str, quotable: bool = True) -> str:
+    """An RFC 4180 cell, '' for NULL: quoted when it holds a delimiter, quote or line break (which
+    a value not ``quotable``, such as a number or a boolean, never does)."""
+    if not quotable:
+        return f"coalesce({expression}, '')"
+    return (f"CASE WHEN regexp_matches({expression}, '[,\"\\r\\n]') "
+            f"THEN concat('\"', replace({expression}, '\"', '\"\"'), '\"') ELSE coalesce({expression}, '') END")
 
 
 def canonical_id(expression: str, kind: str) -> str:

@@ -103,8 +103,9 @@ class ApsisOneCsvWriter(FormatWriter):
         reason = f"CASE WHEN {key} = '' THEN {field} || 'missing keyspace value'"
         if shape:
             reason += f" WHEN NOT regexp_matches({key}, {sql.literal(shape[0])}) THEN {field} || {sql.literal(shape[1])} || {sql.python_repr(key)}"
-        cells = [sql.csv_cell(key if name == self.keyspace_field else cell(name)) for name in self.columns]
-        return f"concat_ws(',', {', '.join(cells)}) || chr(10)", reason + " END"
+        cells = [sql.csv_cell(key, quotable=True) if name == self.keyspace_field
+                 else sql.csv_cell(cell(name), quotable=columns.kind(name) == "VARCHAR") for name in self.columns]
+        return f"concat(concat_ws(',', {', '.join(cells)}), chr(10))", reason + " END"
 
     def encode(self, row: Mapping[str, Any]) -> str:
         key = format_value(row.get(self.keyspace_field)).strip()

@@ -197,11 +197,12 @@ class GainsightPXRecordFormat(FormatWriter):
             if field == "email":
                 fits = f"({fits}) AND contains({value}, '@')"
             if field in _RANGES:
-                fits = f"({fits}) AND CAST({sql.strip(columns(column))} AS DOUBLE) BETWEEN {_RANGES[field][0]} AND {_RANGES[field][1]}"
+                # TRY_CAST: DuckDB may cast before the shape check has ruled out text that is no number
+                fits = f"({fits}) AND TRY_CAST({sql.strip(columns(column))} AS DOUBLE) BETWEEN {_RANGES[field][0]} AND {_RANGES[field][1]}"
             required = field == self.id_field or field in REQUIRED_FIELDS.get(self.entity, ())
             exact.append(f"({value} IS NOT NULL AND {fits})" if required else f"({columns(column)} IS NULL OR ({fits}))")
             members.append((tuple(field.split(".")), value))
-        return sql.json_object(members) + " || chr(10)", "NULL::VARCHAR", " AND ".join(exact)
+        return f"concat({sql.json_object(members)}, chr(10))", "NULL::VARCHAR", " AND ".join(exact)
 
 
 # ISO 8601 dates and times that Python's fromisoformat and DuckDB's TIMESTAMPTZ read alike

@@ -136,8 +136,8 @@ class ProfileChangesWriter(FormatWriter):
         changes, checks = [], []
         for column, spec in self.attributes.items():
             value = columns(column)
-            changes.append(f"""CASE WHEN {value} IS NOT NULL THEN '{{"op":"assign","attr":' || to_json({sql.literal(spec.attr)})
-                               || ',"value":' || to_json({value}) || '}}' END""")
+            changes.append(f"""CASE WHEN {value} IS NOT NULL THEN concat('{{"op":"assign","attr":', to_json({sql.literal(spec.attr)}),
+                               ',"value":', {sql.json_value(value, columns.kind(column))}, '}}') END""")
             if columns.kind(column) == "VARCHAR":
                 checks.append(f"""WHEN length({value}) > {MAX_STRING} THEN {sql.literal(column + ': string of ')} || length({value})
                                   || ' characters; Localytics accepts at most {MAX_STRING}'""")
@@ -151,7 +151,7 @@ class ProfileChangesWriter(FormatWriter):
                           {' '.join(checks)}
                           WHEN {' AND '.join(f'{columns(c)} IS NULL' for c in self.attributes)}
                           THEN 'no attribute to change: every mapped value is empty' END"""
-        line = f"""'{{"customer_id":' || to_json({customer_text}) || ',"changes":[' || concat_ws(',', {', '.join(changes)}) || ']}}' || chr(10)"""
+        line = f"""concat('{{"customer_id":', to_json({customer_text}), ',"changes":[', concat_ws(',', {', '.join(changes)}), ']}}', chr(10))"""
         return line, reason
 
     def default_duplicates(self, syncing: bool = False) -> str:

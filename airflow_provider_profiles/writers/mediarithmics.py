@@ -124,11 +124,11 @@ class MediarithmicsWriter(FormatWriter):
     def identifier_sql(self, columns) -> tuple[str, str]:
         """(the identifier's JSON members, the reason a row has none or several) as SQL."""
         text = {name: sql.stripped_text(columns(name)) for name in (*IDENTIFIER_FIELDS, "compartment_id")}
-        members = f"""CASE WHEN {columns('user_account_id')} IS NOT NULL THEN
-                  (CASE WHEN {columns('compartment_id')} IS NOT NULL THEN '"compartment_id":' || to_json({text['compartment_id']}) || ',' ELSE '' END)
-                  || '"user_account_id":' || to_json({text['user_account_id']})
-               WHEN {columns('email_hash')} IS NOT NULL THEN '"email_hash":' || to_json({text['email_hash']})
-               ELSE '"user_agent_id":' || to_json({text['user_agent_id']}) END"""
+        members = f"""CASE WHEN {columns('user_account_id')} IS NOT NULL THEN concat(
+                  CASE WHEN {columns('compartment_id')} IS NOT NULL THEN concat('"compartment_id":', to_json({text['compartment_id']}), ',') END,
+                  '"user_account_id":', to_json({text['user_account_id']}))
+               WHEN {columns('email_hash')} IS NOT NULL THEN concat('"email_hash":', to_json({text['email_hash']}))
+               ELSE concat('"user_agent_id":', to_json({text['user_agent_id']})) END"""
         found = ", ".join(f"CASE WHEN {columns(name)} IS NOT NULL THEN '{name}' END" for name in IDENTIFIER_FIELDS)
         count = _identifier_count(columns)
         reason = f"""CASE WHEN {count} = 0 THEN 'no user identifier: set one of user_account_id (+ compartment_id), email_hash, user_agent_id'
@@ -179,18 +179,18 @@ class UserProfileWriter(DeletesByIdentifier, MediarithmicsWriter):
             return None
         if self.operation == "DELETE":
             members, reason = self.identifier_sql(columns)
-            return f"""'{{' || {members} || ',"operation":"DELETE"}}' || chr(10)""", reason
+            return f"""concat('{{', {members}, ',"operation":"DELETE"}}', chr(10))""", reason
         if self.key_sql(columns) is None:
             return None
         members, reason = self.identifier_sql(columns)
         profile = [name for name in columns.types if name not in self._reserved]
-        values = sql.json_members((name, columns(name)) for name in profile)
+        values = sql.json_members((name, columns(name), columns.kind(name)) for name in profile)
         empty = " AND ".join(f"{columns(name)} IS NULL" for name in profile) or "true"
         infinite = [f"CASE WHEN isinf({columns(name)}) THEN 'value cannot be written as JSON: user_profile.{name}: "
                     "not a finite number (JSON has no NaN or Infinity)' END"
                     for name in profile if columns.kind(name) == "DOUBLE"]
-        line = (f"""'{{' || {members} || ',"operation":"UPSERT","update_strategy":' || to_json({sql.literal(self.update_strategy)})"""
-                f""" || ',"user_profile":{{' || {values} || '}}}}' || chr(10)""")
+        line = (f"""concat('{{', {members}, ',"operation":"UPSERT","update_strategy":', to_json({sql.literal(self.update_strategy)}),"""
+                f"""',"user_profile":{{', {values}, '}}}}', chr(10))""")
         reason = f"""coalesce({reason}, CASE WHEN {empty} THEN 'user_profile: UPSERT needs at least one profile property' END
                               {''.join(', ' + check for check in infinite)})"""
         return line, reason

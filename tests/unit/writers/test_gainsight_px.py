@@ -151,3 +151,23 @@ def test_flatten_is_the_inverse_of_the_mapping():
               "customAttributes": {}}
     assert flatten(record) == {"identifyId": "u", "location.city": "X", "location.coordinates.latitude": 1.5,
                                "propertyKeys": ["AP-1"], "customAttributes": {}}
+
+
+def test_a_coordinate_that_is_not_a_number_is_rejected_not_a_crash(tmp_path):
+    """The SQL's range check cast the text before knowing it is a number: the whole prepare failed."""
+    import csv
+
+    from airflow_provider_profiles.prepare.engine import prepare
+    from airflow_provider_profiles.writers import get_writer
+
+    source = tmp_path / "users.csv"
+    source.write_text("id,lat\nu1,12.5\nu2,north\nu3,\nu4,91\n")
+    writer = get_writer("gainsight_px", "records", entity="USER",
+                        field_mapping={"identifyId": "id", "location.coordinates.latitude": "lat"})
+    result = prepare(source, writer, tmp_path / "out.ndjson", rejects=tmp_path / "rejects.csv")
+    assert (result.written, result.rejected) == (2, 2)
+    lines = [json.loads(line) for line in (tmp_path / "out.ndjson").read_text().splitlines()]
+    assert lines == [{"identifyId": "u1", "location": {"coordinates": {"latitude": 12.5}}}, {"identifyId": "u3"}]
+    with open(tmp_path / "rejects.csv", newline="") as handle:
+        rejected = {row["identifier"]: row["reason"] for row in csv.DictReader(handle)}
+    assert set(rejected) == {"u2", "u4"}
