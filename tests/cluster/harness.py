@@ -85,6 +85,12 @@ class CeleryCluster(AirflowCluster):
             self.wait_for(lambda name=name: self._worker_ready(name), 120, f"{name} to be ready")
         return self
 
+    def down(self) -> None:
+        for name in WORKERS:  # a worker's warm shutdown would wait for the tasks it runs: nothing is kept
+            if name in self.processes:
+                self.kill(name)
+        super().down()
+
     def _worker_ready(self, name: str) -> bool:
         if self.processes[name].poll() is not None:
             log = (self.home / f"{name}.log").read_text(errors="replace")

@@ -31,3 +31,12 @@ def test_the_engine_reads_a_source_named_with_its_connection(moto, storage_conne
         source = open_source(connection, f"s3://{STORAGE_CONN_ID}@{BUCKET}/paths/{name}")
         rows = connection.execute(f"SELECT id, city FROM {source.relation} ORDER BY id").fetchall()
     assert rows == [("u-1", "Lyon"), ("u-2", "Paris")]
+
+
+def test_apsis_reads_an_import_files_header_from_s3(moto, storage_connection):
+    """fsspec's files take no size in readline(): the header check failed on every S3 chunk."""
+    from airflow_provider_profiles.hooks.apsis_one import read_header
+    from airflow_provider_profiles.storage import as_storage_path
+
+    moto.client().put_object(Bucket=BUCKET, Key="paths/chunk.csv", Body=b"email,first_name\r\na@example.com,Ann\r\n")
+    assert read_header(as_storage_path(f"s3://{STORAGE_CONN_ID}@{BUCKET}/paths/chunk.csv")) == ["email", "first_name"]
