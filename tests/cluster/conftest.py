@@ -1,4 +1,9 @@
-"""One Celery cluster per session (tests/cluster/harness.py), its servers started here from scratch."""
+"""One Celery cluster per session (tests/cluster/harness.py), its servers started here from scratch.
+
+Another DAG or other params on the same cluster: the example DAGs are all there (add a test DAG's file
+from tests/dags to EXTRA_DAG_FILES), and ``run_phase(celery_cluster, name, [dag_id], conf={...})``
+(tests/e2e/conftest.py) runs it and records what the emulators hold.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from tests.services import PostgresServer, RedisServer
 
 REPO = Path(__file__).parents[2]
 BUCKET = "profiles-cluster"
+EXTRA_DAG_FILES: tuple[str, ...] = ()  # from tests/dags, beside the example DAGs
 WAREHOUSE = "warehouse"  # the source database, beside Airflow's own in the same PostgreSQL
 
 
@@ -40,6 +46,8 @@ def celery_cluster(tmp_path_factory, postgres, moto):
         home = tmp_path_factory.mktemp("cluster-airflow")
     dags = home / "dags"
     shutil.copytree(REPO / "example_dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
+    for dag_file in EXTRA_DAG_FILES:
+        shutil.copy(REPO / "tests" / "dags" / dag_file, dags / dag_file)
     source = {**postgres.airflow_connection(), "schema": WAREHOUSE}
     with RedisServer() as redis:
         cluster = CeleryCluster(home, dags, metadata_db=postgres.uri(), broker_url=redis.uri(), source=source,
