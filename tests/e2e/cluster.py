@@ -130,11 +130,17 @@ class AirflowCluster:
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes.pop(name)
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=30)
+        for signal_number in (sig, signal.SIGKILL):  # SIGKILL: a graceful stop a loaded machine made too slow
+            try:
+                os.killpg(process.pid, signal_number)
+            except ProcessLookupError:
+                pass
+            try:
+                process.wait(timeout=30)
+                return
+            except subprocess.TimeoutExpired:
+                if signal_number == signal.SIGKILL:
+                    raise
 
     def up(self) -> AirflowCluster:
         self.home.mkdir(parents=True, exist_ok=True)
