@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import PurePosixPath
 
 import pytest
@@ -42,7 +41,7 @@ def source_rows(postgres) -> list[dict[str, str | None]]:
 def xcom(cluster, run_id: str, task_id: str):
     (value,) = cluster.query("select value from xcom where dag_id = ? and run_id = ? and task_id = ? "
                              "and key = 'return_value' and map_index = -1", DAG, run_id, task_id)[0]
-    return json.loads(value) if isinstance(value, (str, bytes)) else value
+    return value  # a JSON column: psycopg2 decodes it
 
 
 def s3_key(url: str) -> str:
@@ -52,7 +51,7 @@ def s3_key(url: str) -> str:
 
 def not_sent_ids(cluster, moto, run_id: str, vendor: str) -> list[str | None]:
     report = xcom(cluster, run_id, f"{vendor}.report")
-    assert report["not_sent_file"].startswith(f"s3://"), report["not_sent_file"]
+    assert report["not_sent_file"].startswith("s3://"), report["not_sent_file"]
     text = moto.read(BUCKET, s3_key(report["not_sent_file"])).decode()
     return [row["id"] or None for row in csv.DictReader(io.StringIO(text))]
 
@@ -130,6 +129,27 @@ def test_the_incremental_run_sent_only_the_changed_rows(celery_cluster, runs):
     assert sum(i["result"]["profiles_found"] for i in new("apsis_one", "imports")) == len(CHANGED)
     assert [j["upload_statistics"]["successful_imports"] for j in new("localytics", "jobs")] == [len(CHANGED)]
     assert sum(e["parameters"]["number_of_lines"] for e in new("mediarithmics", "executions")) == len(CHANGED)
+
+
+def strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in strings(item)]
+    return []
+
+
+def test_every_file_handed_between_tasks_is_in_s3(celery_cluster, runs):
+    """The paths the tasks hand on (XCom) name S3 objects, never a worker's local file."""
+    for phase in runs:
+        values = [value for (value,) in celery_cluster.query(  # a JSON column: psycopg2 decodes it
+            "select value from xcom where dag_id = ? and run_id = ?", DAG, phase.runs[DAG])]
+        texts = [text for value in values for text in strings(value)]
+        assert any(text.startswith("s3://") for text in texts), phase.name
+        local = [text for text in texts if text.startswith(("/", "file:")) and text.endswith(DATA_SUFFIXES)]
+        assert local == [], (phase.name, local)
 
 
 def test_no_worker_folder_kept_a_data_file(celery_cluster, moto, runs):
