@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install servers demo test test-oldest e2e bench bench-throughput clean
+.PHONY: install servers demo test test-oldest e2e cluster bench bench-throughput clean
 
 install: $(VENV)/.installed
 
@@ -24,15 +24,21 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: install
 	$(BIN)/python scripts/run_dag.py profiles_end_to_end
 
-# Unit and emulator-backed integration tests: every test but the e2e tier. No test run is a failure too
+# Unit and emulator-backed integration tests: every test but the e2e and cluster tiers. No test run is a failure too
 # (pytest's exit 5), so a collection that finds nothing cannot pass.
 test: install servers
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not e2e"
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not e2e and not cluster"
 
 # The e2e tier (tests marked e2e): the example DAGs under a real api-server, scheduler, dag-processor and
 # triggerer on SQLite, against the emulators. Slow.
 e2e: install servers
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m e2e
+
+# The Celery tier (tests marked cluster): profiles_end_to_end on the Celery executor, two workers sharing
+# only S3 (moto's server) and PostgreSQL (metadata database and source), Redis as the broker. Slow.
+cluster: install servers
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[test,cluster]"
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m cluster
 
 # The oldest Airflow setup.cfg allows (its floor is the only place the version is written), in a
 # second virtualenv made from scratch: the unit and integration suites must pass there too.

@@ -79,7 +79,8 @@ def file_dataset(path: Any) -> Dataset | None:
     parts = urlsplit(text)
     if not parts.scheme or parts.scheme in ("file", "local") or len(parts.scheme) == 1:  # C:\... is local
         return "file", os.path.abspath(parts.path if parts.scheme in ("file", "local") else text)
-    return f"{parts.scheme}://{parts.netloc}", parts.path.lstrip("/")
+    # the bucket without the connection an ObjectStoragePath keeps in its text (s3://conn_id@bucket/key)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}", parts.path.lstrip("/")
 
 
 class LineageMixin:

@@ -45,6 +45,8 @@ with DAG(
     params={
         "work_dir": Param(f"{WORK_DIR}/profiles_end_to_end", type="string"),
         "users": Param(300, type="integer", description="demo rows seeded into the source table"),
+        "seed": Param(True, type="boolean",
+                      description="false: keep the source table as it is (rows changed since the last run)"),
         "chunk_rows": Param(120, type=["null", "integer"],
                             description="small so the demo fans out; null: split by the vendors' size limits only"),
     },
@@ -58,6 +60,8 @@ with DAG(
         from airflow.providers.common.compat.sdk import BaseHook
 
         hook = BaseHook.get_connection(SOURCE_CONN_ID).get_hook()
+        if not params["seed"]:
+            return hook.get_first("SELECT count(*) FROM users")[0]
         rows = []
         for i in range(1, params["users"] + 1):
             user_id = None if i % 89 == 0 else f"u-{i:05d}"

@@ -184,7 +184,9 @@ class ImportSpec:
 def read_header(path: Any) -> list[str]:
     """The CSV header of a file, reading only its first line."""
     with path.open("rb") as handle:
-        first = handle.readline(1024 * 1024)
+        # read() and cut, not readline(limit): an object store's file (fsspec) takes no limit
+        start = handle.read(1024 * 1024)
+    first = start[: start.find(b"\n") + 1] if b"\n" in start else start
     text = first.decode("utf-8-sig", errors="replace")
     return next(csv.reader(io.StringIO(text)), [])
 

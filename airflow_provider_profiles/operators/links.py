@@ -100,8 +100,9 @@ def storage_url(path: Any) -> str | None:
     if parts.scheme in ("http", "https"):
         return public_url(text)
     key = parts.path.lstrip("/")
-    if parts.scheme in ("s3", "s3a") and parts.netloc and key:
-        return f"https://s3.console.aws.amazon.com/s3/object/{parts.netloc}?prefix={quote(key)}"
-    if parts.scheme in ("gs", "gcs") and parts.netloc and key:
-        return f"https://console.cloud.google.com/storage/browser/_details/{parts.netloc}/{quote(key)}"
+    bucket = parts.netloc.rpartition("@")[2]  # without the connection an ObjectStoragePath keeps (conn_id@bucket)
+    if parts.scheme in ("s3", "s3a") and bucket and key:
+        return f"https://s3.console.aws.amazon.com/s3/object/{bucket}?prefix={quote(key)}"
+    if parts.scheme in ("gs", "gcs") and bucket and key:
+        return f"https://console.cloud.google.com/storage/browser/_details/{bucket}/{quote(key)}"
     return None

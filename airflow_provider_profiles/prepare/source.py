@@ -146,7 +146,9 @@ def _location(connection, path) -> str:
     except duckdb.Error as error:
         if "already been registered" not in str(error):
             raise
-    return str(path)
+    # the filesystem's own form of the URL: str() of an ObjectStoragePath keeps its connection
+    # (s3://conn_id@bucket/key), which the filesystem would read as part of the bucket's name
+    return f"{path.protocol}://{path.path}"
 
 
 def _utf8(encoding: str) -> bool:

@@ -54,6 +54,9 @@ def free_port() -> int:
 
 
 class AirflowCluster:
+    # {name: airflow CLI arguments}: the processes ``start()`` runs; a subclass adds its own (Celery workers)
+    process_args: dict[str, list[str]] = PROCESSES
+
     def __init__(self, home: Path, dags_folder: Path, emulator_config: dict[str, dict] | None = None,
                  secrets: dict[str, dict] | None = None, connection_extras: dict[str, dict] | None = None):
         self.home, self.dags_folder = home, dags_folder
@@ -110,20 +113,34 @@ class AirflowCluster:
         return subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env, capture_output=True,
                               text=True, check=check)
 
+    def process_env(self, name: str) -> dict[str, str]:
+        """The environment of process ``name``: the shared one, unless a subclass sets one per process."""
+        return self.env
+
+    def process_cwd(self, name: str) -> Path | None:
+        """The working folder of process ``name``: this one's, unless a subclass sets one per process."""
+        return None
+
     def start(self, *names: str) -> None:
-        for name in names or PROCESSES:
-            args = [a.format(api_port=self.api_port) for a in PROCESSES[name]]
+        for name in names or self.process_args:
+            args = [a.format(api_port=self.api_port) for a in self.process_args[name]]
             log = (self.home / f"{name}.log").open("a")
-            self.processes[name] = subprocess.Popen([sys.executable, "-m", "airflow", *args], env=self.env,
-                                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.processes[name] = subprocess.Popen([sys.executable, "-m", "airflow", *args], env=self.process_env(name),
+                                                    cwd=self.process_cwd(name), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes.pop(name)
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=30)
+        for signal_number in (sig, signal.SIGKILL):  # SIGKILL: a graceful stop a loaded machine made too slow
+            try:
+                os.killpg(process.pid, signal_number)
+            except ProcessLookupError:
+                pass
+            try:
+                process.wait(timeout=30)
+                return
+            except subprocess.TimeoutExpired:
+                if signal_number == signal.SIGKILL:
+                    raise
 
     def up(self) -> AirflowCluster:
         self.home.mkdir(parents=True, exist_ok=True)

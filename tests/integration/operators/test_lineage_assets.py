@@ -81,6 +81,12 @@ def test_prepare_operators_read_the_file_or_the_tables_and_write_the_prepared_fi
     assert outputs == [("s3://bucket", "out/users.ndjson")]
 
 
+def test_a_files_dataset_names_its_bucket_without_the_connection():
+    """``ObjectStoragePath`` hands a path on with its connection (s3://conn_id@bucket/key); OpenLineage's
+    S3 namespace is the bucket alone (found by the Celery tier, tests/cluster)."""
+    assert file_dataset("s3://aws_storage@bucket/in/users.ndjson") == ("s3://bucket", "in/users.ndjson")
+
+
 @pytest.mark.parametrize("declared", ["asset=True", "outlets", "mapped asset=True"])
 def test_a_downstream_dag_scheduled_on_the_asset_sees_the_upload(mics, airflow_db, tmp_path, declared):
     from airflow.models.asset import AssetDagRunQueue, AssetEvent, AssetModel

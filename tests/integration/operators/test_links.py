@@ -78,6 +78,15 @@ def test_files_link_where_their_storage_has_an_address():
     assert storage_url("/tmp/users.rejects.csv") is None and storage_url("memory://bucket/x.csv") is None
 
 
+def test_a_files_link_names_its_bucket_without_the_connection():
+    """``ObjectStoragePath`` hands a path on with its connection (s3://conn_id@bucket/key); the console
+    knows only the bucket (found by the Celery tier, tests/cluster)."""
+    assert storage_url("s3://aws_storage@bucket/out/users.rejects.csv") == \
+        "https://s3.console.aws.amazon.com/s3/object/bucket?prefix=out/users.rejects.csv"
+    assert storage_url("gs://gcp_storage@bucket/a.csv") == \
+        "https://console.cloud.google.com/storage/browser/_details/bucket/a.csv"
+
+
 def test_a_localytics_import_links_to_its_status_on_the_emulator_not_to_production(emulator, airflow_connection,
                                                                                     airflow_db, tmp_path):
     from airflow_provider_profiles.operators.localytics import LocalyticsProfileImportOperator

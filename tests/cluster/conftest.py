@@ -1,0 +1,58 @@
+"""One Celery cluster per session (tests/cluster/harness.py), its servers started here from scratch.
+
+Another DAG or other params on the same cluster: the example DAGs are all there (add a test DAG's file
+from tests/dags to EXTRA_DAG_FILES), and ``run_phase(celery_cluster, name, [dag_id], conf={...})``
+(tests/e2e/conftest.py) runs it and records what the emulators hold.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.harness import STORAGE_CONN_ID, CeleryCluster, MotoServer
+from tests.services import PostgresServer, RedisServer
+
+REPO = Path(__file__).parents[2]
+BUCKET = "profiles-cluster"
+EXTRA_DAG_FILES: tuple[str, ...] = ()  # from tests/dags, beside the example DAGs
+WAREHOUSE = "warehouse"  # the source database, beside Airflow's own in the same PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def moto():
+    with MotoServer() as server:
+        server.client().create_bucket(Bucket=BUCKET)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    with PostgresServer("airflow") as server:
+        server.psql(f"CREATE DATABASE {WAREHOUSE}", database="postgres")
+        yield server
+
+
+@pytest.fixture(scope="session")
+def celery_cluster(tmp_path_factory, postgres, moto):
+    # PROFILES_CLUSTER_HOME keeps the Airflow home (logs, worker folders) where a person can look after a failure.
+    if os.environ.get("PROFILES_CLUSTER_HOME"):
+        home = Path(os.environ["PROFILES_CLUSTER_HOME"])
+        shutil.rmtree(home, ignore_errors=True)
+    else:
+        home = tmp_path_factory.mktemp("cluster-airflow")
+    dags = home / "dags"
+    shutil.copytree(REPO / "example_dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
+    for dag_file in EXTRA_DAG_FILES:
+        shutil.copy(REPO / "tests" / "dags" / dag_file, dags / dag_file)
+    source = {**postgres.airflow_connection(), "schema": WAREHOUSE}
+    with RedisServer() as redis:
+        cluster = CeleryCluster(home, dags, metadata_db=postgres.uri(), broker_url=redis.uri(), source=source,
+                                storage=moto.airflow_connection(), data_dir=f"s3://{STORAGE_CONN_ID}@{BUCKET}/data")
+        try:
+            yield cluster.up()
+        finally:
+            cluster.down()
