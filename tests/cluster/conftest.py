@@ -18,7 +18,7 @@ from tests.services import PostgresServer, RedisServer
 
 REPO = Path(__file__).parents[2]
 BUCKET = "profiles-cluster"
-EXTRA_DAG_FILES: tuple[str, ...] = ()  # from tests/dags, beside the example DAGs
+EXTRA_DAG_FILES: tuple[str, ...] = ("partitioned_sync.py",)  # from tests/dags, beside the example DAGs
 WAREHOUSE = "warehouse"  # the source database, beside Airflow's own in the same PostgreSQL
 
 
@@ -51,7 +51,9 @@ def celery_cluster(tmp_path_factory, postgres, moto):
     source = {**postgres.airflow_connection(), "schema": WAREHOUSE}
     with RedisServer() as redis:
         cluster = CeleryCluster(home, dags, metadata_db=postgres.uri(), broker_url=redis.uri(), source=source,
-                                storage=moto.airflow_connection(), data_dir=f"s3://{STORAGE_CONN_ID}@{BUCKET}/data")
+                                storage=moto.airflow_connection(), data_dir=f"s3://{STORAGE_CONN_ID}@{BUCKET}/data",
+                                # the lines each execution received: what "sent once" is checked against
+                                emulator_config={"mediarithmics": {"keep_lines": True}})
         try:
             yield cluster.up()
         finally:
