@@ -371,7 +371,15 @@ class GainsightPXHook(ProfilesHook):
             return self._update_then_create(entity, record_id, record, True, order)
         except VendorValidationError as error:
             if not _is_duplicate(error):
-                raise
+                # refused for another reason (an update may leave out what a create requires): do what
+                # PUT first would have done, the update, and keep the create's reason if there is none
+                try:
+                    self.update(entity, record_id, record)
+                except VendorNotFoundError:
+                    order.record(missing=True)
+                    raise error from None
+                order.record(missing=False)
+                return Outcome.UPDATED
             # it exists (ours or someone else's, created meanwhile): the create becomes an update
             order.record(missing=False)
             self.update(entity, record_id, record)

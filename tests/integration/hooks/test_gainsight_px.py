@@ -298,3 +298,17 @@ def test_create_first_lost_response_is_not_duplicated(hook, gpx, fault):
     users = gpx.emulator.snapshot()["users"]
     assert users["slow"]["title"] == "t" and list(users).count("slow") == 1
     assert gpx.emulator.counters["POST /v1/users"] <= 20 + 2
+
+
+def test_create_first_keeps_updates_that_a_create_would_refuse(hook, gpx):
+    # an account update may leave out the name a create requires: a create refused for another reason
+    # than a duplicate is tried as an update, as the PUT-first order would have done
+    for i in range(20):
+        assert hook.upsert_account({"id": f"warm{i}", "name": f"W{i}"}) is Outcome.INSERTED
+    gpx.emulator.seed(accounts=[{"id": "old", "name": "Old"}])
+    assert hook.upsert_account({"id": "old", "numberOfEmployees": 5}) is Outcome.UPDATED
+    assert gpx.emulator.snapshot()["accounts"]["old"] == {**gpx.emulator.snapshot()["accounts"]["old"],
+                                                          "name": "Old", "numberOfEmployees": 5}
+    with pytest.raises(VendorValidationError, match="name is required"):  # new and unnamed: the create's reason
+        hook.upsert_account({"id": "unnamed", "numberOfEmployees": 5})
+    assert "unnamed" not in gpx.emulator.snapshot()["accounts"]
