@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import threading
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -60,6 +61,27 @@ class RequestBudgetExhausted(Exception):
 def _is_duplicate(error: VendorValidationError) -> bool:
     """A create refused because the record exists: 400 "possible duplicate" (or a 409, to be safe)."""
     return error.status == 409 or (error.status == 400 and "duplicate" in str(error.vendor_message).lower())
+
+
+class UpsertOrder:
+    """Whether an upsert tries the create first, learned from the last few upserts (thread-safe).
+
+    Update first costs one request for a record that exists and two for a new one; create first the
+    reverse. Each upsert records whether its record was missing; once most of the recent ones were,
+    creates go first, and they turn back when creates start meeting records that exist.
+    """
+
+    def __init__(self, window: int = 8):
+        self._missing: deque[bool] = deque(maxlen=window)  # empty slots count as "existed": update first
+        self._lock = threading.Lock()
+
+    def create_first(self) -> bool:
+        with self._lock:
+            return 2 * sum(self._missing) > self._missing.maxlen
+
+    def record(self, missing: bool) -> None:
+        with self._lock:
+            self._missing.append(missing)
 
 
 class Outcome(str, enum.Enum):
@@ -188,6 +210,7 @@ class GainsightPXHook(ProfilesHook):
         self.requests_sent = 0  # every attempt, retries included: what the vendor's daily quota counts
         self._count_lock = threading.Lock()
         self._models: dict[str, dict[str, str]] = {}
+        self.upsert_orders = {entity: UpsertOrder() for entity in _ENTITIES}  # per hook, so per load
 
     def limiter(self, route: str) -> RateLimiter | None:
         if self.requests_per_second is None:
@@ -296,19 +319,29 @@ class GainsightPXHook(ProfilesHook):
         return self.delete_if_exists(f"{path}/delete", params=params, json={id_field: str(record_id)})
 
     def upsert(self, entity: str, record: Mapping[str, Any], insert_missing: bool = True) -> Outcome:
-        """PUT, then POST on 404 when ``insert_missing``: the data loader's update/insert logic.
+        """Update the record, or create it when ``insert_missing``: the data loader's update/insert logic.
 
-        A create that lost its response is checked with a GET before being sent again, and a create
-        that meets a record created meanwhile (400 "possible duplicate") becomes an update, so nothing
-        is written twice.
+        PUT, then POST on 404; after mostly new records (``UpsertOrder``), POST first, then PUT when
+        the POST meets the record (400 "possible duplicate"). A create that lost its response is
+        checked before being sent again, and a create that meets a record created meanwhile becomes
+        an update, so nothing is written twice.
         """
         _, id_field = _entity(entity)
         record_id = str(record[id_field])
         record = self._with_product_key(entity, record)  # a configuration error before anything is sent
+        order = self.upsert_orders[str(entity).upper()]
+        if insert_missing and order.create_first():
+            return self._create_then_update(entity, record_id, record, order)
+        return self._update_then_create(entity, record_id, record, insert_missing, order)
+
+    def _update_then_create(self, entity: str, record_id: str, record: dict, insert_missing: bool,
+                            order: UpsertOrder) -> Outcome:
         try:
             self.update(entity, record_id, record)
+            order.record(missing=False)
             return Outcome.UPDATED
         except VendorNotFoundError:
+            order.record(missing=True)
             if not insert_missing:
                 return Outcome.MISSING
         try:
@@ -326,6 +359,32 @@ class GainsightPXHook(ProfilesHook):
                 raise
             self.update(entity, record_id, record)  # created by someone else meanwhile
             return Outcome.UPDATED
+        return Outcome.INSERTED
+
+    def _create_then_update(self, entity: str, record_id: str, record: dict, order: UpsertOrder) -> Outcome:
+        try:
+            self.create(entity, record)
+        except VendorConnectionError:
+            # the response was lost: the create may have landed, or the record may have been there
+            # before; the PUT-first path settles it without a second create (a PUT that finds the record
+            # counts it as updated, as it cannot tell which)
+            return self._update_then_create(entity, record_id, record, True, order)
+        except VendorValidationError as error:
+            if not _is_duplicate(error):
+                # refused for another reason (an update may leave out what a create requires): do what
+                # PUT first would have done, the update, and keep the create's reason if there is none
+                try:
+                    self.update(entity, record_id, record)
+                except VendorNotFoundError:
+                    order.record(missing=True)
+                    raise error from None
+                order.record(missing=False)
+                return Outcome.UPDATED
+            # it exists (ours or someone else's, created meanwhile): the create becomes an update
+            order.record(missing=False)
+            self.update(entity, record_id, record)
+            return Outcome.UPDATED
+        order.record(missing=True)
         return Outcome.INSERTED
 
     # --- the attribute model ------------------------------------------------------------------------

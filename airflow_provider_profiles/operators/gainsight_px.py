@@ -364,7 +364,8 @@ class GainsightPXLoadOperator(ProfilesOutputMixin, BaseOperator):
         ``customAttributes.plan``). The identifier (``identifyId`` / ``id``) is required.
     :param field_types: types of fields the attribute model does not type (``{"attributes.size": "number"}``):
         string, integer, number, boolean or date. The model wins where it knows the attribute.
-    :param insert_missing: create records that do not exist (PUT, then POST on 404); default update only.
+    :param insert_missing: create records that do not exist (PUT, then POST on 404; POST first, then PUT on a
+        duplicate, while most recent records were new); default update only.
     :param dry_run: parse, map and validate every row and write what would be sent; no API writes.
     :param verbose: log every operation.
     :param rejects_path: CSV of rejected and failed rows (line, identifier, reason, http_status);

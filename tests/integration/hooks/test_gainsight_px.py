@@ -219,3 +219,96 @@ def test_or_is_repeated_filter_parameters_and_sort(hook, gpx):
 def test_accounts_listing(hook, gpx):
     gpx.emulator.seed(accounts=[{"id": f"a{i}", "name": f"Acc {i}", "numberOfEmployees": i * 10} for i in range(4)])
     assert [a["id"] for a in hook.iter_accounts(("numberOfEmployees", ">=", 20))] == ["a2", "a3"]
+
+
+# --- the upsert's order: PUT first or POST first, learned from the last upserts --------------------
+def _sent(gpx):
+    return {key: n for key, n in gpx.emulator.counters.items() if not key.startswith("GET /_emulator")}
+
+
+def test_upserting_new_records_costs_about_one_request_each(hook, gpx):
+    outcomes = [hook.upsert_user({"identifyId": f"n{i}", "title": "t"}) for i in range(100)]
+    assert outcomes == [Outcome.INSERTED] * 100
+    assert all(gpx.emulator.writes[("users", f"n{i}")] == 1 for i in range(100))
+    assert gpx.emulator.counters["POST /v1/users"] == 100  # one create each, none refused
+    assert sum(_sent(gpx).values()) <= 110  # ~N requests, not 2N (a few PUTs before the order turns)
+
+
+def test_upserting_existing_records_stays_one_put_each(hook, gpx):
+    gpx.emulator.seed(users=[{"identifyId": f"e{i}", "title": "old"} for i in range(100)])
+    outcomes = [hook.upsert_user({"identifyId": f"e{i}", "title": "new"}) for i in range(100)]
+    assert outcomes == [Outcome.UPDATED] * 100
+    assert gpx.emulator.counters["POST /v1/users"] == 0
+    assert sum(_sent(gpx).values()) == 100
+    assert {user["title"] for user in gpx.emulator.snapshot()["users"].values()} == {"new"}
+
+
+def test_new_then_existing_records_turn_the_order_back(hook, gpx):
+    gpx.emulator.seed(users=[{"identifyId": f"e{i}", "title": "old"} for i in range(100)])
+    news = [hook.upsert_user({"identifyId": f"n{i}", "title": "t"}) for i in range(100)]
+    olds = [hook.upsert_user({"identifyId": f"e{i}", "title": "new"}) for i in range(100)]
+    assert news == [Outcome.INSERTED] * 100 and olds == [Outcome.UPDATED] * 100
+    assert sum(_sent(gpx).values()) <= 220  # a few wasted requests at each turn, not one per record
+
+
+def test_mixed_upserts_end_with_every_record_right(hook, gpx):
+    existing = {f"u{i}" for i in range(300) if (i // 25) % 2 == 0}  # runs of 25 existing, then 25 new
+    gpx.emulator.seed(users=[{"identifyId": key, "title": "old", "email": "keep@x.com"} for key in existing])
+    outcomes = {f"u{i}": hook.upsert_user({"identifyId": f"u{i}", "title": f"t{i}"}) for i in range(300)}
+    users = gpx.emulator.snapshot()["users"]
+    assert len(users) == 300
+    for i in range(300):
+        key = f"u{i}"
+        assert outcomes[key] is (Outcome.UPDATED if key in existing else Outcome.INSERTED)
+        assert users[key]["title"] == f"t{i}"
+        assert users[key].get("email") == ("keep@x.com" if key in existing else None)
+        assert gpx.emulator.writes[("users", key)] == 1
+    assert sum(_sent(gpx).values()) < 300 + 150 - 50  # PUT first would cost 450 here
+
+
+def _warm_to_create_first(hook):
+    for i in range(20):
+        assert hook.upsert_user({"identifyId": f"warm{i}"}) is Outcome.INSERTED
+
+
+def test_create_first_meeting_a_record_created_meanwhile_is_an_update(hook, gpx):
+    _warm_to_create_first(hook)
+    posts = gpx.emulator.counters["POST /v1/users"]
+    gpx.emulator.seed(users=[{"identifyId": "race", "title": "old"}])  # created by someone else
+    assert hook.upsert_user({"identifyId": "race", "title": "new"}) is Outcome.UPDATED
+    assert gpx.emulator.counters["POST /v1/users"] == posts + 1  # tried the create, met the duplicate
+    assert gpx.emulator.snapshot()["users"]["race"]["title"] == "new"
+    assert gpx.emulator.writes[("users", "race")] == 1  # the update; no second user
+
+
+def test_create_first_does_not_touch_update_only(hook, gpx):
+    _warm_to_create_first(hook)
+    assert hook.upsert_user({"identifyId": "absent"}, insert_missing=False) is Outcome.MISSING
+    assert "absent" not in gpx.emulator.snapshot()["users"]
+
+
+@pytest.mark.parametrize("fault", [{"kind": "delay", "delay": 0.6}, {"kind": "drop"}])
+def test_create_first_lost_response_is_not_duplicated(hook, gpx, fault):
+    short = GainsightPXHook(retry_policy=FAST)
+    short.connection  # noqa: B018
+    short.timeout = (2.0, 0.3)
+    _warm_to_create_first(short)
+    gpx.emulator.inject(match=r"^POST /v1/users$", count=1, **fault)
+    assert short.upsert_user({"identifyId": "slow", "title": "t"}) in (Outcome.INSERTED, Outcome.UPDATED)
+    users = gpx.emulator.snapshot()["users"]
+    assert users["slow"]["title"] == "t" and list(users).count("slow") == 1
+    assert gpx.emulator.counters["POST /v1/users"] <= 20 + 2
+
+
+def test_create_first_keeps_updates_that_a_create_would_refuse(hook, gpx):
+    # an account update may leave out the name a create requires: a create refused for another reason
+    # than a duplicate is tried as an update, as the PUT-first order would have done
+    for i in range(20):
+        assert hook.upsert_account({"id": f"warm{i}", "name": f"W{i}"}) is Outcome.INSERTED
+    gpx.emulator.seed(accounts=[{"id": "old", "name": "Old"}])
+    assert hook.upsert_account({"id": "old", "numberOfEmployees": 5}) is Outcome.UPDATED
+    assert gpx.emulator.snapshot()["accounts"]["old"] == {**gpx.emulator.snapshot()["accounts"]["old"],
+                                                          "name": "Old", "numberOfEmployees": 5}
+    with pytest.raises(VendorValidationError, match="name is required"):  # new and unnamed: the create's reason
+        hook.upsert_account({"id": "unnamed", "numberOfEmployees": 5})
+    assert "unnamed" not in gpx.emulator.snapshot()["accounts"]

@@ -355,3 +355,35 @@ def test_ndjson_object_of_varying_shape_maps_by_dotted_paths(gpx, tmp_path):
     assert planned == {1: {"identifyId": "u1", "title": "pro"}, 2: {"identifyId": "u2"},
                        3: {"identifyId": "u3", "title": '["a"]'}}
     assert summary["rejected"] == 0
+
+
+def test_first_load_of_new_users_costs_about_one_request_each(gpx, tmp_path):
+    source = write_csv(tmp_path / "users.csv", ["id", "email", "title"], [[f"n{i}", "", "t"] for i in range(200)])
+    summary = run(source=source, insert_missing=True, max_concurrency=8)
+    assert (summary["details"]["inserted"], summary["details"]["updated"], summary["vendor_failed"]) == (200, 0, 0)
+    counted = sum(n for key, n in gpx.emulator.counters.items() if key.startswith(("PUT", "POST")))
+    assert gpx.emulator.counters["POST /v1/users"] == 200  # no create refused as a duplicate
+    assert counted <= 200 + 20  # ~N, not 2N: PUTs only until the order turns (and those in flight)
+    assert summary["details"]["requests"] == counted + 1  # + the attribute model
+    assert set(gpx.emulator.writes.values()) == {1} and len(gpx.emulator.writes) == 200
+
+
+def test_load_of_existing_users_stays_one_put_each(gpx, tmp_path):
+    gpx.emulator.seed(users=[{"identifyId": f"e{i}", "title": "old"} for i in range(200)])
+    source = write_csv(tmp_path / "users.csv", ["id", "email", "title"], [[f"e{i}", "", "new"] for i in range(200)])
+    summary = run(source=source, insert_missing=True, max_concurrency=8)
+    assert (summary["details"]["inserted"], summary["details"]["updated"]) == (0, 200)
+    assert gpx.emulator.counters["POST /v1/users"] == 0 and summary["details"]["requests"] == 201
+
+
+def test_mixed_load_ends_with_every_record_right(gpx, tmp_path):
+    existing = {f"u{i}" for i in range(400) if (i // 40) % 2 == 0}  # runs of 40 existing, then 40 new
+    gpx.emulator.seed(users=[{"identifyId": key, "title": "old", "email": "keep@x.com"} for key in existing])
+    source = write_csv(tmp_path / "users.csv", ["id", "email", "title"], [[f"u{i}", "", f"t{i}"] for i in range(400)])
+    summary = run(source=source, insert_missing=True, max_concurrency=8)
+    assert (summary["details"]["updated"], summary["details"]["inserted"], summary["vendor_failed"]) == (200, 200, 0)
+    users = gpx.emulator.snapshot()["users"]
+    assert len(users) == 400 and set(gpx.emulator.writes.values()) == {1}
+    assert all(users[f"u{i}"]["title"] == f"t{i}" for i in range(400))
+    assert all(users[key]["email"] == "keep@x.com" for key in existing)
+    assert summary["details"]["requests"] < 1 + 400 + 200  # PUT first would cost 601

@@ -89,7 +89,11 @@ def test_a_retry_resumes_after_the_records_the_failed_try_answered(gpx, tmp_path
     ids = [f"u{n:03d}" for n in range(40)]
     ids[5] = ids[20] = ids[35] = ""  # no identifier: rejected before sending, 2 by the first try
     dag_file, dag_id = load_dag(tmp_path, users_csv(tmp_path, ids), extra="insert_missing=True")
-    # the key is refused once, at u025: the first try stops (the record unanswered), the retry goes on
+    # the key is refused once, at u025: the first try stops (the record unanswered), the retry goes on;
+    # the fault is keyed on u025's PUT, so the upserts stay PUT first (a POST has no id in its path)
+    from airflow_provider_profiles.hooks.gainsight_px import UpsertOrder
+
+    monkeypatch.setattr(UpsertOrder, "create_first", lambda self: False)
     gpx.emulator.inject("status", match="PUT /v1/users/u025$", status=401, count=1)
     state, result, tries = run_load(dag_file)
     assert (state, tries) == ("success", 2)
