@@ -16,7 +16,7 @@ from airflow_provider_profiles.sync_group import Destination, ProfilesSync, SqlS
 
 WORK_DIR = os.environ.get("PROFILES_DATA_DIR", tempfile.gettempdir())  # S3 on the Celery tier
 SQL = ("SELECT user_id, plan, city FROM partitioned_users "
-       "WHERE abs(hashtext(user_id)) % {{ params.partitions }} = {{ params.partition }}")
+       "WHERE (hashtext(user_id) & 2147483647) % {{ params.partitions }} = {{ params.partition }}")
 
 with DAG(dag_id="partitioned_sync", schedule=None, start_date=datetime.datetime(2026, 1, 1), catchup=False,
          max_active_runs=1, tags=["test"]) as dag:
