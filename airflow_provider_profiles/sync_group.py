@@ -888,7 +888,7 @@ def ProfilesSync(  # noqa: N802 (a task group, named like a class as TaskGroup i
             files = f"{{{{ ti.xcom_pull(task_ids='{prepared.task_id}')['output'] }}}}"
         try:
             uploaded = adapter.upload(group_id, options, destination.conn_id, plan, mode, files,
-                                      {**clocked, **(upload_options or {})})
+                                      {**clocked, **storage, **(upload_options or {})})
         except (TypeError, ValueError) as error:
             raise SyncDeclarationError(group_id, "upload_options", str(error)) from None
         upload_task = tasks["upload"] = getattr(uploaded, "operator", uploaded)

@@ -499,8 +499,9 @@ class MediarithmicsSyncAdapter(SyncAdapter):
         writer = writer_class("mediarithmics", plan.writer_format)
         created = MediarithmicsCreateDocumentImportOperator(
             task_id="create_import", document_type=plan.writer_format, mime_type=writer.mime_type,
-            datamart_id=options["datamart_id"], name=options["document_import_name"], **conn_kwargs(conn_id),
-        )
+            datamart_id=options["datamart_id"], name=options["document_import_name"], files=files,
+            storage_conn_id=extra.get("storage_conn_id"), **conn_kwargs(conn_id),
+        )  # ``files``: a run with nothing to send creates no (empty) document import
         extra = {"deferrable": True, **extra}
         return MediarithmicsUploadOperator.partial(
             task_id="upload", document_import_id=created.output, datamart_id=options["datamart_id"],

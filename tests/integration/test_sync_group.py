@@ -9,6 +9,7 @@ declaration fails when the DAG is parsed, naming the field.
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import textwrap
 import uuid
@@ -178,6 +179,21 @@ def test_a_preview_sends_nothing_and_counts_what_the_next_run_sends(sync):
     assert report["unchanged"] == preview["unchanged"]
 
 
+@pytest.mark.parametrize("vendor", list(VENDORS))
+def test_a_run_with_nothing_new_creates_nothing_at_the_vendor(sync, vendor):
+    """The days nothing changed: a success that sends nothing and creates nothing remote (no empty
+    import, job or execution), and still reports."""
+    sync(vendor, users(count=20))
+    states, report, before = sync(vendor, users(count=20))
+    assert all(state == "success" for state in states.values()), states
+    assert (report["read"], report["unchanged"], report["sent"]) == (20, 20, 0), report
+    _, _, after = sync(vendor, users(count=20))
+    remote = {"gainsight_px": "writes", "apsis_one": "imports", "localytics": "jobs", "mediarithmics": "document_imports"}
+    assert after[remote[vendor]] == before[remote[vendor]], (vendor, before[remote[vendor]], after[remote[vendor]])
+    if vendor == "mediarithmics":
+        assert len(after["executions"]) == len(before["executions"])
+
+
 @pytest.mark.parametrize("vendor", ["gainsight_px", "apsis_one", "mediarithmics"])
 def test_a_preview_for_every_vendor_leaves_the_emulator_untouched(sync, vendor):
     states, preview, snapshot = sync(vendor, users(count=20), preview=True)
@@ -280,6 +296,27 @@ def test_a_bad_declaration_fails_when_the_dag_is_parsed(changes, field):
         declare(**changes)
     assert refused.value.field == field, str(refused.value)
     assert f": {field}: " in str(refused.value)
+
+
+@pytest.mark.parametrize("vendor", list(VENDORS))
+def test_every_task_of_a_sync_reads_its_files_through_the_declared_storage_connection(vendor):
+    """``storage_conn_id`` reaches every task that reads or writes the run's files (a path without
+    the connection in its URL is otherwise read with the default connection)."""
+    destination = {"apsis_one": Destination("apsis_one", section="s", keyspace="email", attributes={"plan": "Plan"}),
+                   "gainsight_px": Destination("gainsight_px")}.get(vendor, Destination(vendor, org_id="60")
+                                                                   if vendor == "localytics" else Destination(vendor))
+    mapping = {"apsis_one": {"email": "id", "plan": "plan"}, "gainsight_px": {"identifyId": "id", "email": "plan"},
+               "localytics": {"customer_id": "id", "plan": "plan"},
+               "mediarithmics": {"user_account_id": "id", "plan": "plan"}}[vendor]
+    group = declare(destination=destination, mapping=mapping, storage_conn_id="lake", work_folder="s3://bucket/w")
+    readers = {}
+    for task_id, task in group.children.items():
+        mapped = getattr(task, "partial_kwargs", None)  # a mapped operator: its arguments are kept aside
+        operator_class = task.operator_class if mapped is not None else type(task)
+        if "storage_conn_id" in inspect.signature(operator_class.__init__).parameters:
+            readers[task_id] = mapped.get("storage_conn_id") if mapped is not None else task.storage_conn_id
+    assert f"g.{'load' if vendor == 'gainsight_px' else 'upload'}" in readers, sorted(group.children)
+    assert set(readers.values()) == {"lake"}, readers
 
 
 def test_a_good_declaration_expands_into_the_stages():
