@@ -118,6 +118,7 @@ def tries(dag_run) -> dict[str, int]:
         return {ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): ti.try_number for ti in tis}
 
 
+@pytest.mark.heavy
 def test_a_sql_source_in_four_partitions_sends_each_row_once_then_only_the_changed(localytics, users_db):
     states, report, _ = localytics(users_db())
     assert all(state == "success" for state in states.values()), states
@@ -162,6 +163,7 @@ def test_a_failed_partition_is_retried_alone_and_resends_nothing_the_others_sent
     assert set(received.values()) == {1, 2}
 
 
+@pytest.mark.heavy
 def test_a_partly_failed_run_commits_the_others_and_the_next_run_sends_only_the_rest(localytics, users_db):
     localytics.emulator.inject("status", match="POST /v1/imports/profiles/upload", count=1, status=400,
                                body={"error": "injected"})
@@ -184,6 +186,7 @@ def test_a_partly_failed_run_commits_the_others_and_the_next_run_sends_only_the_
     assert len(received) == ROWS and set(received.values()) == {1}, received.most_common(3)
 
 
+@pytest.mark.heavy
 def test_an_id_in_two_partitions_is_found_before_anything_is_sent(localytics, users_db):
     states, report, _ = localytics(users_db(OVERLAPPING_SQL))
     # a partition whose check found an id of another partition uploads nothing (under dag.test every
@@ -207,6 +210,7 @@ def write_users(path, nums, bad=()):
             writer.writerow(["" if num in bad else uid, name, city])
 
 
+@pytest.mark.heavy
 def test_a_file_source_in_four_partitions_one_file_each(localytics, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -80,7 +80,7 @@ def peak_of_extract(conn_id: str, sql: str, output) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.volume
+@pytest.mark.heavy
 def test_the_extract_streams_a_million_rows_in_flat_memory(users_table, warehouse, tmp_path):
     query = "SELECT id, email, name, city, plan, score, signed_up FROM users_1m WHERE id <= %s ORDER BY id"
     small = peak_of_extract(warehouse, query.replace("%s", f"'u{SMALL:07d}'"), tmp_path / "small.ndjson")
@@ -122,7 +122,7 @@ def report_of(dag_run, dag_id: str) -> dict:
         return XComModel.deserialize_value(row)
 
 
-@pytest.mark.volume
+@pytest.mark.heavy
 def test_a_sync_over_a_million_rows_sends_exactly_the_changed_ones(users_table, postgres, warehouse, emulator,
                                                                     airflow_connection, run_dag, tmp_path):
     table = "sync_users_" + uuid.uuid4().hex[:6]
