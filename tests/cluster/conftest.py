@@ -7,16 +7,12 @@ from tests/dags to EXTRA_DAG_FILES), and ``run_phase(celery_cluster, name, [dag_
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
 
 from tests.cluster.harness import STORAGE_CONN_ID, CeleryCluster, MotoServer
+from tests.e2e.cluster import airflow_home
 from tests.services import PostgresServer, RedisServer
 
-REPO = Path(__file__).parents[2]
 BUCKET = "profiles-cluster"
 EXTRA_DAG_FILES: tuple[str, ...] = ("partitioned_sync.py",)  # from tests/dags, beside the example DAGs
 WAREHOUSE = "warehouse"  # the source database, beside Airflow's own in the same PostgreSQL
@@ -38,16 +34,7 @@ def postgres():
 
 @pytest.fixture(scope="session")
 def celery_cluster(tmp_path_factory, postgres, moto):
-    # PROFILES_CLUSTER_HOME keeps the Airflow home (logs, worker folders) where a person can look after a failure.
-    if os.environ.get("PROFILES_CLUSTER_HOME"):
-        home = Path(os.environ["PROFILES_CLUSTER_HOME"])
-        shutil.rmtree(home, ignore_errors=True)
-    else:
-        home = tmp_path_factory.mktemp("cluster-airflow")
-    dags = home / "dags"
-    shutil.copytree(REPO / "example_dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
-    for dag_file in EXTRA_DAG_FILES:
-        shutil.copy(REPO / "tests" / "dags" / dag_file, dags / dag_file)
+    home, dags = airflow_home(tmp_path_factory, "PROFILES_CLUSTER_HOME", "cluster-airflow", EXTRA_DAG_FILES)
     source = {**postgres.airflow_connection(), "schema": WAREHOUSE}
     with RedisServer() as redis:
         cluster = CeleryCluster(home, dags, metadata_db=postgres.uri(), broker_url=redis.uri(), source=source,

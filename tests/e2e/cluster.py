@@ -12,6 +12,7 @@ import json
 import os
 import re
 import runpy
+import shutil
 import signal
 import socket
 import sqlite3
@@ -24,6 +25,7 @@ from typing import Any
 from airflow_provider_profiles.testing import EMULATORS, EmulatorServer, create, serve
 from tests.echo_emulator import EchoEmulator
 
+REPO = Path(__file__).parents[2]
 # The demo runner (scripts/, outside the package) knows which connections the example DAGs use.
 demo_connections = runpy.run_path(str(Path(__file__).parents[2] / "scripts" / "run_dag.py"))["demo_connections"]
 
@@ -45,6 +47,21 @@ for dag_id, run_id, conf, logical_date in json.loads(sys.argv[1]):
     trigger_dag(dag_id, run_id=run_id, conf=conf, triggered_by=DagRunTriggeredByType.CLI, replace_microseconds=False,
                 logical_date=logical_date and datetime.datetime.fromisoformat(logical_date))
 """
+
+
+def airflow_home(tmp_path_factory, keep_env: str, prefix: str, test_dag_files: tuple[str, ...]) -> tuple[Path, Path]:
+    """A cluster's Airflow home and its dags folder: the example DAGs and ``test_dag_files`` from tests/dags.
+    ``keep_env`` names a folder that keeps the home (logs, DB) where a person can look after a failure."""
+    if os.environ.get(keep_env):
+        home = Path(os.environ[keep_env])
+        shutil.rmtree(home, ignore_errors=True)
+    else:
+        home = tmp_path_factory.mktemp(prefix)
+    dags = home / "dags"
+    shutil.copytree(REPO / "example_dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
+    for dag_file in test_dag_files:
+        shutil.copy(REPO / "tests" / "dags" / dag_file, dags / dag_file)
+    return home, dags
 
 
 def free_port() -> int:

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import AirflowCluster
+from tests.e2e.cluster import AirflowCluster, airflow_home
 
-REPO = Path(__file__).parents[2]
 
 # The per-vendor example DAGs; they touch disjoint data, so they run at the same time.
 EXAMPLE_DAGS = [
@@ -57,16 +53,7 @@ RETRY_EXTRAS = {"max_attempts": 10, "backoff_max": 1.0}
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
-    # PROFILES_E2E_HOME keeps the Airflow home (logs, DB) where a person can look after a failure.
-    if os.environ.get("PROFILES_E2E_HOME"):
-        home = Path(os.environ["PROFILES_E2E_HOME"])
-        shutil.rmtree(home, ignore_errors=True)
-    else:
-        home = tmp_path_factory.mktemp("e2e-airflow")
-    dags = home / "dags"
-    shutil.copytree(REPO / "example_dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
-    for dag_file in ("echo_jobs.py", "echo_long_waits.py"):
-        shutil.copy(REPO / "tests" / "dags" / dag_file, dags / dag_file)
+    home, dags = airflow_home(tmp_path_factory, "PROFILES_E2E_HOME", "e2e-airflow", ("echo_jobs.py", "echo_long_waits.py"))
     config = {vendor: {**SECRETS.get(vendor, {}), **JOB_TIMINGS.get(vendor, {})} for vendor in {*SECRETS, *JOB_TIMINGS}}
     extras = {vendor: RETRY_EXTRAS for vendor in SECRETS}
     cluster = AirflowCluster(home, dags, emulator_config=config, connection_extras=extras)

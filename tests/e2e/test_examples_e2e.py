@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import END_TO_END_DAG, EXAMPLE_DAGS, REPO, SECRETS, Phase, run_phase
+from tests.e2e.cluster import REPO
+from tests.e2e.conftest import END_TO_END_DAG, EXAMPLE_DAGS, SECRETS, Phase, run_phase
 
 pytestmark = pytest.mark.e2e
 
