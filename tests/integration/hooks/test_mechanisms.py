@@ -34,7 +34,10 @@ CHANGES = '{"customer_id":"a","changes":[{"op":"assign","attr":"plan","value":"g
 
 
 class EmulatedTime:
-    """The retry policy's clock and sleep: a sleep advances the emulator's clock instead of waiting."""
+    """The retry policy's clock and sleep: a sleep advances the emulator's clock instead of waiting.
+
+    Where a job's end decides the count of tries, its emulator runs with ``time_scale=0``: time
+    moves only by these sleeps, so a slow machine cannot end a job early."""
 
     def __init__(self, server):
         self.server, self.now, self.slept = server, time.time(), []
@@ -91,7 +94,7 @@ def test_capacity_wait_gives_up_at_once_when_retry_after_ends_past_the_deadline(
 
 def test_capacity_wait_tries_at_its_interval_until_the_deadline_then_names_what_it_waited_for(
         emulator, monkeypatch, tmp_path):
-    server = emulator("apsis_one", **{**FAST, "processing_seconds": 1000, "slot_retry_after": 1})
+    server = emulator("apsis_one", **{**FAST, "processing_seconds": 1000, "slot_retry_after": 1, "time_scale": 0})
     connect(monkeypatch, server, slot_wait_interval=15)
     emulated = EmulatedTime(server)
     hook = ApsisOneHook(retry_policy=emulated.policy())
@@ -106,7 +109,7 @@ def test_capacity_wait_tries_at_its_interval_until_the_deadline_then_names_what_
 
 
 def test_capacity_wait_ends_when_a_slot_frees(emulator, monkeypatch, tmp_path):
-    server = emulator("apsis_one", **{**FAST, "processing_seconds": 40, "slot_retry_after": 1})
+    server = emulator("apsis_one", **{**FAST, "processing_seconds": 40, "slot_retry_after": 1, "time_scale": 0})
     connect(monkeypatch, server, slot_wait_interval=15)
     emulated = EmulatedTime(server)
     hook = ApsisOneHook(retry_policy=emulated.policy())
