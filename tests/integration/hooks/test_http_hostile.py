@@ -186,6 +186,29 @@ def test_supplied_url_on_the_connections_own_host_or_a_trusted_host_is_used(serv
     assert run_async(trusting, trusting.afetch_supplied_url("GET", f"{other_host(files)}/errors.json")).text == "log line"
 
 
+def test_a_checked_supplied_host_is_connected_to_at_the_checked_addresses_only(servers):
+    """The async fetch of a public supplied URL connects where the check looked, with no second DNS
+    lookup: here a name nothing resolves, checked as 127.0.0.1, reaches the server on 127.0.0.1."""
+    import socket
+
+    import aiohttp
+
+    from airflow_provider_profiles.hooks.base import _CheckedAddresses, _new_session
+
+    files = servers(lambda r: response(200, "log line", content_type="text/plain"))
+    checked = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))]
+
+    async def fetch(url):
+        connector = aiohttp.TCPConnector(use_dns_cache=False, resolver=_CheckedAddresses("files.invalid", checked))
+        async with _new_session(connector, (5.0, 5.0)) as session, session.get(url) as answer:
+            return await answer.text()
+
+    assert asyncio.run(fetch(f"http://files.invalid:{files.port}/errors.json")) == "log line"
+    with pytest.raises(aiohttp.ClientConnectorError):  # any other name: nothing to connect to
+        asyncio.run(fetch(f"http://other.invalid:{files.port}/errors.json"))
+    assert len(files.received) == 1 and files.received[0].headers["host"] == f"files.invalid:{files.port}"
+
+
 def test_slow_drip_headers_are_cut_at_the_request_deadline(servers, echo):
     head = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 400 + b"\r\nContent-Length: 2\r\n\r\n{}"
     sent: list[int] = []
