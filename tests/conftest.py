@@ -139,3 +139,22 @@ def postgres():
 
     with PostgresServer() as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def async_clients_closed(monkeypatch):
+    """Every shared async client (aiohttp session) a test opens is closed by its end: a trigger closes
+    its hook, and a test that opens one closes it too. Left open it leaks, and aiohttp warns only when
+    the garbage collector gets to it, in some later test."""
+    from airflow_provider_profiles.hooks import base
+
+    made = []
+    take = base._ClientLease.take.__func__
+
+    def recording(cls, loop, key, slots, make):
+        return take(cls, loop, key, slots, lambda: made.append(make()) or made[-1])
+
+    monkeypatch.setattr(base._ClientLease, "take", classmethod(recording))
+    yield
+    left = sum(not session.closed for session in made)
+    assert not left, f"{left} async client(s) left open: await hook.aclose() for each hook that sent"

@@ -1,7 +1,7 @@
 """Shared HTTP core of every vendor hook: connection, session, retry policy, rate limits, errors, secrets.
 
 Sync calls (operators, sensors in poke mode) go through ``requests``; async calls (triggers) through
-``httpx.AsyncClient``. Both use the same retry policy, rate limiter and error classification, and a
+``aiohttp.ClientSession``. Both use the same retry policy, rate limiter and error classification, and a
 request declared once (``Call``) runs on either, so a vendor hook describes endpoints and payloads only.
 """
 
@@ -23,17 +23,19 @@ import socket
 import ssl
 import threading
 import time
+import urllib.request
 import weakref
 from collections.abc import Callable, Generator, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 from urllib.parse import urljoin, urlsplit
 
+import aiohttp
 import certifi
-import httpx
 import requests
 import tenacity
 import urllib3
+from aiohttp.abc import AbstractResolver
 from airflow.providers.common.compat.sdk import AirflowNotFoundException, mask_secret, redact
 from airflow.providers.common.compat.sdk import BaseHook
 from requests.adapters import HTTPAdapter
@@ -46,8 +48,6 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRYABLE_SERVER_STATUSES = frozenset({500, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_SAME_HOST_REDIRECTS = 5
-# what httpx raises when a request meets a connection the server has closed: no answer came back
-STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 USER_AGENT = f"airflow-provider-profiles/{__version__}"
 # the Test button's budget per request and per call, seconds; credentials shorter than
 # MIN_SCRUBBED_LENGTH are not searched for in its message (they would match ordinary words)
@@ -374,7 +374,7 @@ class JobNotCancellable(Exception):
 
 class Call:
     """One API request declared once: ``hook.call(it)`` sends it with requests, ``await hook.acall(it)``
-    with httpx. ``parse`` makes the result of the response (default: the hook's ``parse_response``);
+    with aiohttp. ``parse`` makes the result of the response (default: the hook's ``parse_response``);
     ``options`` go to ``request``; a ``supplied_url`` came in a vendor's answer (``fetch_supplied_url``).
     A result that takes several requests is a plan: a generator that yields Calls, gets each one's
     result (or its ``VendorAPIError`` raised at the yield) and returns the outcome."""
@@ -451,9 +451,7 @@ class ProfilesHook(BaseHook):
     call_deadline: ClassVar[float] = 900.0
     # The async client is shared by every hook (trigger) of a connection in an event loop.
     # ``async_pool_size`` (extra): requests in flight at once, each on a connection of its own; the rest
-    # wait their turn in a semaphore. httpcore checks every pooled connection (a syscall each) for every
-    # request, and assigns queued requests in time that grows with queued x connections, so the pool is
-    # kept small (CPU a poll, 300 triggers polling every 1.5 s: pool 4 0.93 ms, 10 1.11 ms, 32 1.53 ms).
+    # wait their turn in a semaphore, so a burst of polls queues here rather than opening connections.
     # ``keepalive_expiry`` (extra): how long an idle connection is kept, below the shortest idle timeout
     # servers use (uvicorn's and Node's 5 s), so we drop a connection before the server does rather than
     # send on one it is closing.
@@ -479,7 +477,7 @@ class ProfilesHook(BaseHook):
         self._retry_policy = retry_policy
         self._conn: Any = None
         self._session: requests.Session | None = None
-        self._aclient: httpx.AsyncClient | None = None
+        self._aclient: aiohttp.ClientSession | None = None
         self._aclient_lease: _ClientLease | None = None
         self.extras: dict[str, Any] = {}
         self.base_url = ""
@@ -715,30 +713,26 @@ class ProfilesHook(BaseHook):
             response.close()
         raise self._redirect_error(response, send, "too many redirects")
 
-    # httpx ----------------------------------------------------------------------------------------
-    async def aclient(self) -> httpx.AsyncClient:
+    # aiohttp --------------------------------------------------------------------------------------
+    async def aclient(self) -> aiohttp.ClientSession:
         """The connection's async client in the running event loop, shared with every other hook of the
         same connection and settings there (a triggerer's thousand triggers: one pool, not a thousand).
         A client belongs to one loop; it is closed when its last hook closes (``aclose``)."""
         loop = asyncio.get_running_loop()
         lease = self._aclient_lease
-        if lease is not None and lease.loop() is loop and not lease.client.is_closed:
+        if lease is not None and lease.loop() is loop and not lease.client.closed:
             return lease.client
         if lease is not None:  # another loop's (or a closed) client: never used here
             self._aclient_lease, self._aclient = None, None
-            lease.release()
+            if lease.release():
+                lease.close_elsewhere()
         await self.aconnection()
         extras = self.extras
         slots = int(extras.get("async_pool_size", self.async_pool_size))
         keepalive = float(extras.get("keepalive_expiry", self.keepalive_expiry))
         key = (self.conn_type, self.conn_id, self.base_url, self.timeout, slots, keepalive)
-        self._aclient_lease = _ClientLease.take(loop, key, slots, lambda: httpx.AsyncClient(
-            verify=_ssl_context(),
-            timeout=httpx.Timeout(self.timeout[1], connect=self.timeout[0]),
-            limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots, keepalive_expiry=keepalive),
-            headers={"User-Agent": USER_AGENT},
-            follow_redirects=False,
-        ))
+        self._aclient_lease = _ClientLease.take(loop, key, slots, lambda: _new_session(
+            aiohttp.TCPConnector(limit=slots, keepalive_timeout=keepalive, ssl=_ssl_context()), self.timeout))
         self._aclient = self._aclient_lease.client
         return self._aclient
 
@@ -756,14 +750,20 @@ class ProfilesHook(BaseHook):
         idempotent: bool | None = None,
         authenticate: bool = True,
         **kwargs: Any,
-    ) -> httpx.Response:
-        """The async twin of ``request`` for triggers: same policy, limits, deadlines and errors; never blocks."""
-        client = await self.aclient()
+    ) -> AsyncResponse:
+        """The async twin of ``request`` for triggers: same policy, limits, deadlines and errors; never blocks.
+        The answer is read whole (at most ``max_body_bytes``) and has the sync answer's ``status_code``,
+        ``headers``, ``content``, ``text`` and ``json()``, so a declared call parses either."""
+        return await self._arequest(await self.aclient(), method, path, route=route, idempotent=idempotent,
+                                    authenticate=authenticate, **kwargs)
+
+    async def _arequest(self, client: aiohttp.ClientSession, method: str, path: str, *, route: str = "default",
+                        idempotent: bool | None = None, authenticate: bool = True, **kwargs: Any) -> AsyncResponse:
         send = self._prepare(method, path, idempotent, authenticate, kwargs)
         send.body = _Body({})
         limiter = self.limiter(route)
 
-        async def attempt() -> httpx.Response:
+        async def attempt() -> AsyncResponse:
             if limiter:
                 self._waited_for_limiter(await limiter.aacquire())
             headers = {**(await self.aauth_headers() if send.authenticate else {}), **send.headers}
@@ -772,34 +772,30 @@ class ProfilesHook(BaseHook):
 
         return await self._awithin_call(lambda deadline: self.policy.acall(attempt, self.log, deadline), attempt)
 
-    async def _asend(self, client: httpx.AsyncClient, send: _Send, headers: dict[str, str], basic: Any,
-                     deadline: float) -> httpx.Response:
+    async def _asend(self, client: aiohttp.ClientSession, send: _Send, headers: dict[str, str], basic: Any,
+                     deadline: float) -> AsyncResponse:
+        if basic:
+            headers = {**headers, "Authorization": _basic_authorization(*basic)}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=send.timeout[0], sock_read=send.timeout[1])
         url = send.url
         for _ in range(MAX_SAME_HOST_REDIRECTS + 1):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self._deadline_error(send)
             try:
-                async with asyncio.timeout(remaining), self._ain_flight():
-                    request = client.build_request(send.method, url, headers=headers, **send.kwargs)
-                    try:
-                        response = await client.send(request, auth=basic or httpx.USE_CLIENT_DEFAULT, stream=True)
-                    except STALE_CONNECTION_ERRORS:
-                        # A kept-alive connection the server closed as we sent on it (its idle timeout
-                        # raced ours): nothing came back. A GET or HEAD changes nothing, so it is sent
-                        # again at once, on another connection; the failed one left the pool.
-                        if send.method not in ("GET", "HEAD"):
-                            raise
-                        response = await client.send(request, auth=basic or httpx.USE_CLIENT_DEFAULT, stream=True)
-                    try:
-                        await _aread_body(response, send.max_body_bytes)
-                    finally:
-                        await response.aclose()
+                # asyncio.timeout bounds the whole exchange (a server dripping bytes never trips sock_read).
+                # A kept-alive connection the server closed as we sent on it (its idle timeout raced ours)
+                # gives no answer: aiohttp sends an idempotent request again at once, on a new connection,
+                # and never a POST (RFC 9112, 9.3.1).
+                async with asyncio.timeout(remaining), self._ain_flight(), client.request(
+                        send.method, url, headers=headers, allow_redirects=False, timeout=timeout,
+                        proxy=_env_proxy(url), **_aiohttp_body(send.kwargs)) as answer:
+                    response = await _aread(answer, send.max_body_bytes)
+            except aiohttp.ClientError as exc:  # before TimeoutError: a sock_read timeout is both
+                not_sent = isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
+                raise self._transport_error(exc, not_sent, send) from None
             except TimeoutError:
                 raise self._deadline_error(send) from None
-            except httpx.HTTPError as exc:
-                not_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-                raise self._transport_error(exc, not_sent, send) from None
             url = self._redirect_target(response, send, url)
             if url is None:
                 return response
@@ -929,15 +925,27 @@ class ProfilesHook(BaseHook):
                 pass  # see _check_public
         return self.request(method, url, authenticate=False, **kwargs)
 
-    async def afetch_supplied_url(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def afetch_supplied_url(self, method: str, url: str, **kwargs: Any) -> AsyncResponse:
+        """The async ``fetch_supplied_url``. A host checked for a public address is connected to at the
+        addresses checked (a client of its own, with no DNS lookup after the check), so a name that
+        resolves differently the second time cannot lead the request to an internal address."""
         await self.aconnection()
         host = self._supplied_url_host(url)
+        resolved = None
         if host is not None:
             try:
-                self._check_public(url, await asyncio.get_running_loop().getaddrinfo(host, None))
+                resolved = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
             except OSError:
-                pass
-        return await self.arequest(method, url, authenticate=False, **kwargs)
+                pass  # see _check_public
+            else:
+                self._check_public(url, resolved)
+        if not resolved or _env_proxy(url):  # through a proxy, the proxy connects
+            return await self.arequest(method, url, authenticate=False, **kwargs)
+        await self.aclient()  # its turns to send (``async_pool_size``) hold for this request too
+        connector = aiohttp.TCPConnector(limit=1, force_close=True, use_dns_cache=False, ssl=_ssl_context(),
+                                         resolver=_CheckedAddresses(host, resolved))
+        async with _new_session(connector, self.timeout) as client:
+            return await self._arequest(client, method, url, authenticate=False, **kwargs)
 
     def _supplied_url_host(self, url: str) -> str | None:
         """None if the URL may be used as it is; the host to check is public; raises if it is refused."""
@@ -970,7 +978,7 @@ class ProfilesHook(BaseHook):
         """Let go of the shared async client; the last hook of it closes it."""
         lease, self._aclient_lease, self._aclient = self._aclient_lease, None, None
         if lease is not None and lease.release() and lease.loop() is _running_loop():
-            await lease.client.aclose()
+            await lease.client.close()
 
     def close(self) -> None:
         if self._session is not None:
@@ -978,7 +986,7 @@ class ProfilesHook(BaseHook):
             self._session = None
 
     # classification ------------------------------------------------------------------------------
-    def _response_error(self, response: requests.Response | httpx.Response, send: _Send,
+    def _response_error(self, response: requests.Response | AsyncResponse, send: _Send,
                         force_retry: bool = False) -> VendorAPIError:
         status, payload = response.status_code, _json(response)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -994,7 +1002,7 @@ class ProfilesHook(BaseHook):
             vendor=self.hook_name)
 
     def _transport_error(self, exc: Exception, not_sent: bool, send: _Send) -> VendorConnectionError:
-        # The exception text of requests/httpx carries the full URL; keep only its type and reason.
+        # The exception text of requests/aiohttp carries the full URL; keep only its type and reason.
         what = "could not connect" if not_sent else "the connection failed before a full response"
         return VendorConnectionError(
             f"{type(exc).__name__}: {what}",
@@ -1120,7 +1128,7 @@ class ProfilesHook(BaseHook):
 class _ClientLease:
     """A hook's hold on the async client it shares with the hooks of the same connection and settings in
     one event loop. Clients are kept per loop (weakly: a loop that is gone takes its clients with it),
-    so two loops never share one: an httpx client's connections belong to the loop that opened them."""
+    so two loops never share one: an aiohttp session's connections belong to the loop that opened them."""
 
     _clients: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, _SharedClient]]] = (
         weakref.WeakKeyDictionary())
@@ -1131,11 +1139,11 @@ class _ClientLease:
 
     @classmethod
     def take(cls, loop: asyncio.AbstractEventLoop, key: tuple, slots: int,
-             make: Callable[[], httpx.AsyncClient]) -> _ClientLease:
+             make: Callable[[], aiohttp.ClientSession]) -> _ClientLease:
         # no await between the lookup and the count: coroutines of one loop cannot interleave here
         clients = cls._clients.setdefault(loop, {})
         shared = clients.get(key)
-        if shared is None or shared.client.is_closed:
+        if shared is None or shared.client.closed:
             shared = clients[key] = _SharedClient(make(), asyncio.Semaphore(slots))
         shared.users += 1
         return cls(loop, key, shared)
@@ -1155,6 +1163,13 @@ class _ClientLease:
         return True
 
 
+    def close_elsewhere(self) -> None:
+        """Close the client from outside its loop: possible only while that loop runs (in another thread)."""
+        loop = self.loop()
+        if loop is not None and loop.is_running() and not loop.is_closed() and not self.client.closed:
+            asyncio.run_coroutine_threadsafe(self.client.close(), loop)
+
+
 def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
@@ -1164,7 +1179,7 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 @dataclasses.dataclass
 class _SharedClient:
-    client: httpx.AsyncClient
+    client: aiohttp.ClientSession
     in_flight: asyncio.Semaphore  # requests sent at once: at most the pool's connections
     users: int = 0
 
@@ -1316,14 +1331,100 @@ def _read_body(response: requests.Response, deadline: float, limit: int | None) 
     response.close()
 
 
-async def _aread_body(response: httpx.Response, limit: int | None) -> None:
-    chunks, size = [], 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if limit is not None and size >= limit:
-            break
-    response._content = b"".join(chunks)[:limit]
+class AsyncResponse:
+    """An aiohttp answer read whole, with the attributes of the sync client's that the hooks use."""
+
+    def __init__(self, status: int, reason: str | None, headers: Mapping[str, str], content: bytes, url: str,
+                 charset: str | None):
+        self.status_code, self.reason, self.headers, self.content, self.url = status, reason, headers, content, url
+        self.encoding = charset or "utf-8"
+
+    @property
+    def text(self) -> str:
+        try:
+            return self.content.decode(self.encoding, errors="replace")
+        except LookupError:  # a charset Python does not know
+            return self.content.decode("utf-8", errors="replace")
+
+    def json(self, **kwargs: Any) -> Any:
+        return json.loads(self.content, **kwargs)
+
+
+async def _aread(answer: aiohttp.ClientResponse, limit: int | None) -> AsyncResponse:
+    """The whole body, or its first ``limit`` bytes; a connection left half-read is closed, not pooled."""
+    if limit is None:
+        content = await answer.read()
+    else:
+        chunks, size = [], 0
+        async for chunk in answer.content.iter_any():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                answer.close()
+                break
+        content = b"".join(chunks)[:limit]
+    return AsyncResponse(answer.status, answer.reason, answer.headers, content, str(answer.url), answer.charset)
+
+
+def _new_session(connector: aiohttp.TCPConnector, timeout: tuple[float, float]) -> aiohttp.ClientSession:
+    # trust_env stays off: it costs two thread hops a request (netrc, proxy); proxies: see _env_proxy
+    return aiohttp.ClientSession(
+        connector=connector, headers={"User-Agent": USER_AGENT}, raise_for_status=False,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout[0], sock_read=timeout[1]))
+
+
+@functools.lru_cache(maxsize=256)
+def _proxy_for(scheme: str, host: str) -> str | None:
+    proxies = urllib.request.getproxies()
+    if not proxies.get(scheme) or urllib.request.proxy_bypass(host):
+        return None
+    return proxies[scheme]
+
+
+def _env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (HTTP(S)_PROXY, NO_PROXY), as requests uses it."""
+    parts = urlsplit(url)
+    return _proxy_for(parts.scheme, parts.hostname or "")
+
+
+def _basic_authorization(login: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{login}:{password}".encode()).decode("ascii")
+
+
+def _aiohttp_body(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The requests-style arguments (params, json, data, files) as aiohttp takes them."""
+    options = dict(kwargs)
+    params = options.get("params")
+    if isinstance(params, Mapping):  # aiohttp refuses bools and None; requests drops None
+        options["params"] = {k: ("true" if v else "false") if isinstance(v, bool) else v
+                             for k, v in params.items() if v is not None}
+    files = options.pop("files", None)
+    if files:
+        form = aiohttp.FormData()
+        for name, value in (dict(options.pop("data", None) or {})).items():
+            form.add_field(name, str(value))
+        for name, value in (files.items() if isinstance(files, Mapping) else files):
+            filename, stream, content_type = (*value, None, None)[:3] if isinstance(value, tuple) else (name, value, None)
+            form.add_field(name, stream, filename=filename, content_type=content_type)
+        options["data"] = form
+    return options
+
+
+class _CheckedAddresses(AbstractResolver):
+    """Resolves one host to the addresses already checked, and nothing else."""
+
+    def __init__(self, host: str, resolved: list[tuple]):
+        self.host, self.resolved = host, resolved
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
+        if host.lower() != self.host:
+            raise OSError(f"no checked address for {host}")
+        return [{"hostname": host, "host": address[0], "port": port, "family": fam, "proto": proto,
+                 "flags": socket.AI_NUMERICHOST} for fam, _, proto, _, address in self.resolved
+                if family in (socket.AF_UNSPEC, fam)]
+
+    async def close(self) -> None:
+        pass
 
 
 def _typed_json(response: Any, error: Callable[[str], VendorAPIError]) -> None:
@@ -1343,7 +1444,7 @@ def _typed_json(response: Any, error: Callable[[str], VendorAPIError]) -> None:
     response.json = json_or_typed_error
 
 
-def _json(response: requests.Response | httpx.Response) -> Any:
+def _json(response: requests.Response | AsyncResponse) -> Any:
     try:
         return response.json()
     except ValueError:

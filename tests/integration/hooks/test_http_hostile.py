@@ -44,6 +44,18 @@ def echo(airflow_connection, waits):
     return make
 
 
+def run_async(hook, call):
+    """Await ``call`` (a coroutine of ``hook``) in a loop of its own, closing the hook's async client after."""
+
+    async def run():
+        try:
+            return await call
+        finally:
+            await hook.aclose()
+
+    return asyncio.run(run())
+
+
 def other_host(server) -> str:
     """The same server under another host name: 127.0.0.1 and localhost are different hosts."""
     return f"http://localhost:{server.port}"
@@ -58,7 +70,7 @@ def test_cross_host_redirect_is_not_followed_and_carries_no_key(servers, echo):
         hook.request("GET", "/items/a")
     assert elsewhere.received == []
     with pytest.raises(VendorRedirectError):
-        asyncio.run(hook.arequest("GET", "/items/a"))
+        run_async(hook, hook.arequest("GET", "/items/a"))
     assert elsewhere.received == []
 
 
@@ -75,7 +87,7 @@ def test_redirected_post_is_an_error_not_a_silent_get(servers, echo, status):
         hook.request("POST", "/items", json={"key": "b"})
     assert raised.value.status == status and not raised.value.retryable
     with pytest.raises(VendorRedirectError, match="POST /items"):
-        asyncio.run(hook.arequest("POST", "/items", json={"key": "b"}))
+        run_async(hook, hook.arequest("POST", "/items", json={"key": "b"}))
     assert [r.method for r in api.received] == ["POST", "POST"]  # nothing replayed as GET
 
 
@@ -87,7 +99,7 @@ def test_same_host_get_redirect_is_followed(servers, echo):
 
     hook = echo(servers(answer).url)
     assert hook.request("GET", "/old").json() == {"at": "/new"}
-    assert asyncio.run(hook.arequest("GET", "/old")).json() == {"at": "/new"}
+    assert run_async(hook, hook.arequest("GET", "/old")).json() == {"at": "/new"}
 
 
 # --- 15: bodies that are not JSON ------------------------------------------------------------------
@@ -99,7 +111,7 @@ def test_200_with_a_body_that_is_not_json_is_a_typed_error(servers, echo, body, 
         hook.request("GET", "/items/a").json()
     assert raised.value.status == 200
     with pytest.raises(VendorResponseError):
-        asyncio.run(hook.arequest("GET", "/items/a")).json()
+        run_async(hook, hook.arequest("GET", "/items/a")).json()
 
 
 # --- 14: an overall deadline per request -------------------------------------------------------------
@@ -110,7 +122,7 @@ def test_slow_drip_body_is_bounded_by_the_request_deadline(servers, echo):
     with pytest.raises(VendorConnectionError, match="deadline"):
         hook.request("GET", "/items/a")
     with pytest.raises(VendorConnectionError, match="deadline"):
-        asyncio.run(hook.arequest("GET", "/items/a"))
+        run_async(hook, hook.arequest("GET", "/items/a"))
 
 
 # --- 13 and 16: connection settings that cannot be used ----------------------------------------------
@@ -158,7 +170,7 @@ def test_supplied_url_on_another_private_host_is_refused(servers, echo):
         with pytest.raises(UntrustedURLError):
             hook.fetch_supplied_url("GET", url)
         with pytest.raises(UntrustedURLError):
-            asyncio.run(hook.afetch_supplied_url("GET", url))
+            run_async(hook, hook.afetch_supplied_url("GET", url))
     assert internal.received == []
 
 
@@ -167,8 +179,34 @@ def test_supplied_url_on_the_connections_own_host_or_a_trusted_host_is_used(serv
     hook = echo(files.url)
     assert hook.fetch_supplied_url("GET", f"{files.url}/errors.json").text == "log line"
     assert "x-api-key" not in files.received[-1].headers  # never credentials, even to its own host
+    assert run_async(hook, hook.afetch_supplied_url("GET", f"{files.url}/errors.json")).text == "log line"
+    assert "x-api-key" not in files.received[-1].headers
     trusting = echo("http://127.0.0.1:9", trusted_hosts=["localhost"])
     assert trusting.fetch_supplied_url("GET", f"{other_host(files)}/errors.json").text == "log line"
+    assert run_async(trusting, trusting.afetch_supplied_url("GET", f"{other_host(files)}/errors.json")).text == "log line"
+
+
+def test_a_checked_supplied_host_is_connected_to_at_the_checked_addresses_only(servers):
+    """The async fetch of a public supplied URL connects where the check looked, with no second DNS
+    lookup: here a name nothing resolves, checked as 127.0.0.1, reaches the server on 127.0.0.1."""
+    import socket
+
+    import aiohttp
+
+    from airflow_provider_profiles.hooks.base import _CheckedAddresses, _new_session
+
+    files = servers(lambda r: response(200, "log line", content_type="text/plain"))
+    checked = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))]
+
+    async def fetch(url):
+        connector = aiohttp.TCPConnector(use_dns_cache=False, resolver=_CheckedAddresses("files.invalid", checked))
+        async with _new_session(connector, (5.0, 5.0)) as session, session.get(url) as answer:
+            return await answer.text()
+
+    assert asyncio.run(fetch(f"http://files.invalid:{files.port}/errors.json")) == "log line"
+    with pytest.raises(aiohttp.ClientConnectorError):  # any other name: nothing to connect to
+        asyncio.run(fetch(f"http://other.invalid:{files.port}/errors.json"))
+    assert len(files.received) == 1 and files.received[0].headers["host"] == f"files.invalid:{files.port}"
 
 
 def test_slow_drip_headers_are_cut_at_the_request_deadline(servers, echo):
@@ -179,7 +217,7 @@ def test_slow_drip_headers_are_cut_at_the_request_deadline(servers, echo):
     with pytest.raises(VendorConnectionError, match="deadline"):
         hook.request("GET", "/items/a")
     with pytest.raises(VendorConnectionError, match="deadline"):
-        asyncio.run(hook.arequest("GET", "/items/a"))
+        run_async(hook, hook.arequest("GET", "/items/a"))
     give_up = time.monotonic() + 60
     while len(sent) < len(api.received) and time.monotonic() < give_up:  # each drip ends at the hang-up
         time.sleep(0.05)

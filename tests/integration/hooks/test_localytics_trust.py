@@ -43,7 +43,14 @@ def test_error_log_inside_the_network_is_never_fetched(servers, connect, where):
                  "file": "file:///etc/passwd"}[where]
     hook = connect(servers(lambda r: failed_status(error_log)))
     status = hook.job_status(kind="profiles", activity_id="a-1")
-    astatus = asyncio.run(hook.ajob_status(kind="profiles", activity_id="a-1"))
+
+    async def astatus_of():
+        try:
+            return await hook.ajob_status(kind="profiles", activity_id="a-1")
+        finally:
+            await hook.aclose()
+
+    astatus = asyncio.run(astatus_of())
     for result in (status, astatus):
         assert result.state.value == "failed"
         assert INTERNAL not in json.dumps(result.payload) + (result.message or "")

@@ -1,7 +1,7 @@
 """Localytics operators and sensor run by Airflow (``dag.test``) against the emulator.
 
 ``dag.test`` serializes deferred tasks and runs their trigger inline, so the deferrable paths here
-go through the real trigger (async hook, httpx) and ``execute_complete``.
+go through the real trigger (async hook, aiohttp) and ``execute_complete``.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ class ClosesKeptAliveConnections:
     arrives, without answering (what a client sees when a server closes a connection it is about to
     reuse). ``statuses`` are the job statuses answered, in turn."""
 
-    def __init__(self, statuses: list[str]):
-        self.statuses = list(statuses)
+    def __init__(self, statuses: list[str], close_after_answer: bool = False):
+        self.statuses, self.close_after_answer = list(statuses), close_after_answer
         self.answered, self.dropped, self.connections = 0, 0, 0
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
@@ -56,6 +56,8 @@ class ClosesKeptAliveConnections:
                 body = json.dumps({"id": "1", "status": status}).encode()
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n"
                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                if self.close_after_answer:  # its idle timeout ends before the next poll comes
+                    return
 
     def close(self) -> None:
         self._sock.close()
@@ -77,6 +79,21 @@ async def test_a_server_closing_kept_alive_connections_fails_no_poll(closing_ser
     assert [e["status"] for e in events] == ["success"], events
     # the second and third polls each met a connection the server closed, and were sent again on a new one
     assert closing_server.answered == 3 and closing_server.dropped == 2 and closing_server.connections == 3
+
+
+async def test_a_connection_the_server_closed_between_two_polls_fails_no_poll(airflow_connection):
+    server = ClosesKeptAliveConnections(["running", "running", "done"], close_after_answer=True)
+    # the client would keep the connection a minute: the server's close is what it meets
+    airflow_connection("echo_default", "echo", password=SECRET,
+                       extra={"base_url": server.url, "max_attempts": 1, "keepalive_expiry": 60})
+    try:
+        trigger = EchoTrigger(vendor="echo", conn_id="echo_default", job={"job_id": "1"},
+                              deadline=time.time() + 60, poll_interval=0.05, max_transient_errors=0)
+        events = [event.payload async for event in trigger.run()]
+    finally:
+        server.close()
+    assert [e["status"] for e in events] == ["success"], events
+    assert server.answered == 3 and server.dropped == 0 and server.connections == 3
 
 
 async def test_a_post_on_a_closed_kept_alive_connection_is_not_sent_again(closing_server):
@@ -104,9 +121,9 @@ async def test_hooks_of_one_connection_in_one_loop_share_one_client_closed_by_th
     assert await second.aclient() is shared and await first.aclient() is shared
     assert await other.aclient() is not shared  # another connection: a client of its own
     await first.aclose()
-    assert not shared.is_closed  # the second hook still uses it
+    assert not shared.closed  # the second hook still uses it
     await second.aclose()
-    assert shared.is_closed
+    assert shared.closed
     third = EchoHook("echo_default")
     assert await third.aclient() is not shared  # a new user after the last one left gets a new client
     await third.aclose()
@@ -114,22 +131,22 @@ async def test_hooks_of_one_connection_in_one_loop_share_one_client_closed_by_th
 
 
 def test_two_event_loops_never_share_a_client(echo_connection):
-    async def client_of(hook: EchoHook):
-        return await hook.aclient()
-
-    hook = EchoHook("echo_default")
-    other_loop = asyncio.new_event_loop()
+    hook, other_hook = EchoHook("echo_default"), EchoHook("echo_default")
+    loop, other_loop = asyncio.new_event_loop(), asyncio.new_event_loop()
     try:
-        in_other = other_loop.run_until_complete(client_of(EchoHook("echo_default")))
-        loop = asyncio.new_event_loop()
-        try:
-            here = loop.run_until_complete(client_of(hook))
-            assert here is not in_other
-            # a hook carried into another loop leaves its client behind and takes that loop's one
-            assert other_loop.run_until_complete(client_of(hook)) is in_other
-        finally:
-            loop.close()
+        in_other = other_loop.run_until_complete(other_hook.aclient())
+        here = loop.run_until_complete(hook.aclient())
+        assert here is not in_other
+        # a hook carried into another loop leaves its client behind and takes that loop's one
+        assert other_loop.run_until_complete(hook.aclient()) is in_other
+        assert not here.closed  # its loop is not running: it is closed there, by its owner
+        loop.run_until_complete(here.close())
+        other_loop.run_until_complete(hook.aclose())
+        assert not in_other.closed  # the other hook still uses it
+        other_loop.run_until_complete(other_hook.aclose())
+        assert in_other.closed
     finally:
+        loop.close()
         other_loop.close()
 
 

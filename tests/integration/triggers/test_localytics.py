@@ -1,4 +1,4 @@
-"""The job trigger on Localytics imports, run for real (asyncio, httpx) against the emulator: one event per outcome."""
+"""The job trigger on Localytics imports, run for real (asyncio, aiohttp) against the emulator: one event per outcome."""
 
 from __future__ import annotations
 
