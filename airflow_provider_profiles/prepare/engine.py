@@ -386,14 +386,19 @@ class MappedTable:
     def _write_query(self) -> str:
         """Each row's record, key, reason and line (and its targets, where the line is left to
         ``encode``). The condition under which the SQL is exact is computed once per row, in a
-        subquery: it is used three times."""
+        subquery: it is used three times. (A writer's reason SQL with a condition is then computed
+        for every row: it must be safe on the rows it is not exact for.)"""
         line, reason, exact = self._line_sql()
-        rows = "mapped" if exact in ("true", "false") else f"(SELECT *, {exact} AS __exact FROM mapped)"
-        exact = exact if exact in ("true", "false") else "__exact"
+        if exact not in ("true", "false"):
+            # the reason beside its condition, in one projection: what they share is computed once
+            rows = f"(SELECT *, {exact} AS __exact, {reason} AS __why FROM mapped)"
+            exact, reason, lined = "__exact", "__why", "__exact AND __why IS NULL"
+        else:
+            rows, lined = "mapped", exact
         targets = ", ".join(f"CASE WHEN NOT {exact} THEN {sql.ident(n)} END AS {sql.ident(n)}" for n in self.targets)
         return f"""SELECT __record, __key,
                           CASE WHEN __reason IS NOT NULL THEN __reason WHEN {exact} THEN {reason} END AS reason,
-                          CASE WHEN __reason IS NULL AND {exact} THEN {line} END AS line
+                          CASE WHEN __reason IS NULL AND {lined} THEN {line} END AS line
                           {', ' + targets if exact != 'true' and targets else ''}
                    FROM {rows}"""
 

@@ -98,7 +98,9 @@ class FormatWriter(abc.ABC):
 
     def line_sql(self, columns) -> tuple[str, str] | None:
         """(line, reject reason) as SQL over the mapped columns, the same as ``encode``; None where
-        only ``encode`` can write the line (the engine then calls it row by row)."""
+        only ``encode`` can write the line (the engine then calls it row by row). A third item, a
+        condition, says for which rows the first two are exact (``encode`` takes the others); the
+        reason is then computed for every row, so it must be safe on the others too."""
         return None
 
     # --- what an incremental sync asks of a writer

@@ -191,9 +191,10 @@ class GainsightPXRecordFormat(FormatWriter):
         reject, worded by ``build``) is left to ``encode``."""
         if any(columns.kind(column) != "VARCHAR" for column in self.field_mapping.values()):
             return None
-        members, exact = [], []
+        members, exact, refused = [], [], []
         for field, column in self.field_mapping.items():
-            value, fits = _converted_sql(columns(column), "id" if field == self.id_field else self.field_types.get(field, "string"))
+            type_name = "id" if field == self.id_field else self.field_types.get(field, "string")
+            value, fits = _converted_sql(columns(column), type_name)
             if field == "email":
                 fits = f"({fits}) AND contains({value}, '@')"
             if field in _RANGES:
@@ -201,13 +202,52 @@ class GainsightPXRecordFormat(FormatWriter):
                 fits = f"({fits}) AND TRY_CAST({sql.strip(columns(column))} AS DOUBLE) BETWEEN {_RANGES[field][0]} AND {_RANGES[field][1]}"
             required = field == self.id_field or field in REQUIRED_FIELDS.get(self.entity, ())
             exact.append(f"({value} IS NOT NULL AND {fits})" if required else f"({columns(column)} IS NULL OR ({fits}))")
+            # a required field other than the identifier: its reason is left to ``encode``
+            plain = not required or field == self.id_field
+            refused.append((exact[-1], _refused_sql(columns(column), type_name, field, column) if plain else None))
             members.append((tuple(field.split(".")), value))
-        return f"concat({sql.json_object(members)}, chr(10))", "NULL::VARCHAR", " AND ".join(exact)
+        # '' when every field fits; else the first field that does not decides, as in ``build``:
+        # its reason where SQL is sure of it, NULL (left to ``encode``) where only Python can tell.
+        # Reason and condition share it: DuckDB computes it once (the engine selects both together).
+        first = " ".join(f"WHEN NOT coalesce({fit}, false) THEN {reason or 'NULL'}" for fit, reason in refused)
+        outcome = f"CASE {first} ELSE '' END"
+        return f"concat({sql.json_object(members)}, chr(10))", f"nullif({outcome}, '')", f"({outcome}) IS NOT NULL"
 
 
 # ISO 8601 dates and times that Python's fromisoformat and DuckDB's TIMESTAMPTZ read alike
 _ISO_MOMENT = (r"[0-9]{4}-[0-9]{2}-[0-9]{2}([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?"
                r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)?")
+
+
+def _refused_sql(column: str, type_name: str, field: str, source: str) -> str | None:
+    """The reason ``build`` gives a present value that does not fit ``_converted_sql``, where SQL is
+    sure Python refuses it with that reason (printable ASCII text in the common bad shapes); NULL
+    where it is not (then ``encode`` decides). None for a type with no such shape."""
+    text = sql.strip(column)
+
+    def worded(message: str) -> str:
+        return f"({sql.literal(field + ': ')} || {message} || {sql.literal(f' (column {source!r})')})"
+
+    if type_name == "id":  # only refused when empty
+        return sql.literal(f"{field}: the identifier is empty (column {source!r})")
+    if type_name == "string":  # only an email without "@" is refused
+        return worded(f"{sql.plain_repr(column)} || ' is not an email address'") if field == "email" else None
+    if type_name in ("integer", "number"):  # float() of text with no digit, other than inf and nan
+        not_a_float = (f"regexp_full_match({text}, '[\\x{{20}}-\\x{{7e}}]*') AND NOT regexp_matches({text}, '[0-9]') "
+                       f"AND NOT regexp_full_match(lower({text}), '[+-]?(inf|infinity|nan)')")
+        not_float = worded("'could not convert string to float: ' || " + sql.plain_repr(text))
+        return f"CASE WHEN {not_a_float} THEN {not_float} END"
+    if type_name == "boolean":  # no word of either kind (plain_repr: NULL unless ASCII, whose lower() is Python's)
+        return worded(f"'expected true/false, yes/no or 1/0, got ' || {sql.plain_repr(column)}")
+    if type_name == "date":
+        # not ISO 8601 for fromisoformat: no four digits first, or a YYYY-MM-DD that is no date
+        # (year 0 is one for DuckDB, not for Python)
+        not_iso = (f"NOT regexp_full_match({text}, '[+-]?[0-9]+') AND (NOT regexp_matches({text}, '^[0-9]{{4}}') OR "
+                   f"(regexp_full_match({text}, '[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}') AND "
+                   f"(starts_with({text}, '0000') OR try_cast({text} AS DATE) IS NULL)))")
+        not_a_date = worded(sql.plain_repr(text) + " || ' is not an ISO 8601 date (YYYY-MM-DD[THH:MM:SS]) nor YYYYMMDD'")
+        return f"CASE WHEN {not_iso} THEN {not_a_date} END"
+    return None
 
 
 def _converted_sql(column: str, type_name: str) -> tuple[str, str]:
@@ -221,7 +261,8 @@ def _converted_sql(column: str, type_name: str) -> tuple[str, str]:
     if type_name == "date":
         moment = f"try_cast({text} AS TIMESTAMPTZ)"
         return (f"CASE WHEN regexp_full_match({text}, '{_ISO_MOMENT}') AND NOT starts_with({text}, '0000') "
-                f"THEN epoch_ms({moment}) END"), f"epoch_ms({moment}) IS NOT NULL AND regexp_full_match({text}, '{_ISO_MOMENT}')"
+                f"THEN epoch_ms({moment}) END"), \
+            f"epoch_ms({moment}) IS NOT NULL AND regexp_full_match({text}, '{_ISO_MOMENT}') AND NOT starts_with({text}, '0000')"
     if type_name == "boolean":
         words = lambda kind: ", ".join(sql.literal(word) for word in sorted(kind))  # noqa: E731
         flag = f"lower({text})"

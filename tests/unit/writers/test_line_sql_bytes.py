@@ -40,6 +40,8 @@ WRITERS = {
                        "customAttributes.vip": "vip", "customAttributes.odd": "odd", "signUpDate": "key", "score": "city"},
         field_types={"customAttributes.vip": "boolean"}),
 }
+# writers whose SQL now words rejects it left to ``encode`` before: the rows exact before must stay so
+WORDS_MORE_REJECTS = {"gainsight_px"}
 # the input columns each writer reads, by name: text, integers, booleans and doubles where it takes them
 COLUMNS = {
     "mediarithmics": {"user_account_id": "text", "compartment_id": "text", "email_hash": "rare", "user_agent_id": "rare",
@@ -87,6 +89,8 @@ def assert_same_bytes(name: str, table: pa.Table) -> int:
     assert before is not None, "the writer gives no line SQL for these columns: nothing compared"
     old_lines = _lines(connection, before)
     for row, old, new in zip(table.to_pylist(), old_lines, _lines(connection, writer.line_sql(columns))):
+        if name in WORDS_MORE_REJECTS and not old[2]:
+            continue  # left to encode before; now maybe rejected in SQL (test_writer_sql holds the reasons)
         assert new == old, row
     return sum(line is not None for _, line, _ in old_lines)
 

@@ -185,3 +185,44 @@ def test_gainsight_px_generated_numbers_and_dates(cases):
         writer = get_writer("gainsight_px", "records", entity="USER", field_mapping={"identifyId": "id", "custom.v": "v"},
                             field_types={"custom.v": type_name})
         assert_sql_matches(writer, _strings(id=["u1"], v=[value]))
+
+
+def test_gainsight_px_sql_words_the_common_rejects():
+    """Values ``build`` surely refuses (an empty identifier, an email without @, a word that is no
+    boolean, text with no digit for a number, a date that is not ISO 8601) are rejected by the SQL
+    with ``build``'s reason, the first refused field deciding; others stay with ``encode``."""
+    writer = get_writer("gainsight_px", "records", entity="USER",
+                        field_mapping={"identifyId": "id", "email": "email", "signUpDate": "day", "score": "score",
+                                       "customAttributes.vip": "vip", "numberOfVisits": "visits"},
+                        field_types={"customAttributes.vip": "boolean"})
+    rows = {  # id, email, day, score, vip, visits; then whether SQL gives the outcome
+        "fits": (("u1", "a@b.c", "2024-01-15", "4.5", "yes", "3"), True),
+        "no id": ((" ", "no-at", "15/01/2024", "abc", "maybe", "x"), True),
+        "no @": (("u1", "no-at", "15/01/2024", "abc", "maybe", "x"), True),
+        "no @, quoted": (("u1", "say \"x\"", None, None, None, None), True),
+        "no @, both quotes": (("u1", "it's \"x\"", None, None, None, None), False),
+        "d/m/y": (("u1", "a@b.c", " 15/01/2024 ", "abc", "maybe", "x"), True),
+        "no such day": (("u1", None, "2023-02-30", "abc", None, None), True),
+        "year 0": (("u1", None, "0000-01-01", "abc", None, None), True),
+        "year 0, alone": (("u1", None, "0000-01-01", None, None, None), True),
+        "year 0, a moment": (("u1", None, "0000-01-01T10:00:00Z", None, None, None), False),
+        "no digit": (("u1", None, None, " abc ", "maybe", None), True),
+        "inf": (("u1", None, None, "-Infinity", "maybe", None), False),
+        "no word": (("u1", None, None, None, " Maybe ", "x"), True),
+        "no word, not ASCII": (("u1", None, None, None, "jä", "x"), False),
+        "integer": (("u1", None, None, None, None, "x"), True),
+        "integer, fraction": (("u1", None, None, None, None, "4.5"), False),
+        "hour 24": (("u1", None, "2024-01-15T24:00", "abc", None, None), False),
+    }
+    names = ["id", "email", "day", "score", "vip", "visits"]
+    table = _strings(**{name: [values[i] for values, _ in rows.values()] for i, name in enumerate(names)})
+    table = _missing_as_null(table)
+    for (case, (values, expected)), (reason, line, key, exact), row in zip(rows.items(), _sql(writer, table), table.to_pylist()):
+        assert bool(exact) == expected, case
+        python_line, python_reason = _python(writer, row)
+        if exact:
+            assert reason == python_reason, (case, reason, python_reason)
+            assert (line is None) == (python_line is None), case
+        elif case != "fits":
+            assert python_reason is not None or python_line is not None, case
+    assert assert_sql_matches(writer, table) == sum(expected for _, expected in rows.values())
