@@ -801,12 +801,14 @@ class SyncStep:
                               UNION ALL SELECT position FROM clashes WHERE unchanged_record > mapped_record""")
         # a key still in the input whose row is rejected now: the vendor keeps the committed row
         # (unless CURRENT says it may hold another one: then it is sent again when it is valid)
-        connection.execute("""CREATE TEMP TABLE sync_rejected_keys AS SELECT DISTINCT __key AS key FROM mapped
-                              WHERE __key IS NOT NULL AND __key NOT IN (SELECT key FROM sent_now)""")
+        # (the first part names the columns)
         parts = [f"SELECT key, row_hash{theirs} FROM previous WHERE rowid NOT IN (SELECT position FROM sync_dropped)",
-                 "SELECT * FROM sent_now",
-                 f"""SELECT key, row_hash{theirs} FROM previous WHERE key IN (SELECT key FROM sync_rejected_keys)
-                       AND rowid IN (SELECT position FROM sync_dropped) AND key NOT IN (SELECT key FROM resend_keys)"""]
+                 "SELECT * FROM sent_now"]
+        if self.previous is not None:  # (without one, nothing is committed to keep)
+            connection.execute("""CREATE TEMP TABLE sync_rejected_keys AS SELECT DISTINCT __key AS key FROM mapped
+                                  WHERE __key IS NOT NULL AND __key NOT IN (SELECT key FROM sent_now)""")
+            parts.append(f"""SELECT key, row_hash{theirs} FROM previous WHERE key IN (SELECT key FROM sync_rejected_keys)
+                               AND rowid IN (SELECT position FROM sync_dropped) AND key NOT IN (SELECT key FROM resend_keys)""")
         if self.keep_vanished:
             parts.append(f"SELECT key, row_hash{theirs} FROM vanished WHERE key NOT IN (SELECT key FROM resend_keys)")
         files = self.state.writer(self.run_key, self.delete_columns, self.previous)
