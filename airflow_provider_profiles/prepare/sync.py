@@ -18,7 +18,9 @@ the next run resends what is still pending. CURRENT is always replaced whole, an
 file is written aside and then moved (or uploaded whole) into place.
 
 ``row_hash`` is 64 bits of the MD5 of the input row's values as JSON (``md5_number``): stable
-across DuckDB versions, unlike ``hash()``. The snapshot format, the mapping, the writer and the
+across DuckDB versions, unlike ``hash()``, as MD5 and JSON text are (a test checks it against
+Python's own MD5). The comparison is one pass: read, hash, and a join on the hash with the
+committed rows; only the rows it does not find carry their values on (text rows as that JSON). The snapshot format, the mapping, the writer and the
 input's layout make the fingerprint: under one fingerprint the same input row always makes the
 same line, so rows found in the snapshot are not even mapped; a snapshot made under another one
 is not compared with (every row is sent once, with a note).
@@ -41,6 +43,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from airflow_provider_profiles.prepare import engine
@@ -108,9 +111,10 @@ def readable(connection: Any, path: Any) -> str:
     return copy
 
 
-def write_parquet(connection: Any, query: str, path: Any) -> None:
+def write_parquet(connection: Any, query: str, path: Any) -> int:
     """Writes the query's rows to ``path`` as Parquet, whole or not at all: written aside locally,
-    then renamed into place (local) or uploaded through ``open_binary`` (object storage)."""
+    then renamed into place (local) or uploaded through ``open_binary`` (object storage). Returns
+    how many rows it wrote."""
     path = as_storage_path(path)
     if is_local(path):
         name = local_path(path)
@@ -120,7 +124,7 @@ def write_parquet(connection: Any, query: str, path: Any) -> None:
         aside = os.path.join(_scratch(connection), f"upload-{uuid.uuid4().hex[:12]}.parquet")
     try:
         # snappy: the row hashes are random bits, which zstd only spends time on
-        connection.execute(f"COPY ({query}) TO {literal(aside)} (FORMAT parquet, COMPRESSION snappy)")
+        rows = connection.execute(f"COPY ({query}) TO {literal(aside)} (FORMAT parquet, COMPRESSION snappy)").fetchall()[0][0]
         if is_local(path):
             os.replace(aside, name)
         else:
@@ -129,6 +133,7 @@ def write_parquet(connection: Any, query: str, path: Any) -> None:
     finally:
         if os.path.exists(aside):
             os.unlink(aside)
+    return rows
 
 
 def _first_line(error: BaseException) -> str:
@@ -589,8 +594,10 @@ class SyncStep:
     ``compare``: each input row gets the hash of its values as read (``sync_source``); a row
     whose hash the committed snapshot holds, under a key CURRENT does not list to be sent again,
     is unchanged: the same input row under the same fingerprint (mapping, writer, input layout)
-    maps to the same line, so only the other rows are mapped. ``settle``: the
-    duplicate check across both (the first row of a key wins, mapped or unchanged).
+    maps to the same line, so only the other rows are mapped. An unchanged row keeps only the
+    position (rowid) of its committed row in ``previous``: its key and delete columns are read
+    from there when needed. ``settle``: the duplicate check across both (the first row of a key
+    wins, mapped or unchanged).
     ``deletion_writer``: keys of the snapshot that no row of the input has become the writer's
     deletion lines, after the rows. ``write_snapshot``: the attempt's snapshot is every row written
     or unchanged, and, for keys still in the input whose row is rejected now, the committed row
@@ -626,9 +633,9 @@ class SyncStep:
         self.rows = 0
 
     def compare(self, connection: Any, opened: Source) -> Source:
-        """Finds the unchanged rows in one pass over the input (``sync_source``: each row's hash,
-        and the committed key and delete columns where the snapshot holds that hash, or else the
-        row's values); returns the source of the rows left to map."""
+        """Finds the unchanged rows in one pass over the input (``sync_source``: each row's record,
+        the position in ``previous`` of the committed row with its hash, and, for the other rows,
+        their hash and values); returns the source of the rows left to map."""
         self.connection = connection
         self.fingerprint = hashlib.sha256(f"{self.described}|{opened.description}".encode()).hexdigest()[:16]
         self.previous = self.state.previous(self.fingerprint)  # SyncConflict here for older data
@@ -640,47 +647,88 @@ class SyncStep:
             connection.execute("CREATE TEMP TABLE resend_keys (key VARCHAR)")
             self.previous_columns = []
             connection.execute(f"""CREATE TEMP TABLE sync_source AS SELECT __record, {row_hash} AS __row_hash,
-                                   NULL::VARCHAR AS __sync_key FROM {opened.relation}""")
+                                   NULL::BIGINT AS __found FROM {opened.relation}""")
+            self._count_found()
             return opened  # every row is mapped
         self.previous_columns = self.previous.load(connection, "previous", "resend_keys")
-        theirs = "".join(f", found.{delete_column(name)} AS {delete_column('__' + name)}" for name in self.previous_columns)
-        values = "".join(f", CASE WHEN found.key IS NULL THEN rows.{ident(name)} END AS {ident(name)}"
-                         for name in opened.names)
+        usable = "previous" + (" WHERE key NOT IN (SELECT key FROM resend_keys)" if self.previous.resend else "")
+        # only the rows left to map keep their values (and hash): the others are the committed row
+        # at ``__found`` (a rowid of ``previous``, which is never changed). Text columns travel
+        # through the join as the one JSON array their hash is made of (nine columns carried cost
+        # more than the join itself), and are read back from it for the few rows left.
+        text = row_json(opened.names, opened.types)
+        if text is not None:
+            rows = (f"(SELECT __record, __row_json, {hash_of('__row_json')} AS __row_hash "
+                    f"FROM (SELECT __record, {text} AS __row_json FROM {opened.relation}))")
+            carried = ", CASE WHEN found.position IS NULL THEN rows.__row_json END AS __row_json"
+        else:
+            rows = f"(SELECT *, {row_hash} AS __row_hash FROM {opened.relation})"
+            carried = "".join(f", CASE WHEN found.position IS NULL THEN rows.{ident(name)} END AS {ident(name)}"
+                              for name in opened.names)
         connection.execute(f"""CREATE TEMP TABLE sync_source AS
-                               SELECT rows.__record, rows.__row_hash, found.key AS __sync_key{theirs}{values}
-                               FROM (SELECT *, {row_hash} AS __row_hash FROM {opened.relation}) AS rows
-                               LEFT JOIN (SELECT * FROM previous WHERE key NOT IN (SELECT key FROM resend_keys)) AS found
+                               SELECT rows.__record, CASE WHEN found.position IS NULL THEN rows.__row_hash END AS __row_hash,
+                                      found.position AS __found{carried}
+                               FROM {rows} AS rows
+                               LEFT JOIN (SELECT rowid AS position, row_hash FROM {usable}) AS found
                                  ON found.row_hash = rows.__row_hash""")
-        self.unchanged_rows = connection.execute("SELECT count(__sync_key) FROM sync_source").fetchall()[0][0]
+        self._count_found()
         # the rows left, in input order (a join does not keep it)
-        names = ", ".join(ident(name) for name in opened.names)
-        connection.execute(f"""CREATE TEMP VIEW sync_changed_rows AS SELECT __record, {names} FROM sync_source
-                               WHERE __sync_key IS NULL ORDER BY __record""")
+        if text is not None:
+            names = ", ".join(f"__values[{index}] AS {ident(name)}" for index, name in enumerate(opened.names, 1))
+            connection.execute(f"""CREATE TEMP VIEW sync_changed_rows AS SELECT __record, {names} FROM
+                                   (SELECT __record, from_json(__row_json, '["VARCHAR"]') AS __values FROM sync_source
+                                    WHERE __found IS NULL) ORDER BY __record""")
+        else:
+            names = ", ".join(ident(name) for name in opened.names)
+            connection.execute(f"""CREATE TEMP VIEW sync_changed_rows AS SELECT __record, {names} FROM sync_source
+                                   WHERE __found IS NULL ORDER BY __record""")
         return dataclasses.replace(opened, relation="sync_changed_rows")
+
+    def _count_found(self) -> None:
+        """How many input rows found each committed row: counted here (a few milliseconds) rather
+        than grouped in SQL. Committed rows found by none are changed, vanished or to be sent
+        again (``sync_unfound``); found by more than one, an input row repeated."""
+        size = self.connection.execute("SELECT count(*) FROM previous").fetchall()[0][0]
+        counts = np.zeros(size, np.int64)
+        reader = self.connection.sql("SELECT __found FROM sync_source WHERE __found IS NOT NULL").to_arrow_reader(1 << 20)
+        for batch in reader:
+            counts += np.bincount(batch.column(0).to_numpy(), minlength=size)
+        self.unchanged_rows = int(counts.sum())
+        self._positions("sync_unfound", np.flatnonzero(counts == 0))
+        self._positions("sync_found_again", np.flatnonzero(counts > 1))
+
+    def _positions(self, table: str, positions: np.ndarray) -> None:
+        """A temporary table of rowids of ``previous`` (a table: the joins see its size)."""
+        self.connection.register(f"{table}_arrow", pa.table({"position": pa.array(positions, pa.int64())}))
+        self.connection.execute(f"CREATE TEMP TABLE {table} AS SELECT position FROM {table}_arrow")
+        self.connection.unregister(f"{table}_arrow")
 
     def settle(self, table: engine.MappedTable, result: engine.PrepareResult) -> None:
         """The duplicate check between mapped rows and unchanged ones: the first row of a key wins
         (``table.reject_repeats`` ran among the mapped rows already; two unchanged rows of one key
-        are one row twice, byte for byte)."""
+        are one row twice, byte for byte: they found the same committed row)."""
         result.sync_run_key, result.sync_state = self.run_key, str(self.state.directory)
         result.notes.extend(self.notes)
         connection = table.connection
-        # one unchanged row twice has its hash twice (grouped by the hash: an integer, cheaper)
-        connection.execute("""CREATE TEMP TABLE unchanged_first AS SELECT __row_hash AS row_hash, min(__record) AS first
-                              FROM sync_source WHERE __sync_key IS NOT NULL GROUP BY __row_hash HAVING count(*) > 1""")
         # a key has one accepted mapped row at most: its clash is with the key's first unchanged row
         connection.execute("""CREATE TEMP TABLE clashes AS
-                              SELECT mapped.__record AS mapped_record, min(sync_source.__record) AS unchanged_record
-                              FROM mapped JOIN sync_source ON sync_source.__sync_key = mapped.__key
+                              SELECT mapped.__record AS mapped_record, min(sync_source.__record) AS unchanged_record,
+                                     any_value(sync_source.__found) AS position
+                              FROM mapped JOIN previous ON previous.key = mapped.__key
+                                JOIN sync_source ON sync_source.__found = previous.rowid
                               WHERE mapped.__reason IS NULL GROUP BY mapped.__record""")
         connection.execute(f"""UPDATE mapped SET __reason = {literal(engine.DUPLICATE)} WHERE __record IN
                                (SELECT mapped_record FROM clashes WHERE mapped_record > unchanged_record)""")
+        # unchanged rows after the first that found their committed row, and those of a key whose
+        # mapped row came first (then the committed row is not kept: the mapped one is)
         connection.execute("""CREATE TEMP TABLE unchanged_repeats AS
-                              SELECT sync_source.__record, sync_source.__sync_key AS key FROM sync_source JOIN unchanged_first
-                                ON unchanged_first.row_hash = sync_source.__row_hash AND sync_source.__record > unchanged_first.first
-                              WHERE sync_source.__sync_key IS NOT NULL
+                              WITH again AS (SELECT sync_source.__record, sync_source.__found FROM sync_source
+                                             WHERE __found IN (SELECT position FROM sync_found_again)),
+                                   firsts AS (SELECT __found, min(__record) AS first FROM again GROUP BY __found)
+                              SELECT again.__record, again.__found FROM again JOIN firsts USING (__found)
+                              WHERE again.__record > firsts.first
                               UNION ALL
-                              SELECT __record, __sync_key FROM sync_source WHERE __record IN
+                              SELECT __record, __found FROM sync_source WHERE __record IN
                                 (SELECT unchanged_record FROM clashes WHERE unchanged_record > mapped_record)""")
         repeats = connection.execute("SELECT count(*) FROM unchanged_repeats").fetchall()[0][0]
         result.unchanged = self.unchanged_rows - repeats
@@ -690,7 +738,9 @@ class SyncStep:
 
     def add_rejects(self, rejected: engine.RejectsWriter) -> None:
         """Unchanged rows that repeat an earlier row's key (rare: they come before the others)."""
-        repeats = self.connection.sql("SELECT __record, key FROM unchanged_repeats ORDER BY __record").to_arrow_table()
+        repeats = self.connection.sql("""SELECT __record, previous.key FROM unchanged_repeats
+                                         JOIN previous ON previous.rowid = unchanged_repeats.__found
+                                         ORDER BY __record""").to_arrow_table()
         if repeats.num_rows:
             rejected.add(repeats.column(0).combine_chunks(), repeats.column(1).combine_chunks(),
                          pa.array([engine.DUPLICATE] * repeats.num_rows, pa.string()))
@@ -702,7 +752,7 @@ class SyncStep:
         connection = table.connection
         # keys of the snapshot that no row of the input has (mapped, or found unchanged)
         connection.execute("""CREATE TEMP TABLE vanished AS SELECT * FROM previous
-                              WHERE key NOT IN (SELECT __sync_key FROM sync_source WHERE __sync_key IS NOT NULL)
+                              WHERE rowid IN (SELECT position FROM sync_unfound)
                                 AND key NOT IN (SELECT __key FROM mapped WHERE __key IS NOT NULL)""")
         if table.unreadable:
             self.keep_vanished = True
@@ -729,6 +779,9 @@ class SyncStep:
         return write
 
     def write_snapshot(self, table: engine.MappedTable, rejected_records: pa.Array, result: engine.PrepareResult) -> None:
+        """Writes the attempt's snapshot in one pass: the committed rows the input still has
+        unchanged, the rows sent, and the committed rows kept for keys rejected now (and for
+        vanished keys whose deletion was skipped)."""
         connection = table.connection
         connection.register("rejected_now", pa.table({"record": rejected_records}))
         # qualified: the input joined below may have a column of the same name
@@ -737,33 +790,29 @@ class SyncStep:
         theirs = "".join(f", {delete_column(name) if name in self.previous_columns else 'NULL::VARCHAR'} AS {delete_column(name)}"
                          for name in self.delete_columns)
         names = "key, row_hash" + "".join(f", {delete_column(name)}" for name in self.delete_columns)
-        found = "".join(f", {delete_column('__' + name) if name in self.previous_columns else 'NULL::VARCHAR'} "
-                        f"AS {delete_column(name)}" for name in self.delete_columns)
         connection.execute(f"""CREATE TEMP TABLE sent_now AS
                                SELECT mapped.__key AS key, sync_source.__row_hash AS row_hash{mine}
                                FROM mapped JOIN sync_source ON sync_source.__record = mapped.__record
                                WHERE mapped.__reason IS NULL AND mapped.__key IS NOT NULL
                                  AND mapped.__record NOT IN (SELECT record FROM rejected_now)""")
-        connection.execute(f"""CREATE TEMP TABLE next_snapshot AS
-                               SELECT __sync_key AS key, __row_hash AS row_hash{found} FROM sync_source
-                               WHERE __sync_key IS NOT NULL AND __record NOT IN (SELECT __record FROM unchanged_repeats)
-                               UNION ALL SELECT * FROM sent_now""")
+        # committed rows no kept unchanged row found: unfound ones, and those whose key a mapped
+        # row that came first took
+        connection.execute("""CREATE TEMP TABLE sync_dropped AS SELECT position FROM sync_unfound
+                              UNION ALL SELECT position FROM clashes WHERE unchanged_record > mapped_record""")
         # a key still in the input whose row is rejected now: the vendor keeps the committed row
         # (unless CURRENT says it may hold another one: then it is sent again when it is valid)
-        # (the mapped keys are few: the snapshot's rows are only searched for those)
-        connection.execute("""CREATE TEMP TABLE sync_rejected_keys AS SELECT DISTINCT __key AS key FROM mapped
-                              WHERE __key IS NOT NULL AND __key NOT IN (SELECT key FROM sent_now)""")
-        connection.execute(f"""INSERT INTO next_snapshot SELECT key, row_hash{theirs} FROM previous
-                               WHERE key IN (SELECT key FROM sync_rejected_keys)
-                                 AND key NOT IN (SELECT __sync_key FROM sync_source WHERE __sync_key IN (SELECT key FROM sync_rejected_keys)
-                                                 AND __record NOT IN (SELECT __record FROM unchanged_repeats))
-                                 AND key NOT IN (SELECT key FROM resend_keys)""")
+        # (the first part names the columns)
+        parts = [f"SELECT key, row_hash{theirs} FROM previous WHERE rowid NOT IN (SELECT position FROM sync_dropped)",
+                 "SELECT * FROM sent_now"]
+        if self.previous is not None:  # (without one, nothing is committed to keep)
+            connection.execute("""CREATE TEMP TABLE sync_rejected_keys AS SELECT DISTINCT __key AS key FROM mapped
+                                  WHERE __key IS NOT NULL AND __key NOT IN (SELECT key FROM sent_now)""")
+            parts.append(f"""SELECT key, row_hash{theirs} FROM previous WHERE key IN (SELECT key FROM sync_rejected_keys)
+                               AND rowid IN (SELECT position FROM sync_dropped) AND key NOT IN (SELECT key FROM resend_keys)""")
         if self.keep_vanished:
-            connection.execute(f"""INSERT INTO next_snapshot SELECT key, row_hash{theirs} FROM vanished
-                                   WHERE key NOT IN (SELECT key FROM resend_keys)""")
-        self.rows = connection.execute("SELECT count(*) FROM next_snapshot").fetchall()[0][0]
+            parts.append(f"SELECT key, row_hash{theirs} FROM vanished WHERE key NOT IN (SELECT key FROM resend_keys)")
         files = self.state.writer(self.run_key, self.delete_columns, self.previous)
-        write_parquet(connection, f"SELECT {names} FROM next_snapshot", files.snapshot)
+        self.rows = write_parquet(connection, f"SELECT {names} FROM ({' UNION ALL '.join(parts)})", files.snapshot)
         if self.previous is not None:  # without one, every row was sent: the snapshot says which
             sent = "SELECT key FROM sent_now" + (" UNION ALL SELECT key FROM vanished" if self.deleted_keys else "")
             write_parquet(connection, sent, files.sent)
@@ -773,15 +822,26 @@ class SyncStep:
         self.state.record_pending(self.run_key, self.fingerprint, self.rows, result.to_dict())
 
 
+def row_json(names: list[str], types: dict[str, str]) -> str | None:
+    """SQL for a row of text columns as a JSON array (what its hash is made of), or None when a
+    column is of another type."""
+    if not names or not all(types.get(name) == "VARCHAR" for name in names):
+        return None
+    return "to_json([" + ", ".join(ident(name) for name in names) + "])"
+
+
+def hash_of(text: str) -> str:
+    """SQL for 64 bits of the MD5 of a text (the upper half of ``md5_number``)."""
+    return f"CAST(md5_number({text}) >> 64 AS UBIGINT)"
+
+
 def stable_row_hash(names: list[str], types: dict[str, str]) -> str:
     """SQL for 64 bits of the MD5 of a row's values as JSON: stable across DuckDB versions (unlike
-    ``hash()``). Text columns go in a JSON array (cheaper), other types in an object."""
+    ``hash()``), as MD5 and JSON are. Text columns go in a JSON array (cheaper), other types in an
+    object."""
     if not names:
         return "0::UBIGINT"
-    if all(types.get(name) == "VARCHAR" for name in names):
-        values = "[" + ", ".join(ident(name) for name in names) + "]"
-    else:
-        values = "{" + ", ".join(f"{literal(name)}: {ident(name)}" for name in names) + "}"
-    return f"CAST(md5_number(to_json({values})) >> 64 AS UBIGINT)"
-
-
+    text = row_json(names, types)
+    if text is None:
+        text = "to_json({" + ", ".join(f"{literal(name)}: {ident(name)}" for name in names) + "})"
+    return hash_of(text)

@@ -719,3 +719,53 @@ def test_a_refused_run_against_an_empty_snapshot(tmp_path):
         state.commit("b")
     _, after = run(tmp_path, BASE[:2], "c", state)
     assert set(after) == {"1", "2"}
+
+
+TRICKY = ['say "hi"', "back\\slash", "tab\there", "line\nbreak", "ünï €", '["a", "b"]', "", "{\"k\": null}", "null"]
+
+
+def _lines(path):
+    with open(path) as handle:
+        return {json.loads(line)["customer_id"]: line for line in handle}
+
+
+def test_changed_rows_of_text_are_mapped_from_exactly_the_values_read(tmp_path):
+    """Rows left to map are read back from what their hash was made of: quotes, backslashes, line
+    breaks, JSON-looking and empty text come out as a full prepare reads them."""
+    first = [(str(i), f"n{i}", f"c{i}") for i in range(1, 10)]
+    later = [(i, TRICKY[int(i) - 1], TRICKY[-int(i)]) for i, _, _ in first]
+
+    def csv_file(name, rows):
+        with open(tmp_path / name, "w", newline="") as handle:
+            csv.writer(handle, lineterminator="\n").writerows([("id", "name", "city"), *rows])
+        return str(tmp_path / name)
+
+    state = SyncState(tmp_path / "state")
+    prepare(csv_file("a.csv", first), writer(), str(tmp_path / "a.ndjson"), sync=state, sync_run_key="a")
+    state.commit("a")
+    source = csv_file("b.csv", later)
+    result = prepare(source, writer(), str(tmp_path / "b.ndjson"), sync=state, sync_run_key="b")
+    prepare(source, writer(), str(tmp_path / "full.ndjson"))
+    assert result.written == 9 and _lines(tmp_path / "b.ndjson") == _lines(tmp_path / "full.ndjson")
+
+
+def test_changed_rows_from_a_cursor_keep_their_nulls(tmp_path):
+    """A NULL and an empty text are different values, in the hash and in what is mapped."""
+    import sqlite3
+
+    def rows_of(values):
+        connection = sqlite3.connect(":memory:")
+        connection.execute("CREATE TABLE t (id TEXT, name TEXT, city TEXT)")
+        connection.executemany("INSERT INTO t VALUES (?, ?, ?)", values)
+        return connection.execute("SELECT id, name, city FROM t ORDER BY id")
+
+    first = [("1", "n1", "c1"), ("2", None, "c2"), ("3", "", "c3"), ("4", "n4", None)]
+    later = [("1", None, "c1"), ("2", "", "c2"), ("3", None, "c3"), ("4", "n4", None)]
+    state = SyncState(tmp_path / "state")
+    prepare("q", writer(), str(tmp_path / "a.ndjson"), cursor=rows_of(first), sync=state, sync_run_key="a")
+    state.commit("a")
+    result = prepare("q", writer(), str(tmp_path / "b.ndjson"), cursor=rows_of(later), sync=state, sync_run_key="b")
+    prepare("q", writer(), str(tmp_path / "full.ndjson"), cursor=rows_of(later))
+    full = _lines(tmp_path / "full.ndjson")
+    assert (result.written, result.unchanged) == (3, 1)
+    assert _lines(tmp_path / "b.ndjson") == {key: full[key] for key in ("1", "2", "3")}
