@@ -83,16 +83,14 @@ class EchoJobSensor(JobSensor):
 
 
 class CrashAfterSubmitOperator(EchoJobOperator):
-    """Dies right after creating its job on the first try, as a worker lost mid-wait would."""
+    """Dies on its first try once its job is created and recorded, before any status check, as a
+    worker lost mid-wait would (dying in the wait instead depended on the job still running then)."""
 
-    def wait_in_worker(self, job, deadline):
-        if self._ti_try_number == 1:
+    def _submit(self, context):
+        job = super()._submit(context)
+        if context["ti"].try_number == 1:
             raise RuntimeError("worker lost after the job was created")
-        return super().wait_in_worker(job, deadline)
-
-    def execute(self, context):
-        self._ti_try_number = context["ti"].try_number
-        return super().execute(context)
+        return job
 
 
 class JobGoneOperator(EchoJobOperator):
