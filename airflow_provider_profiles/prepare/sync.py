@@ -20,10 +20,11 @@ file is written aside and then moved (or uploaded whole) into place.
 ``row_hash`` is 64 bits of the MD5 of the input row's values as JSON (``md5_number``): stable
 across DuckDB versions, unlike ``hash()``, as MD5 and JSON text are (a test checks it against
 Python's own MD5). The comparison is one pass: read, hash, and a join on the hash with the
-committed rows; only the rows it does not find carry their values on (text rows as that JSON). The snapshot format, the mapping, the writer and the
-input's layout make the fingerprint: under one fingerprint the same input row always makes the
-same line, so rows found in the snapshot are not even mapped; a snapshot made under another one
-is not compared with (every row is sent once, with a note).
+committed rows; only the rows it does not find carry their values on (text rows as that JSON).
+The snapshot format, the mapping, the writer and the input's layout make the fingerprint: under
+one fingerprint the same input row always makes the same line, so rows found in the snapshot are
+not even mapped; a snapshot made under another one is not compared with (every row is sent once,
+with a note).
 
 ``SyncStep`` is a sync's part of a prepare, in the prepare's DuckDB connection; a commit's own
 bookkeeping opens one the same way (``engine.connected``).
