@@ -1392,21 +1392,13 @@ def _basic_authorization(login: str, password: str) -> str:
 
 
 def _aiohttp_body(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The requests-style arguments (params, json, data, files) as aiohttp takes them."""
+    """The requests-style arguments (params, json, data) as aiohttp takes them. Files are sent by the
+    sync path only (uploads run in workers, not in the triggerer)."""
     options = dict(kwargs)
     params = options.get("params")
     if isinstance(params, Mapping):  # aiohttp refuses bools and None; requests drops None
         options["params"] = {k: ("true" if v else "false") if isinstance(v, bool) else v
                              for k, v in params.items() if v is not None}
-    files = options.pop("files", None)
-    if files:
-        form = aiohttp.FormData()
-        for name, value in (dict(options.pop("data", None) or {})).items():
-            form.add_field(name, str(value))
-        for name, value in (files.items() if isinstance(files, Mapping) else files):
-            filename, stream, content_type = (*value, None, None)[:3] if isinstance(value, tuple) else (name, value, None)
-            form.add_field(name, stream, filename=filename, content_type=content_type)
-        options["data"] = form
     return options
 
 
