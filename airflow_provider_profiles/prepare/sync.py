@@ -674,15 +674,13 @@ class SyncStep:
                                  ON found.row_hash = rows.__row_hash""")
         self._count_found()
         # the rows left, in input order (a join does not keep it)
+        left = "(SELECT * FROM sync_source WHERE __found IS NULL)"
         if text is not None:
+            left = f"(SELECT __record, from_json(__row_json, '[\"VARCHAR\"]') AS __values FROM {left})"
             names = ", ".join(f"__values[{index}] AS {ident(name)}" for index, name in enumerate(opened.names, 1))
-            connection.execute(f"""CREATE TEMP VIEW sync_changed_rows AS SELECT __record, {names} FROM
-                                   (SELECT __record, from_json(__row_json, '["VARCHAR"]') AS __values FROM sync_source
-                                    WHERE __found IS NULL) ORDER BY __record""")
         else:
             names = ", ".join(ident(name) for name in opened.names)
-            connection.execute(f"""CREATE TEMP VIEW sync_changed_rows AS SELECT __record, {names} FROM sync_source
-                                   WHERE __found IS NULL ORDER BY __record""")
+        connection.execute(f"CREATE TEMP VIEW sync_changed_rows AS SELECT __record, {names} FROM {left} ORDER BY __record")
         return dataclasses.replace(opened, relation="sync_changed_rows")
 
     def _count_found(self) -> None:
