@@ -42,9 +42,8 @@ cluster: install servers
 
 # The oldest Airflow setup.cfg allows (its floor is the only place the version is written), in a
 # second virtualenv made from scratch: the unit and integration suites must pass there too, less the
-# tests marked heavy (a million rows; partitioned DAGs run many times): one partitioned DAG test and
-# the partitions' parse-time tests still run there. This tier is CI's longest (about 25 minutes):
-# --durations lists its slowest tests.
+# tests marked heavy (a million rows; partitioned DAGs run many times), which keep CI within its time:
+# one partitioned DAG test and the partitions' parse-time tests still run there.
 OLDEST_AIRFLOW := $(shell sed -n 's/^ *apache-airflow>=\([0-9.]*\).*/\1/p' setup.cfg)
 OLDEST_VENV ?= .venv-oldest
 
@@ -52,7 +51,7 @@ test-oldest: install servers
 	rm -rf $(OLDEST_VENV)
 	$(BIN)/uv venv --quiet --python $(PYTHON) $(OLDEST_VENV)
 	$(BIN)/uv pip install --quiet --python $(OLDEST_VENV)/bin/python -e ".[test]" "apache-airflow==$(OLDEST_AIRFLOW)"
-	$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not heavy" --durations=20 tests/unit tests/integration
+	$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not heavy" tests/unit tests/integration
 
 # Benchmarks print figures and ratios against a baseline measured in the same run (benchmarks/README.md).
 bench: install
