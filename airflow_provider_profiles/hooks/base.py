@@ -39,7 +39,7 @@ from aiohttp.abc import AbstractResolver
 from airflow.providers.common.compat.sdk import AirflowNotFoundException, mask_secret, redact
 from airflow.providers.common.compat.sdk import BaseHook
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from airflow_provider_profiles import __version__
 from airflow_provider_profiles.vendors import connection_form
@@ -918,12 +918,21 @@ class ProfilesHook(BaseHook):
         """
         self.connection  # noqa: B018
         host = self._supplied_url_host(url)
+        resolved = None
         if host is not None:
             try:
-                self._check_public(url, socket.getaddrinfo(host, None))
+                resolved = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
             except OSError:
                 pass  # see _check_public
-        return self.request(method, url, authenticate=False, **kwargs)
+            else:
+                self._check_public(url, resolved)
+        # connections to a checked host go to the addresses checked: a name that resolves otherwise
+        # the second time cannot lead the request to an internal address
+        token = _checked_host.set((host, resolved) if resolved else None)
+        try:
+            return self.request(method, url, authenticate=False, **kwargs)
+        finally:
+            _checked_host.reset(token)
 
     async def afetch_supplied_url(self, method: str, url: str, **kwargs: Any) -> AsyncResponse:
         """The async ``fetch_supplied_url``. A host checked for a public address is connected to at the
@@ -1294,6 +1303,34 @@ _WATCHDOG = _Watchdog()
 os.register_at_fork(after_in_child=_WATCHDOG.reset_after_fork)
 
 
+# The host of a URL a response supplied and the addresses checked for it (``fetch_supplied_url``),
+# while this thread sends to it.
+_checked_host: contextvars.ContextVar[tuple[str, list[tuple]] | None] = contextvars.ContextVar(
+    "profiles_checked_host", default=None)
+
+
+class _AtCheckedAddresses:
+    """A connection to the checked host goes to its checked addresses, with no DNS lookup of its own
+    (TLS still verifies the host's name). Through a proxy, the connection is to the proxy's host."""
+
+    def _new_conn(self) -> socket.socket:
+        checked = _checked_host.get()
+        if checked is None or self.host.lower() != checked[0]:
+            return super()._new_conn()
+        error: Exception = NewConnectionError(self, f"no checked address for {self.host}")
+        for *_, (address, *_) in checked[1]:
+            try:
+                return urllib3.util.connection.create_connection(
+                    (address, self.port), self.timeout, source_address=self.source_address,
+                    socket_options=self.socket_options)
+            except TimeoutError:
+                error = ConnectTimeoutError(self, f"Connection to {self.host} ({address}) timed out. "
+                                                  f"(connect timeout={self.timeout})")
+            except OSError as exc:
+                error = NewConnectionError(self, f"Failed to establish a new connection to {address}: {exc}")
+        raise error
+
+
 class _Watched:
     def _get_conn(self, timeout: float | None = None) -> Any:
         connection = super()._get_conn(timeout)
@@ -1301,12 +1338,20 @@ class _Watched:
         return connection
 
 
-class _WatchedHTTPPool(_Watched, urllib3.HTTPConnectionPool):
+class _CheckedHTTPConnection(_AtCheckedAddresses, urllib3.connection.HTTPConnection):
     pass
+
+
+class _CheckedHTTPSConnection(_AtCheckedAddresses, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(_Watched, urllib3.HTTPConnectionPool):
+    ConnectionCls = _CheckedHTTPConnection
 
 
 class _WatchedHTTPSPool(_Watched, urllib3.HTTPSConnectionPool):
-    pass
+    ConnectionCls = _CheckedHTTPSConnection
 
 
 def _read_body(response: requests.Response, deadline: float, limit: int | None) -> None:

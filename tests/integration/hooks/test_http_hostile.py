@@ -209,6 +209,57 @@ def test_a_checked_supplied_host_is_connected_to_at_the_checked_addresses_only(s
     assert len(files.received) == 1 and files.received[0].headers["host"] == f"files.invalid:{files.port}"
 
 
+def test_the_sync_fetch_reaches_a_checked_host_at_its_checked_addresses_only(servers, echo):
+    """The sync half's connections to a checked host go where the check looked: a name nothing
+    resolves, checked as 127.0.0.1, reaches the server there; another name is looked up as usual."""
+    import socket
+
+    from airflow_provider_profiles.hooks import base
+
+    files = servers(lambda r: response(200, "log line", content_type="text/plain"))
+    hook = echo("http://127.0.0.1:9")
+    token = base._checked_host.set(("files.invalid", [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))]))
+    try:
+        answer = hook.request("GET", f"http://files.invalid:{files.port}/errors.json", authenticate=False)
+        with pytest.raises(VendorConnectionError):  # no checked address: its own lookup fails
+            hook.request("GET", f"http://other.invalid:{files.port}/errors.json", authenticate=False)
+    finally:
+        base._checked_host.reset(token)
+    assert answer.text == "log line"
+    assert len(files.received) == 1 and files.received[0].headers["host"] == f"files.invalid:{files.port}"
+
+
+@pytest.mark.parametrize("fetch", ["sync", "async"])
+def test_a_supplied_host_is_looked_up_once_so_a_second_answer_cannot_redirect_it(echo, monkeypatch, fetch):
+    """DNS rebinding: the name answers a public address to the check, then a loopback one. The
+    fetch connects to the checked public address (unreachable here: no route out) and never
+    looks the name up again."""
+    import socket
+
+    real = socket.getaddrinfo
+    lookups = []
+
+    def rebinding(host, *args, **kwargs):
+        if host != "files.example.com":
+            return real(host, *args, **kwargs)
+        lookups.append(host)
+        address = "198.51.100.7" if len(lookups) == 1 else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, args[0] if args else 443))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    hook = echo("http://127.0.0.1:9", connect_timeout=1)
+    # 198.51.100.7 (a documentation range, unreachable here) stands for a public address: the
+    # check is told to pass it, as it would a global one
+    monkeypatch.setattr(type(hook), "_check_public", lambda self, url, resolved: None)
+    url = "https://files.example.com/errors.json"
+    with pytest.raises(VendorConnectionError):
+        if fetch == "sync":
+            hook.fetch_supplied_url("GET", url)
+        else:
+            run_async(hook, hook.afetch_supplied_url("GET", url))
+    assert lookups == ["files.example.com"]  # the check's lookup only, over every try
+
+
 def test_slow_drip_headers_are_cut_at_the_request_deadline(servers, echo):
     head = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 400 + b"\r\nContent-Length: 2\r\n\r\n{}"
     sent: list[int] = []
