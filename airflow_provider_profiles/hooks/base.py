@@ -35,10 +35,12 @@ import certifi
 import requests
 import tenacity
 import urllib3
+import yarl
 from aiohttp.abc import AbstractResolver
 from airflow.providers.common.compat.sdk import AirflowNotFoundException, mask_secret, redact
 from airflow.providers.common.compat.sdk import BaseHook
 from requests.adapters import HTTPAdapter
+from requests.utils import requote_uri
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from airflow_provider_profiles import __version__
@@ -788,7 +790,7 @@ class ProfilesHook(BaseHook):
                 # gives no answer: aiohttp sends an idempotent request again at once, on a new connection,
                 # and never a POST (RFC 9112, 9.3.1).
                 async with asyncio.timeout(remaining), self._ain_flight(), client.request(
-                        send.method, url, headers=headers, allow_redirects=False, timeout=timeout,
+                        send.method, _as_sent(url), headers=headers, allow_redirects=False, timeout=timeout,
                         proxy=_env_proxy(url), **_aiohttp_body(send.kwargs)) as answer:
                     response = await _aread(answer, send.max_body_bytes)
             except aiohttp.ClientError as exc:  # before TimeoutError: a sock_read timeout is both
@@ -1445,6 +1447,12 @@ def _aiohttp_body(kwargs: dict[str, Any]) -> dict[str, Any]:
         options["params"] = {k: ("true" if v else "false") if isinstance(v, bool) else v
                              for k, v in params.items() if v is not None}
     return options
+
+
+def _as_sent(url: str) -> yarl.URL:
+    """The URL as the sync half (requests) sends it: aiohttp's own normalising would decode ``%2F``
+    in a query, which a signed URL's signature may cover."""
+    return yarl.URL(requote_uri(url), encoded=True)
 
 
 class _CheckedAddresses(AbstractResolver):

@@ -260,6 +260,22 @@ def test_a_supplied_host_is_looked_up_once_so_a_second_answer_cannot_redirect_it
     assert lookups == ["files.example.com"]  # the check's lookup only, over every try
 
 
+def test_both_halves_send_a_url_as_the_sync_half_does(servers, echo):
+    """A supplied URL (a presigned link: its signature covers the query as written) reaches the
+    server as requests sends it, from the async half too: ``%2F`` stays encoded, nothing illegal
+    goes out raw."""
+    files = servers(lambda r: response(200, "log line", content_type="text/plain"))
+    hook = echo(files.url)
+    target = f"{files.url}/errors/log%20file.ndjson?X-Amz-Credential=AKIA%2F20240101%2Fus-east-1&sig=a%3D&t=~"
+    hook.fetch_supplied_url("GET", target)
+    run_async(hook, hook.afetch_supplied_url("GET", target))
+    hook.request("GET", "/items/a b")
+    run_async(hook, hook.arequest("GET", "/items/a b"))
+    paths = [received.path for received in files.received]
+    assert paths[0] == "/errors/log%20file.ndjson?X-Amz-Credential=AKIA%2F20240101%2Fus-east-1&sig=a%3D&t=~"
+    assert paths[1] == paths[0] and paths[3] == paths[2] == "/items/a%20b"
+
+
 def test_slow_drip_headers_are_cut_at_the_request_deadline(servers, echo):
     head = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 400 + b"\r\nContent-Length: 2\r\n\r\n{}"
     sent: list[int] = []
