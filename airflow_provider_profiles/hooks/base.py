@@ -791,7 +791,7 @@ class ProfilesHook(BaseHook):
                 # and never a POST (RFC 9112, 9.3.1).
                 async with asyncio.timeout(remaining), self._ain_flight(), client.request(
                         send.method, _as_sent(url), headers=headers, allow_redirects=False, timeout=timeout,
-                        proxy=_env_proxy(url), **_aiohttp_body(send.kwargs)) as answer:
+                        proxy=_env_proxy(url), **send.kwargs) as answer:
                     response = await _aread(answer, send.max_body_bytes)
             except aiohttp.ClientError as exc:  # before TimeoutError: a sock_read timeout is both
                 not_sent = isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
@@ -814,6 +814,9 @@ class ProfilesHook(BaseHook):
         method = method.upper()
         url = self.url(path)
         timeout = kwargs.pop("timeout", None) or self.timeout
+        if isinstance(kwargs.get("params"), Mapping):  # the same query from both clients
+            kwargs["params"] = {name: ("true" if value else "false") if isinstance(value, bool) else value
+                                for name, value in kwargs["params"].items() if value is not None}
         return _Send(
             method=method, url=url, path=_display_path(path),
             idempotent=method in IDEMPOTENT_METHODS if idempotent is None else idempotent,
@@ -1436,17 +1439,6 @@ def _env_proxy(url: str) -> str | None:
 
 def _basic_authorization(login: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{login}:{password}".encode()).decode("ascii")
-
-
-def _aiohttp_body(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The requests-style arguments (params, json, data) as aiohttp takes them. Files are sent by the
-    sync path only (uploads run in workers, not in the triggerer)."""
-    options = dict(kwargs)
-    params = options.get("params")
-    if isinstance(params, Mapping):  # aiohttp refuses bools and None; requests drops None
-        options["params"] = {k: ("true" if v else "false") if isinstance(v, bool) else v
-                             for k, v in params.items() if v is not None}
-    return options
 
 
 def _as_sent(url: str) -> yarl.URL:

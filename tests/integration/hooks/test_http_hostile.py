@@ -276,6 +276,16 @@ def test_both_halves_send_a_url_as_the_sync_half_does(servers, echo):
     assert paths[1] == paths[0] and paths[3] == paths[2] == "/items/a%20b"
 
 
+def test_both_halves_send_the_same_query_parameters(servers, echo):
+    """A bool goes out as ``true``/``false`` and a None is left out, from either half."""
+    api = servers(lambda r: response(200, "{}"))
+    hook = echo(api.url)
+    params = {"hardDelete": True, "dryRun": False, "cursor": None, "pageSize": 1}
+    hook.request("GET", "/items", params=params)
+    run_async(hook, hook.arequest("GET", "/items", params=params))
+    assert [received.path for received in api.received] == ["/items?hardDelete=true&dryRun=false&pageSize=1"] * 2
+
+
 def test_slow_drip_headers_are_cut_at_the_request_deadline(servers, echo):
     head = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 400 + b"\r\nContent-Length: 2\r\n\r\n{}"
     sent: list[int] = []
