@@ -101,7 +101,6 @@ VENDOR_SQL = {
         "mapped": """id AS identify_id, txt(email) AS email, txt(first_name) AS first_name, txt(city) AS city,
             CASE WHEN NOT blank(signup_date) THEN epoch_ms(moment(signup_date)) END AS signup_ms,
             CASE WHEN NOT blank(score) THEN num(score) END AS score,
-            CASE WHEN NOT blank(score) THEN NOT regexp_matches(score, '[.eE]') AND num(score) = floor(num(score)) END AS score_is_int,
             txt(plan) AS plan, flag(vip) AS vip,
             CASE WHEN blank(id) THEN 'identifyId: the identifier is empty (column ''id'')'
                  WHEN NOT blank(email) AND NOT contains(email, '@') THEN 'email: not an email address (column ''email'')'
@@ -115,7 +114,7 @@ VENDOR_SQL = {
             jfield('firstName', first_name),
             CASE WHEN city IS NOT NULL THEN '"location":{' || jfield('city', city) || '}' END,
             jfield('signUpDate', signup_ms),
-            CASE WHEN score_is_int THEN jfield('score', CAST(score AS HUGEINT)) ELSE jfield('score', score) END,
+            jfield('score', score),  -- a float, whole or not, as the provider's writer reads it
             CASE WHEN plan IS NOT NULL OR vip IS NOT NULL
                  THEN '"customAttributes":{' || concat_ws(',', jfield('plan', plan), jfield('vip', vip)) || '}' END)
             || E'}\n'""",

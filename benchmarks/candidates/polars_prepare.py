@@ -219,16 +219,15 @@ def _vendor(vendor: str) -> dict:
                 pl.lit(',"changes":['), pl.concat_str(*changes, separator=",", ignore_nulls=True), pl.lit("]}")),
         }
     if vendor == "gainsight_px":
+        # a number read from text is a float, whole or not, as the provider's writer reads it
         score, text = c("score_number"), c("score")
-        is_int = ~text.str.contains("[.eE]") & (score == score.floor())
         filled = lambda x: ~blank(x)  # noqa: E731
         return {
             "mapped": [
                 c("id").alias("identify_id"), txt(c("email")).alias("email"), txt(c("first_name")).alias("first_name"),
                 txt(c("city")).alias("city"), txt(c("plan")).alias("plan"), c("vip_flag").alias("vip"),
                 pl.when(filled(c("signup_date"))).then(c("signup_moment").dt.epoch("ms")).alias("signup_ms"),
-                pl.when(filled(text) & is_int).then(score.cast(pl.Int64, strict=False)).alias("score_int"),
-                pl.when(filled(text) & ~is_int).then(score).alias("score_float"),
+                pl.when(filled(text)).then(score).alias("score"),
             ],
             "reason": _first_reason(
                 (blank(c("id")), "identifyId: the identifier is empty (column 'id')"),
@@ -245,9 +244,9 @@ def _vendor(vendor: str) -> dict:
             "line": _without_nulls(pl.struct(
                 identifyId=c("key"), email=c("email"), firstName=c("first_name"),
                 location=pl.when(c("city").is_not_null()).then(pl.struct("city")),
-                signUpDate=c("signup_ms"), score=c("score_int"), score_float=c("score_float"),
+                signUpDate=c("signup_ms"), score=c("score"),
                 customAttributes=pl.when(c("plan").is_not_null() | c("vip").is_not_null()).then(pl.struct("plan", "vip")),
-            ).struct.json_encode()).str.replace('"score_float":', '"score":', literal=True),
+            ).struct.json_encode()),
         }
     raise ValueError(f"no mapping for {vendor!r}")
 
