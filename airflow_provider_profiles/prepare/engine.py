@@ -270,7 +270,7 @@ class MappedTable:
             select = sql.passthrough_select(opened)
         else:
             unmapped = {name: sql.missing_as_null(name, opened.types[name]) for name in opened.names} if mapping.keep_unmapped else {}
-            select = compile_mapping(mapping, opened.types, connection).select_sql(opened.relation, unmapped)
+            select = compile_mapping(mapping, opened.types, connection).select_sql(opened.relation, unmapped, opened.carried)
         self.columns = {name: kind for name, kind, *_ in connection.execute(f"DESCRIBE {select}").fetchall()}
         self.targets = [name for name in self.columns if not name.startswith("__")]
         self.column = sql.Columns({name: self.columns[name] for name in self.targets})

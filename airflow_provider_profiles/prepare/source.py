@@ -59,6 +59,8 @@ class Source:
     # several files read as one (``open_sources``): their names; ``__record`` is
     # ``(file index << FILE_SHIFT) + record within the file`` (see ``file_record``)
     files: list[str] | None = None
+    # columns of ``relation`` the mapping passes on as they are, beside ``__record`` (a sync's row hash)
+    carried: tuple[str, ...] = ()
 
 
 # Several files read as one: each file's records are numbered from 1 within it, the file's index

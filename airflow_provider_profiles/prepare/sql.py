@@ -44,7 +44,8 @@ def passthrough_select(opened) -> str:
         else:
             columns.append(f"{missing_as_null(name, kind)} AS {ident(name)}")
     reason = f"coalesce({', '.join(reasons)})" if reasons else "NULL::VARCHAR"
-    return f"SELECT __record, {', '.join(columns)}, {reason} AS __reason FROM {opened.relation}"
+    kept = "".join(f", {ident(name)}" for name in opened.carried)
+    return f"SELECT __record{kept}, {', '.join(columns)}, {reason} AS __reason FROM {opened.relation}"
 
 
 def missing_as_null(name: str, kind: str, quoted: bool = False) -> str:

@@ -90,9 +90,11 @@ class CompiledMapping:
                 type="arrow", null_handling="special", side_effects=False,
             )
 
-    def select_sql(self, relation: str, unmapped: Mapping[str, str] = {}) -> str:  # noqa: B006 (read only)
+    def select_sql(self, relation: str, unmapped: Mapping[str, str] = {},  # noqa: B006 (read only)
+                   carried: tuple[str, ...] = ()) -> str:
         """Each field AS "target", the first reason (binary columns, then fields in order) AS
-        __reason, and "__record"; each stage a subquery so that every parse runs once.
+        __reason, "__record" and the ``carried`` columns as they are; each stage a subquery so that
+        every parse runs once.
 
         ``unmapped`` ({column: SQL}) keeps input columns too, as ``keep_unmapped`` does: in input
         order, a mapped target of the same name in their place, the other targets after them."""
@@ -106,7 +108,8 @@ class CompiledMapping:
         mapped = {f.target: f.value_sql for f in self.fields}
         columns = {**{name: mapped.get(name, kept) for name, kept in unmapped.items()}, **mapped}
         outputs = ", ".join(f"{value} AS {sql.ident(name)}" for name, value in columns.items())
-        return f'SELECT {outputs}, {reason} AS __reason, "__record" FROM ({query})'
+        kept = "".join(f", {sql.ident(name)}" for name in carried)
+        return f'SELECT {outputs}, {reason} AS __reason, "__record"{kept} FROM ({query})'
 
 
 def compile_mapping(mapping: FieldMapping, types: Mapping[str, str], connection=None) -> CompiledMapping:

@@ -636,7 +636,9 @@ class SyncStep:
     def compare(self, connection: Any, opened: Source) -> Source:
         """Finds the unchanged rows in one pass over the input (``sync_source``: each row's record,
         the position in ``previous`` of the committed row with its hash, and, for the other rows,
-        their hash and values); returns the source of the rows left to map."""
+        their hash and values); returns the source of the rows left to map, their hash carried
+        through the mapping as ``__row_hash``. A first sync maps every row: its hashes are computed
+        in the read that maps them."""
         self.connection = connection
         self.fingerprint = hashlib.sha256(f"{self.described}|{opened.description}".encode()).hexdigest()[:16]
         self.previous = self.state.previous(self.fingerprint)  # SyncConflict here for older data
@@ -647,10 +649,11 @@ class SyncStep:
             connection.execute(f"CREATE TEMP TABLE previous AS SELECT NULL::VARCHAR AS key, NULL::UBIGINT AS row_hash{kept} LIMIT 0")
             connection.execute("CREATE TEMP TABLE resend_keys (key VARCHAR)")
             self.previous_columns = []
-            connection.execute(f"""CREATE TEMP TABLE sync_source AS SELECT __record, {row_hash} AS __row_hash,
-                                   NULL::BIGINT AS __found FROM {opened.relation}""")
+            connection.execute("CREATE TEMP TABLE sync_source (__record BIGINT, __row_hash UBIGINT, __found BIGINT)")
             self._count_found()
-            return opened  # every row is mapped
+            # every row is mapped, its hash computed in the same read
+            return dataclasses.replace(opened, relation=f"(SELECT *, {row_hash} AS __row_hash FROM {opened.relation})",
+                                       carried=("__row_hash",))
         self.previous_columns = self.previous.load(connection, "previous", "resend_keys")
         usable = "previous" + (" WHERE key NOT IN (SELECT key FROM resend_keys)" if self.previous.resend else "")
         # only the rows left to map keep their values (and hash): the others are the committed row
@@ -676,12 +679,13 @@ class SyncStep:
         # the rows left, in input order (a join does not keep it)
         left = "(SELECT * FROM sync_source WHERE __found IS NULL)"
         if text is not None:
-            left = f"(SELECT __record, from_json(__row_json, '[\"VARCHAR\"]') AS __values FROM {left})"
+            left = f"(SELECT __record, __row_hash, from_json(__row_json, '[\"VARCHAR\"]') AS __values FROM {left})"
             names = ", ".join(f"__values[{index}] AS {ident(name)}" for index, name in enumerate(opened.names, 1))
         else:
             names = ", ".join(ident(name) for name in opened.names)
-        connection.execute(f"CREATE TEMP VIEW sync_changed_rows AS SELECT __record, {names} FROM {left} ORDER BY __record")
-        return dataclasses.replace(opened, relation="sync_changed_rows")
+        connection.execute(f"CREATE TEMP VIEW sync_changed_rows AS SELECT __record, __row_hash, {names} "
+                           f"FROM {left} ORDER BY __record")
+        return dataclasses.replace(opened, relation="sync_changed_rows", carried=("__row_hash",))
 
     def _count_found(self) -> None:
         """How many input rows found each committed row: counted here (a few milliseconds) rather
@@ -790,8 +794,8 @@ class SyncStep:
                          for name in self.delete_columns)
         names = "key, row_hash" + "".join(f", {delete_column(name)}" for name in self.delete_columns)
         connection.execute(f"""CREATE TEMP TABLE sent_now AS
-                               SELECT mapped.__key AS key, sync_source.__row_hash AS row_hash{mine}
-                               FROM mapped JOIN sync_source ON sync_source.__record = mapped.__record
+                               SELECT mapped.__key AS key, mapped.__row_hash AS row_hash{mine}
+                               FROM mapped
                                WHERE mapped.__reason IS NULL AND mapped.__key IS NOT NULL
                                  AND mapped.__record NOT IN (SELECT record FROM rejected_now)""")
         # committed rows no kept unchanged row found: unfound ones, and those whose key a mapped
